@@ -1,0 +1,113 @@
+//! `POST /v1/events`: publish one event (CloudEvents structured JSON) or a batch
+//! (`application/cloudevents-batch+json`). The answer, 202, comes only after the events and
+//! their deliveries are committed; a batch with one bad event stores nothing.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, StatusCode, header::CONTENT_TYPE};
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+
+use super::{ApiError, AppState, Caller, body_error, json_error};
+use crate::event::{MAX_BATCH_EVENTS, MAX_EVENT_BYTES, NewEvent, parse_event};
+use crate::store::Published;
+
+pub async fn publish(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let body = body.map_err(body_error)?;
+    let batch = is_batch(&headers)?;
+    let now = state.clock.now_ms();
+    let default_source = format!("urn:herald:{}", caller.tenant_id);
+    let parse = |raw: &RawValue| parse_event(raw, &state.catalog, now, &default_source);
+
+    let events: Vec<NewEvent> = if batch {
+        let items: Vec<&RawValue> = serde_json::from_slice(&body).map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => {
+                ApiError::invalid("a batch must be a JSON array of CloudEvents")
+            }
+            _ => json_error(e),
+        })?;
+        if items.is_empty() {
+            return Err(ApiError::invalid("the batch is empty"));
+        }
+        if items.len() > MAX_BATCH_EVENTS {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "batch_too_large",
+                format!(
+                    "the batch holds {} events; the limit is {MAX_BATCH_EVENTS}",
+                    items.len()
+                ),
+            ));
+        }
+        items
+            .into_iter()
+            .enumerate()
+            .map(|(i, raw)| parse(raw).map_err(|e| e.at_index(i)))
+            .collect::<Result<_, _>>()?
+    } else {
+        if body.len() > MAX_EVENT_BYTES {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "event_too_large",
+                format!("the event is {} bytes; the limit is {MAX_EVENT_BYTES} bytes", body.len()),
+            ));
+        }
+        let raw: &RawValue = serde_json::from_slice(&body).map_err(json_error)?;
+        if raw.get().starts_with('[') {
+            return Err(ApiError::invalid(
+                "the body is a JSON array: send a batch with `content-type: application/cloudevents-batch+json`",
+            ));
+        }
+        vec![parse(raw)?]
+    };
+
+    let published = state.store.publish(&caller.tenant_id, events, now).await?;
+    state
+        .signal
+        .wake(published.iter().flat_map(|p| p.streams.iter()));
+    let body = if batch {
+        json!({ "events": published.iter().map(view).collect::<Vec<_>>() })
+    } else {
+        view(&published[0])
+    };
+    Ok((StatusCode::ACCEPTED, Json(body)))
+}
+
+fn view(p: &Published) -> Value {
+    json!({
+        "id": p.id,
+        "source": p.source,
+        "duplicate": p.duplicate,
+        "deliveries": p.streams.len(),
+    })
+}
+
+/// Structured single events come as `application/cloudevents+json` or `application/json`
+/// (also assumed when no content type is given); batches as
+/// `application/cloudevents-batch+json`.
+fn is_batch(headers: &HeaderMap) -> Result<bool, ApiError> {
+    let Some(value) = headers.get(CONTENT_TYPE) else {
+        return Ok(false);
+    };
+    let text = value.to_str().unwrap_or_default();
+    let essence = text.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    match essence.as_str() {
+        "application/cloudevents-batch+json" => Ok(true),
+        "application/cloudevents+json" | "application/json" => Ok(false),
+        _ => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!(
+                "`{text}` is not accepted: use application/cloudevents+json or application/json for one event, \
+                 application/cloudevents-batch+json for a batch"
+            ),
+        )),
+    }
+}

@@ -1,0 +1,128 @@
+//! The HTTP API: routes, shared state and request parsing. Handlers live in one module per
+//! resource; they validate input into domain types, call the store, and shape responses.
+
+mod auth;
+mod deliveries;
+mod error;
+mod event_types;
+mod events;
+mod streams;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode, header::CONTENT_TYPE};
+use axum::routing::{get, post};
+use serde::de::DeserializeOwned;
+
+pub use auth::{Caller, DEFAULT_TENANT};
+pub use error::ApiError;
+
+use crate::catalog::Catalog;
+use crate::clock::Clock;
+use crate::delivery::Signal;
+use crate::destinations::DestinationPolicy;
+use crate::store::Store;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub catalog: Arc<Catalog>,
+    pub clock: Arc<dyn Clock>,
+    pub signal: Arc<Signal>,
+    pub destination_policy: DestinationPolicy,
+    pub secret_rotation_grace_ms: i64,
+    pub max_request_bytes: usize,
+}
+
+pub fn router(state: AppState) -> Router {
+    let body_limit = axum::extract::DefaultBodyLimit::max(state.max_request_bytes);
+    Router::new()
+        .route("/healthz", get(health))
+        .route("/readyz", get(ready))
+        .route("/v1/event-types", get(event_types::list))
+        .route("/v1/events", post(events::publish))
+        .route("/v1/event-streams", post(streams::create).get(streams::list))
+        .route(
+            "/v1/event-streams/{id}",
+            get(streams::show).patch(streams::update).delete(streams::delete),
+        )
+        .route("/v1/event-streams/{id}/secret", get(streams::secret))
+        .route("/v1/event-streams/{id}/secret/rotate", post(streams::rotate_secret))
+        .route(
+            "/v1/event-streams/{id}/deliveries/{event_id}",
+            get(deliveries::for_event),
+        )
+        .route("/v1/deliveries/{id}", get(deliveries::show))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(body_limit)
+        .with_state(state)
+}
+
+async fn health() -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn ready(axum::extract::State(state): axum::extract::State<AppState>) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    state.store.count_tokens().await.map_err(|e| {
+        tracing::warn!(error = %e, "readiness check failed");
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "the store is not reachable")
+    })?;
+    Ok(axum::Json(serde_json::json!({ "status": "ready" })))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not accept that method",
+    )
+}
+
+/// Reads a JSON body, answering `malformed_json` for bad syntax and `invalid_request` (with
+/// serde's description of what was wrong) for the wrong shape.
+pub fn parse_json<T: DeserializeOwned>(headers: &HeaderMap, body: &Bytes) -> Result<T, ApiError> {
+    if let Some(ct) = headers.get(CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or_default();
+        let essence = ct.split(';').next().unwrap_or_default().trim();
+        if !(essence == "application/json" || essence.ends_with("+json")) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!("expected `content-type: application/json`, got `{ct}`"),
+            ));
+        }
+    }
+    serde_json::from_slice(body).map_err(json_error)
+}
+
+pub fn json_error(err: serde_json::Error) -> ApiError {
+    use serde_json::error::Category;
+    match err.classify() {
+        Category::Syntax | Category::Eof | Category::Io => {
+            ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {err}"))
+        }
+        Category::Data => ApiError::invalid(err.to_string()),
+    }
+}
+
+/// Turns the body-limit rejection into the API's error shape.
+pub fn body_error(err: axum::extract::rejection::BytesRejection) -> ApiError {
+    let status = err.status();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            status,
+            "payload_too_large",
+            "the request body is larger than the server accepts (max_request_bytes)",
+        )
+    } else {
+        ApiError::new(status, "invalid_body", err.body_text())
+    }
+}

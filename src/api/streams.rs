@@ -1,0 +1,294 @@
+//! `/v1/event-streams`: create, list, show, update and delete streams, and read or rotate a
+//! stream's signing secret. Shapes follow Auth0's Management API; secrets are write-only.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiError, AppState, Caller, body_error, parse_json};
+use crate::destinations::Destination;
+use crate::destinations::webhook::signing::SigningKey;
+use crate::event::format_time;
+use crate::ids;
+use crate::secret::Secret;
+use crate::store::SigningSecret;
+use crate::stream::{self, PayloadFormat, RetryPolicy, Stream, StreamStatus, Subscription};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateStream {
+    name: String,
+    subscriptions: Vec<Subscription>,
+    destination: Destination,
+    #[serde(default)]
+    status: Option<StreamStatus>,
+    #[serde(default)]
+    payload_format: PayloadFormat,
+    #[serde(default)]
+    retry_policy: RetryPolicy,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateStream {
+    name: Option<String>,
+    subscriptions: Option<Vec<Subscription>>,
+    destination: Option<Destination>,
+    status: Option<StreamStatus>,
+    payload_format: Option<PayloadFormat>,
+    retry_policy: Option<RetryPolicy>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Rotate {
+    /// A `whsec_` secret to use instead of a generated one.
+    secret: Option<Secret>,
+    /// How long the current secret keeps signing beside the new one.
+    grace_period_seconds: Option<u64>,
+}
+
+const MAX_GRACE_SECONDS: u64 = 7 * 86_400;
+
+pub fn view(stream: &Stream) -> Value {
+    let mut v = json!({
+        "id": stream.id,
+        "name": stream.name,
+        "status": stream.status,
+        "subscriptions": stream.subscriptions,
+        "destination": stream.destination.public_view(),
+        "payload_format": stream.payload_format,
+        "retry_policy": stream.retry_policy,
+        "created_at": format_time(stream.created_at),
+        "updated_at": format_time(stream.updated_at),
+    });
+    if let Some(reason) = &stream.status_reason {
+        v["status_reason"] = json!(reason);
+    }
+    v
+}
+
+fn check(state: &AppState, stream: &Stream) -> Result<(), ApiError> {
+    stream::validate(
+        &stream.name,
+        &stream.subscriptions,
+        &stream.destination,
+        &stream.retry_policy,
+        &state.catalog,
+        &state.destination_policy,
+    )
+    .map_err(ApiError::invalid)
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let body = body.map_err(body_error)?;
+    let request: CreateStream = parse_json(&headers, &body)?;
+    let now = state.clock.now_ms();
+    let mut destination = request.destination;
+    let given_secret = match &mut destination {
+        Destination::Webhook(config) => config.signing_secret.take(),
+    };
+    let stream = Stream {
+        tenant_id: caller.tenant_id.clone(),
+        id: ids::stream_id(),
+        name: request.name,
+        status: request.status.unwrap_or(StreamStatus::Enabled),
+        status_reason: None,
+        subscriptions: request.subscriptions,
+        destination,
+        payload_format: request.payload_format,
+        retry_policy: request.retry_policy,
+        created_at: now,
+        updated_at: now,
+    };
+    check(&state, &stream)?;
+    let secret = match given_secret {
+        Some(secret) => {
+            SigningKey::parse(&secret)
+                .map_err(|e| ApiError::invalid(format!("`destination.configuration.signing_secret`: {e}")))?;
+            secret
+        }
+        None => Secret::new(ids::signing_secret()),
+    };
+    state
+        .store
+        .create_stream(
+            stream.clone(),
+            SigningSecret {
+                secret,
+                created_at: now,
+                expires_at: None,
+            },
+        )
+        .await?;
+    state.signal.streams_changed();
+    tracing::info!(stream = %stream.id, tenant = %stream.tenant_id, "stream created");
+    Ok((StatusCode::CREATED, Json(view(&stream))))
+}
+
+pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+    let streams = state.store.list_streams(&caller.tenant_id).await?;
+    Ok(Json(Value::Array(streams.iter().map(view).collect())))
+}
+
+async fn load(state: &AppState, caller: &Caller, id: &str) -> Result<Stream, ApiError> {
+    state
+        .store
+        .get_stream(&caller.tenant_id, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("event stream", id))
+}
+
+pub async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(view(&load(&state, &caller, &id).await?)))
+}
+
+pub async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let body = body.map_err(body_error)?;
+    let changes: UpdateStream = parse_json(&headers, &body)?;
+    let mut stream = load(&state, &caller, &id).await?;
+    if let Some(name) = changes.name {
+        stream.name = name;
+    }
+    if let Some(subscriptions) = changes.subscriptions {
+        stream.subscriptions = subscriptions;
+    }
+    if let Some(destination) = changes.destination {
+        let Destination::Webhook(config) = &destination;
+        if config.signing_secret.is_some() {
+            return Err(ApiError::invalid(
+                "a stream's signing secret changes through POST /v1/event-streams/{id}/secret/rotate",
+            ));
+        }
+        stream.destination = destination;
+    }
+    if let Some(status) = changes.status {
+        if status != stream.status {
+            stream.status_reason = None;
+        }
+        stream.status = status;
+    }
+    if let Some(format) = changes.payload_format {
+        stream.payload_format = format;
+    }
+    if let Some(policy) = changes.retry_policy {
+        stream.retry_policy = policy;
+    }
+    stream.updated_at = state.clock.now_ms();
+    check(&state, &stream)?;
+    if !state.store.update_stream(stream.clone()).await? {
+        return Err(ApiError::not_found("event stream", &id));
+    }
+    state.signal.streams_changed();
+    Ok(Json(view(&stream)))
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let now = state.clock.now_ms();
+    if !state.store.delete_stream(&caller.tenant_id, &id, now).await? {
+        return Err(ApiError::not_found("event stream", &id));
+    }
+    state.signal.streams_changed();
+    tracing::info!(stream = %id, tenant = %caller.tenant_id, "stream deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn secret(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    load(&state, &caller, &id).await?;
+    let now = state.clock.now_ms();
+    let secrets = state.store.signing_secrets(&caller.tenant_id, &id, now).await?;
+    let current = secrets
+        .first()
+        .ok_or_else(|| ApiError::not_found("signing secret for event stream", &id))?;
+    let previous: Vec<Value> = secrets[1..]
+        .iter()
+        .map(|s| json!({ "expires_at": s.expires_at.map(format_time) }))
+        .collect();
+    Ok(Json(json!({
+        "secret": current.secret.expose(),
+        "created_at": format_time(current.created_at),
+        "previous": previous,
+    })))
+}
+
+pub async fn rotate_secret(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let body = body.map_err(body_error)?;
+    let request: Rotate = if body.is_empty() {
+        Rotate::default()
+    } else {
+        parse_json(&headers, &body)?
+    };
+    let secret = match request.secret {
+        Some(secret) => {
+            SigningKey::parse(&secret).map_err(|e| ApiError::invalid(format!("`secret`: {e}")))?;
+            secret
+        }
+        None => Secret::new(ids::signing_secret()),
+    };
+    let grace_ms = match request.grace_period_seconds {
+        Some(s) if s > MAX_GRACE_SECONDS => {
+            return Err(ApiError::invalid(format!(
+                "`grace_period_seconds` must be at most {MAX_GRACE_SECONDS}"
+            )));
+        }
+        Some(s) => s as i64 * 1000,
+        None => state.secret_rotation_grace_ms,
+    };
+    let now = state.clock.now_ms();
+    let rotated = state
+        .store
+        .rotate_secret(
+            &caller.tenant_id,
+            &id,
+            SigningSecret {
+                secret: secret.clone(),
+                created_at: now,
+                expires_at: None,
+            },
+            now + grace_ms,
+        )
+        .await?;
+    if !rotated {
+        return Err(ApiError::not_found("event stream", &id));
+    }
+    state.signal.streams_changed();
+    tracing::info!(stream = %id, tenant = %caller.tenant_id, "signing secret rotated");
+    Ok(Json(json!({
+        "secret": secret.expose(),
+        "created_at": format_time(now),
+        "previous_expires_at": format_time(now + grace_ms),
+    })))
+}

@@ -1,0 +1,145 @@
+//! The event type catalog: every type a platform may publish, with its category, description
+//! and a sample `data` (used by tests and the "Test" button). The built-in types cover every
+//! event named by the products Herald stands in for; they live in `event_types.json`.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+const BUILTIN: &str = include_str!("event_types.json");
+
+/// Longest accepted event type name.
+pub const MAX_TYPE_LEN: usize = 128;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventType {
+    pub name: String,
+    pub category: String,
+    pub description: String,
+    pub sample_data: serde_json::Value,
+}
+
+#[derive(Debug)]
+pub struct Catalog {
+    types: Vec<EventType>,
+    by_name: HashMap<String, usize>,
+}
+
+impl Catalog {
+    pub fn builtin() -> Catalog {
+        let types: Vec<EventType> =
+            serde_json::from_str(BUILTIN).expect("the built-in event type catalog is valid JSON");
+        let by_name = types
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect();
+        Catalog { types, by_name }
+    }
+
+    pub fn all(&self) -> &[EventType] {
+        &self.types
+    }
+
+    pub fn get(&self, name: &str) -> Option<&EventType> {
+        self.by_name.get(name).map(|&i| &self.types[i])
+    }
+
+    /// Whether a subscription pattern (`user.created`, `user.*`, `*`) selects at least one
+    /// known type. A pattern that selects nothing is almost always a typo.
+    pub fn selects_any(&self, pattern: &str) -> bool {
+        self.types.iter().any(|t| pattern_matches(pattern, &t.name))
+    }
+}
+
+/// `*` matches every type; `a.b.*` matches every type below `a.b`; anything else is exact.
+pub fn pattern_matches(pattern: &str, event_type: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some("") => true,
+        Some(prefix) if prefix.ends_with('.') => event_type.starts_with(prefix),
+        _ => pattern == event_type,
+    }
+}
+
+/// Dotted lowercase segments: `user.created`, `flow.run.finished`, `security.account_locked`.
+pub fn is_valid_type_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_TYPE_LEN
+        && name.split('.').all(|segment| {
+            !segment.is_empty()
+                && segment
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        })
+}
+
+/// A valid type name, `*`, or a valid type name prefix followed by `.*`.
+pub fn is_valid_pattern(pattern: &str) -> bool {
+    match pattern.strip_suffix(".*") {
+        _ if pattern == "*" => true,
+        Some(prefix) => is_valid_type_name(prefix),
+        None => is_valid_type_name(pattern),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_catalog_covers_the_seed_events() {
+        let catalog = Catalog::builtin();
+        for name in [
+            "flow.created",
+            "flow.run.finished",
+            "folder.deleted",
+            "connection.upserted",
+            "user.signed.up",
+            "user.signed.in",
+            "user.password.reset",
+            "user.email.verified",
+            "signing.key.created",
+            "project.role.updated",
+            "project.release.created",
+            "user.created",
+            "user.updated",
+            "user.deleted",
+            "organization.created",
+            "group.created",
+            "mfa.enabled",
+            "session.created",
+            "oauth.token.issued",
+            "sso.provider.linked",
+        ] {
+            assert!(catalog.get(name).is_some(), "{name} missing from the catalog");
+        }
+        for t in catalog.all() {
+            assert!(is_valid_type_name(&t.name), "{} is not a valid name", t.name);
+            assert!(t.sample_data.is_object(), "{} has no sample object", t.name);
+        }
+        assert_eq!(catalog.by_name.len(), catalog.all().len(), "duplicate names");
+    }
+
+    #[test]
+    fn patterns_match_exactly_by_prefix_or_everything() {
+        assert!(pattern_matches("user.created", "user.created"));
+        assert!(!pattern_matches("user.created", "user.created.v2"));
+        assert!(pattern_matches("user.*", "user.signed.in"));
+        assert!(!pattern_matches("user.*", "users.created"));
+        assert!(!pattern_matches("user.*", "user"));
+        assert!(pattern_matches("*", "flow.run.finished"));
+    }
+
+    #[test]
+    fn names_and_patterns_are_validated() {
+        assert!(is_valid_type_name("flow.run.finished"));
+        assert!(!is_valid_type_name("Flow.Created"));
+        assert!(!is_valid_type_name("user..created"));
+        assert!(!is_valid_type_name(""));
+        assert!(is_valid_pattern("user.*"));
+        assert!(is_valid_pattern("*"));
+        assert!(!is_valid_pattern("user*"));
+        assert!(!is_valid_pattern("*.created"));
+    }
+}

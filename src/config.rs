@@ -1,0 +1,251 @@
+//! Configuration: one documented default (`config/herald.default.toml`, embedded in the
+//! binary), then an optional `herald.toml`, then `HERALD_*` environment variables, then
+//! command-line flags. Validated once at start; an error names the offending key.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::secret::Secret;
+
+pub const DEFAULT_CONFIG: &str = include_str!("../config/herald.default.toml");
+
+/// The settled configuration of one `herald serve`.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub allow_http: bool,
+    #[serde(deserialize_with = "cidr_list")]
+    pub allow_cidrs: Vec<IpNet>,
+    pub admin_token: Option<Secret>,
+    pub secret_key: Option<Secret>,
+    pub delivery_timeout_seconds: u64,
+    pub max_in_flight: usize,
+    pub max_in_flight_per_stream: usize,
+    pub secret_rotation_grace_seconds: u64,
+    pub max_request_bytes: usize,
+    pub shutdown_grace_seconds: u64,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field("allow_http", &self.allow_http)
+            .field("allow_cidrs", &self.allow_cidrs)
+            .field("admin_token", &self.admin_token)
+            .field("secret_key", &self.secret_key)
+            .field("delivery_timeout_seconds", &self.delivery_timeout_seconds)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("max_in_flight_per_stream", &self.max_in_flight_per_stream)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error: {0}")]
+pub struct ConfigError(String);
+
+/// Values given on the command line; `None` leaves the key to the lower layers.
+#[derive(Debug, Default, Clone, Serialize, clap::Args)]
+pub struct Overrides {
+    /// Address to listen on [env: HERALD_LISTEN] [default: 127.0.0.1:8470]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// Directory of the embedded store [env: HERALD_DATA_DIR] [default: ./herald-data]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// Allow http:// webhook endpoints (development only) [env: HERALD_ALLOW_HTTP]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow_http: Option<bool>,
+    /// Reserved ranges destinations may reach, comma-separated [env: HERALD_ALLOW_CIDRS]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow_cidrs: Option<String>,
+    /// Webhook request timeout in seconds [env: HERALD_DELIVERY_TIMEOUT_SECONDS] [default: 15]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery_timeout_seconds: Option<u64>,
+    /// Concurrent deliveries in total [env: HERALD_MAX_IN_FLIGHT] [default: 512]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<usize>,
+    /// Concurrent deliveries per stream [env: HERALD_MAX_IN_FLIGHT_PER_STREAM] [default: 32]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_in_flight_per_stream: Option<usize>,
+}
+
+impl Config {
+    /// Loads the layers. `file` is `--config`; without it `./herald.toml` is read if present.
+    pub fn load(file: Option<PathBuf>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULT_CONFIG));
+        match file {
+            Some(path) if !path.exists() => {
+                return Err(ConfigError(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            Some(path) => figment = figment.merge(Toml::file_exact(path)),
+            None => figment = figment.merge(Toml::file_exact("herald.toml")),
+        }
+        let known = known_keys();
+        figment = figment
+            .merge(Env::prefixed("HERALD_").filter(move |key| known.iter().any(|k| k == key)))
+            .merge(Serialized::defaults(overrides));
+        Self::from_figment(figment)
+    }
+
+    /// The defaults alone, for tests and embedding.
+    pub fn defaults() -> Config {
+        Self::from_figment(Figment::from(Toml::string(DEFAULT_CONFIG)))
+            .expect("the embedded default configuration is valid")
+    }
+
+    fn from_figment(figment: Figment) -> Result<Config, ConfigError> {
+        let config: Config = figment.extract().map_err(|e| ConfigError(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("delivery_timeout_seconds", self.delivery_timeout_seconds as usize),
+            ("max_in_flight", self.max_in_flight),
+            ("max_in_flight_per_stream", self.max_in_flight_per_stream),
+            ("max_request_bytes", self.max_request_bytes),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(ConfigError(format!("`{key}` must be greater than 0")));
+            }
+        }
+        if let Some(token) = &self.admin_token
+            && token.expose().len() < 16
+        {
+            return Err(ConfigError(
+                "`admin_token` must be at least 16 characters long".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn delivery_timeout(&self) -> Duration {
+        Duration::from_secs(self.delivery_timeout_seconds)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_seconds)
+    }
+
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("herald.sqlite3")
+    }
+}
+
+/// Every key of the default file, plus the keys it documents in comments.
+fn known_keys() -> Vec<String> {
+    DEFAULT_CONFIG
+        .lines()
+        .map(|line| line.trim_start_matches('#').trim())
+        .filter_map(|line| line.split_once(" = ").map(|(key, _)| key.to_string()))
+        .filter(|key| key.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+        .collect()
+}
+
+/// Accepts `["10.0.0.0/8", "127.0.0.1/32"]` or `"10.0.0.0/8,127.0.0.1/32"` (environment).
+fn cidr_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<IpNet>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        List(Vec<String>),
+        Joined(String),
+    }
+    let items = match Raw::deserialize(deserializer)? {
+        Raw::List(items) => items,
+        Raw::Joined(joined) => joined.split(',').map(str::to_string).collect(),
+    };
+    items
+        .iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "`{s}` is not a CIDR range such as 127.0.0.0/8"
+                    ))
+                })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_documented_values() {
+        let config = Config::defaults();
+        assert_eq!(config.listen, "127.0.0.1:8470".parse().unwrap());
+        assert_eq!(config.data_dir, PathBuf::from("./herald-data"));
+        assert!(!config.allow_http);
+        assert!(config.allow_cidrs.is_empty());
+        assert_eq!(config.delivery_timeout(), Duration::from_secs(15));
+    }
+
+    #[test]
+    fn layers_apply_in_order_and_env_lists_are_comma_separated() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("herald.toml", "listen = \"127.0.0.1:9000\"\nallow_http = true")?;
+            jail.set_env("HERALD_LISTEN", "127.0.0.1:9001");
+            jail.set_env("HERALD_ALLOW_CIDRS", "127.0.0.0/8, ::1");
+            jail.set_env("HERALD_TEST_DATABASE_URL", "ignored: not a config key");
+            let config = Config::load(None, &Overrides::default()).unwrap();
+            assert_eq!(config.listen, "127.0.0.1:9001".parse().unwrap());
+            assert!(config.allow_http);
+            assert_eq!(config.allow_cidrs.len(), 2);
+
+            let flags = Overrides {
+                listen: Some("127.0.0.1:9002".parse().unwrap()),
+                ..Overrides::default()
+            };
+            let config = Config::load(None, &flags).unwrap();
+            assert_eq!(config.listen, "127.0.0.1:9002".parse().unwrap());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn errors_name_the_offending_key() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("herald.toml", "listne = \"127.0.0.1:9000\"")?;
+            let err = Config::load(None, &Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains("listne"), "{err}");
+
+            jail.create_file("herald.toml", "")?;
+            jail.set_env("HERALD_ALLOW_CIDRS", "not-a-range");
+            let err = Config::load(None, &Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains("not-a-range"), "{err}");
+
+            jail.set_env("HERALD_ALLOW_CIDRS", "");
+            jail.set_env("HERALD_MAX_IN_FLIGHT", "0");
+            let err = Config::load(None, &Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains("max_in_flight"), "{err}");
+            Ok(())
+        });
+    }
+}

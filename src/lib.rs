@@ -1,0 +1,34 @@
+//! Herald: a self-hosted event streaming service. A platform publishes its audit and lifecycle
+//! events; each tenant's event streams subscribe to event types and get every matching event
+//! delivered at least once to their destination, signed, retried and recorded.
+//!
+//! # Layout
+//! - [`app`]: builds the parts from the configuration and runs them until shutdown.
+//! - [`config`]: the layered configuration (embedded defaults, file, environment, flags).
+//! - [`api`]: the HTTP API, one module per resource, and its error type.
+//! - [`event`]: CloudEvents parsing and validation; the payload shapes receivers get.
+//! - [`catalog`]: the built-in event types and subscription patterns.
+//! - [`stream`]: event streams: subscriptions, retry policy, payload format, validation.
+//! - [`destinations`]: where streams deliver (webhook), and what an outcome means.
+//! - [`delivery`]: the dispatcher that leases due deliveries and runs attempts, and the
+//!   retry schedule.
+//! - [`store`]: the storage interface and the embedded SQLite store (group commit).
+//! - [`net`]: the SSRF guard applied to every outbound connection.
+//! - [`secret`], [`ids`], [`clock`]: secrets at rest, identifiers, injectable time.
+
+pub mod api;
+pub mod app;
+pub mod catalog;
+pub mod clock;
+pub mod config;
+pub mod delivery;
+pub mod destinations;
+pub mod event;
+pub mod ids;
+pub mod net;
+pub mod secret;
+pub mod store;
+pub mod stream;
+
+pub use app::App;
+pub use config::Config;

@@ -1,0 +1,3 @@
+//! Outbound network policy shared by every destination that opens connections.
+
+pub mod ssrf;

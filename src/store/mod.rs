@@ -1,0 +1,246 @@
+//! The store: one interface over Herald's durable state, so the embedded SQLite store and a
+//! shared database can stand in for each other. Every method takes the tenant where a row
+//! belongs to one, and implementations scope their queries by it.
+//!
+//! The delivery queue lives here too: `publish` writes an event and its pending deliveries in
+//! one commit; `claim` leases due deliveries (no transaction outlives the call, so nothing is
+//! held across network I/O); `record` stores an attempt and the delivery's next state. A lease
+//! that expires makes its delivery due again, which is what makes delivery at-least-once.
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+
+use crate::clock::Millis;
+use crate::destinations::webhook::signing::SigningKey;
+use crate::event::{NewEvent, StoredEvent};
+use crate::secret::Secret;
+use crate::stream::{Stream, StreamStatus};
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] rusqlite::Error),
+    #[error("could not open the store at {path}: {reason}")]
+    Open { path: String, reason: String },
+    #[error(transparent)]
+    Cipher(#[from] crate::secret::CipherError),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("the commit failed: {0}")]
+    Commit(String),
+    #[error("the store is shutting down")]
+    Closed,
+}
+
+/// An API token as stored: the secret itself is only ever held as a SHA-256 hash.
+#[derive(Debug, Clone)]
+pub struct Token {
+    pub id: String,
+    /// `None` for a platform token, which acts on every tenant.
+    pub tenant_id: Option<String>,
+    pub name: String,
+    pub scopes: Vec<String>,
+}
+
+pub type TokenHash = [u8; 32];
+
+pub fn hash_token(secret: &str) -> TokenHash {
+    hmac_sha256::Hash::hash(secret.as_bytes())
+}
+
+/// One signing secret of a stream. A rotated-out secret keeps an `expires_at`.
+#[derive(Debug, Clone)]
+pub struct SigningSecret {
+    pub secret: Secret,
+    pub created_at: Millis,
+    pub expires_at: Option<Millis>,
+}
+
+/// The outcome of publishing one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub id: String,
+    pub source: String,
+    /// An event with the same (`source`, `id`) was accepted before; nothing new was stored.
+    pub duplicate: bool,
+    /// Ids of the streams that got a pending delivery.
+    pub streams: Vec<String>,
+}
+
+/// Lease up to `limit` due deliveries of one stream.
+#[derive(Debug, Clone)]
+pub struct ClaimRequest {
+    pub tenant_id: String,
+    pub stream_id: String,
+    pub limit: usize,
+}
+
+/// A leased delivery, with its event.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    /// Store-internal handle, passed back to `record`.
+    pub key: i64,
+    pub lease: i64,
+    pub id: String,
+    pub tenant_id: String,
+    pub stream_id: String,
+    /// Attempts made before this one.
+    pub attempts: u32,
+    pub event: StoredEvent,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ClaimBatch {
+    pub tenant_id: String,
+    pub stream_id: String,
+    pub deliveries: Vec<Claimed>,
+    /// When this stream's next pending delivery falls due (leased ones count at their lease
+    /// expiry); `None` when it has nothing pending.
+    pub next_due: Option<Millis>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryStatus {
+    Pending,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Succeeded => "succeeded",
+            DeliveryStatus::Failed => "failed",
+            DeliveryStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(DeliveryStatus::Pending),
+            "succeeded" => Some(DeliveryStatus::Succeeded),
+            "failed" => Some(DeliveryStatus::Failed),
+            "cancelled" => Some(DeliveryStatus::Cancelled),
+            _ => None,
+        }
+    }
+}
+
+/// One finished attempt and what follows from it.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    pub key: i64,
+    pub lease: i64,
+    pub tenant_id: String,
+    pub stream_id: String,
+    pub attempted_at: Millis,
+    pub duration_ms: i64,
+    pub response_status: Option<u16>,
+    pub response_body: Option<String>,
+    pub error_kind: Option<&'static str>,
+    pub error_message: Option<String>,
+    /// The delivery's state after this attempt: `Pending` with `next_attempt_at` to retry.
+    pub status: DeliveryStatus,
+    pub next_attempt_at: Option<Millis>,
+    /// Set when the receiver asked to stop (`410 Gone`): the stream is disabled with it.
+    pub disable_stream: Option<String>,
+}
+
+/// A delivery with its attempts, as the API shows it.
+#[derive(Debug, Clone)]
+pub struct DeliveryView {
+    pub id: String,
+    pub stream_id: String,
+    pub event_id: String,
+    pub event_type: String,
+    pub status: DeliveryStatus,
+    pub attempts: Vec<AttemptView>,
+    pub next_attempt_at: Option<Millis>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+#[derive(Debug, Clone)]
+pub struct AttemptView {
+    pub attempted_at: Millis,
+    pub duration_ms: i64,
+    pub response_status: Option<u16>,
+    pub response_body: Option<String>,
+    pub error_kind: Option<String>,
+    pub error_message: Option<String>,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    // Tenants and tokens.
+    async fn ensure_tenant(&self, id: &str, name: &str, now: Millis) -> StoreResult<()>;
+    async fn count_tokens(&self) -> StoreResult<u64>;
+    /// Inserts the token unless one with the same hash exists.
+    async fn ensure_token(&self, token: Token, hash: TokenHash, now: Millis) -> StoreResult<()>;
+    async fn find_token(&self, hash: TokenHash) -> StoreResult<Option<Token>>;
+
+    // Streams.
+    async fn create_stream(&self, stream: Stream, secret: SigningSecret) -> StoreResult<()>;
+    async fn get_stream(&self, tenant_id: &str, id: &str) -> StoreResult<Option<Stream>>;
+    async fn list_streams(&self, tenant_id: &str) -> StoreResult<Vec<Stream>>;
+    /// Replaces the stream's definition; false if it does not exist.
+    async fn update_stream(&self, stream: Stream) -> StoreResult<bool>;
+    /// Deletes the stream and cancels its pending deliveries; false if it does not exist.
+    async fn delete_stream(&self, tenant_id: &str, id: &str, now: Millis) -> StoreResult<bool>;
+    /// Secrets still valid at `now`, newest first.
+    async fn signing_secrets(
+        &self,
+        tenant_id: &str,
+        stream_id: &str,
+        now: Millis,
+    ) -> StoreResult<Vec<SigningSecret>>;
+    /// Makes `secret` current; the current ones expire at `old_expires_at`.
+    async fn rotate_secret(
+        &self,
+        tenant_id: &str,
+        stream_id: &str,
+        secret: SigningSecret,
+        old_expires_at: Millis,
+    ) -> StoreResult<bool>;
+    /// Every stream of every tenant in `status`, for the dispatcher.
+    async fn streams_with_status(&self, status: StreamStatus) -> StoreResult<Vec<Stream>>;
+
+    // Events and the delivery queue.
+    /// Stores the events and one pending delivery per matching enabled stream, durably, in one
+    /// commit shared with concurrent callers. Duplicates of accepted events are skipped.
+    async fn publish(
+        &self,
+        tenant_id: &str,
+        events: Vec<NewEvent>,
+        now: Millis,
+    ) -> StoreResult<Vec<Published>>;
+    async fn claim(
+        &self,
+        requests: Vec<ClaimRequest>,
+        now: Millis,
+        lease_until: Millis,
+    ) -> StoreResult<Vec<ClaimBatch>>;
+    async fn record(&self, attempts: Vec<AttemptRecord>, now: Millis) -> StoreResult<()>;
+    /// Gives leased deliveries back (on shutdown): due again at `now`, no attempt counted.
+    async fn release(&self, leases: Vec<(i64, i64)>, now: Millis) -> StoreResult<()>;
+    async fn get_delivery(&self, tenant_id: &str, id: &str) -> StoreResult<Option<DeliveryView>>;
+    /// The deliveries of one event, one per stream it went to.
+    async fn event_deliveries(
+        &self,
+        tenant_id: &str,
+        event_id: &str,
+    ) -> StoreResult<Vec<DeliveryView>>;
+}
+
+/// Decodes the signing keys a stream signs with now.
+pub fn signing_keys(secrets: &[SigningSecret]) -> Vec<SigningKey> {
+    secrets
+        .iter()
+        .filter_map(|s| SigningKey::parse(&s.secret).ok())
+        .collect()
+}

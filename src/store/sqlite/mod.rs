@@ -1,0 +1,695 @@
+//! The embedded store: SQLite in WAL mode with `synchronous = FULL`, so a commit is on disk
+//! before anyone is told it happened. Writes go through one writer thread that batches
+//! concurrent callers into shared commits (see `writer`); reads use their own connections.
+
+mod writer;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use serde_json::value::RawValue;
+
+use super::*;
+use crate::destinations::Destination;
+use crate::event::StoredEvent;
+use crate::secret::Cipher;
+use crate::stream::{PayloadFormat, RetryPolicy, Subscription};
+use writer::{Readers, Writer};
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
+const MIGRATIONS: &[&str] = &[include_str!("schema.sql")];
+
+pub struct SqliteStore {
+    writer: Writer,
+    readers: Readers,
+    cipher: Arc<Cipher>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and brings its schema up to date.
+    pub fn open(path: &Path, cipher: Cipher) -> StoreResult<SqliteStore> {
+        let open_err = |reason: String| StoreError::Open {
+            path: path.display().to_string(),
+            reason,
+        };
+        let mut conn = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(|e| open_err(e.to_string()))?;
+        // FULL: the WAL is fsynced at every commit, so an acknowledged write survives power loss.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        migrate(&mut conn).map_err(|e| open_err(e.to_string()))?;
+        Ok(SqliteStore {
+            writer: Writer::start(conn),
+            readers: Readers::new(path),
+            cipher: Arc::new(cipher),
+        })
+    }
+}
+
+fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let applied: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+const STREAM_COLUMNS: &str = "tenant_id, id, name, status, status_reason, subscriptions, \
+     destination, payload_format, retry_policy, created_at, updated_at";
+
+fn stream_from_row(row: &Row, cipher: &Cipher) -> StoreResult<Stream> {
+    let corrupt = |what: &str| StoreError::Corrupt(format!("stream column `{what}`"));
+    let status: String = row.get(3)?;
+    let subscriptions: String = row.get(5)?;
+    let destination: Vec<u8> = row.get(6)?;
+    let payload_format: String = row.get(7)?;
+    let retry_policy: String = row.get(8)?;
+    let patterns: Vec<String> =
+        serde_json::from_str(&subscriptions).map_err(|_| corrupt("subscriptions"))?;
+    let destination: Destination = serde_json::from_slice(&cipher.decrypt(&destination)?)
+        .map_err(|_| corrupt("destination"))?;
+    Ok(Stream {
+        tenant_id: row.get(0)?,
+        id: row.get(1)?,
+        name: row.get(2)?,
+        status: StreamStatus::parse(&status).ok_or_else(|| corrupt("status"))?,
+        status_reason: row.get(4)?,
+        subscriptions: patterns
+            .into_iter()
+            .map(|event_type| Subscription { event_type })
+            .collect(),
+        destination,
+        payload_format: PayloadFormat::parse(&payload_format).ok_or_else(|| corrupt("payload_format"))?,
+        retry_policy: serde_json::from_str::<RetryPolicy>(&retry_policy)
+            .map_err(|_| corrupt("retry_policy"))?,
+        created_at: row.get(9)?,
+        updated_at: row.get(10)?,
+    })
+}
+
+/// The stream's columns in `STREAM_COLUMNS` order, the destination encrypted.
+fn stream_values(stream: &Stream, cipher: &Cipher) -> (String, Vec<u8>, String) {
+    let patterns: Vec<&str> = stream.subscriptions.iter().map(|s| s.event_type.as_str()).collect();
+    let destination =
+        serde_json::to_vec(&stream.destination).expect("a destination serialises to JSON");
+    (
+        serde_json::to_string(&patterns).expect("strings serialise"),
+        cipher.encrypt(&destination),
+        serde_json::to_string(&stream.retry_policy).expect("a retry policy serialises"),
+    )
+}
+
+fn destination_type(destination: &Destination) -> &'static str {
+    match destination {
+        Destination::Webhook(_) => "webhook",
+    }
+}
+
+const EVENT_COLUMNS: &str =
+    "e.id, e.source, e.type, e.time, e.subject, e.datacontenttype, e.dataschema, e.data, e.extensions";
+
+/// Reads an event from `EVENT_COLUMNS` starting at column `at`.
+fn event_from_row(row: &Row, at: usize) -> StoreResult<StoredEvent> {
+    let data: String = row.get(at + 7)?;
+    let extensions: Option<String> = row.get(at + 8)?;
+    let corrupt = |what: &str| StoreError::Corrupt(format!("event column `{what}`"));
+    Ok(StoredEvent {
+        id: row.get(at)?,
+        source: row.get(at + 1)?,
+        event_type: row.get(at + 2)?,
+        time: row.get(at + 3)?,
+        subject: row.get(at + 4)?,
+        datacontenttype: row.get(at + 5)?,
+        dataschema: row.get(at + 6)?,
+        data: RawValue::from_string(data).map_err(|_| corrupt("data"))?,
+        extensions: match extensions {
+            Some(text) => serde_json::from_str(&text).map_err(|_| corrupt("extensions"))?,
+            None => Default::default(),
+        },
+    })
+}
+
+fn publish_in(
+    conn: &Connection,
+    tenant_id: &str,
+    events: Vec<NewEvent>,
+    now: Millis,
+) -> StoreResult<Vec<Published>> {
+    let mut streams = Vec::new();
+    {
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, subscriptions FROM streams WHERE tenant_id = ?1 AND status = 'enabled'",
+        )?;
+        let mut rows = stmt.query(params![tenant_id])?;
+        while let Some(row) = rows.next()? {
+            let id: String = row.get(0)?;
+            let patterns: String = row.get(1)?;
+            let patterns: Vec<String> = serde_json::from_str(&patterns)
+                .map_err(|_| StoreError::Corrupt("stream column `subscriptions`".into()))?;
+            streams.push((id, patterns));
+        }
+    }
+    let mut insert_event = conn.prepare_cached(
+        "INSERT INTO events (tenant_id, id, source, type, time, subject, datacontenttype, \
+         dataschema, data, extensions, received_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
+         ON CONFLICT (tenant_id, source, id) DO NOTHING",
+    )?;
+    let mut insert_delivery = conn.prepare_cached(
+        "INSERT INTO deliveries (tenant_id, id, stream_id, event_seq, status, due_at, created_at, updated_at) \
+         VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?5, ?5)",
+    )?;
+    let mut published = Vec::with_capacity(events.len());
+    for event in events {
+        let extensions = (!event.extensions.is_empty())
+            .then(|| serde_json::to_string(&event.extensions).expect("JSON values serialise"));
+        let inserted = insert_event.execute(params![
+            tenant_id,
+            event.id,
+            event.source,
+            event.event_type,
+            event.time,
+            event.subject,
+            event.datacontenttype,
+            event.dataschema,
+            event.data.get(),
+            extensions,
+            now,
+        ])?;
+        let mut result = Published {
+            id: event.id,
+            source: event.source,
+            duplicate: inserted == 0,
+            streams: Vec::new(),
+        };
+        if inserted == 1 {
+            let event_seq = conn.last_insert_rowid();
+            for (stream_id, patterns) in &streams {
+                if patterns
+                    .iter()
+                    .any(|p| crate::catalog::pattern_matches(p, &event.event_type))
+                {
+                    insert_delivery.execute(params![
+                        tenant_id,
+                        crate::ids::delivery_id(now),
+                        stream_id,
+                        event_seq,
+                        now
+                    ])?;
+                    result.streams.push(stream_id.clone());
+                }
+            }
+        }
+        published.push(result);
+    }
+    Ok(published)
+}
+
+fn claim_in(
+    conn: &Connection,
+    requests: Vec<ClaimRequest>,
+    now: Millis,
+    lease_until: Millis,
+) -> StoreResult<Vec<ClaimBatch>> {
+    let mut select = conn.prepare_cached(&format!(
+        "SELECT d.seq, d.id, d.attempts, d.lease, {EVENT_COLUMNS} \
+         FROM deliveries d JOIN events e ON e.seq = d.event_seq \
+         WHERE d.tenant_id = ?1 AND d.stream_id = ?2 AND d.status = 'pending' AND d.due_at <= ?3 \
+         ORDER BY d.due_at LIMIT ?4"
+    ))?;
+    let mut lease = conn.prepare_cached(
+        "UPDATE deliveries SET due_at = ?2, lease = lease + 1 WHERE seq = ?1 RETURNING lease",
+    )?;
+    let mut next_due = conn.prepare_cached(
+        "SELECT MIN(due_at) FROM deliveries \
+         WHERE tenant_id = ?1 AND stream_id = ?2 AND status = 'pending'",
+    )?;
+    let mut batches = Vec::with_capacity(requests.len());
+    for request in requests {
+        let mut deliveries = Vec::new();
+        let mut rows = select.query(params![
+            request.tenant_id,
+            request.stream_id,
+            now,
+            request.limit as i64
+        ])?;
+        while let Some(row) = rows.next()? {
+            deliveries.push(Claimed {
+                key: row.get(0)?,
+                id: row.get(1)?,
+                attempts: row.get(2)?,
+                lease: row.get(3)?,
+                tenant_id: request.tenant_id.clone(),
+                stream_id: request.stream_id.clone(),
+                event: event_from_row(row, 4)?,
+            });
+        }
+        drop(rows);
+        for d in &mut deliveries {
+            d.lease = lease.query_row(params![d.key, lease_until], |r| r.get(0))?;
+        }
+        let next_due = if deliveries.len() < request.limit {
+            next_due.query_row(params![request.tenant_id, request.stream_id], |r| r.get(0))?
+        } else {
+            Some(now)
+        };
+        batches.push(ClaimBatch {
+            tenant_id: request.tenant_id,
+            stream_id: request.stream_id,
+            deliveries,
+            next_due,
+        });
+    }
+    Ok(batches)
+}
+
+fn record_in(conn: &Connection, records: Vec<AttemptRecord>, now: Millis) -> StoreResult<()> {
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO attempts (tenant_id, delivery_seq, attempted_at, duration_ms, response_status, \
+         response_body, error_kind, error_message) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?;
+    let mut update = conn.prepare_cached(
+        "UPDATE deliveries SET status = ?3, attempts = attempts + 1, due_at = ?4, updated_at = ?5 \
+         WHERE seq = ?1 AND lease = ?2",
+    )?;
+    let mut disable = conn.prepare_cached(
+        "UPDATE streams SET status = 'disabled', status_reason = ?3, updated_at = ?4 \
+         WHERE tenant_id = ?1 AND id = ?2",
+    )?;
+    for r in records {
+        insert.execute(params![
+            r.tenant_id,
+            r.key,
+            r.attempted_at,
+            r.duration_ms,
+            r.response_status,
+            r.response_body,
+            r.error_kind,
+            r.error_message
+        ])?;
+        let due_at = match r.status {
+            DeliveryStatus::Pending => r.next_attempt_at,
+            _ => None,
+        };
+        // No row changes when the lease was lost: the attempt is on record, but the newer
+        // claim owns the delivery's state.
+        update.execute(params![r.key, r.lease, r.status.as_str(), due_at, now])?;
+        if let Some(reason) = &r.disable_stream {
+            disable.execute(params![r.tenant_id, r.stream_id, reason, now])?;
+        }
+    }
+    Ok(())
+}
+
+fn delivery_views(
+    conn: &Connection,
+    tenant_id: &str,
+    filter: &str,
+    value: &str,
+) -> StoreResult<Vec<DeliveryView>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT d.seq, d.id, d.stream_id, e.id, e.type, d.status, d.due_at, d.created_at, d.updated_at \
+         FROM deliveries d JOIN events e ON e.seq = d.event_seq \
+         WHERE d.tenant_id = ?1 AND {filter} = ?2 ORDER BY d.seq"
+    ))?;
+    let mut attempts = conn.prepare_cached(
+        "SELECT attempted_at, duration_ms, response_status, response_body, error_kind, error_message \
+         FROM attempts WHERE tenant_id = ?1 AND delivery_seq = ?2 ORDER BY seq",
+    )?;
+    let mut views = Vec::new();
+    let mut rows = stmt.query(params![tenant_id, value])?;
+    while let Some(row) = rows.next()? {
+        let seq: i64 = row.get(0)?;
+        let status: String = row.get(5)?;
+        let status = DeliveryStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt("delivery column `status`".into()))?;
+        let list = attempts
+            .query_map(params![tenant_id, seq], |a| {
+                Ok(AttemptView {
+                    attempted_at: a.get(0)?,
+                    duration_ms: a.get(1)?,
+                    response_status: a.get(2)?,
+                    response_body: a.get(3)?,
+                    error_kind: a.get(4)?,
+                    error_message: a.get(5)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        views.push(DeliveryView {
+            id: row.get(1)?,
+            stream_id: row.get(2)?,
+            event_id: row.get(3)?,
+            event_type: row.get(4)?,
+            status,
+            attempts: list,
+            next_attempt_at: if status == DeliveryStatus::Pending { row.get(6)? } else { None },
+            created_at: row.get(7)?,
+            updated_at: row.get(8)?,
+        });
+    }
+    Ok(views)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ensure_tenant(&self, id: &str, name: &str, now: Millis) -> StoreResult<()> {
+        let (id, name) = (id.to_string(), name.to_string());
+        self.writer
+            .write(move |conn| {
+                conn.execute(
+                    "INSERT INTO tenants (id, name, created_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                    params![id, name, now],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn count_tokens(&self) -> StoreResult<u64> {
+        self.readers
+            .read(|conn| {
+                Ok(conn.query_row("SELECT COUNT(*) FROM api_tokens", [], |r| r.get::<_, i64>(0))? as u64)
+            })
+            .await
+    }
+
+    async fn ensure_token(&self, token: Token, hash: TokenHash, now: Millis) -> StoreResult<()> {
+        self.writer
+            .write(move |conn| {
+                conn.execute(
+                    "INSERT INTO api_tokens (hash, id, tenant_id, name, scopes, created_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (hash) DO NOTHING",
+                    params![
+                        hash.as_slice(),
+                        token.id,
+                        token.tenant_id,
+                        token.name,
+                        serde_json::to_string(&token.scopes).expect("strings serialise"),
+                        now
+                    ],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn find_token(&self, hash: TokenHash) -> StoreResult<Option<Token>> {
+        self.readers
+            .read(move |conn| {
+                let row = conn
+                    .prepare_cached(
+                        "SELECT id, tenant_id, name, scopes FROM api_tokens \
+                         WHERE hash = ?1 AND revoked_at IS NULL",
+                    )?
+                    .query_row(params![hash.as_slice()], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, String>(3)?))
+                    })
+                    .optional()?;
+                row.map(|(id, tenant_id, name, scopes)| {
+                    Ok(Token {
+                        id,
+                        tenant_id,
+                        name,
+                        scopes: serde_json::from_str(&scopes)
+                            .map_err(|_| StoreError::Corrupt("token column `scopes`".into()))?,
+                    })
+                })
+                .transpose()
+            })
+            .await
+    }
+
+    async fn create_stream(&self, stream: Stream, secret: SigningSecret) -> StoreResult<()> {
+        let cipher = self.cipher.clone();
+        self.writer
+            .write(move |conn| {
+                let (subscriptions, destination, retry_policy) = stream_values(&stream, &cipher);
+                conn.execute(
+                    &format!(
+                        "INSERT INTO streams ({STREAM_COLUMNS}, destination_type) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+                    ),
+                    params![
+                        stream.tenant_id,
+                        stream.id,
+                        stream.name,
+                        stream.status.as_str(),
+                        stream.status_reason,
+                        subscriptions,
+                        destination,
+                        stream.payload_format.as_str(),
+                        retry_policy,
+                        stream.created_at,
+                        stream.updated_at,
+                        destination_type(&stream.destination),
+                    ],
+                )?;
+                conn.execute(
+                    "INSERT INTO stream_secrets (tenant_id, stream_id, secret, created_at, expires_at) \
+                     VALUES (?1, ?2, ?3, ?4, NULL)",
+                    params![
+                        stream.tenant_id,
+                        stream.id,
+                        cipher.encrypt(secret.secret.expose().as_bytes()),
+                        secret.created_at
+                    ],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn get_stream(&self, tenant_id: &str, id: &str) -> StoreResult<Option<Stream>> {
+        let (tenant_id, id, cipher) = (tenant_id.to_string(), id.to_string(), self.cipher.clone());
+        self.readers
+            .read(move |conn| {
+                let mut stmt = conn.prepare_cached(&format!(
+                    "SELECT {STREAM_COLUMNS} FROM streams WHERE tenant_id = ?1 AND id = ?2"
+                ))?;
+                let mut rows = stmt.query(params![tenant_id, id])?;
+                rows.next()?.map(|row| stream_from_row(row, &cipher)).transpose()
+            })
+            .await
+    }
+
+    async fn list_streams(&self, tenant_id: &str) -> StoreResult<Vec<Stream>> {
+        let (tenant_id, cipher) = (tenant_id.to_string(), self.cipher.clone());
+        self.readers
+            .read(move |conn| {
+                let mut stmt = conn.prepare_cached(&format!(
+                    "SELECT {STREAM_COLUMNS} FROM streams WHERE tenant_id = ?1 ORDER BY created_at, id"
+                ))?;
+                let mut rows = stmt.query(params![tenant_id])?;
+                let mut streams = Vec::new();
+                while let Some(row) = rows.next()? {
+                    streams.push(stream_from_row(row, &cipher)?);
+                }
+                Ok(streams)
+            })
+            .await
+    }
+
+    async fn update_stream(&self, stream: Stream) -> StoreResult<bool> {
+        let cipher = self.cipher.clone();
+        self.writer
+            .write(move |conn| {
+                let (subscriptions, destination, retry_policy) = stream_values(&stream, &cipher);
+                let changed = conn.execute(
+                    "UPDATE streams SET name = ?3, status = ?4, status_reason = ?5, subscriptions = ?6, \
+                     destination = ?7, payload_format = ?8, retry_policy = ?9, updated_at = ?10, \
+                     destination_type = ?11 WHERE tenant_id = ?1 AND id = ?2",
+                    params![
+                        stream.tenant_id,
+                        stream.id,
+                        stream.name,
+                        stream.status.as_str(),
+                        stream.status_reason,
+                        subscriptions,
+                        destination,
+                        stream.payload_format.as_str(),
+                        retry_policy,
+                        stream.updated_at,
+                        destination_type(&stream.destination),
+                    ],
+                )?;
+                Ok(changed == 1)
+            })
+            .await
+    }
+
+    async fn delete_stream(&self, tenant_id: &str, id: &str, now: Millis) -> StoreResult<bool> {
+        let (tenant_id, id) = (tenant_id.to_string(), id.to_string());
+        self.writer
+            .write(move |conn| {
+                let deleted = conn.execute(
+                    "DELETE FROM streams WHERE tenant_id = ?1 AND id = ?2",
+                    params![tenant_id, id],
+                )?;
+                conn.execute(
+                    "DELETE FROM stream_secrets WHERE tenant_id = ?1 AND stream_id = ?2",
+                    params![tenant_id, id],
+                )?;
+                conn.execute(
+                    "UPDATE deliveries SET status = 'cancelled', due_at = NULL, updated_at = ?3 \
+                     WHERE tenant_id = ?1 AND stream_id = ?2 AND status = 'pending'",
+                    params![tenant_id, id, now],
+                )?;
+                Ok(deleted == 1)
+            })
+            .await
+    }
+
+    async fn signing_secrets(
+        &self,
+        tenant_id: &str,
+        stream_id: &str,
+        now: Millis,
+    ) -> StoreResult<Vec<SigningSecret>> {
+        let (tenant_id, stream_id, cipher) =
+            (tenant_id.to_string(), stream_id.to_string(), self.cipher.clone());
+        self.readers
+            .read(move |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT secret, created_at, expires_at FROM stream_secrets \
+                     WHERE tenant_id = ?1 AND stream_id = ?2 AND (expires_at IS NULL OR expires_at > ?3) \
+                     ORDER BY seq DESC",
+                )?;
+                let mut rows = stmt.query(params![tenant_id, stream_id, now])?;
+                let mut secrets = Vec::new();
+                while let Some(row) = rows.next()? {
+                    let sealed: Vec<u8> = row.get(0)?;
+                    let plain = String::from_utf8(cipher.decrypt(&sealed)?)
+                        .map_err(|_| StoreError::Corrupt("stream secret".into()))?;
+                    secrets.push(SigningSecret {
+                        secret: Secret::new(plain),
+                        created_at: row.get(1)?,
+                        expires_at: row.get(2)?,
+                    });
+                }
+                Ok(secrets)
+            })
+            .await
+    }
+
+    async fn rotate_secret(
+        &self,
+        tenant_id: &str,
+        stream_id: &str,
+        secret: SigningSecret,
+        old_expires_at: Millis,
+    ) -> StoreResult<bool> {
+        let (tenant_id, stream_id, cipher) =
+            (tenant_id.to_string(), stream_id.to_string(), self.cipher.clone());
+        self.writer
+            .write(move |conn| {
+                let exists: bool = conn.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM streams WHERE tenant_id = ?1 AND id = ?2)",
+                    params![tenant_id, stream_id],
+                    |r| r.get(0),
+                )?;
+                if !exists {
+                    return Ok(false);
+                }
+                // Secrets already expiring keep their earlier expiry.
+                conn.execute(
+                    "UPDATE stream_secrets SET expires_at = MIN(COALESCE(expires_at, ?3), ?3) \
+                     WHERE tenant_id = ?1 AND stream_id = ?2",
+                    params![tenant_id, stream_id, old_expires_at],
+                )?;
+                conn.execute(
+                    "INSERT INTO stream_secrets (tenant_id, stream_id, secret, created_at, expires_at) \
+                     VALUES (?1, ?2, ?3, ?4, NULL)",
+                    params![
+                        tenant_id,
+                        stream_id,
+                        cipher.encrypt(secret.secret.expose().as_bytes()),
+                        secret.created_at
+                    ],
+                )?;
+                Ok(true)
+            })
+            .await
+    }
+
+    async fn streams_with_status(&self, status: StreamStatus) -> StoreResult<Vec<Stream>> {
+        let cipher = self.cipher.clone();
+        self.readers
+            .read(move |conn| {
+                let mut stmt = conn.prepare_cached(&format!(
+                    "SELECT {STREAM_COLUMNS} FROM streams WHERE status = ?1"
+                ))?;
+                let mut rows = stmt.query(params![status.as_str()])?;
+                let mut streams = Vec::new();
+                while let Some(row) = rows.next()? {
+                    streams.push(stream_from_row(row, &cipher)?);
+                }
+                Ok(streams)
+            })
+            .await
+    }
+
+    async fn publish(
+        &self,
+        tenant_id: &str,
+        events: Vec<NewEvent>,
+        now: Millis,
+    ) -> StoreResult<Vec<Published>> {
+        let tenant_id = tenant_id.to_string();
+        self.writer
+            .write(move |conn| publish_in(conn, &tenant_id, events, now))
+            .await
+    }
+
+    async fn claim(
+        &self,
+        requests: Vec<ClaimRequest>,
+        now: Millis,
+        lease_until: Millis,
+    ) -> StoreResult<Vec<ClaimBatch>> {
+        self.writer
+            .write(move |conn| claim_in(conn, requests, now, lease_until))
+            .await
+    }
+
+    async fn record(&self, attempts: Vec<AttemptRecord>, now: Millis) -> StoreResult<()> {
+        self.writer.write(move |conn| record_in(conn, attempts, now)).await
+    }
+
+    async fn release(&self, leases: Vec<(i64, i64)>, now: Millis) -> StoreResult<()> {
+        self.writer
+            .write(move |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "UPDATE deliveries SET due_at = ?3 WHERE seq = ?1 AND lease = ?2 AND status = 'pending'",
+                )?;
+                for (key, lease) in leases {
+                    stmt.execute(params![key, lease, now])?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn get_delivery(&self, tenant_id: &str, id: &str) -> StoreResult<Option<DeliveryView>> {
+        let (tenant_id, id) = (tenant_id.to_string(), id.to_string());
+        self.readers
+            .read(move |conn| Ok(delivery_views(conn, &tenant_id, "d.id", &id)?.pop()))
+            .await
+    }
+
+    async fn event_deliveries(
+        &self,
+        tenant_id: &str,
+        event_id: &str,
+    ) -> StoreResult<Vec<DeliveryView>> {
+        let (tenant_id, event_id) = (tenant_id.to_string(), event_id.to_string());
+        self.readers
+            .read(move |conn| delivery_views(conn, &tenant_id, "e.id", &event_id))
+            .await
+    }
+}

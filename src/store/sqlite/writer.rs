@@ -1,0 +1,181 @@
+//! The single writer and the readers of the embedded store.
+//!
+//! SQLite allows one writer at a time, and each commit costs an fsync. So every write goes to
+//! one thread that owns the write connection: it takes every job waiting in its queue, runs
+//! each inside its own savepoint (a failing job rolls back alone), commits them all with one
+//! fsync, and only then answers each caller. Concurrent publishes therefore share commits
+//! (group commit) and nobody is answered before their data is durable.
+//!
+//! Reads use a small pool of separate connections (WAL lets them run beside the writer).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::Connection;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::store::{StoreError, StoreResult};
+
+/// Most jobs committed together. Bounds the latency one commit adds to the first caller.
+const MAX_JOBS_PER_COMMIT: usize = 1024;
+const QUEUE_DEPTH: usize = 8192;
+
+trait Job: Send {
+    /// Runs inside the open transaction; false means the job failed and is rolled back.
+    fn run(&mut self, conn: &Connection) -> bool;
+    /// Answers the caller once the commit is known.
+    fn finish(self: Box<Self>, commit: Result<(), String>);
+}
+
+struct TypedJob<F, T> {
+    work: Option<F>,
+    result: Option<StoreResult<T>>,
+    reply: oneshot::Sender<StoreResult<T>>,
+}
+
+impl<F, T> Job for TypedJob<F, T>
+where
+    F: FnOnce(&Connection) -> StoreResult<T> + Send,
+    T: Send,
+{
+    fn run(&mut self, conn: &Connection) -> bool {
+        let work = self.work.take().expect("a job runs once");
+        let result = work(conn);
+        let ok = result.is_ok();
+        self.result = Some(result);
+        ok
+    }
+
+    fn finish(self: Box<Self>, commit: Result<(), String>) {
+        let answer = match (commit, self.result) {
+            (Ok(()), Some(result)) => result,
+            (Err(e), Some(Err(job_err))) => Err(StoreError::Commit(format!("{e}; the job itself failed: {job_err}"))),
+            (Err(e), _) => Err(StoreError::Commit(e)),
+            (Ok(()), None) => Err(StoreError::Commit("the job was not run".into())),
+        };
+        // The caller may have gone away (a dropped request); its data is committed anyway.
+        let _ = self.reply.send(answer);
+    }
+}
+
+#[derive(Clone)]
+pub struct Writer {
+    queue: mpsc::Sender<Box<dyn Job>>,
+}
+
+impl Writer {
+    /// Starts the writer thread on `conn`. The thread ends when every `Writer` is dropped.
+    pub fn start(conn: Connection) -> Writer {
+        let (queue, jobs) = mpsc::channel(QUEUE_DEPTH);
+        std::thread::Builder::new()
+            .name("herald-sqlite-writer".into())
+            .spawn(move || run(conn, jobs))
+            .expect("spawning the store's writer thread");
+        Writer { queue }
+    }
+
+    /// Runs `work` in the next group commit and returns its result once committed.
+    pub async fn write<F, T>(&self, work: F) -> StoreResult<T>
+    where
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let job = Box::new(TypedJob {
+            work: Some(work),
+            result: None,
+            reply,
+        });
+        self.queue.send(job).await.map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+fn run(mut conn: Connection, mut queue: mpsc::Receiver<Box<dyn Job>>) {
+    let mut jobs: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_JOBS_PER_COMMIT);
+    while let Some(first) = queue.blocking_recv() {
+        jobs.push(first);
+        while jobs.len() < MAX_JOBS_PER_COMMIT {
+            match queue.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let commit = commit_together(&mut conn, &mut jobs);
+        if let Err(e) = &commit {
+            tracing::error!(error = %e, jobs = jobs.len(), "store commit failed");
+        }
+        for job in jobs.drain(..) {
+            job.finish(commit.clone());
+        }
+    }
+}
+
+fn commit_together(conn: &mut Connection, jobs: &mut [Box<dyn Job>]) -> Result<(), String> {
+    let mut tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(|e| e.to_string())?;
+    for job in jobs.iter_mut() {
+        let savepoint = tx.savepoint().map_err(|e| e.to_string())?;
+        if job.run(&savepoint) {
+            savepoint.commit().map_err(|e| e.to_string())?;
+        } else {
+            // A savepoint's default drop behaviour rolls back to it and releases it.
+            savepoint.finish().map_err(|e| e.to_string())?;
+        }
+    }
+    tx.commit().map_err(|e| e.to_string())
+}
+
+/// Read-only connections, opened on demand and reused.
+#[derive(Clone)]
+pub struct Readers {
+    path: Arc<PathBuf>,
+    idle: Arc<Mutex<Vec<Connection>>>,
+}
+
+const MAX_IDLE_READERS: usize = 8;
+
+impl Readers {
+    pub fn new(path: &Path) -> Readers {
+        Readers {
+            path: Arc::new(path.to_path_buf()),
+            idle: Arc::default(),
+        }
+    }
+
+    pub async fn read<F, T>(&self, work: F) -> StoreResult<T>
+    where
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let readers = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = readers.take()?;
+            let result = work(&conn);
+            readers.put_back(conn);
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Commit(format!("a read task failed: {e}")))?
+    }
+
+    fn take(&self) -> StoreResult<Connection> {
+        if let Some(conn) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop() {
+            return Ok(conn);
+        }
+        let conn = Connection::open_with_flags(
+            self.path.as_path(),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(conn)
+    }
+
+    fn put_back(&self, conn: Connection) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE_READERS {
+            idle.push(conn);
+        }
+    }
+}
