@@ -57,17 +57,19 @@ impl App {
             Some(key) => Cipher::from_base64(key.expose())?,
             None => Cipher::load_or_create(&config.data_dir.join("secret.key"))?,
         };
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.database_path(), cipher)?);
         let now = clock.now_ms();
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&config.database_path(), cipher, now)?);
         store.ensure_tenant(DEFAULT_TENANT, "default", now).await?;
         let new_admin_token = bootstrap_admin_token(&*store, &config, now).await?;
 
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| StartupError::Bind {
-                addr: config.listen,
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartupError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
 
         let signal = Arc::new(Signal::default());
         let webhook = WebhookClient::new(

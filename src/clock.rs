@@ -71,7 +71,8 @@ impl ManualClock {
 
     pub fn advance(&self, by: Duration) {
         let _guard = self.advance_lock.lock().unwrap_or_else(|e| e.into_inner());
-        self.now.fetch_add(by.as_millis() as Millis, Ordering::SeqCst);
+        self.now
+            .fetch_add(by.as_millis() as Millis, Ordering::SeqCst);
         self.moved.notify_waiters();
     }
 }

@@ -3,7 +3,7 @@
 //! command-line flags. Validated once at start; an error names the offending key.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::Figment;
@@ -99,7 +99,10 @@ impl Config {
                 )));
             }
             Some(path) => figment = figment.merge(Toml::file_exact(path)),
-            None => figment = figment.merge(Toml::file_exact("herald.toml")),
+            None if Path::new("herald.toml").exists() => {
+                figment = figment.merge(Toml::file_exact("herald.toml"));
+            }
+            None => {}
         }
         let known = known_keys();
         figment = figment
@@ -122,7 +125,10 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let positive = [
-            ("delivery_timeout_seconds", self.delivery_timeout_seconds as usize),
+            (
+                "delivery_timeout_seconds",
+                self.delivery_timeout_seconds as usize,
+            ),
             ("max_in_flight", self.max_in_flight),
             ("max_in_flight_per_stream", self.max_in_flight_per_stream),
             ("max_request_bytes", self.max_request_bytes),
@@ -194,6 +200,8 @@ fn cidr_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<IpNet>, D
 }
 
 #[cfg(test)]
+// `figment::Jail`'s error type is large; it only ever reaches the test harness.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
 
@@ -210,7 +218,10 @@ mod tests {
     #[test]
     fn layers_apply_in_order_and_env_lists_are_comma_separated() {
         figment::Jail::expect_with(|jail| {
-            jail.create_file("herald.toml", "listen = \"127.0.0.1:9000\"\nallow_http = true")?;
+            jail.create_file(
+                "herald.toml",
+                "listen = \"127.0.0.1:9000\"\nallow_http = true",
+            )?;
             jail.set_env("HERALD_LISTEN", "127.0.0.1:9001");
             jail.set_env("HERALD_ALLOW_CIDRS", "127.0.0.0/8, ::1");
             jail.set_env("HERALD_TEST_DATABASE_URL", "ignored: not a config key");

@@ -145,7 +145,9 @@ pub fn parse_event(
     if catalog.get(&event_type).is_none() {
         return Err(EventError::new(
             "unknown_event_type",
-            format!("`{event_type}` is not in the event type catalog (GET /v1/event-types lists them)"),
+            format!(
+                "`{event_type}` is not in the event type catalog (GET /v1/event-types lists them)"
+            ),
         ));
     }
     event.event_type = event_type;
@@ -159,7 +161,9 @@ pub fn parse_event(
         base64::engine::general_purpose::STANDARD
             .decode(&encoded)
             .map_err(|_| EventError::invalid("`data_base64` is not valid base64"))?;
-        event.extensions.insert("data_base64".into(), Value::String(encoded));
+        event
+            .extensions
+            .insert("data_base64".into(), Value::String(encoded));
     }
     event.id = id.unwrap_or_else(|| crate::ids::event_id(now));
     Ok(event)
@@ -348,13 +352,28 @@ mod tests {
         let code = |json: &str| parse(json).unwrap_err().code;
         assert_eq!(code(r#"{"data":{}}"#), "missing_type");
         assert_eq!(code(r#"{"type":"nope.nothing"}"#), "unknown_event_type");
-        assert_eq!(code(r#"{"type":"user.created","specversion":"0.3"}"#), "invalid_event");
-        assert_eq!(code(r#"{"type":"user.created","time":"yesterday"}"#), "invalid_event");
+        assert_eq!(
+            code(r#"{"type":"user.created","specversion":"0.3"}"#),
+            "invalid_event"
+        );
+        assert_eq!(
+            code(r#"{"type":"user.created","time":"yesterday"}"#),
+            "invalid_event"
+        );
         assert_eq!(code(r#"{"type":"user.created","id":""}"#), "invalid_event");
-        assert_eq!(code(r#"{"type":"user.created","Platform-Id":"x"}"#), "invalid_event");
-        assert_eq!(code(r#"{"type":"user.created","userid":{"a":1}}"#), "invalid_event");
+        assert_eq!(
+            code(r#"{"type":"user.created","Platform-Id":"x"}"#),
+            "invalid_event"
+        );
+        assert_eq!(
+            code(r#"{"type":"user.created","userid":{"a":1}}"#),
+            "invalid_event"
+        );
         assert_eq!(code(r#"[1]"#), "invalid_event");
-        let big = format!(r#"{{"type":"user.created","data":"{}"}}"#, "x".repeat(MAX_EVENT_BYTES));
+        let big = format!(
+            r#"{{"type":"user.created","data":"{}"}}"#,
+            "x".repeat(MAX_EVENT_BYTES)
+        );
         assert_eq!(code(&big), "event_too_large");
     }
 

@@ -30,7 +30,10 @@ pub fn random_base62(len: usize) -> String {
 /// Ids made in the same millisecond are unique but not ordered among themselves.
 pub fn sortable(prefix: &str, now_ms: i64) -> String {
     let random = u128::from_le_bytes(random_bytes::<16>());
-    format!("{prefix}{}", ulid::Ulid::from_parts(now_ms.max(0) as u64, random))
+    format!(
+        "{prefix}{}",
+        ulid::Ulid::from_parts(now_ms.max(0) as u64, random)
+    )
 }
 
 pub fn event_id(now_ms: i64) -> String {

@@ -10,7 +10,11 @@ use herald::{App, Config};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "herald", version, about = "Self-hosted event streaming: publish, sign, deliver, retry, record.")]
+#[command(
+    name = "herald",
+    version,
+    about = "Self-hosted event streaming: publish, sign, deliver, retry, record."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -32,8 +36,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -59,7 +62,9 @@ async fn serve(file: Option<PathBuf>, overrides: Overrides) -> ExitCode {
         }
     };
     if let Some(token) = app.new_admin_token() {
-        println!("Created the platform admin token. It is shown only this once; keep it safe:\n\n    {token}\n");
+        println!(
+            "Created the platform admin token. It is shown only this once; keep it safe:\n\n    {token}\n"
+        );
     }
     println!("herald listening on http://{}", app.local_addr());
     let shutdown = CancellationToken::new();

@@ -60,7 +60,9 @@ impl std::fmt::Debug for Cipher {
 
 impl Cipher {
     pub fn from_base64(key: &str) -> Result<Cipher, CipherError> {
-        let bytes = STANDARD.decode(key.trim()).map_err(|_| CipherError::BadKey)?;
+        let bytes = STANDARD
+            .decode(key.trim())
+            .map_err(|_| CipherError::BadKey)?;
         let key: [u8; 32] = bytes.try_into().map_err(|_| CipherError::BadKey)?;
         Ok(Self::from_key(&key))
     }
@@ -142,12 +144,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("secret.key");
         let sealed = Cipher::load_or_create(&path).unwrap().encrypt(b"x");
-        assert_eq!(Cipher::load_or_create(&path).unwrap().decrypt(&sealed).unwrap(), b"x");
-        assert!(matches!(Cipher::from_base64("c2hvcnQ="), Err(CipherError::BadKey)));
+        assert_eq!(
+            Cipher::load_or_create(&path)
+                .unwrap()
+                .decrypt(&sealed)
+                .unwrap(),
+            b"x"
+        );
+        assert!(matches!(
+            Cipher::from_base64("c2hvcnQ="),
+            Err(CipherError::BadKey)
+        ));
     }
 
     #[test]
     fn debug_never_shows_the_value() {
-        assert_eq!(format!("{:?}", Secret::new("hunter2")), "Secret(<redacted>)");
+        assert_eq!(
+            format!("{:?}", Secret::new("hunter2")),
+            "Secret(<redacted>)"
+        );
     }
 }

@@ -102,7 +102,9 @@ impl RetryPolicy {
             return Err("`retry_policy.max_attempts` must be between 1 and 100".into());
         }
         if !(0.0..=day).contains(&self.initial_interval_seconds) {
-            return Err("`retry_policy.initial_interval_seconds` must be between 0 and 86400".into());
+            return Err(
+                "`retry_policy.initial_interval_seconds` must be between 0 and 86400".into(),
+            );
         }
         if !(1.0..=10.0).contains(&self.multiplier) {
             return Err("`retry_policy.multiplier` must be between 1 and 10".into());

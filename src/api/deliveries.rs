@@ -13,9 +13,10 @@ pub fn view(d: &DeliveryView) -> Value {
         .attempts
         .iter()
         .map(|a| {
-            let error = a.error_kind.as_ref().map(|kind| {
-                json!({ "kind": kind, "message": a.error_message })
-            });
+            let error = a
+                .error_kind
+                .as_ref()
+                .map(|kind| json!({ "kind": kind, "message": a.error_message }));
             json!({
                 "attempted_at": format_time(a.attempted_at),
                 "duration_ms": a.duration_ms,
@@ -57,7 +58,10 @@ pub async fn for_event(
     caller: Caller,
     Path((stream_id, event_id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let deliveries = state.store.event_deliveries(&caller.tenant_id, &event_id).await?;
+    let deliveries = state
+        .store
+        .event_deliveries(&caller.tenant_id, &event_id)
+        .await?;
     let matching: Vec<Value> = deliveries
         .iter()
         .filter(|d| d.stream_id == stream_id)

@@ -34,7 +34,11 @@ impl ApiError {
     }
 
     pub fn not_found(what: &str, id: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", format!("no {what} with id `{id}`"))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no {what} with id `{id}`"),
+        )
     }
 
     pub fn unauthorized(message: impl Into<String>) -> Self {

@@ -27,12 +27,13 @@ pub async fn publish(
     let parse = |raw: &RawValue| parse_event(raw, &state.catalog, now, &default_source);
 
     let events: Vec<NewEvent> = if batch {
-        let items: Vec<&RawValue> = serde_json::from_slice(&body).map_err(|e| match e.classify() {
-            serde_json::error::Category::Data => {
-                ApiError::invalid("a batch must be a JSON array of CloudEvents")
-            }
-            _ => json_error(e),
-        })?;
+        let items: Vec<&RawValue> =
+            serde_json::from_slice(&body).map_err(|e| match e.classify() {
+                serde_json::error::Category::Data => {
+                    ApiError::invalid("a batch must be a JSON array of CloudEvents")
+                }
+                _ => json_error(e),
+            })?;
         if items.is_empty() {
             return Err(ApiError::invalid("the batch is empty"));
         }
@@ -56,7 +57,10 @@ pub async fn publish(
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "event_too_large",
-                format!("the event is {} bytes; the limit is {MAX_EVENT_BYTES} bytes", body.len()),
+                format!(
+                    "the event is {} bytes; the limit is {MAX_EVENT_BYTES} bytes",
+                    body.len()
+                ),
             ));
         }
         let raw: &RawValue = serde_json::from_slice(&body).map_err(json_error)?;
@@ -97,7 +101,12 @@ fn is_batch(headers: &HeaderMap) -> Result<bool, ApiError> {
         return Ok(false);
     };
     let text = value.to_str().unwrap_or_default();
-    let essence = text.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    let essence = text
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
     match essence.as_str() {
         "application/cloudevents-batch+json" => Ok(true),
         "application/cloudevents+json" | "application/json" => Ok(false),

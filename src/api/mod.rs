@@ -44,13 +44,21 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(ready))
         .route("/v1/event-types", get(event_types::list))
         .route("/v1/events", post(events::publish))
-        .route("/v1/event-streams", post(streams::create).get(streams::list))
+        .route(
+            "/v1/event-streams",
+            post(streams::create).get(streams::list),
+        )
         .route(
             "/v1/event-streams/{id}",
-            get(streams::show).patch(streams::update).delete(streams::delete),
+            get(streams::show)
+                .patch(streams::update)
+                .delete(streams::delete),
         )
         .route("/v1/event-streams/{id}/secret", get(streams::secret))
-        .route("/v1/event-streams/{id}/secret/rotate", post(streams::rotate_secret))
+        .route(
+            "/v1/event-streams/{id}/secret/rotate",
+            post(streams::rotate_secret),
+        )
         .route(
             "/v1/event-streams/{id}/deliveries/{event_id}",
             get(deliveries::for_event),
@@ -66,10 +74,16 @@ async fn health() -> axum::Json<serde_json::Value> {
     axum::Json(serde_json::json!({ "status": "ok" }))
 }
 
-async fn ready(axum::extract::State(state): axum::extract::State<AppState>) -> Result<axum::Json<serde_json::Value>, ApiError> {
+async fn ready(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
     state.store.count_tokens().await.map_err(|e| {
         tracing::warn!(error = %e, "readiness check failed");
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "the store is not reachable")
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "the store is not reachable",
+        )
     })?;
     Ok(axum::Json(serde_json::json!({ "status": "ready" })))
 }
@@ -106,9 +120,10 @@ pub fn parse_json<T: DeserializeOwned>(headers: &HeaderMap, body: &Bytes) -> Res
 pub fn json_error(err: serde_json::Error) -> ApiError {
     use serde_json::error::Category;
     match err.classify() {
-        Category::Syntax | Category::Eof | Category::Io => {
-            ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {err}"))
-        }
+        Category::Syntax | Category::Eof | Category::Io => ApiError::bad_request(
+            "malformed_json",
+            format!("the body is not valid JSON: {err}"),
+        ),
         Category::Data => ApiError::invalid(err.to_string()),
     }
 }

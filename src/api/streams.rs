@@ -113,8 +113,9 @@ pub async fn create(
     check(&state, &stream)?;
     let secret = match given_secret {
         Some(secret) => {
-            SigningKey::parse(&secret)
-                .map_err(|e| ApiError::invalid(format!("`destination.configuration.signing_secret`: {e}")))?;
+            SigningKey::parse(&secret).map_err(|e| {
+                ApiError::invalid(format!("`destination.configuration.signing_secret`: {e}"))
+            })?;
             secret
         }
         None => Secret::new(ids::signing_secret()),
@@ -208,7 +209,11 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let now = state.clock.now_ms();
-    if !state.store.delete_stream(&caller.tenant_id, &id, now).await? {
+    if !state
+        .store
+        .delete_stream(&caller.tenant_id, &id, now)
+        .await?
+    {
         return Err(ApiError::not_found("event stream", &id));
     }
     state.signal.streams_changed();
@@ -223,7 +228,10 @@ pub async fn secret(
 ) -> Result<Json<Value>, ApiError> {
     load(&state, &caller, &id).await?;
     let now = state.clock.now_ms();
-    let secrets = state.store.signing_secrets(&caller.tenant_id, &id, now).await?;
+    let secrets = state
+        .store
+        .signing_secrets(&caller.tenant_id, &id, now)
+        .await?;
     let current = secrets
         .first()
         .ok_or_else(|| ApiError::not_found("signing secret for event stream", &id))?;

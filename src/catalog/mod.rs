@@ -112,13 +112,24 @@ mod tests {
             "oauth.token.issued",
             "sso.provider.linked",
         ] {
-            assert!(catalog.get(name).is_some(), "{name} missing from the catalog");
+            assert!(
+                catalog.get(name).is_some(),
+                "{name} missing from the catalog"
+            );
         }
         for t in catalog.all() {
-            assert!(is_valid_type_name(&t.name), "{} is not a valid name", t.name);
+            assert!(
+                is_valid_type_name(&t.name),
+                "{} is not a valid name",
+                t.name
+            );
             assert!(t.sample_data.is_object(), "{} has no sample object", t.name);
         }
-        assert_eq!(catalog.by_name.len(), catalog.all().len(), "duplicate names");
+        assert_eq!(
+            catalog.by_name.len(),
+            catalog.all().len(),
+            "duplicate names"
+        );
     }
 
     #[test]

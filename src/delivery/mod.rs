@@ -212,8 +212,12 @@ impl Dispatcher {
             let count = leases.len();
             let now = self.shared.clock.now_ms();
             match self.shared.store.release(leases, now).await {
-                Ok(()) => tracing::info!(count, "released unfinished deliveries for the next start"),
-                Err(e) => tracing::warn!(error = %e, count, "could not release leases; they expire on their own"),
+                Ok(()) => {
+                    tracing::info!(count, "released unfinished deliveries for the next start")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, count, "could not release leases; they expire on their own")
+                }
             }
         }
     }
@@ -239,14 +243,16 @@ impl Dispatcher {
         let now = self.shared.clock.now_ms();
         let mut next = HashMap::with_capacity(streams.len());
         for stream in streams {
-            let secrets: Vec<SigningSecret> =
-                match store.signing_secrets(&stream.tenant_id, &stream.id, now).await {
-                    Ok(secrets) => secrets,
-                    Err(e) => {
-                        tracing::error!(error = %e, stream = %stream.id, "loading signing secrets failed");
-                        return false;
-                    }
-                };
+            let secrets: Vec<SigningSecret> = match store
+                .signing_secrets(&stream.tenant_id, &stream.id, now)
+                .await
+            {
+                Ok(secrets) => secrets,
+                Err(e) => {
+                    tracing::error!(error = %e, stream = %stream.id, "loading signing secrets failed");
+                    return false;
+                }
+            };
             let keys = secrets
                 .iter()
                 .filter_map(|s| SigningKey::parse(&s.secret).ok().map(|k| (k, s.expires_at)))
@@ -287,7 +293,10 @@ impl Dispatcher {
                 break;
             }
             let stream = &slot.active.stream;
-            let free = self.config.max_in_flight_per_stream.saturating_sub(slot.in_flight);
+            let free = self
+                .config
+                .max_in_flight_per_stream
+                .saturating_sub(slot.in_flight);
             if free == 0
                 || stream.status != StreamStatus::Enabled
                 || slot.next_due.is_none_or(|due| due > now)
@@ -410,10 +419,18 @@ async fn attempt(shared: &Shared, active: &ActiveStream, claimed: Claimed) -> Do
     }
 }
 
-async fn send(shared: &Shared, active: &ActiveStream, claimed: &Claimed, now: Millis) -> AttemptReport {
+async fn send(
+    shared: &Shared,
+    active: &ActiveStream,
+    claimed: &Claimed,
+    now: Millis,
+) -> AttemptReport {
     let stream = &active.stream;
     let (body, content_type) = match stream.payload_format {
-        PayloadFormat::Cloudevents => (claimed.event.to_cloudevent(), "application/cloudevents+json"),
+        PayloadFormat::Cloudevents => (
+            claimed.event.to_cloudevent(),
+            "application/cloudevents+json",
+        ),
         PayloadFormat::Audit => (claimed.event.to_audit(), "application/json"),
     };
     match &stream.destination {
@@ -431,7 +448,12 @@ async fn send(shared: &Shared, active: &ActiveStream, claimed: &Claimed, now: Mi
     }
 }
 
-fn log_attempt(claimed: &Claimed, attempt: u32, report: &AttemptReport, status: crate::store::DeliveryStatus) {
+fn log_attempt(
+    claimed: &Claimed,
+    attempt: u32,
+    report: &AttemptReport,
+    status: crate::store::DeliveryStatus,
+) {
     let error = report.error.as_ref().map(|e| e.message.as_str());
     if report.outcome == Outcome::Delivered {
         tracing::debug!(delivery = %claimed.id, stream = %claimed.stream_id, attempt, "delivered");

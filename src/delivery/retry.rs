@@ -36,7 +36,10 @@ pub fn next_step(
         }
         Outcome::Retry { after } => {
             let delay = after.unwrap_or_else(|| backoff(policy, attempts_made, unit));
-            (DeliveryStatus::Pending, Some(now + delay.as_millis() as Millis))
+            (
+                DeliveryStatus::Pending,
+                Some(now + delay.as_millis() as Millis),
+            )
         }
     }
 }
@@ -71,7 +74,9 @@ mod tests {
     #[test]
     fn default_policy_retries_for_about_a_day() {
         let p = no_jitter();
-        let total: u64 = (1..p.max_attempts).map(|n| backoff(&p, n, 0.5).as_secs()).sum();
+        let total: u64 = (1..p.max_attempts)
+            .map(|n| backoff(&p, n, 0.5).as_secs())
+            .sum();
         assert!((20 * 3600..=28 * 3600).contains(&total), "{total} s");
     }
 
@@ -94,13 +99,36 @@ mod tests {
             ..no_jitter()
         };
         let retry = Outcome::Retry { after: None };
-        assert_eq!(next_step(&p, 1, &Outcome::Delivered, 0, 0.5), (DeliveryStatus::Succeeded, None));
-        assert_eq!(next_step(&p, 1, &retry, 1_000, 0.5), (DeliveryStatus::Pending, Some(11_000)));
-        assert_eq!(next_step(&p, 3, &retry, 0, 0.5), (DeliveryStatus::Pending, Some(40_000)));
-        assert_eq!(next_step(&p, 4, &retry, 0, 0.5), (DeliveryStatus::Failed, None));
-        assert_eq!(next_step(&p, 1, &Outcome::GiveUp, 0, 0.5), (DeliveryStatus::Failed, None));
-        assert_eq!(next_step(&p, 1, &Outcome::DisableStream, 0, 0.5), (DeliveryStatus::Failed, None));
-        let after = Outcome::Retry { after: Some(Duration::from_secs(120)) };
-        assert_eq!(next_step(&p, 1, &after, 0, 0.5), (DeliveryStatus::Pending, Some(120_000)));
+        assert_eq!(
+            next_step(&p, 1, &Outcome::Delivered, 0, 0.5),
+            (DeliveryStatus::Succeeded, None)
+        );
+        assert_eq!(
+            next_step(&p, 1, &retry, 1_000, 0.5),
+            (DeliveryStatus::Pending, Some(11_000))
+        );
+        assert_eq!(
+            next_step(&p, 3, &retry, 0, 0.5),
+            (DeliveryStatus::Pending, Some(40_000))
+        );
+        assert_eq!(
+            next_step(&p, 4, &retry, 0, 0.5),
+            (DeliveryStatus::Failed, None)
+        );
+        assert_eq!(
+            next_step(&p, 1, &Outcome::GiveUp, 0, 0.5),
+            (DeliveryStatus::Failed, None)
+        );
+        assert_eq!(
+            next_step(&p, 1, &Outcome::DisableStream, 0, 0.5),
+            (DeliveryStatus::Failed, None)
+        );
+        let after = Outcome::Retry {
+            after: Some(Duration::from_secs(120)),
+        };
+        assert_eq!(
+            next_step(&p, 1, &after, 0, 0.5),
+            (DeliveryStatus::Pending, Some(120_000))
+        );
     }
 }

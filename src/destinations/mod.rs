@@ -47,7 +47,9 @@ impl Destination {
 pub enum Outcome {
     Delivered,
     /// Try again; `after` is the receiver's own `Retry-After`, when it gave one.
-    Retry { after: Option<Duration> },
+    Retry {
+        after: Option<Duration>,
+    },
     /// The receiver refused it for good: no further attempts.
     GiveUp,
     /// The receiver asked never to be sent anything again (`410 Gone`).

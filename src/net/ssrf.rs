@@ -219,7 +219,10 @@ mod tests {
         let err = policy.check("10.0.0.1".parse().unwrap()).unwrap_err();
         assert_eq!(err.range, "private");
         assert_eq!(
-            policy.check("169.254.169.254".parse().unwrap()).unwrap_err().range,
+            policy
+                .check("169.254.169.254".parse().unwrap())
+                .unwrap_err()
+                .range,
             "cloud metadata"
         );
     }

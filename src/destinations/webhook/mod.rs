@@ -10,7 +10,9 @@ use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, Header
 use reqwest::{StatusCode, Url};
 use serde::{Deserialize, Serialize};
 
-use super::{AttemptError, AttemptReport, DestinationPolicy, ErrorKind, Outcome, RESPONSE_EXCERPT_BYTES};
+use super::{
+    AttemptError, AttemptReport, DestinationPolicy, ErrorKind, Outcome, RESPONSE_EXCERPT_BYTES,
+};
 use crate::clock::Millis;
 use crate::net::ssrf::{AddressPolicy, GuardedResolver, ResolveError};
 use crate::secret::Secret;
@@ -65,7 +67,9 @@ impl WebhookConfig {
     pub fn validate(&self, policy: &DestinationPolicy) -> Result<(), String> {
         let url = &self.webhook_endpoint;
         if url.len() > MAX_URL_LEN {
-            return Err(format!("`webhook_endpoint` is longer than {MAX_URL_LEN} characters"));
+            return Err(format!(
+                "`webhook_endpoint` is longer than {MAX_URL_LEN} characters"
+            ));
         }
         let parsed = Url::parse(url)
             .map_err(|e| format!("`webhook_endpoint` is not a valid URL ({e}): {url}"))?;
@@ -119,9 +123,13 @@ impl WebhookAuthorization {
     fn validate(&self) -> Result<(), String> {
         let non_empty = |field: &str, value: &str| {
             if value.is_empty() || value.len() > 4096 {
-                Err(format!("`webhook_authorization.{field}` must be 1 to 4096 characters"))
+                Err(format!(
+                    "`webhook_authorization.{field}` must be 1 to 4096 characters"
+                ))
             } else if HeaderValue::from_str(value).is_err() {
-                Err(format!("`webhook_authorization.{field}` holds characters not allowed in an HTTP header"))
+                Err(format!(
+                    "`webhook_authorization.{field}` holds characters not allowed in an HTTP header"
+                ))
             } else {
                 Ok(())
             }
@@ -215,7 +223,13 @@ impl WebhookClient {
         let started = Instant::now();
         let url = match Url::parse(&config.webhook_endpoint) {
             Ok(url) => url,
-            Err(e) => return AttemptReport::failed(ErrorKind::Io, format!("invalid URL: {e}"), started.elapsed()),
+            Err(e) => {
+                return AttemptReport::failed(
+                    ErrorKind::Io,
+                    format!("invalid URL: {e}"),
+                    started.elapsed(),
+                );
+            }
         };
         // A literal address never reaches the resolver, so it is checked here.
         let literal = match url.host() {
@@ -226,7 +240,11 @@ impl WebhookClient {
         if let Some(ip) = literal
             && let Err(blocked) = self.addresses.check(ip)
         {
-            return AttemptReport::failed(ErrorKind::Blocked, blocked.to_string(), started.elapsed());
+            return AttemptReport::failed(
+                ErrorKind::Blocked,
+                blocked.to_string(),
+                started.elapsed(),
+            );
         }
 
         let timestamp = message.now.div_euclid(1000);
@@ -236,7 +254,8 @@ impl WebhookClient {
             headers.insert("webhook-id", id);
         }
         headers.insert("webhook-timestamp", HeaderValue::from(timestamp));
-        let signature = signing::signature_header(message.keys, message.id, timestamp, &message.body);
+        let signature =
+            signing::signature_header(message.keys, message.id, timestamp, &message.body);
         if let Ok(value) = HeaderValue::from_str(&signature) {
             headers.insert("webhook-signature", value);
         }
@@ -244,7 +263,13 @@ impl WebhookClient {
             auth.apply(&mut headers);
         }
 
-        let result = self.http.post(url).headers(headers).body(message.body).send().await;
+        let result = self
+            .http
+            .post(url)
+            .headers(headers)
+            .body(message.body)
+            .send()
+            .await;
         let response = match result {
             Ok(response) => response,
             Err(err) => {
@@ -332,7 +357,9 @@ fn describe(err: &reqwest::Error) -> AttemptError {
             });
         }
         if let Some(io) = e.downcast_ref::<std::io::Error>()
-            && io.get_ref().is_some_and(|inner| inner.is::<rustls::Error>())
+            && io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>())
         {
             kind.get_or_insert(ErrorKind::Tls);
         }
@@ -370,20 +397,35 @@ mod tests {
             assert_eq!(c(code), Outcome::GiveUp, "{code}");
         }
         let after = Some(Duration::from_secs(30));
-        assert_eq!(classify(StatusCode::TOO_MANY_REQUESTS, after), Outcome::Retry { after });
-        assert_eq!(classify(StatusCode::SERVICE_UNAVAILABLE, after), Outcome::Retry { after });
-        assert_eq!(classify(StatusCode::INTERNAL_SERVER_ERROR, after), Outcome::Retry { after: None });
+        assert_eq!(
+            classify(StatusCode::TOO_MANY_REQUESTS, after),
+            Outcome::Retry { after }
+        );
+        assert_eq!(
+            classify(StatusCode::SERVICE_UNAVAILABLE, after),
+            Outcome::Retry { after }
+        );
+        assert_eq!(
+            classify(StatusCode::INTERNAL_SERVER_ERROR, after),
+            Outcome::Retry { after: None }
+        );
     }
 
     #[test]
     fn retry_after_accepts_seconds_and_http_dates() {
         let now = 1_445_412_480_000; // Wed, 21 Oct 2015 07:28:00 GMT
-        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
         assert_eq!(
             parse_retry_after("Wed, 21 Oct 2015 07:29:00 GMT", now),
             Some(Duration::from_secs(60))
         );
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
         assert_eq!(parse_retry_after("9999999", now), Some(MAX_RETRY_AFTER));
         assert_eq!(parse_retry_after("soon", now), None);
     }
@@ -398,7 +440,12 @@ mod tests {
         let strict = DestinationPolicy { allow_http: false };
         let dev = DestinationPolicy { allow_http: true };
         assert!(config("https://example.com/hook").validate(&strict).is_ok());
-        assert!(config("http://example.com/hook").validate(&strict).unwrap_err().contains("https"));
+        assert!(
+            config("http://example.com/hook")
+                .validate(&strict)
+                .unwrap_err()
+                .contains("https")
+        );
         assert!(config("http://example.com/hook").validate(&dev).is_ok());
         assert!(config("ftp://example.com").validate(&dev).is_err());
         assert!(config("not a url").validate(&dev).is_err());

@@ -22,18 +22,22 @@ use writer::{Readers, Writer};
 const MIGRATIONS: &[&str] = &[include_str!("schema.sql")];
 
 pub struct SqliteStore {
+    /// Held for the store's lifetime: one process owns a data directory.
+    _lock: std::fs::File,
     writer: Writer,
     readers: Readers,
     cipher: Arc<Cipher>,
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database at `path` and brings its schema up to date.
-    pub fn open(path: &Path, cipher: Cipher) -> StoreResult<SqliteStore> {
+    /// Opens (creating if needed) the database at `path`, brings its schema up to date and
+    /// makes deliveries leased by a previous, crashed process due at `now`.
+    pub fn open(path: &Path, cipher: Cipher, now: Millis) -> StoreResult<SqliteStore> {
         let open_err = |reason: String| StoreError::Open {
             path: path.display().to_string(),
             reason,
         };
+        let lock = lock_exclusively(&path.with_extension("lock")).map_err(open_err)?;
         let mut conn = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(|e| open_err(e.to_string()))?;
@@ -41,12 +45,45 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         migrate(&mut conn).map_err(|e| open_err(e.to_string()))?;
+        recover_leases(&conn, now)?;
         Ok(SqliteStore {
+            _lock: lock,
             writer: Writer::start(conn),
             readers: Readers::new(path),
             cipher: Arc::new(cipher),
         })
     }
+}
+
+fn lock_exclusively(path: &Path) -> Result<std::fs::File, String> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| format!("cannot open the lock file: {e}"))?;
+    file.try_lock().map_err(|_| {
+        "another herald process is using this data directory; stop it or choose another --data-dir"
+            .to_string()
+    })?;
+    Ok(file)
+}
+
+/// Leases still held at start-up belong to a process that died (the lock above guarantees no
+/// other process is running): make their deliveries due now instead of at lease expiry.
+fn recover_leases(conn: &Connection, now: Millis) -> rusqlite::Result<()> {
+    let released = conn.execute(
+        "UPDATE deliveries SET due_at = MIN(due_at, ?1), lease_until = NULL \
+         WHERE status = 'pending' AND lease_until IS NOT NULL",
+        params![now],
+    )?;
+    if released > 0 {
+        tracing::info!(
+            released,
+            "recovered deliveries leased before an unclean stop"
+        );
+    }
+    Ok(())
 }
 
 fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
@@ -85,7 +122,8 @@ fn stream_from_row(row: &Row, cipher: &Cipher) -> StoreResult<Stream> {
             .map(|event_type| Subscription { event_type })
             .collect(),
         destination,
-        payload_format: PayloadFormat::parse(&payload_format).ok_or_else(|| corrupt("payload_format"))?,
+        payload_format: PayloadFormat::parse(&payload_format)
+            .ok_or_else(|| corrupt("payload_format"))?,
         retry_policy: serde_json::from_str::<RetryPolicy>(&retry_policy)
             .map_err(|_| corrupt("retry_policy"))?,
         created_at: row.get(9)?,
@@ -95,7 +133,11 @@ fn stream_from_row(row: &Row, cipher: &Cipher) -> StoreResult<Stream> {
 
 /// The stream's columns in `STREAM_COLUMNS` order, the destination encrypted.
 fn stream_values(stream: &Stream, cipher: &Cipher) -> (String, Vec<u8>, String) {
-    let patterns: Vec<&str> = stream.subscriptions.iter().map(|s| s.event_type.as_str()).collect();
+    let patterns: Vec<&str> = stream
+        .subscriptions
+        .iter()
+        .map(|s| s.event_type.as_str())
+        .collect();
     let destination =
         serde_json::to_vec(&stream.destination).expect("a destination serialises to JSON");
     (
@@ -111,8 +153,7 @@ fn destination_type(destination: &Destination) -> &'static str {
     }
 }
 
-const EVENT_COLUMNS: &str =
-    "e.id, e.source, e.type, e.time, e.subject, e.datacontenttype, e.dataschema, e.data, e.extensions";
+const EVENT_COLUMNS: &str = "e.id, e.source, e.type, e.time, e.subject, e.datacontenttype, e.dataschema, e.data, e.extensions";
 
 /// Reads an event from `EVENT_COLUMNS` starting at column `at`.
 fn event_from_row(row: &Row, at: usize) -> StoreResult<StoredEvent> {
@@ -224,7 +265,8 @@ fn claim_in(
          ORDER BY d.due_at LIMIT ?4"
     ))?;
     let mut lease = conn.prepare_cached(
-        "UPDATE deliveries SET due_at = ?2, lease = lease + 1 WHERE seq = ?1 RETURNING lease",
+        "UPDATE deliveries SET due_at = ?2, lease_until = ?2, lease = lease + 1 \
+         WHERE seq = ?1 RETURNING lease",
     )?;
     let mut next_due = conn.prepare_cached(
         "SELECT MIN(due_at) FROM deliveries \
@@ -275,8 +317,8 @@ fn record_in(conn: &Connection, records: Vec<AttemptRecord>, now: Millis) -> Sto
          response_body, error_kind, error_message) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?;
     let mut update = conn.prepare_cached(
-        "UPDATE deliveries SET status = ?3, attempts = attempts + 1, due_at = ?4, updated_at = ?5 \
-         WHERE seq = ?1 AND lease = ?2",
+        "UPDATE deliveries SET status = ?3, attempts = attempts + 1, due_at = ?4, \
+         lease_until = NULL, updated_at = ?5 WHERE seq = ?1 AND lease = ?2",
     )?;
     let mut disable = conn.prepare_cached(
         "UPDATE streams SET status = 'disabled', status_reason = ?3, updated_at = ?4 \
@@ -348,7 +390,11 @@ fn delivery_views(
             event_type: row.get(4)?,
             status,
             attempts: list,
-            next_attempt_at: if status == DeliveryStatus::Pending { row.get(6)? } else { None },
+            next_attempt_at: if status == DeliveryStatus::Pending {
+                row.get(6)?
+            } else {
+                None
+            },
             created_at: row.get(7)?,
             updated_at: row.get(8)?,
         });
@@ -374,7 +420,9 @@ impl Store for SqliteStore {
     async fn count_tokens(&self) -> StoreResult<u64> {
         self.readers
             .read(|conn| {
-                Ok(conn.query_row("SELECT COUNT(*) FROM api_tokens", [], |r| r.get::<_, i64>(0))? as u64)
+                Ok(conn.query_row("SELECT COUNT(*) FROM api_tokens", [], |r| {
+                    r.get::<_, i64>(0)
+                })? as u64)
             })
             .await
     }
@@ -473,7 +521,9 @@ impl Store for SqliteStore {
                     "SELECT {STREAM_COLUMNS} FROM streams WHERE tenant_id = ?1 AND id = ?2"
                 ))?;
                 let mut rows = stmt.query(params![tenant_id, id])?;
-                rows.next()?.map(|row| stream_from_row(row, &cipher)).transpose()
+                rows.next()?
+                    .map(|row| stream_from_row(row, &cipher))
+                    .transpose()
             })
             .await
     }
@@ -536,7 +586,7 @@ impl Store for SqliteStore {
                     params![tenant_id, id],
                 )?;
                 conn.execute(
-                    "UPDATE deliveries SET status = 'cancelled', due_at = NULL, updated_at = ?3 \
+                    "UPDATE deliveries SET status = 'cancelled', due_at = NULL, lease_until = NULL, updated_at = ?3 \
                      WHERE tenant_id = ?1 AND stream_id = ?2 AND status = 'pending'",
                     params![tenant_id, id, now],
                 )?;
@@ -551,8 +601,11 @@ impl Store for SqliteStore {
         stream_id: &str,
         now: Millis,
     ) -> StoreResult<Vec<SigningSecret>> {
-        let (tenant_id, stream_id, cipher) =
-            (tenant_id.to_string(), stream_id.to_string(), self.cipher.clone());
+        let (tenant_id, stream_id, cipher) = (
+            tenant_id.to_string(),
+            stream_id.to_string(),
+            self.cipher.clone(),
+        );
         self.readers
             .read(move |conn| {
                 let mut stmt = conn.prepare_cached(
@@ -584,8 +637,11 @@ impl Store for SqliteStore {
         secret: SigningSecret,
         old_expires_at: Millis,
     ) -> StoreResult<bool> {
-        let (tenant_id, stream_id, cipher) =
-            (tenant_id.to_string(), stream_id.to_string(), self.cipher.clone());
+        let (tenant_id, stream_id, cipher) = (
+            tenant_id.to_string(),
+            stream_id.to_string(),
+            self.cipher.clone(),
+        );
         self.writer
             .write(move |conn| {
                 let exists: bool = conn.query_row(
@@ -658,14 +714,17 @@ impl Store for SqliteStore {
     }
 
     async fn record(&self, attempts: Vec<AttemptRecord>, now: Millis) -> StoreResult<()> {
-        self.writer.write(move |conn| record_in(conn, attempts, now)).await
+        self.writer
+            .write(move |conn| record_in(conn, attempts, now))
+            .await
     }
 
     async fn release(&self, leases: Vec<(i64, i64)>, now: Millis) -> StoreResult<()> {
         self.writer
             .write(move |conn| {
                 let mut stmt = conn.prepare_cached(
-                    "UPDATE deliveries SET due_at = ?3 WHERE seq = ?1 AND lease = ?2 AND status = 'pending'",
+                    "UPDATE deliveries SET due_at = ?3, lease_until = NULL \
+                     WHERE seq = ?1 AND lease = ?2 AND status = 'pending'",
                 )?;
                 for (key, lease) in leases {
                     stmt.execute(params![key, lease, now])?;

@@ -67,8 +67,9 @@ CREATE UNIQUE INDEX events_by_source_id ON events (tenant_id, source, id);
 CREATE INDEX events_by_id ON events (tenant_id, id);
 
 -- One row per (event, stream). While pending, `due_at` is when it may next be claimed: the
--- retry time, or the lease's expiry while an attempt is under way. `lease` counts claims, so
--- an attempt whose lease was lost cannot overwrite a newer one's outcome.
+-- retry time, or the lease's expiry while an attempt is under way (then `lease_until` is set
+-- too). `lease` counts claims, so an attempt whose lease was lost cannot overwrite a newer
+-- one's outcome.
 CREATE TABLE deliveries (
     seq        INTEGER PRIMARY KEY,
     tenant_id  TEXT NOT NULL,
@@ -79,6 +80,7 @@ CREATE TABLE deliveries (
     attempts   INTEGER NOT NULL DEFAULT 0,
     due_at     INTEGER,
     lease      INTEGER NOT NULL DEFAULT 0,
+    lease_until INTEGER,
     created_at INTEGER NOT NULL,
     updated_at INTEGER NOT NULL
 ) STRICT;

@@ -49,7 +49,9 @@ where
     fn finish(self: Box<Self>, commit: Result<(), String>) {
         let answer = match (commit, self.result) {
             (Ok(()), Some(result)) => result,
-            (Err(e), Some(Err(job_err))) => Err(StoreError::Commit(format!("{e}; the job itself failed: {job_err}"))),
+            (Err(e), Some(Err(job_err))) => Err(StoreError::Commit(format!(
+                "{e}; the job itself failed: {job_err}"
+            ))),
             (Err(e), _) => Err(StoreError::Commit(e)),
             (Ok(()), None) => Err(StoreError::Commit("the job was not run".into())),
         };

@@ -1,0 +1,360 @@
+//! Test harness: the real server on port 0 with a controllable clock, a real receiver on port
+//! 0 whose answers a test scripts, and typed request helpers.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use herald::clock::ManualClock;
+use herald::secret::Secret;
+use herald::{App, Config};
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+pub const ADMIN_TOKEN: &str = "hrd_test_admin_token_0123456789";
+
+/// How long a test waits for something asynchronous before failing. Never a timing
+/// assertion: only a bound on a hung test.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub clock: Arc<ManualClock>,
+    pub http: reqwest::Client,
+    shutdown: CancellationToken,
+    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    _dir: tempfile::TempDir,
+}
+
+/// The server as tests usually want it: plain http and loopback receivers allowed.
+pub fn test_config(dir: &std::path::Path) -> Config {
+    let mut config = Config::defaults();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.data_dir = dir.to_path_buf();
+    config.allow_http = true;
+    config.allow_cidrs = vec!["127.0.0.0/8".parse().unwrap()];
+    config.admin_token = Some(Secret::new(ADMIN_TOKEN));
+    config
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    adjust(&mut config);
+    let clock = Arc::new(ManualClock::default());
+    let app = App::build(config, clock.clone())
+        .await
+        .expect("the app builds");
+    let addr = app.local_addr();
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    TestApp {
+        addr,
+        clock,
+        http: reqwest::Client::new(),
+        shutdown,
+        server: Some(server),
+        _dir: dir,
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Shuts the server down gracefully and hands back its data directory.
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        self.shutdown.cancel();
+        if let Some(server) = self.server.take() {
+            server.await.unwrap().unwrap();
+        }
+        let placeholder = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self._dir, placeholder)
+    }
+
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> (StatusCode, Value) {
+        let mut request = self
+            .http
+            .request(method, self.url(path))
+            .bearer_auth(ADMIN_TOKEN);
+        if let Some((content_type, bytes)) = body {
+            request = request.header("content-type", content_type).body(bytes);
+        }
+        let response = request.send().await.unwrap();
+        let status = StatusCode::from_u16(response.status().as_u16()).unwrap();
+        let text = response.text().await.unwrap();
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
+        };
+        (status, value)
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.request(reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        let bytes = serde_json::to_vec(body).unwrap();
+        self.request(
+            reqwest::Method::POST,
+            path,
+            Some(("application/json", bytes)),
+        )
+        .await
+    }
+
+    pub async fn patch(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        let bytes = serde_json::to_vec(body).unwrap();
+        self.request(
+            reqwest::Method::PATCH,
+            path,
+            Some(("application/json", bytes)),
+        )
+        .await
+    }
+
+    pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        self.request(reqwest::Method::DELETE, path, None).await
+    }
+
+    /// Publishes one event; panics unless it is accepted.
+    pub async fn publish(&self, event: Value) -> Value {
+        let (status, body) = self.post("/v1/events", &event).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        body
+    }
+
+    /// Creates a webhook stream to `url` subscribed to `types`, with extra fields merged in.
+    pub async fn create_stream(&self, url: &str, types: &[&str], extra: Value) -> Value {
+        let mut body = json!({
+            "name": "test stream",
+            "subscriptions": types.iter().map(|t| json!({"event_type": t})).collect::<Vec<_>>(),
+            "destination": {"type": "webhook", "configuration": {"webhook_endpoint": url}},
+        });
+        if let (Value::Object(base), Value::Object(more)) = (&mut body, extra) {
+            base.extend(more);
+        }
+        let (status, stream) = self.post("/v1/event-streams", &body).await;
+        assert_eq!(status, StatusCode::CREATED, "{stream}");
+        stream
+    }
+
+    /// The deliveries of `event_id` to `stream_id`.
+    pub async fn deliveries(&self, stream_id: &str, event_id: &str) -> Vec<Value> {
+        let (status, body) = self
+            .get(&format!(
+                "/v1/event-streams/{stream_id}/deliveries/{event_id}"
+            ))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body.as_array().unwrap().clone()
+    }
+
+    /// Polls the single delivery of `event_id` to `stream_id` until `done` holds for it.
+    pub async fn wait_for_delivery(
+        &self,
+        stream_id: &str,
+        event_id: &str,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let (status, body) = self
+                .get(&format!(
+                    "/v1/event-streams/{stream_id}/deliveries/{event_id}"
+                ))
+                .await;
+            if status == StatusCode::OK && done(&body[0]) {
+                return body[0].clone();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "delivery of {event_id} never reached the expected state; last seen: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits until the delivery has `n` recorded attempts.
+    pub async fn wait_for_attempts(&self, stream_id: &str, event_id: &str, n: usize) -> Value {
+        self.wait_for_delivery(stream_id, event_id, |d| {
+            d["attempts"].as_array().map_or(0, Vec::len) >= n
+        })
+        .await
+    }
+}
+
+/// What a receiver answers.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: String,
+    /// Hold the answer back this long (a slow or hung endpoint).
+    pub delay: Option<Duration>,
+}
+
+impl Reply {
+    pub fn status(status: u16) -> Reply {
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: String::new(),
+            delay: None,
+        }
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: &str) -> Reply {
+        self.headers.push((name, value.to_string()));
+        self
+    }
+
+    pub fn with_body(mut self, body: &str) -> Reply {
+        self.body = body.to_string();
+        self
+    }
+
+    pub fn delayed(mut self, by: Duration) -> Reply {
+        self.delay = Some(by);
+        self
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Received {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+#[derive(Default)]
+struct ReceiverState {
+    received: Mutex<Vec<Received>>,
+    script: Mutex<VecDeque<Reply>>,
+    default_reply: Mutex<Option<Reply>>,
+    arrived: Notify,
+}
+
+/// A webhook receiver on port 0. Answers from its script, then its default (200).
+#[derive(Clone)]
+pub struct Receiver {
+    pub url: String,
+    state: Arc<ReceiverState>,
+}
+
+impl Receiver {
+    pub async fn start() -> Receiver {
+        let state = Arc::new(ReceiverState::default());
+        let handler_state = state.clone();
+        let app = axum::Router::new().fallback(move |headers: HeaderMap, body: Bytes| {
+            let state = handler_state.clone();
+            async move {
+                let reply = {
+                    let scripted = state.script.lock().unwrap().pop_front();
+                    scripted
+                        .or_else(|| state.default_reply.lock().unwrap().clone())
+                        .unwrap_or_else(|| Reply::status(200))
+                };
+                state
+                    .received
+                    .lock()
+                    .unwrap()
+                    .push(Received { headers, body });
+                state.arrived.notify_waiters();
+                if let Some(delay) = reply.delay {
+                    tokio::time::sleep(delay).await;
+                }
+                let mut response = axum::response::Response::builder().status(reply.status);
+                for (name, value) in &reply.headers {
+                    response = response.header(*name, value);
+                }
+                response.body(axum::body::Body::from(reply.body)).unwrap()
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Receiver {
+            url: format!("http://{addr}/hook"),
+            state,
+        }
+    }
+
+    /// Answers the next requests with these replies, in order.
+    pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
+        self.state.script.lock().unwrap().extend(replies);
+    }
+
+    /// Answers every unscripted request with `reply`.
+    pub fn always(&self, reply: Reply) {
+        *self.state.default_reply.lock().unwrap() = Some(reply);
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.received.lock().unwrap().clone()
+    }
+
+    /// Waits until at least `n` requests have arrived and returns them all.
+    pub async fn wait_for(&self, n: usize) -> Vec<Received> {
+        self.wait_until(&format!("{n} requests"), |received| received.len() >= n)
+            .await
+    }
+
+    /// Waits until `done` holds for everything received so far, and returns it.
+    pub async fn wait_until(
+        &self,
+        what: &str,
+        done: impl Fn(&[Received]) -> bool,
+    ) -> Vec<Received> {
+        let wait = async {
+            loop {
+                // Registered before the check, so an arrival in between is not missed.
+                let arrived = self.state.arrived.notified();
+                let received = self.received();
+                if done(&received) {
+                    return received;
+                }
+                arrived.await;
+            }
+        };
+        tokio::time::timeout(PATIENCE, wait)
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "the receiver never saw {what}; it got {} requests",
+                    self.received().len()
+                )
+            })
+    }
+}

@@ -1,0 +1,8 @@
+//! Integration tests: the real server on port 0 against real receivers on port 0.
+
+mod crash;
+mod delivery;
+mod helpers;
+mod publish;
+mod retries;
+mod streams;

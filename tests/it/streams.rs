@@ -1,0 +1,221 @@
+//! Stream management: Auth0-shaped CRUD, validation, write-only secrets.
+
+use axum::http::StatusCode;
+use serde_json::json;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn streams_are_created_read_updated_and_deleted() {
+    let app = spawn_app().await;
+    let body = json!({
+        "name": "crm-sync",
+        "subscriptions": [{"event_type": "user.created"}, {"event_type": "organization.*"}],
+        "destination": {"type": "webhook", "configuration": {
+            "webhook_endpoint": "https://example.com/webhook",
+            "webhook_authorization": {"method": "bearer", "token": "tok-secret-value"}
+        }}
+    });
+    let (status, created) = app.post("/v1/event-streams", &body).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["id"].as_str().unwrap();
+    assert!(id.starts_with("est_") && id.len() == 26, "{id}");
+    assert_eq!(created["status"], "enabled");
+    assert_eq!(created["name"], "crm-sync");
+    assert_eq!(created["subscriptions"][1]["event_type"], "organization.*");
+    assert_eq!(
+        created["destination"],
+        json!({"type": "webhook", "configuration": {
+            "webhook_endpoint": "https://example.com/webhook",
+            "webhook_authorization": {"method": "bearer"}
+        }})
+    );
+    assert_eq!(created["payload_format"], "cloudevents");
+    assert_eq!(created["retry_policy"]["max_attempts"], 22);
+    assert!(created["created_at"].as_str().unwrap().ends_with('Z'));
+
+    let (_, shown) = app.get(&format!("/v1/event-streams/{id}")).await;
+    assert_eq!(shown, created);
+    let (_, listed) = app.get("/v1/event-streams").await;
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    for text in [created.to_string(), shown.to_string(), listed.to_string()] {
+        assert!(
+            !text.contains("tok-secret-value") && !text.contains("whsec_"),
+            "{text}"
+        );
+    }
+
+    let (status, updated) = app
+        .patch(
+            &format!("/v1/event-streams/{id}"),
+            &json!({"name": "renamed", "status": "disabled", "retry_policy": {"max_attempts": 4}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{updated}");
+    assert_eq!(updated["name"], "renamed");
+    assert_eq!(updated["status"], "disabled");
+    assert_eq!(updated["retry_policy"]["max_attempts"], 4);
+    assert_eq!(updated["subscriptions"], created["subscriptions"]);
+
+    let (status, _) = app.delete(&format!("/v1/event-streams/{id}")).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body) = app.get(&format!("/v1/event-streams/{id}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["error"]["code"], "not_found");
+    let (status, _) = app.delete(&format!("/v1/event-streams/{id}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn invalid_streams_are_refused_with_a_reason() {
+    let app = spawn_app_with(|config| config.allow_http = false).await;
+    let base = json!({
+        "name": "s",
+        "subscriptions": [{"event_type": "user.created"}],
+        "destination": {"type": "webhook", "configuration": {"webhook_endpoint": "https://example.com/h"}}
+    });
+    let (status, _) = app.post("/v1/event-streams", &base).await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    let variants = [
+        (
+            "/destination/configuration/webhook_endpoint",
+            json!("http://example.com/h"),
+            "https",
+        ),
+        (
+            "/destination/configuration/webhook_endpoint",
+            json!("not a url"),
+            "valid URL",
+        ),
+        (
+            "/destination/type",
+            json!("carrier_pigeon"),
+            "unknown variant",
+        ),
+        ("/subscriptions", json!([]), "subscriptions"),
+        (
+            "/subscriptions",
+            json!([{"event_type": "user.createdd"}]),
+            "selects no event type",
+        ),
+        (
+            "/subscriptions",
+            json!([{"event_type": "User Created"}]),
+            "not an event type",
+        ),
+        ("/name", json!(""), "name"),
+        ("/name", json!(42), "invalid type"),
+        ("/retry_policy", json!({"max_attempts": 0}), "max_attempts"),
+        ("/retry_policy", json!({"jitter": 2}), "jitter"),
+        ("/payload_format", json!("xml"), "unknown variant"),
+        (
+            "/destination/configuration/webhook_authorization",
+            json!({"method": "bearer"}),
+            "token",
+        ),
+        (
+            "/destination/configuration/signing_secret",
+            json!("nope"),
+            "whsec_",
+        ),
+        ("/unexpected", json!(true), "unknown field"),
+    ];
+    for (pointer, value, expected) in variants {
+        let mut body = base.clone();
+        let (parent, key) = pointer.rsplit_once('/').unwrap();
+        let target = if parent.is_empty() {
+            &mut body
+        } else {
+            body.pointer_mut(parent).unwrap()
+        };
+        target[key] = value.clone();
+        let (status, response) = app.post("/v1/event-streams", &body).await;
+        assert_eq!(
+            status,
+            StatusCode::BAD_REQUEST,
+            "{pointer} = {value}: {response}"
+        );
+        let message = response["error"]["message"].as_str().unwrap();
+        assert!(message.contains(expected), "{pointer} = {value}: {message}");
+    }
+
+    let (status, response) = app
+        .request(
+            reqwest::Method::POST,
+            "/v1/event-streams",
+            Some(("application/json", b"{".to_vec())),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(response["error"]["code"], "malformed_json");
+}
+
+#[tokio::test]
+async fn a_given_signing_secret_is_used_and_readable_only_via_the_secret_route() {
+    let app = spawn_app().await;
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let stream = app
+        .create_stream(
+            "https://example.com/h",
+            &["user.created"],
+            json!({"destination": {"type": "webhook", "configuration": {
+                "webhook_endpoint": "https://example.com/h", "signing_secret": secret
+            }}}),
+        )
+        .await;
+    assert!(!stream.to_string().contains(secret));
+    let id = stream["id"].as_str().unwrap();
+    let (status, body) = app.get(&format!("/v1/event-streams/{id}/secret")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["secret"], secret);
+
+    let (status, body) = app
+        .post(
+            &format!("/v1/event-streams/{id}/secret/rotate"),
+            &json!({"secret": "bad"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, _) = app
+        .post("/v1/event-streams/est_missing/secret/rotate", &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn secrets_are_encrypted_at_rest() {
+    let app = spawn_app().await;
+    let (status, _) = app
+        .post(
+            "/v1/event-streams",
+            &json!({
+                "name": "visible-name-canary", "subscriptions": [{"event_type": "user.created"}],
+                "destination": {"type": "webhook", "configuration": {
+                    "webhook_endpoint": "https://example.com/h",
+                    "webhook_authorization": {"method": "bearer", "token": "plaintext-canary-token"}
+                }}
+            }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let dir = app.stop().await;
+
+    let mut stored = Vec::new();
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        stored.extend(std::fs::read(entry.unwrap().path()).unwrap());
+    }
+    let haystack = String::from_utf8_lossy(&stored);
+    assert!(
+        haystack.contains("visible-name-canary"),
+        "the scan reads the stored rows"
+    );
+    assert!(
+        !haystack.contains("plaintext-canary-token"),
+        "the token is stored in clear"
+    );
+    assert!(
+        !haystack.contains("whsec_"),
+        "a signing secret is stored in clear"
+    );
+}
