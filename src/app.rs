@@ -137,7 +137,8 @@ impl App {
     }
 }
 
-/// Ensures an admin token exists: the configured one, or on an empty store a new one.
+/// Ensures an admin token exists: the configured one (which replaces the one configured
+/// before, if it changed), or on an empty store a new one.
 async fn bootstrap_admin_token(
     store: &dyn Store,
     config: &Config,
@@ -151,7 +152,11 @@ async fn bootstrap_admin_token(
     };
     if let Some(secret) = &config.admin_token {
         store
-            .ensure_token(admin("tok_admin".into()), hash_token(secret.expose()), now)
+            .put_token(
+                admin("tok_admin_configured".into()),
+                hash_token(secret.expose()),
+                now,
+            )
             .await?;
         return Ok(None);
     }
@@ -160,7 +165,7 @@ async fn bootstrap_admin_token(
     }
     let secret = crate::ids::api_token_secret();
     store
-        .ensure_token(admin(crate::ids::token_id()), hash_token(&secret), now)
+        .put_token(admin(crate::ids::token_id()), hash_token(&secret), now)
         .await?;
     Ok(Some(secret))
 }

@@ -180,8 +180,8 @@ pub trait Store: Send + Sync + 'static {
     // Tenants and tokens.
     async fn ensure_tenant(&self, id: &str, name: &str, now: Millis) -> StoreResult<()>;
     async fn count_tokens(&self) -> StoreResult<u64>;
-    /// Inserts the token unless one with the same hash exists.
-    async fn ensure_token(&self, token: Token, hash: TokenHash, now: Millis) -> StoreResult<()>;
+    /// Inserts the token, or gives the token with the same id this new secret.
+    async fn put_token(&self, token: Token, hash: TokenHash, now: Millis) -> StoreResult<()>;
     async fn find_token(&self, hash: TokenHash) -> StoreResult<Option<Token>>;
 
     // Streams.

@@ -318,7 +318,7 @@ fn record_in(conn: &Connection, records: Vec<AttemptRecord>, now: Millis) -> Sto
     )?;
     let mut update = conn.prepare_cached(
         "UPDATE deliveries SET status = ?3, attempts = attempts + 1, due_at = ?4, \
-         lease_until = NULL, updated_at = ?5 WHERE seq = ?1 AND lease = ?2",
+         lease_until = NULL, updated_at = ?5 WHERE seq = ?1 AND lease = ?2 AND status = 'pending'",
     )?;
     let mut disable = conn.prepare_cached(
         "UPDATE streams SET status = 'disabled', status_reason = ?3, updated_at = ?4 \
@@ -339,8 +339,8 @@ fn record_in(conn: &Connection, records: Vec<AttemptRecord>, now: Millis) -> Sto
             DeliveryStatus::Pending => r.next_attempt_at,
             _ => None,
         };
-        // No row changes when the lease was lost: the attempt is on record, but the newer
-        // claim owns the delivery's state.
+        // No row changes when the lease was lost or the delivery was cancelled meanwhile: the
+        // attempt is on record, but it no longer owns the delivery's state.
         update.execute(params![r.key, r.lease, r.status.as_str(), due_at, now])?;
         if let Some(reason) = &r.disable_stream {
             disable.execute(params![r.tenant_id, r.stream_id, reason, now])?;
@@ -427,12 +427,13 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn ensure_token(&self, token: Token, hash: TokenHash, now: Millis) -> StoreResult<()> {
+    async fn put_token(&self, token: Token, hash: TokenHash, now: Millis) -> StoreResult<()> {
         self.writer
             .write(move |conn| {
                 conn.execute(
                     "INSERT INTO api_tokens (hash, id, tenant_id, name, scopes, created_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (hash) DO NOTHING",
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                     ON CONFLICT (id) DO UPDATE SET hash = excluded.hash, revoked_at = NULL",
                     params![
                         hash.as_slice(),
                         token.id,

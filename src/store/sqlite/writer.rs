@@ -9,6 +9,7 @@
 //! Reads use a small pool of separate connections (WAL lets them run beside the writer).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::Connection;
@@ -63,17 +64,28 @@ where
 #[derive(Clone)]
 pub struct Writer {
     queue: mpsc::Sender<Box<dyn Job>>,
+    /// Read by the group-commit test; meant for the metrics endpoint.
+    #[cfg_attr(not(test), allow(dead_code))]
+    commits: Arc<AtomicU64>,
 }
 
 impl Writer {
     /// Starts the writer thread on `conn`. The thread ends when every `Writer` is dropped.
     pub fn start(conn: Connection) -> Writer {
         let (queue, jobs) = mpsc::channel(QUEUE_DEPTH);
+        let commits = Arc::new(AtomicU64::new(0));
+        let counter = commits.clone();
         std::thread::Builder::new()
             .name("herald-sqlite-writer".into())
-            .spawn(move || run(conn, jobs))
+            .spawn(move || run(conn, jobs, &counter))
             .expect("spawning the store's writer thread");
-        Writer { queue }
+        Writer { queue, commits }
+    }
+
+    /// Commits made so far (each one fsync).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
     }
 
     /// Runs `work` in the next group commit and returns its result once committed.
@@ -93,7 +105,7 @@ impl Writer {
     }
 }
 
-fn run(mut conn: Connection, mut queue: mpsc::Receiver<Box<dyn Job>>) {
+fn run(mut conn: Connection, mut queue: mpsc::Receiver<Box<dyn Job>>, commits: &AtomicU64) {
     let mut jobs: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_JOBS_PER_COMMIT);
     while let Some(first) = queue.blocking_recv() {
         jobs.push(first);
@@ -104,6 +116,7 @@ fn run(mut conn: Connection, mut queue: mpsc::Receiver<Box<dyn Job>>) {
             }
         }
         let commit = commit_together(&mut conn, &mut jobs);
+        commits.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = &commit {
             tracing::error!(error = %e, jobs = jobs.len(), "store commit failed");
         }
@@ -179,5 +192,74 @@ impl Readers {
         if idle.len() < MAX_IDLE_READERS {
             idle.push(conn);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn writer() -> (Writer, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("w.sqlite3")).unwrap();
+        conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (v INTEGER UNIQUE);")
+            .unwrap();
+        (Writer::start(conn), dir)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_share_commits() {
+        let (writer, _dir) = writer();
+        let tasks: Vec<_> = (0..500)
+            .map(|i| {
+                let writer = writer.clone();
+                tokio::spawn(async move {
+                    writer
+                        .write(move |c| Ok(c.execute("INSERT INTO t (v) VALUES (?1)", [i])?))
+                        .await
+                })
+            })
+            .collect();
+        for task in tasks {
+            assert_eq!(task.await.unwrap().unwrap(), 1);
+        }
+        let count: i64 = writer
+            .write(|c| Ok(c.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))?))
+            .await
+            .unwrap();
+        assert_eq!(count, 500);
+        assert!(
+            writer.commits() < 250,
+            "500 concurrent writes took {} commits",
+            writer.commits()
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_job_rolls_back_alone() {
+        let (writer, _dir) = writer();
+        writer
+            .write(|c| Ok(c.execute("INSERT INTO t (v) VALUES (1)", [])?))
+            .await
+            .unwrap();
+        let (a, b, c) = tokio::join!(
+            writer.write(|c| Ok(c.execute("INSERT INTO t (v) VALUES (2)", [])?)),
+            // Inserts 3, then fails on the duplicate 1: both of its rows must vanish.
+            writer.write(|c| {
+                c.execute("INSERT INTO t (v) VALUES (3)", [])?;
+                Ok(c.execute("INSERT INTO t (v) VALUES (1)", [])?)
+            }),
+            writer.write(|c| Ok(c.execute("INSERT INTO t (v) VALUES (4)", [])?)),
+        );
+        assert!(a.is_ok() && b.is_err() && c.is_ok());
+        let values: Vec<i64> = writer
+            .write(|c| {
+                let mut stmt = c.prepare("SELECT v FROM t ORDER BY v")?;
+                let rows = stmt.query_map([], |r| r.get(0))?;
+                Ok(rows.collect::<Result<_, _>>()?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(values, vec![1, 2, 4]);
     }
 }
