@@ -1,4 +1,4 @@
-//! Events as published: parsing and validating CloudEvents structured JSON into a [`NewEvent`],
+//! Events as published: parsing and validating CloudEvents structured JSON into a [`Event`],
 //! and rendering a stored event back into the payload shapes receivers get.
 
 use std::collections::BTreeMap;
@@ -21,9 +21,9 @@ const MAX_SUBJECT_LEN: usize = 1024;
 const MAX_EXTENSION_NAME_LEN: usize = 20;
 const MAX_EXTENSION_VALUE_LEN: usize = 1024;
 
-/// A validated event, ready to be stored.
+/// An event: validated on publish, immutable once stored.
 #[derive(Debug, Clone)]
-pub struct NewEvent {
+pub struct Event {
     pub id: String,
     pub source: String,
     pub event_type: String,
@@ -35,7 +35,7 @@ pub struct NewEvent {
     pub data: Box<RawValue>,
     /// Context attributes beyond the core ones (`platformid`, `projectid`, `userid`, ...),
     /// each a string, number or boolean, as CloudEvents allows.
-    pub extensions: BTreeMap<String, Value>,
+    pub extensions: Map<String, Value>,
 }
 
 /// Why an event was refused: a stable `code` for machines and a message for people.
@@ -71,7 +71,7 @@ pub fn parse_event(
     catalog: &Catalog,
     now: Millis,
     default_source: &str,
-) -> Result<NewEvent, EventError> {
+) -> Result<Event, EventError> {
     if raw.get().len() > MAX_EVENT_BYTES {
         return Err(EventError::new(
             "event_too_large",
@@ -84,7 +84,7 @@ pub fn parse_event(
     let attributes: BTreeMap<&str, &RawValue> = serde_json::from_str(raw.get())
         .map_err(|_| EventError::invalid("an event must be a JSON object"))?;
 
-    let mut event = NewEvent {
+    let mut event = Event {
         id: String::new(),
         source: default_source.to_string(),
         event_type: String::new(),
@@ -93,7 +93,7 @@ pub fn parse_event(
         datacontenttype: None,
         dataschema: None,
         data: RawValue::from_string("null".into()).expect("null is JSON"),
-        extensions: BTreeMap::new(),
+        extensions: Map::new(),
     };
     let mut id = None;
     let mut event_type = None;
@@ -234,21 +234,7 @@ pub fn format_time(ms: Millis) -> String {
     )
 }
 
-/// An event as stored, enough to render any payload shape.
-#[derive(Debug, Clone)]
-pub struct StoredEvent {
-    pub id: String,
-    pub source: String,
-    pub event_type: String,
-    pub time: Millis,
-    pub subject: Option<String>,
-    pub datacontenttype: Option<String>,
-    pub dataschema: Option<String>,
-    pub data: Box<RawValue>,
-    pub extensions: Map<String, Value>,
-}
-
-impl StoredEvent {
+impl Event {
     /// CloudEvents 1.0 structured JSON.
     pub fn to_cloudevent(&self) -> Vec<u8> {
         let mut out = Map::new();
@@ -318,7 +304,7 @@ fn splice_data(mut map: Map<String, Value>, data: &RawValue) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    fn parse(json: &str) -> Result<NewEvent, EventError> {
+    fn parse(json: &str) -> Result<Event, EventError> {
         let raw: Box<RawValue> = serde_json::from_str(json).unwrap();
         parse_event(&raw, &Catalog::builtin(), 1_700_000_000_000, "urn:test")
     }
@@ -384,18 +370,7 @@ mod tests {
                 "data":{"b": 1, "a": 2},"platformid":"p1"}"#,
         )
         .unwrap();
-        let stored = StoredEvent {
-            id: e.id,
-            source: e.source,
-            event_type: e.event_type,
-            time: e.time,
-            subject: None,
-            datacontenttype: None,
-            dataschema: None,
-            data: e.data,
-            extensions: e.extensions.into_iter().collect(),
-        };
-        let ce = String::from_utf8(stored.to_cloudevent()).unwrap();
+        let ce = String::from_utf8(e.to_cloudevent()).unwrap();
         assert!(ce.ends_with(r#""data":{"b": 1, "a": 2}}"#), "{ce}");
         let ce: Value = serde_json::from_str(&ce).unwrap();
         assert_eq!(ce["specversion"], "1.0");
@@ -403,7 +378,7 @@ mod tests {
         assert_eq!(ce["datacontenttype"], "application/json");
         assert_eq!(ce["platformid"], "p1");
 
-        let audit: Value = serde_json::from_slice(&stored.to_audit()).unwrap();
+        let audit: Value = serde_json::from_slice(&e.to_audit()).unwrap();
         assert_eq!(audit["action"], "flow.run.finished");
         assert_eq!(audit["platformId"], "p1");
         assert_eq!(audit["projectId"], Value::Null);

@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::{ApiError, AppState, Caller, body_error, json_error};
-use crate::event::{MAX_BATCH_EVENTS, MAX_EVENT_BYTES, NewEvent, parse_event};
+use crate::event::{Event, MAX_BATCH_EVENTS, MAX_EVENT_BYTES, parse_event};
 use crate::store::Published;
 
 pub async fn publish(
@@ -26,7 +26,7 @@ pub async fn publish(
     let default_source = format!("urn:herald:{}", caller.tenant_id);
     let parse = |raw: &RawValue| parse_event(raw, &state.catalog, now, &default_source);
 
-    let events: Vec<NewEvent> = if batch {
+    let events: Vec<Event> = if batch {
         let items: Vec<&RawValue> =
             serde_json::from_slice(&body).map_err(|e| match e.classify() {
                 serde_json::error::Category::Data => {

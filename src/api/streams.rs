@@ -84,6 +84,17 @@ fn check(state: &AppState, stream: &Stream) -> Result<(), ApiError> {
     .map_err(ApiError::invalid)
 }
 
+/// The signing secret a caller gave in `field`, checked, or a new one.
+fn given_or_new(given: Option<Secret>, field: &str) -> Result<Secret, ApiError> {
+    match given {
+        Some(secret) => {
+            SigningKey::parse(&secret).map_err(|e| ApiError::invalid(format!("`{field}`: {e}")))?;
+            Ok(secret)
+        }
+        None => Ok(Secret::new(ids::signing_secret())),
+    }
+}
+
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -259,13 +270,7 @@ pub async fn rotate_secret(
     } else {
         parse_json(&headers, &body)?
     };
-    let secret = match request.secret {
-        Some(secret) => {
-            SigningKey::parse(&secret).map_err(|e| ApiError::invalid(format!("`secret`: {e}")))?;
-            secret
-        }
-        None => Secret::new(ids::signing_secret()),
-    };
+    let secret = given_or_new(request.secret, "secret")?;
     let grace_ms = match request.grace_period_seconds {
         Some(s) if s > MAX_GRACE_SECONDS => {
             return Err(ApiError::invalid(format!(

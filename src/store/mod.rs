@@ -13,7 +13,7 @@ use async_trait::async_trait;
 
 use crate::clock::Millis;
 use crate::destinations::webhook::signing::SigningKey;
-use crate::event::{NewEvent, StoredEvent};
+use crate::event::Event;
 use crate::secret::Secret;
 use crate::stream::{Stream, StreamStatus};
 
@@ -89,7 +89,7 @@ pub struct Claimed {
     pub stream_id: String,
     /// Attempts made before this one.
     pub attempts: u32,
-    pub event: StoredEvent,
+    pub event: Event,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -216,7 +216,7 @@ pub trait Store: Send + Sync + 'static {
     async fn publish(
         &self,
         tenant_id: &str,
-        events: Vec<NewEvent>,
+        events: Vec<Event>,
         now: Millis,
     ) -> StoreResult<Vec<Published>>;
     async fn claim(

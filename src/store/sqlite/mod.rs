@@ -13,7 +13,6 @@ use serde_json::value::RawValue;
 
 use super::*;
 use crate::destinations::Destination;
-use crate::event::StoredEvent;
 use crate::secret::Cipher;
 use crate::stream::{PayloadFormat, RetryPolicy, Subscription};
 use writer::{Readers, Writer};
@@ -156,11 +155,11 @@ fn destination_type(destination: &Destination) -> &'static str {
 const EVENT_COLUMNS: &str = "e.id, e.source, e.type, e.time, e.subject, e.datacontenttype, e.dataschema, e.data, e.extensions";
 
 /// Reads an event from `EVENT_COLUMNS` starting at column `at`.
-fn event_from_row(row: &Row, at: usize) -> StoreResult<StoredEvent> {
+fn event_from_row(row: &Row, at: usize) -> StoreResult<Event> {
     let data: String = row.get(at + 7)?;
     let extensions: Option<String> = row.get(at + 8)?;
     let corrupt = |what: &str| StoreError::Corrupt(format!("event column `{what}`"));
-    Ok(StoredEvent {
+    Ok(Event {
         id: row.get(at)?,
         source: row.get(at + 1)?,
         event_type: row.get(at + 2)?,
@@ -179,7 +178,7 @@ fn event_from_row(row: &Row, at: usize) -> StoreResult<StoredEvent> {
 fn publish_in(
     conn: &Connection,
     tenant_id: &str,
-    events: Vec<NewEvent>,
+    events: Vec<Event>,
     now: Millis,
 ) -> StoreResult<Vec<Published>> {
     let mut streams = Vec::new();
@@ -694,7 +693,7 @@ impl Store for SqliteStore {
     async fn publish(
         &self,
         tenant_id: &str,
-        events: Vec<NewEvent>,
+        events: Vec<Event>,
         now: Millis,
     ) -> StoreResult<Vec<Published>> {
         let tenant_id = tenant_id.to_string();
