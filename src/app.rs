@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{self, AppState, DEFAULT_TENANT};
+use crate::api::{self, AppState, DEFAULT_TENANT, Scope};
 use crate::catalog::Catalog;
 use crate::clock::Clock;
 use crate::config::Config;
@@ -18,7 +18,7 @@ use crate::destinations::webhook::WebhookClient;
 use crate::net::ssrf::AddressPolicy;
 use crate::secret::Cipher;
 use crate::store::sqlite::SqliteStore;
-use crate::store::{Store, Token, hash_token};
+use crate::store::{Store, Tenant, Token, hash_token};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -60,7 +60,13 @@ impl App {
         let now = clock.now_ms();
         let store: Arc<dyn Store> =
             Arc::new(SqliteStore::open(&config.database_path(), cipher, now)?);
-        store.ensure_tenant(DEFAULT_TENANT, "default", now).await?;
+        store
+            .create_tenant(Tenant {
+                id: DEFAULT_TENANT.into(),
+                name: "default".into(),
+                created_at: now,
+            })
+            .await?;
         let new_admin_token = bootstrap_admin_token(&*store, &config, now).await?;
 
         let listener =
@@ -148,14 +154,14 @@ async fn bootstrap_admin_token(
         id,
         tenant_id: None,
         name: "platform admin".into(),
-        scopes: vec!["*".into()],
+        scopes: Scope::all_names(),
+        created_at: now,
     };
     if let Some(secret) = &config.admin_token {
         store
             .put_token(
                 admin("tok_admin_configured".into()),
                 hash_token(secret.expose()),
-                now,
             )
             .await?;
         return Ok(None);
@@ -165,7 +171,7 @@ async fn bootstrap_admin_token(
     }
     let secret = crate::ids::api_token_secret();
     store
-        .put_token(admin(crate::ids::token_id()), hash_token(&secret), now)
+        .put_token(admin(crate::ids::token_id()), hash_token(&secret))
         .await?;
     Ok(Some(secret))
 }

@@ -132,6 +132,8 @@ pub fn parse_event(
             "dataschema" => event.dataschema = Some(string_attr(name, value, 1024)?),
             "data" => event.data = value.to_owned(),
             "data_base64" => data_base64 = Some(string_attr(name, value, MAX_EVENT_BYTES)?),
+            // Which tenant the event is for: routing, not part of the event (see `api::events`).
+            "tenant" => {}
             _ => {
                 let parsed = extension_value(name, value)?;
                 event.extensions.insert(name.to_string(), parsed);

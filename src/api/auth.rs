@@ -1,21 +1,141 @@
-//! Bearer-token authentication. Every `/v1` route needs a token; the token decides which
-//! tenant a request acts on.
+//! Authentication and authorization. Every `/v1` route needs a bearer token. A **platform**
+//! token acts on any tenant, named by the `Herald-Tenant` header (or the default tenant); a
+//! **tenant** token acts on its own tenant only. Each route needs one [`Scope`]; a token
+//! without it gets 403.
+
+use std::collections::BTreeSet;
 
 use axum::extract::FromRequestParts;
+use axum::http::StatusCode;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use serde::{Deserialize, Serialize};
 
 use super::{ApiError, AppState};
 use crate::store::{Token, hash_token};
 
 /// The tenant a platform token acts on when the request names none.
 pub const DEFAULT_TENANT: &str = "ten_default";
+/// Names the tenant a platform token acts on.
+pub const TENANT_HEADER: &str = "herald-tenant";
 
-/// An authenticated caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Scope {
+    #[serde(rename = "read:event_streams")]
+    ReadEventStreams,
+    #[serde(rename = "create:event_streams")]
+    CreateEventStreams,
+    #[serde(rename = "update:event_streams")]
+    UpdateEventStreams,
+    #[serde(rename = "delete:event_streams")]
+    DeleteEventStreams,
+    #[serde(rename = "read:event_deliveries")]
+    ReadEventDeliveries,
+    #[serde(rename = "update:event_deliveries")]
+    UpdateEventDeliveries,
+    #[serde(rename = "publish:events")]
+    PublishEvents,
+    #[serde(rename = "read:events")]
+    ReadEvents,
+    #[serde(rename = "manage:tokens")]
+    ManageTokens,
+    /// Platform level only: create, change and delete tenants.
+    #[serde(rename = "manage:tenants")]
+    ManageTenants,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 10] = [
+        Scope::ReadEventStreams,
+        Scope::CreateEventStreams,
+        Scope::UpdateEventStreams,
+        Scope::DeleteEventStreams,
+        Scope::ReadEventDeliveries,
+        Scope::UpdateEventDeliveries,
+        Scope::PublishEvents,
+        Scope::ReadEvents,
+        Scope::ManageTokens,
+        Scope::ManageTenants,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::ReadEventStreams => "read:event_streams",
+            Scope::CreateEventStreams => "create:event_streams",
+            Scope::UpdateEventStreams => "update:event_streams",
+            Scope::DeleteEventStreams => "delete:event_streams",
+            Scope::ReadEventDeliveries => "read:event_deliveries",
+            Scope::UpdateEventDeliveries => "update:event_deliveries",
+            Scope::PublishEvents => "publish:events",
+            Scope::ReadEvents => "read:events",
+            Scope::ManageTokens => "manage:tokens",
+            Scope::ManageTenants => "manage:tenants",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Scope> {
+        Scope::ALL.into_iter().find(|scope| scope.as_str() == s)
+    }
+
+    pub fn all_names() -> Vec<String> {
+        Scope::ALL.iter().map(|s| s.as_str().to_string()).collect()
+    }
+}
+
+/// An authenticated caller, and the tenant the request acts on.
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub token: Token,
+    pub scopes: BTreeSet<Scope>,
     pub tenant_id: String,
+}
+
+impl Caller {
+    pub fn is_platform(&self) -> bool {
+        self.token.tenant_id.is_none()
+    }
+
+    /// Fails with 403 unless the token holds `scope`.
+    pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
+        if self.scopes.contains(&scope) {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "insufficient_scope",
+                format!("this token lacks the `{}` scope", scope.as_str()),
+            ))
+        }
+    }
+
+    /// Re-targets the request at `tenant` (a publish naming its tenant), which only a
+    /// platform token may do for a tenant other than its own.
+    pub async fn act_on(&mut self, state: &AppState, tenant: &str) -> Result<(), ApiError> {
+        if tenant == self.tenant_id {
+            return Ok(());
+        }
+        if !self.is_platform() {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "wrong_tenant",
+                "a tenant token acts only on its own tenant",
+            ));
+        }
+        ensure_tenant_exists(state, tenant).await?;
+        self.tenant_id = tenant.to_string();
+        Ok(())
+    }
+}
+
+async fn ensure_tenant_exists(state: &AppState, tenant: &str) -> Result<(), ApiError> {
+    if state.store.get_tenant(tenant).await?.is_none() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_tenant",
+            format!("no tenant with id `{tenant}`"),
+        ));
+    }
+    Ok(())
 }
 
 impl FromRequestParts<AppState> for Caller {
@@ -42,10 +162,28 @@ impl FromRequestParts<AppState> for Caller {
             .find_token(hash_token(secret))
             .await?
             .ok_or_else(|| ApiError::unauthorized("the token is not valid or has been revoked"))?;
-        let tenant_id = token
-            .tenant_id
-            .clone()
-            .unwrap_or_else(|| DEFAULT_TENANT.to_string());
-        Ok(Caller { token, tenant_id })
+        let scopes = token
+            .scopes
+            .iter()
+            .filter_map(|s| Scope::parse(s))
+            .collect();
+        let own_tenant = token.tenant_id.clone();
+        let mut caller = Caller {
+            token,
+            scopes,
+            tenant_id: own_tenant
+                .clone()
+                .unwrap_or_else(|| DEFAULT_TENANT.to_string()),
+        };
+        if let Some(value) = parts.headers.get(TENANT_HEADER) {
+            let named = value.to_str().map_err(|_| {
+                ApiError::bad_request(
+                    "invalid_request",
+                    "the `Herald-Tenant` header is not valid text",
+                )
+            })?;
+            caller.act_on(state, named.trim()).await?;
+        }
+        Ok(caller)
     }
 }

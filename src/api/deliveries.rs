@@ -4,7 +4,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use serde_json::{Value, json};
 
-use super::{ApiError, AppState, Caller};
+use super::{ApiError, AppState, Caller, Scope};
 use crate::event::format_time;
 use crate::store::DeliveryView;
 
@@ -45,6 +45,7 @@ pub async fn show(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    caller.require(Scope::ReadEventDeliveries)?;
     let delivery = state
         .store
         .get_delivery(&caller.tenant_id, &id)
@@ -58,6 +59,7 @@ pub async fn for_event(
     caller: Caller,
     Path((stream_id, event_id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
+    caller.require(Scope::ReadEventDeliveries)?;
     let deliveries = state
         .store
         .event_deliveries(&caller.tenant_id, &event_id)

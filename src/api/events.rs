@@ -1,32 +1,36 @@
 //! `POST /v1/events`: publish one event (CloudEvents structured JSON) or a batch
 //! (`application/cloudevents-batch+json`). The answer, 202, comes only after the events and
 //! their deliveries are committed; a batch with one bad event stores nothing.
+//!
+//! A platform token names the tenant with the `Herald-Tenant` header or a `tenant` attribute
+//! on the events (all events of a batch go to one tenant).
+
+use std::borrow::Cow;
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode, header::CONTENT_TYPE};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
-use super::{ApiError, AppState, Caller, body_error, json_error};
+use super::{ApiError, AppState, Caller, Scope, body_error, json_error};
 use crate::event::{Event, MAX_BATCH_EVENTS, MAX_EVENT_BYTES, parse_event};
 use crate::store::Published;
 
 pub async fn publish(
     State(state): State<AppState>,
-    caller: Caller,
+    mut caller: Caller,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    caller.require(Scope::PublishEvents)?;
     let body = body.map_err(body_error)?;
     let batch = is_batch(&headers)?;
-    let now = state.clock.now_ms();
-    let default_source = format!("urn:herald:{}", caller.tenant_id);
-    let parse = |raw: &RawValue| parse_event(raw, &state.catalog, now, &default_source);
 
-    let events: Vec<Event> = if batch {
+    let items: Vec<&RawValue> = if batch {
         let items: Vec<&RawValue> =
             serde_json::from_slice(&body).map_err(|e| match e.classify() {
                 serde_json::error::Category::Data => {
@@ -48,10 +52,6 @@ pub async fn publish(
             ));
         }
         items
-            .into_iter()
-            .enumerate()
-            .map(|(i, raw)| parse(raw).map_err(|e| e.at_index(i)))
-            .collect::<Result<_, _>>()?
     } else {
         if body.len() > MAX_EVENT_BYTES {
             return Err(ApiError::new(
@@ -69,8 +69,22 @@ pub async fn publish(
                 "the body is a JSON array: send a batch with `content-type: application/cloudevents-batch+json`",
             ));
         }
-        vec![parse(raw)?]
+        vec![raw]
     };
+
+    if let Some(tenant) = named_tenant(&items)? {
+        caller.act_on(&state, &tenant).await?;
+    }
+    let now = state.clock.now_ms();
+    let default_source = format!("urn:herald:{}", caller.tenant_id);
+    let events: Vec<Event> = items
+        .iter()
+        .enumerate()
+        .map(|(i, raw)| {
+            parse_event(raw, &state.catalog, now, &default_source)
+                .map_err(|e| if batch { e.at_index(i) } else { e })
+        })
+        .collect::<Result<_, _>>()?;
 
     let published = state.store.publish(&caller.tenant_id, events, now).await?;
     state
@@ -82,6 +96,32 @@ pub async fn publish(
         view(&published[0])
     };
     Ok((StatusCode::ACCEPTED, Json(body)))
+}
+
+/// The tenant the events name with their `tenant` attribute, if any; all must agree.
+fn named_tenant(items: &[&RawValue]) -> Result<Option<String>, ApiError> {
+    #[derive(Deserialize)]
+    struct Target<'a> {
+        #[serde(borrow, default)]
+        tenant: Option<Cow<'a, str>>,
+    }
+    let mut named: Option<String> = None;
+    for (i, raw) in items.iter().enumerate() {
+        let Ok(target) = serde_json::from_str::<Target>(raw.get()) else {
+            continue; // Not an object, or `tenant` is not a string: parse_event says what is wrong.
+        };
+        match (&named, target.tenant) {
+            (_, None) => {}
+            (None, Some(tenant)) => named = Some(tenant.into_owned()),
+            (Some(first), Some(tenant)) if *first != tenant => {
+                return Err(ApiError::invalid(format!(
+                    "events[{i}]: a batch goes to one tenant, but it names both `{first}` and `{tenant}`"
+                )));
+            }
+            _ => {}
+        }
+    }
+    Ok(named)
 }
 
 fn view(p: &Published) -> Value {

@@ -7,6 +7,8 @@ mod error;
 mod event_types;
 mod events;
 mod streams;
+mod tenants;
+mod tokens;
 
 use std::sync::Arc;
 
@@ -16,7 +18,7 @@ use axum::http::{HeaderMap, StatusCode, header::CONTENT_TYPE};
 use axum::routing::{get, post};
 use serde::de::DeserializeOwned;
 
-pub use auth::{Caller, DEFAULT_TENANT};
+pub use auth::{Caller, DEFAULT_TENANT, Scope};
 pub use error::ApiError;
 
 use crate::catalog::Catalog;
@@ -64,6 +66,15 @@ pub fn router(state: AppState) -> Router {
             get(deliveries::for_event),
         )
         .route("/v1/deliveries/{id}", get(deliveries::show))
+        .route("/v1/tenants", post(tenants::create).get(tenants::list))
+        .route(
+            "/v1/tenants/{id}",
+            get(tenants::show)
+                .patch(tenants::update)
+                .delete(tenants::delete),
+        )
+        .route("/v1/tokens", post(tokens::create).get(tokens::list))
+        .route("/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(body_limit)

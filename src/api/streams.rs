@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, AppState, Caller, body_error, parse_json};
+use super::{ApiError, AppState, Caller, Scope, body_error, parse_json};
 use crate::destinations::Destination;
 use crate::destinations::webhook::signing::SigningKey;
 use crate::event::format_time;
@@ -101,6 +101,7 @@ pub async fn create(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    caller.require(Scope::CreateEventStreams)?;
     let body = body.map_err(body_error)?;
     let request: CreateStream = parse_json(&headers, &body)?;
     let now = state.clock.now_ms();
@@ -148,6 +149,7 @@ pub async fn create(
 }
 
 pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+    caller.require(Scope::ReadEventStreams)?;
     let streams = state.store.list_streams(&caller.tenant_id).await?;
     Ok(Json(Value::Array(streams.iter().map(view).collect())))
 }
@@ -165,6 +167,7 @@ pub async fn show(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    caller.require(Scope::ReadEventStreams)?;
     Ok(Json(view(&load(&state, &caller, &id).await?)))
 }
 
@@ -175,6 +178,7 @@ pub async fn update(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    caller.require(Scope::UpdateEventStreams)?;
     let body = body.map_err(body_error)?;
     let changes: UpdateStream = parse_json(&headers, &body)?;
     let mut stream = load(&state, &caller, &id).await?;
@@ -219,6 +223,7 @@ pub async fn delete(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    caller.require(Scope::DeleteEventStreams)?;
     let now = state.clock.now_ms();
     if !state
         .store
@@ -237,6 +242,7 @@ pub async fn secret(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    caller.require(Scope::UpdateEventStreams)?;
     load(&state, &caller, &id).await?;
     let now = state.clock.now_ms();
     let secrets = state
@@ -264,6 +270,7 @@ pub async fn rotate_secret(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    caller.require(Scope::UpdateEventStreams)?;
     let body = body.map_err(body_error)?;
     let request: Rotate = if body.is_empty() {
         Rotate::default()

@@ -35,6 +35,14 @@ pub enum StoreError {
     Closed,
 }
 
+/// The isolation unit: every other row belongs to exactly one tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant {
+    pub id: String,
+    pub name: String,
+    pub created_at: Millis,
+}
+
 /// An API token as stored: the secret itself is only ever held as a SHA-256 hash.
 #[derive(Debug, Clone)]
 pub struct Token {
@@ -43,6 +51,7 @@ pub struct Token {
     pub tenant_id: Option<String>,
     pub name: String,
     pub scopes: Vec<String>,
+    pub created_at: Millis,
 }
 
 pub type TokenHash = [u8; 32];
@@ -178,11 +187,27 @@ pub struct AttemptView {
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     // Tenants and tokens.
-    async fn ensure_tenant(&self, id: &str, name: &str, now: Millis) -> StoreResult<()>;
+    /// Inserts the tenant; false if its id is taken.
+    async fn create_tenant(&self, tenant: Tenant) -> StoreResult<bool>;
+    async fn get_tenant(&self, id: &str) -> StoreResult<Option<Tenant>>;
+    async fn list_tenants(&self) -> StoreResult<Vec<Tenant>>;
+    async fn rename_tenant(&self, id: &str, name: &str) -> StoreResult<Option<Tenant>>;
+    /// Deletes the tenant and every row it owns; false if it does not exist.
+    async fn delete_tenant(&self, id: &str) -> StoreResult<bool>;
     async fn count_tokens(&self) -> StoreResult<u64>;
     /// Inserts the token, or gives the token with the same id this new secret.
-    async fn put_token(&self, token: Token, hash: TokenHash, now: Millis) -> StoreResult<()>;
+    async fn put_token(&self, token: Token, hash: TokenHash) -> StoreResult<()>;
+    /// A valid (not revoked) token by the hash of its secret.
     async fn find_token(&self, hash: TokenHash) -> StoreResult<Option<Token>>;
+    /// Valid tokens of a tenant, or the platform tokens for `None`.
+    async fn list_tokens(&self, tenant_id: Option<&str>) -> StoreResult<Vec<Token>>;
+    /// Revokes a token of a tenant (or a platform token for `None`); false if none matched.
+    async fn revoke_token(
+        &self,
+        tenant_id: Option<&str>,
+        id: &str,
+        now: Millis,
+    ) -> StoreResult<bool>;
 
     // Streams.
     async fn create_stream(&self, stream: Stream, secret: SigningSecret) -> StoreResult<()>;

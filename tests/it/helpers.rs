@@ -93,10 +93,18 @@ impl TestApp {
         path: &str,
         body: Option<(&str, Vec<u8>)>,
     ) -> (StatusCode, Value) {
-        let mut request = self
-            .http
-            .request(method, self.url(path))
-            .bearer_auth(ADMIN_TOKEN);
+        self.request_as(ADMIN_TOKEN, method, path, body).await
+    }
+
+    /// A request with `token` as the bearer credential.
+    pub async fn request_as(
+        &self,
+        token: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> (StatusCode, Value) {
+        let mut request = self.http.request(method, self.url(path)).bearer_auth(token);
         if let Some((content_type, bytes)) = body {
             request = request.header("content-type", content_type).body(bytes);
         }
@@ -137,6 +145,22 @@ impl TestApp {
 
     pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
         self.request(reqwest::Method::DELETE, path, None).await
+    }
+
+    /// Creates a tenant token with `scopes`, acting as the platform admin on `tenant`.
+    pub async fn tenant_token(&self, tenant: &str, scopes: &[&str]) -> String {
+        let response = self
+            .http
+            .post(self.url("/v1/tokens"))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("herald-tenant", tenant)
+            .json(&json!({"name": "test token", "scopes": scopes}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        let body: Value = response.json().await.unwrap();
+        body["token"].as_str().unwrap().to_string()
     }
 
     /// Publishes one event; panics unless it is accepted.

@@ -96,6 +96,28 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+fn tenant_from_row(row: &Row) -> rusqlite::Result<Tenant> {
+    Ok(Tenant {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        created_at: row.get(2)?,
+    })
+}
+
+const TOKEN_COLUMNS: &str = "id, tenant_id, name, scopes, created_at";
+
+fn token_from_row(row: &Row) -> StoreResult<Token> {
+    let scopes: String = row.get(3)?;
+    Ok(Token {
+        id: row.get(0)?,
+        tenant_id: row.get(1)?,
+        name: row.get(2)?,
+        scopes: serde_json::from_str(&scopes)
+            .map_err(|_| StoreError::Corrupt("token column `scopes`".into()))?,
+        created_at: row.get(4)?,
+    })
+}
+
 const STREAM_COLUMNS: &str = "tenant_id, id, name, status, status_reason, subscriptions, \
      destination, payload_format, retry_policy, created_at, updated_at";
 
@@ -403,15 +425,74 @@ fn delivery_views(
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn ensure_tenant(&self, id: &str, name: &str, now: Millis) -> StoreResult<()> {
+    async fn create_tenant(&self, tenant: Tenant) -> StoreResult<bool> {
+        self.writer
+            .write(move |conn| {
+                let inserted = conn.execute(
+                    "INSERT INTO tenants (id, name, created_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                    params![tenant.id, tenant.name, tenant.created_at],
+                )?;
+                Ok(inserted == 1)
+            })
+            .await
+    }
+
+    async fn get_tenant(&self, id: &str) -> StoreResult<Option<Tenant>> {
+        let id = id.to_string();
+        self.readers
+            .read(move |conn| {
+                Ok(conn
+                    .prepare_cached("SELECT id, name, created_at FROM tenants WHERE id = ?1")?
+                    .query_row(params![id], tenant_from_row)
+                    .optional()?)
+            })
+            .await
+    }
+
+    async fn list_tenants(&self) -> StoreResult<Vec<Tenant>> {
+        self.readers
+            .read(|conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT id, name, created_at FROM tenants ORDER BY created_at, id",
+                )?;
+                let rows = stmt.query_map([], tenant_from_row)?;
+                Ok(rows.collect::<Result<_, _>>()?)
+            })
+            .await
+    }
+
+    async fn rename_tenant(&self, id: &str, name: &str) -> StoreResult<Option<Tenant>> {
         let (id, name) = (id.to_string(), name.to_string());
         self.writer
             .write(move |conn| {
-                conn.execute(
-                    "INSERT INTO tenants (id, name, created_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
-                    params![id, name, now],
-                )?;
-                Ok(())
+                Ok(conn
+                    .prepare_cached(
+                        "UPDATE tenants SET name = ?2 WHERE id = ?1 RETURNING id, name, created_at",
+                    )?
+                    .query_row(params![id, name], tenant_from_row)
+                    .optional()?)
+            })
+            .await
+    }
+
+    async fn delete_tenant(&self, id: &str) -> StoreResult<bool> {
+        let id = id.to_string();
+        self.writer
+            .write(move |conn| {
+                for table in [
+                    "attempts",
+                    "deliveries",
+                    "events",
+                    "stream_secrets",
+                    "streams",
+                    "api_tokens",
+                ] {
+                    conn.execute(
+                        &format!("DELETE FROM {table} WHERE tenant_id = ?1"),
+                        params![id],
+                    )?;
+                }
+                Ok(conn.execute("DELETE FROM tenants WHERE id = ?1", params![id])? == 1)
             })
             .await
     }
@@ -426,7 +507,7 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn put_token(&self, token: Token, hash: TokenHash, now: Millis) -> StoreResult<()> {
+    async fn put_token(&self, token: Token, hash: TokenHash) -> StoreResult<()> {
         self.writer
             .write(move |conn| {
                 conn.execute(
@@ -439,7 +520,7 @@ impl Store for SqliteStore {
                         token.tenant_id,
                         token.name,
                         serde_json::to_string(&token.scopes).expect("strings serialise"),
-                        now
+                        token.created_at
                     ],
                 )?;
                 Ok(())
@@ -450,25 +531,47 @@ impl Store for SqliteStore {
     async fn find_token(&self, hash: TokenHash) -> StoreResult<Option<Token>> {
         self.readers
             .read(move |conn| {
-                let row = conn
-                    .prepare_cached(
-                        "SELECT id, tenant_id, name, scopes FROM api_tokens \
-                         WHERE hash = ?1 AND revoked_at IS NULL",
-                    )?
-                    .query_row(params![hash.as_slice()], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, String>(3)?))
-                    })
-                    .optional()?;
-                row.map(|(id, tenant_id, name, scopes)| {
-                    Ok(Token {
-                        id,
-                        tenant_id,
-                        name,
-                        scopes: serde_json::from_str(&scopes)
-                            .map_err(|_| StoreError::Corrupt("token column `scopes`".into()))?,
-                    })
-                })
-                .transpose()
+                let mut stmt = conn.prepare_cached(&format!(
+                    "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE hash = ?1 AND revoked_at IS NULL"
+                ))?;
+                let mut rows = stmt.query(params![hash.as_slice()])?;
+                rows.next()?.map(token_from_row).transpose()
+            })
+            .await
+    }
+
+    async fn list_tokens(&self, tenant_id: Option<&str>) -> StoreResult<Vec<Token>> {
+        let tenant_id = tenant_id.map(str::to_string);
+        self.readers
+            .read(move |conn| {
+                let mut stmt = conn.prepare_cached(&format!(
+                    "SELECT {TOKEN_COLUMNS} FROM api_tokens \
+                     WHERE tenant_id IS ?1 AND revoked_at IS NULL ORDER BY created_at, id"
+                ))?;
+                let mut rows = stmt.query(params![tenant_id])?;
+                let mut tokens = Vec::new();
+                while let Some(row) = rows.next()? {
+                    tokens.push(token_from_row(row)?);
+                }
+                Ok(tokens)
+            })
+            .await
+    }
+
+    async fn revoke_token(
+        &self,
+        tenant_id: Option<&str>,
+        id: &str,
+        now: Millis,
+    ) -> StoreResult<bool> {
+        let (tenant_id, id) = (tenant_id.map(str::to_string), id.to_string());
+        self.writer
+            .write(move |conn| {
+                Ok(conn.execute(
+                    "UPDATE api_tokens SET revoked_at = ?3 \
+                     WHERE tenant_id IS ?1 AND id = ?2 AND revoked_at IS NULL",
+                    params![tenant_id, id, now],
+                )? == 1)
             })
             .await
     }
