@@ -13,8 +13,8 @@ use crate::catalog::Catalog;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::delivery::{DispatchConfig, Dispatcher, Signal};
-use crate::destinations::DestinationPolicy;
 use crate::destinations::webhook::WebhookClient;
+use crate::destinations::{DestinationPolicy, Destinations};
 use crate::net::ssrf::AddressPolicy;
 use crate::secret::Cipher;
 use crate::store::sqlite::SqliteStore;
@@ -78,14 +78,14 @@ impl App {
                 })?;
 
         let signal = Arc::new(Signal::default());
-        let webhook = WebhookClient::new(
+        let destinations = Destinations::new(WebhookClient::new(
             AddressPolicy::new(config.allow_cidrs.clone()),
             config.delivery_timeout(),
-        );
+        ));
         let dispatcher = Dispatcher::new(
             store.clone(),
             clock.clone(),
-            webhook,
+            destinations.clone(),
             signal.clone(),
             DispatchConfig {
                 max_in_flight: config.max_in_flight,
@@ -97,6 +97,7 @@ impl App {
         );
         let state = AppState {
             store,
+            destinations,
             catalog: Arc::new(Catalog::builtin()),
             clock,
             signal,

@@ -268,7 +268,7 @@ impl Event {
     }
 
     /// The flat audit shape: `id`, `action`, `data`, `created`, `updated`, `platformId`,
-    /// `projectId`, `userId`.
+    /// `projectId`, `userId` (and `purpose` on a test event).
     pub fn to_audit(&self) -> Vec<u8> {
         let context = |name: &str| self.extensions.get(name).cloned().unwrap_or(Value::Null);
         let time = format_time(self.time);
@@ -281,6 +281,9 @@ impl Event {
         out.insert("platformId".into(), context("platformid"));
         out.insert("projectId".into(), context("projectid"));
         out.insert("userId".into(), context("userid"));
+        if let Some(purpose) = self.extensions.get("purpose") {
+            out.insert("purpose".into(), purpose.clone());
+        }
         splice_data(out, &self.data)
     }
 }

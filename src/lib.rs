@@ -26,6 +26,7 @@ pub mod destinations;
 pub mod event;
 pub mod ids;
 pub mod net;
+pub mod notices;
 pub mod secret;
 pub mod store;
 pub mod stream;

@@ -9,12 +9,17 @@ use crate::destinations::{Destination, DestinationPolicy};
 
 pub const MAX_NAME_LEN: usize = 128;
 pub const MAX_SUBSCRIPTIONS: usize = 200;
+/// Failed attempts in a row after which a stream is disabled, unless it says otherwise.
+pub const DEFAULT_MAX_CONSECUTIVE_FAILURES: u32 = 500;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StreamStatus {
     Enabled,
+    /// Nothing is sent and no new deliveries are made.
     Disabled,
+    /// New deliveries are made and kept, but nothing is sent until the stream is enabled.
+    Paused,
 }
 
 impl StreamStatus {
@@ -22,6 +27,7 @@ impl StreamStatus {
         match self {
             StreamStatus::Enabled => "enabled",
             StreamStatus::Disabled => "disabled",
+            StreamStatus::Paused => "paused",
         }
     }
 
@@ -29,6 +35,7 @@ impl StreamStatus {
         match s {
             "enabled" => Some(StreamStatus::Enabled),
             "disabled" => Some(StreamStatus::Disabled),
+            "paused" => Some(StreamStatus::Paused),
             _ => None,
         }
     }
@@ -136,6 +143,8 @@ pub struct Stream {
     pub destination: Destination,
     pub payload_format: PayloadFormat,
     pub retry_policy: RetryPolicy,
+    /// Disable the stream after this many failed attempts in a row; 0 never does.
+    pub max_consecutive_failures: u32,
     pub created_at: i64,
     pub updated_at: i64,
 }

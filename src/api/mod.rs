@@ -24,13 +24,14 @@ pub use error::ApiError;
 use crate::catalog::Catalog;
 use crate::clock::Clock;
 use crate::delivery::Signal;
-use crate::destinations::DestinationPolicy;
+use crate::destinations::{DestinationPolicy, Destinations};
 use crate::store::Store;
 
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn Store>,
+    pub destinations: Destinations,
     pub catalog: Arc<Catalog>,
     pub clock: Arc<dyn Clock>,
     pub signal: Arc<Signal>,
@@ -61,10 +62,21 @@ pub fn router(state: AppState) -> Router {
             "/v1/event-streams/{id}/secret/rotate",
             post(streams::rotate_secret),
         )
+        .route("/v1/event-streams/{id}/deliveries", get(deliveries::list))
+        .route("/v1/event-streams/{id}/backlog", get(deliveries::backlog))
         .route(
             "/v1/event-streams/{id}/deliveries/{event_id}",
             get(deliveries::for_event),
         )
+        .route(
+            "/v1/event-streams/{id}/redeliver",
+            post(deliveries::redeliver),
+        )
+        .route(
+            "/v1/event-streams/{id}/redeliver/{event_id}",
+            post(deliveries::redeliver_event),
+        )
+        .route("/v1/event-streams/{id}/test", post(streams::test))
         .route("/v1/deliveries/{id}", get(deliveries::show))
         .route("/v1/tenants", post(tenants::create).get(tenants::list))
         .route(
@@ -137,6 +149,31 @@ pub fn json_error(err: serde_json::Error) -> ApiError {
         ),
         Category::Data => ApiError::invalid(err.to_string()),
     }
+}
+
+/// Query parameters, with the API's error shape when they do not parse.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::try_from_uri(&parts.uri)
+            .map(|axum::extract::Query(value)| ApiQuery(value))
+            .map_err(|e| ApiError::invalid(format!("bad query parameters: {}", e.body_text())))
+    }
+}
+
+/// Parses an RFC 3339 time parameter named `field`.
+pub fn parse_time_param(field: &str, value: &str) -> Result<crate::clock::Millis, ApiError> {
+    crate::event::parse_time(value).ok_or_else(|| {
+        ApiError::invalid(format!(
+            "`{field}` must be an RFC 3339 time such as 2025-01-29T18:08:43Z, got `{value}`"
+        ))
+    })
 }
 
 /// Turns the body-limit rejection into the API's error shape.

@@ -14,8 +14,9 @@ use crate::destinations::Destination;
 use crate::destinations::webhook::signing::SigningKey;
 use crate::event::format_time;
 use crate::ids;
+use crate::notices;
 use crate::secret::Secret;
-use crate::store::SigningSecret;
+use crate::store::{SigningSecret, StreamUpdate};
 use crate::stream::{self, PayloadFormat, RetryPolicy, Stream, StreamStatus, Subscription};
 
 #[derive(Deserialize)]
@@ -30,6 +31,7 @@ pub struct CreateStream {
     payload_format: PayloadFormat,
     #[serde(default)]
     retry_policy: RetryPolicy,
+    max_consecutive_failures: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -41,7 +43,20 @@ pub struct UpdateStream {
     status: Option<StreamStatus>,
     payload_format: Option<PayloadFormat>,
     retry_policy: Option<RetryPolicy>,
+    max_consecutive_failures: Option<u32>,
+    /// On enabling a stream: `deliver` its pending deliveries (the default) or `skip` them
+    /// (they are cancelled).
+    backlog: Option<BacklogChoice>,
 }
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BacklogChoice {
+    Deliver,
+    Skip,
+}
+
+const MAX_CONSECUTIVE_FAILURES_LIMIT: u32 = 1_000_000;
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -63,6 +78,7 @@ pub fn view(stream: &Stream) -> Value {
         "destination": stream.destination.public_view(),
         "payload_format": stream.payload_format,
         "retry_policy": stream.retry_policy,
+        "max_consecutive_failures": stream.max_consecutive_failures,
         "created_at": format_time(stream.created_at),
         "updated_at": format_time(stream.updated_at),
     });
@@ -73,6 +89,11 @@ pub fn view(stream: &Stream) -> Value {
 }
 
 fn check(state: &AppState, stream: &Stream) -> Result<(), ApiError> {
+    if stream.max_consecutive_failures > MAX_CONSECUTIVE_FAILURES_LIMIT {
+        return Err(ApiError::invalid(format!(
+            "`max_consecutive_failures` must be at most {MAX_CONSECUTIVE_FAILURES_LIMIT} (0 never disables)"
+        )));
+    }
     stream::validate(
         &stream.name,
         &stream.subscriptions,
@@ -119,6 +140,9 @@ pub async fn create(
         destination,
         payload_format: request.payload_format,
         retry_policy: request.retry_policy,
+        max_consecutive_failures: request
+            .max_consecutive_failures
+            .unwrap_or(stream::DEFAULT_MAX_CONSECUTIVE_FAILURES),
         created_at: now,
         updated_at: now,
     };
@@ -197,24 +221,67 @@ pub async fn update(
         }
         stream.destination = destination;
     }
-    if let Some(status) = changes.status {
-        if status != stream.status {
-            stream.status_reason = None;
-        }
-        stream.status = status;
+    let now = state.clock.now_ms();
+    let before = stream.status;
+    let after = changes.status.unwrap_or(before);
+    if before != after {
+        stream.status_reason = None;
     }
+    stream.status = after;
+    let enabling = after == StreamStatus::Enabled && before != StreamStatus::Enabled;
+    if changes.backlog.is_some() && !enabling {
+        return Err(ApiError::invalid(
+            "`backlog` applies only when a stream is enabled again: send it with `\"status\": \"enabled\"`",
+        ));
+    }
+    let backlog = changes.backlog.unwrap_or(BacklogChoice::Deliver);
     if let Some(format) = changes.payload_format {
         stream.payload_format = format;
     }
     if let Some(policy) = changes.retry_policy {
         stream.retry_policy = policy;
     }
-    stream.updated_at = state.clock.now_ms();
-    check(&state, &stream)?;
-    if !state.store.update_stream(stream.clone()).await? {
-        return Err(ApiError::not_found("event stream", &id));
+    if let Some(limit) = changes.max_consecutive_failures {
+        stream.max_consecutive_failures = limit;
     }
+    stream.updated_at = now;
+    check(&state, &stream)?;
+
+    let mut notices = Vec::new();
+    if enabling {
+        let choice = if backlog == BacklogChoice::Skip {
+            "skip"
+        } else {
+            "deliver"
+        };
+        notices.push(notices::stream_enabled(
+            &stream.tenant_id,
+            &stream.id,
+            &stream.name,
+            choice,
+            now,
+        ));
+    } else if after == StreamStatus::Disabled && before != StreamStatus::Disabled {
+        notices.push(notices::stream_disabled(
+            &stream.tenant_id,
+            &stream.id,
+            &stream.name,
+            "disabled by an admin",
+            now,
+        ));
+    }
+    let update = StreamUpdate {
+        stream: stream.clone(),
+        skip_backlog: enabling && backlog == BacklogChoice::Skip,
+        notices,
+    };
+    let Some(published) = state.store.update_stream(update).await? else {
+        return Err(ApiError::not_found("event stream", &id));
+    };
     state.signal.streams_changed();
+    state
+        .signal
+        .wake(published.iter().flat_map(|p| p.streams.iter()));
     Ok(Json(view(&stream)))
 }
 
@@ -310,5 +377,76 @@ pub async fn rotate_secret(
         "secret": secret.expose(),
         "created_at": format_time(now),
         "previous_expires_at": format_time(now + grace_ms),
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestRequest {
+    event_type: String,
+    data: Option<Value>,
+}
+
+/// `POST /v1/event-streams/{id}/test`: sends a test event right away (the catalog's sample
+/// data unless `data` is given), marked with the extension attribute `purpose: "test"`, and
+/// answers with the attempt. Nothing is stored.
+pub async fn test(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Scope::UpdateEventStreams)?;
+    let request: TestRequest = parse_json(&headers, &body.map_err(body_error)?)?;
+    let stream = load(&state, &caller, &id).await?;
+    let event_type = state.catalog.get(&request.event_type).ok_or_else(|| {
+        ApiError::bad_request(
+            "unknown_event_type",
+            format!("`{}` is not in the event type catalog", request.event_type),
+        )
+    })?;
+    let data = request
+        .data
+        .unwrap_or_else(|| event_type.sample_data.clone());
+    let now = state.clock.now_ms();
+    let mut extensions = serde_json::Map::new();
+    extensions.insert("purpose".into(), json!("test"));
+    let event = crate::event::Event {
+        id: ids::event_id(now),
+        source: format!("urn:herald:{}", caller.tenant_id),
+        event_type: event_type.name.clone(),
+        time: now,
+        subject: None,
+        datacontenttype: None,
+        dataschema: None,
+        data: serde_json::value::RawValue::from_string(data.to_string())
+            .expect("a JSON value is JSON"),
+        extensions,
+    };
+    let keys: Vec<SigningKey> = state
+        .store
+        .signing_secrets(&caller.tenant_id, &id, now)
+        .await?
+        .iter()
+        .filter_map(|s| SigningKey::parse(&s.secret).ok())
+        .collect();
+    let delivery_id = ids::delivery_id(now);
+    let report = state
+        .destinations
+        .send(&stream, &keys, &delivery_id, &event, now)
+        .await;
+    let error = report
+        .error
+        .as_ref()
+        .map(|e| json!({ "kind": e.kind.as_str(), "message": e.message }));
+    Ok(Json(json!({
+        "delivered": report.outcome == crate::destinations::Outcome::Delivered,
+        "event_id": event.id,
+        "delivery_id": delivery_id,
+        "response_status": report.response_status,
+        "duration_ms": report.duration.as_millis() as u64,
+        "response_body": report.response_body,
+        "error": error,
     })))
 }

@@ -53,10 +53,11 @@ impl Catalog {
     }
 }
 
-/// `*` matches every type; `a.b.*` matches every type below `a.b`; anything else is exact.
+/// `*` matches every type but Herald's own (`herald.*`, which a stream must name to get);
+/// `a.b.*` matches every type below `a.b`; anything else is exact.
 pub fn pattern_matches(pattern: &str, event_type: &str) -> bool {
     match pattern.strip_suffix('*') {
-        Some("") => true,
+        Some("") => !event_type.starts_with("herald."),
         Some(prefix) if prefix.ends_with('.') => event_type.starts_with(prefix),
         _ => pattern == event_type,
     }
@@ -140,6 +141,8 @@ mod tests {
         assert!(!pattern_matches("user.*", "users.created"));
         assert!(!pattern_matches("user.*", "user"));
         assert!(pattern_matches("*", "flow.run.finished"));
+        assert!(!pattern_matches("*", "herald.delivery.failed"));
+        assert!(pattern_matches("herald.*", "herald.delivery.failed"));
     }
 
     #[test]

@@ -20,11 +20,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::clock::{Clock, Millis};
 use crate::destinations::webhook::signing::SigningKey;
-use crate::destinations::webhook::{Message, WebhookClient};
-use crate::destinations::{AttemptReport, Destination, Outcome};
+use crate::destinations::{AttemptReport, Destinations, Outcome};
 use crate::event::format_time;
 use crate::store::{AttemptRecord, ClaimBatch, ClaimRequest, Claimed, SigningSecret, Store};
-use crate::stream::{PayloadFormat, Stream, StreamStatus};
+use crate::stream::{Stream, StreamStatus};
 
 /// How often the dispatcher looks for due work when nothing woke it.
 const POLL_INTERVAL: Duration = Duration::from_secs(5);
@@ -105,14 +104,17 @@ struct Done {
     key: i64,
     stream_id: String,
     retry_at: Option<Millis>,
+    /// Streams were disabled (this one, by a `410 Gone` or too many failures).
     disabled: bool,
+    /// Streams that got deliveries of Herald's notices about this attempt.
+    woken: Vec<String>,
 }
 
 /// What every attempt needs; shared by the dispatcher and its attempt tasks.
 struct Shared {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
-    webhook: WebhookClient,
+    destinations: Destinations,
 }
 
 pub struct Dispatcher {
@@ -129,7 +131,7 @@ impl Dispatcher {
     pub fn new(
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
-        webhook: WebhookClient,
+        destinations: Destinations,
         signal: Arc<Signal>,
         config: DispatchConfig,
     ) -> Dispatcher {
@@ -137,7 +139,7 @@ impl Dispatcher {
             shared: Arc::new(Shared {
                 store,
                 clock,
-                webhook,
+                destinations,
             }),
             signal,
             config,
@@ -368,6 +370,11 @@ impl Dispatcher {
         if done.disabled {
             self.signal.streams_changed();
         }
+        for id in &done.woken {
+            if let Some(slot) = self.streams.get_mut(id) {
+                slot.next_due = Some(Millis::MIN);
+            }
+        }
     }
 }
 
@@ -375,23 +382,31 @@ impl Dispatcher {
 async fn attempt(shared: &Shared, active: &ActiveStream, claimed: Claimed) -> Done {
     let stream = &active.stream;
     let started_at = shared.clock.now_ms();
-    let report = send(shared, active, &claimed, started_at).await;
+    let keys = active.keys_at(started_at);
+    let report = shared
+        .destinations
+        .send(stream, &keys, &claimed.id, &claimed.event, started_at)
+        .await;
     let finished_at = shared.clock.now_ms();
-    let attempts_made = claimed.attempts + 1;
+    let attempt_number = claimed.attempts + 1;
     let (status, next_attempt_at) = retry::next_step(
         &stream.retry_policy,
-        attempts_made,
+        attempt_number,
         &report.outcome,
         finished_at,
         retry::jitter_unit(),
     );
-    let disabled = report.outcome == Outcome::DisableStream;
-    log_attempt(&claimed, attempts_made, &report, status);
+    log_attempt(&claimed, attempt_number, &report, status);
+    let gone = report.outcome == Outcome::DisableStream;
     let record = AttemptRecord {
         key: claimed.key,
         lease: claimed.lease,
         tenant_id: claimed.tenant_id.clone(),
         stream_id: claimed.stream_id.clone(),
+        delivery_id: claimed.id.clone(),
+        event_id: claimed.event.id.clone(),
+        event_type: claimed.event.event_type.clone(),
+        attempt_number,
         attempted_at: started_at,
         duration_ms: report.duration.as_millis() as i64,
         response_status: report.response_status,
@@ -400,51 +415,31 @@ async fn attempt(shared: &Shared, active: &ActiveStream, claimed: Claimed) -> Do
         error_message: report.error.map(|e| e.message),
         status,
         next_attempt_at,
-        disable_stream: disabled.then(|| {
+        disable_stream: gone.then(|| {
             format!(
                 "the endpoint answered 410 Gone at {}; re-enable the stream to resume",
                 format_time(finished_at)
             )
         }),
+        max_consecutive_failures: stream.max_consecutive_failures,
     };
-    if let Err(e) = shared.store.record(vec![record], finished_at).await {
-        // The lease expires and the delivery is attempted again: at-least-once holds.
-        tracing::error!(error = %e, delivery = %claimed.id, "recording an attempt failed");
+    let effects = match shared.store.record(vec![record], finished_at).await {
+        Ok(effects) => effects,
+        Err(e) => {
+            // The lease expires and the delivery is attempted again: at-least-once holds.
+            tracing::error!(error = %e, delivery = %claimed.id, "recording an attempt failed");
+            Default::default()
+        }
+    };
+    for id in &effects.disabled_streams {
+        tracing::warn!(stream = %id, "stream disabled");
     }
     Done {
         key: claimed.key,
         stream_id: claimed.stream_id,
         retry_at: next_attempt_at,
-        disabled,
-    }
-}
-
-async fn send(
-    shared: &Shared,
-    active: &ActiveStream,
-    claimed: &Claimed,
-    now: Millis,
-) -> AttemptReport {
-    let stream = &active.stream;
-    let (body, content_type) = match stream.payload_format {
-        PayloadFormat::Cloudevents => (
-            claimed.event.to_cloudevent(),
-            "application/cloudevents+json",
-        ),
-        PayloadFormat::Audit => (claimed.event.to_audit(), "application/json"),
-    };
-    match &stream.destination {
-        Destination::Webhook(config) => {
-            let keys = active.keys_at(now);
-            let message = Message {
-                id: &claimed.id,
-                body,
-                content_type,
-                keys: &keys,
-                now,
-            };
-            shared.webhook.send(config, message).await
-        }
+        disabled: !effects.disabled_streams.is_empty(),
+        woken: effects.woken_streams,
     }
 }
 

@@ -9,12 +9,59 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::clock::Millis;
+use crate::event::Event;
+use crate::stream::{PayloadFormat, Stream};
+use webhook::WebhookClient;
+use webhook::signing::SigningKey;
+
 /// A stream's destination, in the API's shape:
 /// `{"type": "webhook", "configuration": {...}}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", content = "configuration", rename_all = "snake_case")]
 pub enum Destination {
     Webhook(webhook::WebhookConfig),
+}
+
+/// The runtime clients of every destination kind, shared by the dispatcher and the API's
+/// test route.
+#[derive(Debug, Clone)]
+pub struct Destinations {
+    webhook: WebhookClient,
+}
+
+impl Destinations {
+    pub fn new(webhook: WebhookClient) -> Destinations {
+        Destinations { webhook }
+    }
+
+    /// One attempt: renders the event in the stream's payload format and sends it, signed
+    /// with `keys`, as delivery `delivery_id`.
+    pub async fn send(
+        &self,
+        stream: &Stream,
+        keys: &[SigningKey],
+        delivery_id: &str,
+        event: &Event,
+        now: Millis,
+    ) -> AttemptReport {
+        let (body, content_type) = match stream.payload_format {
+            PayloadFormat::Cloudevents => (event.to_cloudevent(), "application/cloudevents+json"),
+            PayloadFormat::Audit => (event.to_audit(), "application/json"),
+        };
+        match &stream.destination {
+            Destination::Webhook(config) => {
+                let message = webhook::Message {
+                    id: delivery_id,
+                    body,
+                    content_type,
+                    keys,
+                    now,
+                };
+                self.webhook.send(config, message).await
+            }
+        }
+    }
 }
 
 /// Operator rules that a destination's configuration must follow.

@@ -17,6 +17,11 @@ use crate::event::Event;
 use crate::secret::Secret;
 use crate::stream::{Stream, StreamStatus};
 
+/// Upper bounds (ms) of the latency buckets kept in the statistics rollups.
+pub const LATENCY_BOUNDS_MS: [i64; 14] = [
+    1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 30_000,
+];
+
 pub type StoreResult<T> = Result<T, StoreError>;
 
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +152,11 @@ pub struct AttemptRecord {
     pub lease: i64,
     pub tenant_id: String,
     pub stream_id: String,
+    pub delivery_id: String,
+    pub event_id: String,
+    pub event_type: String,
+    /// This attempt's number in the current round (1 for the first).
+    pub attempt_number: u32,
     pub attempted_at: Millis,
     pub duration_ms: i64,
     pub response_status: Option<u16>,
@@ -158,9 +168,46 @@ pub struct AttemptRecord {
     pub next_attempt_at: Option<Millis>,
     /// Set when the receiver asked to stop (`410 Gone`): the stream is disabled with it.
     pub disable_stream: Option<String>,
+    /// The stream's limit of failed attempts in a row (0: none).
+    pub max_consecutive_failures: u32,
 }
 
-/// A delivery with its attempts, as the API shows it.
+/// What recording attempts changed beyond the deliveries themselves.
+#[derive(Debug, Clone, Default)]
+pub struct RecordEffects {
+    /// Streams disabled by these attempts (a `410 Gone`, too many failures in a row).
+    pub disabled_streams: Vec<String>,
+    /// Streams that got new deliveries of Herald's own notices.
+    pub woken_streams: Vec<String>,
+}
+
+/// Which deliveries of a stream to list or redeliver; every given filter must hold.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryFilter {
+    pub statuses: Vec<DeliveryStatus>,
+    pub event_types: Vec<String>,
+    /// Created at or after.
+    pub date_from: Option<Millis>,
+    /// Created before.
+    pub date_to: Option<Millis>,
+}
+
+/// One page of a listing, newest first; `next` continues it.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next: Option<i64>,
+}
+
+/// A stream's undelivered work.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Backlog {
+    pub pending: u64,
+    pub oldest_created_at: Option<Millis>,
+}
+
+/// A delivery as the API shows it. Listings leave `attempts` empty; the counters and the
+/// last attempt's summary are always set.
 #[derive(Debug, Clone)]
 pub struct DeliveryView {
     pub id: String,
@@ -168,6 +215,10 @@ pub struct DeliveryView {
     pub event_id: String,
     pub event_type: String,
     pub status: DeliveryStatus,
+    pub attempt_count: u32,
+    pub last_attempt_at: Option<Millis>,
+    pub last_response_status: Option<u16>,
+    pub last_error_kind: Option<String>,
     pub attempts: Vec<AttemptView>,
     pub next_attempt_at: Option<Millis>,
     pub created_at: Millis,
@@ -182,6 +233,16 @@ pub struct AttemptView {
     pub response_body: Option<String>,
     pub error_kind: Option<String>,
     pub error_message: Option<String>,
+}
+
+/// A change to a stream's definition and what comes with it, committed together.
+#[derive(Debug, Clone)]
+pub struct StreamUpdate {
+    pub stream: Stream,
+    /// Cancel the stream's pending deliveries (re-enabling with the backlog skipped).
+    pub skip_backlog: bool,
+    /// Herald's own events about the change (`herald.stream.enabled`, ...).
+    pub notices: Vec<Event>,
 }
 
 #[async_trait]
@@ -213,8 +274,9 @@ pub trait Store: Send + Sync + 'static {
     async fn create_stream(&self, stream: Stream, secret: SigningSecret) -> StoreResult<()>;
     async fn get_stream(&self, tenant_id: &str, id: &str) -> StoreResult<Option<Stream>>;
     async fn list_streams(&self, tenant_id: &str) -> StoreResult<Vec<Stream>>;
-    /// Replaces the stream's definition; false if it does not exist.
-    async fn update_stream(&self, stream: Stream) -> StoreResult<bool>;
+    /// Replaces the stream's definition; `None` if it does not exist, else the notices as
+    /// published.
+    async fn update_stream(&self, update: StreamUpdate) -> StoreResult<Option<Vec<Published>>>;
     /// Deletes the stream and cancels its pending deliveries; false if it does not exist.
     async fn delete_stream(&self, tenant_id: &str, id: &str, now: Millis) -> StoreResult<bool>;
     /// Secrets still valid at `now`, newest first.
@@ -250,7 +312,8 @@ pub trait Store: Send + Sync + 'static {
         now: Millis,
         lease_until: Millis,
     ) -> StoreResult<Vec<ClaimBatch>>;
-    async fn record(&self, attempts: Vec<AttemptRecord>, now: Millis) -> StoreResult<()>;
+    async fn record(&self, attempts: Vec<AttemptRecord>, now: Millis)
+    -> StoreResult<RecordEffects>;
     /// Gives leased deliveries back (on shutdown): due again at `now`, no attempt counted.
     async fn release(&self, leases: Vec<(i64, i64)>, now: Millis) -> StoreResult<()>;
     async fn get_delivery(&self, tenant_id: &str, id: &str) -> StoreResult<Option<DeliveryView>>;
@@ -260,6 +323,35 @@ pub trait Store: Send + Sync + 'static {
         tenant_id: &str,
         event_id: &str,
     ) -> StoreResult<Vec<DeliveryView>>;
+    /// A stream's deliveries, newest first, after the cursor `before` (a `Page::next`).
+    async fn list_deliveries(
+        &self,
+        tenant_id: &str,
+        stream_id: &str,
+        filter: DeliveryFilter,
+        before: Option<i64>,
+        take: usize,
+    ) -> StoreResult<Page<DeliveryView>>;
+    /// Queues the event for the stream again (creating its delivery if the stream never had
+    /// one): due now, with a fresh retry budget. `None` if no such event exists.
+    async fn redeliver_event(
+        &self,
+        tenant_id: &str,
+        stream_id: &str,
+        event_id: &str,
+        now: Millis,
+    ) -> StoreResult<Option<u64>>;
+    /// Queues every matching delivery of the stream again; counts only when `dry_run`.
+    /// Attempts under way are left alone.
+    async fn redeliver(
+        &self,
+        tenant_id: &str,
+        stream_id: &str,
+        filter: DeliveryFilter,
+        dry_run: bool,
+        now: Millis,
+    ) -> StoreResult<u64>;
+    async fn backlog(&self, tenant_id: &str, stream_id: &str) -> StoreResult<Backlog>;
 }
 
 /// Decodes the signing keys a stream signs with now.

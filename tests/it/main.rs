@@ -4,6 +4,7 @@ mod auth;
 mod crash;
 mod delivery;
 mod helpers;
+mod operations;
 mod publish;
 mod retries;
 mod streams;

@@ -2,6 +2,7 @@
 //! before anyone is told it happened. Writes go through one writer thread that batches
 //! concurrent callers into shared commits (see `writer`); reads use their own connections.
 
+mod queue;
 mod writer;
 
 use std::path::Path;
@@ -119,7 +120,7 @@ fn token_from_row(row: &Row) -> StoreResult<Token> {
 }
 
 const STREAM_COLUMNS: &str = "tenant_id, id, name, status, status_reason, subscriptions, \
-     destination, payload_format, retry_policy, created_at, updated_at";
+     destination, payload_format, retry_policy, created_at, updated_at, max_consecutive_failures";
 
 fn stream_from_row(row: &Row, cipher: &Cipher) -> StoreResult<Stream> {
     let corrupt = |what: &str| StoreError::Corrupt(format!("stream column `{what}`"));
@@ -149,6 +150,7 @@ fn stream_from_row(row: &Row, cipher: &Cipher) -> StoreResult<Stream> {
             .map_err(|_| corrupt("retry_policy"))?,
         created_at: row.get(9)?,
         updated_at: row.get(10)?,
+        max_consecutive_failures: row.get(11)?,
     })
 }
 
@@ -197,189 +199,47 @@ fn event_from_row(row: &Row, at: usize) -> StoreResult<Event> {
     })
 }
 
-fn publish_in(
-    conn: &Connection,
-    tenant_id: &str,
-    events: Vec<Event>,
-    now: Millis,
-) -> StoreResult<Vec<Published>> {
-    let mut streams = Vec::new();
-    {
-        let mut stmt = conn.prepare_cached(
-            "SELECT id, subscriptions FROM streams WHERE tenant_id = ?1 AND status = 'enabled'",
-        )?;
-        let mut rows = stmt.query(params![tenant_id])?;
-        while let Some(row) = rows.next()? {
-            let id: String = row.get(0)?;
-            let patterns: String = row.get(1)?;
-            let patterns: Vec<String> = serde_json::from_str(&patterns)
-                .map_err(|_| StoreError::Corrupt("stream column `subscriptions`".into()))?;
-            streams.push((id, patterns));
-        }
-    }
-    let mut insert_event = conn.prepare_cached(
-        "INSERT INTO events (tenant_id, id, source, type, time, subject, datacontenttype, \
-         dataschema, data, extensions, received_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
-         ON CONFLICT (tenant_id, source, id) DO NOTHING",
-    )?;
-    let mut insert_delivery = conn.prepare_cached(
-        "INSERT INTO deliveries (tenant_id, id, stream_id, event_seq, status, due_at, created_at, updated_at) \
-         VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?5, ?5)",
-    )?;
-    let mut published = Vec::with_capacity(events.len());
-    for event in events {
-        let extensions = (!event.extensions.is_empty())
-            .then(|| serde_json::to_string(&event.extensions).expect("JSON values serialise"));
-        let inserted = insert_event.execute(params![
-            tenant_id,
-            event.id,
-            event.source,
-            event.event_type,
-            event.time,
-            event.subject,
-            event.datacontenttype,
-            event.dataschema,
-            event.data.get(),
-            extensions,
-            now,
-        ])?;
-        let mut result = Published {
-            id: event.id,
-            source: event.source,
-            duplicate: inserted == 0,
-            streams: Vec::new(),
-        };
-        if inserted == 1 {
-            let event_seq = conn.last_insert_rowid();
-            for (stream_id, patterns) in &streams {
-                if patterns
-                    .iter()
-                    .any(|p| crate::catalog::pattern_matches(p, &event.event_type))
-                {
-                    insert_delivery.execute(params![
-                        tenant_id,
-                        crate::ids::delivery_id(now),
-                        stream_id,
-                        event_seq,
-                        now
-                    ])?;
-                    result.streams.push(stream_id.clone());
-                }
-            }
-        }
-        published.push(result);
-    }
-    Ok(published)
-}
+const DELIVERY_COLUMNS: &str = "d.seq, d.id, d.stream_id, e.id, d.event_type, d.status, d.due_at, \
+     d.created_at, d.updated_at, d.attempts, d.last_attempt_at, d.last_response_status, \
+     d.last_error_kind";
 
-fn claim_in(
-    conn: &Connection,
-    requests: Vec<ClaimRequest>,
-    now: Millis,
-    lease_until: Millis,
-) -> StoreResult<Vec<ClaimBatch>> {
-    let mut select = conn.prepare_cached(&format!(
-        "SELECT d.seq, d.id, d.attempts, d.lease, {EVENT_COLUMNS} \
-         FROM deliveries d JOIN events e ON e.seq = d.event_seq \
-         WHERE d.tenant_id = ?1 AND d.stream_id = ?2 AND d.status = 'pending' AND d.due_at <= ?3 \
-         ORDER BY d.due_at LIMIT ?4"
-    ))?;
-    let mut lease = conn.prepare_cached(
-        "UPDATE deliveries SET due_at = ?2, lease_until = ?2, lease = lease + 1 \
-         WHERE seq = ?1 RETURNING lease",
-    )?;
-    let mut next_due = conn.prepare_cached(
-        "SELECT MIN(due_at) FROM deliveries \
-         WHERE tenant_id = ?1 AND stream_id = ?2 AND status = 'pending'",
-    )?;
-    let mut batches = Vec::with_capacity(requests.len());
-    for request in requests {
-        let mut deliveries = Vec::new();
-        let mut rows = select.query(params![
-            request.tenant_id,
-            request.stream_id,
-            now,
-            request.limit as i64
-        ])?;
-        while let Some(row) = rows.next()? {
-            deliveries.push(Claimed {
-                key: row.get(0)?,
-                id: row.get(1)?,
-                attempts: row.get(2)?,
-                lease: row.get(3)?,
-                tenant_id: request.tenant_id.clone(),
-                stream_id: request.stream_id.clone(),
-                event: event_from_row(row, 4)?,
-            });
-        }
-        drop(rows);
-        for d in &mut deliveries {
-            d.lease = lease.query_row(params![d.key, lease_until], |r| r.get(0))?;
-        }
-        let next_due = if deliveries.len() < request.limit {
-            next_due.query_row(params![request.tenant_id, request.stream_id], |r| r.get(0))?
+/// A delivery from `DELIVERY_COLUMNS`, without its attempts; also its `seq`.
+fn delivery_from_row(row: &Row) -> StoreResult<(i64, DeliveryView)> {
+    let status: String = row.get(5)?;
+    let status = DeliveryStatus::parse(&status)
+        .ok_or_else(|| StoreError::Corrupt("delivery column `status`".into()))?;
+    let view = DeliveryView {
+        id: row.get(1)?,
+        stream_id: row.get(2)?,
+        event_id: row.get(3)?,
+        event_type: row.get(4)?,
+        status,
+        next_attempt_at: if status == DeliveryStatus::Pending {
+            row.get(6)?
         } else {
-            Some(now)
-        };
-        batches.push(ClaimBatch {
-            tenant_id: request.tenant_id,
-            stream_id: request.stream_id,
-            deliveries,
-            next_due,
-        });
-    }
-    Ok(batches)
+            None
+        },
+        created_at: row.get(7)?,
+        updated_at: row.get(8)?,
+        attempt_count: row.get(9)?,
+        last_attempt_at: row.get(10)?,
+        last_response_status: row.get(11)?,
+        last_error_kind: row.get(12)?,
+        attempts: Vec::new(),
+    };
+    Ok((row.get(0)?, view))
 }
 
-fn record_in(conn: &Connection, records: Vec<AttemptRecord>, now: Millis) -> StoreResult<()> {
-    let mut insert = conn.prepare_cached(
-        "INSERT INTO attempts (tenant_id, delivery_seq, attempted_at, duration_ms, response_status, \
-         response_body, error_kind, error_message) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )?;
-    let mut update = conn.prepare_cached(
-        "UPDATE deliveries SET status = ?3, attempts = attempts + 1, due_at = ?4, \
-         lease_until = NULL, updated_at = ?5 WHERE seq = ?1 AND lease = ?2 AND status = 'pending'",
-    )?;
-    let mut disable = conn.prepare_cached(
-        "UPDATE streams SET status = 'disabled', status_reason = ?3, updated_at = ?4 \
-         WHERE tenant_id = ?1 AND id = ?2",
-    )?;
-    for r in records {
-        insert.execute(params![
-            r.tenant_id,
-            r.key,
-            r.attempted_at,
-            r.duration_ms,
-            r.response_status,
-            r.response_body,
-            r.error_kind,
-            r.error_message
-        ])?;
-        let due_at = match r.status {
-            DeliveryStatus::Pending => r.next_attempt_at,
-            _ => None,
-        };
-        // No row changes when the lease was lost or the delivery was cancelled meanwhile: the
-        // attempt is on record, but it no longer owns the delivery's state.
-        update.execute(params![r.key, r.lease, r.status.as_str(), due_at, now])?;
-        if let Some(reason) = &r.disable_stream {
-            disable.execute(params![r.tenant_id, r.stream_id, reason, now])?;
-        }
-    }
-    Ok(())
-}
-
+/// Deliveries whose `column` equals `value`, each with every attempt.
 fn delivery_views(
     conn: &Connection,
     tenant_id: &str,
-    filter: &str,
+    column: &str,
     value: &str,
 ) -> StoreResult<Vec<DeliveryView>> {
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT d.seq, d.id, d.stream_id, e.id, e.type, d.status, d.due_at, d.created_at, d.updated_at \
-         FROM deliveries d JOIN events e ON e.seq = d.event_seq \
-         WHERE d.tenant_id = ?1 AND {filter} = ?2 ORDER BY d.seq"
+        "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.seq = d.event_seq \
+         WHERE d.tenant_id = ?1 AND {column} = ?2 ORDER BY d.seq"
     ))?;
     let mut attempts = conn.prepare_cached(
         "SELECT attempted_at, duration_ms, response_status, response_body, error_kind, error_message \
@@ -388,11 +248,8 @@ fn delivery_views(
     let mut views = Vec::new();
     let mut rows = stmt.query(params![tenant_id, value])?;
     while let Some(row) = rows.next()? {
-        let seq: i64 = row.get(0)?;
-        let status: String = row.get(5)?;
-        let status = DeliveryStatus::parse(&status)
-            .ok_or_else(|| StoreError::Corrupt("delivery column `status`".into()))?;
-        let list = attempts
+        let (seq, mut view) = delivery_from_row(row)?;
+        view.attempts = attempts
             .query_map(params![tenant_id, seq], |a| {
                 Ok(AttemptView {
                     attempted_at: a.get(0)?,
@@ -404,23 +261,48 @@ fn delivery_views(
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
-        views.push(DeliveryView {
-            id: row.get(1)?,
-            stream_id: row.get(2)?,
-            event_id: row.get(3)?,
-            event_type: row.get(4)?,
-            status,
-            attempts: list,
-            next_attempt_at: if status == DeliveryStatus::Pending {
-                row.get(6)?
-            } else {
-                None
-            },
-            created_at: row.get(7)?,
-            updated_at: row.get(8)?,
-        });
+        views.push(view);
     }
     Ok(views)
+}
+
+fn list_deliveries(
+    conn: &Connection,
+    tenant_id: &str,
+    stream_id: &str,
+    filter: &DeliveryFilter,
+    before: Option<i64>,
+    take: usize,
+) -> StoreResult<Page<DeliveryView>> {
+    let mut values = vec![
+        rusqlite::types::Value::Text(tenant_id.into()),
+        rusqlite::types::Value::Text(stream_id.into()),
+    ];
+    let mut conditions = queue::filter_sql(filter, &mut values);
+    if let Some(before) = before {
+        conditions.push_str(" AND d.seq < ?");
+        values.push(rusqlite::types::Value::Integer(before));
+    }
+    values.push(rusqlite::types::Value::Integer(take as i64 + 1));
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.seq = d.event_seq \
+         WHERE d.tenant_id = ? AND d.stream_id = ?{conditions} ORDER BY d.seq DESC LIMIT ?"
+    ))?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(values))?;
+    let mut items = Vec::new();
+    let mut last_seq = None;
+    while let Some(row) = rows.next()? {
+        let (seq, view) = delivery_from_row(row)?;
+        if items.len() == take {
+            return Ok(Page {
+                items,
+                next: last_seq,
+            });
+        }
+        last_seq = Some(seq);
+        items.push(view);
+    }
+    Ok(Page { items, next: None })
 }
 
 #[async_trait]
@@ -584,7 +466,7 @@ impl Store for SqliteStore {
                 conn.execute(
                     &format!(
                         "INSERT INTO streams ({STREAM_COLUMNS}, destination_type) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
                     ),
                     params![
                         stream.tenant_id,
@@ -598,6 +480,7 @@ impl Store for SqliteStore {
                         retry_policy,
                         stream.created_at,
                         stream.updated_at,
+                        stream.max_consecutive_failures,
                         destination_type(&stream.destination),
                     ],
                 )?;
@@ -648,15 +531,18 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn update_stream(&self, stream: Stream) -> StoreResult<bool> {
+    async fn update_stream(&self, update: StreamUpdate) -> StoreResult<Option<Vec<Published>>> {
         let cipher = self.cipher.clone();
         self.writer
             .write(move |conn| {
-                let (subscriptions, destination, retry_policy) = stream_values(&stream, &cipher);
+                let stream = &update.stream;
+                let (subscriptions, destination, retry_policy) = stream_values(stream, &cipher);
                 let changed = conn.execute(
                     "UPDATE streams SET name = ?3, status = ?4, status_reason = ?5, subscriptions = ?6, \
                      destination = ?7, payload_format = ?8, retry_policy = ?9, updated_at = ?10, \
-                     destination_type = ?11 WHERE tenant_id = ?1 AND id = ?2",
+                     destination_type = ?11, max_consecutive_failures = ?12, \
+                     consecutive_failures = CASE WHEN status = ?4 THEN consecutive_failures ELSE 0 END \
+                     WHERE tenant_id = ?1 AND id = ?2",
                     params![
                         stream.tenant_id,
                         stream.id,
@@ -669,9 +555,22 @@ impl Store for SqliteStore {
                         retry_policy,
                         stream.updated_at,
                         destination_type(&stream.destination),
+                        stream.max_consecutive_failures,
                     ],
                 )?;
-                Ok(changed == 1)
+                if changed == 0 {
+                    return Ok(None);
+                }
+                if update.skip_backlog {
+                    conn.execute(
+                        "UPDATE deliveries SET status = 'cancelled', due_at = NULL, lease_until = NULL, \
+                         updated_at = ?3 WHERE tenant_id = ?1 AND stream_id = ?2 AND status = 'pending'",
+                        params![stream.tenant_id, stream.id, stream.updated_at],
+                    )?;
+                }
+                let published =
+                    queue::publish(conn, &stream.tenant_id, update.notices, stream.updated_at)?;
+                Ok(Some(published))
             })
             .await
     }
@@ -801,7 +700,7 @@ impl Store for SqliteStore {
     ) -> StoreResult<Vec<Published>> {
         let tenant_id = tenant_id.to_string();
         self.writer
-            .write(move |conn| publish_in(conn, &tenant_id, events, now))
+            .write(move |conn| queue::publish(conn, &tenant_id, events, now))
             .await
     }
 
@@ -812,13 +711,17 @@ impl Store for SqliteStore {
         lease_until: Millis,
     ) -> StoreResult<Vec<ClaimBatch>> {
         self.writer
-            .write(move |conn| claim_in(conn, requests, now, lease_until))
+            .write(move |conn| queue::claim(conn, requests, now, lease_until))
             .await
     }
 
-    async fn record(&self, attempts: Vec<AttemptRecord>, now: Millis) -> StoreResult<()> {
+    async fn record(
+        &self,
+        attempts: Vec<AttemptRecord>,
+        now: Millis,
+    ) -> StoreResult<RecordEffects> {
         self.writer
-            .write(move |conn| record_in(conn, attempts, now))
+            .write(move |conn| queue::record(conn, attempts, now))
             .await
     }
 
@@ -833,6 +736,72 @@ impl Store for SqliteStore {
                     stmt.execute(params![key, lease, now])?;
                 }
                 Ok(())
+            })
+            .await
+    }
+
+    async fn list_deliveries(
+        &self,
+        tenant_id: &str,
+        stream_id: &str,
+        filter: DeliveryFilter,
+        before: Option<i64>,
+        take: usize,
+    ) -> StoreResult<Page<DeliveryView>> {
+        let (tenant_id, stream_id) = (tenant_id.to_string(), stream_id.to_string());
+        self.readers
+            .read(move |conn| list_deliveries(conn, &tenant_id, &stream_id, &filter, before, take))
+            .await
+    }
+
+    async fn redeliver_event(
+        &self,
+        tenant_id: &str,
+        stream_id: &str,
+        event_id: &str,
+        now: Millis,
+    ) -> StoreResult<Option<u64>> {
+        let (tenant_id, stream_id, event_id) = (
+            tenant_id.to_string(),
+            stream_id.to_string(),
+            event_id.to_string(),
+        );
+        self.writer
+            .write(move |conn| queue::redeliver_event(conn, &tenant_id, &stream_id, &event_id, now))
+            .await
+    }
+
+    async fn redeliver(
+        &self,
+        tenant_id: &str,
+        stream_id: &str,
+        filter: DeliveryFilter,
+        dry_run: bool,
+        now: Millis,
+    ) -> StoreResult<u64> {
+        let (tenant_id, stream_id) = (tenant_id.to_string(), stream_id.to_string());
+        self.writer
+            .write(move |conn| {
+                queue::redeliver(conn, &tenant_id, &stream_id, &filter, dry_run, now)
+            })
+            .await
+    }
+
+    async fn backlog(&self, tenant_id: &str, stream_id: &str) -> StoreResult<Backlog> {
+        let (tenant_id, stream_id) = (tenant_id.to_string(), stream_id.to_string());
+        self.readers
+            .read(move |conn| {
+                Ok(conn.query_row(
+                    "SELECT COUNT(*), MIN(created_at) FROM deliveries \
+                     WHERE tenant_id = ?1 AND stream_id = ?2 AND status = 'pending'",
+                    params![tenant_id, stream_id],
+                    |r| {
+                        Ok(Backlog {
+                            pending: r.get::<_, i64>(0)? as u64,
+                            oldest_created_at: r.get(1)?,
+                        })
+                    },
+                )?)
             })
             .await
     }

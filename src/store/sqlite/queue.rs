@@ -1,0 +1,439 @@
+//! The delivery queue on SQLite: publishing events with their deliveries, leasing due
+//! deliveries, recording attempts (with the statistics rollups, stream health and Herald's
+//! own notices in the same commit), and redelivery. Every function here runs inside the
+//! writer's transaction.
+
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
+
+use super::event_from_row;
+use crate::clock::Millis;
+use crate::event::Event;
+use crate::notices;
+use crate::store::{
+    AttemptRecord, ClaimBatch, ClaimRequest, Claimed, DeliveryFilter, DeliveryStatus,
+    LATENCY_BOUNDS_MS, Published, RecordEffects, StoreError, StoreResult,
+};
+
+/// Stores `events` and a pending delivery for each stream subscribed to them that is enabled
+/// or paused (a paused stream keeps its deliveries until it is enabled again).
+pub fn publish(
+    conn: &Connection,
+    tenant_id: &str,
+    events: Vec<Event>,
+    now: Millis,
+) -> StoreResult<Vec<Published>> {
+    let mut streams = Vec::new();
+    {
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, subscriptions FROM streams \
+             WHERE tenant_id = ?1 AND status IN ('enabled', 'paused')",
+        )?;
+        let mut rows = stmt.query(params![tenant_id])?;
+        while let Some(row) = rows.next()? {
+            let id: String = row.get(0)?;
+            let patterns: String = row.get(1)?;
+            let patterns: Vec<String> = serde_json::from_str(&patterns)
+                .map_err(|_| StoreError::Corrupt("stream column `subscriptions`".into()))?;
+            streams.push((id, patterns));
+        }
+    }
+    let mut insert_event = conn.prepare_cached(
+        "INSERT INTO events (tenant_id, id, source, type, time, subject, datacontenttype, \
+         dataschema, data, extensions, projectid, userid, received_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \
+         ON CONFLICT (tenant_id, source, id) DO NOTHING",
+    )?;
+    let mut published = Vec::with_capacity(events.len());
+    for event in events {
+        let extensions = (!event.extensions.is_empty())
+            .then(|| serde_json::to_string(&event.extensions).expect("JSON values serialise"));
+        let context = |name: &str| event.extensions.get(name).and_then(|v| v.as_str());
+        let inserted = insert_event.execute(params![
+            tenant_id,
+            event.id,
+            event.source,
+            event.event_type,
+            event.time,
+            event.subject,
+            event.datacontenttype,
+            event.dataschema,
+            event.data.get(),
+            extensions,
+            context("projectid"),
+            context("userid"),
+            now,
+        ])?;
+        let mut result = Published {
+            id: event.id,
+            source: event.source,
+            duplicate: inserted == 0,
+            streams: Vec::new(),
+        };
+        if inserted == 1 {
+            let event_seq = conn.last_insert_rowid();
+            for (stream_id, patterns) in &streams {
+                if patterns
+                    .iter()
+                    .any(|p| crate::catalog::pattern_matches(p, &event.event_type))
+                {
+                    insert_delivery(
+                        conn,
+                        tenant_id,
+                        stream_id,
+                        event_seq,
+                        &event.event_type,
+                        now,
+                    )?;
+                    result.streams.push(stream_id.clone());
+                }
+            }
+        }
+        published.push(result);
+    }
+    Ok(published)
+}
+
+fn insert_delivery(
+    conn: &Connection,
+    tenant_id: &str,
+    stream_id: &str,
+    event_seq: i64,
+    event_type: &str,
+    now: Millis,
+) -> rusqlite::Result<usize> {
+    conn.prepare_cached(
+        "INSERT INTO deliveries (tenant_id, id, stream_id, event_seq, event_type, status, due_at, \
+         created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?6, ?6) \
+         ON CONFLICT (tenant_id, event_seq, stream_id) DO NOTHING",
+    )?
+    .execute(params![
+        tenant_id,
+        crate::ids::delivery_id(now),
+        stream_id,
+        event_seq,
+        event_type,
+        now
+    ])
+}
+
+pub fn claim(
+    conn: &Connection,
+    requests: Vec<ClaimRequest>,
+    now: Millis,
+    lease_until: Millis,
+) -> StoreResult<Vec<ClaimBatch>> {
+    let mut select = conn.prepare_cached(&format!(
+        "SELECT d.seq, d.id, d.attempts - d.round_start, d.lease, {} \
+         FROM deliveries d JOIN events e ON e.seq = d.event_seq \
+         WHERE d.tenant_id = ?1 AND d.stream_id = ?2 AND d.status = 'pending' AND d.due_at <= ?3 \
+         ORDER BY d.due_at LIMIT ?4",
+        super::EVENT_COLUMNS
+    ))?;
+    let mut lease = conn.prepare_cached(
+        "UPDATE deliveries SET due_at = ?2, lease_until = ?2, lease = lease + 1 \
+         WHERE seq = ?1 RETURNING lease",
+    )?;
+    let mut next_due = conn.prepare_cached(
+        "SELECT MIN(due_at) FROM deliveries \
+         WHERE tenant_id = ?1 AND stream_id = ?2 AND status = 'pending'",
+    )?;
+    let mut batches = Vec::with_capacity(requests.len());
+    for request in requests {
+        let mut deliveries = Vec::new();
+        let mut rows = select.query(params![
+            request.tenant_id,
+            request.stream_id,
+            now,
+            request.limit as i64
+        ])?;
+        while let Some(row) = rows.next()? {
+            deliveries.push(Claimed {
+                key: row.get(0)?,
+                id: row.get(1)?,
+                attempts: row.get(2)?,
+                lease: row.get(3)?,
+                tenant_id: request.tenant_id.clone(),
+                stream_id: request.stream_id.clone(),
+                event: event_from_row(row, 4)?,
+            });
+        }
+        drop(rows);
+        for d in &mut deliveries {
+            d.lease = lease.query_row(params![d.key, lease_until], |r| r.get(0))?;
+        }
+        let next_due = if deliveries.len() < request.limit {
+            next_due.query_row(params![request.tenant_id, request.stream_id], |r| r.get(0))?
+        } else {
+            Some(now)
+        };
+        batches.push(ClaimBatch {
+            tenant_id: request.tenant_id,
+            stream_id: request.stream_id,
+            deliveries,
+            next_due,
+        });
+    }
+    Ok(batches)
+}
+
+const HOUR_MS: Millis = 3_600_000;
+
+pub fn record(
+    conn: &Connection,
+    records: Vec<AttemptRecord>,
+    now: Millis,
+) -> StoreResult<RecordEffects> {
+    let mut effects = RecordEffects::default();
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO attempts (tenant_id, delivery_seq, attempted_at, duration_ms, response_status, \
+         response_body, error_kind, error_message) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?;
+    let mut update = conn.prepare_cached(
+        "UPDATE deliveries SET status = ?3, attempts = attempts + 1, due_at = ?4, \
+         lease_until = NULL, last_attempt_at = ?5, last_response_status = ?6, \
+         last_error_kind = ?7, updated_at = ?8 \
+         WHERE seq = ?1 AND lease = ?2 AND status = 'pending'",
+    )?;
+    let mut health = conn.prepare_cached(
+        "UPDATE streams SET consecutive_failures = \
+         CASE WHEN ?3 THEN 0 ELSE consecutive_failures + 1 END \
+         WHERE tenant_id = ?1 AND id = ?2 RETURNING consecutive_failures, status, name",
+    )?;
+    for r in records {
+        insert.execute(params![
+            r.tenant_id,
+            r.key,
+            r.attempted_at,
+            r.duration_ms,
+            r.response_status,
+            r.response_body,
+            r.error_kind,
+            r.error_message
+        ])?;
+        let due_at = match r.status {
+            DeliveryStatus::Pending => r.next_attempt_at,
+            _ => None,
+        };
+        // No row changes when the lease was lost or the delivery was cancelled meanwhile: the
+        // attempt is on record, but it no longer owns the delivery's state.
+        let owned = update.execute(params![
+            r.key,
+            r.lease,
+            r.status.as_str(),
+            due_at,
+            r.attempted_at,
+            r.response_status,
+            r.error_kind,
+            now
+        ])? == 1;
+        if !owned {
+            continue;
+        }
+        add_to_rollup(conn, &r)?;
+
+        let succeeded = r.status == DeliveryStatus::Succeeded;
+        let row: Option<(u32, String, String)> = health
+            .query_row(params![r.tenant_id, r.stream_id, succeeded], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            })
+            .optional()?;
+        let Some((failures, status, name)) = row else {
+            continue; // The stream was deleted meanwhile.
+        };
+        let too_many = r.max_consecutive_failures > 0 && failures >= r.max_consecutive_failures;
+        let reason = match &r.disable_stream {
+            Some(reason) => Some(reason.clone()),
+            None if too_many => Some(format!(
+                "disabled after {failures} failed attempts in a row; re-enable the stream to resume"
+            )),
+            None => None,
+        };
+        if let Some(reason) = reason
+            && status != "disabled"
+        {
+            conn.execute(
+                "UPDATE streams SET status = 'disabled', status_reason = ?3, \
+                 consecutive_failures = 0, updated_at = ?4 WHERE tenant_id = ?1 AND id = ?2",
+                params![r.tenant_id, r.stream_id, reason, now],
+            )?;
+            effects.disabled_streams.push(r.stream_id.clone());
+            let notice = notices::stream_disabled(&r.tenant_id, &r.stream_id, &name, &reason, now);
+            notify(conn, &r.tenant_id, notice, now, &mut effects)?;
+        }
+        if r.status == DeliveryStatus::Failed && notices::notifies_failure_of(&r.event_type) {
+            let reason = match (&r.disable_stream, r.response_status) {
+                (Some(_), _) => "the endpoint answered 410 Gone",
+                (None, Some(code)) if (400..500).contains(&code) => "the endpoint refused it",
+                _ => "retries exhausted",
+            };
+            let failed = notices::FailedDelivery {
+                tenant_id: &r.tenant_id,
+                delivery_id: &r.delivery_id,
+                stream_id: &r.stream_id,
+                event_id: &r.event_id,
+                event_type: &r.event_type,
+                attempts: r.attempt_number,
+                last_response_status: r.response_status,
+                last_error: r.error_message.as_deref(),
+                reason,
+            };
+            let notice = notices::delivery_failed(&failed, now);
+            notify(conn, &r.tenant_id, notice, now, &mut effects)?;
+        }
+    }
+    Ok(effects)
+}
+
+fn notify(
+    conn: &Connection,
+    tenant_id: &str,
+    notice: Event,
+    now: Millis,
+    effects: &mut RecordEffects,
+) -> StoreResult<()> {
+    for published in publish(conn, tenant_id, vec![notice], now)? {
+        effects.woken_streams.extend(published.streams);
+    }
+    Ok(())
+}
+
+/// The latency bucket of a duration: the first bound it does not exceed.
+pub fn latency_bucket(duration_ms: i64) -> usize {
+    LATENCY_BOUNDS_MS
+        .iter()
+        .position(|&bound| duration_ms <= bound)
+        .unwrap_or(LATENCY_BOUNDS_MS.len())
+}
+
+fn add_to_rollup(conn: &Connection, r: &AttemptRecord) -> rusqlite::Result<()> {
+    let bucket = latency_bucket(r.duration_ms);
+    let sql = format!(
+        "INSERT INTO stream_stats (tenant_id, stream_id, hour, event_type, succeeded, failed, \
+         attempts, failed_attempts, l{bucket}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, 1) \
+         ON CONFLICT (tenant_id, stream_id, hour, event_type) DO UPDATE SET \
+         succeeded = succeeded + excluded.succeeded, failed = failed + excluded.failed, \
+         attempts = attempts + 1, failed_attempts = failed_attempts + excluded.failed_attempts, \
+         l{bucket} = l{bucket} + 1"
+    );
+    conn.prepare_cached(&sql)?.execute(params![
+        r.tenant_id,
+        r.stream_id,
+        r.attempted_at.div_euclid(HOUR_MS) * HOUR_MS,
+        r.event_type,
+        (r.status == DeliveryStatus::Succeeded) as i64,
+        (r.status == DeliveryStatus::Failed) as i64,
+        (r.status != DeliveryStatus::Succeeded) as i64,
+    ])?;
+    Ok(())
+}
+
+/// The SQL condition (on `deliveries d`) for `filter`, its values appended to `values`.
+pub fn filter_sql(filter: &DeliveryFilter, values: &mut Vec<SqlValue>) -> String {
+    let mut sql = String::new();
+    if !filter.statuses.is_empty() {
+        sql.push_str(" AND d.status IN (");
+        for (i, status) in filter.statuses.iter().enumerate() {
+            sql.push_str(if i == 0 { "?" } else { ", ?" });
+            values.push(SqlValue::Text(status.as_str().into()));
+        }
+        sql.push(')');
+    }
+    if !filter.event_types.is_empty() {
+        sql.push_str(" AND d.event_type IN (");
+        for (i, event_type) in filter.event_types.iter().enumerate() {
+            sql.push_str(if i == 0 { "?" } else { ", ?" });
+            values.push(SqlValue::Text(event_type.clone()));
+        }
+        sql.push(')');
+    }
+    if let Some(from) = filter.date_from {
+        sql.push_str(" AND d.created_at >= ?");
+        values.push(SqlValue::Integer(from));
+    }
+    if let Some(to) = filter.date_to {
+        sql.push_str(" AND d.created_at < ?");
+        values.push(SqlValue::Integer(to));
+    }
+    sql
+}
+
+/// Starts a new round for a delivery: due now, retry budget reset. Attempts under way
+/// (leased) are left to finish.
+const REQUEUE: &str = "status = 'pending', due_at = ?, round_start = attempts, updated_at = ?";
+const NOT_IN_FLIGHT: &str = "NOT (d.status = 'pending' AND d.lease_until IS NOT NULL)";
+
+pub fn redeliver_event(
+    conn: &Connection,
+    tenant_id: &str,
+    stream_id: &str,
+    event_id: &str,
+    now: Millis,
+) -> StoreResult<Option<u64>> {
+    let events: Vec<(i64, String)> = conn
+        .prepare_cached("SELECT seq, type FROM events WHERE tenant_id = ?1 AND id = ?2")?
+        .query_map(params![tenant_id, event_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    if events.is_empty() {
+        return Ok(None);
+    }
+    let mut queued = 0;
+    for (event_seq, event_type) in events {
+        let created = insert_delivery(conn, tenant_id, stream_id, event_seq, &event_type, now)?;
+        queued += if created == 1 {
+            1
+        } else {
+            conn.execute(
+                &format!(
+                    "UPDATE deliveries AS d SET {REQUEUE} \
+                     WHERE d.tenant_id = ? AND d.event_seq = ? AND d.stream_id = ? AND {NOT_IN_FLIGHT}"
+                ),
+                params![now, now, tenant_id, event_seq, stream_id],
+            )?
+        } as u64;
+    }
+    Ok(Some(queued))
+}
+
+pub fn redeliver(
+    conn: &Connection,
+    tenant_id: &str,
+    stream_id: &str,
+    filter: &DeliveryFilter,
+    dry_run: bool,
+    now: Millis,
+) -> StoreResult<u64> {
+    let mut values = Vec::new();
+    let head = if dry_run {
+        "SELECT COUNT(*) FROM deliveries d WHERE".to_string()
+    } else {
+        values.push(SqlValue::Integer(now));
+        values.push(SqlValue::Integer(now));
+        format!("UPDATE deliveries AS d SET {REQUEUE} WHERE")
+    };
+    values.push(SqlValue::Text(tenant_id.into()));
+    values.push(SqlValue::Text(stream_id.into()));
+    let conditions = filter_sql(filter, &mut values);
+    let sql = format!("{head} d.tenant_id = ? AND d.stream_id = ?{conditions} AND {NOT_IN_FLIGHT}");
+    let count = if dry_run {
+        conn.query_row(&sql, params_from_iter(values), |r| r.get::<_, i64>(0))? as u64
+    } else {
+        conn.execute(&sql, params_from_iter(values))? as u64
+    };
+    Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_buckets_use_inclusive_upper_bounds() {
+        assert_eq!(latency_bucket(0), 0);
+        assert_eq!(latency_bucket(1), 0);
+        assert_eq!(latency_bucket(2), 1);
+        assert_eq!(latency_bucket(3), 2);
+        assert_eq!(latency_bucket(30_000), 13);
+        assert_eq!(latency_bucket(30_001), 14);
+    }
+}
