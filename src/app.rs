@@ -16,6 +16,7 @@ use crate::delivery::{DispatchConfig, Dispatcher, Signal};
 use crate::destinations::webhook::WebhookClient;
 use crate::destinations::{DestinationPolicy, Destinations};
 use crate::net::ssrf::AddressPolicy;
+use crate::retention::{self, Retention};
 use crate::secret::Cipher;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, Tenant, Token, hash_token};
@@ -44,6 +45,7 @@ pub struct App {
     listener: TcpListener,
     state: AppState,
     dispatcher: Dispatcher,
+    retention: Retention,
     new_admin_token: Option<String>,
 }
 
@@ -111,6 +113,10 @@ impl App {
             listener,
             state,
             dispatcher,
+            retention: Retention {
+                event_days: config.event_retention_days,
+                response_body_days: config.response_body_retention_days,
+            },
             new_admin_token,
         })
     }
@@ -130,6 +136,12 @@ impl App {
     /// way, and lets the dispatcher finish or release its in-flight deliveries.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
         let dispatcher = tokio::spawn(self.dispatcher.run(shutdown.clone()));
+        let sweeper = tokio::spawn(retention::run(
+            self.state.store.clone(),
+            self.state.clock.clone(),
+            self.retention,
+            shutdown.clone(),
+        ));
         let router = api::router(self.state);
         tracing::info!(addr = %self.listener.local_addr()?, "herald is listening");
         let served = axum::serve(self.listener, router)
@@ -139,6 +151,9 @@ impl App {
         shutdown.cancel();
         if let Err(e) = dispatcher.await {
             tracing::error!(error = %e, "the dispatcher ended abnormally");
+        }
+        if let Err(e) = sweeper.await {
+            tracing::error!(error = %e, "the retention sweeper ended abnormally");
         }
         served
     }

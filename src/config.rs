@@ -32,6 +32,8 @@ pub struct Config {
     pub secret_rotation_grace_seconds: u64,
     pub max_request_bytes: usize,
     pub shutdown_grace_seconds: u64,
+    pub event_retention_days: u64,
+    pub response_body_retention_days: u64,
 }
 
 impl std::fmt::Debug for Config {

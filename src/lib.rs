@@ -14,6 +14,8 @@
 //!   retry schedule.
 //! - [`store`]: the storage interface and the embedded SQLite store (group commit).
 //! - [`net`]: the SSRF guard applied to every outbound connection.
+//! - [`notices`]: Herald's own events (`herald.delivery.failed`, ...).
+//! - [`retention`]: the hourly sweep of old events and response bodies.
 //! - [`secret`], [`ids`], [`clock`]: secrets at rest, identifiers, injectable time.
 
 pub mod api;
@@ -27,6 +29,7 @@ pub mod event;
 pub mod ids;
 pub mod net;
 pub mod notices;
+pub mod retention;
 pub mod secret;
 pub mod store;
 pub mod stream;

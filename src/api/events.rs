@@ -1,6 +1,7 @@
-//! `POST /v1/events`: publish one event (CloudEvents structured JSON) or a batch
-//! (`application/cloudevents-batch+json`). The answer, 202, comes only after the events and
-//! their deliveries are committed; a batch with one bad event stores nothing.
+//! `/v1/events`: publish one event (CloudEvents structured JSON) or a batch
+//! (`application/cloudevents-batch+json`), and read the audit log. A publish is answered,
+//! 202, only after the events and their deliveries are committed; a batch with one bad event
+//! stores nothing.
 //!
 //! A platform token names the tenant with the `Herald-Tenant` header or a `tenant` attribute
 //! on the events (all events of a batch go to one tenant).
@@ -16,9 +17,13 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
-use super::{ApiError, AppState, Caller, Scope, body_error, json_error};
-use crate::event::{Event, MAX_BATCH_EVENTS, MAX_EVENT_BYTES, parse_event};
-use crate::store::Published;
+use axum::extract::Path;
+
+use super::{
+    ApiError, ApiQuery, AppState, Caller, Scope, body_error, json_error, parse_time_param,
+};
+use crate::event::{Event, MAX_BATCH_EVENTS, MAX_EVENT_BYTES, format_time, parse_event};
+use crate::store::{Erase, EventFilter, LoggedEvent, Published};
 
 pub async fn publish(
     State(state): State<AppState>,
@@ -159,4 +164,131 @@ fn is_batch(headers: &HeaderMap) -> Result<bool, ApiError> {
             ),
         )),
     }
+}
+
+/// An event of the log as the API shows it: the CloudEvent, and when Herald received it.
+fn logged_view(logged: &LoggedEvent) -> Value {
+    let mut v: Value =
+        serde_json::from_slice(&logged.event.to_cloudevent()).expect("an event renders as JSON");
+    v["received_at"] = json!(format_time(logged.received_at));
+    if let Some(at) = logged.erased_at {
+        v["erased_at"] = json!(format_time(at));
+    }
+    v
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogQuery {
+    #[serde(rename = "type")]
+    event_type: Option<String>,
+    subject: Option<String>,
+    projectid: Option<String>,
+    userid: Option<String>,
+    date_from: Option<String>,
+    date_to: Option<String>,
+    from: Option<String>,
+    take: Option<usize>,
+}
+
+/// `GET /v1/events`: the audit log, newest first.
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<LogQuery>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Scope::ReadEvents)?;
+    let (take, before) = super::deliveries::paging(query.take, query.from.as_deref())?;
+    let time = |field: &str, v: &Option<String>| {
+        v.as_deref().map(|v| parse_time_param(field, v)).transpose()
+    };
+    let filter = EventFilter {
+        event_type: query.event_type,
+        subject: query.subject,
+        projectid: query.projectid,
+        userid: query.userid,
+        date_from: time("date_from", &query.date_from)?,
+        date_to: time("date_to", &query.date_to)?,
+    };
+    let page = state
+        .store
+        .list_events(&caller.tenant_id, filter, before, take)
+        .await?;
+    Ok(Json(json!({
+        "events": page.items.iter().map(logged_view).collect::<Vec<_>>(),
+        "next": page.next.map(|n| n.to_string()),
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShowQuery {
+    /// Which event, when several sources used the same id.
+    source: Option<String>,
+}
+
+/// `GET /v1/events/{id}`: one event and the streams it went to.
+pub async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiQuery(query): ApiQuery<ShowQuery>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Scope::ReadEvents)?;
+    let logged = state
+        .store
+        .get_event(&caller.tenant_id, &id, query.source.as_deref())
+        .await?
+        .ok_or_else(|| ApiError::not_found("event", &id))?;
+    let deliveries: Vec<Value> = state
+        .store
+        .event_deliveries(&caller.tenant_id, &id)
+        .await?
+        .iter()
+        .map(|d| {
+            json!({
+                "stream_id": d.stream_id,
+                "delivery_id": d.id,
+                "status": d.status.as_str(),
+                "attempt_count": d.attempt_count,
+            })
+        })
+        .collect();
+    Ok(Json(
+        json!({ "event": logged_view(&logged), "deliveries": deliveries }),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EraseRequest {
+    event_ids: Option<Vec<String>>,
+    subject: Option<String>,
+}
+
+/// `POST /v1/events/erase`: erases the payload of events by id or by subject (a right to be
+/// forgotten). Metadata and delivery history stay.
+pub async fn erase(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Scope::UpdateEventDeliveries)?;
+    let request: EraseRequest = super::parse_json(&headers, &body.map_err(body_error)?)?;
+    let what = match (request.event_ids, request.subject) {
+        (Some(ids), None) if !ids.is_empty() && ids.len() <= 1_000 => Erase::Events(ids),
+        (None, Some(subject)) if !subject.is_empty() => Erase::Subject(subject),
+        _ => {
+            return Err(ApiError::invalid(
+                "give either `event_ids` (1 to 1000 ids) or a non-empty `subject`",
+            ));
+        }
+    };
+    let erased = state
+        .store
+        .erase(&caller.tenant_id, what, state.clock.now_ms())
+        .await?;
+    tracing::info!(tenant = %caller.tenant_id, erased, "event payloads erased");
+    Ok(Json(json!({ "erased": erased })))
 }

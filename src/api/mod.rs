@@ -6,6 +6,7 @@ mod deliveries;
 mod error;
 mod event_types;
 mod events;
+mod stats;
 mod streams;
 mod tenants;
 mod tokens;
@@ -46,7 +47,10 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health))
         .route("/readyz", get(ready))
         .route("/v1/event-types", get(event_types::list))
-        .route("/v1/events", post(events::publish))
+        .route("/v1/events", post(events::publish).get(events::list))
+        .route("/v1/events/erase", post(events::erase))
+        .route("/v1/events/{id}", get(events::show))
+        .route("/v1/event-streams/{id}/stats", get(stats::stream_stats))
         .route(
             "/v1/event-streams",
             post(streams::create).get(streams::list),

@@ -235,6 +235,55 @@ pub struct AttemptView {
     pub error_message: Option<String>,
 }
 
+/// One hour of one stream's outcomes for one event type (see `LATENCY_BOUNDS_MS`).
+#[derive(Debug, Clone, Default)]
+pub struct StatsRow {
+    pub hour: Millis,
+    pub event_type: String,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub attempts: u64,
+    pub failed_attempts: u64,
+    /// Attempts per latency bucket: `LATENCY_BOUNDS_MS.len() + 1` counts.
+    pub latency: Vec<u64>,
+}
+
+/// Which events of the audit log to list; every given filter must hold.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub event_type: Option<String>,
+    pub subject: Option<String>,
+    pub projectid: Option<String>,
+    pub userid: Option<String>,
+    /// Received at or after.
+    pub date_from: Option<Millis>,
+    /// Received before.
+    pub date_to: Option<Millis>,
+}
+
+/// An event as the audit log holds it.
+#[derive(Debug, Clone)]
+pub struct LoggedEvent {
+    pub event: Event,
+    pub received_at: Millis,
+    /// Set once the payload was erased; the metadata stays.
+    pub erased_at: Option<Millis>,
+}
+
+/// Which events' payloads to erase.
+#[derive(Debug, Clone)]
+pub enum Erase {
+    Events(Vec<String>),
+    Subject(String),
+}
+
+/// What one retention sweep removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Swept {
+    pub events: u64,
+    pub bodies: u64,
+}
+
 /// A change to a stream's definition and what comes with it, committed together.
 #[derive(Debug, Clone)]
 pub struct StreamUpdate {
@@ -352,6 +401,43 @@ pub trait Store: Send + Sync + 'static {
         now: Millis,
     ) -> StoreResult<u64>;
     async fn backlog(&self, tenant_id: &str, stream_id: &str) -> StoreResult<Backlog>;
+    /// The hourly rollups of a stream from `from` (inclusive) to `to` (exclusive).
+    async fn stats(
+        &self,
+        tenant_id: &str,
+        stream_id: &str,
+        from: Millis,
+        to: Millis,
+    ) -> StoreResult<Vec<StatsRow>>;
+
+    // The audit log.
+    /// Events newest first, after the cursor `before` (a `Page::next`).
+    async fn list_events(
+        &self,
+        tenant_id: &str,
+        filter: EventFilter,
+        before: Option<i64>,
+        take: usize,
+    ) -> StoreResult<Page<LoggedEvent>>;
+    /// The newest event with this id (and source, when given).
+    async fn get_event(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        source: Option<&str>,
+    ) -> StoreResult<Option<LoggedEvent>>;
+    /// Erases the payloads (`data`, and the context that names people) of the matching
+    /// events; their metadata and delivery history stay. Returns how many were erased.
+    async fn erase(&self, tenant_id: &str, what: Erase, now: Millis) -> StoreResult<u64>;
+    /// Retention, across tenants: deletes up to `limit` events received before
+    /// `events_before` that have nothing pending (with their deliveries, attempts and
+    /// rollups), and drops response bodies of attempts made before `bodies_before`.
+    async fn sweep(
+        &self,
+        events_before: Option<Millis>,
+        bodies_before: Option<Millis>,
+        limit: usize,
+    ) -> StoreResult<Swept>;
 }
 
 /// Decodes the signing keys a stream signs with now.

@@ -1,5 +1,6 @@
 //! Integration tests: the real server on port 0 against real receivers on port 0.
 
+mod audit;
 mod auth;
 mod crash;
 mod delivery;

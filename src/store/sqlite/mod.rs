@@ -2,6 +2,7 @@
 //! before anyone is told it happened. Writes go through one writer thread that batches
 //! concurrent callers into shared commits (see `writer`); reads use their own connections.
 
+mod log;
 mod queue;
 mod writer;
 
@@ -803,6 +804,66 @@ impl Store for SqliteStore {
                     },
                 )?)
             })
+            .await
+    }
+
+    async fn stats(
+        &self,
+        tenant_id: &str,
+        stream_id: &str,
+        from: Millis,
+        to: Millis,
+    ) -> StoreResult<Vec<StatsRow>> {
+        let (tenant_id, stream_id) = (tenant_id.to_string(), stream_id.to_string());
+        self.readers
+            .read(move |conn| log::stats(conn, &tenant_id, &stream_id, from, to))
+            .await
+    }
+
+    async fn list_events(
+        &self,
+        tenant_id: &str,
+        filter: EventFilter,
+        before: Option<i64>,
+        take: usize,
+    ) -> StoreResult<Page<LoggedEvent>> {
+        let tenant_id = tenant_id.to_string();
+        self.readers
+            .read(move |conn| log::list_events(conn, &tenant_id, &filter, before, take))
+            .await
+    }
+
+    async fn get_event(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        source: Option<&str>,
+    ) -> StoreResult<Option<LoggedEvent>> {
+        let (tenant_id, id, source) = (
+            tenant_id.to_string(),
+            id.to_string(),
+            source.map(str::to_string),
+        );
+        self.readers
+            .read(move |conn| log::get_event(conn, &tenant_id, &id, source.as_deref()))
+            .await
+    }
+
+    async fn erase(&self, tenant_id: &str, what: Erase, now: Millis) -> StoreResult<u64> {
+        let tenant_id = tenant_id.to_string();
+        self.writer
+            .write(move |conn| log::erase(conn, &tenant_id, &what, now))
+            .await
+    }
+
+    async fn sweep(
+        &self,
+        events_before: Option<Millis>,
+        bodies_before: Option<Millis>,
+        limit: usize,
+    ) -> StoreResult<Swept> {
+        self.writer
+            .write(move |conn| log::sweep(conn, events_before, bodies_before, limit))
             .await
     }
 

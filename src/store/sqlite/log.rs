@@ -1,0 +1,202 @@
+//! The audit log and statistics on SQLite: listing and reading events, erasing payloads,
+//! retention sweeps, and reading the hourly rollups.
+
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{Connection, Row, params, params_from_iter};
+
+use super::{EVENT_COLUMNS, event_from_row};
+use crate::clock::Millis;
+use crate::store::{
+    Erase, EventFilter, LATENCY_BOUNDS_MS, LoggedEvent, Page, StatsRow, StoreResult, Swept,
+};
+
+const LOGGED_COLUMNS: &str = "e.seq, e.received_at, e.erased_at";
+
+fn logged_from_row(row: &Row) -> StoreResult<(i64, LoggedEvent)> {
+    Ok((
+        row.get(0)?,
+        LoggedEvent {
+            received_at: row.get(1)?,
+            erased_at: row.get(2)?,
+            event: event_from_row(row, 3)?,
+        },
+    ))
+}
+
+pub fn list_events(
+    conn: &Connection,
+    tenant_id: &str,
+    filter: &EventFilter,
+    before: Option<i64>,
+    take: usize,
+) -> StoreResult<Page<LoggedEvent>> {
+    let mut values = vec![SqlValue::Text(tenant_id.into())];
+    let mut sql = String::new();
+    let mut eq = |column: &str, value: &Option<String>| {
+        if let Some(v) = value {
+            sql.push_str(&format!(" AND e.{column} = ?"));
+            values.push(SqlValue::Text(v.clone()));
+        }
+    };
+    eq("type", &filter.event_type);
+    eq("subject", &filter.subject);
+    eq("projectid", &filter.projectid);
+    eq("userid", &filter.userid);
+    if let Some(from) = filter.date_from {
+        sql.push_str(" AND e.received_at >= ?");
+        values.push(SqlValue::Integer(from));
+    }
+    if let Some(to) = filter.date_to {
+        sql.push_str(" AND e.received_at < ?");
+        values.push(SqlValue::Integer(to));
+    }
+    if let Some(before) = before {
+        sql.push_str(" AND e.seq < ?");
+        values.push(SqlValue::Integer(before));
+    }
+    values.push(SqlValue::Integer(take as i64 + 1));
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {LOGGED_COLUMNS}, {EVENT_COLUMNS} FROM events e \
+         WHERE e.tenant_id = ?{sql} ORDER BY e.seq DESC LIMIT ?"
+    ))?;
+    let mut rows = stmt.query(params_from_iter(values))?;
+    let mut items = Vec::new();
+    let mut last = None;
+    while let Some(row) = rows.next()? {
+        let (seq, logged) = logged_from_row(row)?;
+        if items.len() == take {
+            return Ok(Page { items, next: last });
+        }
+        last = Some(seq);
+        items.push(logged);
+    }
+    Ok(Page { items, next: None })
+}
+
+pub fn get_event(
+    conn: &Connection,
+    tenant_id: &str,
+    id: &str,
+    source: Option<&str>,
+) -> StoreResult<Option<LoggedEvent>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {LOGGED_COLUMNS}, {EVENT_COLUMNS} FROM events e \
+         WHERE e.tenant_id = ?1 AND e.id = ?2 AND (?3 IS NULL OR e.source = ?3) \
+         ORDER BY e.seq DESC LIMIT 1"
+    ))?;
+    let mut rows = stmt.query(params![tenant_id, id, source])?;
+    rows.next()?
+        .map(|row| logged_from_row(row).map(|(_, logged)| logged))
+        .transpose()
+}
+
+/// Context attributes that identify people; erased with the payload.
+const PERSONAL_EXTENSIONS: &[&str] = &["$.userid"];
+
+pub fn erase(conn: &Connection, tenant_id: &str, what: &Erase, now: Millis) -> StoreResult<u64> {
+    let strip = PERSONAL_EXTENSIONS
+        .iter()
+        .map(|path| format!("'{path}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let set = format!(
+        "SET data = 'null', userid = NULL, erased_at = ?1, \
+         extensions = CASE WHEN extensions IS NULL THEN NULL ELSE json_remove(extensions, {strip}) END"
+    );
+    let count = match what {
+        Erase::Events(ids) => {
+            let mut stmt = conn.prepare_cached(&format!(
+                "UPDATE events {set} WHERE tenant_id = ?2 AND id = ?3"
+            ))?;
+            let mut count = 0;
+            for id in ids {
+                count += stmt.execute(params![now, tenant_id, id])?;
+            }
+            count
+        }
+        Erase::Subject(subject) => conn.execute(
+            &format!("UPDATE events {set} WHERE tenant_id = ?2 AND subject = ?3"),
+            params![now, tenant_id, subject],
+        )?,
+    };
+    Ok(count as u64)
+}
+
+pub fn sweep(
+    conn: &Connection,
+    events_before: Option<Millis>,
+    bodies_before: Option<Millis>,
+    limit: usize,
+) -> StoreResult<Swept> {
+    let mut swept = Swept::default();
+    if let Some(cutoff) = events_before {
+        let old: Vec<(i64, String)> = conn
+            .prepare_cached(
+                "SELECT e.seq, e.tenant_id FROM events e WHERE e.received_at < ?1 \
+                 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.tenant_id = e.tenant_id \
+                 AND d.event_seq = e.seq AND d.status = 'pending') \
+                 ORDER BY e.received_at LIMIT ?2",
+            )?
+            .query_map(params![cutoff, limit as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        let mut attempts = conn.prepare_cached(
+            "DELETE FROM attempts WHERE tenant_id = ?1 AND delivery_seq IN \
+             (SELECT seq FROM deliveries WHERE tenant_id = ?1 AND event_seq = ?2)",
+        )?;
+        let mut deliveries =
+            conn.prepare_cached("DELETE FROM deliveries WHERE tenant_id = ?1 AND event_seq = ?2")?;
+        let mut events = conn.prepare_cached("DELETE FROM events WHERE seq = ?1")?;
+        for (seq, tenant_id) in &old {
+            attempts.execute(params![tenant_id, seq])?;
+            deliveries.execute(params![tenant_id, seq])?;
+            events.execute(params![seq])?;
+        }
+        swept.events = old.len() as u64;
+        conn.execute(
+            "DELETE FROM stream_stats WHERE hour < ?1",
+            params![cutoff - 3_600_000],
+        )?;
+    }
+    if let Some(cutoff) = bodies_before {
+        swept.bodies = conn.execute(
+            "UPDATE attempts SET response_body = NULL WHERE seq IN (SELECT seq FROM attempts \
+             WHERE attempted_at < ?1 AND response_body IS NOT NULL LIMIT ?2)",
+            params![cutoff, limit as i64],
+        )? as u64;
+    }
+    Ok(swept)
+}
+
+pub fn stats(
+    conn: &Connection,
+    tenant_id: &str,
+    stream_id: &str,
+    from: Millis,
+    to: Millis,
+) -> StoreResult<Vec<StatsRow>> {
+    let buckets = LATENCY_BOUNDS_MS.len() + 1;
+    let latency_columns: Vec<String> = (0..buckets).map(|i| format!("l{i}")).collect();
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT hour, event_type, succeeded, failed, attempts, failed_attempts, {} \
+         FROM stream_stats WHERE tenant_id = ?1 AND stream_id = ?2 AND hour >= ?3 AND hour < ?4 \
+         ORDER BY hour, event_type",
+        latency_columns.join(", ")
+    ))?;
+    let rows = stmt.query_map(params![tenant_id, stream_id, from, to], |r| {
+        let latency = (0..buckets)
+            .map(|i| r.get::<_, i64>(6 + i).map(|v| v as u64))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(StatsRow {
+            hour: r.get(0)?,
+            event_type: r.get(1)?,
+            succeeded: r.get::<_, i64>(2)? as u64,
+            failed: r.get::<_, i64>(3)? as u64,
+            attempts: r.get::<_, i64>(4)? as u64,
+            failed_attempts: r.get::<_, i64>(5)? as u64,
+            latency,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
