@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState, DEFAULT_TENANT, Scope};
 use crate::catalog::Catalog;
+use crate::catalog::registry::Registry;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::delivery::{DispatchConfig, Dispatcher, Signal};
@@ -100,7 +101,7 @@ impl App {
         let state = AppState {
             store,
             destinations,
-            catalog: Arc::new(Catalog::builtin()),
+            catalogs: Arc::new(Registry::new(Catalog::builtin())),
             clock,
             signal,
             destination_policy: DestinationPolicy {

@@ -43,6 +43,8 @@ pub struct Event {
 pub struct EventError {
     pub code: &'static str,
     pub message: String,
+    /// Specifics for machines: where in `data` a schema failed, which event of a batch.
+    pub details: Option<Value>,
 }
 
 impl EventError {
@@ -50,6 +52,7 @@ impl EventError {
         Self {
             code,
             message: message.into(),
+            details: None,
         }
     }
 
@@ -60,6 +63,10 @@ impl EventError {
     /// Prefixes the message with the event's place in a batch.
     pub fn at_index(mut self, index: usize) -> Self {
         self.message = format!("events[{index}]: {}", self.message);
+        let details = self
+            .details
+            .get_or_insert_with(|| Value::Object(Map::new()));
+        details["index"] = index.into();
         self
     }
 }
@@ -152,6 +159,13 @@ pub fn parse_event(
             ),
         ));
     }
+    catalog
+        .check_data(&event_type, &event.data)
+        .map_err(|e| EventError {
+            code: "invalid_data",
+            message: format!("`data` does not match the schema of `{event_type}`: {e}"),
+            details: Some(serde_json::json!({ "path": e.path })),
+        })?;
     event.event_type = event_type;
     if let Some(encoded) = data_base64 {
         if event.data.get() != "null" {

@@ -1,6 +1,6 @@
 //! The one error type of the HTTP API. Every error answers with a status and the body
-//! `{"error": {"code": "...", "message": "..."}}`; `code` is stable for machines, `message` is
-//! for people. Internal failures answer an opaque 500 and the cause goes to the log only.
+//! `{"error": {"code": "...", "message": "...", "details": {...}}}`; `code` is stable for
+//! machines, `message` is for people, `details` (when present) holds specifics. Internal failures answer an opaque 500 and the cause goes to the log only.
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -14,6 +14,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Machine-readable specifics, such as the path where `data` fails its schema.
+    pub details: Option<serde_json::Value>,
 }
 
 impl ApiError {
@@ -22,7 +24,13 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            details: None,
         }
+    }
+
+    pub fn with_details(mut self, details: serde_json::Value) -> Self {
+        self.details = Some(details);
+        self
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -70,15 +78,20 @@ impl From<EventError> for ApiError {
             "event_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
             _ => StatusCode::BAD_REQUEST,
         };
-        Self::new(status, err.code, err.message)
+        let details = err.details.clone();
+        let mut api = Self::new(status, err.code, err.message);
+        api.details = details;
+        api
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({
-            "error": { "code": self.code, "message": self.message }
-        });
+        let mut error = serde_json::json!({ "code": self.code, "message": self.message });
+        if let Some(details) = self.details {
+            error["details"] = details;
+        }
+        let body = serde_json::json!({ "error": error });
         let mut response = (self.status, Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(

@@ -82,11 +82,15 @@ pub async fn publish(
     }
     let now = state.clock.now_ms();
     let default_source = format!("urn:herald:{}", caller.tenant_id);
+    let catalog = state
+        .catalogs
+        .for_tenant(&*state.store, &caller.tenant_id)
+        .await?;
     let events: Vec<Event> = items
         .iter()
         .enumerate()
         .map(|(i, raw)| {
-            parse_event(raw, &state.catalog, now, &default_source)
+            parse_event(raw, &catalog, now, &default_source)
                 .map_err(|e| if batch { e.at_index(i) } else { e })
         })
         .collect::<Result<_, _>>()?;
@@ -108,14 +112,26 @@ fn named_tenant(items: &[&RawValue]) -> Result<Option<String>, ApiError> {
     #[derive(Deserialize)]
     struct Target<'a> {
         #[serde(borrow, default)]
-        tenant: Option<Cow<'a, str>>,
+        tenant: Option<&'a RawValue>,
     }
     let mut named: Option<String> = None;
     for (i, raw) in items.iter().enumerate() {
         let Ok(target) = serde_json::from_str::<Target>(raw.get()) else {
-            continue; // Not an object, or `tenant` is not a string: parse_event says what is wrong.
+            continue; // Not an object: parse_event says what is wrong.
         };
-        match (&named, target.tenant) {
+        let tenant = match target
+            .tenant
+            .map(|t| serde_json::from_str::<Option<Cow<str>>>(t.get()))
+        {
+            None | Some(Ok(None)) => None,
+            Some(Ok(Some(tenant))) => Some(tenant),
+            Some(Err(_)) => {
+                return Err(ApiError::invalid(format!(
+                    "events[{i}]: `tenant` must be a tenant id string"
+                )));
+            }
+        };
+        match (&named, tenant) {
             (_, None) => {}
             (None, Some(tenant)) => named = Some(tenant.into_owned()),
             (Some(first), Some(tenant)) if *first != tenant => {
@@ -210,6 +226,11 @@ pub async fn list(
         date_from: time("date_from", &query.date_from)?,
         date_to: time("date_to", &query.date_to)?,
     };
+    if let (Some(from), Some(to)) = (filter.date_from, filter.date_to)
+        && from > to
+    {
+        return Err(ApiError::invalid("`date_from` is after `date_to`"));
+    }
     let page = state
         .store
         .list_events(&caller.tenant_id, filter, before, take)

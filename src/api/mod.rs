@@ -22,7 +22,7 @@ use serde::de::DeserializeOwned;
 pub use auth::{Caller, DEFAULT_TENANT, Scope};
 pub use error::ApiError;
 
-use crate::catalog::Catalog;
+use crate::catalog::registry::Registry;
 use crate::clock::Clock;
 use crate::delivery::Signal;
 use crate::destinations::{DestinationPolicy, Destinations};
@@ -33,7 +33,7 @@ use crate::store::Store;
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub destinations: Destinations,
-    pub catalog: Arc<Catalog>,
+    pub catalogs: Arc<Registry>,
     pub clock: Arc<dyn Clock>,
     pub signal: Arc<Signal>,
     pub destination_policy: DestinationPolicy,
@@ -46,7 +46,14 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(health))
         .route("/readyz", get(ready))
-        .route("/v1/event-types", get(event_types::list))
+        .route(
+            "/v1/event-types",
+            get(event_types::list).post(event_types::create),
+        )
+        .route(
+            "/v1/event-types/{name}",
+            axum::routing::delete(event_types::delete),
+        )
         .route("/v1/events", post(events::publish).get(events::list))
         .route("/v1/events/erase", post(events::erase))
         .route("/v1/events/{id}", get(events::show))

@@ -88,18 +88,22 @@ pub fn view(stream: &Stream) -> Value {
     v
 }
 
-fn check(state: &AppState, stream: &Stream) -> Result<(), ApiError> {
+async fn check(state: &AppState, stream: &Stream) -> Result<(), ApiError> {
     if stream.max_consecutive_failures > MAX_CONSECUTIVE_FAILURES_LIMIT {
         return Err(ApiError::invalid(format!(
             "`max_consecutive_failures` must be at most {MAX_CONSECUTIVE_FAILURES_LIMIT} (0 never disables)"
         )));
     }
+    let catalog = state
+        .catalogs
+        .for_tenant(&*state.store, &stream.tenant_id)
+        .await?;
     stream::validate(
         &stream.name,
         &stream.subscriptions,
         &stream.destination,
         &stream.retry_policy,
-        &state.catalog,
+        &catalog,
         &state.destination_policy,
     )
     .map_err(ApiError::invalid)
@@ -146,7 +150,7 @@ pub async fn create(
         created_at: now,
         updated_at: now,
     };
-    check(&state, &stream)?;
+    check(&state, &stream).await?;
     let secret = match given_secret {
         Some(secret) => {
             SigningKey::parse(&secret).map_err(|e| {
@@ -245,7 +249,7 @@ pub async fn update(
         stream.max_consecutive_failures = limit;
     }
     stream.updated_at = now;
-    check(&state, &stream)?;
+    check(&state, &stream).await?;
 
     let mut notices = Vec::new();
     if enabling {
@@ -400,7 +404,11 @@ pub async fn test(
     caller.require(Scope::UpdateEventStreams)?;
     let request: TestRequest = parse_json(&headers, &body.map_err(body_error)?)?;
     let stream = load(&state, &caller, &id).await?;
-    let event_type = state.catalog.get(&request.event_type).ok_or_else(|| {
+    let catalog = state
+        .catalogs
+        .for_tenant(&*state.store, &caller.tenant_id)
+        .await?;
+    let event_type = catalog.get(&request.event_type).ok_or_else(|| {
         ApiError::bad_request(
             "unknown_event_type",
             format!("`{}` is not in the event type catalog", request.event_type),
@@ -409,6 +417,18 @@ pub async fn test(
     let data = request
         .data
         .unwrap_or_else(|| event_type.sample_data.clone());
+    let data =
+        serde_json::value::RawValue::from_string(data.to_string()).expect("a JSON value is JSON");
+    catalog.check_data(&event_type.name, &data).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_data",
+            format!(
+                "`data` does not match the schema of `{}`: {e}",
+                event_type.name
+            ),
+        )
+        .with_details(json!({ "path": e.path }))
+    })?;
     let now = state.clock.now_ms();
     let mut extensions = serde_json::Map::new();
     extensions.insert("purpose".into(), json!("test"));
@@ -420,8 +440,7 @@ pub async fn test(
         subject: None,
         datacontenttype: None,
         dataschema: None,
-        data: serde_json::value::RawValue::from_string(data.to_string())
-            .expect("a JSON value is JSON"),
+        data,
         extensions,
     };
     let keys: Vec<SigningKey> = state

@@ -4,12 +4,12 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, AppState, Caller, Scope, body_error, parse_json};
+use super::{ApiError, ApiQuery, AppState, Caller, Scope, body_error, parse_json};
 use crate::event::format_time;
 use crate::store::{Token, hash_token};
 
@@ -26,6 +26,7 @@ pub struct CreateToken {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Which {
     /// List or revoke platform tokens rather than the tenant's.
     #[serde(default)]
@@ -116,7 +117,7 @@ pub async fn create(
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    Query(which): Query<Which>,
+    ApiQuery(which): ApiQuery<Which>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(Scope::ManageTokens)?;
     let tokens = state
@@ -130,7 +131,7 @@ pub async fn revoke(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    Query(which): Query<Which>,
+    ApiQuery(which): ApiQuery<Which>,
 ) -> Result<StatusCode, ApiError> {
     caller.require(Scope::ManageTokens)?;
     let owner = owner(&caller, which.platform)?;

@@ -1,10 +1,19 @@
 //! The event type catalog: every type a platform may publish, with its category, description
 //! and a sample `data` (used by tests and the "Test" button). The built-in types cover every
-//! event named by the products Herald stands in for; they live in `event_types.json`.
+//! event named by the products Herald stands in for; they live in `event_types.json`. A tenant
+//! may add its own types, each with an optional JSON Schema that published `data` must match;
+//! a tenant's [`Catalog`] is the built-in one plus its own (see [`registry`]).
+
+pub mod registry;
+pub mod schema;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use schema::{DataError, Schema};
 
 const BUILTIN: &str = include_str!("event_types.json");
 
@@ -18,24 +27,71 @@ pub struct EventType {
     pub category: String,
     pub description: String,
     pub sample_data: serde_json::Value,
+    /// A tenant's own type rather than a built-in one.
+    #[serde(default)]
+    pub custom: bool,
+    /// The JSON Schema `data` must match, if any.
+    #[serde(default)]
+    pub schema: Option<serde_json::Value>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Catalog {
     types: Vec<EventType>,
     by_name: HashMap<String, usize>,
+    schemas: HashMap<String, Arc<Schema>>,
 }
 
 impl Catalog {
     pub fn builtin() -> Catalog {
         let types: Vec<EventType> =
             serde_json::from_str(BUILTIN).expect("the built-in event type catalog is valid JSON");
+        Self::from_types(types)
+    }
+
+    fn from_types(types: Vec<EventType>) -> Catalog {
         let by_name = types
             .iter()
             .enumerate()
             .map(|(i, t)| (t.name.clone(), i))
             .collect();
-        Catalog { types, by_name }
+        let schemas = types
+            .iter()
+            .filter_map(|t| {
+                let schema = t.schema.as_ref()?;
+                match Schema::compile(schema) {
+                    Ok(compiled) => Some((t.name.clone(), Arc::new(compiled))),
+                    Err(e) => {
+                        // Schemas are checked when a type is created; this is a stored one
+                        // that no longer compiles. Publishing still works, unvalidated.
+                        tracing::warn!(event_type = %t.name, error = %e, "a stored schema does not compile");
+                        None
+                    }
+                }
+            })
+            .collect();
+        Catalog {
+            types,
+            by_name,
+            schemas,
+        }
+    }
+
+    /// This catalog plus a tenant's own types.
+    pub fn with_custom(&self, custom: Vec<EventType>) -> Catalog {
+        let mut types = self.types.clone();
+        types.extend(custom);
+        Self::from_types(types)
+    }
+
+    /// Checks `data` against the type's schema, if it has one.
+    pub fn check_data(&self, event_type: &str, data: &RawValue) -> Result<(), DataError> {
+        let Some(schema) = self.schemas.get(event_type) else {
+            return Ok(());
+        };
+        let value: serde_json::Value =
+            serde_json::from_str(data.get()).expect("stored data is JSON");
+        schema.validate(&value)
     }
 
     pub fn all(&self) -> &[EventType] {

@@ -18,7 +18,12 @@ use webhook::signing::SigningKey;
 /// A stream's destination, in the API's shape:
 /// `{"type": "webhook", "configuration": {...}}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "type", content = "configuration", rename_all = "snake_case")]
+#[serde(
+    tag = "type",
+    content = "configuration",
+    rename_all = "snake_case",
+    deny_unknown_fields
+)]
 pub enum Destination {
     Webhook(webhook::WebhookConfig),
 }

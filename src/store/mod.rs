@@ -11,6 +11,7 @@ pub mod sqlite;
 
 use async_trait::async_trait;
 
+use crate::catalog::EventType;
 use crate::clock::Millis;
 use crate::destinations::webhook::signing::SigningKey;
 use crate::event::Event;
@@ -318,6 +319,17 @@ pub trait Store: Send + Sync + 'static {
         id: &str,
         now: Millis,
     ) -> StoreResult<bool>;
+
+    // A tenant's own event types.
+    /// Inserts the type; false if the tenant has one of that name.
+    async fn create_event_type(
+        &self,
+        tenant_id: &str,
+        event_type: EventType,
+        now: Millis,
+    ) -> StoreResult<bool>;
+    async fn list_event_types(&self, tenant_id: &str) -> StoreResult<Vec<EventType>>;
+    async fn delete_event_type(&self, tenant_id: &str, name: &str) -> StoreResult<bool>;
 
     // Streams.
     async fn create_stream(&self, stream: Stream, secret: SigningSecret) -> StoreResult<()>;

@@ -4,6 +4,7 @@ mod audit;
 mod auth;
 mod crash;
 mod delivery;
+mod event_types;
 mod helpers;
 mod operations;
 mod publish;

@@ -14,6 +14,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::value::RawValue;
 
 use super::*;
+use crate::catalog::EventType;
 use crate::destinations::Destination;
 use crate::secret::Cipher;
 use crate::stream::{PayloadFormat, RetryPolicy, Subscription};
@@ -363,6 +364,8 @@ impl Store for SqliteStore {
         self.writer
             .write(move |conn| {
                 for table in [
+                    "event_types",
+                    "stream_stats",
                     "attempts",
                     "deliveries",
                     "events",
@@ -454,6 +457,76 @@ impl Store for SqliteStore {
                     "UPDATE api_tokens SET revoked_at = ?3 \
                      WHERE tenant_id IS ?1 AND id = ?2 AND revoked_at IS NULL",
                     params![tenant_id, id, now],
+                )? == 1)
+            })
+            .await
+    }
+
+    async fn create_event_type(
+        &self,
+        tenant_id: &str,
+        event_type: EventType,
+        now: Millis,
+    ) -> StoreResult<bool> {
+        let tenant_id = tenant_id.to_string();
+        self.writer
+            .write(move |conn| {
+                let schema = event_type.schema.as_ref().map(|s| s.to_string());
+                Ok(conn.execute(
+                    "INSERT INTO event_types (tenant_id, name, category, description, schema, \
+                     sample_data, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+                     ON CONFLICT DO NOTHING",
+                    params![
+                        tenant_id,
+                        event_type.name,
+                        event_type.category,
+                        event_type.description,
+                        schema,
+                        event_type.sample_data.to_string(),
+                        now
+                    ],
+                )? == 1)
+            })
+            .await
+    }
+
+    async fn list_event_types(&self, tenant_id: &str) -> StoreResult<Vec<EventType>> {
+        let tenant_id = tenant_id.to_string();
+        self.readers
+            .read(move |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT name, category, description, schema, sample_data FROM event_types \
+                     WHERE tenant_id = ?1 ORDER BY name",
+                )?;
+                let mut rows = stmt.query(params![tenant_id])?;
+                let mut types = Vec::new();
+                let corrupt = || StoreError::Corrupt("event type column".into());
+                while let Some(row) = rows.next()? {
+                    let schema: Option<String> = row.get(3)?;
+                    let sample: String = row.get(4)?;
+                    types.push(EventType {
+                        name: row.get(0)?,
+                        category: row.get(1)?,
+                        description: row.get(2)?,
+                        schema: schema
+                            .map(|s| serde_json::from_str(&s).map_err(|_| corrupt()))
+                            .transpose()?,
+                        sample_data: serde_json::from_str(&sample).map_err(|_| corrupt())?,
+                        custom: true,
+                    });
+                }
+                Ok(types)
+            })
+            .await
+    }
+
+    async fn delete_event_type(&self, tenant_id: &str, name: &str) -> StoreResult<bool> {
+        let (tenant_id, name) = (tenant_id.to_string(), name.to_string());
+        self.writer
+            .write(move |conn| {
+                Ok(conn.execute(
+                    "DELETE FROM event_types WHERE tenant_id = ?1 AND name = ?2",
+                    params![tenant_id, name],
                 )? == 1)
             })
             .await
