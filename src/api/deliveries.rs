@@ -132,6 +132,7 @@ pub fn paging(take: Option<usize>, from: Option<&str>) -> Result<(usize, Option<
         )));
     }
     let cursor = from
+        .filter(|c| !c.is_empty())
         .map(|c| {
             c.parse::<i64>()
                 .ok()

@@ -44,6 +44,7 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     let body_limit = axum::extract::DefaultBodyLimit::max(state.max_request_bytes);
     Router::new()
+        .route("/openapi.json", get(openapi))
         .route("/healthz", get(health))
         .route("/readyz", get(ready))
         .route(
@@ -102,6 +103,13 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(body_limit)
         .with_state(state)
+}
+
+/// The OpenAPI document of this API, kept in the repository as `openapi.json`.
+pub const OPENAPI: &str = include_str!("../../openapi.json");
+
+async fn openapi() -> impl axum::response::IntoResponse {
+    ([(CONTENT_TYPE, "application/json")], OPENAPI)
 }
 
 async fn health() -> axum::Json<serde_json::Value> {

@@ -6,6 +6,7 @@ mod crash;
 mod delivery;
 mod event_types;
 mod helpers;
+mod openapi;
 mod operations;
 mod publish;
 mod retries;

@@ -1,0 +1,91 @@
+//! The OpenAPI document (`openapi.json`) against the server: every documented operation is
+//! routed, every route is documented, and the document is what the server serves.
+
+use std::collections::BTreeSet;
+
+use serde_json::Value;
+
+use crate::helpers::*;
+
+const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
+
+fn document() -> Value {
+    serde_json::from_str(include_str!("../../openapi.json")).expect("openapi.json is JSON")
+}
+
+fn operations(doc: &Value) -> BTreeSet<(String, String)> {
+    doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, item)| {
+            item.as_object()
+                .unwrap()
+                .keys()
+                .filter(|k| METHODS.contains(&k.to_uppercase().as_str()))
+                .map(move |m| (m.to_uppercase(), path.clone()))
+        })
+        .collect()
+}
+
+/// The paths the router declares, read from its source: `.route("/path", ...)`.
+fn routed_paths() -> BTreeSet<String> {
+    let source = include_str!("../../src/api/mod.rs");
+    source
+        .split(".route(")
+        .skip(1)
+        .filter_map(|rest| {
+            let start = rest.find('"')? + 1;
+            let end = start + rest[start..].find('"')?;
+            Some(rest[start..end].to_string())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_server_serves_the_document_in_the_repository() {
+    let app = spawn_app().await;
+    let response = app.http.get(app.url("/openapi.json")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let served: Value = response.json().await.unwrap();
+    assert_eq!(served, document());
+    assert_eq!(served["openapi"], "3.0.3");
+}
+
+#[tokio::test]
+async fn every_route_is_documented_and_every_documented_operation_is_routed() {
+    let doc = document();
+    let documented: BTreeSet<String> = doc["paths"].as_object().unwrap().keys().cloned().collect();
+    assert_eq!(
+        routed_paths(),
+        documented,
+        "routes in src/api/mod.rs vs paths in openapi.json"
+    );
+
+    let app = spawn_app().await;
+    let ops = operations(&doc);
+    for path in &documented {
+        let concrete = path
+            .split('/')
+            .map(|seg| if seg.starts_with('{') { "x" } else { seg })
+            .collect::<Vec<_>>()
+            .join("/");
+        for method in METHODS {
+            let (status, body) = app
+                .request(
+                    reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                    &concrete,
+                    None,
+                )
+                .await;
+            let code = body["error"]["code"].as_str().unwrap_or_default();
+            let routed = code != "method_not_allowed"
+                && !(status == 404 && body["error"]["message"] == "no such route");
+            let listed = ops.contains(&(method.to_string(), path.clone()));
+            assert_eq!(
+                routed, listed,
+                "{method} {path}: documented {listed}, routed {routed} ({status} {body})"
+            );
+        }
+    }
+}
