@@ -349,6 +349,15 @@ async fn every_route_refuses_other_tenants_and_missing_scopes() {
     assert_eq!(event["deliveries"], 1);
     let got = receiver.wait_for(1).await.remove(0);
     let delivery_id = got.header("webhook-id").unwrap().to_string();
+    let (status, _) = app
+        .request_as(
+            &a,
+            Method::POST,
+            "/v1/event-types",
+            bytes(&json!({"name": "acme.owned"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
     // A token of A's for the revocation route to revoke.
     let (_, victim) = app
         .request_as(
@@ -364,10 +373,12 @@ async fn every_route_refuses_other_tenants_and_missing_scopes() {
             .replace("{event}", "a-1")
             .replace("{delivery}", &delivery_id)
             .replace("{token}", &token_id)
+            .replace("{type}", "acme.owned")
     };
 
     for (method, template, body, scope) in routes() {
         let path = fill(template);
+        let body: Value = serde_json::from_str(&fill(&body.to_string())).unwrap();
         // Tenant B sees none of tenant A's rows.
         let (status, response) = app
             .request_as(&b, method.clone(), &path, bytes(&body))
@@ -382,9 +393,13 @@ async fn every_route_refuses_other_tenants_and_missing_scopes() {
             assert_eq!(status, StatusCode::OK, "B: {method} {path}");
             let text = response.to_string();
             assert!(
-                !text.contains(&stream_id) && !text.contains(&token_id),
+                !text.contains(&stream_id)
+                    && !text.contains(&token_id)
+                    && !text.contains("\"a-1\""),
                 "B sees A's rows: {text}"
             );
+        } else if template == "/v1/events/erase" {
+            assert_eq!(response["erased"], 0, "B erased A's event: {response}");
         }
 
         // A token of tenant A without the route's scope is refused.
@@ -408,6 +423,7 @@ async fn every_route_refuses_other_tenants_and_missing_scopes() {
     // A's rows are all still there and A can use every route.
     for (method, template, body, _) in routes() {
         let path = fill(template);
+        let body: Value = serde_json::from_str(&fill(&body.to_string())).unwrap();
         let (status, response) = app
             .request_as(&a, method.clone(), &path, bytes(&body))
             .await;
