@@ -143,6 +143,7 @@ impl App {
             self.retention,
             shutdown.clone(),
         ));
+        let store = self.state.store.clone();
         let router = api::router(self.state);
         tracing::info!(addr = %self.listener.local_addr()?, "herald is listening");
         let served = axum::serve(self.listener, router)
@@ -156,6 +157,7 @@ impl App {
         if let Err(e) = sweeper.await {
             tracing::error!(error = %e, "the retention sweeper ended abnormally");
         }
+        store.close().await;
         served
     }
 }

@@ -297,6 +297,9 @@ pub struct StreamUpdate {
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
+    /// Finishes the writes under way and closes the store (at shutdown).
+    async fn close(&self);
+
     // Tenants and tokens.
     /// Inserts the tenant; false if its id is taken.
     async fn create_tenant(&self, tenant: Tenant) -> StoreResult<bool>;

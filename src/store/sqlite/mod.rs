@@ -309,6 +309,11 @@ fn list_deliveries(
 
 #[async_trait]
 impl Store for SqliteStore {
+    async fn close(&self) {
+        self.readers.close();
+        self.writer.close().await;
+    }
+
     async fn create_tenant(&self, tenant: Tenant) -> StoreResult<bool> {
         self.writer
             .write(move |conn| {

@@ -61,9 +61,15 @@ where
     }
 }
 
+enum Message {
+    Job(Box<dyn Job>),
+    /// Commit what came before, close the connection, then answer.
+    Close(oneshot::Sender<()>),
+}
+
 #[derive(Clone)]
 pub struct Writer {
-    queue: mpsc::Sender<Box<dyn Job>>,
+    queue: mpsc::Sender<Message>,
     /// Read by the group-commit test; meant for the metrics endpoint.
     #[cfg_attr(not(test), allow(dead_code))]
     commits: Arc<AtomicU64>,
@@ -100,20 +106,41 @@ impl Writer {
             result: None,
             reply,
         });
-        self.queue.send(job).await.map_err(|_| StoreError::Closed)?;
+        self.queue
+            .send(Message::Job(job))
+            .await
+            .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Commits everything queued so far and closes the connection; later writes fail with
+    /// `StoreError::Closed`.
+    pub async fn close(&self) {
+        let (done, closed) = oneshot::channel();
+        if self.queue.send(Message::Close(done)).await.is_ok() {
+            let _ = closed.await;
+        }
     }
 }
 
-fn run(mut conn: Connection, mut queue: mpsc::Receiver<Box<dyn Job>>, commits: &AtomicU64) {
+fn run(mut conn: Connection, mut queue: mpsc::Receiver<Message>, commits: &AtomicU64) {
     let mut jobs: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_JOBS_PER_COMMIT);
-    while let Some(first) = queue.blocking_recv() {
-        jobs.push(first);
-        while jobs.len() < MAX_JOBS_PER_COMMIT {
+    let mut closer = None;
+    while closer.is_none() {
+        match queue.blocking_recv() {
+            Some(Message::Job(job)) => jobs.push(job),
+            Some(Message::Close(done)) => closer = Some(done),
+            None => break,
+        }
+        while jobs.len() < MAX_JOBS_PER_COMMIT && closer.is_none() {
             match queue.try_recv() {
-                Ok(job) => jobs.push(job),
+                Ok(Message::Job(job)) => jobs.push(job),
+                Ok(Message::Close(done)) => closer = Some(done),
                 Err(_) => break,
             }
+        }
+        if jobs.is_empty() {
+            continue;
         }
         let commit = commit_together(&mut conn, &mut jobs);
         commits.fetch_add(1, Ordering::Relaxed);
@@ -123,6 +150,21 @@ fn run(mut conn: Connection, mut queue: mpsc::Receiver<Box<dyn Job>>, commits: &
         for job in jobs.drain(..) {
             job.finish(commit.clone());
         }
+    }
+    queue.close();
+    while let Ok(message) = queue.try_recv() {
+        match message {
+            Message::Job(job) => job.finish(Err("the store is closed".into())),
+            Message::Close(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
+    if let Err((_, e)) = conn.close() {
+        tracing::warn!(error = %e, "closing the store's write connection failed");
+    }
+    if let Some(done) = closer {
+        let _ = done.send(());
     }
 }
 
@@ -147,6 +189,7 @@ fn commit_together(conn: &mut Connection, jobs: &mut [Box<dyn Job>]) -> Result<(
 pub struct Readers {
     path: Arc<PathBuf>,
     idle: Arc<Mutex<Vec<Connection>>>,
+    closed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 const MAX_IDLE_READERS: usize = 8;
@@ -156,7 +199,14 @@ impl Readers {
         Readers {
             path: Arc::new(path.to_path_buf()),
             idle: Arc::default(),
+            closed: Arc::default(),
         }
+    }
+
+    /// Closes the idle connections; later reads fail with `StoreError::Closed`.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
     pub async fn read<F, T>(&self, work: F) -> StoreResult<T>
@@ -176,6 +226,9 @@ impl Readers {
     }
 
     fn take(&self) -> StoreResult<Connection> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(StoreError::Closed);
+        }
         if let Some(conn) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop() {
             return Ok(conn);
         }
@@ -189,7 +242,7 @@ impl Readers {
 
     fn put_back(&self, conn: Connection) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < MAX_IDLE_READERS {
+        if idle.len() < MAX_IDLE_READERS && !self.closed.load(Ordering::SeqCst) {
             idle.push(conn);
         }
     }
