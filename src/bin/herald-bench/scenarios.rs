@@ -1,0 +1,558 @@
+//! The scenarios, S1 to S7. Each starts its own Herald process, its own receivers and its own
+//! publishers, drives the load, and reports what it measured. Throughput scenarios first
+//! measure the bare rate: Herald's own webhook client posting the same bodies straight to the
+//! same kind of receiver with the same concurrency, so the ratio holds where absolute numbers
+//! drift.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use herald::destinations::webhook::signing::SigningKey;
+use herald::destinations::webhook::{Message, WebhookClient, WebhookConfig};
+use herald::net::ssrf::AddressPolicy;
+use herald::secret::Secret;
+use serde_json::{Value, json};
+
+use crate::receiver::{self, Behaviour, Clock, Receipts};
+use crate::target::{Herald, wait_until};
+
+/// Herald's default concurrency for one stream, which the bare rate uses too.
+const PER_STREAM: usize = 32;
+
+/// How big a run is.
+#[derive(Clone, Copy, Debug)]
+pub struct Size {
+    pub batch_events: usize,
+    pub fanout_events: usize,
+    pub seconds: f64,
+    pub backlog_small: usize,
+    pub backlog_large: usize,
+    pub bare_requests: usize,
+}
+
+impl Size {
+    pub const FULL: Size = Size {
+        batch_events: 100_000,
+        fanout_events: 20_000,
+        seconds: 10.0,
+        backlog_small: 10_000,
+        backlog_large: 1_000_000,
+        bare_requests: 100_000,
+    };
+    pub const QUICK: Size = Size {
+        batch_events: 2_000,
+        fanout_events: 200,
+        seconds: 1.0,
+        backlog_small: 500,
+        backlog_large: 2_000,
+        bare_requests: 2_000,
+    };
+}
+
+/// What one scenario measured. Rates are per second, latencies in milliseconds.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Outcome {
+    pub scenario: &'static str,
+    pub description: String,
+    pub events: u64,
+    pub deliveries: u64,
+    pub seconds: f64,
+    pub events_per_s: f64,
+    pub deliveries_per_s: f64,
+    pub bare_per_s: Option<f64>,
+    pub ratio_to_bare: Option<f64>,
+    pub latency_ms: Option<Percentiles>,
+    pub ack_latency_ms: Option<Percentiles>,
+    pub cpu_us_per_delivery: f64,
+    pub peak_rss_mib: f64,
+    pub target: &'static str,
+    pub met: Option<bool>,
+    pub note: String,
+}
+
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p99: f64,
+    pub p999: f64,
+}
+
+pub fn percentiles(samples_us: &mut [u64]) -> Option<Percentiles> {
+    if samples_us.is_empty() {
+        return None;
+    }
+    samples_us.sort_unstable();
+    let at = |q: f64| {
+        let i = ((samples_us.len() as f64 * q).ceil() as usize).clamp(1, samples_us.len()) - 1;
+        samples_us[i] as f64 / 1000.0
+    };
+    Some(Percentiles {
+        p50: at(0.50),
+        p99: at(0.99),
+        p999: at(0.999),
+    })
+}
+
+fn event(n: usize, event_type: &str) -> Value {
+    json!({
+        "id": format!("bench-{n}"),
+        "source": "/bench",
+        "type": event_type,
+        "platformid": "plat-bench",
+        "projectid": "proj-bench",
+        "data": {"flowRun": {"id": format!("run-{n}"), "status": "SUCCEEDED", "flowId": "flow-7",
+                 "startTime": "2025-01-29T18:08:43.440Z", "duration": 1234}}
+    })
+}
+
+/// A body of the size Herald sends, for the bare rate.
+fn sample_body() -> Vec<u8> {
+    let mut e = event(0, "flow.run.finished");
+    e["specversion"] = json!("1.0");
+    e["time"] = json!("2025-01-29T18:08:43.440Z");
+    e["datacontenttype"] = json!("application/json");
+    serde_json::to_vec(&e).unwrap()
+}
+
+/// Publishes events `range` in batches of `batch` with `concurrency` requests in flight.
+async fn publish_batches(
+    herald: &Herald,
+    clock: &Arc<Clock>,
+    range: std::ops::Range<usize>,
+    batch: usize,
+    concurrency: usize,
+    event_type: &str,
+) {
+    let next = Arc::new(AtomicUsize::new(range.start));
+    let end = range.end;
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (next, clock, http, base) = (
+            next.clone(),
+            clock.clone(),
+            herald.http.clone(),
+            herald.base.clone(),
+        );
+        let event_type = event_type.to_string();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let first = next.fetch_add(batch, Ordering::Relaxed);
+                if first >= end {
+                    break;
+                }
+                let last = (first + batch).min(end);
+                let events: Vec<Value> = (first..last).map(|n| event(n, &event_type)).collect();
+                let body = serde_json::to_vec(&events).unwrap();
+                for n in first..last {
+                    clock.mark_published(n);
+                }
+                let response = http
+                    .post(format!("{base}/v1/events"))
+                    .bearer_auth(crate::target::TOKEN)
+                    .header("content-type", "application/cloudevents-batch+json")
+                    .body(body)
+                    .send()
+                    .await
+                    .expect("herald answers");
+                assert_eq!(response.status(), 202, "{}", response.text().await.unwrap());
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
+/// Herald's webhook client posting `requests` bodies straight to a receiver, `concurrency` at
+/// a time: the ceiling for the delivery scenarios.
+async fn bare_rate(requests: usize, concurrency: usize) -> f64 {
+    let clock = Clock::new(0);
+    let receipts = Arc::new(Receipts::default());
+    let url = receiver::start(Behaviour::Ok, clock, receipts.clone()).await;
+    let client = Arc::new(WebhookClient::new(
+        AddressPolicy::new(vec!["127.0.0.0/8".parse().unwrap()]),
+        Duration::from_secs(15),
+    ));
+    let config = Arc::new(WebhookConfig {
+        webhook_endpoint: url,
+        webhook_authorization: None,
+        signing_secret: None,
+    });
+    let key = SigningKey::parse(&Secret::new(herald::ids::signing_secret())).unwrap();
+    let body = sample_body();
+    let left = Arc::new(AtomicUsize::new(requests));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (client, config, key, body, left) = (
+            client.clone(),
+            config.clone(),
+            key.clone(),
+            body.clone(),
+            left.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            while left
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                let keys = [key.clone()];
+                let message = Message {
+                    id: "dlv_bench",
+                    body: body.clone(),
+                    content_type: "application/cloudevents+json",
+                    keys: &keys,
+                    now: herald::clock::system_now_ms(),
+                };
+                let report = client.send(&config, message).await;
+                assert_eq!(report.response_status, Some(200), "{:?}", report.error);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    requests as f64 / started.elapsed().as_secs_f64()
+}
+
+/// The figures every delivery scenario reports.
+fn delivery_outcome(
+    herald: &Herald,
+    receipts: &Receipts,
+    cpu_before: f64,
+    events: usize,
+    seconds: f64,
+) -> Outcome {
+    let deliveries = receipts.count.load(Ordering::Relaxed);
+    let cpu = herald.cpu_seconds() - cpu_before;
+    let mut latencies = std::mem::take(&mut *receipts.latencies_us.lock().unwrap());
+    Outcome {
+        events: events as u64,
+        deliveries,
+        seconds,
+        events_per_s: events as f64 / seconds,
+        deliveries_per_s: deliveries as f64 / seconds,
+        latency_ms: percentiles(&mut latencies),
+        cpu_us_per_delivery: cpu * 1e6 / deliveries.max(1) as f64,
+        peak_rss_mib: herald.peak_rss_mib(),
+        ..Outcome::default()
+    }
+}
+
+/// S1: fan-out 1, batches of 100, as fast as possible.
+pub async fn s1(size: Size) -> Outcome {
+    let bare = bare_rate(size.bare_requests, PER_STREAM).await;
+    let herald = Herald::start(&[]);
+    let n = size.batch_events;
+    let clock = Clock::new(n);
+    let receipts = Arc::new(Receipts::default());
+    let url = receiver::start(Behaviour::Ok, clock.clone(), receipts.clone()).await;
+    herald.stream(&url, "flow.run.finished").await;
+    let cpu = herald.cpu_seconds();
+    let started = clock.now_us();
+    publish_batches(&herald, &clock, 0..n, 100, 4, "flow.run.finished").await;
+    let all = wait_until(Duration::from_secs(600), || {
+        receipts.count.load(Ordering::Relaxed) >= n as u64
+    })
+    .await;
+    let seconds = (receipts.last_us.load(Ordering::Relaxed) - started) as f64 / 1e6;
+    let mut out = delivery_outcome(&herald, &receipts, cpu, n, seconds);
+    out.scenario = "S1";
+    out.description = "fan-out 1, batch publish (100 per request)".into();
+    out.bare_per_s = Some(bare);
+    out.ratio_to_bare = Some(out.deliveries_per_s / bare);
+    out.target = "deliveries/s >= 0.5 x bare";
+    out.met = Some(all && out.deliveries_per_s >= 0.5 * bare);
+    out
+}
+
+/// S2: single-event publishes from 64 concurrent publishers.
+pub async fn s2(size: Size) -> Outcome {
+    let herald = Herald::start(&[]);
+    let capacity = 2_000_000;
+    let clock = Clock::new(capacity);
+    let receipts = Arc::new(Receipts::default());
+    let url = receiver::start(Behaviour::Ok, clock.clone(), receipts.clone()).await;
+    herald.stream(&url, "flow.run.finished").await;
+    let cpu = herald.cpu_seconds();
+    let next = Arc::new(AtomicUsize::new(0));
+    let acks = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let deadline = Instant::now() + Duration::from_secs_f64(size.seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let (next, clock, acks, http, base) = (
+            next.clone(),
+            clock.clone(),
+            acks.clone(),
+            herald.http.clone(),
+            herald.base.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            while Instant::now() < deadline {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                let body = serde_json::to_vec(&event(n, "flow.run.finished")).unwrap();
+                let sent = Instant::now();
+                clock.mark_published(n);
+                let response = http
+                    .post(format!("{base}/v1/events"))
+                    .bearer_auth(crate::target::TOKEN)
+                    .header("content-type", "application/cloudevents+json")
+                    .body(body)
+                    .send()
+                    .await
+                    .expect("herald answers");
+                assert_eq!(response.status(), 202);
+                mine.push(sent.elapsed().as_micros() as u64);
+            }
+            acks.lock().unwrap().extend(mine);
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let published = next.load(Ordering::Relaxed).min(capacity);
+    let mut ack = std::mem::take(&mut *acks.lock().unwrap());
+    let acked = ack.len();
+    wait_until(Duration::from_secs(120), || {
+        receipts.count.load(Ordering::Relaxed) >= acked as u64
+    })
+    .await;
+    let mut out = delivery_outcome(&herald, &receipts, cpu, published, seconds);
+    out.scenario = "S2";
+    out.description = "single-event publish, 64 concurrent publishers".into();
+    out.events = acked as u64;
+    out.events_per_s = acked as f64 / seconds;
+    out.ack_latency_ms = percentiles(&mut ack);
+    out.target = ">= 10,000 events/s acknowledged, ack p99 <= 20 ms";
+    out.met =
+        Some(out.events_per_s >= 10_000.0 && out.ack_latency_ms.is_some_and(|p| p.p99 <= 20.0));
+    out.note = "deliveries (fan-out 1) run during the publishing".into();
+    out
+}
+
+/// Publishes `rate` events a second for `seconds`, spread over `types` round-robin.
+async fn steady(
+    herald: &Herald,
+    clock: &Arc<Clock>,
+    rate: u64,
+    seconds: f64,
+    types: &[String],
+) -> usize {
+    let total = (rate as f64 * seconds) as usize;
+    let tick = Duration::from_millis(10);
+    let per_tick = (rate / 100) as usize;
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(256));
+    let mut n = 0;
+    while n < total {
+        interval.tick().await;
+        for _ in 0..per_tick.min(total - n) {
+            let permit = in_flight.clone().acquire_owned().await.unwrap();
+            let body = serde_json::to_vec(&event(n, &types[n % types.len()])).unwrap();
+            let (clock, http, base) = (clock.clone(), herald.http.clone(), herald.base.clone());
+            tokio::spawn(async move {
+                clock.mark_published(n);
+                let response = http
+                    .post(format!("{base}/v1/events"))
+                    .bearer_auth(crate::target::TOKEN)
+                    .header("content-type", "application/cloudevents+json")
+                    .body(body)
+                    .send()
+                    .await
+                    .expect("herald answers");
+                assert_eq!(response.status(), 202);
+                drop(permit);
+            });
+            n += 1;
+        }
+    }
+    let _ = in_flight.acquire_many(256).await;
+    total
+}
+
+/// S3: a steady 1,000 events/s, fan-out 1; publish-to-receipt latency.
+pub async fn s3(size: Size) -> Outcome {
+    let herald = Herald::start(&[]);
+    let total = (1_000.0 * size.seconds) as usize;
+    let clock = Clock::new(total);
+    let receipts = Arc::new(Receipts::default());
+    let url = receiver::start(Behaviour::Ok, clock.clone(), receipts.clone()).await;
+    herald.stream(&url, "flow.run.finished").await;
+    let cpu = herald.cpu_seconds();
+    let started = Instant::now();
+    let sent = steady(
+        &herald,
+        &clock,
+        1_000,
+        size.seconds,
+        &["flow.run.finished".into()],
+    )
+    .await;
+    wait_until(Duration::from_secs(60), || {
+        receipts.count.load(Ordering::Relaxed) >= sent as u64
+    })
+    .await;
+    let mut out = delivery_outcome(
+        &herald,
+        &receipts,
+        cpu,
+        sent,
+        started.elapsed().as_secs_f64(),
+    );
+    out.scenario = "S3";
+    out.description = "steady 1,000 events/s, fan-out 1".into();
+    out.target = "publish->receipt p50 <= 2 ms, p99 <= 10 ms";
+    out.met = out.latency_ms.map(|p| p.p50 <= 2.0 && p.p99 <= 10.0);
+    out
+}
+
+/// S4: every event goes to 10 streams.
+pub async fn s4(size: Size) -> Outcome {
+    let bare = bare_rate(size.bare_requests, PER_STREAM * 10).await;
+    let herald = Herald::start(&[]);
+    let n = size.fanout_events;
+    let clock = Clock::new(n);
+    let receipts = Arc::new(Receipts::default());
+    for _ in 0..10 {
+        let url = receiver::start(Behaviour::Ok, clock.clone(), receipts.clone()).await;
+        herald.stream(&url, "flow.run.finished").await;
+    }
+    let cpu = herald.cpu_seconds();
+    let started = clock.now_us();
+    publish_batches(&herald, &clock, 0..n, 100, 4, "flow.run.finished").await;
+    let all = wait_until(Duration::from_secs(600), || {
+        receipts.count.load(Ordering::Relaxed) >= 10 * n as u64
+    })
+    .await;
+    let seconds = (receipts.last_us.load(Ordering::Relaxed) - started) as f64 / 1e6;
+    let mut out = delivery_outcome(&herald, &receipts, cpu, n, seconds);
+    out.scenario = "S4";
+    out.description = "fan-out 10 (every event to 10 streams)".into();
+    out.bare_per_s = Some(bare);
+    out.ratio_to_bare = Some(out.deliveries_per_s / bare);
+    out.target = "deliveries/s >= 0.5 x bare";
+    out.met = Some(all && out.deliveries_per_s >= 0.5 * bare);
+    out
+}
+
+/// S5: 100 streams, 10 of them slow (5 s) or failing (500); the healthy ones' latency.
+pub async fn s5(size: Size, s3_p99: Option<f64>) -> Outcome {
+    let herald = Herald::start(&[]);
+    let total = (1_000.0 * size.seconds) as usize;
+    let clock = Clock::new(total);
+    let healthy = Arc::new(Receipts::default());
+    let unhealthy = Arc::new(Receipts::default());
+    let mut types = Vec::new();
+    for i in 0..100 {
+        let name = format!("bench.s{i}");
+        herald.post("/v1/event-types", &json!({"name": name})).await;
+        let (behaviour, receipts) = match i % 10 {
+            0 if i < 50 => (Behaviour::Slow(Duration::from_secs(5)), &unhealthy),
+            0 => (Behaviour::Failing, &unhealthy),
+            _ => (Behaviour::Ok, &healthy),
+        };
+        let url = receiver::start(behaviour, clock.clone(), receipts.clone()).await;
+        herald.stream(&url, &name).await;
+        types.push(name);
+    }
+    let cpu = herald.cpu_seconds();
+    let started = Instant::now();
+    let sent = steady(&herald, &clock, 1_000, size.seconds, &types).await;
+    let expected_healthy = (0..sent).filter(|n| n % 10 != 0).count() as u64;
+    wait_until(Duration::from_secs(60), || {
+        healthy.count.load(Ordering::Relaxed) >= expected_healthy
+    })
+    .await;
+    let mut out = delivery_outcome(
+        &herald,
+        &healthy,
+        cpu,
+        sent,
+        started.elapsed().as_secs_f64(),
+    );
+    out.scenario = "S5";
+    out.description = "100 streams, 10 slow (5 s) or failing (500)".into();
+    out.target = "healthy streams' p99 <= 2 x S3's p99";
+    out.met = match (out.latency_ms, s3_p99) {
+        (Some(p), Some(base)) => Some(p.p99 <= 2.0 * base),
+        _ => None,
+    };
+    out.note = format!(
+        "S3 p99 {}; unhealthy receivers saw {} requests",
+        s3_p99.map_or("not measured".into(), |v| format!("{v:.2} ms")),
+        unhealthy.count.load(Ordering::Relaxed)
+    );
+    out
+}
+
+/// Drains a backlog of `n` pending deliveries: published while the stream is paused, then the
+/// stream is enabled. Returns (drain rate, peak RSS during the whole run, CPU per delivery).
+async fn drain(n: usize) -> (f64, f64, f64) {
+    let herald = Herald::start(&[]);
+    let clock = Clock::new(n);
+    let receipts = Arc::new(Receipts::default());
+    let url = receiver::start(Behaviour::Ok, clock.clone(), receipts.clone()).await;
+    let stream = herald.stream(&url, "flow.run.finished").await;
+    herald
+        .patch(
+            &format!("/v1/event-streams/{stream}"),
+            &json!({"status": "paused"}),
+        )
+        .await;
+    publish_batches(&herald, &clock, 0..n, 1_000, 2, "flow.run.finished").await;
+    let cpu = herald.cpu_seconds();
+    let started = Instant::now();
+    herald
+        .patch(
+            &format!("/v1/event-streams/{stream}"),
+            &json!({"status": "enabled"}),
+        )
+        .await;
+    wait_until(Duration::from_secs(3_600), || {
+        receipts.count.load(Ordering::Relaxed) >= n as u64
+    })
+    .await;
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu_us = (herald.cpu_seconds() - cpu) * 1e6 / n as f64;
+    (n as f64 / seconds, herald.peak_rss_mib(), cpu_us)
+}
+
+/// S6: draining a large backlog as fast as a small one, in bounded memory.
+pub async fn s6(size: Size) -> Outcome {
+    let (small_rate, _, _) = drain(size.backlog_small).await;
+    let (large_rate, rss, cpu_us) = drain(size.backlog_large).await;
+    Outcome {
+        scenario: "S6",
+        description: format!(
+            "backlog of {} pending deliveries (vs {})",
+            size.backlog_large, size.backlog_small
+        ),
+        events: size.backlog_large as u64,
+        deliveries: size.backlog_large as u64,
+        deliveries_per_s: large_rate,
+        bare_per_s: None,
+        ratio_to_bare: None,
+        cpu_us_per_delivery: cpu_us,
+        peak_rss_mib: rss,
+        target: "drain rate within 20% of a 10k backlog's; RSS <= 256 MiB",
+        met: Some(large_rate >= 0.8 * small_rate && rss <= 256.0),
+        note: format!("small backlog drained at {small_rate:.0}/s"),
+        ..Outcome::default()
+    }
+}
+
+/// S7 runs S1 on PostgreSQL, which Herald does not support yet.
+pub fn s7() -> Outcome {
+    Outcome {
+        scenario: "S7",
+        description: "S1 on PostgreSQL".into(),
+        target: ">= 10,000 deliveries/s",
+        note: "skipped: the PostgreSQL store does not exist yet".into(),
+        ..Outcome::default()
+    }
+}
