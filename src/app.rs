@@ -61,8 +61,7 @@ impl App {
             None => Cipher::load_or_create(&config.data_dir.join("secret.key"))?,
         };
         let now = clock.now_ms();
-        let store: Arc<dyn Store> =
-            Arc::new(SqliteStore::open(&config.database_path(), cipher, now)?);
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.database_path(), cipher)?);
         store
             .create_tenant(Tenant {
                 id: DEFAULT_TENANT.into(),

@@ -1,16 +1,19 @@
 //! The dispatcher: turns pending deliveries into attempts.
 //!
-//! It keeps, per enabled stream, how many attempts are in flight and when the stream next has
-//! due work. Each round it leases due deliveries only for streams with free capacity (at most
-//! `max_in_flight_per_stream` each, `max_in_flight` in all), so a slow or failing endpoint
-//! fills only its own slots and never delays another stream. Leases are committed before any
-//! request is sent; each attempt's outcome is recorded afterwards (see `store`). Publishes and
-//! stream changes wake it through a [`Signal`]; otherwise it sleeps on the injected clock
-//! until the next due time.
+//! It keeps, per enabled stream, the attempts in flight, a small queue of leased deliveries
+//! waiting for a slot, and when the stream next has due work. A stream runs at most
+//! `max_in_flight_per_stream` attempts at once (`max_in_flight` in all), so a slow or failing
+//! endpoint fills only its own slots and never delays another stream. Leases are taken in
+//! batches, up to twice a stream's share, and committed before any request is sent; a
+//! finished attempt starts the next queued one without a trip to the store. Outcomes go to
+//! the [`recorder`], which stores them in batches. Publishes and stream changes wake the
+//! dispatcher through a [`Signal`]; otherwise it sleeps on the injected clock until the next
+//! due time.
 
+mod recorder;
 pub mod retry;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -95,6 +98,8 @@ impl ActiveStream {
 struct StreamSlot {
     active: Arc<ActiveStream>,
     in_flight: usize,
+    /// Leased deliveries waiting for a free slot.
+    queued: VecDeque<Claimed>,
     /// When this stream next has due work; `None` when nothing is known to be pending.
     next_due: Option<Millis>,
 }
@@ -104,26 +109,25 @@ struct Done {
     key: i64,
     stream_id: String,
     retry_at: Option<Millis>,
-    /// Streams were disabled (this one, by a `410 Gone` or too many failures).
-    disabled: bool,
-    /// Streams that got deliveries of Herald's notices about this attempt.
-    woken: Vec<String>,
 }
 
 /// What every attempt needs; shared by the dispatcher and its attempt tasks.
 struct Shared {
-    store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     destinations: Destinations,
+    recorder: recorder::Handle,
 }
 
 pub struct Dispatcher {
-    shared: Arc<Shared>,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    destinations: Destinations,
     signal: Arc<Signal>,
     config: DispatchConfig,
     streams: HashMap<String, StreamSlot>,
     in_flight: usize,
-    /// Leases held by running attempts, given back if shutdown cuts them short.
+    queued: usize,
+    /// Leases held by queued and running attempts, given back if shutdown cuts them short.
     leases: HashMap<i64, i64>,
 }
 
@@ -136,30 +140,42 @@ impl Dispatcher {
         config: DispatchConfig,
     ) -> Dispatcher {
         Dispatcher {
-            shared: Arc::new(Shared {
-                store,
-                clock,
-                destinations,
-            }),
+            store,
+            clock,
+            destinations,
             signal,
             config,
             streams: HashMap::new(),
             in_flight: 0,
+            queued: 0,
             leases: HashMap::new(),
         }
     }
 
-    /// Runs until `shutdown`, then lets attempts in flight finish for the grace period and
-    /// gives back the leases of those that did not.
+    /// Runs until `shutdown`, then lets attempts in flight finish for the grace period,
+    /// stores every outcome, and gives back the leases of attempts that did not run.
     pub async fn run(mut self, shutdown: CancellationToken) {
+        let (recorder, recording) =
+            recorder::start(self.store.clone(), self.clock.clone(), self.signal.clone());
+        let shared = Arc::new(Shared {
+            clock: self.clock.clone(),
+            destinations: self.destinations.clone(),
+            recorder,
+        });
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
         let tracker = TaskTracker::new();
         let cut_short = CancellationToken::new();
+        let spawn = Spawner {
+            shared: &shared,
+            tracker: &tracker,
+            done: &done_tx,
+            cut_short: &cut_short,
+        };
         self.signal.streams_changed();
 
         while !shutdown.is_cancelled() {
             while let Ok(done) = done_rx.try_recv() {
-                self.finished(done);
+                self.finished(done, &spawn);
             }
             if self.signal.take_streams_changed() && !self.reload().await {
                 self.pause(&shutdown).await;
@@ -171,14 +187,14 @@ impl Dispatcher {
                     slot.next_due = Some(Millis::MIN);
                 }
             }
-            let now = self.shared.clock.now_ms();
+            let now = self.clock.now_ms();
             let requests = self.requests(now);
             if !requests.is_empty() {
                 let lease_until = now + self.config.lease.as_millis() as Millis;
-                match self.shared.store.claim(requests, now, lease_until).await {
+                match self.store.claim(requests, now, lease_until).await {
                     Ok(batches) => {
                         for batch in batches {
-                            self.start(batch, &tracker, &done_tx, &cut_short);
+                            self.enqueue(batch, &spawn);
                         }
                         continue;
                     }
@@ -193,11 +209,16 @@ impl Dispatcher {
             tokio::select! {
                 _ = shutdown.cancelled() => {}
                 _ = self.signal.notify.notified() => {}
-                Some(done) = done_rx.recv() => self.finished(done),
-                _ = self.shared.clock.sleep_until(wake_at) => {}
+                Some(done) = done_rx.recv() => self.finished(done, &spawn),
+                _ = self.clock.sleep_until(wake_at) => {}
             }
         }
 
+        // Queued deliveries do not start; running ones get the grace period.
+        for slot in self.streams.values_mut() {
+            self.queued -= slot.queued.len();
+            slot.queued.clear();
+        }
         tracker.close();
         if tokio::time::timeout(self.config.shutdown_grace, tracker.wait())
             .await
@@ -207,19 +228,27 @@ impl Dispatcher {
             tracker.wait().await;
         }
         while let Ok(done) = done_rx.try_recv() {
-            self.finished(done);
+            self.leases.remove(&done.key);
         }
-        if !self.leases.is_empty() {
-            let leases: Vec<_> = self.leases.drain().collect();
-            let count = leases.len();
-            let now = self.shared.clock.now_ms();
-            match self.shared.store.release(leases, now).await {
-                Ok(()) => {
-                    tracing::info!(count, "released unfinished deliveries for the next start")
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, count, "could not release leases; they expire on their own")
-                }
+        drop(shared);
+        // Every attempt task has ended: the recorder stores what it holds, then stops.
+        if let Err(e) = recording.await {
+            tracing::error!(error = %e, "the recorder ended abnormally");
+        }
+        self.release_leases().await;
+    }
+
+    async fn release_leases(&mut self) {
+        if self.leases.is_empty() {
+            return;
+        }
+        let leases: Vec<_> = self.leases.drain().collect();
+        let count = leases.len();
+        let now = self.clock.now_ms();
+        match self.store.release(leases, now).await {
+            Ok(()) => tracing::info!(count, "released unfinished deliveries for the next start"),
+            Err(e) => {
+                tracing::warn!(error = %e, count, "could not release leases; they expire on their own")
             }
         }
     }
@@ -231,21 +260,21 @@ impl Dispatcher {
         }
     }
 
-    /// Reloads the enabled streams and their keys, keeping in-flight counts. False if the
-    /// store could not be read.
+    /// Reloads the enabled streams and their keys, keeping in-flight counts and queues. False
+    /// if the store could not be read.
     async fn reload(&mut self) -> bool {
-        let store = &self.shared.store;
-        let streams = match store.streams_with_status(StreamStatus::Enabled).await {
+        let streams = match self.store.streams_with_status(StreamStatus::Enabled).await {
             Ok(streams) => streams,
             Err(e) => {
                 tracing::error!(error = %e, "loading streams failed");
                 return false;
             }
         };
-        let now = self.shared.clock.now_ms();
+        let now = self.clock.now_ms();
         let mut next = HashMap::with_capacity(streams.len());
         for stream in streams {
-            let secrets: Vec<SigningSecret> = match store
+            let secrets: Vec<SigningSecret> = match self
+                .store
                 .signing_secrets(&stream.tenant_id, &stream.id, now)
                 .await
             {
@@ -260,19 +289,29 @@ impl Dispatcher {
                 .filter_map(|s| SigningKey::parse(&s.secret).ok().map(|k| (k, s.expires_at)))
                 .collect();
             let previous = self.streams.remove(&stream.id);
+            let (in_flight, queued) =
+                previous.map_or((0, VecDeque::new()), |p| (p.in_flight, p.queued));
             let id = stream.id.clone();
             next.insert(
                 id,
                 StreamSlot {
                     active: Arc::new(ActiveStream { stream, keys }),
-                    in_flight: previous.as_ref().map_or(0, |p| p.in_flight),
+                    in_flight,
+                    queued,
                     // Unknown until asked: a changed stream may have become enabled with a backlog.
                     next_due: Some(Millis::MIN),
                 },
             );
         }
-        // Streams that went away still have attempts finishing; keep counting them.
-        for (id, slot) in self.streams.drain() {
+        // Streams no longer enabled: their queued deliveries go back to the store; attempts
+        // under way finish and are still counted.
+        let mut give_back = Vec::new();
+        for (id, mut slot) in self.streams.drain() {
+            for claimed in slot.queued.drain(..) {
+                self.queued -= 1;
+                self.leases.remove(&claimed.key);
+                give_back.push((claimed.key, claimed.lease));
+            }
             if slot.in_flight > 0 {
                 next.insert(
                     id,
@@ -284,28 +323,33 @@ impl Dispatcher {
             }
         }
         self.streams = next;
+        if !give_back.is_empty()
+            && let Err(e) = self.store.release(give_back, now).await
+        {
+            tracing::warn!(error = %e, "could not release queued deliveries; their leases expire");
+        }
         true
     }
 
+    /// Streams with due work and room: each may hold up to twice its share, running and
+    /// queued, and is asked for more only once it has a free slot.
     fn requests(&self, now: Millis) -> Vec<ClaimRequest> {
-        let mut room = self.config.max_in_flight.saturating_sub(self.in_flight);
+        let per_stream = self.config.max_in_flight_per_stream;
+        let mut room = (2 * self.config.max_in_flight).saturating_sub(self.in_flight + self.queued);
         let mut requests = Vec::new();
         for slot in self.streams.values() {
             if room == 0 {
                 break;
             }
             let stream = &slot.active.stream;
-            let free = self
-                .config
-                .max_in_flight_per_stream
-                .saturating_sub(slot.in_flight);
-            if free == 0
+            let held = slot.in_flight + slot.queued.len();
+            if held >= per_stream
                 || stream.status != StreamStatus::Enabled
                 || slot.next_due.is_none_or(|due| due > now)
             {
                 continue;
             }
-            let limit = free.min(room);
+            let limit = (2 * per_stream - held).min(room);
             room -= limit;
             requests.push(ClaimRequest {
                 tenant_id: stream.tenant_id.clone(),
@@ -320,45 +364,43 @@ impl Dispatcher {
         let poll = now + POLL_INTERVAL.as_millis() as Millis;
         self.streams
             .values()
-            .filter(|s| s.in_flight < self.config.max_in_flight_per_stream)
+            .filter(|s| s.in_flight + s.queued.len() < self.config.max_in_flight_per_stream)
             .filter_map(|s| s.next_due)
             .fold(poll, Millis::min)
     }
 
-    fn start(
-        &mut self,
-        batch: ClaimBatch,
-        tracker: &TaskTracker,
-        done_tx: &mpsc::UnboundedSender<Done>,
-        cut_short: &CancellationToken,
-    ) {
+    fn enqueue(&mut self, batch: ClaimBatch, spawn: &Spawner<'_>) {
         let Some(slot) = self.streams.get_mut(&batch.stream_id) else {
             return;
         };
         slot.next_due = batch.next_due;
         for claimed in batch.deliveries {
+            self.leases.insert(claimed.key, claimed.lease);
+            self.queued += 1;
+            slot.queued.push_back(claimed);
+        }
+        self.start_queued(&batch.stream_id, spawn);
+    }
+
+    /// Starts queued deliveries of a stream while it and the dispatcher have free slots.
+    fn start_queued(&mut self, stream_id: &str, spawn: &Spawner<'_>) {
+        let Some(slot) = self.streams.get_mut(stream_id) else {
+            return;
+        };
+        while slot.in_flight < self.config.max_in_flight_per_stream
+            && self.in_flight < self.config.max_in_flight
+        {
+            let Some(claimed) = slot.queued.pop_front() else {
+                break;
+            };
+            self.queued -= 1;
             slot.in_flight += 1;
             self.in_flight += 1;
-            self.leases.insert(claimed.key, claimed.lease);
-            let shared = self.shared.clone();
-            let active = slot.active.clone();
-            let done_tx = done_tx.clone();
-            let cut_short = cut_short.clone();
-            tracker.spawn(async move {
-                let stream_id = claimed.stream_id.clone();
-                let key = claimed.key;
-                tokio::select! {
-                    done = attempt(&shared, &active, claimed) => { let _ = done_tx.send(done); }
-                    _ = cut_short.cancelled() => {
-                        // The lease stays in `leases` and is released by the dispatcher.
-                        tracing::info!(stream = %stream_id, key, "attempt cut short by shutdown");
-                    }
-                }
-            });
+            spawn.attempt(slot.active.clone(), claimed);
         }
     }
 
-    fn finished(&mut self, done: Done) {
+    fn finished(&mut self, done: Done, spawn: &Spawner<'_>) {
         self.in_flight = self.in_flight.saturating_sub(1);
         self.leases.remove(&done.key);
         if let Some(slot) = self.streams.get_mut(&done.stream_id) {
@@ -367,18 +409,40 @@ impl Dispatcher {
                 slot.next_due = Some(slot.next_due.map_or(at, |due| due.min(at)));
             }
         }
-        if done.disabled {
-            self.signal.streams_changed();
-        }
-        for id in &done.woken {
-            if let Some(slot) = self.streams.get_mut(id) {
-                slot.next_due = Some(Millis::MIN);
-            }
-        }
+        self.start_queued(&done.stream_id, spawn);
     }
 }
 
-/// One attempt of one delivery: send, classify, decide, record.
+/// Starts attempt tasks that report back when done.
+struct Spawner<'a> {
+    shared: &'a Arc<Shared>,
+    tracker: &'a TaskTracker,
+    done: &'a mpsc::UnboundedSender<Done>,
+    cut_short: &'a CancellationToken,
+}
+
+impl Spawner<'_> {
+    fn attempt(&self, active: Arc<ActiveStream>, claimed: Claimed) {
+        let (shared, done, cut_short) = (
+            self.shared.clone(),
+            self.done.clone(),
+            self.cut_short.clone(),
+        );
+        self.tracker.spawn(async move {
+            let stream_id = claimed.stream_id.clone();
+            let key = claimed.key;
+            tokio::select! {
+                finished = attempt(&shared, &active, claimed) => { let _ = done.send(finished); }
+                _ = cut_short.cancelled() => {
+                    // The lease stays held and is released by the dispatcher.
+                    tracing::info!(stream = %stream_id, key, "attempt cut short by shutdown");
+                }
+            }
+        });
+    }
+}
+
+/// One attempt of one delivery: send, classify, decide, and hand the outcome to the recorder.
 async fn attempt(shared: &Shared, active: &ActiveStream, claimed: Claimed) -> Done {
     let stream = &active.stream;
     let started_at = shared.clock.now_ms();
@@ -398,14 +462,19 @@ async fn attempt(shared: &Shared, active: &ActiveStream, claimed: Claimed) -> Do
     );
     log_attempt(&claimed, attempt_number, &report, status);
     let gone = report.outcome == Outcome::DisableStream;
-    let record = AttemptRecord {
+    let done = Done {
+        key: claimed.key,
+        stream_id: claimed.stream_id.clone(),
+        retry_at: next_attempt_at,
+    };
+    shared.recorder.record(AttemptRecord {
         key: claimed.key,
         lease: claimed.lease,
-        tenant_id: claimed.tenant_id.clone(),
-        stream_id: claimed.stream_id.clone(),
-        delivery_id: claimed.id.clone(),
-        event_id: claimed.event.id.clone(),
-        event_type: claimed.event.event_type.clone(),
+        tenant_id: claimed.tenant_id,
+        stream_id: claimed.stream_id,
+        delivery_id: claimed.id,
+        event_id: claimed.event.id,
+        event_type: claimed.event.event_type,
         attempt_number,
         attempted_at: started_at,
         duration_ms: report.duration.as_millis() as i64,
@@ -422,25 +491,8 @@ async fn attempt(shared: &Shared, active: &ActiveStream, claimed: Claimed) -> Do
             )
         }),
         max_consecutive_failures: stream.max_consecutive_failures,
-    };
-    let effects = match shared.store.record(vec![record], finished_at).await {
-        Ok(effects) => effects,
-        Err(e) => {
-            // The lease expires and the delivery is attempted again: at-least-once holds.
-            tracing::error!(error = %e, delivery = %claimed.id, "recording an attempt failed");
-            Default::default()
-        }
-    };
-    for id in &effects.disabled_streams {
-        tracing::warn!(stream = %id, "stream disabled");
-    }
-    Done {
-        key: claimed.key,
-        stream_id: claimed.stream_id,
-        retry_at: next_attempt_at,
-        disabled: !effects.disabled_streams.is_empty(),
-        woken: effects.woken_streams,
-    }
+    });
+    done
 }
 
 fn log_attempt(

@@ -1,6 +1,9 @@
-//! The embedded store: SQLite in WAL mode with `synchronous = FULL`, so a commit is on disk
-//! before anyone is told it happened. Writes go through one writer thread that batches
-//! concurrent callers into shared commits (see `writer`); reads use their own connections.
+//! The embedded store: SQLite in WAL mode. Whatever is acknowledged to a client (a publish, a
+//! stream change) is committed with `synchronous = FULL`, on disk before anyone is told;
+//! the queue's own bookkeeping (leases, attempt outcomes) is committed lazily, surviving a
+//! killed process but not a power cut, where its loss means only a repeated attempt. Writes
+//! go through one writer thread that batches concurrent callers into shared commits (see
+//! `writer`); reads use their own connections.
 
 mod log;
 mod queue;
@@ -26,15 +29,16 @@ const MIGRATIONS: &[&str] = &[include_str!("schema.sql")];
 pub struct SqliteStore {
     /// Held for the store's lifetime: one process owns a data directory.
     _lock: std::fs::File,
+    /// The deliveries being attempted; used only inside writer jobs.
+    leases: Arc<std::sync::Mutex<queue::Leases>>,
     writer: Writer,
     readers: Readers,
     cipher: Arc<Cipher>,
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database at `path`, brings its schema up to date and
-    /// makes deliveries leased by a previous, crashed process due at `now`.
-    pub fn open(path: &Path, cipher: Cipher, now: Millis) -> StoreResult<SqliteStore> {
+    /// Opens (creating if needed) the database at `path` and brings its schema up to date.
+    pub fn open(path: &Path, cipher: Cipher) -> StoreResult<SqliteStore> {
         let open_err = |reason: String| StoreError::Open {
             path: path.display().to_string(),
             reason,
@@ -43,13 +47,15 @@ impl SqliteStore {
         let mut conn = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(|e| open_err(e.to_string()))?;
-        // FULL: the WAL is fsynced at every commit, so an acknowledged write survives power loss.
+        // FULL: the WAL is fsynced at every commit, so an acknowledged write survives power
+        // loss. The writer lowers it for lazy batches (see `writer::Durability`).
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.set_prepared_statement_cache_capacity(writer::STATEMENT_CACHE);
         migrate(&mut conn).map_err(|e| open_err(e.to_string()))?;
-        recover_leases(&conn, now)?;
         Ok(SqliteStore {
             _lock: lock,
+            leases: Arc::default(),
             writer: Writer::start(conn),
             readers: Readers::new(path),
             cipher: Arc::new(cipher),
@@ -71,21 +77,8 @@ fn lock_exclusively(path: &Path) -> Result<std::fs::File, String> {
     Ok(file)
 }
 
-/// Leases still held at start-up belong to a process that died (the lock above guarantees no
-/// other process is running): make their deliveries due now instead of at lease expiry.
-fn recover_leases(conn: &Connection, now: Millis) -> rusqlite::Result<()> {
-    let released = conn.execute(
-        "UPDATE deliveries SET due_at = MIN(due_at, ?1), lease_until = NULL \
-         WHERE status = 'pending' AND lease_until IS NOT NULL",
-        params![now],
-    )?;
-    if released > 0 {
-        tracing::info!(
-            released,
-            "recovered deliveries leased before an unclean stop"
-        );
-    }
-    Ok(())
+fn lock(leases: &std::sync::Mutex<queue::Leases>) -> std::sync::MutexGuard<'_, queue::Leases> {
+    leases.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
@@ -642,7 +635,7 @@ impl Store for SqliteStore {
                 }
                 if update.skip_backlog {
                     conn.execute(
-                        "UPDATE deliveries SET status = 'cancelled', due_at = NULL, lease_until = NULL, \
+                        "UPDATE deliveries SET status = 'cancelled', due_at = NULL, \
                          updated_at = ?3 WHERE tenant_id = ?1 AND stream_id = ?2 AND status = 'pending'",
                         params![stream.tenant_id, stream.id, stream.updated_at],
                     )?;
@@ -667,7 +660,7 @@ impl Store for SqliteStore {
                     params![tenant_id, id],
                 )?;
                 conn.execute(
-                    "UPDATE deliveries SET status = 'cancelled', due_at = NULL, lease_until = NULL, updated_at = ?3 \
+                    "UPDATE deliveries SET status = 'cancelled', due_at = NULL, updated_at = ?3 \
                      WHERE tenant_id = ?1 AND stream_id = ?2 AND status = 'pending'",
                     params![tenant_id, id, now],
                 )?;
@@ -787,10 +780,11 @@ impl Store for SqliteStore {
         &self,
         requests: Vec<ClaimRequest>,
         now: Millis,
-        lease_until: Millis,
+        _lease_until: Millis,
     ) -> StoreResult<Vec<ClaimBatch>> {
+        let leases = self.leases.clone();
         self.writer
-            .write(move |conn| queue::claim(conn, requests, now, lease_until))
+            .write_lazy(move |conn| queue::claim(conn, &mut lock(&leases), requests, now))
             .await
     }
 
@@ -799,20 +793,20 @@ impl Store for SqliteStore {
         attempts: Vec<AttemptRecord>,
         now: Millis,
     ) -> StoreResult<RecordEffects> {
+        let leases = self.leases.clone();
         self.writer
-            .write(move |conn| queue::record(conn, attempts, now))
+            .write_lazy(move |conn| queue::record(conn, &mut lock(&leases), attempts, now))
             .await
     }
 
-    async fn release(&self, leases: Vec<(i64, i64)>, now: Millis) -> StoreResult<()> {
+    async fn release(&self, leases: Vec<(i64, i64)>, _now: Millis) -> StoreResult<()> {
+        // Through the writer, so a release is ordered with claims and records.
+        let held = self.leases.clone();
         self.writer
-            .write(move |conn| {
-                let mut stmt = conn.prepare_cached(
-                    "UPDATE deliveries SET due_at = ?3, lease_until = NULL \
-                     WHERE seq = ?1 AND lease = ?2 AND status = 'pending'",
-                )?;
-                for (key, lease) in leases {
-                    stmt.execute(params![key, lease, now])?;
+            .write_lazy(move |_| {
+                let mut held = lock(&held);
+                for (key, _) in leases {
+                    held.give_back(key);
                 }
                 Ok(())
             })
@@ -845,8 +839,11 @@ impl Store for SqliteStore {
             stream_id.to_string(),
             event_id.to_string(),
         );
+        let leases = self.leases.clone();
         self.writer
-            .write(move |conn| queue::redeliver_event(conn, &tenant_id, &stream_id, &event_id, now))
+            .write(move |conn| {
+                queue::redeliver_event(conn, &lock(&leases), &tenant_id, &stream_id, &event_id, now)
+            })
             .await
     }
 
@@ -859,9 +856,18 @@ impl Store for SqliteStore {
         now: Millis,
     ) -> StoreResult<u64> {
         let (tenant_id, stream_id) = (tenant_id.to_string(), stream_id.to_string());
+        let leases = self.leases.clone();
         self.writer
             .write(move |conn| {
-                queue::redeliver(conn, &tenant_id, &stream_id, &filter, dry_run, now)
+                queue::redeliver(
+                    conn,
+                    &lock(&leases),
+                    &tenant_id,
+                    &stream_id,
+                    &filter,
+                    dry_run,
+                    now,
+                )
             })
             .await
     }

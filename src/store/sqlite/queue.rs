@@ -1,10 +1,16 @@
 //! The delivery queue on SQLite: publishing events with their deliveries, leasing due
 //! deliveries, recording attempts (with the statistics rollups, stream health and Herald's
 //! own notices in the same commit), and redelivery. Every function here runs inside the
-//! writer's transaction.
+//! writer's transaction, one at a time.
+//!
+//! One process owns an embedded store (the data directory is locked), so leases need not be
+//! written down: [`Leases`] holds, in memory, the deliveries being attempted. A claim is then
+//! a read, and a crash leaves nothing to recover: whatever was leased is simply still due.
 
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
+
+use std::collections::{HashMap, HashSet};
 
 use super::event_from_row;
 use crate::clock::Millis;
@@ -117,56 +123,91 @@ fn insert_delivery(
     ])
 }
 
+/// The deliveries being attempted, by stream, kept by the writer.
+#[derive(Default)]
+pub struct Leases {
+    by_stream: HashMap<String, HashSet<i64>>,
+    stream_of: HashMap<i64, String>,
+}
+
+impl Leases {
+    fn of_stream(&self, stream_id: &str) -> Option<&HashSet<i64>> {
+        self.by_stream.get(stream_id)
+    }
+
+    fn take(&mut self, stream_id: &str, key: i64) {
+        self.by_stream
+            .entry(stream_id.to_string())
+            .or_default()
+            .insert(key);
+        self.stream_of.insert(key, stream_id.to_string());
+    }
+
+    pub fn give_back(&mut self, key: i64) {
+        if let Some(stream_id) = self.stream_of.remove(&key)
+            && let Some(keys) = self.by_stream.get_mut(&stream_id)
+        {
+            keys.remove(&key);
+            if keys.is_empty() {
+                self.by_stream.remove(&stream_id);
+            }
+        }
+    }
+
+    pub fn is_leased(&self, key: i64) -> bool {
+        self.stream_of.contains_key(&key)
+    }
+}
+
+/// Leases up to `limit` due deliveries per request. Reads the stream's pending deliveries in
+/// due order, skipping those already leased, and learns from the first one not yet due when
+/// the stream next has work.
 pub fn claim(
     conn: &Connection,
+    leases: &mut Leases,
     requests: Vec<ClaimRequest>,
     now: Millis,
-    lease_until: Millis,
 ) -> StoreResult<Vec<ClaimBatch>> {
     let mut select = conn.prepare_cached(&format!(
-        "SELECT d.seq, d.id, d.attempts - d.round_start, d.lease, {} \
+        "SELECT d.seq, d.id, d.attempts - d.round_start, d.due_at, {} \
          FROM deliveries d JOIN events e ON e.seq = d.event_seq \
-         WHERE d.tenant_id = ?1 AND d.stream_id = ?2 AND d.status = 'pending' AND d.due_at <= ?3 \
-         ORDER BY d.due_at LIMIT ?4",
+         WHERE d.tenant_id = ?1 AND d.stream_id = ?2 AND d.status = 'pending' \
+         ORDER BY d.due_at LIMIT ?3",
         super::EVENT_COLUMNS
     ))?;
-    let mut lease = conn.prepare_cached(
-        "UPDATE deliveries SET due_at = ?2, lease_until = ?2, lease = lease + 1 \
-         WHERE seq = ?1 RETURNING lease",
-    )?;
-    let mut next_due = conn.prepare_cached(
-        "SELECT MIN(due_at) FROM deliveries \
-         WHERE tenant_id = ?1 AND stream_id = ?2 AND status = 'pending'",
-    )?;
     let mut batches = Vec::with_capacity(requests.len());
     for request in requests {
+        let leased = leases.of_stream(&request.stream_id).map_or(0, HashSet::len);
+        // Enough rows to get past the leased ones, fill the request, and see one more.
+        let window = request.limit + leased + 1;
         let mut deliveries = Vec::new();
-        let mut rows = select.query(params![
-            request.tenant_id,
-            request.stream_id,
-            now,
-            request.limit as i64
-        ])?;
+        let mut next_due = None;
+        let mut rows =
+            select.query(params![request.tenant_id, request.stream_id, window as i64])?;
         while let Some(row) = rows.next()? {
+            let key: i64 = row.get(0)?;
+            if leases.is_leased(key) {
+                continue;
+            }
+            let due_at: Millis = row.get(3)?;
+            if due_at > now || deliveries.len() == request.limit {
+                next_due = Some(due_at.max(now));
+                break;
+            }
             deliveries.push(Claimed {
-                key: row.get(0)?,
+                key,
                 id: row.get(1)?,
                 attempts: row.get(2)?,
-                lease: row.get(3)?,
+                lease: 0,
                 tenant_id: request.tenant_id.clone(),
                 stream_id: request.stream_id.clone(),
                 event: event_from_row(row, 4)?,
             });
         }
         drop(rows);
-        for d in &mut deliveries {
-            d.lease = lease.query_row(params![d.key, lease_until], |r| r.get(0))?;
+        for d in &deliveries {
+            leases.take(&request.stream_id, d.key);
         }
-        let next_due = if deliveries.len() < request.limit {
-            next_due.query_row(params![request.tenant_id, request.stream_id], |r| r.get(0))?
-        } else {
-            Some(now)
-        };
         batches.push(ClaimBatch {
             tenant_id: request.tenant_id,
             stream_id: request.stream_id,
@@ -181,6 +222,7 @@ const HOUR_MS: Millis = 3_600_000;
 
 pub fn record(
     conn: &Connection,
+    leases: &mut Leases,
     records: Vec<AttemptRecord>,
     now: Millis,
 ) -> StoreResult<RecordEffects> {
@@ -190,17 +232,21 @@ pub fn record(
          response_body, error_kind, error_message) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?;
     let mut update = conn.prepare_cached(
-        "UPDATE deliveries SET status = ?3, attempts = attempts + 1, due_at = ?4, \
-         lease_until = NULL, last_attempt_at = ?5, last_response_status = ?6, \
-         last_error_kind = ?7, updated_at = ?8 \
-         WHERE seq = ?1 AND lease = ?2 AND status = 'pending'",
+        "UPDATE deliveries SET status = ?2, attempts = attempts + 1, due_at = ?3, \
+         last_attempt_at = ?4, last_response_status = ?5, last_error_kind = ?6, updated_at = ?7 \
+         WHERE seq = ?1 AND status = 'pending'",
     )?;
-    let mut health = conn.prepare_cached(
-        "UPDATE streams SET consecutive_failures = \
-         CASE WHEN ?3 THEN 0 ELSE consecutive_failures + 1 END \
+    // A success clears the run of failures, writing the stream's row only if there was one.
+    let mut healthy = conn.prepare_cached(
+        "UPDATE streams SET consecutive_failures = 0 \
+         WHERE tenant_id = ?1 AND id = ?2 AND consecutive_failures != 0",
+    )?;
+    let mut failing = conn.prepare_cached(
+        "UPDATE streams SET consecutive_failures = consecutive_failures + 1 \
          WHERE tenant_id = ?1 AND id = ?2 RETURNING consecutive_failures, status, name",
     )?;
     for r in records {
+        leases.give_back(r.key);
         insert.execute(params![
             r.tenant_id,
             r.key,
@@ -215,11 +261,10 @@ pub fn record(
             DeliveryStatus::Pending => r.next_attempt_at,
             _ => None,
         };
-        // No row changes when the lease was lost or the delivery was cancelled meanwhile: the
-        // attempt is on record, but it no longer owns the delivery's state.
+        // No row changes when the delivery was cancelled meanwhile: the attempt is on record,
+        // but it no longer decides the delivery's state.
         let owned = update.execute(params![
             r.key,
-            r.lease,
             r.status.as_str(),
             due_at,
             r.attempted_at,
@@ -232,9 +277,12 @@ pub fn record(
         }
         add_to_rollup(conn, &r)?;
 
-        let succeeded = r.status == DeliveryStatus::Succeeded;
-        let row: Option<(u32, String, String)> = health
-            .query_row(params![r.tenant_id, r.stream_id, succeeded], |row| {
+        if r.status == DeliveryStatus::Succeeded {
+            healthy.execute(params![r.tenant_id, r.stream_id])?;
+            continue;
+        }
+        let row: Option<(u32, String, String)> = failing
+            .query_row(params![r.tenant_id, r.stream_id], |row| {
                 Ok((row.get(0)?, row.get(1)?, row.get(2)?))
             })
             .optional()?;
@@ -361,10 +409,21 @@ pub fn filter_sql(filter: &DeliveryFilter, values: &mut Vec<SqlValue>) -> String
 /// Starts a new round for a delivery: due now, retry budget reset. Attempts under way
 /// (leased) are left to finish.
 const REQUEUE: &str = "status = 'pending', due_at = ?, round_start = attempts, updated_at = ?";
-const NOT_IN_FLIGHT: &str = "NOT (d.status = 'pending' AND d.lease_until IS NOT NULL)";
+
+/// The leased deliveries of a stream as a JSON array, for `d.seq NOT IN (SELECT value FROM
+/// json_each(?))`.
+fn leased_json(leases: &Leases, stream_id: &str) -> String {
+    let keys: Vec<i64> = leases
+        .of_stream(stream_id)
+        .map(|keys| keys.iter().copied().collect())
+        .unwrap_or_default();
+    serde_json::to_string(&keys).expect("integers serialise")
+}
+const NOT_IN_FLIGHT: &str = "d.seq NOT IN (SELECT value FROM json_each(?))";
 
 pub fn redeliver_event(
     conn: &Connection,
+    leases: &Leases,
     tenant_id: &str,
     stream_id: &str,
     event_id: &str,
@@ -388,7 +447,7 @@ pub fn redeliver_event(
                     "UPDATE deliveries AS d SET {REQUEUE} \
                      WHERE d.tenant_id = ? AND d.event_seq = ? AND d.stream_id = ? AND {NOT_IN_FLIGHT}"
                 ),
-                params![now, now, tenant_id, event_seq, stream_id],
+                params![now, now, tenant_id, event_seq, stream_id, leased_json(leases, stream_id)],
             )?
         } as u64;
     }
@@ -397,6 +456,7 @@ pub fn redeliver_event(
 
 pub fn redeliver(
     conn: &Connection,
+    leases: &Leases,
     tenant_id: &str,
     stream_id: &str,
     filter: &DeliveryFilter,
@@ -414,6 +474,7 @@ pub fn redeliver(
     values.push(SqlValue::Text(tenant_id.into()));
     values.push(SqlValue::Text(stream_id.into()));
     let conditions = filter_sql(filter, &mut values);
+    values.push(SqlValue::Text(leased_json(leases, stream_id)));
     let sql = format!("{head} d.tenant_id = ? AND d.stream_id = ?{conditions} AND {NOT_IN_FLIGHT}");
     let count = if dry_run {
         conn.query_row(&sql, params_from_iter(values), |r| r.get::<_, i64>(0))? as u64

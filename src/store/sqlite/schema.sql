@@ -78,11 +78,10 @@ CREATE INDEX events_by_subject ON events (tenant_id, subject, seq) WHERE subject
 CREATE INDEX events_by_project ON events (tenant_id, projectid, seq) WHERE projectid IS NOT NULL;
 CREATE INDEX events_by_user ON events (tenant_id, userid, seq) WHERE userid IS NOT NULL;
 
--- One row per (event, stream). While pending, `due_at` is when it may next be claimed: the
--- retry time, or the lease's expiry while an attempt is under way (then `lease_until` is set
--- too). `lease` counts claims, so an attempt whose lease was lost cannot overwrite a newer
--- one's outcome. `attempts` counts every attempt ever made; a redelivery starts a new round
--- of the retry policy at `round_start`.
+-- One row per (event, stream). While pending, `due_at` is when it may next be attempted.
+-- Which deliveries are being attempted right now is kept in memory by the one process that
+-- owns the store, so a claim writes nothing. `attempts` counts every attempt ever made; a
+-- redelivery starts a new round of the retry policy at `round_start`.
 CREATE TABLE deliveries (
     seq        INTEGER PRIMARY KEY,
     tenant_id  TEXT NOT NULL,
@@ -94,8 +93,6 @@ CREATE TABLE deliveries (
     attempts   INTEGER NOT NULL DEFAULT 0,
     round_start INTEGER NOT NULL DEFAULT 0,
     due_at     INTEGER,
-    lease      INTEGER NOT NULL DEFAULT 0,
-    lease_until INTEGER,
     last_attempt_at      INTEGER,
     last_response_status INTEGER,
     last_error_kind      TEXT,

@@ -21,7 +21,20 @@ use crate::store::{StoreError, StoreResult};
 const MAX_JOBS_PER_COMMIT: usize = 1024;
 const QUEUE_DEPTH: usize = 8192;
 
+/// Whether a job's commit must reach the disk before its caller hears of it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync before answering (`synchronous = FULL`): anything acknowledged to a client.
+    Synced,
+    /// Written to the WAL, synced with the next synced commit or checkpoint
+    /// (`synchronous = NORMAL`). Survives the process being killed, not the machine losing
+    /// power; for bookkeeping whose loss only means a delivery is attempted again (leases,
+    /// attempt outcomes).
+    Lazy,
+}
+
 trait Job: Send {
+    fn durability(&self) -> Durability;
     /// Runs inside the open transaction; false means the job failed and is rolled back.
     fn run(&mut self, conn: &Connection) -> bool;
     /// Answers the caller once the commit is known.
@@ -29,6 +42,7 @@ trait Job: Send {
 }
 
 struct TypedJob<F, T> {
+    durability: Durability,
     work: Option<F>,
     result: Option<StoreResult<T>>,
     reply: oneshot::Sender<StoreResult<T>>,
@@ -39,6 +53,10 @@ where
     F: FnOnce(&Connection) -> StoreResult<T> + Send,
     T: Send,
 {
+    fn durability(&self) -> Durability {
+        self.durability
+    }
+
     fn run(&mut self, conn: &Connection) -> bool {
         let work = self.work.take().expect("a job runs once");
         let result = work(conn);
@@ -94,14 +112,32 @@ impl Writer {
         self.commits.load(Ordering::Relaxed)
     }
 
-    /// Runs `work` in the next group commit and returns its result once committed.
+    /// Runs `work` in the next group commit and returns its result once committed and synced.
     pub async fn write<F, T>(&self, work: F) -> StoreResult<T>
+    where
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.submit(Durability::Synced, work).await
+    }
+
+    /// Like `write`, but answers once committed, before the commit is synced to disk.
+    pub async fn write_lazy<F, T>(&self, work: F) -> StoreResult<T>
+    where
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.submit(Durability::Lazy, work).await
+    }
+
+    async fn submit<F, T>(&self, durability: Durability, work: F) -> StoreResult<T>
     where
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
         T: Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
         let job = Box::new(TypedJob {
+            durability,
             work: Some(work),
             result: None,
             reply,
@@ -168,20 +204,39 @@ fn run(mut conn: Connection, mut queue: mpsc::Receiver<Message>, commits: &Atomi
     }
 }
 
+/// Runs `jobs` in one transaction, each inside a savepoint, and commits. The transaction
+/// statements are prepared once and reused: at thousands of commits a second, parsing them
+/// each time shows.
 fn commit_together(conn: &mut Connection, jobs: &mut [Box<dyn Job>]) -> Result<(), String> {
-    let mut tx = conn
-        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-        .map_err(|e| e.to_string())?;
-    for job in jobs.iter_mut() {
-        let savepoint = tx.savepoint().map_err(|e| e.to_string())?;
-        if job.run(&savepoint) {
-            savepoint.commit().map_err(|e| e.to_string())?;
-        } else {
-            // A savepoint's default drop behaviour rolls back to it and releases it.
-            savepoint.finish().map_err(|e| e.to_string())?;
+    run_in_transaction(conn, jobs).map_err(|e| {
+        if !conn.is_autocommit() {
+            let _ = conn.execute_batch("ROLLBACK");
         }
+        e.to_string()
+    })
+}
+
+fn run_in_transaction(conn: &Connection, jobs: &mut [Box<dyn Job>]) -> rusqlite::Result<()> {
+    let exec = |sql: &str| -> rusqlite::Result<()> {
+        conn.prepare_cached(sql)?.execute([])?;
+        Ok(())
+    };
+    // One job that needs its commit on disk makes the whole batch synced; a lazy batch's
+    // frames are synced by the next synced commit, since the WAL is written in order.
+    if jobs.iter().any(|j| j.durability() == Durability::Synced) {
+        exec("PRAGMA synchronous = FULL")?;
+    } else {
+        exec("PRAGMA synchronous = NORMAL")?;
     }
-    tx.commit().map_err(|e| e.to_string())
+    exec("BEGIN IMMEDIATE")?;
+    for job in jobs.iter_mut() {
+        exec("SAVEPOINT job")?;
+        if !job.run(conn) {
+            exec("ROLLBACK TO job")?;
+        }
+        exec("RELEASE job")?;
+    }
+    exec("COMMIT")
 }
 
 /// Read-only connections, opened on demand and reused.
@@ -193,6 +248,8 @@ pub struct Readers {
 }
 
 const MAX_IDLE_READERS: usize = 8;
+/// Prepared statements kept per connection: more than the store has distinct queries.
+pub const STATEMENT_CACHE: usize = 256;
 
 impl Readers {
     pub fn new(path: &Path) -> Readers {
@@ -237,6 +294,7 @@ impl Readers {
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         Ok(conn)
     }
 

@@ -1,0 +1,76 @@
+//! The recorder: stores attempt outcomes in batches. Attempts hand their records over and
+//! move on; the recorder takes everything waiting and writes it with one store call, so a
+//! busy dispatcher costs one commit job per batch rather than one per attempt. What the
+//! records changed (a stream disabled, notices published) is passed on through the
+//! dispatcher's [`Signal`].
+//!
+//! A record not yet stored when the process dies is lost with its attempt's outcome, but not
+//! the delivery: its lease expires and it is attempted again (at-least-once).
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::Signal;
+use crate::clock::Clock;
+use crate::store::{AttemptRecord, DeliveryStatus, Store};
+
+const MAX_BATCH: usize = 512;
+
+#[derive(Clone)]
+pub struct Handle(mpsc::UnboundedSender<AttemptRecord>);
+
+impl Handle {
+    pub fn record(&self, record: AttemptRecord) {
+        if self.0.send(record).is_err() {
+            tracing::error!(
+                "the recorder has stopped; an attempt's outcome is lost (its lease will expire)"
+            );
+        }
+    }
+}
+
+/// Starts the recorder. It stops once every `Handle` is dropped and what they sent is stored.
+pub fn start(
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    signal: Arc<Signal>,
+) -> (Handle, JoinHandle<()>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (Handle(tx), tokio::spawn(run(store, clock, signal, rx)))
+}
+
+async fn run(
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    signal: Arc<Signal>,
+    mut records: mpsc::UnboundedReceiver<AttemptRecord>,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while records.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let count = batch.len();
+        // Streams with retries scheduled: once stored, the dispatcher learns their due times.
+        let retrying: Vec<String> = batch
+            .iter()
+            .filter(|r| r.status == DeliveryStatus::Pending)
+            .map(|r| r.stream_id.clone())
+            .collect();
+        match store
+            .record(std::mem::take(&mut batch), clock.now_ms())
+            .await
+        {
+            Ok(effects) => {
+                for id in &effects.disabled_streams {
+                    tracing::warn!(stream = %id, "stream disabled");
+                }
+                if !effects.disabled_streams.is_empty() {
+                    signal.streams_changed();
+                }
+                signal.wake(effects.woken_streams.iter().chain(&retrying));
+            }
+            // The leases expire and the deliveries are attempted again.
+            Err(e) => tracing::error!(error = %e, count, "recording attempts failed"),
+        }
+    }
+}
