@@ -84,6 +84,8 @@ impl App {
             AddressPolicy::new(config.allow_cidrs.clone()),
             config.delivery_timeout(),
         ));
+        // Outlasts the slowest attempt (the request timeout) with room to record it.
+        let lease = config.delivery_timeout() + Duration::from_secs(45);
         let dispatcher = Dispatcher::new(
             store.clone(),
             clock.clone(),
@@ -92,14 +94,14 @@ impl App {
             DispatchConfig {
                 max_in_flight: config.max_in_flight,
                 max_in_flight_per_stream: config.max_in_flight_per_stream,
-                // Outlasts the slowest attempt (the request timeout) with room to record it.
-                lease: config.delivery_timeout() + Duration::from_secs(45),
+                lease,
                 shutdown_grace: config.shutdown_grace(),
             },
         );
         let state = AppState {
             store,
             destinations,
+            tokens: Arc::default(),
             catalogs: Arc::new(Registry::new(Catalog::builtin())),
             clock,
             signal,
@@ -107,6 +109,7 @@ impl App {
                 allow_http: config.allow_http,
             },
             secret_rotation_grace_ms: config.secret_rotation_grace_seconds as i64 * 1000,
+            delivery_lease_ms: lease.as_millis() as i64,
             max_request_bytes: config.max_request_bytes,
         };
         Ok(App {

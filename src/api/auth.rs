@@ -3,7 +3,9 @@
 //! **tenant** token acts on its own tenant only. Each route needs one [`Scope`]; a token
 //! without it gets 403.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use axum::extract::FromRequestParts;
 use axum::http::StatusCode;
@@ -12,7 +14,44 @@ use axum::http::request::Parts;
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, AppState};
-use crate::store::{Token, hash_token};
+use crate::store::{StoreResult, Token, TokenHash, hash_token};
+
+/// Token lookups, remembered briefly so that a busy publisher does not cost a store read per
+/// request. Revoking a token or deleting a tenant clears it; another node sharing the store
+/// sees a revocation within `TTL`.
+#[derive(Default)]
+pub struct TokenCache {
+    entries: Mutex<HashMap<TokenHash, (Instant, Option<Token>)>>,
+}
+
+impl TokenCache {
+    const TTL: Duration = Duration::from_secs(5);
+    /// Bounds memory under a flood of made-up tokens.
+    const MAX_ENTRIES: usize = 10_000;
+
+    async fn find(&self, state: &AppState, hash: TokenHash) -> StoreResult<Option<Token>> {
+        if let Some((at, token)) = self.lock().get(&hash)
+            && at.elapsed() < Self::TTL
+        {
+            return Ok(token.clone());
+        }
+        let token = state.store.find_token(hash).await?;
+        let mut entries = self.lock();
+        if entries.len() >= Self::MAX_ENTRIES {
+            entries.clear();
+        }
+        entries.insert(hash, (Instant::now(), token.clone()));
+        Ok(token)
+    }
+
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TokenHash, (Instant, Option<Token>)>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
 
 /// The tenant a platform token acts on when the request names none.
 pub const DEFAULT_TENANT: &str = "ten_default";
@@ -158,8 +197,8 @@ impl FromRequestParts<AppState> for Caller {
                 ApiError::unauthorized("the `Authorization` header must be `Bearer <token>`")
             })?;
         let token = state
-            .store
-            .find_token(hash_token(secret))
+            .tokens
+            .find(state, hash_token(secret))
             .await?
             .ok_or_else(|| ApiError::unauthorized("the token is not valid or has been revoked"))?;
         let scopes = token

@@ -95,10 +95,35 @@ pub async fn publish(
         })
         .collect::<Result<_, _>>()?;
 
-    let published = state.store.publish(&caller.tenant_id, events, now).await?;
-    state
-        .signal
-        .wake(published.iter().flat_map(|p| p.streams.iter()));
+    // The new deliveries come back leased and go straight to the dispatcher, which saves a
+    // claim. The publish runs as its own task so that a client hanging up cannot stop the
+    // hand-over half-way (leases it never received would only lapse, later).
+    let (store, signal, tenant) = (
+        state.store.clone(),
+        state.signal.clone(),
+        caller.tenant_id.clone(),
+    );
+    let lease_until = now + state.delivery_lease_ms;
+    let published = tokio::spawn(async move {
+        let mut published = store
+            .publish(&tenant, events, now, Some(lease_until))
+            .await?;
+        signal.hand_over(
+            published
+                .iter_mut()
+                .flat_map(|p| std::mem::take(&mut p.leased)),
+        );
+        Ok::<_, crate::store::StoreError>(published)
+    })
+    .await
+    .map_err(|e| {
+        tracing::error!(error = %e, "a publish task failed");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "an internal error occurred; it has been logged",
+        )
+    })??;
     let body = if batch {
         json!({ "events": published.iter().map(view).collect::<Vec<_>>() })
     } else {

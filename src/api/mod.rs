@@ -19,7 +19,7 @@ use axum::http::{HeaderMap, StatusCode, header::CONTENT_TYPE};
 use axum::routing::{get, post};
 use serde::de::DeserializeOwned;
 
-pub use auth::{Caller, DEFAULT_TENANT, Scope};
+pub use auth::{Caller, DEFAULT_TENANT, Scope, TokenCache};
 pub use error::ApiError;
 
 use crate::catalog::registry::Registry;
@@ -33,11 +33,14 @@ use crate::store::Store;
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub destinations: Destinations,
+    pub tokens: Arc<TokenCache>,
     pub catalogs: Arc<Registry>,
     pub clock: Arc<dyn Clock>,
     pub signal: Arc<Signal>,
     pub destination_policy: DestinationPolicy,
     pub secret_rotation_grace_ms: i64,
+    /// How long a delivery leased at publish stays leased (the dispatcher's lease).
+    pub delivery_lease_ms: i64,
     pub max_request_bytes: usize,
 }
 

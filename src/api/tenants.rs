@@ -153,6 +153,7 @@ pub async fn delete(
         return Err(ApiError::not_found("tenant", &id));
     }
     state.signal.streams_changed();
+    state.tokens.clear();
     tracing::info!(tenant = %id, "tenant deleted with all its data");
     Ok(StatusCode::NO_CONTENT)
 }

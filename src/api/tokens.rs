@@ -142,6 +142,7 @@ pub async fn revoke(
     {
         return Err(ApiError::not_found("token", &id));
     }
+    state.tokens.clear();
     tracing::info!(token = %id, "token revoked");
     Ok(StatusCode::NO_CONTENT)
 }

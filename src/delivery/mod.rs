@@ -33,11 +33,13 @@ const POLL_INTERVAL: Duration = Duration::from_secs(5);
 /// Wait after a failed store call before trying again.
 const STORE_RETRY: Duration = Duration::from_secs(1);
 
-/// Wakes the dispatcher: new deliveries for some streams, or changed stream definitions.
+/// Wakes the dispatcher: new deliveries for some streams, deliveries already leased for it,
+/// or changed stream definitions.
 #[derive(Default)]
 pub struct Signal {
     notify: Notify,
     woken: Mutex<HashSet<String>>,
+    handed: Mutex<Vec<Claimed>>,
     streams_changed: std::sync::atomic::AtomicBool,
 }
 
@@ -51,6 +53,21 @@ impl Signal {
             drop(woken);
             self.notify.notify_one();
         }
+    }
+
+    /// Deliveries leased when they were published, for the dispatcher to start.
+    pub fn hand_over(&self, deliveries: impl IntoIterator<Item = Claimed>) {
+        let mut handed = self.handed.lock().unwrap_or_else(|e| e.into_inner());
+        let before = handed.len();
+        handed.extend(deliveries);
+        if handed.len() != before {
+            drop(handed);
+            self.notify.notify_one();
+        }
+    }
+
+    fn take_handed(&self) -> Vec<Claimed> {
+        std::mem::take(&mut *self.handed.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// A stream was created, changed or deleted.
@@ -187,6 +204,10 @@ impl Dispatcher {
                     slot.next_due = Some(Millis::MIN);
                 }
             }
+            let handed = self.signal.take_handed();
+            if !handed.is_empty() {
+                self.accept(handed, &spawn).await;
+            }
             let now = self.clock.now_ms();
             let requests = self.requests(now);
             if !requests.is_empty() {
@@ -215,6 +236,9 @@ impl Dispatcher {
         }
 
         // Queued deliveries do not start; running ones get the grace period.
+        for claimed in self.signal.take_handed() {
+            self.leases.insert(claimed.key, claimed.lease);
+        }
         for slot in self.streams.values_mut() {
             self.queued -= slot.queued.len();
             slot.queued.clear();
@@ -367,6 +391,38 @@ impl Dispatcher {
             .filter(|s| s.in_flight + s.queued.len() < self.config.max_in_flight_per_stream)
             .filter_map(|s| s.next_due)
             .fold(poll, Millis::min)
+    }
+
+    /// Takes deliveries leased at publish into their streams' queues while there is room;
+    /// the rest go back to the store, to be claimed in turn.
+    async fn accept(&mut self, handed: Vec<Claimed>, spawn: &Spawner<'_>) {
+        let per_stream = self.config.max_in_flight_per_stream;
+        let mut give_back = Vec::new();
+        let mut streams = HashSet::new();
+        for claimed in handed {
+            match self.streams.get_mut(&claimed.stream_id) {
+                Some(slot) if slot.in_flight + slot.queued.len() < 2 * per_stream => {
+                    self.leases.insert(claimed.key, claimed.lease);
+                    self.queued += 1;
+                    streams.insert(claimed.stream_id.clone());
+                    slot.queued.push_back(claimed);
+                }
+                slot => {
+                    if let Some(slot) = slot {
+                        slot.next_due = Some(Millis::MIN);
+                    }
+                    give_back.push((claimed.key, claimed.lease));
+                }
+            }
+        }
+        for stream_id in streams {
+            self.start_queued(&stream_id, spawn);
+        }
+        if !give_back.is_empty()
+            && let Err(e) = self.store.release(give_back, self.clock.now_ms()).await
+        {
+            tracing::warn!(error = %e, "could not release deliveries; their leases lapse");
+        }
     }
 
     fn enqueue(&mut self, batch: ClaimBatch, spawn: &Spawner<'_>) {

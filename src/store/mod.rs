@@ -75,7 +75,7 @@ pub struct SigningSecret {
 }
 
 /// The outcome of publishing one event.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Published {
     pub id: String,
     pub source: String,
@@ -83,6 +83,9 @@ pub struct Published {
     pub duplicate: bool,
     /// Ids of the streams that got a pending delivery.
     pub streams: Vec<String>,
+    /// The new deliveries to enabled streams, already leased when the publish asked for it:
+    /// the dispatcher can start them without claiming them first.
+    pub leased: Vec<Claimed>,
 }
 
 /// Lease up to `limit` due deliveries of one stream.
@@ -363,12 +366,14 @@ pub trait Store: Send + Sync + 'static {
 
     // Events and the delivery queue.
     /// Stores the events and one pending delivery per matching enabled stream, durably, in one
-    /// commit shared with concurrent callers. Duplicates of accepted events are skipped.
+    /// commit shared with concurrent callers. Duplicates of accepted events are skipped. With
+    /// `lease_until`, the deliveries to enabled streams come back leased until then.
     async fn publish(
         &self,
         tenant_id: &str,
         events: Vec<Event>,
         now: Millis,
+        lease_until: Option<Millis>,
     ) -> StoreResult<Vec<Published>>;
     async fn claim(
         &self,

@@ -14,6 +14,10 @@ use std::path::PathBuf;
 use clap::Parser;
 use scenarios::{Outcome, Size};
 
+/// The same allocator as `herald`, so the bare rate measures the same client stack.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "herald-bench",

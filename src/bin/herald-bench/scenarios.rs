@@ -174,11 +174,7 @@ async fn bare_rate(requests: usize, concurrency: usize) -> f64 {
         AddressPolicy::new(vec!["127.0.0.0/8".parse().unwrap()]),
         Duration::from_secs(15),
     ));
-    let config = Arc::new(WebhookConfig {
-        webhook_endpoint: url,
-        webhook_authorization: None,
-        signing_secret: None,
-    });
+    let config = Arc::new(WebhookConfig::new(url, None));
     let key = SigningKey::parse(&Secret::new(herald::ids::signing_secret())).unwrap();
     let body = sample_body();
     let left = Arc::new(AtomicUsize::new(requests));

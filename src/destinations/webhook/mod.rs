@@ -32,6 +32,9 @@ pub struct WebhookConfig {
     /// the stream's secrets are kept apart from its configuration.
     #[serde(default, skip_serializing)]
     pub signing_secret: Option<Secret>,
+    /// `webhook_endpoint` parsed, once per loaded stream rather than once per delivery.
+    #[serde(skip)]
+    parsed: std::sync::OnceLock<Option<Url>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -64,6 +67,24 @@ const RESERVED_HEADERS: &[&str] = &[
 ];
 
 impl WebhookConfig {
+    pub fn new(
+        webhook_endpoint: String,
+        webhook_authorization: Option<WebhookAuthorization>,
+    ) -> Self {
+        WebhookConfig {
+            webhook_endpoint,
+            webhook_authorization,
+            signing_secret: None,
+            parsed: Default::default(),
+        }
+    }
+
+    fn url(&self) -> Option<&Url> {
+        self.parsed
+            .get_or_init(|| Url::parse(&self.webhook_endpoint).ok())
+            .as_ref()
+    }
+
     pub fn validate(&self, policy: &DestinationPolicy) -> Result<(), String> {
         let url = &self.webhook_endpoint;
         if url.len() > MAX_URL_LEN {
@@ -221,15 +242,8 @@ impl WebhookClient {
 
     pub async fn send(&self, config: &WebhookConfig, message: Message<'_>) -> AttemptReport {
         let started = Instant::now();
-        let url = match Url::parse(&config.webhook_endpoint) {
-            Ok(url) => url,
-            Err(e) => {
-                return AttemptReport::failed(
-                    ErrorKind::Io,
-                    format!("invalid URL: {e}"),
-                    started.elapsed(),
-                );
-            }
+        let Some(url) = config.url() else {
+            return AttemptReport::failed(ErrorKind::Io, "invalid URL", started.elapsed());
         };
         // A literal address never reaches the resolver, so it is checked here.
         let literal = match url.host() {
@@ -265,7 +279,7 @@ impl WebhookClient {
 
         let result = self
             .http
-            .post(url)
+            .post(url.clone())
             .headers(headers)
             .body(message.body)
             .send()
@@ -432,11 +446,7 @@ mod tests {
 
     #[test]
     fn endpoints_must_be_https_unless_allowed() {
-        let config = |url: &str| WebhookConfig {
-            webhook_endpoint: url.into(),
-            webhook_authorization: None,
-            signing_secret: None,
-        };
+        let config = |url: &str| WebhookConfig::new(url.into(), None);
         let strict = DestinationPolicy { allow_http: false };
         let dev = DestinationPolicy { allow_http: true };
         assert!(config("https://example.com/hook").validate(&strict).is_ok());

@@ -641,7 +641,7 @@ impl Store for SqliteStore {
                     )?;
                 }
                 let published =
-                    queue::publish(conn, &stream.tenant_id, update.notices, stream.updated_at)?;
+                    queue::publish(conn, None, &stream.tenant_id, update.notices, stream.updated_at)?;
                 Ok(Some(published))
             })
             .await
@@ -769,10 +769,16 @@ impl Store for SqliteStore {
         tenant_id: &str,
         events: Vec<Event>,
         now: Millis,
+        lease_until: Option<Millis>,
     ) -> StoreResult<Vec<Published>> {
         let tenant_id = tenant_id.to_string();
+        let leases = self.leases.clone();
         self.writer
-            .write(move |conn| queue::publish(conn, &tenant_id, events, now))
+            .write(move |conn| {
+                let mut held = lock(&leases);
+                let lease = lease_until.map(|until| (&mut *held, until));
+                queue::publish(conn, lease, &tenant_id, events, now)
+            })
             .await
     }
 
@@ -780,11 +786,13 @@ impl Store for SqliteStore {
         &self,
         requests: Vec<ClaimRequest>,
         now: Millis,
-        _lease_until: Millis,
+        lease_until: Millis,
     ) -> StoreResult<Vec<ClaimBatch>> {
         let leases = self.leases.clone();
         self.writer
-            .write_lazy(move |conn| queue::claim(conn, &mut lock(&leases), requests, now))
+            .write_lazy(move |conn| {
+                queue::claim(conn, &mut lock(&leases), requests, now, lease_until)
+            })
             .await
     }
 

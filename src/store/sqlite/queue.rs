@@ -23,8 +23,12 @@ use crate::store::{
 
 /// Stores `events` and a pending delivery for each stream subscribed to them that is enabled
 /// or paused (a paused stream keeps its deliveries until it is enabled again).
+/// Stores `events` and a pending delivery for each stream subscribed to them that is enabled
+/// or paused (a paused stream keeps its deliveries until it is enabled again). With `lease`,
+/// the deliveries to enabled streams are leased until its expiry and returned.
 pub fn publish(
     conn: &Connection,
+    mut lease: Option<(&mut Leases, Millis)>,
     tenant_id: &str,
     events: Vec<Event>,
     now: Millis,
@@ -32,16 +36,17 @@ pub fn publish(
     let mut streams = Vec::new();
     {
         let mut stmt = conn.prepare_cached(
-            "SELECT id, subscriptions FROM streams \
+            "SELECT id, subscriptions, status = 'enabled' FROM streams \
              WHERE tenant_id = ?1 AND status IN ('enabled', 'paused')",
         )?;
         let mut rows = stmt.query(params![tenant_id])?;
         while let Some(row) = rows.next()? {
             let id: String = row.get(0)?;
             let patterns: String = row.get(1)?;
+            let enabled: bool = row.get(2)?;
             let patterns: Vec<String> = serde_json::from_str(&patterns)
                 .map_err(|_| StoreError::Corrupt("stream column `subscriptions`".into()))?;
-            streams.push((id, patterns));
+            streams.push((id, patterns, enabled));
         }
     }
     let mut insert_event = conn.prepare_cached(
@@ -71,27 +76,44 @@ pub fn publish(
             now,
         ])?;
         let mut result = Published {
-            id: event.id,
-            source: event.source,
+            id: event.id.clone(),
+            source: event.source.clone(),
             duplicate: inserted == 0,
             streams: Vec::new(),
+            leased: Vec::new(),
         };
         if inserted == 1 {
             let event_seq = conn.last_insert_rowid();
-            for (stream_id, patterns) in &streams {
-                if patterns
+            for (stream_id, patterns, enabled) in &streams {
+                if !patterns
                     .iter()
                     .any(|p| crate::catalog::pattern_matches(p, &event.event_type))
                 {
-                    insert_delivery(
-                        conn,
-                        tenant_id,
-                        stream_id,
-                        event_seq,
-                        &event.event_type,
-                        now,
-                    )?;
-                    result.streams.push(stream_id.clone());
+                    continue;
+                }
+                let delivery_id = crate::ids::delivery_id(now);
+                insert_delivery(
+                    conn,
+                    tenant_id,
+                    &delivery_id,
+                    stream_id,
+                    event_seq,
+                    &event.event_type,
+                    now,
+                )?;
+                result.streams.push(stream_id.clone());
+                if let Some((leases, until)) = lease.as_mut().filter(|_| *enabled) {
+                    let key = conn.last_insert_rowid();
+                    leases.take(stream_id, key, *until);
+                    result.leased.push(Claimed {
+                        key,
+                        lease: 0,
+                        id: delivery_id,
+                        tenant_id: tenant_id.to_string(),
+                        stream_id: stream_id.clone(),
+                        attempts: 0,
+                        event: event.clone(),
+                    });
                 }
             }
         }
@@ -103,6 +125,7 @@ pub fn publish(
 fn insert_delivery(
     conn: &Connection,
     tenant_id: &str,
+    delivery_id: &str,
     stream_id: &str,
     event_seq: i64,
     event_type: &str,
@@ -115,7 +138,7 @@ fn insert_delivery(
     )?
     .execute(params![
         tenant_id,
-        crate::ids::delivery_id(now),
+        delivery_id,
         stream_id,
         event_seq,
         event_type,
@@ -123,11 +146,13 @@ fn insert_delivery(
     ])
 }
 
-/// The deliveries being attempted, by stream, kept by the writer.
+/// The deliveries being attempted, by stream, kept by the writer. A lease lapses at its
+/// expiry, so one never given back (its holder lost track of it) costs a delay, not the
+/// delivery.
 #[derive(Default)]
 pub struct Leases {
     by_stream: HashMap<String, HashSet<i64>>,
-    stream_of: HashMap<i64, String>,
+    held: HashMap<i64, (String, Millis)>,
 }
 
 impl Leases {
@@ -135,16 +160,16 @@ impl Leases {
         self.by_stream.get(stream_id)
     }
 
-    fn take(&mut self, stream_id: &str, key: i64) {
+    fn take(&mut self, stream_id: &str, key: i64, until: Millis) {
         self.by_stream
             .entry(stream_id.to_string())
             .or_default()
             .insert(key);
-        self.stream_of.insert(key, stream_id.to_string());
+        self.held.insert(key, (stream_id.to_string(), until));
     }
 
     pub fn give_back(&mut self, key: i64) {
-        if let Some(stream_id) = self.stream_of.remove(&key)
+        if let Some((stream_id, _)) = self.held.remove(&key)
             && let Some(keys) = self.by_stream.get_mut(&stream_id)
         {
             keys.remove(&key);
@@ -154,8 +179,8 @@ impl Leases {
         }
     }
 
-    pub fn is_leased(&self, key: i64) -> bool {
-        self.stream_of.contains_key(&key)
+    pub fn is_leased(&self, key: i64, now: Millis) -> bool {
+        self.held.get(&key).is_some_and(|(_, until)| *until > now)
     }
 }
 
@@ -167,6 +192,7 @@ pub fn claim(
     leases: &mut Leases,
     requests: Vec<ClaimRequest>,
     now: Millis,
+    lease_until: Millis,
 ) -> StoreResult<Vec<ClaimBatch>> {
     let mut select = conn.prepare_cached(&format!(
         "SELECT d.seq, d.id, d.attempts - d.round_start, d.due_at, {} \
@@ -186,7 +212,7 @@ pub fn claim(
             select.query(params![request.tenant_id, request.stream_id, window as i64])?;
         while let Some(row) = rows.next()? {
             let key: i64 = row.get(0)?;
-            if leases.is_leased(key) {
+            if leases.is_leased(key, now) {
                 continue;
             }
             let due_at: Millis = row.get(3)?;
@@ -206,7 +232,7 @@ pub fn claim(
         }
         drop(rows);
         for d in &deliveries {
-            leases.take(&request.stream_id, d.key);
+            leases.take(&request.stream_id, d.key, lease_until);
         }
         batches.push(ClaimBatch {
             tenant_id: request.tenant_id,
@@ -340,7 +366,7 @@ fn notify(
     now: Millis,
     effects: &mut RecordEffects,
 ) -> StoreResult<()> {
-    for published in publish(conn, tenant_id, vec![notice], now)? {
+    for published in publish(conn, None, tenant_id, vec![notice], now)? {
         effects.woken_streams.extend(published.streams);
     }
     Ok(())
@@ -438,7 +464,16 @@ pub fn redeliver_event(
     }
     let mut queued = 0;
     for (event_seq, event_type) in events {
-        let created = insert_delivery(conn, tenant_id, stream_id, event_seq, &event_type, now)?;
+        let delivery_id = crate::ids::delivery_id(now);
+        let created = insert_delivery(
+            conn,
+            tenant_id,
+            &delivery_id,
+            stream_id,
+            event_seq,
+            &event_type,
+            now,
+        )?;
         queued += if created == 1 {
             1
         } else {
