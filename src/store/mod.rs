@@ -63,7 +63,11 @@ pub struct Token {
 pub type TokenHash = [u8; 32];
 
 pub fn hash_token(secret: &str) -> TokenHash {
-    hmac_sha256::Hash::hash(secret.as_bytes())
+    let digest = ring::digest::digest(&ring::digest::SHA256, secret.as_bytes());
+    digest
+        .as_ref()
+        .try_into()
+        .expect("a SHA-256 digest is 32 bytes")
 }
 
 /// One signing secret of a stream. A rotated-out secret keeps an `expires_at`.
