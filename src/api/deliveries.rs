@@ -2,16 +2,12 @@
 //! every attempt, and redeliver one event or every delivery matching a filter.
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{
-    ApiError, ApiQuery, AppState, Caller, Scope, body_error, parse_json, parse_time_param,
-};
+use super::{ApiError, ApiQuery, AppState, Caller, OptionalJsonBody, Scope, parse_time_param};
 use crate::event::format_time;
 use crate::store::{DeliveryFilter, DeliveryStatus, DeliveryView};
 use crate::stream::StreamStatus;
@@ -263,16 +259,9 @@ pub async fn redeliver(
     State(state): State<AppState>,
     caller: Caller,
     Path(stream_id): Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    OptionalJsonBody(request): OptionalJsonBody<BulkRedeliver>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     caller.require(Scope::UpdateEventDeliveries)?;
-    let body = body.map_err(body_error)?;
-    let request: BulkRedeliver = if body.is_empty() {
-        BulkRedeliver::default()
-    } else {
-        parse_json(&headers, &body)?
-    };
     let filter = FilterInput {
         statuses: request.statuses,
         event_types: request.event_types,

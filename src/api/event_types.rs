@@ -2,14 +2,12 @@
 //! types with a JSON Schema for their `data`.
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, ApiQuery, AppState, Caller, Scope, body_error, parse_json};
+use super::{ApiError, ApiQuery, AppState, Caller, JsonBody, Scope};
 use crate::catalog::schema::Schema;
 use crate::catalog::{EventType, is_valid_type_name};
 
@@ -64,11 +62,9 @@ const MAX_SCHEMA_BYTES: usize = 64 * 1024;
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    JsonBody(request): JsonBody<CreateType>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     caller.require(Scope::UpdateEventStreams)?;
-    let request: CreateType = parse_json(&headers, &body.map_err(body_error)?)?;
     if !is_valid_type_name(&request.name) {
         return Err(ApiError::invalid(format!(
             "`{}` is not a valid event type name: lowercase dotted segments such as `invoice.paid`",

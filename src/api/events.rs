@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use axum::extract::Path;
 
 use super::{
-    ApiError, ApiQuery, AppState, Caller, Scope, body_error, json_error, parse_time_param,
+    ApiError, ApiQuery, AppState, Caller, JsonBody, Scope, body_error, json_error, parse_time_param,
 };
 use crate::event::{Event, MAX_BATCH_EVENTS, MAX_EVENT_BYTES, format_time, parse_event};
 use crate::store::{Erase, EventFilter, LoggedEvent, Published};
@@ -317,11 +317,9 @@ pub struct EraseRequest {
 pub async fn erase(
     State(state): State<AppState>,
     caller: Caller,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    JsonBody(request): JsonBody<EraseRequest>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(Scope::UpdateEventDeliveries)?;
-    let request: EraseRequest = super::parse_json(&headers, &body.map_err(body_error)?)?;
     let what = match (request.event_ids, request.subject) {
         (Some(ids), None) if !ids.is_empty() && ids.len() <= 1_000 => Erase::Events(ids),
         (None, Some(subject)) if !subject.is_empty() => Erase::Subject(subject),

@@ -147,7 +147,7 @@ async fn method_not_allowed() -> ApiError {
 
 /// Reads a JSON body, answering `malformed_json` for bad syntax and `invalid_request` (with
 /// serde's description of what was wrong) for the wrong shape.
-pub fn parse_json<T: DeserializeOwned>(headers: &HeaderMap, body: &Bytes) -> Result<T, ApiError> {
+fn parse_json<T: DeserializeOwned>(headers: &HeaderMap, body: &Bytes) -> Result<T, ApiError> {
     if let Some(ct) = headers.get(CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or_default();
         let essence = ct.split(';').next().unwrap_or_default().trim();
@@ -170,6 +170,37 @@ pub fn json_error(err: serde_json::Error) -> ApiError {
             format!("the body is not valid JSON: {err}"),
         ),
         Category::Data => ApiError::invalid(err.to_string()),
+    }
+}
+
+/// A JSON request body, read within the body limit and parsed with the API's errors.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let headers = req.headers().clone();
+        let body = Bytes::from_request(req, state).await.map_err(body_error)?;
+        parse_json(&headers, &body).map(JsonBody)
+    }
+}
+
+/// A JSON body that may be left out entirely (then `T::default()`).
+pub struct OptionalJsonBody<T>(pub T);
+
+impl<T: DeserializeOwned + Default, S: Send + Sync> axum::extract::FromRequest<S>
+    for OptionalJsonBody<T>
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let headers = req.headers().clone();
+        let body = Bytes::from_request(req, state).await.map_err(body_error)?;
+        if body.is_empty() {
+            return Ok(OptionalJsonBody(T::default()));
+        }
+        parse_json(&headers, &body).map(OptionalJsonBody)
     }
 }
 

@@ -2,14 +2,12 @@
 //! stream's signing secret. Shapes follow Auth0's Management API; secrets are write-only.
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, AppState, Caller, Scope, body_error, parse_json};
+use super::{ApiError, AppState, Caller, JsonBody, OptionalJsonBody, Scope};
 use crate::destinations::Destination;
 use crate::destinations::webhook::signing::SigningKey;
 use crate::event::format_time;
@@ -123,12 +121,9 @@ fn given_or_new(given: Option<Secret>, field: &str) -> Result<Secret, ApiError> 
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    JsonBody(request): JsonBody<CreateStream>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     caller.require(Scope::CreateEventStreams)?;
-    let body = body.map_err(body_error)?;
-    let request: CreateStream = parse_json(&headers, &body)?;
     let now = state.clock.now_ms();
     let mut destination = request.destination;
     let given_secret = match &mut destination {
@@ -203,12 +198,9 @@ pub async fn update(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    JsonBody(changes): JsonBody<UpdateStream>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(Scope::UpdateEventStreams)?;
-    let body = body.map_err(body_error)?;
-    let changes: UpdateStream = parse_json(&headers, &body)?;
     let mut stream = load(&state, &caller, &id).await?;
     if let Some(name) = changes.name {
         stream.name = name;
@@ -338,16 +330,9 @@ pub async fn rotate_secret(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    OptionalJsonBody(request): OptionalJsonBody<Rotate>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(Scope::UpdateEventStreams)?;
-    let body = body.map_err(body_error)?;
-    let request: Rotate = if body.is_empty() {
-        Rotate::default()
-    } else {
-        parse_json(&headers, &body)?
-    };
     let secret = given_or_new(request.secret, "secret")?;
     let grace_ms = match request.grace_period_seconds {
         Some(s) if s > MAX_GRACE_SECONDS => {
@@ -398,11 +383,9 @@ pub async fn test(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    JsonBody(request): JsonBody<TestRequest>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(Scope::UpdateEventStreams)?;
-    let request: TestRequest = parse_json(&headers, &body.map_err(body_error)?)?;
     let stream = load(&state, &caller, &id).await?;
     let catalog = state
         .catalogs

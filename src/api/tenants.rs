@@ -2,14 +2,12 @@
 //! create, list, rename or delete tenants.
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, AppState, Caller, DEFAULT_TENANT, Scope, body_error, parse_json};
+use super::{ApiError, AppState, Caller, DEFAULT_TENANT, JsonBody, Scope};
 use crate::event::format_time;
 use crate::store::Tenant;
 
@@ -59,11 +57,9 @@ fn check_name(name: &str) -> Result<(), ApiError> {
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    JsonBody(request): JsonBody<CreateTenant>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     require_platform(&caller)?;
-    let request: CreateTenant = parse_json(&headers, &body.map_err(body_error)?)?;
     check_name(&request.name)?;
     let id = match request.id {
         Some(id) => {
@@ -122,11 +118,9 @@ pub async fn update(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    JsonBody(request): JsonBody<UpdateTenant>,
 ) -> Result<Json<Value>, ApiError> {
     require_platform(&caller)?;
-    let request: UpdateTenant = parse_json(&headers, &body.map_err(body_error)?)?;
     check_name(&request.name)?;
     let tenant = state
         .store

@@ -2,14 +2,12 @@
 //! stored only as a hash. A caller can grant only scopes it holds itself.
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, ApiQuery, AppState, Caller, Scope, body_error, parse_json};
+use super::{ApiError, ApiQuery, AppState, Caller, JsonBody, Scope};
 use crate::event::format_time;
 use crate::store::{Token, hash_token};
 
@@ -58,11 +56,9 @@ fn owner(caller: &Caller, platform: bool) -> Result<Option<&str>, ApiError> {
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    JsonBody(request): JsonBody<CreateToken>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     caller.require(Scope::ManageTokens)?;
-    let request: CreateToken = parse_json(&headers, &body.map_err(body_error)?)?;
     let tenant = owner(&caller, request.platform)?;
     if request.name.trim().is_empty() || request.name.len() > MAX_NAME_LEN {
         return Err(ApiError::invalid(format!(

@@ -211,16 +211,7 @@ async fn a_platform_token_names_its_tenant_and_a_tenant_token_cannot() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body["error"]["code"], "unknown_tenant");
     let mixed = json!([{"type": "user.created", "tenant": "ten_acme"}, {"type": "user.created", "tenant": "ten_default"}]);
-    let (status, _) = app
-        .request(
-            Method::POST,
-            "/v1/events",
-            Some((
-                "application/cloudevents-batch+json",
-                serde_json::to_vec(&mixed).unwrap(),
-            )),
-        )
-        .await;
+    let (status, _) = app.post_batch(&mixed).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 
     let acme = app.tenant_token("ten_acme", &TENANT_SCOPES).await;

@@ -296,16 +296,7 @@ async fn a_hung_endpoint_does_not_delay_other_streams() {
         .await;
 
     let batch: Vec<Value> = (0..200).map(|_| json!({"type": "user.created"})).collect();
-    let (status, _) = app
-        .request(
-            reqwest::Method::POST,
-            "/v1/events",
-            Some((
-                "application/cloudevents-batch+json",
-                serde_json::to_vec(&batch).unwrap(),
-            )),
-        )
-        .await;
+    let (status, _) = app.post_batch(&batch).await;
     assert_eq!(status, 202);
     healthy.wait_for(200).await;
     let at_hung = hung.received().len();

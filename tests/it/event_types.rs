@@ -61,16 +61,7 @@ async fn custom_types_are_listed_subscribed_and_validated_on_publish() {
         {"type": "invoice.paid", "data": {"invoice_id": "a", "amount": {"cents": 1}}},
         {"type": "invoice.paid", "data": {"amount": {"cents": 1}}}
     ]);
-    let (status, body) = app
-        .request(
-            reqwest::Method::POST,
-            "/v1/events",
-            Some((
-                "application/cloudevents-batch+json",
-                serde_json::to_vec(&batch).unwrap(),
-            )),
-        )
-        .await;
+    let (status, body) = app.post_batch(&batch).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["error"]["details"]["index"], 1);
     assert_eq!(body["error"]["details"]["path"], "");

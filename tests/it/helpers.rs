@@ -163,6 +163,17 @@ impl TestApp {
         body["token"].as_str().unwrap().to_string()
     }
 
+    /// Publishes a batch (`application/cloudevents-batch+json`).
+    pub async fn post_batch(&self, events: &impl serde::Serialize) -> (StatusCode, Value) {
+        let body = serde_json::to_vec(events).unwrap();
+        self.request(
+            reqwest::Method::POST,
+            "/v1/events",
+            Some(("application/cloudevents-batch+json", body)),
+        )
+        .await
+    }
+
     /// Publishes one event; panics unless it is accepted.
     pub async fn publish(&self, event: Value) -> Value {
         let (status, body) = self.post("/v1/events", &event).await;

@@ -13,16 +13,7 @@ fn no_retry() -> Value {
 }
 
 async fn publish_batch(app: &TestApp, events: Vec<Value>) {
-    let (status, body) = app
-        .request(
-            reqwest::Method::POST,
-            "/v1/events",
-            Some((
-                "application/cloudevents-batch+json",
-                serde_json::to_vec(&events).unwrap(),
-            )),
-        )
-        .await;
+    let (status, body) = app.post_batch(&events).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
 }
 

@@ -214,12 +214,7 @@ async fn size_limits_are_enforced_with_their_own_codes() {
 
     // The same event inside a batch is refused by index.
     let batch = json!([{"type": "user.created"}, big]);
-    let (status, body) = post_raw(
-        &app,
-        "application/cloudevents-batch+json",
-        serde_json::to_vec(&batch).unwrap(),
-    )
-    .await;
+    let (status, body) = app.post_batch(&batch).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(error_code(&body), "event_too_large");
     assert!(
@@ -230,12 +225,7 @@ async fn size_limits_are_enforced_with_their_own_codes() {
     );
 
     let too_many: Vec<Value> = (0..1001).map(|_| json!({"type": "user.created"})).collect();
-    let (status, body) = post_raw(
-        &app,
-        "application/cloudevents-batch+json",
-        serde_json::to_vec(&too_many).unwrap(),
-    )
-    .await;
+    let (status, body) = app.post_batch(&too_many).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(error_code(&body), "batch_too_large");
 }
@@ -251,12 +241,7 @@ async fn a_batch_is_all_or_nothing() {
         {"id": "b-1", "source": "/s", "type": "user.created"},
         {"id": "b-2", "source": "/s", "type": "no.such.type"},
     ]);
-    let (status, body) = post_raw(
-        &app,
-        "application/cloudevents-batch+json",
-        serde_json::to_vec(&bad).unwrap(),
-    )
-    .await;
+    let (status, body) = app.post_batch(&bad).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(error_code(&body), "unknown_event_type");
     assert!(
@@ -277,12 +262,7 @@ async fn a_batch_is_all_or_nothing() {
     let good: Vec<Value> = (0..1000)
         .map(|i| json!({"id": format!("g-{i}"), "source": "/s", "type": "flow.run.finished"}))
         .collect();
-    let (status, body) = post_raw(
-        &app,
-        "application/cloudevents-batch+json",
-        serde_json::to_vec(&good).unwrap(),
-    )
-    .await;
+    let (status, body) = app.post_batch(&good).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     let events = body["events"].as_array().unwrap();
     assert_eq!(events.len(), 1000);
