@@ -10,4 +10,5 @@ mod openapi;
 mod operations;
 mod publish;
 mod retries;
+mod store;
 mod streams;

@@ -1,0 +1,498 @@
+//! The store conformance suite: what every `Store` must do, run against each backend this
+//! machine offers (the embedded SQLite store always). A new backend joins `backends()`.
+
+use std::sync::Arc;
+
+use herald::destinations::Destination;
+use herald::destinations::webhook::WebhookConfig;
+use herald::event::Event;
+use herald::secret::{Cipher, Secret};
+use herald::store::sqlite::SqliteStore;
+use herald::store::{
+    AttemptRecord, ClaimRequest, DeliveryFilter, DeliveryStatus, SigningSecret, Store, Tenant,
+};
+use herald::stream::{PayloadFormat, RetryPolicy, Stream, StreamStatus, Subscription};
+use serde_json::value::RawValue;
+
+const NOW: i64 = 1_700_000_000_000;
+
+struct Backend {
+    name: &'static str,
+    store: Arc<dyn Store>,
+    _dir: tempfile::TempDir,
+}
+
+async fn backends() -> Vec<Backend> {
+    let dir = tempfile::tempdir().unwrap();
+    let cipher = Cipher::from_base64("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=").unwrap();
+    let store = SqliteStore::open(&dir.path().join("store.sqlite3"), cipher).unwrap();
+    let store: Arc<dyn Store> = Arc::new(store);
+    for tenant in ["ten_a", "ten_b"] {
+        store
+            .create_tenant(Tenant {
+                id: tenant.into(),
+                name: tenant.into(),
+                created_at: NOW,
+            })
+            .await
+            .unwrap();
+    }
+    vec![Backend {
+        name: "sqlite",
+        store,
+        _dir: dir,
+    }]
+}
+
+fn event(id: &str, event_type: &str) -> Event {
+    Event {
+        id: id.into(),
+        source: "/test".into(),
+        event_type: event_type.into(),
+        time: NOW,
+        subject: None,
+        datacontenttype: None,
+        dataschema: None,
+        data: RawValue::from_string("{\"n\":1}".into()).unwrap(),
+        extensions: Default::default(),
+    }
+}
+
+async fn stream(store: &dyn Store, tenant: &str, id: &str, pattern: &str, status: StreamStatus) {
+    let stream = Stream {
+        tenant_id: tenant.into(),
+        id: id.into(),
+        name: id.into(),
+        status,
+        status_reason: None,
+        subscriptions: vec![Subscription {
+            event_type: pattern.into(),
+        }],
+        destination: Destination::Webhook(WebhookConfig::new("https://example.com".into(), None)),
+        payload_format: PayloadFormat::Cloudevents,
+        retry_policy: RetryPolicy::default(),
+        max_consecutive_failures: 0,
+        created_at: NOW,
+        updated_at: NOW,
+    };
+    let secret = SigningSecret {
+        secret: Secret::new(herald::ids::signing_secret()),
+        created_at: NOW,
+        expires_at: None,
+    };
+    store.create_stream(stream, secret).await.unwrap();
+}
+
+fn request(tenant: &str, stream: &str, limit: usize) -> Vec<ClaimRequest> {
+    vec![ClaimRequest {
+        tenant_id: tenant.into(),
+        stream_id: stream.into(),
+        limit,
+    }]
+}
+
+fn outcome(
+    claimed: &herald::store::Claimed,
+    status: DeliveryStatus,
+    next: Option<i64>,
+) -> AttemptRecord {
+    AttemptRecord {
+        key: claimed.key,
+        lease: claimed.lease,
+        tenant_id: claimed.tenant_id.clone(),
+        stream_id: claimed.stream_id.clone(),
+        delivery_id: claimed.id.clone(),
+        event_id: claimed.event.id.clone(),
+        event_type: claimed.event.event_type.clone(),
+        attempt_number: claimed.attempts + 1,
+        attempted_at: NOW,
+        duration_ms: 3,
+        response_status: Some(if status == DeliveryStatus::Succeeded {
+            200
+        } else {
+            500
+        }),
+        response_body: Some("body".into()),
+        error_kind: None,
+        error_message: None,
+        status,
+        next_attempt_at: next,
+        disable_stream: None,
+        max_consecutive_failures: 0,
+    }
+}
+
+#[tokio::test]
+async fn publishing_is_idempotent_per_tenant_source_and_id() {
+    for b in backends().await {
+        let store = &*b.store;
+        stream(store, "ten_a", "est_a", "user.*", StreamStatus::Enabled).await;
+        let first = store
+            .publish("ten_a", vec![event("e1", "user.created")], NOW, None)
+            .await
+            .unwrap();
+        let again = store
+            .publish("ten_a", vec![event("e1", "user.created")], NOW, None)
+            .await
+            .unwrap();
+        let other = store
+            .publish("ten_b", vec![event("e1", "user.created")], NOW, None)
+            .await
+            .unwrap();
+        assert!(
+            !first[0].duplicate && again[0].duplicate && !other[0].duplicate,
+            "{}",
+            b.name
+        );
+        assert_eq!(first[0].streams, ["est_a"], "{}", b.name);
+        assert!(
+            again[0].streams.is_empty() && other[0].streams.is_empty(),
+            "{}",
+            b.name
+        );
+        assert_eq!(
+            store.event_deliveries("ten_a", "e1").await.unwrap().len(),
+            1,
+            "{}",
+            b.name
+        );
+        assert!(
+            store
+                .event_deliveries("ten_b", "e1")
+                .await
+                .unwrap()
+                .is_empty(),
+            "{}",
+            b.name
+        );
+    }
+}
+
+#[tokio::test]
+async fn only_enabled_and_paused_streams_get_deliveries_and_only_enabled_ones_are_leased() {
+    for b in backends().await {
+        let store = &*b.store;
+        stream(store, "ten_a", "est_on", "*", StreamStatus::Enabled).await;
+        stream(store, "ten_a", "est_paused", "*", StreamStatus::Paused).await;
+        stream(store, "ten_a", "est_off", "*", StreamStatus::Disabled).await;
+        stream(store, "ten_a", "est_other", "flow.*", StreamStatus::Enabled).await;
+        let published = store
+            .publish(
+                "ten_a",
+                vec![event("e1", "user.created")],
+                NOW,
+                Some(NOW + 60_000),
+            )
+            .await
+            .unwrap();
+        let mut streams = published[0].streams.clone();
+        streams.sort();
+        assert_eq!(streams, ["est_on", "est_paused"], "{}", b.name);
+        let leased: Vec<_> = published[0]
+            .leased
+            .iter()
+            .map(|c| c.stream_id.as_str())
+            .collect();
+        assert_eq!(leased, ["est_on"], "{}", b.name);
+        // Leased at publish: not claimable until recorded, released or lapsed.
+        let batch = store
+            .claim(request("ten_a", "est_on", 10), NOW, NOW + 60_000)
+            .await
+            .unwrap();
+        assert!(batch[0].deliveries.is_empty(), "{}", b.name);
+    }
+}
+
+#[tokio::test]
+async fn a_claim_is_exclusive_until_recorded_released_or_lapsed() {
+    for b in backends().await {
+        let store = &*b.store;
+        stream(store, "ten_a", "est_a", "*", StreamStatus::Enabled).await;
+        let events = (0..5)
+            .map(|i| event(&format!("e{i}"), "user.created"))
+            .collect();
+        store.publish("ten_a", events, NOW, None).await.unwrap();
+
+        let first = store
+            .claim(request("ten_a", "est_a", 3), NOW, NOW + 1_000)
+            .await
+            .unwrap();
+        assert_eq!(first[0].deliveries.len(), 3, "{}", b.name);
+        assert_eq!(first[0].next_due, Some(NOW), "{}: more is due", b.name);
+        let second = store
+            .claim(request("ten_a", "est_a", 10), NOW, NOW + 1_000)
+            .await
+            .unwrap();
+        assert_eq!(second[0].deliveries.len(), 2, "{}", b.name);
+        assert_eq!(second[0].next_due, None, "{}: nothing else pending", b.name);
+        let keys: std::collections::HashSet<i64> = first[0]
+            .deliveries
+            .iter()
+            .chain(&second[0].deliveries)
+            .map(|d| d.key)
+            .collect();
+        assert_eq!(keys.len(), 5, "{}: no delivery claimed twice", b.name);
+
+        // Released: claimable again at once. Lapsed: claimable after the lease.
+        let released = &first[0].deliveries[0];
+        store
+            .release(vec![(released.key, released.lease)], NOW)
+            .await
+            .unwrap();
+        let again = store
+            .claim(request("ten_a", "est_a", 10), NOW, NOW + 1_000)
+            .await
+            .unwrap();
+        assert_eq!(again[0].deliveries.len(), 1, "{}", b.name);
+        assert_eq!(again[0].deliveries[0].key, released.key, "{}", b.name);
+        let lapsed = store
+            .claim(request("ten_a", "est_a", 10), NOW + 1_001, NOW + 2_000)
+            .await
+            .unwrap();
+        assert_eq!(
+            lapsed[0].deliveries.len(),
+            5,
+            "{}: every lease lapsed",
+            b.name
+        );
+    }
+}
+
+#[tokio::test]
+async fn recorded_outcomes_move_deliveries_through_their_states() {
+    for b in backends().await {
+        let store = &*b.store;
+        stream(store, "ten_a", "est_a", "*", StreamStatus::Enabled).await;
+        let events = ["ok", "retry", "fail"]
+            .iter()
+            .map(|id| event(id, "user.created"))
+            .collect();
+        store.publish("ten_a", events, NOW, None).await.unwrap();
+        let claimed = store
+            .claim(request("ten_a", "est_a", 3), NOW, NOW + 60_000)
+            .await
+            .unwrap();
+        let by_id = |id: &str| {
+            claimed[0]
+                .deliveries
+                .iter()
+                .find(|d| d.event.id == id)
+                .unwrap()
+        };
+        store
+            .record(
+                vec![
+                    outcome(by_id("ok"), DeliveryStatus::Succeeded, None),
+                    outcome(by_id("retry"), DeliveryStatus::Pending, Some(NOW + 10_000)),
+                    outcome(by_id("fail"), DeliveryStatus::Failed, None),
+                ],
+                NOW,
+            )
+            .await
+            .unwrap();
+        let status = |id: &'static str| async move {
+            let d = store.event_deliveries("ten_a", id).await.unwrap().remove(0);
+            (d.status, d.attempts.len(), d.next_attempt_at)
+        };
+        assert_eq!(
+            status("ok").await,
+            (DeliveryStatus::Succeeded, 1, None),
+            "{}",
+            b.name
+        );
+        assert_eq!(
+            status("fail").await,
+            (DeliveryStatus::Failed, 1, None),
+            "{}",
+            b.name
+        );
+        assert_eq!(
+            status("retry").await,
+            (DeliveryStatus::Pending, 1, Some(NOW + 10_000)),
+            "{}",
+            b.name
+        );
+
+        let early = store
+            .claim(request("ten_a", "est_a", 10), NOW + 9_999, NOW + 60_000)
+            .await
+            .unwrap();
+        assert!(early[0].deliveries.is_empty(), "{}: not due yet", b.name);
+        assert_eq!(early[0].next_due, Some(NOW + 10_000), "{}", b.name);
+        let due = store
+            .claim(request("ten_a", "est_a", 10), NOW + 10_000, NOW + 60_000)
+            .await
+            .unwrap();
+        assert_eq!(due[0].deliveries.len(), 1, "{}", b.name);
+        assert_eq!(
+            due[0].deliveries[0].attempts, 1,
+            "{}: one attempt made before",
+            b.name
+        );
+
+        let stats = store
+            .stats("ten_a", "est_a", NOW - 3_600_000, NOW + 3_600_000)
+            .await
+            .unwrap();
+        let total: (u64, u64, u64) = stats.iter().fold((0, 0, 0), |t, r| {
+            (t.0 + r.succeeded, t.1 + r.failed, t.2 + r.attempts)
+        });
+        assert_eq!(total, (1, 1, 3), "{}", b.name);
+    }
+}
+
+#[tokio::test]
+async fn redelivery_requeues_finished_deliveries_with_a_fresh_budget() {
+    for b in backends().await {
+        let store = &*b.store;
+        stream(store, "ten_a", "est_a", "*", StreamStatus::Enabled).await;
+        store
+            .publish("ten_a", vec![event("e1", "user.created")], NOW, None)
+            .await
+            .unwrap();
+        let claimed = store
+            .claim(request("ten_a", "est_a", 1), NOW, NOW + 60_000)
+            .await
+            .unwrap();
+        let d = &claimed[0].deliveries[0];
+        store
+            .record(vec![outcome(d, DeliveryStatus::Failed, None)], NOW)
+            .await
+            .unwrap();
+
+        let filter = DeliveryFilter {
+            statuses: vec![DeliveryStatus::Failed],
+            ..Default::default()
+        };
+        let counted = store
+            .redeliver("ten_a", "est_a", filter.clone(), true, NOW)
+            .await
+            .unwrap();
+        assert_eq!(counted, 1, "{}", b.name);
+        assert_eq!(
+            store
+                .redeliver("ten_a", "est_a", filter, false, NOW)
+                .await
+                .unwrap(),
+            1,
+            "{}",
+            b.name
+        );
+        let again = store
+            .claim(request("ten_a", "est_a", 1), NOW, NOW + 60_000)
+            .await
+            .unwrap();
+        assert_eq!(
+            again[0].deliveries[0].attempts, 0,
+            "{}: a fresh retry budget",
+            b.name
+        );
+        assert_eq!(
+            store
+                .redeliver_event("ten_b", "est_a", "e1", NOW)
+                .await
+                .unwrap(),
+            None,
+            "{}: another tenant's event is unknown",
+            b.name
+        );
+    }
+}
+
+#[tokio::test]
+async fn rows_of_one_tenant_are_invisible_to_another() {
+    for b in backends().await {
+        let store = &*b.store;
+        stream(store, "ten_a", "est_a", "*", StreamStatus::Enabled).await;
+        assert!(
+            store.get_stream("ten_b", "est_a").await.unwrap().is_none(),
+            "{}",
+            b.name
+        );
+        assert!(
+            store.list_streams("ten_b").await.unwrap().is_empty(),
+            "{}",
+            b.name
+        );
+        assert!(
+            !store.delete_stream("ten_b", "est_a", NOW).await.unwrap(),
+            "{}",
+            b.name
+        );
+        assert!(
+            store
+                .signing_secrets("ten_b", "est_a", NOW)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{}",
+            b.name
+        );
+        store
+            .publish("ten_a", vec![event("e1", "user.created")], NOW, None)
+            .await
+            .unwrap();
+        assert!(
+            store
+                .get_event("ten_b", "e1", None)
+                .await
+                .unwrap()
+                .is_none(),
+            "{}",
+            b.name
+        );
+        let d = store
+            .event_deliveries("ten_a", "e1")
+            .await
+            .unwrap()
+            .remove(0);
+        assert!(
+            store.get_delivery("ten_b", &d.id).await.unwrap().is_none(),
+            "{}",
+            b.name
+        );
+        assert!(
+            store.get_delivery("ten_a", &d.id).await.unwrap().is_some(),
+            "{}",
+            b.name
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_rotated_secret_signs_beside_the_new_one_until_it_expires() {
+    for b in backends().await {
+        let store = &*b.store;
+        stream(store, "ten_a", "est_a", "*", StreamStatus::Enabled).await;
+        let new = SigningSecret {
+            secret: Secret::new(herald::ids::signing_secret()),
+            created_at: NOW + 1,
+            expires_at: None,
+        };
+        assert!(
+            store
+                .rotate_secret("ten_a", "est_a", new.clone(), NOW + 1_000)
+                .await
+                .unwrap()
+        );
+        let during = store
+            .signing_secrets("ten_a", "est_a", NOW + 999)
+            .await
+            .unwrap();
+        assert_eq!(during.len(), 2, "{}", b.name);
+        assert_eq!(during[0].secret, new.secret, "{}: newest first", b.name);
+        let after = store
+            .signing_secrets("ten_a", "est_a", NOW + 1_000)
+            .await
+            .unwrap();
+        assert_eq!(after.len(), 1, "{}", b.name);
+        assert!(
+            !store
+                .rotate_secret("ten_a", "est_missing", new, NOW)
+                .await
+                .unwrap(),
+            "{}",
+            b.name
+        );
+    }
+}
