@@ -387,7 +387,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<ClaimBatch>>;
     async fn record(&self, attempts: Vec<AttemptRecord>, now: Millis)
     -> StoreResult<RecordEffects>;
-    /// Gives leased deliveries back (on shutdown): due again at `now`, no attempt counted.
+    /// Gives leased deliveries back unattempted (the dispatcher had no room, or is shutting
+    /// down): claimable again at once, no attempt counted.
     async fn release(&self, leases: Vec<(i64, i64)>, now: Millis) -> StoreResult<()>;
     async fn get_delivery(&self, tenant_id: &str, id: &str) -> StoreResult<Option<DeliveryView>>;
     /// The deliveries of one event, one per stream it went to.

@@ -1,8 +1,9 @@
 //! The embedded store: SQLite in WAL mode. Whatever is acknowledged to a client (a publish, a
 //! stream change) is committed with `synchronous = FULL`, on disk before anyone is told;
-//! the queue's own bookkeeping (leases, attempt outcomes) is committed lazily, surviving a
-//! killed process but not a power cut, where its loss means only a repeated attempt. Writes
-//! go through one writer thread that batches concurrent callers into shared commits (see
+//! attempt outcomes are committed lazily, surviving a killed process but not a power cut,
+//! where their loss means only a repeated attempt. Leases are not written at all: one
+//! process owns the store, so they are kept in memory (see `queue::Leases`). Writes go
+//! through one writer thread that batches concurrent callers into shared commits (see
 //! `writer`); reads use their own connections.
 
 mod log;
