@@ -84,7 +84,8 @@ impl App {
             AddressPolicy::new(config.allow_cidrs.clone()),
             config.delivery_timeout(),
         ));
-        // Outlasts the slowest attempt (the request timeout) with room to record it.
+        // Outlasts the slowest attempt (the request timeout) with room for the time a
+        // delivery waits in its stream's queue and for recording the outcome.
         let lease = config.delivery_timeout() + Duration::from_secs(45);
         let dispatcher = Dispatcher::new(
             store.clone(),

@@ -3,9 +3,11 @@
 //! It keeps, per enabled stream, the attempts in flight, a small queue of leased deliveries
 //! waiting for a slot, and when the stream next has due work. A stream runs at most
 //! `max_in_flight_per_stream` attempts at once (`max_in_flight` in all), so a slow or failing
-//! endpoint fills only its own slots and never delays another stream. Leases are taken in
-//! batches, up to twice a stream's share, and committed before any request is sent; a
-//! finished attempt starts the next queued one without a trip to the store. Outcomes go to
+//! endpoint fills only its own slots and never delays another stream. Deliveries are leased
+//! in batches, up to twice a stream's share, before any request is sent (or arrive leased
+//! from a publish); a finished attempt starts the next queued one without a trip to the
+//! store. A lease lapses if it is never returned, so a lost one delays a delivery but never
+//! drops it. Outcomes go to
 //! the [`recorder`], which stores them in batches. Publishes and stream changes wake the
 //! dispatcher through a [`Signal`]; otherwise it sleeps on the injected clock until the next
 //! due time.
@@ -114,6 +116,9 @@ impl ActiveStream {
 
 struct StreamSlot {
     active: Arc<ActiveStream>,
+    /// No longer enabled: its running attempts finish, nothing more is claimed or started,
+    /// and the slot goes when the last attempt ends.
+    draining: bool,
     in_flight: usize,
     /// Leased deliveries waiting for a free slot.
     queued: VecDeque<Claimed>,
@@ -304,8 +309,9 @@ impl Dispatcher {
             {
                 Ok(secrets) => secrets,
                 Err(e) => {
-                    tracing::error!(error = %e, stream = %stream.id, "loading signing secrets failed");
-                    return false;
+                    // One unreadable stream must not stop the others.
+                    tracing::error!(error = %e, stream = %stream.id, "loading signing secrets failed; the stream is skipped");
+                    continue;
                 }
             };
             let keys = secrets
@@ -320,6 +326,7 @@ impl Dispatcher {
                 id,
                 StreamSlot {
                     active: Arc::new(ActiveStream { stream, keys }),
+                    draining: false,
                     in_flight,
                     queued,
                     // Unknown until asked: a changed stream may have become enabled with a backlog.
@@ -340,6 +347,7 @@ impl Dispatcher {
                 next.insert(
                     id,
                     StreamSlot {
+                        draining: true,
                         next_due: None,
                         ..slot
                     },
@@ -368,6 +376,7 @@ impl Dispatcher {
             let stream = &slot.active.stream;
             let held = slot.in_flight + slot.queued.len();
             if held >= per_stream
+                || slot.draining
                 || stream.status != StreamStatus::Enabled
                 || slot.next_due.is_none_or(|due| due > now)
             {
@@ -384,13 +393,23 @@ impl Dispatcher {
         requests
     }
 
+    /// When to look for due work again, if nothing wakes the dispatcher first. Only streams
+    /// it could claim for count: with no room at all (every slot held, in flight or
+    /// queued), a due stream must wait for an attempt to finish, not spin.
     fn next_wake(&self, now: Millis) -> Millis {
         let poll = now + POLL_INTERVAL.as_millis() as Millis;
+        let room = (2 * self.config.max_in_flight).saturating_sub(self.in_flight + self.queued);
+        if room == 0 {
+            return poll;
+        }
         self.streams
             .values()
-            .filter(|s| s.in_flight + s.queued.len() < self.config.max_in_flight_per_stream)
+            .filter(|s| {
+                !s.draining && s.in_flight + s.queued.len() < self.config.max_in_flight_per_stream
+            })
             .filter_map(|s| s.next_due)
             .fold(poll, Millis::min)
+            .max(now + 1)
     }
 
     /// Takes deliveries leased at publish into their streams' queues while there is room;
@@ -401,14 +420,16 @@ impl Dispatcher {
         let mut streams = HashSet::new();
         for claimed in handed {
             match self.streams.get_mut(&claimed.stream_id) {
-                Some(slot) if slot.in_flight + slot.queued.len() < 2 * per_stream => {
+                Some(slot)
+                    if !slot.draining && slot.in_flight + slot.queued.len() < 2 * per_stream =>
+                {
                     self.leases.insert(claimed.key, claimed.lease);
                     self.queued += 1;
                     streams.insert(claimed.stream_id.clone());
                     slot.queued.push_back(claimed);
                 }
                 slot => {
-                    if let Some(slot) = slot {
+                    if let Some(slot) = slot.filter(|slot| !slot.draining) {
                         slot.next_due = Some(Millis::MIN);
                     }
                     give_back.push((claimed.key, claimed.lease));
@@ -457,15 +478,45 @@ impl Dispatcher {
     }
 
     fn finished(&mut self, done: Done, spawn: &Spawner<'_>) {
+        let global_was_full = self.in_flight >= self.config.max_in_flight;
         self.in_flight = self.in_flight.saturating_sub(1);
         self.leases.remove(&done.key);
         if let Some(slot) = self.streams.get_mut(&done.stream_id) {
             slot.in_flight = slot.in_flight.saturating_sub(1);
+            if slot.draining {
+                if slot.in_flight == 0 {
+                    self.streams.remove(&done.stream_id);
+                }
+                return self.start_any_queued(spawn);
+            }
             if let Some(at) = done.retry_at {
                 slot.next_due = Some(slot.next_due.map_or(at, |due| due.min(at)));
             }
         }
         self.start_queued(&done.stream_id, spawn);
+        if global_was_full {
+            // Other streams may have queued work that waited for a global slot.
+            self.start_any_queued(spawn);
+        }
+    }
+
+    /// Starts queued work of any stream while global slots are free.
+    fn start_any_queued(&mut self, spawn: &Spawner<'_>) {
+        if self.queued == 0 || self.in_flight >= self.config.max_in_flight {
+            return;
+        }
+        let waiting: Vec<String> = self
+            .streams
+            .iter()
+            .filter(|(_, slot)| !slot.queued.is_empty())
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in waiting {
+            if self.in_flight >= self.config.max_in_flight {
+                break;
+            }
+            self.start_queued(&id, spawn);
+        }
     }
 }
 

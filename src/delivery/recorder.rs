@@ -5,7 +5,8 @@
 //! dispatcher's [`Signal`].
 //!
 //! A record not yet stored when the process dies is lost with its attempt's outcome, but not
-//! the delivery: its lease expires and it is attempted again (at-least-once).
+//! the delivery: it is still pending and is attempted again after the restart. A batch the
+//! store refuses is given back the same way (at-least-once).
 
 use std::sync::Arc;
 
@@ -50,6 +51,9 @@ async fn run(
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while records.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let count = batch.len();
+        // Given back if the batch cannot be stored, so the deliveries are claimed again.
+        let leases: Vec<(i64, i64)> = batch.iter().map(|r| (r.key, r.lease)).collect();
+        let streams: Vec<String> = batch.iter().map(|r| r.stream_id.clone()).collect();
         // Streams with retries scheduled: once stored, the dispatcher learns their due times.
         let retrying: Vec<String> = batch
             .iter()
@@ -69,8 +73,13 @@ async fn run(
                 }
                 signal.wake(effects.woken_streams.iter().chain(&retrying));
             }
-            // The leases expire and the deliveries are attempted again.
-            Err(e) => tracing::error!(error = %e, count, "recording attempts failed"),
+            Err(e) => {
+                tracing::error!(error = %e, count, "recording attempts failed; they will be attempted again");
+                if let Err(e) = store.release(leases, clock.now_ms()).await {
+                    tracing::error!(error = %e, "releasing unrecorded deliveries failed; their leases lapse");
+                }
+                signal.wake(streams.iter());
+            }
         }
     }
 }

@@ -336,3 +336,28 @@ impl TestApp {
         self.clock.now_ms().div_euclid(1000)
     }
 }
+
+/// Regression: with every global slot taken by one stream, another stream's queued work used
+/// to wait forever once those slots freed, since only the finishing stream was restarted.
+#[tokio::test]
+async fn queued_work_starts_when_global_slots_free_up() {
+    let app = spawn_app_with(|config| {
+        config.max_in_flight = 2;
+        config.max_in_flight_per_stream = 2;
+    })
+    .await;
+    let slow = Receiver::start().await;
+    slow.always(Reply::status(200).delayed(Duration::from_millis(200)));
+    let fast = Receiver::start().await;
+    app.create_stream(&slow.url, &["user.created"], json!({}))
+        .await;
+    app.create_stream(&fast.url, &["user.deleted"], json!({}))
+        .await;
+
+    let mut events: Vec<Value> = (0..4).map(|_| json!({"type": "user.created"})).collect();
+    events.extend((0..3).map(|_| json!({"type": "user.deleted"})));
+    let (status, _) = app.post_batch(&events).await;
+    assert_eq!(status, 202);
+    fast.wait_for(3).await;
+    slow.wait_for(4).await;
+}

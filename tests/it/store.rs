@@ -224,7 +224,12 @@ async fn a_claim_is_exclusive_until_recorded_released_or_lapsed() {
             .await
             .unwrap();
         assert_eq!(second[0].deliveries.len(), 2, "{}", b.name);
-        assert_eq!(second[0].next_due, None, "{}: nothing else pending", b.name);
+        assert_eq!(
+            second[0].next_due,
+            Some(NOW + 1_000),
+            "{}: nothing else pending but the leased ones, due again when their leases lapse",
+            b.name
+        );
         let keys: std::collections::HashSet<i64> = first[0]
             .deliveries
             .iter()

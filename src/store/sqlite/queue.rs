@@ -22,8 +22,6 @@ use crate::store::{
 };
 
 /// Stores `events` and a pending delivery for each stream subscribed to them that is enabled
-/// or paused (a paused stream keeps its deliveries until it is enabled again).
-/// Stores `events` and a pending delivery for each stream subscribed to them that is enabled
 /// or paused (a paused stream keeps its deliveries until it is enabled again). With `lease`,
 /// the deliveries to enabled streams are leased until its expiry and returned.
 pub fn publish(
@@ -179,8 +177,19 @@ impl Leases {
         }
     }
 
-    pub fn is_leased(&self, key: i64, now: Millis) -> bool {
-        self.held.get(&key).is_some_and(|(_, until)| *until > now)
+    /// When the lease on `key` lapses, if it is held and has not lapsed by `now`.
+    fn held_until(&self, key: i64, now: Millis) -> Option<Millis> {
+        self.held
+            .get(&key)
+            .map(|(_, until)| *until)
+            .filter(|until| *until > now)
+    }
+
+    /// Forgets `key`'s lease if it lapsed by `now`.
+    fn prune(&mut self, key: i64, now: Millis) {
+        if self.held.get(&key).is_some_and(|(_, until)| *until <= now) {
+            self.give_back(key);
+        }
     }
 }
 
@@ -210,14 +219,19 @@ pub fn claim(
         let mut next_due = None;
         let mut rows =
             select.query(params![request.tenant_id, request.stream_id, window as i64])?;
+        let mut lapsed = Vec::new();
         while let Some(row) = rows.next()? {
             let key: i64 = row.get(0)?;
-            if leases.is_leased(key, now) {
+            if let Some(until) = leases.held_until(key, now) {
+                // Under way: due again only if its lease lapses.
+                next_due = Some(next_due.map_or(until, |due: Millis| due.min(until)));
                 continue;
             }
+            lapsed.push(key);
             let due_at: Millis = row.get(3)?;
             if due_at > now || deliveries.len() == request.limit {
-                next_due = Some(due_at.max(now));
+                let due = due_at.max(now);
+                next_due = Some(next_due.map_or(due, |d: Millis| d.min(due)));
                 break;
             }
             deliveries.push(Claimed {
@@ -231,6 +245,9 @@ pub fn claim(
             });
         }
         drop(rows);
+        for key in lapsed {
+            leases.prune(key, now);
+        }
         for d in &deliveries {
             leases.take(&request.stream_id, d.key, lease_until);
         }
@@ -260,7 +277,7 @@ pub fn record(
     let mut update = conn.prepare_cached(
         "UPDATE deliveries SET status = ?2, attempts = attempts + 1, due_at = ?3, \
          last_attempt_at = ?4, last_response_status = ?5, last_error_kind = ?6, updated_at = ?7 \
-         WHERE seq = ?1 AND status = 'pending'",
+         WHERE seq = ?1 AND tenant_id = ?8 AND id = ?9 AND status = 'pending'",
     )?;
     // A success clears the run of failures, writing the stream's row only if there was one.
     let mut healthy = conn.prepare_cached(
@@ -296,7 +313,9 @@ pub fn record(
             r.attempted_at,
             r.response_status,
             r.error_kind,
-            now
+            now,
+            r.tenant_id,
+            r.delivery_id
         ])? == 1;
         if !owned {
             continue;
@@ -438,10 +457,15 @@ const REQUEUE: &str = "status = 'pending', due_at = ?, round_start = attempts, u
 
 /// The leased deliveries of a stream as a JSON array, for `d.seq NOT IN (SELECT value FROM
 /// json_each(?))`.
-fn leased_json(leases: &Leases, stream_id: &str) -> String {
+fn leased_json(leases: &Leases, stream_id: &str, now: Millis) -> String {
     let keys: Vec<i64> = leases
         .of_stream(stream_id)
-        .map(|keys| keys.iter().copied().collect())
+        .map(|keys| {
+            keys.iter()
+                .copied()
+                .filter(|key| leases.held_until(*key, now).is_some())
+                .collect()
+        })
         .unwrap_or_default();
     serde_json::to_string(&keys).expect("integers serialise")
 }
@@ -482,7 +506,7 @@ pub fn redeliver_event(
                     "UPDATE deliveries AS d SET {REQUEUE} \
                      WHERE d.tenant_id = ? AND d.event_seq = ? AND d.stream_id = ? AND {NOT_IN_FLIGHT}"
                 ),
-                params![now, now, tenant_id, event_seq, stream_id, leased_json(leases, stream_id)],
+                params![now, now, tenant_id, event_seq, stream_id, leased_json(leases, stream_id, now)],
             )?
         } as u64;
     }
@@ -509,7 +533,7 @@ pub fn redeliver(
     values.push(SqlValue::Text(tenant_id.into()));
     values.push(SqlValue::Text(stream_id.into()));
     let conditions = filter_sql(filter, &mut values);
-    values.push(SqlValue::Text(leased_json(leases, stream_id)));
+    values.push(SqlValue::Text(leased_json(leases, stream_id, now)));
     let sql = format!("{head} d.tenant_id = ? AND d.stream_id = ?{conditions} AND {NOT_IN_FLIGHT}");
     let count = if dry_run {
         conn.query_row(&sql, params_from_iter(values), |r| r.get::<_, i64>(0))? as u64

@@ -28,8 +28,8 @@ pub enum Durability {
     Synced,
     /// Written to the WAL, synced with the next synced commit or checkpoint
     /// (`synchronous = NORMAL`). Survives the process being killed, not the machine losing
-    /// power; for bookkeeping whose loss only means a delivery is attempted again (leases,
-    /// attempt outcomes).
+    /// power; for bookkeeping whose loss only means a delivery is attempted again (attempt
+    /// outcomes).
     Lazy,
 }
 
