@@ -54,7 +54,7 @@ CREATE INDEX stream_secrets_by_stream ON stream_secrets (tenant_id, stream_id);
 -- a no-op. `projectid` and `userid` repeat the extension attributes of those names so the log
 -- can be queried by them; `erased_at` marks an event whose payload was erased.
 CREATE TABLE events (
-    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq             INTEGER PRIMARY KEY,
     tenant_id       TEXT NOT NULL,
     id              TEXT NOT NULL,
     source          TEXT NOT NULL,
@@ -81,10 +81,10 @@ CREATE INDEX events_by_user ON events (tenant_id, userid, seq) WHERE userid IS N
 -- One row per (event, stream). While pending, `due_at` is when it may next be attempted.
 -- Which deliveries are being attempted right now is kept in memory by the one process that
 -- owns the store, so a claim writes nothing. `attempts` counts every attempt ever made; a
--- redelivery starts a new round of the retry policy at `round_start`. AUTOINCREMENT: a key
--- is never reused, so an outcome can never land on a delivery that replaced a deleted one.
+-- redelivery starts a new round of the retry policy at `round_start`. A `seq` freed by a
+-- delete may be reused, so outcomes are matched on the delivery's tenant and id as well.
 CREATE TABLE deliveries (
-    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq        INTEGER PRIMARY KEY,
     tenant_id  TEXT NOT NULL,
     id         TEXT NOT NULL,
     stream_id  TEXT NOT NULL,
