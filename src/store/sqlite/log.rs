@@ -122,6 +122,8 @@ pub fn erase(conn: &Connection, tenant_id: &str, what: &Erase, now: Millis) -> S
     Ok(count as u64)
 }
 
+/// Walks events and attempts in insertion order, oldest first: they were received in that
+/// order, so the old rows come first and no index on the times is needed.
 pub fn sweep(
     conn: &Connection,
     events_before: Option<Millis>,
@@ -135,7 +137,7 @@ pub fn sweep(
                 "SELECT e.seq, e.tenant_id FROM events e WHERE e.received_at < ?1 \
                  AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.tenant_id = e.tenant_id \
                  AND d.event_seq = e.seq AND d.status = 'pending') \
-                 ORDER BY e.received_at LIMIT ?2",
+                 ORDER BY e.seq LIMIT ?2",
             )?
             .query_map(params![cutoff, limit as i64], |r| {
                 Ok((r.get(0)?, r.get(1)?))
@@ -162,7 +164,7 @@ pub fn sweep(
     if let Some(cutoff) = bodies_before {
         swept.bodies = conn.execute(
             "UPDATE attempts SET response_body = NULL WHERE seq IN (SELECT seq FROM attempts \
-             WHERE attempted_at < ?1 AND response_body IS NOT NULL LIMIT ?2)",
+             WHERE attempted_at < ?1 AND response_body IS NOT NULL ORDER BY seq LIMIT ?2)",
             params![cutoff, limit as i64],
         )? as u64;
     }
