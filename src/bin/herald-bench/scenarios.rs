@@ -115,6 +115,20 @@ fn sample_body() -> Vec<u8> {
     serde_json::to_vec(&e).unwrap()
 }
 
+/// Posts one publish request and insists it is accepted.
+async fn publish(http: &reqwest::Client, base: &str, content_type: &str, body: Vec<u8>) {
+    let response = http
+        .post(format!("{base}/v1/events"))
+        .bearer_auth(crate::target::TOKEN)
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .expect("herald answers");
+    let status = response.status();
+    assert_eq!(status, 202, "{}", response.text().await.unwrap_or_default());
+}
+
 /// Publishes events `range` in batches of `batch` with `concurrency` requests in flight.
 async fn publish_batches(
     herald: &Herald,
@@ -147,15 +161,7 @@ async fn publish_batches(
                 for n in first..last {
                     clock.mark_published(n);
                 }
-                let response = http
-                    .post(format!("{base}/v1/events"))
-                    .bearer_auth(crate::target::TOKEN)
-                    .header("content-type", "application/cloudevents-batch+json")
-                    .body(body)
-                    .send()
-                    .await
-                    .expect("herald answers");
-                assert_eq!(response.status(), 202, "{}", response.text().await.unwrap());
+                publish(&http, &base, "application/cloudevents-batch+json", body).await;
             }
         }));
     }
@@ -292,15 +298,7 @@ pub async fn s2(size: Size) -> Outcome {
                 let body = serde_json::to_vec(&event(n, "flow.run.finished")).unwrap();
                 let sent = Instant::now();
                 clock.mark_published(n);
-                let response = http
-                    .post(format!("{base}/v1/events"))
-                    .bearer_auth(crate::target::TOKEN)
-                    .header("content-type", "application/cloudevents+json")
-                    .body(body)
-                    .send()
-                    .await
-                    .expect("herald answers");
-                assert_eq!(response.status(), 202);
+                publish(&http, &base, "application/cloudevents+json", body).await;
                 mine.push(sent.elapsed().as_micros() as u64);
             }
             acks.lock().unwrap().extend(mine);
@@ -353,15 +351,7 @@ async fn steady(
             let (clock, http, base) = (clock.clone(), herald.http.clone(), herald.base.clone());
             tokio::spawn(async move {
                 clock.mark_published(n);
-                let response = http
-                    .post(format!("{base}/v1/events"))
-                    .bearer_auth(crate::target::TOKEN)
-                    .header("content-type", "application/cloudevents+json")
-                    .body(body)
-                    .send()
-                    .await
-                    .expect("herald answers");
-                assert_eq!(response.status(), 202);
+                publish(&http, &base, "application/cloudevents+json", body).await;
                 drop(permit);
             });
             n += 1;
