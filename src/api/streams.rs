@@ -14,7 +14,7 @@ use crate::event::format_time;
 use crate::ids;
 use crate::notices;
 use crate::secret::Secret;
-use crate::store::{SigningSecret, StreamUpdate};
+use crate::store::{SigningSecret, StreamUpdate, signing_keys};
 use crate::stream::{self, PayloadFormat, RetryPolicy, Stream, StreamStatus, Subscription};
 
 #[derive(Deserialize)]
@@ -426,13 +426,12 @@ pub async fn test(
         data,
         extensions,
     };
-    let keys: Vec<SigningKey> = state
-        .store
-        .signing_secrets(&caller.tenant_id, &id, now)
-        .await?
-        .iter()
-        .filter_map(|s| SigningKey::parse(&s.secret).ok())
-        .collect();
+    let keys = signing_keys(
+        &state
+            .store
+            .signing_secrets(&caller.tenant_id, &id, now)
+            .await?,
+    );
     let delivery_id = ids::delivery_id(now);
     let report = state
         .destinations
