@@ -16,7 +16,8 @@ use crate::secret::Secret;
 pub const DEFAULT_CONFIG: &str = include_str!("../config/herald.default.toml");
 
 /// The settled configuration of one `herald serve`.
-#[derive(Clone, Deserialize)]
+/// `Debug` is safe to log: the secrets are `Secret`s, whose `Debug` is redacted.
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub listen: SocketAddr,
@@ -34,22 +35,6 @@ pub struct Config {
     pub shutdown_grace_seconds: u64,
     pub event_retention_days: u64,
     pub response_body_retention_days: u64,
-}
-
-impl std::fmt::Debug for Config {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Config")
-            .field("listen", &self.listen)
-            .field("data_dir", &self.data_dir)
-            .field("allow_http", &self.allow_http)
-            .field("allow_cidrs", &self.allow_cidrs)
-            .field("admin_token", &self.admin_token)
-            .field("secret_key", &self.secret_key)
-            .field("delivery_timeout_seconds", &self.delivery_timeout_seconds)
-            .field("max_in_flight", &self.max_in_flight)
-            .field("max_in_flight_per_stream", &self.max_in_flight_per_stream)
-            .finish_non_exhaustive()
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -215,6 +200,14 @@ mod tests {
         assert!(!config.allow_http);
         assert!(config.allow_cidrs.is_empty());
         assert_eq!(config.delivery_timeout(), Duration::from_secs(15));
+    }
+
+    #[test]
+    fn debug_output_redacts_secrets() {
+        let mut config = Config::defaults();
+        config.admin_token = Some(Secret::new("hrd_do_not_log_this_token"));
+        let shown = format!("{config:?}");
+        assert!(shown.contains("listen") && !shown.contains("do_not_log"), "{shown}");
     }
 
     #[test]
