@@ -207,7 +207,10 @@ mod tests {
         let mut config = Config::defaults();
         config.admin_token = Some(Secret::new("hrd_do_not_log_this_token"));
         let shown = format!("{config:?}");
-        assert!(shown.contains("listen") && !shown.contains("do_not_log"), "{shown}");
+        assert!(
+            shown.contains("listen") && !shown.contains("do_not_log"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -7,13 +7,12 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, ApiQuery, AppState, Caller, OptionalJsonBody, Scope, parse_time_param};
+use super::{
+    ApiError, ApiQuery, AppState, Caller, OptionalJsonBody, Scope, paging, parse_time_param,
+};
 use crate::event::format_time;
 use crate::store::{DeliveryFilter, DeliveryStatus, DeliveryView};
 use crate::stream::StreamStatus;
-
-pub const MAX_TAKE: usize = 100;
-pub const DEFAULT_TAKE: usize = 50;
 
 pub fn view(d: &DeliveryView) -> Value {
     let mut v = json!({
@@ -117,26 +116,6 @@ fn split(list: Option<String>) -> Vec<String> {
             .collect()
     })
     .unwrap_or_default()
-}
-
-/// `take` within 1..=MAX_TAKE, and the cursor from `from`.
-pub fn paging(take: Option<usize>, from: Option<&str>) -> Result<(usize, Option<i64>), ApiError> {
-    let take = take.unwrap_or(DEFAULT_TAKE);
-    if !(1..=MAX_TAKE).contains(&take) {
-        return Err(ApiError::invalid(format!(
-            "`take` must be between 1 and {MAX_TAKE}"
-        )));
-    }
-    let cursor = from
-        .filter(|c| !c.is_empty())
-        .map(|c| {
-            c.parse::<i64>()
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| ApiError::invalid("`from` is not a cursor returned as `next`"))
-        })
-        .transpose()?;
-    Ok((take, cursor))
 }
 
 async fn load_stream(

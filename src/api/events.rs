@@ -239,7 +239,7 @@ pub async fn list(
     ApiQuery(query): ApiQuery<LogQuery>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(Scope::ReadEvents)?;
-    let (take, before) = super::deliveries::paging(query.take, query.from.as_deref())?;
+    let (take, before) = super::paging(query.take, query.from.as_deref())?;
     let time = |field: &str, v: &Option<String>| {
         v.as_deref().map(|v| parse_time_param(field, v)).transpose()
     };

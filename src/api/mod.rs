@@ -220,6 +220,30 @@ impl<T: DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S> for
     }
 }
 
+/// Most items one page of a listing holds, and how many when the caller does not say.
+pub const MAX_TAKE: usize = 100;
+pub const DEFAULT_TAKE: usize = 50;
+
+/// `take` within 1..=MAX_TAKE, and the cursor from `from`.
+pub fn paging(take: Option<usize>, from: Option<&str>) -> Result<(usize, Option<i64>), ApiError> {
+    let take = take.unwrap_or(DEFAULT_TAKE);
+    if !(1..=MAX_TAKE).contains(&take) {
+        return Err(ApiError::invalid(format!(
+            "`take` must be between 1 and {MAX_TAKE}"
+        )));
+    }
+    let cursor = from
+        .filter(|c| !c.is_empty())
+        .map(|c| {
+            c.parse::<i64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| ApiError::invalid("`from` is not a cursor returned as `next`"))
+        })
+        .transpose()?;
+    Ok((take, cursor))
+}
+
 /// Parses an RFC 3339 time parameter named `field`.
 pub fn parse_time_param(field: &str, value: &str) -> Result<crate::clock::Millis, ApiError> {
     crate::event::parse_time(value).ok_or_else(|| {

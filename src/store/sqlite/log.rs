@@ -60,17 +60,7 @@ pub fn list_events(
          WHERE e.tenant_id = ?{sql} ORDER BY e.seq DESC LIMIT ?"
     ))?;
     let mut rows = stmt.query(params_from_iter(values))?;
-    let mut items = Vec::new();
-    let mut last = None;
-    while let Some(row) = rows.next()? {
-        let (seq, logged) = logged_from_row(row)?;
-        if items.len() == take {
-            return Ok(Page { items, next: last });
-        }
-        last = Some(seq);
-        items.push(logged);
-    }
-    Ok(Page { items, next: None })
+    super::page_of(&mut rows, take, logged_from_row)
 }
 
 pub fn get_event(

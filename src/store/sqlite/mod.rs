@@ -285,18 +285,28 @@ fn list_deliveries(
          WHERE d.tenant_id = ? AND d.stream_id = ?{conditions} ORDER BY d.seq DESC LIMIT ?"
     ))?;
     let mut rows = stmt.query(rusqlite::params_from_iter(values))?;
-    let mut items = Vec::new();
+    page_of(&mut rows, take, delivery_from_row)
+}
+
+/// Reads a page from rows ordered newest first by `seq`, of a query that asked for `take + 1`
+/// rows: an extra row means there is a next page, which starts after the last one kept.
+fn page_of<T>(
+    rows: &mut rusqlite::Rows<'_>,
+    take: usize,
+    read: impl Fn(&Row) -> StoreResult<(i64, T)>,
+) -> StoreResult<Page<T>> {
+    let mut items = Vec::with_capacity(take);
     let mut last_seq = None;
     while let Some(row) = rows.next()? {
-        let (seq, view) = delivery_from_row(row)?;
         if items.len() == take {
             return Ok(Page {
                 items,
                 next: last_seq,
             });
         }
+        let (seq, item) = read(row)?;
         last_seq = Some(seq);
-        items.push(view);
+        items.push(item);
     }
     Ok(Page { items, next: None })
 }
