@@ -399,17 +399,25 @@ pub fn latency_bucket(duration_ms: i64) -> usize {
         .unwrap_or(LATENCY_BOUNDS_MS.len())
 }
 
+/// The rollup upsert for each latency bucket, built once: it runs for every attempt.
+static ROLLUP_SQL: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+    (0..=LATENCY_BOUNDS_MS.len())
+        .map(|bucket| {
+            format!(
+                "INSERT INTO stream_stats (tenant_id, stream_id, hour, event_type, succeeded, failed, \
+                 attempts, failed_attempts, l{bucket}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, 1) \
+                 ON CONFLICT (tenant_id, stream_id, hour, event_type) DO UPDATE SET \
+                 succeeded = succeeded + excluded.succeeded, failed = failed + excluded.failed, \
+                 attempts = attempts + 1, failed_attempts = failed_attempts + excluded.failed_attempts, \
+                 l{bucket} = l{bucket} + 1"
+            )
+        })
+        .collect()
+});
+
 fn add_to_rollup(conn: &Connection, r: &AttemptRecord) -> rusqlite::Result<()> {
-    let bucket = latency_bucket(r.duration_ms);
-    let sql = format!(
-        "INSERT INTO stream_stats (tenant_id, stream_id, hour, event_type, succeeded, failed, \
-         attempts, failed_attempts, l{bucket}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, 1) \
-         ON CONFLICT (tenant_id, stream_id, hour, event_type) DO UPDATE SET \
-         succeeded = succeeded + excluded.succeeded, failed = failed + excluded.failed, \
-         attempts = attempts + 1, failed_attempts = failed_attempts + excluded.failed_attempts, \
-         l{bucket} = l{bucket} + 1"
-    );
-    conn.prepare_cached(&sql)?.execute(params![
+    let sql = &ROLLUP_SQL[latency_bucket(r.duration_ms)];
+    conn.prepare_cached(sql)?.execute(params![
         r.tenant_id,
         r.stream_id,
         r.attempted_at.div_euclid(HOUR_MS) * HOUR_MS,
