@@ -19,6 +19,8 @@ use crate::destinations::{DestinationPolicy, Destinations};
 use crate::net::ssrf::AddressPolicy;
 use crate::retention::{self, Retention};
 use crate::secret::Cipher;
+use crate::config::Role;
+use crate::store::postgres::{self, Notice, PgStore};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, Tenant, Token, hash_token};
 
@@ -44,8 +46,12 @@ pub enum StartupError {
 
 pub struct App {
     listener: TcpListener,
+    role: Role,
     state: AppState,
-    dispatcher: Dispatcher,
+    /// Absent on an API-only node.
+    dispatcher: Option<Dispatcher>,
+    /// The shared store's connection settings, to listen for other nodes' notifications.
+    listen: Option<tokio_postgres::Config>,
     retention: Retention,
     new_admin_token: Option<String>,
 }
@@ -61,7 +67,18 @@ impl App {
             None => Cipher::load_or_create(&config.data_dir.join("secret.key"))?,
         };
         let now = clock.now_ms();
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.database_path(), cipher)?);
+        let (store, listen): (Arc<dyn Store>, _) = match &config.database_url {
+            Some(url) => {
+                let store =
+                    PgStore::connect(url.expose(), cipher, config.database_max_connections).await?;
+                let listen = config.role.delivers().then(|| postgres::parse_url(url.expose()));
+                (Arc::new(store), listen.transpose()?)
+            }
+            None => (
+                Arc::new(SqliteStore::open(&config.database_path(), cipher)?),
+                None,
+            ),
+        };
         store
             .create_tenant(Tenant {
                 id: DEFAULT_TENANT.into(),
@@ -87,18 +104,21 @@ impl App {
         // Outlasts the slowest attempt (the request timeout) with room for the time a
         // delivery waits in its stream's queue and for recording the outcome.
         let lease = config.delivery_timeout() + Duration::from_secs(45);
-        let dispatcher = Dispatcher::new(
-            store.clone(),
-            clock.clone(),
-            destinations.clone(),
-            signal.clone(),
-            DispatchConfig {
-                max_in_flight: config.max_in_flight,
-                max_in_flight_per_stream: config.max_in_flight_per_stream,
-                lease,
-                shutdown_grace: config.shutdown_grace(),
-            },
-        );
+        let dispatcher = config.role.delivers().then(|| {
+            Dispatcher::new(
+                store.clone(),
+                clock.clone(),
+                destinations.clone(),
+                signal.clone(),
+                DispatchConfig {
+                    max_in_flight: config.max_in_flight,
+                    max_in_flight_per_stream: config.max_in_flight_per_stream,
+                    lease,
+                    shutdown_grace: config.shutdown_grace(),
+                    shared: config.database_url.is_some(),
+                },
+            )
+        });
         let state = AppState {
             store,
             destinations,
@@ -110,13 +130,18 @@ impl App {
                 allow_http: config.allow_http,
             },
             secret_rotation_grace_ms: config.secret_rotation_grace_seconds as i64 * 1000,
-            delivery_lease_ms: lease.as_millis() as i64,
+            delivery_lease_ms: config
+                .role
+                .delivers()
+                .then(|| lease.as_millis() as i64),
             max_request_bytes: config.max_request_bytes,
         };
         Ok(App {
             listener,
+            role: config.role,
             state,
             dispatcher,
+            listen,
             retention: Retention {
                 event_days: config.event_retention_days,
                 response_body_days: config.response_body_retention_days,
@@ -139,27 +164,38 @@ impl App {
     /// Serves until `shutdown` is cancelled: then stops accepting, finishes the requests under
     /// way, and lets the dispatcher finish or release its in-flight deliveries.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
-        let dispatcher = tokio::spawn(self.dispatcher.run(shutdown.clone()));
-        let sweeper = tokio::spawn(retention::run(
-            self.state.store.clone(),
-            self.state.clock.clone(),
-            self.retention,
-            shutdown.clone(),
-        ));
+        let tasks = tokio_util::task::TaskTracker::new();
+        if let Some(dispatcher) = self.dispatcher {
+            tasks.spawn(dispatcher.run(shutdown.clone()));
+            tasks.spawn(retention::run(
+                self.state.store.clone(),
+                self.state.clock.clone(),
+                self.retention,
+                shutdown.clone(),
+            ));
+        }
+        if let Some(config) = self.listen {
+            let signal = self.state.signal.clone();
+            let wake = move |notice| match notice {
+                Notice::Due(stream_id) => signal.wake([&stream_id]),
+                Notice::StreamsChanged => signal.streams_changed(),
+            };
+            tasks.spawn(postgres::listen(config, wake, shutdown.clone()));
+        }
+        tasks.close();
         let store = self.state.store.clone();
-        let router = api::router(self.state);
-        tracing::info!(addr = %self.listener.local_addr()?, "herald is listening");
+        let router = if self.role.serves_api() {
+            api::router(self.state)
+        } else {
+            api::health_router(self.state)
+        };
+        tracing::info!(addr = %self.listener.local_addr()?, role = ?self.role, "herald is listening");
         let served = axum::serve(self.listener, router)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await;
         // The server can also end on its own (a listener error): stop the dispatcher too.
         shutdown.cancel();
-        if let Err(e) = dispatcher.await {
-            tracing::error!(error = %e, "the dispatcher ended abnormally");
-        }
-        if let Err(e) = sweeper.await {
-            tracing::error!(error = %e, "the retention sweeper ended abnormally");
-        }
+        tasks.wait().await;
         store.close().await;
         served
     }

@@ -13,6 +13,9 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::secret::Secret;
 
+/// The embedded store's file in the data directory.
+pub const DATABASE_FILE: &str = "herald.sqlite3";
+
 pub const DEFAULT_CONFIG: &str = include_str!("../config/herald.default.toml");
 
 /// The settled configuration of one `herald serve`.
@@ -22,6 +25,10 @@ pub const DEFAULT_CONFIG: &str = include_str!("../config/herald.default.toml");
 pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
+    /// A `postgres://` URL selects the shared store; unset, the embedded one in `data_dir`.
+    pub database_url: Option<Secret>,
+    pub database_max_connections: usize,
+    pub role: Role,
     pub allow_http: bool,
     #[serde(deserialize_with = "cidr_list")]
     pub allow_cidrs: Vec<IpNet>,
@@ -35,6 +42,28 @@ pub struct Config {
     pub shutdown_grace_seconds: u64,
     pub event_retention_days: u64,
     pub response_body_retention_days: u64,
+}
+
+/// What a node does: serve the API, deliver, or both. Only a shared database can be split.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The HTTP API and delivery.
+    All,
+    /// The HTTP API only: published deliveries are left for the worker nodes.
+    Api,
+    /// Delivery only: the HTTP listener answers `/healthz` and `/readyz` alone.
+    Worker,
+}
+
+impl Role {
+    pub fn serves_api(self) -> bool {
+        self != Role::Worker
+    }
+
+    pub fn delivers(self) -> bool {
+        self != Role::Api
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +81,14 @@ pub struct Overrides {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
+    /// PostgreSQL URL of a shared store, instead of the embedded one [env: HERALD_DATABASE_URL]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
+    /// What this node does [env: HERALD_ROLE] [default: all]
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
     /// Allow http:// webhook endpoints (development only) [env: HERALD_ALLOW_HTTP]
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -119,11 +156,28 @@ impl Config {
             ("max_in_flight", self.max_in_flight),
             ("max_in_flight_per_stream", self.max_in_flight_per_stream),
             ("max_request_bytes", self.max_request_bytes),
+            ("database_max_connections", self.database_max_connections),
         ];
         for (key, value) in positive {
             if value == 0 {
                 return Err(ConfigError(format!("`{key}` must be greater than 0")));
             }
+        }
+        match &self.database_url {
+            Some(url) if !is_postgres_url(url.expose()) => {
+                return Err(ConfigError(
+                    "`database_url` must be a PostgreSQL URL (postgres://user@host/database)"
+                        .into(),
+                ));
+            }
+            None if self.role != Role::All => {
+                return Err(ConfigError(
+                    "`role` api or worker needs a shared database: set `database_url` to a \
+                     postgres:// URL (the embedded store belongs to one process)"
+                        .into(),
+                ));
+            }
+            _ => {}
         }
         if let Some(token) = &self.admin_token
             && token.expose().len() < 16
@@ -144,8 +198,12 @@ impl Config {
     }
 
     pub fn database_path(&self) -> PathBuf {
-        self.data_dir.join("herald.sqlite3")
+        self.data_dir.join(DATABASE_FILE)
     }
+}
+
+fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
 /// Every key of the default file, plus the keys it documents in comments.

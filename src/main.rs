@@ -1,11 +1,13 @@
 //! The `herald` command: parses the command line and hands over to the library.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use herald::config::Overrides;
+use herald::secret::Cipher;
+use herald::store::postgres::PgStore;
 use herald::{App, Config};
 use tokio_util::sync::CancellationToken;
 
@@ -27,13 +29,32 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the server on the embedded store.
+    /// Run the server: on the embedded store, or with --database-url on PostgreSQL.
     Serve {
         /// Configuration file [default: ./herald.toml, if present]
         #[arg(long, env = "HERALD_CONFIG")]
         config: Option<PathBuf>,
         #[command(flatten)]
         overrides: Overrides,
+    },
+    /// Bring the PostgreSQL schema up to date, then exit (`serve` also does this at start).
+    Migrate {
+        /// PostgreSQL URL of the shared store
+        #[arg(long, env = "HERALD_DATABASE_URL")]
+        database_url: String,
+    },
+    /// Copy an embedded store (tenants, tokens, streams, events, deliveries, attempts,
+    /// statistics) into an empty PostgreSQL database. Stop Herald on the data directory first.
+    MigrateStore {
+        /// Data directory of the embedded store
+        #[arg(long)]
+        from: PathBuf,
+        /// PostgreSQL URL of the shared store
+        #[arg(long)]
+        to: String,
+        /// The secret key, when the embedded store was not using `<from>/secret.key`
+        #[arg(long, env = "HERALD_SECRET_KEY", hide_env_values = true)]
+        secret_key: Option<String>,
     },
 }
 
@@ -48,6 +69,12 @@ fn main() -> ExitCode {
     let runtime = tokio::runtime::Runtime::new().expect("starting the async runtime");
     match cli.command {
         Command::Serve { config, overrides } => runtime.block_on(serve(config, overrides)),
+        Command::Migrate { database_url } => runtime.block_on(migrate(&database_url)),
+        Command::MigrateStore {
+            from,
+            to,
+            secret_key,
+        } => runtime.block_on(migrate_store(&from, &to, secret_key.as_deref())),
     }
 }
 
@@ -78,6 +105,68 @@ async fn serve(file: Option<PathBuf>, overrides: Overrides) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("herald: the server failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn migrate(url: &str) -> ExitCode {
+    match PgStore::migrate_database(url).await {
+        Ok(0) => println!("the schema is up to date"),
+        Ok(n) => println!("applied {n} migration(s); the schema is up to date"),
+        Err(e) => {
+            eprintln!("herald: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+async fn migrate_store(from: &Path, to: &str, secret_key: Option<&str>) -> ExitCode {
+    let key_file = from.join("secret.key");
+    let cipher = match secret_key {
+        Some(key) => Cipher::from_base64(key),
+        None if key_file.exists() => Cipher::load_or_create(&key_file),
+        None => {
+            eprintln!(
+                "herald: {} has no secret.key; pass the key the embedded store used with --secret-key",
+                from.display()
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let cipher = match cipher {
+        Ok(cipher) => cipher,
+        Err(e) => {
+            eprintln!("herald: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let target = match PgStore::connect(to, cipher, 2).await {
+        Ok(store) => store,
+        Err(e) => {
+            eprintln!("herald: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let sqlite = from.join(herald::config::DATABASE_FILE);
+    match herald::store::postgres::import_sqlite(&sqlite, &target).await {
+        Ok(report) => {
+            println!("copied into {}:", herald::store::postgres::redact_url(to));
+            for (table, rows) in report.tables {
+                println!("  {table:<16} {rows:>10} rows");
+            }
+            if secret_key.is_none() {
+                println!(
+                    "\nEvery node must run with the same secret key: set HERALD_SECRET_KEY to the \
+                     contents of {}.",
+                    key_file.display()
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("herald: nothing was copied: {e}");
             ExitCode::FAILURE
         }
     }

@@ -95,18 +95,18 @@ pub async fn publish(
         })
         .collect::<Result<_, _>>()?;
 
-    // The new deliveries come back leased and go straight to the dispatcher, which saves a
-    // claim. The publish runs as its own task so that a client hanging up cannot stop the
+    // On a node that delivers, the new deliveries come back leased and go straight to its
+    // dispatcher, which saves a claim. The publish runs as its own task so that a client hanging up cannot stop the
     // hand-over half-way (leases it never received would only lapse, later).
     let (store, signal, tenant) = (
         state.store.clone(),
         state.signal.clone(),
         caller.tenant_id.clone(),
     );
-    let lease_until = now + state.delivery_lease_ms;
+    let lease_until = state.delivery_lease_ms.map(|ms| now + ms);
     let published = tokio::spawn(async move {
         let mut published = store
-            .publish(&tenant, events, now, Some(lease_until))
+            .publish(&tenant, events, now, lease_until)
             .await?;
         signal.hand_over(
             published

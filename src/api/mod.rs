@@ -39,9 +39,19 @@ pub struct AppState {
     pub signal: Arc<Signal>,
     pub destination_policy: DestinationPolicy,
     pub secret_rotation_grace_ms: i64,
-    /// How long a delivery leased at publish stays leased (the dispatcher's lease).
-    pub delivery_lease_ms: i64,
+    /// How long a delivery leased at publish stays leased (the dispatcher's lease); `None`
+    /// on a node that does not deliver, whose publishes leave deliveries to the workers.
+    pub delivery_lease_ms: Option<i64>,
     pub max_request_bytes: usize,
+}
+
+/// The routes of a delivery-only node: health and readiness.
+pub fn health_router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(health))
+        .route("/readyz", get(ready))
+        .fallback(not_found)
+        .with_state(state)
 }
 
 pub fn router(state: AppState) -> Router {
@@ -122,12 +132,12 @@ async fn health() -> axum::Json<serde_json::Value> {
 async fn ready(
     axum::extract::State(state): axum::extract::State<AppState>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    state.store.count_tokens().await.map_err(|e| {
+    state.store.ping().await.map_err(|e| {
         tracing::warn!(error = %e, "readiness check failed");
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_ready",
-            "the store is not reachable",
+            format!("the store cannot serve requests: {e}"),
         )
     })?;
     Ok(axum::Json(serde_json::json!({ "status": "ready" })))

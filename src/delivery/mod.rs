@@ -96,6 +96,9 @@ pub struct DispatchConfig {
     /// How long a claim lasts; longer than any attempt can take.
     pub lease: Duration,
     pub shutdown_grace: Duration,
+    /// The store is shared with other nodes: every stream is looked at each poll, since work
+    /// can become due there (a lapsed lease of a node that died) without a notification.
+    pub shared: bool,
 }
 
 /// An enabled stream as the dispatcher holds it: its definition and its signing keys.
@@ -151,6 +154,11 @@ pub struct Dispatcher {
     queued: usize,
     /// Leases held by queued and running attempts, given back if shutdown cuts them short.
     leases: HashMap<i64, i64>,
+    /// When every stream is next looked at regardless of what it is known to have (shared
+    /// stores only).
+    next_poll: Millis,
+    /// The store is failing: logged once when it starts and once when it ends.
+    outage: bool,
 }
 
 impl Dispatcher {
@@ -171,6 +179,8 @@ impl Dispatcher {
             in_flight: 0,
             queued: 0,
             leases: HashMap::new(),
+            next_poll: Millis::MIN,
+            outage: false,
         }
     }
 
@@ -204,6 +214,12 @@ impl Dispatcher {
                 self.signal.streams_changed();
                 continue;
             }
+            if self.config.shared && self.clock.now_ms() >= self.next_poll {
+                self.next_poll = self.clock.now_ms() + POLL_INTERVAL.as_millis() as Millis;
+                for slot in self.streams.values_mut().filter(|s| !s.draining) {
+                    slot.next_due = Some(Millis::MIN);
+                }
+            }
             for id in self.signal.take_woken() {
                 if let Some(slot) = self.streams.get_mut(&id) {
                     slot.next_due = Some(Millis::MIN);
@@ -219,13 +235,14 @@ impl Dispatcher {
                 let lease_until = now + self.config.lease.as_millis() as Millis;
                 match self.store.claim(requests, now, lease_until).await {
                     Ok(batches) => {
+                        self.store_back();
                         for batch in batches {
                             self.enqueue(batch, &spawn);
                         }
                         continue;
                     }
                     Err(e) => {
-                        tracing::error!(error = %e, "claiming due deliveries failed");
+                        self.store_failed("claiming due deliveries", &e);
                         self.pause(&shutdown).await;
                         continue;
                     }
@@ -282,6 +299,20 @@ impl Dispatcher {
         }
     }
 
+    /// Delivery pauses while the store fails; the first failure of an outage is logged.
+    fn store_failed(&mut self, doing: &str, e: &crate::store::StoreError) {
+        if !self.outage {
+            tracing::error!(error = %e, "{doing} failed; delivery pauses until the store answers again");
+            self.outage = true;
+        }
+    }
+
+    fn store_back(&mut self) {
+        if std::mem::take(&mut self.outage) {
+            tracing::info!("the store answers again; delivery resumes");
+        }
+    }
+
     async fn pause(&self, shutdown: &CancellationToken) {
         tokio::select! {
             _ = shutdown.cancelled() => {}
@@ -295,7 +326,7 @@ impl Dispatcher {
         let streams = match self.store.streams_with_status(StreamStatus::Enabled).await {
             Ok(streams) => streams,
             Err(e) => {
-                tracing::error!(error = %e, "loading streams failed");
+                self.store_failed("loading streams", &e);
                 return false;
             }
         };
@@ -397,7 +428,10 @@ impl Dispatcher {
     /// it could claim for count: with no room at all (every slot held, in flight or
     /// queued), a due stream must wait for an attempt to finish, not spin.
     fn next_wake(&self, now: Millis) -> Millis {
-        let poll = now + POLL_INTERVAL.as_millis() as Millis;
+        let mut poll = now + POLL_INTERVAL.as_millis() as Millis;
+        if self.config.shared {
+            poll = poll.min(self.next_poll);
+        }
         let room = (2 * self.config.max_in_flight).saturating_sub(self.in_flight + self.queued);
         if room == 0 {
             return poll;

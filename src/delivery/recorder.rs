@@ -18,6 +18,10 @@ use crate::clock::Clock;
 use crate::store::{AttemptRecord, DeliveryStatus, Store};
 
 const MAX_BATCH: usize = 512;
+/// While the store is unreachable, a batch is offered again this often, this many times:
+/// an outcome kept is an attempt not repeated.
+const RETRY_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+const RETRIES: usize = 30;
 
 #[derive(Clone)]
 pub struct Handle(mpsc::UnboundedSender<AttemptRecord>);
@@ -60,10 +64,7 @@ async fn run(
             .filter(|r| r.status == DeliveryStatus::Pending)
             .map(|r| r.stream_id.clone())
             .collect();
-        match store
-            .record(std::mem::take(&mut batch), clock.now_ms())
-            .await
-        {
+        match record(&*store, &*clock, std::mem::take(&mut batch)).await {
             Ok(effects) => {
                 for id in &effects.disabled_streams {
                     tracing::warn!(stream = %id, "stream disabled");
@@ -82,4 +83,21 @@ async fn run(
             }
         }
     }
+}
+
+/// Stores a batch, waiting out a short outage of the store.
+async fn record(
+    store: &dyn Store,
+    clock: &dyn Clock,
+    batch: Vec<AttemptRecord>,
+) -> Result<crate::store::RecordEffects, crate::store::StoreError> {
+    for _ in 0..RETRIES {
+        match store.record(batch.clone(), clock.now_ms()).await {
+            Err(crate::store::StoreError::Unavailable(_)) => {
+                tokio::time::sleep(RETRY_EVERY).await;
+            }
+            result => return result,
+        }
+    }
+    store.record(batch, clock.now_ms()).await
 }

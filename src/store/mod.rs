@@ -7,6 +7,8 @@
 //! held across network I/O); `record` stores an attempt and the delivery's next state. A lease
 //! that expires makes its delivery due again, which is what makes delivery at-least-once.
 
+pub mod columns;
+pub mod postgres;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -23,12 +25,25 @@ pub const LATENCY_BOUNDS_MS: [i64; 14] = [
     1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 30_000,
 ];
 
+/// The latency bucket of a duration: the first bound it does not exceed.
+pub fn latency_bucket(duration_ms: i64) -> usize {
+    LATENCY_BOUNDS_MS
+        .iter()
+        .position(|&bound| duration_ms <= bound)
+        .unwrap_or(LATENCY_BOUNDS_MS.len())
+}
+
 pub type StoreResult<T> = Result<T, StoreError>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
     Database(#[from] rusqlite::Error),
+    #[error("PostgreSQL error: {0}")]
+    Postgres(String),
+    /// The database cannot be reached right now; the same call may succeed later.
+    #[error("the database is unreachable: {0}")]
+    Unavailable(String),
     #[error("could not open the store at {path}: {reason}")]
     Open { path: String, reason: String },
     #[error(transparent)]
@@ -306,6 +321,8 @@ pub struct StreamUpdate {
 pub trait Store: Send + Sync + 'static {
     /// Finishes the writes under way and closes the store (at shutdown).
     async fn close(&self);
+    /// Checks that the store can serve requests now (for `/readyz`).
+    async fn ping(&self) -> StoreResult<()>;
 
     // Tenants and tokens.
     /// Inserts the tenant; false if its id is taken.
@@ -471,4 +488,19 @@ pub fn signing_keys(secrets: &[SigningSecret]) -> Vec<SigningKey> {
         .iter()
         .filter_map(|s| SigningKey::parse(&s.secret).ok())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_buckets_use_inclusive_upper_bounds() {
+        assert_eq!(latency_bucket(0), 0);
+        assert_eq!(latency_bucket(1), 0);
+        assert_eq!(latency_bucket(2), 1);
+        assert_eq!(latency_bucket(3), 2);
+        assert_eq!(latency_bucket(30_000), 13);
+        assert_eq!(latency_bucket(30_001), 14);
+    }
 }

@@ -393,3 +393,66 @@ impl Receiver {
             })
     }
 }
+
+/// A PostgreSQL schema of its own for one test, on the server `HERALD_TEST_DATABASE_URL`
+/// names; dropped with everything in it when the test ends. `None` when the variable is
+/// unset (PostgreSQL tests then run only on machines that offer it; CI sets it).
+pub struct TestDatabase {
+    base: String,
+    pub schema: String,
+    /// A URL whose connections work in the schema.
+    pub url: String,
+}
+
+impl TestDatabase {
+    pub async fn create() -> Option<TestDatabase> {
+        let base = std::env::var("HERALD_TEST_DATABASE_URL").ok()?;
+        let schema = format!("herald_test_{}", herald::ids::random_base62(12).to_lowercase());
+        let (client, connection) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+            .await
+            .expect("HERALD_TEST_DATABASE_URL is set, so PostgreSQL must be reachable");
+        let driver = tokio::spawn(connection);
+        client
+            .batch_execute(&format!("CREATE SCHEMA {schema}"))
+            .await
+            .unwrap();
+        drop(client);
+        let _ = driver.await;
+        let separator = if base.contains('?') { '&' } else { '?' };
+        // Named after the schema, so the cleanup can end every session the test left open.
+        let url = format!(
+            "{base}{separator}options=-c%20search_path%3D{schema}&application_name={schema}"
+        );
+        Some(TestDatabase { base, schema, url })
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let (base, schema) = (self.base.clone(), self.schema.clone());
+        // Drop runs outside any runtime's reach; a short-lived one does the cleanup.
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                if let Ok((client, connection)) =
+                    tokio_postgres::connect(&base, tokio_postgres::NoTls).await
+                {
+                    let driver = tokio::spawn(connection);
+                    let _ = client
+                        .batch_execute(&format!(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                             WHERE application_name = '{schema}'; \
+                             DROP SCHEMA IF EXISTS {schema} CASCADE"
+                        ))
+                        .await;
+                    drop(client);
+                    let _ = driver.await;
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}

@@ -1,5 +1,7 @@
 //! The store conformance suite: what every `Store` must do, run against each backend this
-//! machine offers (the embedded SQLite store always). A new backend joins `backends()`.
+//! machine offers: the embedded SQLite store always, PostgreSQL when
+//! `HERALD_TEST_DATABASE_URL` is set (each test in a schema of its own). A new backend joins
+//! `backends()`.
 
 use std::sync::Arc;
 
@@ -7,6 +9,7 @@ use herald::destinations::Destination;
 use herald::destinations::webhook::WebhookConfig;
 use herald::event::Event;
 use herald::secret::{Cipher, Secret};
+use herald::store::postgres::PgStore;
 use herald::store::sqlite::SqliteStore;
 use herald::store::{
     AttemptRecord, ClaimRequest, DeliveryFilter, DeliveryStatus, SigningSecret, Store, Tenant,
@@ -14,34 +17,57 @@ use herald::store::{
 use herald::stream::{PayloadFormat, RetryPolicy, Stream, StreamStatus, Subscription};
 use serde_json::value::RawValue;
 
+use crate::helpers::TestDatabase;
+
 const NOW: i64 = 1_700_000_000_000;
 
 struct Backend {
     name: &'static str,
     store: Arc<dyn Store>,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
+    _database: Option<TestDatabase>,
 }
+
+const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 
 async fn backends() -> Vec<Backend> {
     let dir = tempfile::tempdir().unwrap();
-    let cipher = Cipher::from_base64("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=").unwrap();
-    let store = SqliteStore::open(&dir.path().join("store.sqlite3"), cipher).unwrap();
-    let store: Arc<dyn Store> = Arc::new(store);
-    for tenant in ["ten_a", "ten_b"] {
-        store
-            .create_tenant(Tenant {
-                id: tenant.into(),
-                name: tenant.into(),
-                created_at: NOW,
-            })
-            .await
-            .unwrap();
-    }
-    vec![Backend {
+    let store = SqliteStore::open(
+        &dir.path().join("store.sqlite3"),
+        Cipher::from_base64(KEY).unwrap(),
+    )
+    .unwrap();
+    let mut backends = vec![Backend {
         name: "sqlite",
-        store,
-        _dir: dir,
-    }]
+        store: Arc::new(store),
+        _dir: Some(dir),
+        _database: None,
+    }];
+    if let Some(database) = TestDatabase::create().await {
+        let store = PgStore::connect(&database.url, Cipher::from_base64(KEY).unwrap(), 4)
+            .await
+            .expect("the PostgreSQL store opens");
+        backends.push(Backend {
+            name: "postgres",
+            store: Arc::new(store),
+            _dir: None,
+            _database: Some(database),
+        });
+    }
+    for backend in &backends {
+        for tenant in ["ten_a", "ten_b"] {
+            backend
+                .store
+                .create_tenant(Tenant {
+                    id: tenant.into(),
+                    name: tenant.into(),
+                    created_at: NOW,
+                })
+                .await
+                .unwrap();
+        }
+    }
+    backends
 }
 
 fn event(id: &str, event_type: &str) -> Event {

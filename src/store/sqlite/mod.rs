@@ -15,13 +15,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Row, params};
-use serde_json::value::RawValue;
 
+use super::columns::{self, EventRow, StreamRow};
 use super::*;
 use crate::catalog::EventType;
-use crate::destinations::Destination;
 use crate::secret::Cipher;
-use crate::stream::{PayloadFormat, RetryPolicy, Subscription};
 use writer::{Readers, Writer};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
@@ -62,6 +60,33 @@ impl SqliteStore {
             cipher: Arc::new(cipher),
         })
     }
+}
+
+/// An embedded store opened to be read in full (`herald migrate-store`), locked as a running
+/// server locks it, so nothing writes to it meanwhile.
+pub struct Export {
+    _lock: std::fs::File,
+    conn: Connection,
+}
+
+impl Export {
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+pub fn open_for_export(path: &Path) -> StoreResult<Export> {
+    let open_err = |reason: String| StoreError::Open {
+        path: path.display().to_string(),
+        reason,
+    };
+    if !path.exists() {
+        return Err(open_err("there is no embedded store here".into()));
+    }
+    let lock = lock_exclusively(&path.with_extension("lock")).map_err(open_err)?;
+    let mut conn = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
+    migrate(&mut conn).map_err(|e| open_err(e.to_string()))?;
+    Ok(Export { _lock: lock, conn })
 }
 
 fn lock_exclusively(path: &Path) -> Result<std::fs::File, String> {
@@ -109,8 +134,7 @@ fn token_from_row(row: &Row) -> StoreResult<Token> {
         id: row.get(0)?,
         tenant_id: row.get(1)?,
         name: row.get(2)?,
-        scopes: serde_json::from_str(&scopes)
-            .map_err(|_| StoreError::Corrupt("token column `scopes`".into()))?,
+        scopes: columns::decode_scopes(&scopes)?,
         created_at: row.get(4)?,
     })
 }
@@ -119,67 +143,28 @@ const STREAM_COLUMNS: &str = "tenant_id, id, name, status, status_reason, subscr
      destination, payload_format, retry_policy, created_at, updated_at, max_consecutive_failures";
 
 fn stream_from_row(row: &Row, cipher: &Cipher) -> StoreResult<Stream> {
-    let corrupt = |what: &str| StoreError::Corrupt(format!("stream column `{what}`"));
-    let status: String = row.get(3)?;
-    let subscriptions: String = row.get(5)?;
-    let destination: Vec<u8> = row.get(6)?;
-    let payload_format: String = row.get(7)?;
-    let retry_policy: String = row.get(8)?;
-    let patterns: Vec<String> =
-        serde_json::from_str(&subscriptions).map_err(|_| corrupt("subscriptions"))?;
-    let destination: Destination = serde_json::from_slice(&cipher.decrypt(&destination)?)
-        .map_err(|_| corrupt("destination"))?;
-    Ok(Stream {
+    StreamRow {
         tenant_id: row.get(0)?,
         id: row.get(1)?,
         name: row.get(2)?,
-        status: StreamStatus::parse(&status).ok_or_else(|| corrupt("status"))?,
+        status: row.get(3)?,
         status_reason: row.get(4)?,
-        subscriptions: patterns
-            .into_iter()
-            .map(|event_type| Subscription { event_type })
-            .collect(),
-        destination,
-        payload_format: PayloadFormat::parse(&payload_format)
-            .ok_or_else(|| corrupt("payload_format"))?,
-        retry_policy: serde_json::from_str::<RetryPolicy>(&retry_policy)
-            .map_err(|_| corrupt("retry_policy"))?,
+        subscriptions: row.get(5)?,
+        destination: row.get(6)?,
+        payload_format: row.get(7)?,
+        retry_policy: row.get(8)?,
         created_at: row.get(9)?,
         updated_at: row.get(10)?,
         max_consecutive_failures: row.get(11)?,
-    })
-}
-
-/// The stream's columns in `STREAM_COLUMNS` order, the destination encrypted.
-fn stream_values(stream: &Stream, cipher: &Cipher) -> (String, Vec<u8>, String) {
-    let patterns: Vec<&str> = stream
-        .subscriptions
-        .iter()
-        .map(|s| s.event_type.as_str())
-        .collect();
-    let destination =
-        serde_json::to_vec(&stream.destination).expect("a destination serialises to JSON");
-    (
-        serde_json::to_string(&patterns).expect("strings serialise"),
-        cipher.encrypt(&destination),
-        serde_json::to_string(&stream.retry_policy).expect("a retry policy serialises"),
-    )
-}
-
-fn destination_type(destination: &Destination) -> &'static str {
-    match destination {
-        Destination::Webhook(_) => "webhook",
     }
+    .decode(cipher)
 }
 
 const EVENT_COLUMNS: &str = "e.id, e.source, e.type, e.time, e.subject, e.datacontenttype, e.dataschema, e.data, e.extensions";
 
 /// Reads an event from `EVENT_COLUMNS` starting at column `at`.
 fn event_from_row(row: &Row, at: usize) -> StoreResult<Event> {
-    let data: String = row.get(at + 7)?;
-    let extensions: Option<String> = row.get(at + 8)?;
-    let corrupt = |what: &str| StoreError::Corrupt(format!("event column `{what}`"));
-    Ok(Event {
+    EventRow {
         id: row.get(at)?,
         source: row.get(at + 1)?,
         event_type: row.get(at + 2)?,
@@ -187,12 +172,10 @@ fn event_from_row(row: &Row, at: usize) -> StoreResult<Event> {
         subject: row.get(at + 4)?,
         datacontenttype: row.get(at + 5)?,
         dataschema: row.get(at + 6)?,
-        data: RawValue::from_string(data).map_err(|_| corrupt("data"))?,
-        extensions: match extensions {
-            Some(text) => serde_json::from_str(&text).map_err(|_| corrupt("extensions"))?,
-            None => Default::default(),
-        },
-    })
+        data: row.get(at + 7)?,
+        extensions: row.get(at + 8)?,
+    }
+    .decode()
 }
 
 const DELIVERY_COLUMNS: &str = "d.seq, d.id, d.stream_id, e.id, d.event_type, d.status, d.due_at, \
@@ -202,8 +185,7 @@ const DELIVERY_COLUMNS: &str = "d.seq, d.id, d.stream_id, e.id, d.event_type, d.
 /// A delivery from `DELIVERY_COLUMNS`, without its attempts; also its `seq`.
 fn delivery_from_row(row: &Row) -> StoreResult<(i64, DeliveryView)> {
     let status: String = row.get(5)?;
-    let status = DeliveryStatus::parse(&status)
-        .ok_or_else(|| StoreError::Corrupt("delivery column `status`".into()))?;
+    let status = columns::decode_status(&status)?;
     let view = DeliveryView {
         id: row.get(1)?,
         stream_id: row.get(2)?,
@@ -318,6 +300,12 @@ impl Store for SqliteStore {
         self.writer.close().await;
     }
 
+    async fn ping(&self) -> StoreResult<()> {
+        self.readers
+            .read(|conn| Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?))
+            .await
+    }
+
     async fn create_tenant(&self, tenant: Tenant) -> StoreResult<bool> {
         self.writer
             .write(move |conn| {
@@ -414,7 +402,7 @@ impl Store for SqliteStore {
                         token.id,
                         token.tenant_id,
                         token.name,
-                        serde_json::to_string(&token.scopes).expect("strings serialise"),
+                        columns::encode_scopes(&token.scopes),
                         token.created_at
                     ],
                 )?;
@@ -509,20 +497,15 @@ impl Store for SqliteStore {
                 )?;
                 let mut rows = stmt.query(params![tenant_id])?;
                 let mut types = Vec::new();
-                let corrupt = || StoreError::Corrupt("event type column".into());
                 while let Some(row) = rows.next()? {
-                    let schema: Option<String> = row.get(3)?;
                     let sample: String = row.get(4)?;
-                    types.push(EventType {
-                        name: row.get(0)?,
-                        category: row.get(1)?,
-                        description: row.get(2)?,
-                        schema: schema
-                            .map(|s| serde_json::from_str(&s).map_err(|_| corrupt()))
-                            .transpose()?,
-                        sample_data: serde_json::from_str(&sample).map_err(|_| corrupt())?,
-                        custom: true,
-                    });
+                    types.push(columns::decode_event_type(
+                        row.get(0)?,
+                        row.get(1)?,
+                        row.get(2)?,
+                        row.get(3)?,
+                        &sample,
+                    )?);
                 }
                 Ok(types)
             })
@@ -545,7 +528,7 @@ impl Store for SqliteStore {
         let cipher = self.cipher.clone();
         self.writer
             .write(move |conn| {
-                let (subscriptions, destination, retry_policy) = stream_values(&stream, &cipher);
+                let (subscriptions, destination, retry_policy) = columns::encode_stream(&stream, &cipher);
                 conn.execute(
                     &format!(
                         "INSERT INTO streams ({STREAM_COLUMNS}, destination_type) \
@@ -564,7 +547,7 @@ impl Store for SqliteStore {
                         stream.created_at,
                         stream.updated_at,
                         stream.max_consecutive_failures,
-                        destination_type(&stream.destination),
+                        columns::destination_type(&stream.destination),
                     ],
                 )?;
                 conn.execute(
@@ -619,7 +602,7 @@ impl Store for SqliteStore {
         self.writer
             .write(move |conn| {
                 let stream = &update.stream;
-                let (subscriptions, destination, retry_policy) = stream_values(stream, &cipher);
+                let (subscriptions, destination, retry_policy) = columns::encode_stream(stream, &cipher);
                 let changed = conn.execute(
                     "UPDATE streams SET name = ?3, status = ?4, status_reason = ?5, subscriptions = ?6, \
                      destination = ?7, payload_format = ?8, retry_policy = ?9, updated_at = ?10, \
@@ -637,7 +620,7 @@ impl Store for SqliteStore {
                         stream.payload_format.as_str(),
                         retry_policy,
                         stream.updated_at,
-                        destination_type(&stream.destination),
+                        columns::destination_type(&stream.destination),
                         stream.max_consecutive_failures,
                     ],
                 )?;

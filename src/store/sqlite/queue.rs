@@ -18,7 +18,7 @@ use crate::event::Event;
 use crate::notices;
 use crate::store::{
     AttemptRecord, ClaimBatch, ClaimRequest, Claimed, DeliveryFilter, DeliveryStatus,
-    LATENCY_BOUNDS_MS, Published, RecordEffects, StoreError, StoreResult,
+    LATENCY_BOUNDS_MS, Published, RecordEffects, StoreResult,
 };
 
 /// Stores `events` and a pending delivery for each stream subscribed to them that is enabled
@@ -42,8 +42,7 @@ pub fn publish(
             let id: String = row.get(0)?;
             let patterns: String = row.get(1)?;
             let enabled: bool = row.get(2)?;
-            let patterns: Vec<String> = serde_json::from_str(&patterns)
-                .map_err(|_| StoreError::Corrupt("stream column `subscriptions`".into()))?;
+            let patterns = crate::store::columns::decode_patterns(&patterns)?;
             streams.push((id, patterns, enabled));
         }
     }
@@ -55,9 +54,7 @@ pub fn publish(
     )?;
     let mut published = Vec::with_capacity(events.len());
     for event in events {
-        let extensions = (!event.extensions.is_empty())
-            .then(|| serde_json::to_string(&event.extensions).expect("JSON values serialise"));
-        let context = |name: &str| event.extensions.get(name).and_then(|v| v.as_str());
+        let (extensions, projectid, userid) = crate::store::columns::event_context(&event);
         let inserted = insert_event.execute(params![
             tenant_id,
             event.id,
@@ -69,8 +66,8 @@ pub fn publish(
             event.dataschema,
             event.data.get(),
             extensions,
-            context("projectid"),
-            context("userid"),
+            projectid,
+            userid,
             now,
         ])?;
         let mut result = Published {
@@ -391,14 +388,6 @@ fn notify(
     Ok(())
 }
 
-/// The latency bucket of a duration: the first bound it does not exceed.
-pub fn latency_bucket(duration_ms: i64) -> usize {
-    LATENCY_BOUNDS_MS
-        .iter()
-        .position(|&bound| duration_ms <= bound)
-        .unwrap_or(LATENCY_BOUNDS_MS.len())
-}
-
 /// The rollup upsert for each latency bucket, built once: it runs for every attempt.
 static ROLLUP_SQL: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
     (0..=LATENCY_BOUNDS_MS.len())
@@ -416,7 +405,7 @@ static ROLLUP_SQL: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|
 });
 
 fn add_to_rollup(conn: &Connection, r: &AttemptRecord) -> rusqlite::Result<()> {
-    let sql = &ROLLUP_SQL[latency_bucket(r.duration_ms)];
+    let sql = &ROLLUP_SQL[crate::store::latency_bucket(r.duration_ms)];
     conn.prepare_cached(sql)?.execute(params![
         r.tenant_id,
         r.stream_id,
@@ -549,19 +538,4 @@ pub fn redeliver(
         conn.execute(&sql, params_from_iter(values))? as u64
     };
     Ok(count)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn latency_buckets_use_inclusive_upper_bounds() {
-        assert_eq!(latency_bucket(0), 0);
-        assert_eq!(latency_bucket(1), 0);
-        assert_eq!(latency_bucket(2), 1);
-        assert_eq!(latency_bucket(3), 2);
-        assert_eq!(latency_bucket(30_000), 13);
-        assert_eq!(latency_bucket(30_001), 14);
-    }
 }

@@ -1,0 +1,308 @@
+//! `herald migrate-store`: copies an embedded store into PostgreSQL, for an installation that
+//! outgrows one machine. Both stores encode rows the same way (see `store::columns`), so rows
+//! are copied as they are, in one transaction: the copy lands whole or not at all. Sealed
+//! secrets stay sealed with the embedded store's key, which the PostgreSQL nodes then use.
+
+use std::path::Path;
+
+use deadpool_postgres::GenericClient;
+use rusqlite::types::Value;
+
+use super::{Params, PgStore, refs};
+use crate::store::{StoreError, StoreResult};
+
+/// How a column is typed in PostgreSQL.
+#[derive(Clone, Copy)]
+enum Kind {
+    Text,
+    Int,
+    Int4,
+    Bytes,
+}
+
+use Kind::*;
+
+/// The tables in copy order, with their columns. A table with a `seq` keeps its keys, so
+/// references between rows (`event_seq`, `delivery_seq`) stay valid.
+const TABLES: &[(&str, &[(&str, Kind)])] = &[
+    ("tenants", &[("id", Text), ("name", Text), ("created_at", Int)]),
+    (
+        "api_tokens",
+        &[
+            ("hash", Bytes),
+            ("id", Text),
+            ("tenant_id", Text),
+            ("name", Text),
+            ("scopes", Text),
+            ("created_at", Int),
+            ("revoked_at", Int),
+        ],
+    ),
+    (
+        "streams",
+        &[
+            ("tenant_id", Text),
+            ("id", Text),
+            ("name", Text),
+            ("status", Text),
+            ("status_reason", Text),
+            ("subscriptions", Text),
+            ("destination_type", Text),
+            ("destination", Bytes),
+            ("payload_format", Text),
+            ("retry_policy", Text),
+            ("max_consecutive_failures", Int),
+            ("consecutive_failures", Int),
+            ("created_at", Int),
+            ("updated_at", Int),
+        ],
+    ),
+    (
+        "stream_secrets",
+        &[
+            ("seq", Int),
+            ("tenant_id", Text),
+            ("stream_id", Text),
+            ("secret", Bytes),
+            ("created_at", Int),
+            ("expires_at", Int),
+        ],
+    ),
+    (
+        "events",
+        &[
+            ("seq", Int),
+            ("tenant_id", Text),
+            ("id", Text),
+            ("source", Text),
+            ("type", Text),
+            ("time", Int),
+            ("subject", Text),
+            ("datacontenttype", Text),
+            ("dataschema", Text),
+            ("data", Text),
+            ("extensions", Text),
+            ("projectid", Text),
+            ("userid", Text),
+            ("received_at", Int),
+            ("erased_at", Int),
+        ],
+    ),
+    (
+        "deliveries",
+        &[
+            ("seq", Int),
+            ("tenant_id", Text),
+            ("id", Text),
+            ("stream_id", Text),
+            ("event_seq", Int),
+            ("event_type", Text),
+            ("status", Text),
+            ("attempts", Int),
+            ("round_start", Int),
+            ("due_at", Int),
+            ("last_attempt_at", Int),
+            ("last_response_status", Int4),
+            ("last_error_kind", Text),
+            ("created_at", Int),
+            ("updated_at", Int),
+        ],
+    ),
+    (
+        "attempts",
+        &[
+            ("seq", Int),
+            ("tenant_id", Text),
+            ("delivery_seq", Int),
+            ("attempted_at", Int),
+            ("duration_ms", Int),
+            ("response_status", Int4),
+            ("response_body", Text),
+            ("error_kind", Text),
+            ("error_message", Text),
+        ],
+    ),
+    (
+        "stream_stats",
+        &[
+            ("tenant_id", Text),
+            ("stream_id", Text),
+            ("hour", Int),
+            ("event_type", Text),
+            ("succeeded", Int),
+            ("failed", Int),
+            ("attempts", Int),
+            ("failed_attempts", Int),
+            ("l0", Int),
+            ("l1", Int),
+            ("l2", Int),
+            ("l3", Int),
+            ("l4", Int),
+            ("l5", Int),
+            ("l6", Int),
+            ("l7", Int),
+            ("l8", Int),
+            ("l9", Int),
+            ("l10", Int),
+            ("l11", Int),
+            ("l12", Int),
+            ("l13", Int),
+            ("l14", Int),
+        ],
+    ),
+    (
+        "event_types",
+        &[
+            ("tenant_id", Text),
+            ("name", Text),
+            ("category", Text),
+            ("description", Text),
+            ("schema", Text),
+            ("sample_data", Text),
+            ("created_at", Int),
+        ],
+    ),
+];
+
+/// Rows per insert statement.
+const CHUNK: usize = 2_000;
+
+/// Rows copied, per table.
+#[derive(Debug, Default)]
+pub struct ImportReport {
+    pub tables: Vec<(&'static str, u64)>,
+}
+
+/// Copies the embedded store at `sqlite_path` into `target`, which must hold no streams,
+/// events or deliveries yet (tenants and tokens already there, such as the default tenant a
+/// first start creates, are kept). The embedded store is locked for the copy, so no Herald
+/// may be running on it.
+pub async fn import_sqlite(sqlite_path: &Path, target: &PgStore) -> StoreResult<ImportReport> {
+    let source = crate::store::sqlite::open_for_export(sqlite_path)?;
+    let mut client = target.client().await?;
+    let tx = client.transaction().await?;
+    let occupied: bool = tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM streams) OR EXISTS (SELECT 1 FROM events) \
+             OR EXISTS (SELECT 1 FROM deliveries)",
+            &[],
+        )
+        .await?
+        .get(0);
+    if occupied {
+        return Err(StoreError::Open {
+            path: "the target database".into(),
+            reason: "it already holds streams or events; migrate into an empty database".into(),
+        });
+    }
+    let mut report = ImportReport::default();
+    for (table, columns) in TABLES {
+        let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
+        let mut stmt = source.conn().prepare(&format!(
+            "SELECT {} FROM {table}",
+            names.join(", ")
+        ))?;
+        let mut rows = stmt.query([])?;
+        let mut chunk: Vec<Vec<Value>> = Vec::with_capacity(CHUNK);
+        let mut copied = 0u64;
+        loop {
+            let row = rows.next()?;
+            if let Some(row) = row {
+                chunk.push(
+                    (0..columns.len())
+                        .map(|i| row.get::<_, Value>(i))
+                        .collect::<Result<_, _>>()?,
+                );
+            }
+            if chunk.len() == CHUNK || (row.is_none() && !chunk.is_empty()) {
+                copied += insert_chunk(&tx, table, columns, std::mem::take(&mut chunk)).await?;
+            }
+            if row.is_none() {
+                break;
+            }
+        }
+        report.tables.push((table, copied));
+    }
+    // New rows continue after the copied keys.
+    for table in ["stream_secrets", "events", "deliveries", "attempts"] {
+        tx.execute(
+            &format!(
+                "SELECT setval(pg_get_serial_sequence('{table}', 'seq'), \
+                 COALESCE((SELECT MAX(seq) FROM {table}), 0) + 1, false)"
+            ),
+            &[],
+        )
+        .await?;
+    }
+    tx.execute(&format!("NOTIFY {}", super::STREAMS_CHANNEL), &[])
+        .await?;
+    tx.commit().await?;
+    Ok(report)
+}
+
+/// Inserts rows with one statement, one array per column; rows already present (the default
+/// tenant, a token) are left as they are.
+async fn insert_chunk(
+    tx: &impl GenericClient,
+    table: &str,
+    columns: &[(&str, Kind)],
+    rows: Vec<Vec<Value>>,
+) -> StoreResult<u64> {
+    let bad = |column: &str| StoreError::Corrupt(format!("{table} column `{column}`"));
+    let mut params: Params = Vec::with_capacity(columns.len());
+    let mut arrays = Vec::with_capacity(columns.len());
+    for (i, (name, kind)) in columns.iter().enumerate() {
+        let values = rows.iter().map(|row| &row[i]);
+        match kind {
+            Text => {
+                let column: Vec<Option<String>> = values
+                    .map(|v| match v {
+                        Value::Null => Ok(None),
+                        Value::Text(s) => Ok(Some(s.clone())),
+                        _ => Err(bad(name)),
+                    })
+                    .collect::<Result<_, _>>()?;
+                params.push(Box::new(column));
+                arrays.push(format!("${}::text[]", i + 1));
+            }
+            Int | Int4 => {
+                let column: Vec<Option<i64>> = values
+                    .map(|v| match v {
+                        Value::Null => Ok(None),
+                        Value::Integer(n) => Ok(Some(*n)),
+                        _ => Err(bad(name)),
+                    })
+                    .collect::<Result<_, _>>()?;
+                if matches!(kind, Int4) {
+                    let narrowed: Vec<Option<i32>> = column
+                        .into_iter()
+                        .map(|v| v.map(i32::try_from).transpose().map_err(|_| bad(name)))
+                        .collect::<Result<_, _>>()?;
+                    params.push(Box::new(narrowed));
+                    arrays.push(format!("${}::int4[]", i + 1));
+                } else {
+                    params.push(Box::new(column));
+                    arrays.push(format!("${}::bigint[]", i + 1));
+                }
+            }
+            Bytes => {
+                let column: Vec<Option<Vec<u8>>> = values
+                    .map(|v| match v {
+                        Value::Null => Ok(None),
+                        Value::Blob(b) => Ok(Some(b.clone())),
+                        _ => Err(bad(name)),
+                    })
+                    .collect::<Result<_, _>>()?;
+                params.push(Box::new(column));
+                arrays.push(format!("${}::bytea[]", i + 1));
+            }
+        }
+    }
+    let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
+    let sql = format!(
+        "INSERT INTO {table} ({}) SELECT * FROM unnest({}) ON CONFLICT DO NOTHING",
+        names.join(", "),
+        arrays.join(", ")
+    );
+    Ok(tx.execute(&sql, &refs(&params)).await?)
+}

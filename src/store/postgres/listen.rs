@@ -1,0 +1,97 @@
+//! Wake-ups between nodes: one dedicated connection `LISTEN`s for the notifications the
+//! store sends when deliveries become due without a lease (published through an API-only
+//! node, released, redelivered) and when stream definitions change. A notification is only
+//! a hint: a node also polls, and after any reconnection it treats everything as changed, so
+//! nothing sent while it was not listening is missed for longer than one poll.
+
+use std::time::Duration;
+
+use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_util::sync::CancellationToken;
+
+use super::{DUE_CHANNEL, STREAMS_CHANNEL};
+
+/// What another node (or this one) announced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// This stream has deliveries due now.
+    Due(String),
+    /// Stream definitions changed, or notifications may have been missed: reload them all.
+    StreamsChanged,
+}
+
+const RECONNECT_AFTER: Duration = Duration::from_secs(1);
+
+/// Listens until `shutdown`, reconnecting whenever the connection is lost, and passes every
+/// notification to `deliver`.
+pub async fn listen(
+    config: tokio_postgres::Config,
+    deliver: impl Fn(Notice) + Send + 'static,
+    shutdown: CancellationToken,
+) {
+    let mut reported = false;
+    while !shutdown.is_cancelled() {
+        match listen_once(&config, &deliver, &shutdown).await {
+            Ok(()) => return,
+            Err(e) if !reported => {
+                tracing::warn!(error = %e, "lost the notification connection; polling until it is back");
+                reported = true;
+            }
+            Err(_) => {}
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(RECONNECT_AFTER) => {}
+        }
+    }
+}
+
+/// One connection's lifetime: `Ok` only when shut down.
+async fn listen_once(
+    config: &tokio_postgres::Config,
+    deliver: &impl Fn(Notice),
+    shutdown: &CancellationToken,
+) -> Result<(), String> {
+    let (client, mut connection) = config.connect(NoTls).await.map_err(|e| e.to_string())?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    // The connection only makes progress while polled; its messages come out here.
+    let driver = tokio::spawn(async move {
+        loop {
+            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(AsyncMessage::Notification(n))) => {
+                    if tx.send(n).is_err() {
+                        return Ok(());
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e),
+                None => return Ok(()),
+            }
+        }
+    });
+    client
+        .batch_execute(&format!("LISTEN {DUE_CHANNEL}; LISTEN {STREAMS_CHANNEL}"))
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::debug!("listening for notifications from other nodes");
+    // Whatever was announced while this node was not listening.
+    deliver(Notice::StreamsChanged);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                driver.abort();
+                return Ok(());
+            }
+            message = rx.recv() => match message {
+                Some(n) if n.channel() == DUE_CHANNEL => deliver(Notice::Due(n.payload().to_string())),
+                Some(_) => deliver(Notice::StreamsChanged),
+                None => break,
+            }
+        }
+    }
+    drop(client);
+    match driver.await {
+        Ok(Err(e)) => Err(e.to_string()),
+        _ => Err("the connection closed".into()),
+    }
+}

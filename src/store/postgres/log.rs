@@ -1,0 +1,216 @@
+//! The audit log and statistics on PostgreSQL: listing and reading events, erasing payloads,
+//! retention sweeps, and reading the hourly rollups.
+
+use deadpool_postgres::GenericClient;
+use tokio_postgres::Row;
+
+use super::{EVENT_COLUMNS, Params, event_from_row, page_of, refs};
+use crate::clock::Millis;
+use crate::store::{
+    Erase, EventFilter, LATENCY_BOUNDS_MS, LoggedEvent, Page, StatsRow, StoreResult, Swept,
+};
+
+const LOGGED_COLUMNS: &str = "e.seq, e.received_at, e.erased_at";
+
+fn logged_from_row(row: &Row) -> StoreResult<(i64, LoggedEvent)> {
+    Ok((
+        row.get(0),
+        LoggedEvent {
+            received_at: row.get(1),
+            erased_at: row.get(2),
+            event: event_from_row(row, 3)?,
+        },
+    ))
+}
+
+pub async fn list_events(
+    client: &impl GenericClient,
+    tenant_id: &str,
+    filter: &EventFilter,
+    before: Option<i64>,
+    take: usize,
+) -> StoreResult<Page<LoggedEvent>> {
+    let mut params: Params = vec![Box::new(tenant_id.to_string())];
+    let mut sql = String::new();
+    let mut condition = |condition: &str, value: Box<dyn tokio_postgres::types::ToSql + Sync + Send>| {
+        params.push(value);
+        sql.push_str(&format!(" AND e.{condition} ${}", params.len()));
+    };
+    for (column, value) in [
+        ("type", &filter.event_type),
+        ("subject", &filter.subject),
+        ("projectid", &filter.projectid),
+        ("userid", &filter.userid),
+    ] {
+        if let Some(v) = value {
+            condition(&format!("{column} ="), Box::new(v.clone()));
+        }
+    }
+    if let Some(from) = filter.date_from {
+        condition("received_at >=", Box::new(from));
+    }
+    if let Some(to) = filter.date_to {
+        condition("received_at <", Box::new(to));
+    }
+    if let Some(before) = before {
+        condition("seq <", Box::new(before));
+    }
+    params.push(Box::new(take as i64 + 1));
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {LOGGED_COLUMNS}, {EVENT_COLUMNS} FROM events e \
+                 WHERE e.tenant_id = $1{sql} ORDER BY e.seq DESC LIMIT ${}",
+                params.len()
+            ),
+            &refs(&params),
+        )
+        .await?;
+    page_of(&rows, take, logged_from_row)
+}
+
+pub async fn get_event(
+    client: &impl GenericClient,
+    tenant_id: &str,
+    id: &str,
+    source: Option<&str>,
+) -> StoreResult<Option<LoggedEvent>> {
+    let stmt = client
+        .prepare_cached(&format!(
+            "SELECT {LOGGED_COLUMNS}, {EVENT_COLUMNS} FROM events e \
+             WHERE e.tenant_id = $1 AND e.id = $2 AND ($3::text IS NULL OR e.source = $3) \
+             ORDER BY e.seq DESC LIMIT 1"
+        ))
+        .await?;
+    client
+        .query_opt(&stmt, &[&tenant_id, &id, &source])
+        .await?
+        .map(|row| logged_from_row(&row).map(|(_, logged)| logged))
+        .transpose()
+}
+
+/// Drops the payload and the context attributes that identify people (`userid`).
+const ERASE: &str = "SET data = 'null', userid = NULL, erased_at = $1, \
+     extensions = CASE WHEN extensions IS NULL THEN NULL ELSE (extensions::jsonb - 'userid')::text END";
+
+pub async fn erase(
+    client: &impl GenericClient,
+    tenant_id: &str,
+    what: &Erase,
+    now: Millis,
+) -> StoreResult<u64> {
+    let count = match what {
+        Erase::Events(ids) => {
+            client
+                .execute(
+                    &format!("UPDATE events {ERASE} WHERE tenant_id = $2 AND id = ANY($3)"),
+                    &[&now, &tenant_id, ids],
+                )
+                .await?
+        }
+        Erase::Subject(subject) => {
+            client
+                .execute(
+                    &format!("UPDATE events {ERASE} WHERE tenant_id = $2 AND subject = $3"),
+                    &[&now, &tenant_id, subject],
+                )
+                .await?
+        }
+    };
+    Ok(count)
+}
+
+/// One node sweeps at a time (a transaction-scoped advisory lock per schema); the others
+/// skip their turn. Rows go oldest first, in insertion order.
+pub async fn sweep(
+    tx: &impl GenericClient,
+    events_before: Option<Millis>,
+    bodies_before: Option<Millis>,
+    limit: usize,
+) -> StoreResult<Swept> {
+    let mut swept = Swept::default();
+    let ours: bool = tx
+        .query_one(
+            "SELECT pg_try_advisory_xact_lock(hashtext(current_schema() || '.herald_sweep'))",
+            &[],
+        )
+        .await?
+        .get(0);
+    if !ours {
+        return Ok(swept);
+    }
+    if let Some(cutoff) = events_before {
+        let old: Vec<i64> = tx
+            .query(
+                "SELECT e.seq FROM events e WHERE e.received_at < $1 \
+                 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.tenant_id = e.tenant_id \
+                 AND d.event_seq = e.seq AND d.status = 'pending') \
+                 ORDER BY e.seq LIMIT $2",
+                &[&cutoff, &(limit as i64)],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        tx.execute(
+            "DELETE FROM attempts a USING deliveries d \
+             WHERE d.event_seq = ANY($1) AND a.tenant_id = d.tenant_id AND a.delivery_seq = d.seq",
+            &[&old],
+        )
+        .await?;
+        tx.execute("DELETE FROM deliveries WHERE event_seq = ANY($1)", &[&old])
+            .await?;
+        tx.execute("DELETE FROM events WHERE seq = ANY($1)", &[&old])
+            .await?;
+        swept.events = old.len() as u64;
+        tx.execute(
+            "DELETE FROM stream_stats WHERE hour < $1",
+            &[&(cutoff - 3_600_000)],
+        )
+        .await?;
+    }
+    if let Some(cutoff) = bodies_before {
+        swept.bodies = tx
+            .execute(
+                "UPDATE attempts SET response_body = NULL WHERE seq IN (SELECT seq FROM attempts \
+                 WHERE attempted_at < $1 AND response_body IS NOT NULL ORDER BY seq LIMIT $2)",
+                &[&cutoff, &(limit as i64)],
+            )
+            .await?;
+    }
+    Ok(swept)
+}
+
+pub async fn stats(
+    client: &impl GenericClient,
+    tenant_id: &str,
+    stream_id: &str,
+    from: Millis,
+    to: Millis,
+) -> StoreResult<Vec<StatsRow>> {
+    let buckets = LATENCY_BOUNDS_MS.len() + 1;
+    let latency_columns: Vec<String> = (0..buckets).map(|i| format!("l{i}")).collect();
+    let stmt = client
+        .prepare_cached(&format!(
+            "SELECT hour, event_type, succeeded, failed, attempts, failed_attempts, {} \
+             FROM stream_stats WHERE tenant_id = $1 AND stream_id = $2 AND hour >= $3 AND hour < $4 \
+             ORDER BY hour, event_type",
+            latency_columns.join(", ")
+        ))
+        .await?;
+    let rows = client
+        .query(&stmt, &[&tenant_id, &stream_id, &from, &to])
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| StatsRow {
+            hour: r.get(0),
+            event_type: r.get(1),
+            succeeded: r.get::<_, i64>(2) as u64,
+            failed: r.get::<_, i64>(3) as u64,
+            attempts: r.get::<_, i64>(4) as u64,
+            failed_attempts: r.get::<_, i64>(5) as u64,
+            latency: (0..buckets).map(|i| r.get::<_, i64>(6 + i) as u64).collect(),
+        })
+        .collect())
+}

@@ -1,0 +1,1014 @@
+//! The shared store: PostgreSQL, for running several Herald nodes on one database. It keeps
+//! the same tables and encodings as the embedded store; what differs is that leases are rows
+//! (several processes share the queue), so a claim is an `UPDATE` of up to a batch of rows
+//! picked with `FOR UPDATE SKIP LOCKED`, and every outcome is fenced by the lease generation
+//! it was attempted under. Changes other nodes must hear of (new due work, changed streams)
+//! are sent with `NOTIFY` in the same transaction; see `listen`.
+//!
+//! Connections come from a small pool with short timeouts: when the database is unreachable,
+//! calls fail fast with [`StoreError::Unavailable`] and succeed again once it is back,
+//! without a restart.
+
+mod import;
+mod listen;
+mod log;
+mod queue;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row};
+
+pub use import::{ImportReport, import_sqlite};
+pub use listen::{Notice, listen};
+
+use super::columns::{self, EventRow, StreamRow};
+use super::*;
+use crate::catalog::EventType;
+use crate::secret::Cipher;
+
+/// Schema migrations, applied in order inside one transaction each; `schema_migrations`
+/// records which ran.
+const MIGRATIONS: &[&str] = &[include_str!("schema.sql")];
+
+/// Channels of the notifications this store sends.
+const DUE_CHANNEL: &str = "herald_due";
+const STREAMS_CHANNEL: &str = "herald_streams";
+
+/// How long a call waits for a connection, or for a new one to open, before the database
+/// counts as unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub struct PgStore {
+    pool: Pool,
+    cipher: Arc<Cipher>,
+}
+
+/// A parameter list built at run time (filters).
+type Params = Vec<Box<dyn ToSql + Sync + Send>>;
+
+fn refs(params: &Params) -> Vec<&(dyn ToSql + Sync)> {
+    params
+        .iter()
+        .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+        .collect()
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        // Connection classes (08), operator intervention such as a shutdown (57P), and
+        // exhausted resources (53) pass; anything else is a fault of the statement itself.
+        if let Some(db) = e.as_db_error() {
+            let code = db.code().code();
+            if ["08", "57P", "53"].iter().any(|class| code.starts_with(class)) {
+                return StoreError::Unavailable(db.message().to_string());
+            }
+            return StoreError::Postgres(e.to_string());
+        }
+        let io = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
+        if e.is_closed() || io {
+            StoreError::Unavailable(e.to_string())
+        } else {
+            StoreError::Postgres(e.to_string())
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        match e {
+            deadpool_postgres::PoolError::Backend(e) => e.into(),
+            deadpool_postgres::PoolError::Timeout(_) => {
+                StoreError::Unavailable("no database connection could be had in time".into())
+            }
+            other => StoreError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+/// Parses a `postgres://` URL, with timeouts that make a lost database show quickly.
+pub fn parse_url(url: &str) -> StoreResult<tokio_postgres::Config> {
+    let mut config: tokio_postgres::Config = url.parse().map_err(|e| StoreError::Open {
+        path: redact_url(url),
+        reason: format!("not a valid PostgreSQL URL: {e}"),
+    })?;
+    config
+        .connect_timeout(CONNECT_TIMEOUT)
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(10))
+        .tcp_user_timeout(Duration::from_secs(10));
+    if config.get_application_name().is_none() {
+        config.application_name("herald");
+    }
+    Ok(config)
+}
+
+fn pool(url: &str, max_connections: usize) -> StoreResult<Pool> {
+    let manager = Manager::from_config(
+        parse_url(url)?,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(max_connections)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(CONNECT_TIMEOUT))
+        .create_timeout(Some(CONNECT_TIMEOUT))
+        .recycle_timeout(Some(CONNECT_TIMEOUT))
+        .build()
+        .map_err(|e| StoreError::Open {
+            path: redact_url(url),
+            reason: e.to_string(),
+        })
+}
+
+/// Applies the migrations not yet applied. Nodes starting together take turns (an
+/// advisory lock per schema), so each migration runs once.
+async fn migrate(pool: &Pool) -> StoreResult<usize> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    tx.batch_execute(
+        "SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.herald_migrate')); \
+         CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)",
+    )
+    .await?;
+    let applied: i64 = tx
+        .query_one("SELECT COUNT(*) FROM schema_migrations", &[])
+        .await?
+        .get(0);
+    let mut ran = 0;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied as usize) {
+        tx.batch_execute(sql).await?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)",
+            &[&(i as i32 + 1), &crate::clock::system_now_ms()],
+        )
+        .await?;
+        ran += 1;
+    }
+    tx.commit().await?;
+    Ok(ran)
+}
+
+/// The URL without its password, for messages.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+impl PgStore {
+    /// Connects, brings the schema up to date, and checks that `cipher` is the key the
+    /// installation's secrets are sealed with (recording it on first use).
+    pub async fn connect(url: &str, cipher: Cipher, max_connections: usize) -> StoreResult<Self> {
+        let store = PgStore {
+            pool: pool(url, max_connections)?,
+            cipher: Arc::new(cipher),
+        };
+        migrate(&store.pool).await.map_err(|e| StoreError::Open {
+            path: redact_url(url),
+            reason: e.to_string(),
+        })?;
+        store.check_key().await?;
+        Ok(store)
+    }
+
+    /// Brings the schema at `url` up to date; returns how many migrations ran.
+    pub async fn migrate_database(url: &str) -> StoreResult<usize> {
+        let pool = pool(url, 1)?;
+        let ran = migrate(&pool).await.map_err(|e| StoreError::Open {
+            path: redact_url(url),
+            reason: e.to_string(),
+        });
+        pool.close();
+        ran
+    }
+
+
+    async fn check_key(&self) -> StoreResult<()> {
+        const KNOWN: &[u8] = b"herald key check";
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "INSERT INTO settings (name, value) VALUES ('key_check', $1) ON CONFLICT DO NOTHING",
+                &[&self.cipher.encrypt(KNOWN)],
+            )
+            .await?;
+        let sealed: Vec<u8> = client
+            .query_one("SELECT value FROM settings WHERE name = 'key_check'", &[])
+            .await?
+            .get(0);
+        match self.cipher.decrypt(&sealed) {
+            Ok(plain) if plain == KNOWN => Ok(()),
+            _ => Err(StoreError::Open {
+                path: "the database".into(),
+                reason: "its secrets were sealed with a different secret key: every node must \
+                         use the same `secret_key` (HERALD_SECRET_KEY), the one the first node \
+                         used"
+                    .into(),
+            }),
+        }
+    }
+
+    async fn client(&self) -> StoreResult<deadpool_postgres::Object> {
+        Ok(self.pool.get().await?)
+    }
+}
+
+fn tenant_from_row(row: &Row) -> Tenant {
+    Tenant {
+        id: row.get(0),
+        name: row.get(1),
+        created_at: row.get(2),
+    }
+}
+
+const TOKEN_COLUMNS: &str = "id, tenant_id, name, scopes, created_at";
+
+fn token_from_row(row: &Row) -> StoreResult<Token> {
+    Ok(Token {
+        id: row.get(0),
+        tenant_id: row.get(1),
+        name: row.get(2),
+        scopes: columns::decode_scopes(row.get(3))?,
+        created_at: row.get(4),
+    })
+}
+
+const STREAM_COLUMNS: &str = "tenant_id, id, name, status, status_reason, subscriptions, \
+     destination, payload_format, retry_policy, created_at, updated_at, max_consecutive_failures";
+
+fn stream_from_row(row: &Row, cipher: &Cipher) -> StoreResult<Stream> {
+    StreamRow {
+        tenant_id: row.get(0),
+        id: row.get(1),
+        name: row.get(2),
+        status: row.get(3),
+        status_reason: row.get(4),
+        subscriptions: row.get(5),
+        destination: row.get(6),
+        payload_format: row.get(7),
+        retry_policy: row.get(8),
+        created_at: row.get(9),
+        updated_at: row.get(10),
+        max_consecutive_failures: row.get(11),
+    }
+    .decode(cipher)
+}
+
+const EVENT_COLUMNS: &str = "e.id, e.source, e.type, e.time, e.subject, e.datacontenttype, e.dataschema, e.data, e.extensions";
+
+/// Reads an event from `EVENT_COLUMNS` starting at column `at`.
+fn event_from_row(row: &Row, at: usize) -> StoreResult<Event> {
+    EventRow {
+        id: row.get(at),
+        source: row.get(at + 1),
+        event_type: row.get(at + 2),
+        time: row.get(at + 3),
+        subject: row.get(at + 4),
+        datacontenttype: row.get(at + 5),
+        dataschema: row.get(at + 6),
+        data: row.get(at + 7),
+        extensions: row.get(at + 8),
+    }
+    .decode()
+}
+
+const DELIVERY_COLUMNS: &str = "d.seq, d.id, d.stream_id, e.id, d.event_type, d.status, d.due_at, \
+     d.created_at, d.updated_at, d.attempts, d.last_attempt_at, d.last_response_status, \
+     d.last_error_kind";
+
+/// A delivery from `DELIVERY_COLUMNS`, without its attempts; also its `seq`.
+fn delivery_from_row(row: &Row) -> StoreResult<(i64, DeliveryView)> {
+    let status = columns::decode_status(row.get(5))?;
+    let view = DeliveryView {
+        id: row.get(1),
+        stream_id: row.get(2),
+        event_id: row.get(3),
+        event_type: row.get(4),
+        status,
+        next_attempt_at: if status == DeliveryStatus::Pending {
+            row.get(6)
+        } else {
+            None
+        },
+        created_at: row.get(7),
+        updated_at: row.get(8),
+        attempt_count: row.get::<_, i64>(9) as u32,
+        last_attempt_at: row.get(10),
+        last_response_status: row.get::<_, Option<i32>>(11).map(|s| s as u16),
+        last_error_kind: row.get(12),
+        attempts: Vec::new(),
+    };
+    Ok((row.get(0), view))
+}
+
+/// Deliveries whose `column` equals `value`, each with every attempt.
+async fn delivery_views(
+    client: &impl GenericClient,
+    tenant_id: &str,
+    column: &str,
+    value: &str,
+) -> StoreResult<Vec<DeliveryView>> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.seq = d.event_seq \
+                 WHERE d.tenant_id = $1 AND {column} = $2 ORDER BY d.seq"
+            ),
+            &[&tenant_id, &value],
+        )
+        .await?;
+    let attempts = client
+        .prepare_cached(
+            "SELECT attempted_at, duration_ms, response_status, response_body, error_kind, \
+             error_message FROM attempts WHERE tenant_id = $1 AND delivery_seq = $2 ORDER BY seq",
+        )
+        .await?;
+    let mut views = Vec::with_capacity(rows.len());
+    for row in rows {
+        let (seq, mut view) = delivery_from_row(&row)?;
+        view.attempts = client
+            .query(&attempts, &[&tenant_id, &seq])
+            .await?
+            .iter()
+            .map(|a| AttemptView {
+                attempted_at: a.get(0),
+                duration_ms: a.get(1),
+                response_status: a.get::<_, Option<i32>>(2).map(|s| s as u16),
+                response_body: a.get(3),
+                error_kind: a.get(4),
+                error_message: a.get(5),
+            })
+            .collect();
+        views.push(view);
+    }
+    Ok(views)
+}
+
+/// Reads a page from rows ordered newest first by `seq`, of a query that asked for `take + 1`
+/// rows: an extra row means there is a next page, which starts after the last one kept.
+fn page_of<T>(
+    rows: &[Row],
+    take: usize,
+    read: impl Fn(&Row) -> StoreResult<(i64, T)>,
+) -> StoreResult<Page<T>> {
+    let mut items = Vec::with_capacity(take.min(rows.len()));
+    let mut last_seq = None;
+    for row in rows {
+        if items.len() == take {
+            return Ok(Page {
+                items,
+                next: last_seq,
+            });
+        }
+        let (seq, item) = read(row)?;
+        last_seq = Some(seq);
+        items.push(item);
+    }
+    Ok(Page { items, next: None })
+}
+
+/// Tells every node that stream definitions changed (sent when the transaction commits).
+async fn notify_streams_changed(client: &impl GenericClient) -> StoreResult<()> {
+    client
+        .execute(&format!("NOTIFY {STREAMS_CHANNEL}"), &[])
+        .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn close(&self) {
+        self.pool.close();
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.client().await?.execute("SELECT 1", &[]).await?;
+        Ok(())
+    }
+
+    async fn create_tenant(&self, tenant: Tenant) -> StoreResult<bool> {
+        let inserted = self
+            .client()
+            .await?
+            .execute(
+                "INSERT INTO tenants (id, name, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                &[&tenant.id, &tenant.name, &tenant.created_at],
+            )
+            .await?;
+        Ok(inserted == 1)
+    }
+
+    async fn get_tenant(&self, id: &str) -> StoreResult<Option<Tenant>> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached("SELECT id, name, created_at FROM tenants WHERE id = $1")
+            .await?;
+        Ok(client
+            .query_opt(&stmt, &[&id])
+            .await?
+            .map(|r| tenant_from_row(&r)))
+    }
+
+    async fn list_tenants(&self) -> StoreResult<Vec<Tenant>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT id, name, created_at FROM tenants ORDER BY created_at, id",
+                &[],
+            )
+            .await?;
+        Ok(rows.iter().map(tenant_from_row).collect())
+    }
+
+    async fn rename_tenant(&self, id: &str, name: &str) -> StoreResult<Option<Tenant>> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "UPDATE tenants SET name = $2 WHERE id = $1 RETURNING id, name, created_at",
+                &[&id, &name],
+            )
+            .await?;
+        Ok(row.map(|r| tenant_from_row(&r)))
+    }
+
+    async fn delete_tenant(&self, id: &str) -> StoreResult<bool> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        for table in [
+            "event_types",
+            "stream_stats",
+            "attempts",
+            "deliveries",
+            "events",
+            "stream_secrets",
+            "streams",
+            "api_tokens",
+        ] {
+            tx.execute(&format!("DELETE FROM {table} WHERE tenant_id = $1"), &[&id])
+                .await?;
+        }
+        let deleted = tx.execute("DELETE FROM tenants WHERE id = $1", &[&id]).await? == 1;
+        notify_streams_changed(&tx).await?;
+        tx.commit().await?;
+        Ok(deleted)
+    }
+
+    async fn count_tokens(&self) -> StoreResult<u64> {
+        let count: i64 = self
+            .client()
+            .await?
+            .query_one("SELECT COUNT(*) FROM api_tokens", &[])
+            .await?
+            .get(0);
+        Ok(count as u64)
+    }
+
+    async fn put_token(&self, token: Token, hash: TokenHash) -> StoreResult<()> {
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO api_tokens (hash, id, tenant_id, name, scopes, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (id) DO UPDATE SET hash = excluded.hash, revoked_at = NULL",
+                &[
+                    &hash.as_slice(),
+                    &token.id,
+                    &token.tenant_id,
+                    &token.name,
+                    &columns::encode_scopes(&token.scopes),
+                    &token.created_at,
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn find_token(&self, hash: TokenHash) -> StoreResult<Option<Token>> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&format!(
+                "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE hash = $1 AND revoked_at IS NULL"
+            ))
+            .await?;
+        client
+            .query_opt(&stmt, &[&hash.as_slice()])
+            .await?
+            .map(|r| token_from_row(&r))
+            .transpose()
+    }
+
+    async fn list_tokens(&self, tenant_id: Option<&str>) -> StoreResult<Vec<Token>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                &format!(
+                    "SELECT {TOKEN_COLUMNS} FROM api_tokens \
+                     WHERE tenant_id IS NOT DISTINCT FROM $1 AND revoked_at IS NULL \
+                     ORDER BY created_at, id"
+                ),
+                &[&tenant_id],
+            )
+            .await?;
+        rows.iter().map(token_from_row).collect()
+    }
+
+    async fn revoke_token(
+        &self,
+        tenant_id: Option<&str>,
+        id: &str,
+        now: Millis,
+    ) -> StoreResult<bool> {
+        let revoked = self
+            .client()
+            .await?
+            .execute(
+                "UPDATE api_tokens SET revoked_at = $3 \
+                 WHERE tenant_id IS NOT DISTINCT FROM $1 AND id = $2 AND revoked_at IS NULL",
+                &[&tenant_id, &id, &now],
+            )
+            .await?;
+        Ok(revoked == 1)
+    }
+
+    async fn create_event_type(
+        &self,
+        tenant_id: &str,
+        event_type: EventType,
+        now: Millis,
+    ) -> StoreResult<bool> {
+        let schema = event_type.schema.as_ref().map(|s| s.to_string());
+        let inserted = self
+            .client()
+            .await?
+            .execute(
+                "INSERT INTO event_types (tenant_id, name, category, description, schema, \
+                 sample_data, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT DO NOTHING",
+                &[
+                    &tenant_id,
+                    &event_type.name,
+                    &event_type.category,
+                    &event_type.description,
+                    &schema,
+                    &event_type.sample_data.to_string(),
+                    &now,
+                ],
+            )
+            .await?;
+        Ok(inserted == 1)
+    }
+
+    async fn list_event_types(&self, tenant_id: &str) -> StoreResult<Vec<EventType>> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT name, category, description, schema, sample_data FROM event_types \
+                 WHERE tenant_id = $1 ORDER BY name",
+            )
+            .await?;
+        client
+            .query(&stmt, &[&tenant_id])
+            .await?
+            .iter()
+            .map(|row| {
+                columns::decode_event_type(row.get(0), row.get(1), row.get(2), row.get(3), row.get(4))
+            })
+            .collect()
+    }
+
+    async fn delete_event_type(&self, tenant_id: &str, name: &str) -> StoreResult<bool> {
+        let deleted = self
+            .client()
+            .await?
+            .execute(
+                "DELETE FROM event_types WHERE tenant_id = $1 AND name = $2",
+                &[&tenant_id, &name],
+            )
+            .await?;
+        Ok(deleted == 1)
+    }
+
+    async fn create_stream(&self, stream: Stream, secret: SigningSecret) -> StoreResult<()> {
+        let (subscriptions, destination, retry_policy) =
+            columns::encode_stream(&stream, &self.cipher);
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        tx.execute(
+            &format!(
+                "INSERT INTO streams ({STREAM_COLUMNS}, destination_type) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+            ),
+            &[
+                &stream.tenant_id,
+                &stream.id,
+                &stream.name,
+                &stream.status.as_str(),
+                &stream.status_reason,
+                &subscriptions,
+                &destination,
+                &stream.payload_format.as_str(),
+                &retry_policy,
+                &stream.created_at,
+                &stream.updated_at,
+                &(stream.max_consecutive_failures as i64),
+                &columns::destination_type(&stream.destination),
+            ],
+        )
+        .await?;
+        tx.execute(
+            "INSERT INTO stream_secrets (tenant_id, stream_id, secret, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, NULL)",
+            &[
+                &stream.tenant_id,
+                &stream.id,
+                &self.cipher.encrypt(secret.secret.expose().as_bytes()),
+                &secret.created_at,
+            ],
+        )
+        .await?;
+        notify_streams_changed(&tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_stream(&self, tenant_id: &str, id: &str) -> StoreResult<Option<Stream>> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&format!(
+                "SELECT {STREAM_COLUMNS} FROM streams WHERE tenant_id = $1 AND id = $2"
+            ))
+            .await?;
+        client
+            .query_opt(&stmt, &[&tenant_id, &id])
+            .await?
+            .map(|row| stream_from_row(&row, &self.cipher))
+            .transpose()
+    }
+
+    async fn list_streams(&self, tenant_id: &str) -> StoreResult<Vec<Stream>> {
+        self.client()
+            .await?
+            .query(
+                &format!(
+                    "SELECT {STREAM_COLUMNS} FROM streams WHERE tenant_id = $1 ORDER BY created_at, id"
+                ),
+                &[&tenant_id],
+            )
+            .await?
+            .iter()
+            .map(|row| stream_from_row(row, &self.cipher))
+            .collect()
+    }
+
+    async fn update_stream(&self, update: StreamUpdate) -> StoreResult<Option<Vec<Published>>> {
+        let stream = &update.stream;
+        let (subscriptions, destination, retry_policy) =
+            columns::encode_stream(stream, &self.cipher);
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let changed = tx
+            .execute(
+                "UPDATE streams SET name = $3, status = $4, status_reason = $5, subscriptions = $6, \
+                 destination = $7, payload_format = $8, retry_policy = $9, updated_at = $10, \
+                 destination_type = $11, max_consecutive_failures = $12, \
+                 consecutive_failures = CASE WHEN status = $4 THEN consecutive_failures ELSE 0 END \
+                 WHERE tenant_id = $1 AND id = $2",
+                &[
+                    &stream.tenant_id,
+                    &stream.id,
+                    &stream.name,
+                    &stream.status.as_str(),
+                    &stream.status_reason,
+                    &subscriptions,
+                    &destination,
+                    &stream.payload_format.as_str(),
+                    &retry_policy,
+                    &stream.updated_at,
+                    &columns::destination_type(&stream.destination),
+                    &(stream.max_consecutive_failures as i64),
+                ],
+            )
+            .await?;
+        if changed == 0 {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        if update.skip_backlog {
+            tx.execute(
+                "UPDATE deliveries SET status = 'cancelled', due_at = NULL, lease_until = NULL, \
+                 updated_at = $3 WHERE tenant_id = $1 AND stream_id = $2 AND status = 'pending'",
+                &[&stream.tenant_id, &stream.id, &stream.updated_at],
+            )
+            .await?;
+        }
+        let published = queue::publish(
+            &tx,
+            None,
+            &stream.tenant_id,
+            update.notices,
+            stream.updated_at,
+        )
+        .await?;
+        notify_streams_changed(&tx).await?;
+        tx.commit().await?;
+        Ok(Some(published))
+    }
+
+    async fn delete_stream(&self, tenant_id: &str, id: &str, now: Millis) -> StoreResult<bool> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let deleted = tx
+            .execute(
+                "DELETE FROM streams WHERE tenant_id = $1 AND id = $2",
+                &[&tenant_id, &id],
+            )
+            .await?;
+        tx.execute(
+            "DELETE FROM stream_secrets WHERE tenant_id = $1 AND stream_id = $2",
+            &[&tenant_id, &id],
+        )
+        .await?;
+        tx.execute(
+            "UPDATE deliveries SET status = 'cancelled', due_at = NULL, lease_until = NULL, \
+             updated_at = $3 WHERE tenant_id = $1 AND stream_id = $2 AND status = 'pending'",
+            &[&tenant_id, &id, &now],
+        )
+        .await?;
+        notify_streams_changed(&tx).await?;
+        tx.commit().await?;
+        Ok(deleted == 1)
+    }
+
+    async fn signing_secrets(
+        &self,
+        tenant_id: &str,
+        stream_id: &str,
+        now: Millis,
+    ) -> StoreResult<Vec<SigningSecret>> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT secret, created_at, expires_at FROM stream_secrets \
+                 WHERE tenant_id = $1 AND stream_id = $2 AND (expires_at IS NULL OR expires_at > $3) \
+                 ORDER BY seq DESC",
+            )
+            .await?;
+        let mut secrets = Vec::new();
+        for row in client.query(&stmt, &[&tenant_id, &stream_id, &now]).await? {
+            let sealed: Vec<u8> = row.get(0);
+            let plain = String::from_utf8(self.cipher.decrypt(&sealed)?)
+                .map_err(|_| StoreError::Corrupt("stream secret".into()))?;
+            secrets.push(SigningSecret {
+                secret: Secret::new(plain),
+                created_at: row.get(1),
+                expires_at: row.get(2),
+            });
+        }
+        Ok(secrets)
+    }
+
+    async fn rotate_secret(
+        &self,
+        tenant_id: &str,
+        stream_id: &str,
+        secret: SigningSecret,
+        old_expires_at: Millis,
+    ) -> StoreResult<bool> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        // Locks the stream, so concurrent rotations run one after the other.
+        let exists = tx
+            .query_opt(
+                "SELECT 1 FROM streams WHERE tenant_id = $1 AND id = $2 FOR UPDATE",
+                &[&tenant_id, &stream_id],
+            )
+            .await?
+            .is_some();
+        if !exists {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        // Secrets already expiring keep their earlier expiry.
+        tx.execute(
+            "UPDATE stream_secrets SET expires_at = LEAST(COALESCE(expires_at, $3), $3) \
+             WHERE tenant_id = $1 AND stream_id = $2",
+            &[&tenant_id, &stream_id, &old_expires_at],
+        )
+        .await?;
+        tx.execute(
+            "INSERT INTO stream_secrets (tenant_id, stream_id, secret, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, NULL)",
+            &[
+                &tenant_id,
+                &stream_id,
+                &self.cipher.encrypt(secret.secret.expose().as_bytes()),
+                &secret.created_at,
+            ],
+        )
+        .await?;
+        notify_streams_changed(&tx).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn streams_with_status(&self, status: StreamStatus) -> StoreResult<Vec<Stream>> {
+        self.client()
+            .await?
+            .query(
+                &format!("SELECT {STREAM_COLUMNS} FROM streams WHERE status = $1"),
+                &[&status.as_str()],
+            )
+            .await?
+            .iter()
+            .map(|row| stream_from_row(row, &self.cipher))
+            .collect()
+    }
+
+    async fn publish(
+        &self,
+        tenant_id: &str,
+        events: Vec<Event>,
+        now: Millis,
+        lease_until: Option<Millis>,
+    ) -> StoreResult<Vec<Published>> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let published = queue::publish(&tx, lease_until, tenant_id, events, now).await?;
+        tx.commit().await?;
+        Ok(published)
+    }
+
+    async fn claim(
+        &self,
+        requests: Vec<ClaimRequest>,
+        now: Millis,
+        lease_until: Millis,
+    ) -> StoreResult<Vec<ClaimBatch>> {
+        queue::claim(&self.client().await?, requests, now, lease_until).await
+    }
+
+    async fn record(
+        &self,
+        attempts: Vec<AttemptRecord>,
+        now: Millis,
+    ) -> StoreResult<RecordEffects> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let effects = queue::record(&tx, attempts, now).await?;
+        tx.commit().await?;
+        Ok(effects)
+    }
+
+    async fn release(&self, leases: Vec<(i64, i64)>, _now: Millis) -> StoreResult<()> {
+        queue::release(&self.client().await?, leases).await
+    }
+
+    async fn get_delivery(&self, tenant_id: &str, id: &str) -> StoreResult<Option<DeliveryView>> {
+        let client = self.client().await?;
+        Ok(delivery_views(&client, tenant_id, "d.id", id).await?.pop())
+    }
+
+    async fn event_deliveries(
+        &self,
+        tenant_id: &str,
+        event_id: &str,
+    ) -> StoreResult<Vec<DeliveryView>> {
+        let client = self.client().await?;
+        delivery_views(&client, tenant_id, "e.id", event_id).await
+    }
+
+    async fn list_deliveries(
+        &self,
+        tenant_id: &str,
+        stream_id: &str,
+        filter: DeliveryFilter,
+        before: Option<i64>,
+        take: usize,
+    ) -> StoreResult<Page<DeliveryView>> {
+        let mut params: Params = vec![Box::new(tenant_id.to_string()), Box::new(stream_id.to_string())];
+        let mut conditions = queue::filter_sql(&filter, &mut params);
+        if let Some(before) = before {
+            params.push(Box::new(before));
+            conditions.push_str(&format!(" AND d.seq < ${}", params.len()));
+        }
+        params.push(Box::new(take as i64 + 1));
+        let rows = self
+            .client()
+            .await?
+            .query(
+                &format!(
+                    "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.seq = d.event_seq \
+                     WHERE d.tenant_id = $1 AND d.stream_id = $2{conditions} ORDER BY d.seq DESC LIMIT ${}",
+                    params.len()
+                ),
+                &refs(&params),
+            )
+            .await?;
+        page_of(&rows, take, delivery_from_row)
+    }
+
+    async fn redeliver_event(
+        &self,
+        tenant_id: &str,
+        stream_id: &str,
+        event_id: &str,
+        now: Millis,
+    ) -> StoreResult<Option<u64>> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let queued = queue::redeliver_event(&tx, tenant_id, stream_id, event_id, now).await?;
+        tx.commit().await?;
+        Ok(queued)
+    }
+
+    async fn redeliver(
+        &self,
+        tenant_id: &str,
+        stream_id: &str,
+        filter: DeliveryFilter,
+        dry_run: bool,
+        now: Millis,
+    ) -> StoreResult<u64> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let count = queue::redeliver(&tx, tenant_id, stream_id, &filter, dry_run, now).await?;
+        tx.commit().await?;
+        Ok(count)
+    }
+
+    async fn backlog(&self, tenant_id: &str, stream_id: &str) -> StoreResult<Backlog> {
+        let row = self
+            .client()
+            .await?
+            .query_one(
+                "SELECT COUNT(*), MIN(created_at) FROM deliveries \
+                 WHERE tenant_id = $1 AND stream_id = $2 AND status = 'pending'",
+                &[&tenant_id, &stream_id],
+            )
+            .await?;
+        Ok(Backlog {
+            pending: row.get::<_, i64>(0) as u64,
+            oldest_created_at: row.get(1),
+        })
+    }
+
+    async fn stats(
+        &self,
+        tenant_id: &str,
+        stream_id: &str,
+        from: Millis,
+        to: Millis,
+    ) -> StoreResult<Vec<StatsRow>> {
+        log::stats(&self.client().await?, tenant_id, stream_id, from, to).await
+    }
+
+    async fn list_events(
+        &self,
+        tenant_id: &str,
+        filter: EventFilter,
+        before: Option<i64>,
+        take: usize,
+    ) -> StoreResult<Page<LoggedEvent>> {
+        log::list_events(&self.client().await?, tenant_id, &filter, before, take).await
+    }
+
+    async fn get_event(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        source: Option<&str>,
+    ) -> StoreResult<Option<LoggedEvent>> {
+        log::get_event(&self.client().await?, tenant_id, id, source).await
+    }
+
+    async fn erase(&self, tenant_id: &str, what: Erase, now: Millis) -> StoreResult<u64> {
+        log::erase(&self.client().await?, tenant_id, &what, now).await
+    }
+
+    async fn sweep(
+        &self,
+        events_before: Option<Millis>,
+        bodies_before: Option<Millis>,
+        limit: usize,
+    ) -> StoreResult<Swept> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let swept = log::sweep(&tx, events_before, bodies_before, limit).await?;
+        tx.commit().await?;
+        Ok(swept)
+    }
+}

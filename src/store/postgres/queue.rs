@@ -1,0 +1,743 @@
+//! The delivery queue on PostgreSQL: publishing events with their deliveries, leasing due
+//! deliveries for one node at a time, recording attempts (with the statistics rollups, stream
+//! health and Herald's own notices in the same transaction), and redelivery.
+//!
+//! Each call is a few set-based statements over arrays (`unnest`), never a statement per
+//! row: a batch of a thousand outcomes costs the same round trips as one.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::LazyLock;
+
+use deadpool_postgres::GenericClient;
+
+use super::{DUE_CHANNEL, EVENT_COLUMNS, Params, event_from_row, notify_streams_changed};
+use crate::clock::Millis;
+use crate::event::Event;
+use crate::notices;
+use crate::store::columns;
+use crate::store::{
+    AttemptRecord, ClaimBatch, ClaimRequest, Claimed, DeliveryFilter, DeliveryStatus,
+    LATENCY_BOUNDS_MS, Published, RecordEffects, StoreResult,
+};
+
+/// Tells idle nodes that these streams have due work (sent when the transaction commits).
+async fn notify_due(client: &impl GenericClient, stream_ids: &[String]) -> StoreResult<()> {
+    if stream_ids.is_empty() {
+        return Ok(());
+    }
+    client
+        .execute(
+            "SELECT pg_notify($1, s) FROM (SELECT DISTINCT unnest($2::text[]) AS s) streams",
+            &[&DUE_CHANNEL, &stream_ids],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Stores `events` and a pending delivery for each stream subscribed to them that is enabled
+/// or paused. With `lease_until`, the deliveries to enabled streams are leased to the caller
+/// and returned; otherwise every node is told they are due.
+pub async fn publish(
+    tx: &impl GenericClient,
+    lease_until: Option<Millis>,
+    tenant_id: &str,
+    events: Vec<Event>,
+    now: Millis,
+) -> StoreResult<Vec<Published>> {
+    let select = tx
+        .prepare_cached(
+            "SELECT id, subscriptions, status = 'enabled' FROM streams \
+             WHERE tenant_id = $1 AND status IN ('enabled', 'paused')",
+        )
+        .await?;
+    let mut streams = Vec::new();
+    for row in tx.query(&select, &[&tenant_id]).await? {
+        let id: String = row.get(0);
+        let patterns = columns::decode_patterns(row.get(1))?;
+        streams.push((id, patterns, row.get::<_, bool>(2)));
+    }
+
+    let n = events.len();
+    let (mut ids, mut sources, mut types, mut times) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut subjects, mut contenttypes, mut schemas, mut datas) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut extensions, mut projectids, mut userids) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for event in &events {
+        let (ext, projectid, userid) = columns::event_context(event);
+        ids.push(event.id.as_str());
+        sources.push(event.source.as_str());
+        types.push(event.event_type.as_str());
+        times.push(event.time);
+        subjects.push(event.subject.as_deref());
+        contenttypes.push(event.datacontenttype.as_deref());
+        schemas.push(event.dataschema.as_deref());
+        datas.push(event.data.get());
+        extensions.push(ext);
+        projectids.push(projectid);
+        userids.push(userid);
+    }
+    let insert = tx
+        .prepare_cached(
+            "INSERT INTO events (tenant_id, id, source, type, time, subject, datacontenttype, \
+             dataschema, data, extensions, projectid, userid, received_at) \
+             SELECT $1, u.id, u.source, u.type, u.time, u.subject, u.datacontenttype, \
+             u.dataschema, u.data, u.extensions, u.projectid, u.userid, $13 \
+             FROM unnest($2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], \
+             $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[]) WITH ORDINALITY \
+             AS u(id, source, type, time, subject, datacontenttype, dataschema, data, extensions, \
+             projectid, userid, n) ORDER BY u.n \
+             ON CONFLICT (tenant_id, source, id) DO NOTHING RETURNING seq, source, id",
+        )
+        .await?;
+    let rows = tx
+        .query(
+            &insert,
+            &[
+                &tenant_id,
+                &ids,
+                &sources,
+                &types,
+                &times,
+                &subjects,
+                &contenttypes,
+                &schemas,
+                &datas,
+                &extensions,
+                &projectids,
+                &userids,
+                &now,
+            ],
+        )
+        .await?;
+    // A repeat within the batch is inserted once: the first occurrence takes the row.
+    let mut inserted: HashMap<(String, String), i64> = rows
+        .iter()
+        .map(|r| ((r.get(1), r.get(2)), r.get(0)))
+        .collect();
+
+    let mut published = Vec::with_capacity(n);
+    let mut new_deliveries = NewDeliveries::default();
+    for event in events {
+        let seq = inserted.remove(&(event.source.clone(), event.id.clone()));
+        let mut result = Published {
+            id: event.id.clone(),
+            source: event.source.clone(),
+            duplicate: seq.is_none(),
+            streams: Vec::new(),
+            leased: Vec::new(),
+        };
+        if let Some(event_seq) = seq {
+            for (stream_id, patterns, enabled) in &streams {
+                if !patterns
+                    .iter()
+                    .any(|p| crate::catalog::pattern_matches(p, &event.event_type))
+                {
+                    continue;
+                }
+                result.streams.push(stream_id.clone());
+                let lease = lease_until.filter(|_| *enabled);
+                new_deliveries.push(
+                    crate::ids::delivery_id(now),
+                    stream_id,
+                    event_seq,
+                    &event.event_type,
+                    lease,
+                );
+                if lease.is_some() {
+                    result.leased.push(Claimed {
+                        key: 0, // Set once the row exists.
+                        lease: 1,
+                        id: new_deliveries.ids.last().cloned().unwrap_or_default(),
+                        tenant_id: tenant_id.to_string(),
+                        stream_id: stream_id.clone(),
+                        attempts: 0,
+                        event: event.clone(),
+                    });
+                }
+            }
+        }
+        published.push(result);
+    }
+    let seqs = new_deliveries.insert(tx, tenant_id, now).await?;
+    for claimed in published.iter_mut().flat_map(|p| p.leased.iter_mut()) {
+        claimed.key = seqs[&claimed.id];
+    }
+    notify_due(tx, &new_deliveries.unleased).await?;
+    Ok(published)
+}
+
+/// Deliveries to insert with one statement.
+#[derive(Default)]
+struct NewDeliveries {
+    ids: Vec<String>,
+    streams: Vec<String>,
+    event_seqs: Vec<i64>,
+    event_types: Vec<String>,
+    leases: Vec<i64>,
+    lease_untils: Vec<Option<Millis>>,
+    /// Streams with deliveries nobody leased: other nodes are told.
+    unleased: Vec<String>,
+}
+
+impl NewDeliveries {
+    fn push(
+        &mut self,
+        id: String,
+        stream_id: &str,
+        event_seq: i64,
+        event_type: &str,
+        lease_until: Option<Millis>,
+    ) {
+        self.ids.push(id);
+        self.streams.push(stream_id.to_string());
+        self.event_seqs.push(event_seq);
+        self.event_types.push(event_type.to_string());
+        self.leases.push(lease_until.is_some() as i64);
+        self.lease_untils.push(lease_until);
+        if lease_until.is_none() {
+            self.unleased.push(stream_id.to_string());
+        }
+    }
+
+    /// Inserts them; gives each new delivery's row key by delivery id. Existing (event,
+    /// stream) pairs are left alone.
+    async fn insert(
+        &self,
+        tx: &impl GenericClient,
+        tenant_id: &str,
+        now: Millis,
+    ) -> StoreResult<HashMap<String, i64>> {
+        if self.ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let insert = tx
+            .prepare_cached(
+                "INSERT INTO deliveries (tenant_id, id, stream_id, event_seq, event_type, status, \
+                 due_at, lease, lease_until, created_at, updated_at) \
+                 SELECT $1, u.id, u.stream_id, u.event_seq, u.event_type, 'pending', $2, u.lease, \
+                 u.lease_until, $2, $2 \
+                 FROM unnest($3::text[], $4::text[], $5::bigint[], $6::text[], $7::bigint[], \
+                 $8::bigint[]) AS u(id, stream_id, event_seq, event_type, lease, lease_until) \
+                 ON CONFLICT (tenant_id, event_seq, stream_id) DO NOTHING RETURNING id, seq",
+            )
+            .await?;
+        let rows = tx
+            .query(
+                &insert,
+                &[
+                    &tenant_id,
+                    &now,
+                    &self.ids,
+                    &self.streams,
+                    &self.event_seqs,
+                    &self.event_types,
+                    &self.leases,
+                    &self.lease_untils,
+                ],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+}
+
+/// Leases up to `limit` due deliveries per request, oldest due first, skipping rows another
+/// node is claiming at the same moment; then learns when each stream next has work (leased
+/// deliveries count at their lease expiry, in case their node dies).
+pub async fn claim(
+    client: &impl GenericClient,
+    requests: Vec<ClaimRequest>,
+    now: Millis,
+    lease_until: Millis,
+) -> StoreResult<Vec<ClaimBatch>> {
+    static CLAIM: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "WITH picked AS ( \
+               SELECT p.seq FROM unnest($1::text[], $2::text[], $3::bigint[]) AS r(tenant_id, stream_id, lim) \
+               CROSS JOIN LATERAL ( \
+                 SELECT d.seq FROM deliveries d \
+                 WHERE d.tenant_id = r.tenant_id AND d.stream_id = r.stream_id \
+                   AND d.status = 'pending' AND d.due_at <= $4 \
+                   AND (d.lease_until IS NULL OR d.lease_until <= $4) \
+                 ORDER BY d.due_at LIMIT r.lim FOR UPDATE SKIP LOCKED) p \
+             ), claimed AS ( \
+               UPDATE deliveries d SET lease = d.lease + 1, lease_until = $5 \
+               FROM picked WHERE d.seq = picked.seq \
+               RETURNING d.seq, d.lease, d.id, d.stream_id, d.attempts - d.round_start AS attempts, \
+                 d.event_seq, d.due_at \
+             ) \
+             SELECT c.seq, c.lease, c.id, c.stream_id, c.attempts, {EVENT_COLUMNS} \
+             FROM claimed c JOIN events e ON e.seq = c.event_seq ORDER BY c.due_at, c.seq"
+        )
+    });
+    const NEXT_DUE: &str = "SELECT r.stream_id, LEAST( \
+           (SELECT d.due_at FROM deliveries d WHERE d.tenant_id = r.tenant_id \
+              AND d.stream_id = r.stream_id AND d.status = 'pending' \
+              AND (d.lease_until IS NULL OR d.lease_until <= $3) ORDER BY d.due_at LIMIT 1), \
+           (SELECT MIN(d.lease_until) FROM deliveries d WHERE d.tenant_id = r.tenant_id \
+              AND d.stream_id = r.stream_id AND d.status = 'pending' AND d.lease_until > $3)) \
+         FROM unnest($1::text[], $2::text[]) AS r(tenant_id, stream_id)";
+
+    let tenants: Vec<&str> = requests.iter().map(|r| r.tenant_id.as_str()).collect();
+    let streams: Vec<&str> = requests.iter().map(|r| r.stream_id.as_str()).collect();
+    let limits: Vec<i64> = requests.iter().map(|r| r.limit as i64).collect();
+    let claim = client.prepare_cached(&CLAIM).await?;
+    let rows = client
+        .query(&claim, &[&tenants, &streams, &limits, &now, &lease_until])
+        .await?;
+    let mut by_stream: HashMap<String, Vec<Claimed>> = HashMap::new();
+    let tenant_of: HashMap<&str, &str> = streams.iter().copied().zip(tenants.iter().copied()).collect();
+    for row in &rows {
+        let stream_id: String = row.get(3);
+        let claimed = Claimed {
+            key: row.get(0),
+            lease: row.get(1),
+            id: row.get(2),
+            tenant_id: tenant_of[stream_id.as_str()].to_string(),
+            attempts: row.get::<_, i64>(4) as u32,
+            event: event_from_row(row, 5)?,
+            stream_id: stream_id.clone(),
+        };
+        by_stream.entry(stream_id).or_default().push(claimed);
+    }
+    let next_due = client.prepare_cached(NEXT_DUE).await?;
+    let due: HashMap<String, Option<Millis>> = client
+        .query(&next_due, &[&tenants, &streams, &now])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    Ok(requests
+        .into_iter()
+        .map(|request| ClaimBatch {
+            deliveries: by_stream.remove(&request.stream_id).unwrap_or_default(),
+            next_due: due
+                .get(&request.stream_id)
+                .copied()
+                .flatten()
+                .map(|at| at.max(now)),
+            tenant_id: request.tenant_id,
+            stream_id: request.stream_id,
+        })
+        .collect())
+}
+
+/// Gives leases back: the deliveries are claimable again at once, by any node.
+pub async fn release(client: &impl GenericClient, leases: Vec<(i64, i64)>) -> StoreResult<()> {
+    let (seqs, generations): (Vec<i64>, Vec<i64>) = leases.into_iter().unzip();
+    let rows = client
+        .query(
+            "UPDATE deliveries d SET lease_until = NULL \
+             FROM unnest($1::bigint[], $2::bigint[]) AS u(seq, lease) \
+             WHERE d.seq = u.seq AND d.lease = u.lease AND d.status = 'pending' \
+             RETURNING d.stream_id",
+            &[&seqs, &generations],
+        )
+        .await?;
+    let streams: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    notify_due(client, &streams).await
+}
+
+const HOUR_MS: Millis = 3_600_000;
+
+/// The rollup upsert over arrays, one row per (stream, hour, event type) of a batch.
+static ROLLUP_SQL: LazyLock<String> = LazyLock::new(|| {
+    let buckets = LATENCY_BOUNDS_MS.len() + 1;
+    let columns: Vec<String> = (0..buckets).map(|i| format!("l{i}")).collect();
+    let arrays: Vec<String> = (0..buckets)
+        .map(|i| format!("${}::bigint[]", i + 9))
+        .collect();
+    let updates: Vec<String> = columns
+        .iter()
+        .map(|c| format!("{c} = stream_stats.{c} + excluded.{c}"))
+        .collect();
+    format!(
+        "INSERT INTO stream_stats (tenant_id, stream_id, hour, event_type, succeeded, failed, \
+         attempts, failed_attempts, {cols}) \
+         SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::bigint[], \
+         $6::bigint[], $7::bigint[], $8::bigint[], {arrays}) \
+         ON CONFLICT (tenant_id, stream_id, hour, event_type) DO UPDATE SET \
+         succeeded = stream_stats.succeeded + excluded.succeeded, \
+         failed = stream_stats.failed + excluded.failed, \
+         attempts = stream_stats.attempts + excluded.attempts, \
+         failed_attempts = stream_stats.failed_attempts + excluded.failed_attempts, {updates}",
+        cols = columns.join(", "),
+        arrays = arrays.join(", "),
+        updates = updates.join(", "),
+    )
+});
+
+/// One rollup row being summed up from a batch.
+#[derive(Default)]
+struct Rollup {
+    succeeded: i64,
+    failed: i64,
+    attempts: i64,
+    failed_attempts: i64,
+    latency: [i64; LATENCY_BOUNDS_MS.len() + 1],
+}
+
+/// A stream's run of outcomes within a batch, in order.
+#[derive(Default)]
+struct Health {
+    succeeded: bool,
+    /// Failures after the last success.
+    trailing_failures: i64,
+    disable: Option<String>,
+    max_consecutive_failures: u32,
+}
+
+pub async fn record(
+    tx: &impl GenericClient,
+    records: Vec<AttemptRecord>,
+    now: Millis,
+) -> StoreResult<RecordEffects> {
+    let mut effects = RecordEffects::default();
+    if records.is_empty() {
+        return Ok(effects);
+    }
+    let insert = tx
+        .prepare_cached(
+            "INSERT INTO attempts (tenant_id, delivery_seq, attempted_at, duration_ms, \
+             response_status, response_body, error_kind, error_message) \
+             SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], \
+             $5::int4[], $6::text[], $7::text[], $8::text[])",
+        )
+        .await?;
+    let tenants: Vec<&str> = records.iter().map(|r| r.tenant_id.as_str()).collect();
+    let keys: Vec<i64> = records.iter().map(|r| r.key).collect();
+    let attempted: Vec<i64> = records.iter().map(|r| r.attempted_at).collect();
+    let durations: Vec<i64> = records.iter().map(|r| r.duration_ms).collect();
+    let statuses: Vec<Option<i32>> = records
+        .iter()
+        .map(|r| r.response_status.map(i32::from))
+        .collect();
+    let bodies: Vec<Option<&str>> = records.iter().map(|r| r.response_body.as_deref()).collect();
+    let kinds: Vec<Option<&str>> = records.iter().map(|r| r.error_kind).collect();
+    let messages: Vec<Option<&str>> = records.iter().map(|r| r.error_message.as_deref()).collect();
+    tx.execute(
+        &insert,
+        &[
+            &tenants, &keys, &attempted, &durations, &statuses, &bodies, &kinds, &messages,
+        ],
+    )
+    .await?;
+
+    // The delivery's new state, only under the lease the attempt was made with: a node whose
+    // lease lapsed (and whose delivery another node took over) records its attempt but no
+    // longer decides the delivery's state. Nor does an attempt on a cancelled delivery.
+    let update = tx
+        .prepare_cached(
+            "UPDATE deliveries d SET status = u.status, attempts = d.attempts + 1, due_at = u.due_at, \
+             lease_until = NULL, last_attempt_at = u.attempted_at, \
+             last_response_status = u.response_status, last_error_kind = u.error_kind, updated_at = $1 \
+             FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[], \
+             $7::bigint[], $8::bigint[], $9::int4[], $10::text[]) \
+             AS u(seq, lease, tenant_id, id, status, due_at, attempted_at, response_status, error_kind) \
+             WHERE d.seq = u.seq AND d.tenant_id = u.tenant_id AND d.id = u.id \
+               AND d.status = 'pending' AND d.lease = u.lease \
+             RETURNING d.seq",
+        )
+        .await?;
+    let leases: Vec<i64> = records.iter().map(|r| r.lease).collect();
+    let ids: Vec<&str> = records.iter().map(|r| r.delivery_id.as_str()).collect();
+    let states: Vec<&str> = records.iter().map(|r| r.status.as_str()).collect();
+    let dues: Vec<Option<Millis>> = records
+        .iter()
+        .map(|r| match r.status {
+            DeliveryStatus::Pending => r.next_attempt_at,
+            _ => None,
+        })
+        .collect();
+    let owned: HashSet<i64> = tx
+        .query(
+            &update,
+            &[
+                &now, &keys, &leases, &tenants, &ids, &states, &dues, &attempted, &statuses,
+                &kinds,
+            ],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+
+    let mut rollups: BTreeMap<(&str, &str, Millis, &str), Rollup> = BTreeMap::new();
+    let mut health: BTreeMap<(&str, &str), Health> = BTreeMap::new();
+    for r in records.iter().filter(|r| owned.contains(&r.key)) {
+        let hour = r.attempted_at.div_euclid(HOUR_MS) * HOUR_MS;
+        let rollup = rollups
+            .entry((&r.tenant_id, &r.stream_id, hour, &r.event_type))
+            .or_default();
+        rollup.succeeded += (r.status == DeliveryStatus::Succeeded) as i64;
+        rollup.failed += (r.status == DeliveryStatus::Failed) as i64;
+        rollup.attempts += 1;
+        rollup.failed_attempts += (r.status != DeliveryStatus::Succeeded) as i64;
+        rollup.latency[crate::store::latency_bucket(r.duration_ms)] += 1;
+
+        let h = health.entry((&r.tenant_id, &r.stream_id)).or_default();
+        h.max_consecutive_failures = r.max_consecutive_failures;
+        if r.status == DeliveryStatus::Succeeded {
+            h.succeeded = true;
+            h.trailing_failures = 0;
+        } else {
+            h.trailing_failures += 1;
+            if let Some(reason) = &r.disable_stream {
+                h.disable = Some(reason.clone());
+            }
+        }
+    }
+    add_to_rollups(tx, &rollups).await?;
+    // Streams in key order, so concurrent nodes lock them in the same order.
+    for ((tenant_id, stream_id), h) in &health {
+        update_health(tx, tenant_id, stream_id, h, now, &mut effects).await?;
+    }
+
+    for r in records.iter().filter(|r| owned.contains(&r.key)) {
+        if r.status != DeliveryStatus::Failed || !notices::notifies_failure_of(&r.event_type) {
+            continue;
+        }
+        let reason = match (&r.disable_stream, r.response_status) {
+            (Some(_), _) => "the endpoint answered 410 Gone",
+            (None, Some(code)) if (400..500).contains(&code) => "the endpoint refused it",
+            _ => "retries exhausted",
+        };
+        let failed = notices::FailedDelivery {
+            tenant_id: &r.tenant_id,
+            delivery_id: &r.delivery_id,
+            stream_id: &r.stream_id,
+            event_id: &r.event_id,
+            event_type: &r.event_type,
+            attempts: r.attempt_number,
+            last_response_status: r.response_status,
+            last_error: r.error_message.as_deref(),
+            reason,
+        };
+        let notice = notices::delivery_failed(&failed, now);
+        notify(tx, &r.tenant_id, notice, now, &mut effects).await?;
+    }
+    Ok(effects)
+}
+
+async fn add_to_rollups(
+    tx: &impl GenericClient,
+    rollups: &BTreeMap<(&str, &str, Millis, &str), Rollup>,
+) -> StoreResult<()> {
+    if rollups.is_empty() {
+        return Ok(());
+    }
+    let mut keys: (Vec<&str>, Vec<&str>, Vec<Millis>, Vec<&str>) = Default::default();
+    let mut counts: [Vec<i64>; 4] = Default::default();
+    let mut latency: Vec<Vec<i64>> = vec![Vec::new(); LATENCY_BOUNDS_MS.len() + 1];
+    for ((tenant, stream, hour, event_type), r) in rollups {
+        keys.0.push(tenant);
+        keys.1.push(stream);
+        keys.2.push(*hour);
+        keys.3.push(event_type);
+        for (column, value) in counts
+            .iter_mut()
+            .zip([r.succeeded, r.failed, r.attempts, r.failed_attempts])
+        {
+            column.push(value);
+        }
+        for (column, value) in latency.iter_mut().zip(r.latency) {
+            column.push(value);
+        }
+    }
+    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+        vec![&keys.0, &keys.1, &keys.2, &keys.3];
+    params.extend(counts.iter().map(|c| c as &(dyn tokio_postgres::types::ToSql + Sync)));
+    params.extend(latency.iter().map(|c| c as &(dyn tokio_postgres::types::ToSql + Sync)));
+    let upsert = tx.prepare_cached(&ROLLUP_SQL).await?;
+    tx.execute(&upsert, &params).await?;
+    Ok(())
+}
+
+/// Applies a batch's outcomes to a stream's run of failures, and disables it when the run
+/// reaches its limit or the endpoint asked to stop.
+async fn update_health(
+    tx: &impl GenericClient,
+    tenant_id: &str,
+    stream_id: &str,
+    h: &Health,
+    now: Millis,
+    effects: &mut RecordEffects,
+) -> StoreResult<()> {
+    if h.trailing_failures == 0 {
+        // A success clears the run, writing the stream's row only if there was one.
+        tx.execute(
+            "UPDATE streams SET consecutive_failures = 0 \
+             WHERE tenant_id = $1 AND id = $2 AND consecutive_failures != 0",
+            &[&tenant_id, &stream_id],
+        )
+        .await?;
+        return Ok(());
+    }
+    let Some(row) = tx
+        .query_opt(
+            "UPDATE streams SET consecutive_failures = \
+             CASE WHEN $3 THEN 0 ELSE consecutive_failures END + $4 \
+             WHERE tenant_id = $1 AND id = $2 RETURNING consecutive_failures, status, name",
+            &[&tenant_id, &stream_id, &h.succeeded, &h.trailing_failures],
+        )
+        .await?
+    else {
+        return Ok(()); // The stream was deleted meanwhile.
+    };
+    let failures: i64 = row.get(0);
+    let status: &str = row.get(1);
+    let name: &str = row.get(2);
+    let too_many =
+        h.max_consecutive_failures > 0 && failures >= i64::from(h.max_consecutive_failures);
+    let reason = match &h.disable {
+        Some(reason) => Some(reason.clone()),
+        None if too_many => Some(format!(
+            "disabled after {failures} failed attempts in a row; re-enable the stream to resume"
+        )),
+        None => None,
+    };
+    if let Some(reason) = reason
+        && status != "disabled"
+    {
+        tx.execute(
+            "UPDATE streams SET status = 'disabled', status_reason = $3, \
+             consecutive_failures = 0, updated_at = $4 WHERE tenant_id = $1 AND id = $2",
+            &[&tenant_id, &stream_id, &reason, &now],
+        )
+        .await?;
+        notify_streams_changed(tx).await?;
+        effects.disabled_streams.push(stream_id.to_string());
+        let notice = notices::stream_disabled(tenant_id, stream_id, name, &reason, now);
+        notify(tx, tenant_id, notice, now, effects).await?;
+    }
+    Ok(())
+}
+
+/// Publishes one of Herald's notices inside the transaction.
+async fn notify(
+    tx: &impl GenericClient,
+    tenant_id: &str,
+    notice: Event,
+    now: Millis,
+    effects: &mut RecordEffects,
+) -> StoreResult<()> {
+    for published in Box::pin(publish(tx, None, tenant_id, vec![notice], now)).await? {
+        effects.woken_streams.extend(published.streams);
+    }
+    Ok(())
+}
+
+/// The SQL condition (on `deliveries d`) for `filter`, its values appended to `params`.
+pub fn filter_sql(filter: &DeliveryFilter, params: &mut Params) -> String {
+    let mut sql = String::new();
+    if !filter.statuses.is_empty() {
+        let statuses: Vec<String> = filter
+            .statuses
+            .iter()
+            .map(|s| s.as_str().to_string())
+            .collect();
+        params.push(Box::new(statuses));
+        sql.push_str(&format!(" AND d.status = ANY(${})", params.len()));
+    }
+    if !filter.event_types.is_empty() {
+        params.push(Box::new(filter.event_types.clone()));
+        sql.push_str(&format!(" AND d.event_type = ANY(${})", params.len()));
+    }
+    if let Some(from) = filter.date_from {
+        params.push(Box::new(from));
+        sql.push_str(&format!(" AND d.created_at >= ${}", params.len()));
+    }
+    if let Some(to) = filter.date_to {
+        params.push(Box::new(to));
+        sql.push_str(&format!(" AND d.created_at < ${}", params.len()));
+    }
+    sql
+}
+
+/// Starts a new round for a delivery: due now (`$1`), retry budget reset. Attempts under way
+/// (a live lease) are left to finish.
+const REQUEUE: &str = "status = 'pending', due_at = $1, round_start = attempts, updated_at = $1";
+const NOT_IN_FLIGHT: &str = "(d.lease_until IS NULL OR d.lease_until <= $1 OR d.status <> 'pending')";
+
+pub async fn redeliver_event(
+    tx: &impl GenericClient,
+    tenant_id: &str,
+    stream_id: &str,
+    event_id: &str,
+    now: Millis,
+) -> StoreResult<Option<u64>> {
+    let events = tx
+        .query(
+            "SELECT seq, type FROM events WHERE tenant_id = $1 AND id = $2",
+            &[&tenant_id, &event_id],
+        )
+        .await?;
+    if events.is_empty() {
+        return Ok(None);
+    }
+    let mut new = NewDeliveries::default();
+    for row in &events {
+        new.push(
+            crate::ids::delivery_id(now),
+            stream_id,
+            row.get(0),
+            row.get(1),
+            None,
+        );
+    }
+    let created = new.insert(tx, tenant_id, now).await?.len() as u64;
+    let requeued = tx
+        .execute(
+            &format!(
+                "UPDATE deliveries AS d SET {REQUEUE} FROM events e \
+                 WHERE e.tenant_id = $2 AND e.id = $3 AND d.tenant_id = $2 AND d.event_seq = e.seq \
+                 AND d.stream_id = $4 AND d.id <> ALL($5) AND {NOT_IN_FLIGHT}"
+            ),
+            &[&now, &tenant_id, &event_id, &stream_id, &new.ids],
+        )
+        .await?;
+    notify_due(tx, &[stream_id.to_string()]).await?;
+    Ok(Some(created + requeued))
+}
+
+pub async fn redeliver(
+    tx: &impl GenericClient,
+    tenant_id: &str,
+    stream_id: &str,
+    filter: &DeliveryFilter,
+    dry_run: bool,
+    now: Millis,
+) -> StoreResult<u64> {
+    let mut params: Params = vec![
+        Box::new(now),
+        Box::new(tenant_id.to_string()),
+        Box::new(stream_id.to_string()),
+    ];
+    let conditions = filter_sql(filter, &mut params);
+    let head = if dry_run {
+        "SELECT COUNT(*) FROM deliveries d WHERE".to_string()
+    } else {
+        format!("UPDATE deliveries AS d SET {REQUEUE} WHERE")
+    };
+    let sql = format!("{head} d.tenant_id = $2 AND d.stream_id = $3{conditions} AND {NOT_IN_FLIGHT}");
+    let params = super::refs(&params);
+    if dry_run {
+        let count: i64 = tx.query_one(&sql, &params).await?.get(0);
+        return Ok(count as u64);
+    }
+    let count = tx.execute(&sql, &params).await?;
+    notify_due(tx, &[stream_id.to_string()]).await?;
+    Ok(count)
+}
