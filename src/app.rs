@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -101,9 +100,7 @@ impl App {
             AddressPolicy::new(config.allow_cidrs.clone()),
             config.delivery_timeout(),
         ));
-        // Outlasts the slowest attempt (the request timeout) with room for the time a
-        // delivery waits in its stream's queue and for recording the outcome.
-        let lease = config.delivery_timeout() + Duration::from_secs(45);
+        let lease = config.delivery_lease();
         let dispatcher = config.role.delivers().then(|| {
             Dispatcher::new(
                 store.clone(),

@@ -35,6 +35,7 @@ pub struct Config {
     pub admin_token: Option<Secret>,
     pub secret_key: Option<Secret>,
     pub delivery_timeout_seconds: u64,
+    pub delivery_lease_seconds: u64,
     pub max_in_flight: usize,
     pub max_in_flight_per_stream: usize,
     pub secret_rotation_grace_seconds: u64,
@@ -179,6 +180,13 @@ impl Config {
             }
             _ => {}
         }
+        if self.delivery_lease_seconds <= self.delivery_timeout_seconds {
+            return Err(ConfigError(format!(
+                "`delivery_lease_seconds` ({}) must exceed `delivery_timeout_seconds` ({}): a \
+                 lease has to outlast the attempt it covers",
+                self.delivery_lease_seconds, self.delivery_timeout_seconds
+            )));
+        }
         if let Some(token) = &self.admin_token
             && token.expose().len() < 16
         {
@@ -191,6 +199,10 @@ impl Config {
 
     pub fn delivery_timeout(&self) -> Duration {
         Duration::from_secs(self.delivery_timeout_seconds)
+    }
+
+    pub fn delivery_lease(&self) -> Duration {
+        Duration::from_secs(self.delivery_lease_seconds)
     }
 
     pub fn shutdown_grace(&self) -> Duration {

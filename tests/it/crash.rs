@@ -2,64 +2,19 @@
 //! restart delivers every pending delivery. Then SIGTERM shuts down cleanly.
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use serde_json::json;
 
 use crate::helpers::*;
 
-struct Server {
-    child: Child,
-    base: String,
-}
-
-/// A failing test must not leave its server running.
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_server(data_dir: &std::path::Path) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .arg("serve")
-        .env("HERALD_LISTEN", "127.0.0.1:0")
-        .env("HERALD_DATA_DIR", data_dir)
-        .env("HERALD_ALLOW_HTTP", "true")
-        .env("HERALD_ALLOW_CIDRS", "127.0.0.0/8")
-        .env("HERALD_ADMIN_TOKEN", ADMIN_TOKEN)
-        // A narrow pipe to the receiver, so a backlog is pending when the process dies.
-        .env("HERALD_MAX_IN_FLIGHT_PER_STREAM", "2")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the herald binary starts");
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let base = loop {
-        let line = lines
-            .next()
-            .expect("herald printed its address before exiting")
-            .unwrap();
-        if let Some(url) = line.strip_prefix("herald listening on ") {
-            break url.to_string();
-        }
-    };
-    // Keep draining stdout so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Server { child, base }
-}
-
 // Multi-threaded: the test blocks on the child process while its receiver must keep answering.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_load_loses_no_acknowledged_event() {
     let dir = tempfile::tempdir().unwrap();
     let receiver = Receiver::start().await;
-    let mut server = start_server(dir.path());
+    let mut server = start_server(dir.path(), &[]);
     let http = reqwest::Client::new();
 
     let response = http
@@ -120,7 +75,7 @@ async fn kill_9_mid_load_loses_no_acknowledged_event() {
         acknowledged.len()
     );
 
-    let mut server = start_server(dir.path());
+    let mut server = start_server(dir.path(), &[]);
     receiver
         .wait_until("every acknowledged event", |received| {
             let delivered: HashSet<String> = received.iter().map(event_id).collect();

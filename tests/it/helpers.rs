@@ -2,7 +2,9 @@
 //! 0 whose answers a test scripts, and typed request helpers.
 
 use std::collections::VecDeque;
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -455,4 +457,51 @@ impl Drop for TestDatabase {
         });
         let _ = cleanup.join();
     }
+}
+
+/// A `herald serve` child process.
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+}
+
+/// A failing test must not leave its server running.
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the `herald` binary on `data_dir` with the test settings, plus `env` (which wins).
+pub fn start_server(data_dir: &std::path::Path, env: &[(&str, &str)]) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("serve")
+        .env("HERALD_LISTEN", "127.0.0.1:0")
+        .env("HERALD_DATA_DIR", data_dir)
+        .env("HERALD_ALLOW_HTTP", "true")
+        .env("HERALD_ALLOW_CIDRS", "127.0.0.0/8")
+        .env("HERALD_ADMIN_TOKEN", ADMIN_TOKEN)
+        // A narrow pipe to the receiver, so a backlog is pending when the process dies.
+        .env("HERALD_MAX_IN_FLIGHT_PER_STREAM", "2")
+        .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the herald binary starts");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let base = loop {
+        let line = lines
+            .next()
+            .expect("herald printed its address before exiting")
+            .unwrap();
+        if let Some(url) = line.strip_prefix("herald listening on ") {
+            break url.to_string();
+        }
+    };
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Server { child, base }
 }

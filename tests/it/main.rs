@@ -2,6 +2,7 @@
 
 mod audit;
 mod auth;
+mod cluster;
 mod crash;
 mod delivery;
 mod event_types;

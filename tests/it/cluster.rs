@@ -1,0 +1,375 @@
+//! Several Herald nodes on one PostgreSQL database: they share the work, survive a node's
+//! `kill -9`, can be split into API and worker roles, and an embedded store moves into
+//! PostgreSQL with `herald migrate-store`. These run where `HERALD_TEST_DATABASE_URL` is set
+//! (CI sets it); elsewhere they say so and pass.
+
+use std::collections::{HashMap, HashSet};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+const PER_STREAM: usize = 8;
+
+async fn database() -> Option<TestDatabase> {
+    let database = TestDatabase::create().await;
+    if database.is_none() {
+        eprintln!("HERALD_TEST_DATABASE_URL is not set: skipping a PostgreSQL test");
+    }
+    database
+}
+
+/// A node on the shared database, with short leases so a dead node's work moves on soon.
+fn start_node(database: &TestDatabase, dir: &std::path::Path, role: &str) -> Server {
+    let per_stream = PER_STREAM.to_string();
+    start_server(
+        dir,
+        &[
+            ("HERALD_DATABASE_URL", &database.url),
+            ("HERALD_SECRET_KEY", KEY),
+            ("HERALD_ROLE", role),
+            ("HERALD_DELIVERY_TIMEOUT_SECONDS", "2"),
+            ("HERALD_DELIVERY_LEASE_SECONDS", "4"),
+            ("HERALD_MAX_IN_FLIGHT_PER_STREAM", &per_stream),
+        ],
+    )
+}
+
+async fn create_stream(http: &reqwest::Client, base: &str, receiver: &Receiver) -> String {
+    let response = http
+        .post(format!("{base}/v1/event-streams"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({
+            "name": "shared",
+            "subscriptions": [{"event_type": "*"}],
+            "destination": {"type": "webhook", "configuration": {"webhook_endpoint": receiver.url}}
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    response.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Deliveries received per event id.
+fn receipts(receiver: &Receiver) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for received in receiver.received() {
+        let id = received.json()["id"].as_str().unwrap().to_string();
+        *counts.entry(id).or_default() += 1;
+    }
+    counts
+}
+
+// Multi-threaded: the test blocks on child processes while its receiver must keep answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_share_the_work_and_survive_a_kill_9() {
+    let Some(database) = database().await else {
+        return;
+    };
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes: Vec<Server> = dirs
+        .iter()
+        .map(|dir| start_node(&database, dir.path(), "all"))
+        .collect();
+    let bases: Vec<String> = nodes.iter().map(|n| n.base.clone()).collect();
+    let receiver = Receiver::start().await;
+    let http = reqwest::Client::new();
+    create_stream(&http, &bases[0], &receiver).await;
+
+    // 10,000 events in batches of 50, spread over the nodes. A batch whose node died is
+    // published again on the next node, as a client would: publishing is idempotent.
+    const EVENTS: usize = 10_000;
+    const BATCH: usize = 50;
+    let next_batch = Arc::new(AtomicUsize::new(0));
+    let acknowledged = Arc::new(Mutex::new(HashSet::new()));
+    let dead = Arc::new(Mutex::new(HashSet::<usize>::new()));
+    let mut publishers = Vec::new();
+    for _ in 0..6 {
+        let (http, bases, next_batch, acknowledged, dead) = (
+            http.clone(),
+            bases.clone(),
+            next_batch.clone(),
+            acknowledged.clone(),
+            dead.clone(),
+        );
+        publishers.push(tokio::spawn(async move {
+            loop {
+                let b = next_batch.fetch_add(1, Ordering::SeqCst);
+                if b * BATCH >= EVENTS {
+                    return;
+                }
+                let ids: Vec<String> = (b * BATCH..(b + 1) * BATCH)
+                    .map(|i| format!("evt-{i}"))
+                    .collect();
+                let batch: Vec<Value> = ids
+                    .iter()
+                    .map(|id| json!({"id": id, "source": "/cluster", "type": "user.created"}))
+                    .collect();
+                for attempt in 0.. {
+                    assert!(attempt < 3 * 20, "batch {b} was never acknowledged");
+                    let node = (b + attempt) % bases.len();
+                    if dead.lock().unwrap().contains(&node) {
+                        continue;
+                    }
+                    let sent = http
+                        .post(format!("{}/v1/events", bases[node]))
+                        .bearer_auth(ADMIN_TOKEN)
+                        .header("content-type", "application/cloudevents-batch+json")
+                        .json(&batch)
+                        .send()
+                        .await;
+                    if matches!(&sent, Ok(r) if r.status() == 202) {
+                        acknowledged.lock().unwrap().extend(ids.iter().cloned());
+                        break;
+                    }
+                }
+            }
+        }));
+    }
+
+    // Half-way through, node 2 dies with whatever it had claimed.
+    while acknowledged.lock().unwrap().len() < EVENTS / 2 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    dead.lock().unwrap().insert(2);
+    nodes[2].child.kill().unwrap(); // SIGKILL
+    nodes[2].child.wait().unwrap();
+    for p in publishers {
+        p.await.unwrap();
+    }
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert_eq!(acknowledged.len(), EVENTS, "every batch was acknowledged by some node");
+
+    receiver
+        .wait_until("every acknowledged event, from the surviving nodes", |received| {
+            let delivered: HashSet<String> = received
+                .iter()
+                .map(|r| r.json()["id"].as_str().unwrap().to_string())
+                .collect();
+            acknowledged.is_subset(&delivered)
+        })
+        .await;
+    let counts = receipts(&receiver);
+    let duplicates: usize = counts.values().map(|n| n - 1).sum();
+    eprintln!(
+        "3 nodes, one killed: {} deliveries of {} events, {duplicates} duplicates",
+        counts.values().sum::<usize>(),
+        counts.len()
+    );
+    // Only attempts whose outcome the killed node had not stored can be repeated: those
+    // running (at most its share of the stream) and finished ones still with its recorder
+    // (one batch being written, one gathering, each bounded by the share as well).
+    assert!(
+        duplicates <= 3 * PER_STREAM,
+        "{duplicates} duplicates; at most {} attempts were in flight on the killed node",
+        3 * PER_STREAM
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_and_worker_roles_split_the_work() {
+    let Some(database) = database().await else {
+        return;
+    };
+    let (api_dir, worker_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let api = start_node(&database, api_dir.path(), "api");
+    let worker = start_node(&database, worker_dir.path(), "worker");
+    let receiver = Receiver::start().await;
+    let http = reqwest::Client::new();
+    create_stream(&http, &api.base, &receiver).await;
+
+    // The worker serves health only.
+    let status = |url: String| {
+        let http = http.clone();
+        async move { http.get(url).bearer_auth(ADMIN_TOKEN).send().await.unwrap().status() }
+    };
+    assert_eq!(status(format!("{}/readyz", worker.base)).await, 200);
+    assert_eq!(status(format!("{}/v1/event-streams", worker.base)).await, 404);
+
+    // Published through the API node, delivered by the worker: the API node has no
+    // dispatcher at all.
+    let response = http
+        .post(format!("{}/v1/events", api.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"id": "split-1", "source": "/split", "type": "user.created"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let received = receiver.wait_for(1).await;
+    assert_eq!(received[0].json()["id"], "split-1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_store_moves_an_embedded_installation_into_postgres() {
+    let Some(database) = database().await else {
+        return;
+    };
+    // A single-node installation with history and a backlog: the receiver refuses at
+    // first, so one event is delivered and two are still pending when it stops.
+    let embedded = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start().await;
+    let http = reqwest::Client::new();
+    let mut node = start_server(embedded.path(), &[]);
+    let stream_id = create_stream(&http, &node.base, &receiver).await;
+    let publish = |base: String, id: &'static str| {
+        let http = http.clone();
+        async move {
+            let r = http
+                .post(format!("{base}/v1/events"))
+                .bearer_auth(ADMIN_TOKEN)
+                .json(&json!({"id": id, "source": "/move", "type": "user.created"}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 202);
+        }
+    };
+    publish(node.base.clone(), "moved-1").await;
+    receiver.wait_for(1).await;
+    let patch = http
+        .patch(format!("{}/v1/event-streams/{stream_id}", node.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"status": "paused"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patch.status(), 200);
+    publish(node.base.clone(), "moved-2").await;
+    publish(node.base.clone(), "moved-3").await;
+
+    // While it runs, the copy is refused: the data directory is in use.
+    let busy = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["migrate-store", "--from"])
+        .arg(embedded.path())
+        .args(["--to", &database.url])
+        .output()
+        .unwrap();
+    assert!(!busy.status.success());
+    assert!(
+        String::from_utf8_lossy(&busy.stderr).contains("another herald process"),
+        "{}",
+        String::from_utf8_lossy(&busy.stderr)
+    );
+    node.child.kill().unwrap();
+    node.child.wait().unwrap();
+
+    let copied = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["migrate-store", "--from"])
+        .arg(embedded.path())
+        .args(["--to", &database.url])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&copied.stdout);
+    assert!(
+        copied.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&copied.stderr)
+    );
+    assert!(stdout.contains("events"), "{stdout}");
+
+    // A second copy into the now populated database is refused, and changes nothing.
+    let again = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["migrate-store", "--from"])
+        .arg(embedded.path())
+        .args(["--to", &database.url])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("empty database"));
+
+    // A PostgreSQL node with the embedded store's key sees the same installation: the same
+    // admin token, stream, history and statistics, and it delivers the backlog once the
+    // stream is enabled again.
+    let key = std::fs::read_to_string(embedded.path().join("secret.key")).unwrap();
+    let fresh = tempfile::tempdir().unwrap();
+    let node = start_server(
+        fresh.path(),
+        &[("HERALD_DATABASE_URL", &database.url), ("HERALD_SECRET_KEY", key.trim())],
+    );
+    let get = |path: String| {
+        let http = http.clone();
+        async move {
+            let r = http.get(path).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let event = get(format!("{}/v1/events/moved-1", node.base)).await;
+    assert_eq!(event["event"]["id"], "moved-1", "{event}");
+    let first = get(format!(
+        "{}/v1/event-streams/{stream_id}/deliveries/moved-1",
+        node.base
+    ))
+    .await;
+    assert_eq!(first[0]["status"], "succeeded", "{first}");
+    assert_eq!(first[0]["attempts"].as_array().unwrap().len(), 1);
+    let backlog = get(format!("{}/v1/event-streams/{stream_id}/backlog", node.base)).await;
+    assert_eq!(backlog["pending"], 2, "{backlog}");
+
+    let enable = http
+        .patch(format!("{}/v1/event-streams/{stream_id}", node.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"status": "enabled", "backlog": "deliver"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(enable.status(), 200);
+    receiver
+        .wait_until("the moved backlog", |received| received.len() >= 3)
+        .await;
+    let ids: HashSet<String> = receipts(&receiver).into_keys().collect();
+    assert_eq!(
+        ids,
+        ["moved-1", "moved-2", "moved-3"].map(String::from).into()
+    );
+
+    // The signature still verifies with the stream's secret, read back through PostgreSQL.
+    let secret = get(format!("{}/v1/event-streams/{stream_id}/secret", node.base)).await;
+    let last = receiver.received().pop().unwrap();
+    let verifier = standardwebhooks::Webhook::new(secret["secret"].as_str().unwrap()).unwrap();
+    verifier.verify(&last.body, &last.headers).unwrap();
+}
+
+#[test]
+fn a_node_with_another_secret_key_is_refused() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let Some(database) = runtime.block_on(database()) else {
+        return;
+    };
+    let migrate = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["migrate", "--database-url", &database.url])
+        .output()
+        .unwrap();
+    assert!(migrate.status.success(), "{migrate:?}");
+    assert!(String::from_utf8_lossy(&migrate.stdout).contains("applied 1 migration"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let first = start_node(&database, dir.path(), "all");
+    drop(first);
+    let other = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("serve")
+        .env("HERALD_LISTEN", "127.0.0.1:0")
+        .env("HERALD_DATA_DIR", dir.path())
+        .env("HERALD_DATABASE_URL", &database.url)
+        .env(
+            "HERALD_SECRET_KEY",
+            "HyAdHBsaGRgXFhUUExIREA8ODQwLCgkIBwYFBAMCAQA=",
+        )
+        .output()
+        .unwrap();
+    assert!(!other.status.success());
+    assert!(
+        String::from_utf8_lossy(&other.stderr).contains("same `secret_key`"),
+        "{}",
+        String::from_utf8_lossy(&other.stderr)
+    );
+}
