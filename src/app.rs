@@ -12,13 +12,13 @@ use crate::catalog::Catalog;
 use crate::catalog::registry::Registry;
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::config::Role;
 use crate::delivery::{DispatchConfig, Dispatcher, Signal};
 use crate::destinations::webhook::WebhookClient;
 use crate::destinations::{DestinationPolicy, Destinations};
 use crate::net::ssrf::AddressPolicy;
 use crate::retention::{self, Retention};
 use crate::secret::Cipher;
-use crate::config::Role;
 use crate::store::postgres::{self, Notice, PgStore};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, Tenant, Token, hash_token};
@@ -70,7 +70,10 @@ impl App {
             Some(url) => {
                 let store =
                     PgStore::connect(url.expose(), cipher, config.database_max_connections).await?;
-                let listen = config.role.delivers().then(|| postgres::parse_url(url.expose()));
+                let listen = config
+                    .role
+                    .delivers()
+                    .then(|| postgres::parse_url(url.expose()));
                 (Arc::new(store), listen.transpose()?)
             }
             None => (
@@ -127,10 +130,7 @@ impl App {
                 allow_http: config.allow_http,
             },
             secret_rotation_grace_ms: config.secret_rotation_grace_seconds as i64 * 1000,
-            delivery_lease_ms: config
-                .role
-                .delivers()
-                .then(|| lease.as_millis() as i64),
+            delivery_lease_ms: config.role.delivers().then_some(lease.as_millis() as i64),
             max_request_bytes: config.max_request_bytes,
         };
         Ok(App {

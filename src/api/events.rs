@@ -105,9 +105,7 @@ pub async fn publish(
     );
     let lease_until = state.delivery_lease_ms.map(|ms| now + ms);
     let published = tokio::spawn(async move {
-        let mut published = store
-            .publish(&tenant, events, now, lease_until)
-            .await?;
+        let mut published = store.publish(&tenant, events, now, lease_until).await?;
         signal.hand_over(
             published
                 .iter_mut()

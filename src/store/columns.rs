@@ -33,9 +33,8 @@ impl StreamRow {
         let corrupt = |what: &str| StoreError::Corrupt(format!("stream column `{what}`"));
         let patterns: Vec<String> =
             serde_json::from_str(&self.subscriptions).map_err(|_| corrupt("subscriptions"))?;
-        let destination: Destination =
-            serde_json::from_slice(&cipher.decrypt(&self.destination)?)
-                .map_err(|_| corrupt("destination"))?;
+        let destination: Destination = serde_json::from_slice(&cipher.decrypt(&self.destination)?)
+            .map_err(|_| corrupt("destination"))?;
         Ok(Stream {
             tenant_id: self.tenant_id,
             id: self.id,

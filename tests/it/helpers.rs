@@ -409,7 +409,10 @@ pub struct TestDatabase {
 impl TestDatabase {
     pub async fn create() -> Option<TestDatabase> {
         let base = std::env::var("HERALD_TEST_DATABASE_URL").ok()?;
-        let schema = format!("herald_test_{}", herald::ids::random_base62(12).to_lowercase());
+        let schema = format!(
+            "herald_test_{}",
+            herald::ids::random_base62(12).to_lowercase()
+        );
         let (client, connection) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
             .await
             .expect("HERALD_TEST_DATABASE_URL is set, so PostgreSQL must be reachable");

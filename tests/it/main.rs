@@ -9,6 +9,7 @@ mod event_types;
 mod helpers;
 mod openapi;
 mod operations;
+mod outage;
 mod publish;
 mod retries;
 mod store;

@@ -1,10 +1,14 @@
 //! `herald-bench`: Herald's benchmark. Starts Herald (the `herald` binary built beside this
-//! one) on a temporary embedded store at full durability, its own receivers on loopback, and
-//! its own publishers; runs the scenarios of BENCHMARKS.md; prints a table and, with
-//! `--json`, writes the figures for machines.
+//! one) on a temporary embedded store at full durability (S7: on PostgreSQL, in a schema of
+//! its own), its own receivers on loopback, and its own publishers; runs the scenarios of
+//! BENCHMARKS.md; prints a table and, with `--json`, writes the figures for machines.
+//!
+//! S7 uses the PostgreSQL server at `HERALD_BENCH_DATABASE_URL`
+//! (default `postgres://postgres@127.0.0.1:5432/test`) and is skipped when it is unreachable.
 //!
 //! Build and run in release mode: `cargo build --release && target/release/herald-bench`.
 
+mod database;
 mod receiver;
 mod scenarios;
 mod target;
@@ -67,7 +71,7 @@ fn main() {
             outcomes.push(report(scenarios::s6(size).await));
         }
         if wanted("S7") {
-            outcomes.push(report(scenarios::s7()));
+            outcomes.push(report(scenarios::s7(size).await));
         }
         outcomes
     });

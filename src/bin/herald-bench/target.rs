@@ -1,5 +1,6 @@
-//! The Herald under test: a `herald serve` child process on a temporary embedded store, its
-//! API, and its resource use read from `/proc` (CPU seconds and peak RSS).
+//! The Herald under test: a `herald serve` child process on a temporary embedded store (or
+//! the PostgreSQL database its environment names), its API, and its resource use read from
+//! `/proc` (CPU seconds and peak RSS).
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;

@@ -25,7 +25,10 @@ use Kind::*;
 /// The tables in copy order, with their columns. A table with a `seq` keeps its keys, so
 /// references between rows (`event_seq`, `delivery_seq`) stay valid.
 const TABLES: &[(&str, &[(&str, Kind)])] = &[
-    ("tenants", &[("id", Text), ("name", Text), ("created_at", Int)]),
+    (
+        "tenants",
+        &[("id", Text), ("name", Text), ("created_at", Int)],
+    ),
     (
         "api_tokens",
         &[
@@ -198,10 +201,9 @@ pub async fn import_sqlite(sqlite_path: &Path, target: &PgStore) -> StoreResult<
     let mut report = ImportReport::default();
     for (table, columns) in TABLES {
         let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
-        let mut stmt = source.conn().prepare(&format!(
-            "SELECT {} FROM {table}",
-            names.join(", ")
-        ))?;
+        let mut stmt = source
+            .conn()
+            .prepare(&format!("SELECT {} FROM {table}", names.join(", ")))?;
         let mut rows = stmt.query([])?;
         let mut chunk: Vec<Vec<Value>> = Vec::with_capacity(CHUNK);
         let mut copied = 0u64;

@@ -32,10 +32,11 @@ pub async fn list_events(
 ) -> StoreResult<Page<LoggedEvent>> {
     let mut params: Params = vec![Box::new(tenant_id.to_string())];
     let mut sql = String::new();
-    let mut condition = |condition: &str, value: Box<dyn tokio_postgres::types::ToSql + Sync + Send>| {
-        params.push(value);
-        sql.push_str(&format!(" AND e.{condition} ${}", params.len()));
-    };
+    let mut condition =
+        |condition: &str, value: Box<dyn tokio_postgres::types::ToSql + Sync + Send>| {
+            params.push(value);
+            sql.push_str(&format!(" AND e.{condition} ${}", params.len()));
+        };
     for (column, value) in [
         ("type", &filter.event_type),
         ("subject", &filter.subject),
@@ -210,7 +211,9 @@ pub async fn stats(
             failed: r.get::<_, i64>(3) as u64,
             attempts: r.get::<_, i64>(4) as u64,
             failed_attempts: r.get::<_, i64>(5) as u64,
-            latency: (0..buckets).map(|i| r.get::<_, i64>(6 + i) as u64).collect(),
+            latency: (0..buckets)
+                .map(|i| r.get::<_, i64>(6 + i) as u64)
+                .collect(),
         })
         .collect())
 }

@@ -63,7 +63,10 @@ impl From<tokio_postgres::Error> for StoreError {
         // exhausted resources (53) pass; anything else is a fault of the statement itself.
         if let Some(db) = e.as_db_error() {
             let code = db.code().code();
-            if ["08", "57P", "53"].iter().any(|class| code.starts_with(class)) {
+            if ["08", "57P", "53"]
+                .iter()
+                .any(|class| code.starts_with(class))
+            {
                 return StoreError::Unavailable(db.message().to_string());
             }
             return StoreError::Postgres(e.to_string());
@@ -80,7 +83,8 @@ impl From<tokio_postgres::Error> for StoreError {
 impl From<deadpool_postgres::PoolError> for StoreError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
         match e {
-            deadpool_postgres::PoolError::Backend(e) => e.into(),
+            // Opening a connection failed: whatever the cause, the database cannot be used.
+            deadpool_postgres::PoolError::Backend(e) => StoreError::Unavailable(e.to_string()),
             deadpool_postgres::PoolError::Timeout(_) => {
                 StoreError::Unavailable("no database connection could be had in time".into())
             }
@@ -192,7 +196,6 @@ impl PgStore {
         pool.close();
         ran
     }
-
 
     async fn check_key(&self) -> StoreResult<()> {
         const KNOWN: &[u8] = b"herald key check";
@@ -460,7 +463,10 @@ impl Store for PgStore {
             tx.execute(&format!("DELETE FROM {table} WHERE tenant_id = $1"), &[&id])
                 .await?;
         }
-        let deleted = tx.execute("DELETE FROM tenants WHERE id = $1", &[&id]).await? == 1;
+        let deleted = tx
+            .execute("DELETE FROM tenants WHERE id = $1", &[&id])
+            .await?
+            == 1;
         notify_streams_changed(&tx).await?;
         tx.commit().await?;
         Ok(deleted)
@@ -585,7 +591,13 @@ impl Store for PgStore {
             .await?
             .iter()
             .map(|row| {
-                columns::decode_event_type(row.get(0), row.get(1), row.get(2), row.get(3), row.get(4))
+                columns::decode_event_type(
+                    row.get(0),
+                    row.get(1),
+                    row.get(2),
+                    row.get(3),
+                    row.get(4),
+                )
             })
             .collect()
     }
@@ -899,7 +911,10 @@ impl Store for PgStore {
         before: Option<i64>,
         take: usize,
     ) -> StoreResult<Page<DeliveryView>> {
-        let mut params: Params = vec![Box::new(tenant_id.to_string()), Box::new(stream_id.to_string())];
+        let mut params: Params = vec![
+            Box::new(tenant_id.to_string()),
+            Box::new(stream_id.to_string()),
+        ];
         let mut conditions = queue::filter_sql(&filter, &mut params);
         if let Some(before) = before {
             params.push(Box::new(before));

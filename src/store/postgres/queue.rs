@@ -298,7 +298,11 @@ pub async fn claim(
         .query(&claim, &[&tenants, &streams, &limits, &now, &lease_until])
         .await?;
     let mut by_stream: HashMap<String, Vec<Claimed>> = HashMap::new();
-    let tenant_of: HashMap<&str, &str> = streams.iter().copied().zip(tenants.iter().copied()).collect();
+    let tenant_of: HashMap<&str, &str> = streams
+        .iter()
+        .copied()
+        .zip(tenants.iter().copied())
+        .collect();
     for row in &rows {
         let stream_id: String = row.get(3);
         let claimed = Claimed {
@@ -465,8 +469,7 @@ pub async fn record(
         .query(
             &update,
             &[
-                &now, &keys, &leases, &tenants, &ids, &states, &dues, &attempted, &statuses,
-                &kinds,
+                &now, &keys, &leases, &tenants, &ids, &states, &dues, &attempted, &statuses, &kinds,
             ],
         )
         .await?
@@ -546,9 +549,10 @@ async fn add_to_rollups(
         keys.1.push(stream);
         keys.2.push(*hour);
         keys.3.push(event_type);
-        for (column, value) in counts
-            .iter_mut()
-            .zip([r.succeeded, r.failed, r.attempts, r.failed_attempts])
+        for (column, value) in
+            counts
+                .iter_mut()
+                .zip([r.succeeded, r.failed, r.attempts, r.failed_attempts])
         {
             column.push(value);
         }
@@ -558,8 +562,16 @@ async fn add_to_rollups(
     }
     let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
         vec![&keys.0, &keys.1, &keys.2, &keys.3];
-    params.extend(counts.iter().map(|c| c as &(dyn tokio_postgres::types::ToSql + Sync)));
-    params.extend(latency.iter().map(|c| c as &(dyn tokio_postgres::types::ToSql + Sync)));
+    params.extend(
+        counts
+            .iter()
+            .map(|c| c as &(dyn tokio_postgres::types::ToSql + Sync)),
+    );
+    params.extend(
+        latency
+            .iter()
+            .map(|c| c as &(dyn tokio_postgres::types::ToSql + Sync)),
+    );
     let upsert = tx.prepare_cached(&ROLLUP_SQL).await?;
     tx.execute(&upsert, &params).await?;
     Ok(())
@@ -669,7 +681,8 @@ pub fn filter_sql(filter: &DeliveryFilter, params: &mut Params) -> String {
 /// Starts a new round for a delivery: due now (`$1`), retry budget reset. Attempts under way
 /// (a live lease) are left to finish.
 const REQUEUE: &str = "status = 'pending', due_at = $1, round_start = attempts, updated_at = $1";
-const NOT_IN_FLIGHT: &str = "(d.lease_until IS NULL OR d.lease_until <= $1 OR d.status <> 'pending')";
+const NOT_IN_FLIGHT: &str =
+    "(d.lease_until IS NULL OR d.lease_until <= $1 OR d.status <> 'pending')";
 
 pub async fn redeliver_event(
     tx: &impl GenericClient,
@@ -731,7 +744,8 @@ pub async fn redeliver(
     } else {
         format!("UPDATE deliveries AS d SET {REQUEUE} WHERE")
     };
-    let sql = format!("{head} d.tenant_id = $2 AND d.stream_id = $3{conditions} AND {NOT_IN_FLIGHT}");
+    let sql =
+        format!("{head} d.tenant_id = $2 AND d.stream_id = $3{conditions} AND {NOT_IN_FLIGHT}");
     let params = super::refs(&params);
     if dry_run {
         let count: i64 = tx.query_one(&sql, &params).await?.get(0);

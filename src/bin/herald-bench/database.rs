@@ -1,0 +1,91 @@
+//! A PostgreSQL schema of its own for one scenario, so Herald's tables start empty and
+//! nothing is left behind: created with a short-lived connection before Herald starts,
+//! dropped with everything in it afterwards (also when the scenario panics).
+
+use std::time::Duration;
+
+use herald::store::postgres::redact_url;
+use tokio_postgres::NoTls;
+
+/// The server S7 uses when `HERALD_BENCH_DATABASE_URL` is unset.
+pub const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// How long an unreachable server may take to say so.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub struct Scratch {
+    base: String,
+    schema: String,
+    /// The URL to hand Herald: `base` with every connection put into the schema.
+    pub url: String,
+}
+
+impl Scratch {
+    /// Creates a fresh schema on the server at `base`; the error says why it could not, in
+    /// words fit for the report.
+    pub async fn create(base: &str) -> Result<Scratch, String> {
+        let schema = format!(
+            "herald_bench_{}",
+            herald::ids::random_base62(10).to_lowercase()
+        );
+        let shown = redact_url(base);
+        let client = connect(base)
+            .await
+            .map_err(|e| format!("PostgreSQL at {shown} is unreachable: {e}"))?;
+        client
+            .batch_execute(&format!("CREATE SCHEMA {schema}"))
+            .await
+            .map_err(|e| format!("PostgreSQL at {shown} refused to create a schema: {e}"))?;
+        let separator = if base.contains('?') { '&' } else { '?' };
+        // Herald's sessions carry the schema's name, so the cleanup can end any it left open.
+        let url = format!(
+            "{base}{separator}options=-c%20search_path%3D{schema}&application_name={schema}"
+        );
+        Ok(Scratch {
+            base: base.to_string(),
+            schema,
+            url,
+        })
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let (base, schema) = (self.base.clone(), self.schema.clone());
+        // Drop cannot await, and may run while the bench's runtime unwinds; a thread with a
+        // runtime of its own does the cleanup.
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("starting the cleanup runtime");
+            runtime.block_on(async {
+                let dropped = match connect(&base).await {
+                    Ok(client) => client
+                        .batch_execute(&format!(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                             WHERE application_name = '{schema}'; \
+                             DROP SCHEMA IF EXISTS {schema} CASCADE"
+                        ))
+                        .await
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = dropped {
+                    eprintln!("could not drop the bench schema {schema}: {e}");
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// A connection to `url`, its driver running on the current runtime until the client is
+/// dropped.
+async fn connect(url: &str) -> Result<tokio_postgres::Client, String> {
+    let mut config: tokio_postgres::Config = url.parse().map_err(|e| format!("{e}"))?;
+    config.connect_timeout(CONNECT_TIMEOUT);
+    let (client, connection) = config.connect(NoTls).await.map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    Ok(client)
+}

@@ -1,0 +1,148 @@
+//! A database outage, made by cutting the connections of a small TCP proxy between Herald
+//! and PostgreSQL: requests get a clear 503 instead of hanging or a 500, `/readyz` reports
+//! the fault, delivery pauses, and everything resumes when the database is back, without a
+//! restart. Runs where `HERALD_TEST_DATABASE_URL` is set.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use herald::secret::Secret;
+use serde_json::json;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::*;
+
+/// Forwards connections to `upstream` until cut; while cut, new connections are closed at
+/// once, as if the database host went away.
+struct Proxy {
+    addr: SocketAddr,
+    down: Arc<AtomicBool>,
+    live: Arc<std::sync::Mutex<CancellationToken>>,
+}
+
+impl Proxy {
+    async fn start(upstream: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let down = Arc::new(AtomicBool::new(false));
+        let live = Arc::new(std::sync::Mutex::new(CancellationToken::new()));
+        let (accept_down, accept_live) = (down.clone(), live.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if accept_down.load(Ordering::SeqCst) {
+                    continue; // Dropped: the connection closes.
+                }
+                let cut = accept_live.lock().unwrap().clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut.cancelled() => {}
+                    }
+                });
+            }
+        });
+        Proxy { addr, down, live }
+    }
+
+    /// Closes every open connection and refuses new ones.
+    fn cut(&self) {
+        self.down.store(true, Ordering::SeqCst);
+        let mut live = self.live.lock().unwrap();
+        live.cancel();
+        *live = CancellationToken::new();
+    }
+
+    fn restore(&self) {
+        self.down.store(false, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn a_database_outage_answers_503_pauses_delivery_and_heals_without_a_restart() {
+    let Some(database) = TestDatabase::create().await else {
+        eprintln!("HERALD_TEST_DATABASE_URL is not set: skipping a PostgreSQL test");
+        return;
+    };
+    let mut url = url::Url::parse(&database.url).unwrap();
+    let upstream = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432));
+    let proxy = Proxy::start(upstream.parse().unwrap()).await;
+    url.set_port(Some(proxy.addr.port())).unwrap();
+    let app =
+        spawn_app_with(|config| config.database_url = Some(Secret::new(url.to_string()))).await;
+
+    // A delivery that fails once, so its retry falls due during the outage.
+    let receiver = Receiver::start().await;
+    receiver.script([Reply::status(503)]);
+    let retry = json!({"retry_policy": {
+        "max_attempts": 5, "initial_interval_seconds": 10,
+        "multiplier": 2, "max_interval_seconds": 60, "jitter": 0
+    }});
+    let stream = app
+        .create_stream(&receiver.url, &["user.created"], retry)
+        .await;
+    let stream_id = stream["id"].as_str().unwrap();
+    app.publish(json!({"id": "before", "type": "user.created"}))
+        .await;
+    let d = app.wait_for_attempts(stream_id, "before", 1).await;
+    assert_eq!(d["status"], "pending");
+
+    proxy.cut();
+    let (status, body) = app
+        .post(
+            "/v1/events",
+            &json!({"id": "during", "type": "user.created"}),
+        )
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "store_unavailable");
+    let (status, body) = app.get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "not_ready");
+    // The retry falls due, but nothing can be claimed: delivery waits for the database.
+    app.clock.advance(Duration::from_secs(10));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        receiver.received().len(),
+        1,
+        "no attempt without the database"
+    );
+
+    proxy.restore();
+    // A client retries; the first tries may still meet connections the outage broke.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (status, body) = app
+            .post(
+                "/v1/events",
+                &json!({"id": "during", "type": "user.created"}),
+            )
+            .await;
+        if status == 202 {
+            break;
+        }
+        assert_eq!(
+            status, 503,
+            "only the outage's own error until it heals: {body}"
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "publishing never recovered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, _) = app.get("/readyz").await;
+    assert_eq!(status, 200);
+    let d = app
+        .wait_for_delivery(stream_id, "before", |d| d["status"] == "succeeded")
+        .await;
+    assert_eq!(d["attempts"].as_array().unwrap().len(), 2);
+    app.wait_for_delivery(stream_id, "during", |d| d["status"] == "succeeded")
+        .await;
+    app.stop().await;
+}
