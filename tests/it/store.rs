@@ -12,7 +12,8 @@ use herald::secret::{Cipher, Secret};
 use herald::store::postgres::PgStore;
 use herald::store::sqlite::SqliteStore;
 use herald::store::{
-    AttemptRecord, ClaimRequest, DeliveryFilter, DeliveryStatus, SigningSecret, Store, Tenant,
+    AttemptRecord, ClaimRequest, DeliveryFilter, DeliveryStatus, Erase, EventFilter, SigningSecret,
+    Store, StreamUpdate, Swept, Tenant, Token, hash_token,
 };
 use herald::stream::{PayloadFormat, RetryPolicy, Stream, StreamStatus, Subscription};
 use serde_json::value::RawValue;
@@ -525,5 +526,331 @@ async fn a_rotated_secret_signs_beside_the_new_one_until_it_expires() {
             "{}",
             b.name
         );
+    }
+}
+
+#[tokio::test]
+async fn the_audit_log_filters_pages_erases_and_sweeps() {
+    for b in backends().await {
+        let store = &*b.store;
+        let name = b.name;
+        stream(store, "ten_a", "est_a", "user.*", StreamStatus::Enabled).await;
+        let mut personal = event("p1", "user.created");
+        personal.subject = Some("usr_1".into());
+        personal.extensions = serde_json::from_str(r#"{"userid":"u1","projectid":"prj"}"#).unwrap();
+        let events = vec![
+            personal,
+            event("p2", "user.deleted"),
+            event("p3", "role.created"),
+        ];
+        store.publish("ten_a", events, NOW, None).await.unwrap();
+
+        let all = store
+            .list_events("ten_a", EventFilter::default(), None, 2)
+            .await
+            .unwrap();
+        let ids: Vec<_> = all.items.iter().map(|l| l.event.id.as_str()).collect();
+        assert_eq!(ids, ["p3", "p2"], "{name}: newest first");
+        let rest = store
+            .list_events("ten_a", EventFilter::default(), all.next, 2)
+            .await
+            .unwrap();
+        assert_eq!(rest.items.len(), 1, "{name}");
+        assert!(rest.next.is_none(), "{name}");
+        for filter in [
+            EventFilter {
+                event_type: Some("user.created".into()),
+                ..Default::default()
+            },
+            EventFilter {
+                subject: Some("usr_1".into()),
+                ..Default::default()
+            },
+            EventFilter {
+                projectid: Some("prj".into()),
+                ..Default::default()
+            },
+            EventFilter {
+                userid: Some("u1".into()),
+                ..Default::default()
+            },
+        ] {
+            let found = store.list_events("ten_a", filter, None, 10).await.unwrap();
+            assert_eq!(found.items.len(), 1, "{name}");
+            assert_eq!(found.items[0].event.id, "p1", "{name}");
+        }
+        assert!(
+            store
+                .list_events("ten_b", EventFilter::default(), None, 10)
+                .await
+                .unwrap()
+                .items
+                .is_empty(),
+            "{name}"
+        );
+
+        let erased = store
+            .erase("ten_a", Erase::Subject("usr_1".into()), NOW + 5)
+            .await
+            .unwrap();
+        assert_eq!(erased, 1, "{name}");
+        let p1 = store.get_event("ten_a", "p1", None).await.unwrap().unwrap();
+        assert_eq!(p1.event.data.get(), "null", "{name}");
+        assert_eq!(p1.erased_at, Some(NOW + 5), "{name}");
+        assert!(p1.event.extensions.get("userid").is_none(), "{name}");
+        assert_eq!(
+            p1.event.extensions["projectid"], "prj",
+            "{name}: metadata stays"
+        );
+
+        // p1 and p2 have deliveries pending: only p3 (no stream) may be swept now.
+        let swept = store.sweep(Some(NOW + 1), None, 100).await.unwrap();
+        assert_eq!(swept.events, 1, "{name}");
+        assert!(
+            store
+                .get_event("ten_a", "p3", None)
+                .await
+                .unwrap()
+                .is_none(),
+            "{name}"
+        );
+        let batch = store
+            .claim(request("ten_a", "est_a", 10), NOW, NOW + 60_000)
+            .await
+            .unwrap();
+        let outcomes = batch[0]
+            .deliveries
+            .iter()
+            .map(|c| outcome(c, DeliveryStatus::Succeeded, None))
+            .collect();
+        store.record(outcomes, NOW).await.unwrap();
+        let swept = store
+            .sweep(Some(NOW + 1), Some(NOW + 1), 100)
+            .await
+            .unwrap();
+        assert_eq!(
+            swept,
+            Swept {
+                events: 2,
+                bodies: 0
+            },
+            "{name}: their attempts went with them"
+        );
+        assert!(
+            store
+                .get_delivery("ten_a", &batch[0].deliveries[0].id)
+                .await
+                .unwrap()
+                .is_none(),
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn statistics_and_backlog_follow_recorded_attempts() {
+    for b in backends().await {
+        let store = &*b.store;
+        let name = b.name;
+        stream(store, "ten_a", "est_a", "*", StreamStatus::Enabled).await;
+        let events = vec![event("s1", "user.created"), event("s2", "user.created")];
+        store.publish("ten_a", events, NOW, None).await.unwrap();
+        let backlog = store.backlog("ten_a", "est_a").await.unwrap();
+        assert_eq!(
+            (backlog.pending, backlog.oldest_created_at),
+            (2, Some(NOW)),
+            "{name}"
+        );
+
+        let batch = store
+            .claim(request("ten_a", "est_a", 10), NOW, NOW + 60_000)
+            .await
+            .unwrap();
+        let [first, second] = &batch[0].deliveries[..] else {
+            panic!("{name}: both claimed");
+        };
+        let mut slow = outcome(second, DeliveryStatus::Pending, Some(NOW + 10_000));
+        slow.duration_ms = 700;
+        store
+            .record(
+                vec![outcome(first, DeliveryStatus::Succeeded, None), slow],
+                NOW,
+            )
+            .await
+            .unwrap();
+        let backlog = store.backlog("ten_a", "est_a").await.unwrap();
+        assert_eq!(backlog.pending, 1, "{name}");
+
+        let hour = NOW - NOW % 3_600_000;
+        let rows = store
+            .stats("ten_a", "est_a", hour, hour + 3_600_000)
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 1, "{name}");
+        let row = &rows[0];
+        assert_eq!(
+            (row.hour, row.event_type.as_str()),
+            (hour, "user.created"),
+            "{name}"
+        );
+        assert_eq!(
+            (row.succeeded, row.failed, row.attempts, row.failed_attempts),
+            (1, 0, 2, 1),
+            "{name}"
+        );
+        assert_eq!(row.latency[herald::store::latency_bucket(3)], 1, "{name}");
+        assert_eq!(row.latency[herald::store::latency_bucket(700)], 1, "{name}");
+        assert!(
+            store
+                .stats("ten_b", "est_a", hour, hour + 3_600_000)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+}
+
+#[tokio::test]
+async fn skipping_a_backlog_or_deleting_a_stream_cancels_what_is_pending() {
+    for b in backends().await {
+        let store = &*b.store;
+        let name = b.name;
+        stream(store, "ten_a", "est_a", "*", StreamStatus::Paused).await;
+        stream(store, "ten_a", "est_b", "*", StreamStatus::Enabled).await;
+        store
+            .publish("ten_a", vec![event("c1", "user.created")], NOW, None)
+            .await
+            .unwrap();
+        let mut enabled = store.get_stream("ten_a", "est_a").await.unwrap().unwrap();
+        enabled.status = StreamStatus::Enabled;
+        let update = StreamUpdate {
+            stream: enabled,
+            skip_backlog: true,
+            notices: Vec::new(),
+        };
+        assert!(
+            store.update_stream(update).await.unwrap().is_some(),
+            "{name}"
+        );
+        assert!(
+            store
+                .delete_stream("ten_a", "est_b", NOW + 1)
+                .await
+                .unwrap(),
+            "{name}"
+        );
+        assert!(
+            !store
+                .delete_stream("ten_a", "est_b", NOW + 1)
+                .await
+                .unwrap(),
+            "{name}"
+        );
+        let deliveries = store.event_deliveries("ten_a", "c1").await.unwrap();
+        assert_eq!(deliveries.len(), 2, "{name}");
+        assert!(
+            deliveries
+                .iter()
+                .all(|d| d.status == DeliveryStatus::Cancelled),
+            "{name}"
+        );
+        let claimed = store
+            .claim(
+                [request("ten_a", "est_a", 10), request("ten_a", "est_b", 10)].concat(),
+                NOW + 2,
+                NOW + 60_000,
+            )
+            .await
+            .unwrap();
+        assert!(claimed.iter().all(|c| c.deliveries.is_empty()), "{name}");
+    }
+}
+
+#[tokio::test]
+async fn tokens_are_found_by_hash_listed_per_tenant_and_revoked() {
+    for b in backends().await {
+        let store = &*b.store;
+        let name = b.name;
+        let token = |id: &str, tenant: Option<&str>| Token {
+            id: id.into(),
+            tenant_id: tenant.map(String::from),
+            name: id.into(),
+            scopes: vec!["read:events".into()],
+            created_at: NOW,
+        };
+        store
+            .put_token(token("tok_p", None), hash_token("platform"))
+            .await
+            .unwrap();
+        store
+            .put_token(token("tok_a", Some("ten_a")), hash_token("tenant"))
+            .await
+            .unwrap();
+        assert_eq!(store.count_tokens().await.unwrap(), 2, "{name}");
+        let found = store
+            .find_token(hash_token("tenant"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (found.id.as_str(), found.tenant_id.as_deref()),
+            ("tok_a", Some("ten_a"))
+        );
+        assert_eq!(found.scopes, ["read:events"], "{name}");
+        assert!(
+            store
+                .find_token(hash_token("nope"))
+                .await
+                .unwrap()
+                .is_none(),
+            "{name}"
+        );
+        let platform: Vec<_> = store.list_tokens(None).await.unwrap();
+        assert_eq!(platform.len(), 1, "{name}");
+        assert_eq!(platform[0].id, "tok_p", "{name}");
+        assert!(
+            !store
+                .revoke_token(Some("ten_b"), "tok_a", NOW)
+                .await
+                .unwrap(),
+            "{name}"
+        );
+        assert!(
+            store
+                .revoke_token(Some("ten_a"), "tok_a", NOW)
+                .await
+                .unwrap(),
+            "{name}"
+        );
+        assert!(
+            store
+                .find_token(hash_token("tenant"))
+                .await
+                .unwrap()
+                .is_none(),
+            "{name}"
+        );
+
+        // Deleting a tenant takes everything it owns with it.
+        stream(store, "ten_b", "est_b", "*", StreamStatus::Enabled).await;
+        store
+            .publish("ten_b", vec![event("t1", "user.created")], NOW, None)
+            .await
+            .unwrap();
+        assert!(store.delete_tenant("ten_b").await.unwrap(), "{name}");
+        assert!(store.get_tenant("ten_b").await.unwrap().is_none(), "{name}");
+        assert!(
+            store.get_stream("ten_b", "est_b").await.unwrap().is_none(),
+            "{name}"
+        );
+        assert!(
+            store
+                .get_event("ten_b", "t1", None)
+                .await
+                .unwrap()
+                .is_none(),
+            "{name}"
+        );
+        assert!(!store.delete_tenant("ten_b").await.unwrap(), "{name}");
     }
 }

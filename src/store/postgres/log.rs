@@ -141,29 +141,34 @@ pub async fn sweep(
         return Ok(swept);
     }
     if let Some(cutoff) = events_before {
-        let old: Vec<i64> = tx
+        let old = tx
             .query(
-                "SELECT e.seq FROM events e WHERE e.received_at < $1 \
+                "SELECT e.seq, e.tenant_id FROM events e WHERE e.received_at < $1 \
                  AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.tenant_id = e.tenant_id \
                  AND d.event_seq = e.seq AND d.status = 'pending') \
                  ORDER BY e.seq LIMIT $2",
                 &[&cutoff, &(limit as i64)],
             )
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+            .await?;
+        let seqs: Vec<i64> = old.iter().map(|r| r.get(0)).collect();
+        let tenants: Vec<&str> = old.iter().map(|r| r.get(1)).collect();
+        // Joined on (tenant, event) so the deletes use the tenant-led indexes.
         tx.execute(
-            "DELETE FROM attempts a USING deliveries d \
-             WHERE d.event_seq = ANY($1) AND a.tenant_id = d.tenant_id AND a.delivery_seq = d.seq",
-            &[&old],
+            "DELETE FROM attempts a USING deliveries d, unnest($1::bigint[], $2::text[]) AS u(seq, tenant_id) \
+             WHERE d.tenant_id = u.tenant_id AND d.event_seq = u.seq \
+             AND a.tenant_id = d.tenant_id AND a.delivery_seq = d.seq",
+            &[&seqs, &tenants],
         )
         .await?;
-        tx.execute("DELETE FROM deliveries WHERE event_seq = ANY($1)", &[&old])
+        tx.execute(
+            "DELETE FROM deliveries d USING unnest($1::bigint[], $2::text[]) AS u(seq, tenant_id) \
+             WHERE d.tenant_id = u.tenant_id AND d.event_seq = u.seq",
+            &[&seqs, &tenants],
+        )
+        .await?;
+        tx.execute("DELETE FROM events WHERE seq = ANY($1)", &[&seqs])
             .await?;
-        tx.execute("DELETE FROM events WHERE seq = ANY($1)", &[&old])
-            .await?;
-        swept.events = old.len() as u64;
+        swept.events = seqs.len() as u64;
         tx.execute(
             "DELETE FROM stream_stats WHERE hour < $1",
             &[&(cutoff - 3_600_000)],
