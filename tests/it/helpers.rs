@@ -30,6 +30,7 @@ pub struct TestApp {
     shutdown: CancellationToken,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     _dir: tempfile::TempDir,
+    _database: Option<TestDatabase>,
 }
 
 /// The server as tests usually want it: plain http and loopback receivers allowed.
@@ -47,9 +48,22 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
 
+/// With `HERALD_TEST_APP_DATABASE=postgres`, every app runs on PostgreSQL instead (a schema of
+/// its own on `HERALD_TEST_DATABASE_URL`): CI runs the API tests that way a second time.
 pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
+    let database = match std::env::var("HERALD_TEST_APP_DATABASE").as_deref() {
+        Ok("postgres") => Some(
+            TestDatabase::create()
+                .await
+                .expect("HERALD_TEST_APP_DATABASE=postgres needs HERALD_TEST_DATABASE_URL"),
+        ),
+        _ => None,
+    };
+    if let Some(database) = &database {
+        config.database_url = Some(Secret::new(database.url.clone()));
+    }
     adjust(&mut config);
     let clock = Arc::new(ManualClock::default());
     let app = App::build(config, clock.clone())
@@ -65,6 +79,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
         shutdown,
         server: Some(server),
         _dir: dir,
+        _database: database,
     }
 }
 
