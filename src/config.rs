@@ -327,4 +327,27 @@ mod tests {
             Ok(())
         });
     }
+
+    #[test]
+    fn a_split_role_needs_a_shared_database_and_leases_outlast_attempts() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("HERALD_ROLE", "worker");
+            let err = Config::load(None, &Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains("needs a shared database"), "{err}");
+
+            jail.set_env("HERALD_DATABASE_URL", "mysql://localhost/herald");
+            let err = Config::load(None, &Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains("PostgreSQL URL"), "{err}");
+
+            jail.set_env("HERALD_DATABASE_URL", "postgres://herald@localhost/herald");
+            let config = Config::load(None, &Overrides::default()).unwrap();
+            assert_eq!(config.role, Role::Worker);
+            assert!(config.role.delivers() && !config.role.serves_api());
+
+            jail.set_env("HERALD_DELIVERY_LEASE_SECONDS", "15");
+            let err = Config::load(None, &Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains("delivery_lease_seconds"), "{err}");
+            Ok(())
+        });
+    }
 }
