@@ -1,5 +1,6 @@
-//! The store: one interface over Herald's durable state, so the embedded SQLite store and a
-//! shared database can stand in for each other. Every method takes the tenant where a row
+//! The store: one interface over Herald's durable state, so the embedded SQLite store
+//! (`sqlite`, one process) and the shared PostgreSQL store (`postgres`, several nodes) stand
+//! in for each other; `tests/it/store.rs` holds both to the same behaviour. Every method takes the tenant where a row
 //! belongs to one, and implementations scope their queries by it.
 //!
 //! The delivery queue lives here too: `publish` writes an event and its pending deliveries in
@@ -120,6 +121,9 @@ pub struct ClaimRequest {
 pub struct Claimed {
     /// Store-internal handle, passed back to `record`.
     pub key: i64,
+    /// The lease's generation: the shared store takes an outcome only under the lease it
+    /// was attempted with (another node may have taken a lapsed one over). Unused (0) by
+    /// the embedded store, whose leases never leave the process.
     pub lease: i64,
     pub id: String,
     pub tenant_id: String,

@@ -31,7 +31,7 @@ pub async fn listen(
 ) {
     let mut reported = false;
     while !shutdown.is_cancelled() {
-        match listen_once(&config, &deliver, &shutdown).await {
+        match listen_once(&config, &deliver, &shutdown, &mut reported).await {
             Ok(()) => return,
             Err(e) if !reported => {
                 tracing::warn!(error = %e, "lost the notification connection; polling until it is back");
@@ -51,6 +51,7 @@ async fn listen_once(
     config: &tokio_postgres::Config,
     deliver: &impl Fn(Notice),
     shutdown: &CancellationToken,
+    reported: &mut bool,
 ) -> Result<(), String> {
     let (client, mut connection) = config.connect(NoTls).await.map_err(|e| e.to_string())?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -73,7 +74,9 @@ async fn listen_once(
         .batch_execute(&format!("LISTEN {DUE_CHANNEL}; LISTEN {STREAMS_CHANNEL}"))
         .await
         .map_err(|e| e.to_string())?;
-    tracing::debug!("listening for notifications from other nodes");
+    if std::mem::take(reported) {
+        tracing::info!("listening for notifications from other nodes again");
+    }
     // Whatever was announced while this node was not listening.
     deliver(Notice::StreamsChanged);
     loop {
