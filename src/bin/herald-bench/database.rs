@@ -35,7 +35,12 @@ impl Scratch {
         client
             .batch_execute(&format!("CREATE SCHEMA {schema}"))
             .await
-            .map_err(|e| format!("PostgreSQL at {shown} refused to create a schema: {e}"))?;
+            .map_err(|e| {
+                format!(
+                    "PostgreSQL at {shown} refused to create a schema: {}",
+                    describe(&e)
+                )
+            })?;
         let separator = if base.contains('?') { '&' } else { '?' };
         // Herald's sessions carry the schema's name, so the cleanup can end any it left open.
         let url = format!(
@@ -68,7 +73,7 @@ impl Drop for Scratch {
                              DROP SCHEMA IF EXISTS {schema} CASCADE"
                         ))
                         .await
-                        .map_err(|e| e.to_string()),
+                        .map_err(|e| describe(&e)),
                     Err(e) => Err(e),
                 };
                 if let Err(e) = dropped {
@@ -83,9 +88,21 @@ impl Drop for Scratch {
 /// A connection to `url`, its driver running on the current runtime until the client is
 /// dropped.
 async fn connect(url: &str) -> Result<tokio_postgres::Client, String> {
-    let mut config: tokio_postgres::Config = url.parse().map_err(|e| format!("{e}"))?;
+    let mut config: tokio_postgres::Config = url.parse().map_err(|e| describe(&e))?;
     config.connect_timeout(CONNECT_TIMEOUT);
-    let (client, connection) = config.connect(NoTls).await.map_err(|e| e.to_string())?;
+    let (client, connection) = config.connect(NoTls).await.map_err(|e| describe(&e))?;
     tokio::spawn(connection);
     Ok(client)
+}
+
+/// The error with its causes: tokio-postgres's own text ("db error", "error connecting to
+/// server") leaves out what happened.
+fn describe(e: &tokio_postgres::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        text = format!("{text}: {cause}");
+        source = cause.source();
+    }
+    text
 }

@@ -250,7 +250,7 @@ struct Goal {
     reached: fn(&Outcome) -> bool,
 }
 
-/// S1's and S4's goal: half the bare rate, which drifts less between runs than the rate.
+/// S1's and S4's goal: half the bare rate; the ratio drifts less between runs than the rate.
 const HALF_BARE: Goal = Goal {
     target: "deliveries/s >= 0.5 x bare",
     reached: |out| out.ratio_to_bare.is_some_and(|r| r >= 0.5),
