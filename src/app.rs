@@ -130,7 +130,10 @@ impl App {
                 allow_http: config.allow_http,
             },
             secret_rotation_grace_ms: config.secret_rotation_grace_seconds as i64 * 1000,
-            delivery_lease_ms: config.role.delivers().then_some(lease.as_millis() as i64),
+            // Leasing at publish saves a claim when leases are free (in memory); on a shared
+            // store each lease is a row update, and nodes claim in batches instead.
+            delivery_lease_ms: (config.role.delivers() && config.database_url.is_none())
+                .then_some(lease.as_millis() as i64),
             max_request_bytes: config.max_request_bytes,
         };
         Ok(App {

@@ -95,8 +95,8 @@ pub async fn publish(
         })
         .collect::<Result<_, _>>()?;
 
-    // On a node that delivers, the new deliveries come back leased and go straight to its
-    // dispatcher, which saves a claim. The publish runs as its own task so that a client hanging up cannot stop the
+    // On a node that delivers from the embedded store, the new deliveries come back leased and
+    // go straight to its dispatcher, which saves a claim. The publish runs as its own task so that a client hanging up cannot stop the
     // hand-over half-way (leases it never received would only lapse, later).
     let (store, signal, tenant) = (
         state.store.clone(),
@@ -106,6 +106,10 @@ pub async fn publish(
     let lease_until = state.delivery_lease_ms.map(|ms| now + ms);
     let published = tokio::spawn(async move {
         let mut published = store.publish(&tenant, events, now, lease_until).await?;
+        if lease_until.is_none() {
+            // Due now, for whichever dispatcher claims them first.
+            signal.wake(published.iter().flat_map(|p| &p.streams));
+        }
         signal.hand_over(
             published
                 .iter_mut()

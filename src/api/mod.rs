@@ -40,7 +40,8 @@ pub struct AppState {
     pub destination_policy: DestinationPolicy,
     pub secret_rotation_grace_ms: i64,
     /// How long a delivery leased at publish stays leased (the dispatcher's lease); `None`
-    /// on a node that does not deliver, whose publishes leave deliveries to the workers.
+    /// when publishes leave new deliveries to be claimed (a node that does not deliver, or
+    /// a shared store).
     pub delivery_lease_ms: Option<i64>,
     pub max_request_bytes: usize,
 }

@@ -113,11 +113,19 @@ async fn three_nodes_share_the_work_and_survive_a_kill_9() {
                     .iter()
                     .map(|id| json!({"id": id, "source": "/cluster", "type": "user.created"}))
                     .collect();
+                let deadline = tokio::time::Instant::now() + PATIENCE;
                 for attempt in 0.. {
-                    assert!(attempt < 3 * 20, "batch {b} was never acknowledged");
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "batch {b} was never acknowledged"
+                    );
                     let node = (b + attempt) % bases.len();
                     if dead.lock().unwrap().contains(&node) {
                         continue;
+                    }
+                    if attempt >= bases.len() {
+                        // Every node was tried: wait a little before the next round.
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     }
                     let sent = http
                         .post(format!("{}/v1/events", bases[node]))
@@ -142,6 +150,9 @@ async fn three_nodes_share_the_work_and_survive_a_kill_9() {
     dead.lock().unwrap().insert(2);
     nodes[2].child.kill().unwrap(); // SIGKILL
     nodes[2].child.wait().unwrap();
+    // A request the node finished sending just before it died may still be in the
+    // receiver's hands: give those a moment to be counted as arrived at the kill.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let received_at_kill = receiver.received().len();
     for p in publishers {
         p.await.unwrap();
@@ -175,7 +186,7 @@ async fn three_nodes_share_the_work_and_survive_a_kill_9() {
     );
     // Only attempts whose outcomes the killed node had not stored yet (running, or
     // finished and waiting for its recorder) are made again: every event delivered twice
-    // was first delivered before the kill, none in the steady state before or after it.
+    // was first delivered by the time of the kill, none in the steady state after it.
     let order: Vec<String> = receiver
         .received()
         .iter()

@@ -1,15 +1,61 @@
-//! Wake-ups between nodes: one dedicated connection `LISTEN`s for the notifications the
-//! store sends when deliveries become due without a lease (published through an API-only
-//! node, released, redelivered) and when stream definitions change. A notification is only
-//! a hint: a node also polls, and after any reconnection it treats everything as changed, so
-//! nothing sent while it was not listening is missed for longer than one poll.
+//! Wake-ups between nodes: the store announces streams whose deliveries became due without a
+//! lease (published, released, redelivered) and changes to stream definitions, and one
+//! dedicated connection per node `LISTEN`s for them. A notification is only a hint: a node
+//! also polls, and after any reconnection it treats everything as changed, so nothing sent
+//! while it was not listening is missed for longer than one poll.
+//!
+//! Due work is announced after its transaction commits, coalesced, from one task: PostgreSQL
+//! serialises the commits of notifying transactions, so notifying inside every publish would
+//! make publishes queue behind each other.
 
 use std::time::Duration;
 
+use deadpool_postgres::Pool;
+use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, NoTls};
 use tokio_util::sync::CancellationToken;
 
 use super::{DUE_CHANNEL, STREAMS_CHANNEL};
+
+/// Announces streams with due work to every node, a batch of them per notifying statement.
+pub(super) struct Announcer(mpsc::UnboundedSender<String>);
+
+impl Announcer {
+    /// Starts the announcing task; it ends when the announcer is dropped.
+    pub fn start(pool: Pool) -> Announcer {
+        let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+        tokio::spawn(async move {
+            let mut streams = Vec::new();
+            while rx.recv_many(&mut streams, 1024).await > 0 {
+                streams.sort_unstable();
+                streams.dedup();
+                if let Err(e) = announce(&pool, &streams).await {
+                    // Other nodes find the work at their next poll.
+                    tracing::debug!(error = %e, "could not announce due work");
+                }
+                streams.clear();
+            }
+        });
+        Announcer(tx)
+    }
+
+    pub fn due(&self, streams: impl IntoIterator<Item = String>) {
+        for stream in streams {
+            let _ = self.0.send(stream);
+        }
+    }
+}
+
+async fn announce(pool: &Pool, streams: &[String]) -> super::StoreResult<()> {
+    pool.get()
+        .await?
+        .execute(
+            "SELECT pg_notify($1, s) FROM unnest($2::text[]) AS s",
+            &[&DUE_CHANNEL, &streams],
+        )
+        .await?;
+    Ok(())
+}
 
 /// What another node (or this one) announced.
 #[derive(Debug, Clone, PartialEq, Eq)]

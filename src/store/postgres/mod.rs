@@ -44,8 +44,17 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub struct PgStore {
     pool: Pool,
+    /// Connections that commit without waiting for the flush, for what a crash may lose at
+    /// the cost of a repeated attempt only: claims, outcomes, releases, announcements. The
+    /// same trade as the embedded store's lazy commits.
+    lazy: Pool,
+    announcer: listen::Announcer,
     cipher: Arc<Cipher>,
 }
+
+/// Connections in the lazy pool: the dispatcher claims, the recorder records, releases and
+/// announcements are occasional.
+const LAZY_CONNECTIONS: usize = 4;
 
 /// A parameter list built at run time (filters).
 type Params = Vec<Box<dyn ToSql + Sync + Send>>;
@@ -111,8 +120,21 @@ pub fn parse_url(url: &str) -> StoreResult<tokio_postgres::Config> {
 }
 
 fn pool(url: &str, max_connections: usize) -> StoreResult<Pool> {
+    pool_with(url, max_connections, "")
+}
+
+/// A pool whose connections start with these server `options` too.
+fn pool_with(url: &str, max_connections: usize, options: &str) -> StoreResult<Pool> {
+    let mut config = parse_url(url)?;
+    if !options.is_empty() {
+        let options = match config.get_options() {
+            Some(given) => format!("{given} {options}"),
+            None => options.to_string(),
+        };
+        config.options(&options);
+    }
     let manager = Manager::from_config(
-        parse_url(url)?,
+        config,
         NoTls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
@@ -174,8 +196,11 @@ impl PgStore {
     /// Connects, brings the schema up to date, and checks that `cipher` is the key the
     /// installation's secrets are sealed with (recording it on first use).
     pub async fn connect(url: &str, cipher: Cipher, max_connections: usize) -> StoreResult<Self> {
+        let lazy = pool_with(url, LAZY_CONNECTIONS, "-c synchronous_commit=off")?;
         let store = PgStore {
             pool: pool(url, max_connections)?,
+            announcer: listen::Announcer::start(lazy.clone()),
+            lazy,
             cipher: Arc::new(cipher),
         };
         migrate(&store.pool).await.map_err(|e| StoreError::Open {
@@ -393,6 +418,7 @@ async fn notify_streams_changed(client: &impl GenericClient) -> StoreResult<()> 
 impl Store for PgStore {
     async fn close(&self) {
         self.pool.close();
+        self.lazy.close();
     }
 
     async fn ping(&self) -> StoreResult<()> {
@@ -727,16 +753,19 @@ impl Store for PgStore {
             )
             .await?;
         }
+        let mut due = Vec::new();
         let published = queue::publish(
             &tx,
             None,
             &stream.tenant_id,
             update.notices,
             stream.updated_at,
+            &mut due,
         )
         .await?;
         notify_streams_changed(&tx).await?;
         tx.commit().await?;
+        self.announcer.due(due);
         Ok(Some(published))
     }
 
@@ -859,8 +888,10 @@ impl Store for PgStore {
     ) -> StoreResult<Vec<Published>> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        let published = queue::publish(&tx, lease_until, tenant_id, events, now).await?;
+        let mut due = Vec::new();
+        let published = queue::publish(&tx, lease_until, tenant_id, events, now, &mut due).await?;
         tx.commit().await?;
+        self.announcer.due(due);
         Ok(published)
     }
 
@@ -870,7 +901,7 @@ impl Store for PgStore {
         now: Millis,
         lease_until: Millis,
     ) -> StoreResult<Vec<ClaimBatch>> {
-        queue::claim(&self.client().await?, requests, now, lease_until).await
+        queue::claim(&self.lazy.get().await?, requests, now, lease_until).await
     }
 
     async fn record(
@@ -878,15 +909,19 @@ impl Store for PgStore {
         attempts: Vec<AttemptRecord>,
         now: Millis,
     ) -> StoreResult<RecordEffects> {
-        let mut client = self.client().await?;
+        let mut client = self.lazy.get().await?;
         let tx = client.transaction().await?;
-        let effects = queue::record(&tx, attempts, now).await?;
+        let mut due = Vec::new();
+        let effects = queue::record(&tx, attempts, now, &mut due).await?;
         tx.commit().await?;
+        self.announcer.due(due);
         Ok(effects)
     }
 
-    async fn release(&self, leases: Vec<(i64, i64)>, _now: Millis) -> StoreResult<()> {
-        queue::release(&self.client().await?, leases).await
+    async fn release(&self, leases: Vec<(i64, i64)>, now: Millis) -> StoreResult<()> {
+        let streams = queue::release(&self.lazy.get().await?, leases, now).await?;
+        self.announcer.due(streams);
+        Ok(())
     }
 
     async fn get_delivery(&self, tenant_id: &str, id: &str) -> StoreResult<Option<DeliveryView>> {
@@ -947,6 +982,7 @@ impl Store for PgStore {
         let tx = client.transaction().await?;
         let queued = queue::redeliver_event(&tx, tenant_id, stream_id, event_id, now).await?;
         tx.commit().await?;
+        self.announcer.due([stream_id.to_string()]);
         Ok(queued)
     }
 
@@ -962,6 +998,9 @@ impl Store for PgStore {
         let tx = client.transaction().await?;
         let count = queue::redeliver(&tx, tenant_id, stream_id, &filter, dry_run, now).await?;
         tx.commit().await?;
+        if !dry_run {
+            self.announcer.due([stream_id.to_string()]);
+        }
         Ok(count)
     }
 

@@ -9,8 +9,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::LazyLock;
 
 use deadpool_postgres::GenericClient;
+use tokio_postgres::types::ToSql;
 
-use super::{DUE_CHANNEL, EVENT_COLUMNS, Params, event_from_row, notify_streams_changed};
+use super::{EVENT_COLUMNS, Params, event_from_row, notify_streams_changed};
 use crate::clock::Millis;
 use crate::event::Event;
 use crate::notices;
@@ -20,29 +21,16 @@ use crate::store::{
     LATENCY_BOUNDS_MS, Published, RecordEffects, StoreResult,
 };
 
-/// Tells idle nodes that these streams have due work (sent when the transaction commits).
-async fn notify_due(client: &impl GenericClient, stream_ids: &[String]) -> StoreResult<()> {
-    if stream_ids.is_empty() {
-        return Ok(());
-    }
-    client
-        .execute(
-            "SELECT pg_notify($1, s) FROM (SELECT DISTINCT unnest($2::text[]) AS s) streams",
-            &[&DUE_CHANNEL, &stream_ids],
-        )
-        .await?;
-    Ok(())
-}
-
 /// Stores `events` and a pending delivery for each stream subscribed to them that is enabled
 /// or paused. With `lease_until`, the deliveries to enabled streams are leased to the caller
-/// and returned; otherwise every node is told they are due.
+/// and returned; the streams of the others are added to `due`, for every node to hear of.
 pub async fn publish(
     tx: &impl GenericClient,
     lease_until: Option<Millis>,
     tenant_id: &str,
     events: Vec<Event>,
     now: Millis,
+    due: &mut Vec<String>,
 ) -> StoreResult<Vec<Published>> {
     let select = tx
         .prepare_cached(
@@ -50,12 +38,6 @@ pub async fn publish(
              WHERE tenant_id = $1 AND status IN ('enabled', 'paused')",
         )
         .await?;
-    let mut streams = Vec::new();
-    for row in tx.query(&select, &[&tenant_id]).await? {
-        let id: String = row.get(0);
-        let patterns = columns::decode_patterns(row.get(1))?;
-        streams.push((id, patterns, row.get::<_, bool>(2)));
-    }
 
     let n = events.len();
     let (mut ids, mut sources, mut types, mut times) = (
@@ -102,26 +84,33 @@ pub async fn publish(
              ON CONFLICT (tenant_id, source, id) DO NOTHING RETURNING seq, source, id",
         )
         .await?;
-    let rows = tx
-        .query(
-            &insert,
-            &[
-                &tenant_id,
-                &ids,
-                &sources,
-                &types,
-                &times,
-                &subjects,
-                &contenttypes,
-                &schemas,
-                &datas,
-                &extensions,
-                &projectids,
-                &userids,
-                &now,
-            ],
-        )
-        .await?;
+    let select_params: [&(dyn ToSql + Sync); 1] = [&tenant_id];
+    let insert_params: [&(dyn ToSql + Sync); 13] = [
+        &tenant_id,
+        &ids,
+        &sources,
+        &types,
+        &times,
+        &subjects,
+        &contenttypes,
+        &schemas,
+        &datas,
+        &extensions,
+        &projectids,
+        &userids,
+        &now,
+    ];
+    // Sent together: the connection pipelines them.
+    let (stream_rows, rows) = tokio::try_join!(
+        tx.query(&select, &select_params),
+        tx.query(&insert, &insert_params)
+    )?;
+    let mut streams = Vec::new();
+    for row in stream_rows {
+        let id: String = row.get(0);
+        let patterns = columns::decode_patterns(row.get(1))?;
+        streams.push((id, patterns, row.get::<_, bool>(2)));
+    }
     // A repeat within the batch is inserted once: the first occurrence takes the row.
     let mut inserted: HashMap<(String, String), i64> = rows
         .iter()
@@ -175,7 +164,7 @@ pub async fn publish(
     for claimed in published.iter_mut().flat_map(|p| p.leased.iter_mut()) {
         claimed.key = seqs[&claimed.id];
     }
-    notify_due(tx, &new_deliveries.unleased).await?;
+    due.extend(new_deliveries.unleased);
     Ok(published)
 }
 
@@ -227,8 +216,8 @@ impl NewDeliveries {
             .prepare_cached(
                 "INSERT INTO deliveries (tenant_id, id, stream_id, event_seq, event_type, status, \
                  due_at, lease, lease_until, created_at, updated_at) \
-                 SELECT $1, u.id, u.stream_id, u.event_seq, u.event_type, 'pending', $2, u.lease, \
-                 u.lease_until, $2, $2 \
+                 SELECT $1, u.id, u.stream_id, u.event_seq, u.event_type, 'pending', \
+                 COALESCE(u.lease_until, $2), u.lease, u.lease_until, $2, $2 \
                  FROM unnest($3::text[], $4::text[], $5::bigint[], $6::text[], $7::bigint[], \
                  $8::bigint[]) AS u(id, stream_id, event_seq, event_type, lease, lease_until) \
                  ON CONFLICT (tenant_id, event_seq, stream_id) DO NOTHING RETURNING id, seq",
@@ -255,7 +244,7 @@ impl NewDeliveries {
 
 /// Leases up to `limit` due deliveries per request, oldest due first, skipping rows another
 /// node is claiming at the same moment; then learns when each stream next has work (leased
-/// deliveries count at their lease expiry, in case their node dies).
+/// deliveries are due at their lease's expiry, in case their node dies).
 pub async fn claim(
     client: &impl GenericClient,
     requests: Vec<ClaimRequest>,
@@ -270,24 +259,20 @@ pub async fn claim(
                  SELECT d.seq FROM deliveries d \
                  WHERE d.tenant_id = r.tenant_id AND d.stream_id = r.stream_id \
                    AND d.status = 'pending' AND d.due_at <= $4 \
-                   AND (d.lease_until IS NULL OR d.lease_until <= $4) \
                  ORDER BY d.due_at LIMIT r.lim FOR UPDATE SKIP LOCKED) p \
              ), claimed AS ( \
-               UPDATE deliveries d SET lease = d.lease + 1, lease_until = $5 \
+               UPDATE deliveries d SET lease = d.lease + 1, lease_until = $5, due_at = $5 \
                FROM picked WHERE d.seq = picked.seq \
                RETURNING d.seq, d.lease, d.id, d.stream_id, d.attempts - d.round_start AS attempts, \
-                 d.event_seq, d.due_at \
+                 d.event_seq \
              ) \
              SELECT c.seq, c.lease, c.id, c.stream_id, c.attempts, {EVENT_COLUMNS} \
-             FROM claimed c JOIN events e ON e.seq = c.event_seq ORDER BY c.due_at, c.seq"
+             FROM claimed c JOIN events e ON e.seq = c.event_seq ORDER BY c.seq"
         )
     });
-    const NEXT_DUE: &str = "SELECT r.stream_id, LEAST( \
+    const NEXT_DUE: &str = "SELECT r.stream_id, \
            (SELECT d.due_at FROM deliveries d WHERE d.tenant_id = r.tenant_id \
-              AND d.stream_id = r.stream_id AND d.status = 'pending' \
-              AND (d.lease_until IS NULL OR d.lease_until <= $3) ORDER BY d.due_at LIMIT 1), \
-           (SELECT MIN(d.lease_until) FROM deliveries d WHERE d.tenant_id = r.tenant_id \
-              AND d.stream_id = r.stream_id AND d.status = 'pending' AND d.lease_until > $3)) \
+              AND d.stream_id = r.stream_id AND d.status = 'pending' ORDER BY d.due_at LIMIT 1) \
          FROM unnest($1::text[], $2::text[]) AS r(tenant_id, stream_id)";
 
     let tenants: Vec<&str> = requests.iter().map(|r| r.tenant_id.as_str()).collect();
@@ -318,7 +303,7 @@ pub async fn claim(
     }
     let next_due = client.prepare_cached(NEXT_DUE).await?;
     let due: HashMap<String, Option<Millis>> = client
-        .query(&next_due, &[&tenants, &streams, &now])
+        .query(&next_due, &[&tenants, &streams])
         .await?
         .iter()
         .map(|r| (r.get(0), r.get(1)))
@@ -338,20 +323,24 @@ pub async fn claim(
         .collect())
 }
 
-/// Gives leases back: the deliveries are claimable again at once, by any node.
-pub async fn release(client: &impl GenericClient, leases: Vec<(i64, i64)>) -> StoreResult<()> {
+/// Gives leases back: the deliveries are claimable again at once, by any node. Returns their
+/// streams.
+pub async fn release(
+    client: &impl GenericClient,
+    leases: Vec<(i64, i64)>,
+    now: Millis,
+) -> StoreResult<Vec<String>> {
     let (seqs, generations): (Vec<i64>, Vec<i64>) = leases.into_iter().unzip();
     let rows = client
         .query(
-            "UPDATE deliveries d SET lease_until = NULL \
+            "UPDATE deliveries d SET lease_until = NULL, due_at = $3 \
              FROM unnest($1::bigint[], $2::bigint[]) AS u(seq, lease) \
-             WHERE d.seq = u.seq AND d.lease = u.lease AND d.status = 'pending' \
+             WHERE d.seq = u.seq AND d.lease = u.lease AND d.due_at IS NOT NULL \
              RETURNING d.stream_id",
-            &[&seqs, &generations],
+            &[&seqs, &generations, &now],
         )
         .await?;
-    let streams: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-    notify_due(client, &streams).await
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 const HOUR_MS: Millis = 3_600_000;
@@ -403,10 +392,13 @@ struct Health {
     max_consecutive_failures: u32,
 }
 
+/// Stores attempts and their deliveries' next states; streams that got Herald's own notices
+/// are added to `due`.
 pub async fn record(
     tx: &impl GenericClient,
     records: Vec<AttemptRecord>,
     now: Millis,
+    due: &mut Vec<String>,
 ) -> StoreResult<RecordEffects> {
     let mut effects = RecordEffects::default();
     if records.is_empty() {
@@ -431,17 +423,13 @@ pub async fn record(
     let bodies: Vec<Option<&str>> = records.iter().map(|r| r.response_body.as_deref()).collect();
     let kinds: Vec<Option<&str>> = records.iter().map(|r| r.error_kind).collect();
     let messages: Vec<Option<&str>> = records.iter().map(|r| r.error_message.as_deref()).collect();
-    tx.execute(
-        &insert,
-        &[
-            &tenants, &keys, &attempted, &durations, &statuses, &bodies, &kinds, &messages,
-        ],
-    )
-    .await?;
 
     // The delivery's new state, only under the lease the attempt was made with: a node whose
     // lease lapsed (and whose delivery another node took over) records its attempt but no
     // longer decides the delivery's state. Nor does an attempt on a cancelled delivery.
+    // Only a pending delivery has a `due_at`; testing that rather than `status` keeps the
+    // planner on the primary key, where `status = 'pending'` could lead it to scan the due
+    // index (whose statistics lag a fast-growing queue) for every batch.
     let update = tx
         .prepare_cached(
             "UPDATE deliveries d SET status = u.status, attempts = d.attempts + 1, due_at = u.due_at, \
@@ -451,7 +439,7 @@ pub async fn record(
              $7::bigint[], $8::bigint[], $9::int4[], $10::text[]) \
              AS u(seq, lease, tenant_id, id, status, due_at, attempted_at, response_status, error_kind) \
              WHERE d.seq = u.seq AND d.tenant_id = u.tenant_id AND d.id = u.id \
-               AND d.status = 'pending' AND d.lease = u.lease \
+               AND d.due_at IS NOT NULL AND d.lease = u.lease \
              RETURNING d.seq",
         )
         .await?;
@@ -465,17 +453,18 @@ pub async fn record(
             _ => None,
         })
         .collect();
-    let owned: HashSet<i64> = tx
-        .query(
-            &update,
-            &[
-                &now, &keys, &leases, &tenants, &ids, &states, &dues, &attempted, &statuses, &kinds,
-            ],
-        )
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let insert_params: [&(dyn ToSql + Sync); 8] = [
+        &tenants, &keys, &attempted, &durations, &statuses, &bodies, &kinds, &messages,
+    ];
+    let update_params: [&(dyn ToSql + Sync); 10] = [
+        &now, &keys, &leases, &tenants, &ids, &states, &dues, &attempted, &statuses, &kinds,
+    ];
+    // Sent together: the connection pipelines them.
+    let (_, updated) = tokio::try_join!(
+        tx.execute(&insert, &insert_params),
+        tx.query(&update, &update_params)
+    )?;
+    let owned: HashSet<i64> = updated.iter().map(|r| r.get(0)).collect();
 
     let mut rollups: BTreeMap<(&str, &str, Millis, &str), Rollup> = BTreeMap::new();
     let mut health: BTreeMap<(&str, &str), Health> = BTreeMap::new();
@@ -505,7 +494,7 @@ pub async fn record(
     add_to_rollups(tx, &rollups).await?;
     // Streams in key order, so concurrent nodes lock them in the same order.
     for ((tenant_id, stream_id), h) in &health {
-        update_health(tx, tenant_id, stream_id, h, now, &mut effects).await?;
+        update_health(tx, tenant_id, stream_id, h, now, &mut effects, due).await?;
     }
 
     for r in records.iter().filter(|r| owned.contains(&r.key)) {
@@ -529,7 +518,7 @@ pub async fn record(
             reason,
         };
         let notice = notices::delivery_failed(&failed, now);
-        notify(tx, &r.tenant_id, notice, now, &mut effects).await?;
+        notify(tx, &r.tenant_id, notice, now, &mut effects, due).await?;
     }
     Ok(effects)
 }
@@ -586,6 +575,7 @@ async fn update_health(
     h: &Health,
     now: Millis,
     effects: &mut RecordEffects,
+    due: &mut Vec<String>,
 ) -> StoreResult<()> {
     if h.trailing_failures == 0 {
         // A success clears the run, writing the stream's row only if there was one.
@@ -632,7 +622,7 @@ async fn update_health(
         notify_streams_changed(tx).await?;
         effects.disabled_streams.push(stream_id.to_string());
         let notice = notices::stream_disabled(tenant_id, stream_id, name, &reason, now);
-        notify(tx, tenant_id, notice, now, effects).await?;
+        notify(tx, tenant_id, notice, now, effects, due).await?;
     }
     Ok(())
 }
@@ -644,8 +634,9 @@ async fn notify(
     notice: Event,
     now: Millis,
     effects: &mut RecordEffects,
+    due: &mut Vec<String>,
 ) -> StoreResult<()> {
-    for published in Box::pin(publish(tx, None, tenant_id, vec![notice], now)).await? {
+    for published in Box::pin(publish(tx, None, tenant_id, vec![notice], now, due)).await? {
         effects.woken_streams.extend(published.streams);
     }
     Ok(())
@@ -721,7 +712,6 @@ pub async fn redeliver_event(
             &[&now, &tenant_id, &event_id, &stream_id, &new.ids],
         )
         .await?;
-    notify_due(tx, &[stream_id.to_string()]).await?;
     Ok(Some(created + requeued))
 }
 
@@ -751,7 +741,5 @@ pub async fn redeliver(
         let count: i64 = tx.query_one(&sql, &params).await?.get(0);
         return Ok(count as u64);
     }
-    let count = tx.execute(&sql, &params).await?;
-    notify_due(tx, &[stream_id.to_string()]).await?;
-    Ok(count)
+    Ok(tx.execute(&sql, &params).await?)
 }
