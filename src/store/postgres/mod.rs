@@ -82,10 +82,19 @@ impl From<tokio_postgres::Error> for StoreError {
         }
         let io = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
         if e.is_closed() || io {
-            StoreError::Unavailable(e.to_string())
+            StoreError::Unavailable(describe(&e))
         } else {
-            StoreError::Postgres(e.to_string())
+            StoreError::Postgres(describe(&e))
         }
+    }
+}
+
+/// The error with its cause, which the driver's own message leaves out ("error connecting
+/// to server" alone does not say that the connection was refused).
+fn describe(e: &tokio_postgres::Error) -> String {
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
     }
 }
 
@@ -93,7 +102,7 @@ impl From<deadpool_postgres::PoolError> for StoreError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
         match e {
             // Opening a connection failed: whatever the cause, the database cannot be used.
-            deadpool_postgres::PoolError::Backend(e) => StoreError::Unavailable(e.to_string()),
+            deadpool_postgres::PoolError::Backend(e) => StoreError::Unavailable(describe(&e)),
             deadpool_postgres::PoolError::Timeout(_) => {
                 StoreError::Unavailable("no database connection could be had in time".into())
             }
