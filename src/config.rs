@@ -35,7 +35,8 @@ pub struct Config {
     pub admin_token: Option<Secret>,
     pub secret_key: Option<Secret>,
     pub delivery_timeout_seconds: u64,
-    pub delivery_lease_seconds: u64,
+    /// Unset: the delivery timeout plus 45 s.
+    pub delivery_lease_seconds: Option<u64>,
     pub max_in_flight: usize,
     pub max_in_flight_per_stream: usize,
     pub secret_rotation_grace_seconds: u64,
@@ -180,11 +181,13 @@ impl Config {
             }
             _ => {}
         }
-        if self.delivery_lease_seconds <= self.delivery_timeout_seconds {
+        if let Some(lease) = self.delivery_lease_seconds
+            && lease <= self.delivery_timeout_seconds
+        {
             return Err(ConfigError(format!(
-                "`delivery_lease_seconds` ({}) must exceed `delivery_timeout_seconds` ({}): a \
-                 lease has to outlast the attempt it covers",
-                self.delivery_lease_seconds, self.delivery_timeout_seconds
+                "`delivery_lease_seconds` ({lease}) must exceed `delivery_timeout_seconds` ({}): \
+                 a lease has to outlast the attempt it covers",
+                self.delivery_timeout_seconds
             )));
         }
         if let Some(token) = &self.admin_token
@@ -202,7 +205,12 @@ impl Config {
     }
 
     pub fn delivery_lease(&self) -> Duration {
-        Duration::from_secs(self.delivery_lease_seconds)
+        // Room beyond the attempt itself for its wait in the stream's queue and for
+        // recording its outcome.
+        Duration::from_secs(
+            self.delivery_lease_seconds
+                .unwrap_or(self.delivery_timeout_seconds + 45),
+        )
     }
 
     pub fn shutdown_grace(&self) -> Duration {

@@ -193,7 +193,17 @@ fn string_attr(name: &str, value: &RawValue, max: usize) -> Result<String, Event
             "`{name}` is longer than {max} bytes"
         )));
     }
+    if s.contains('\0') {
+        return Err(no_nul(name));
+    }
     Ok(s)
+}
+
+/// Attributes are text, and text columns (PostgreSQL's among them) refuse NUL characters.
+fn no_nul(name: &str) -> EventError {
+    EventError::invalid(format!(
+        "`{name}` must not contain NUL (\\u0000) characters"
+    ))
 }
 
 fn non_empty(name: &str, s: String) -> Result<String, EventError> {
@@ -218,6 +228,7 @@ fn extension_value(name: &str, value: &RawValue) -> Result<Value, EventError> {
     let parsed: Value = serde_json::from_str(value.get())
         .map_err(|_| EventError::invalid(format!("`{name}` is not valid JSON")))?;
     match &parsed {
+        Value::String(s) if s.contains('\0') => Err(no_nul(name)),
         Value::String(s) if s.len() <= MAX_EXTENSION_VALUE_LEN => Ok(parsed),
         Value::Bool(_) | Value::Number(_) => Ok(parsed),
         Value::String(_) => Err(EventError::invalid(format!(

@@ -61,8 +61,8 @@ impl From<StoreError> for ApiError {
             StoreError::Unavailable(_) => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "store_unavailable",
-                "the database is unreachable, so nothing was changed; retry the request \
-                 (publishing again with the same event ids is safe)",
+                "the database is unreachable, so the request may not have been applied; retry \
+                 it (publishing again with the same event ids is safe)",
             ),
             StoreError::Closed => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,

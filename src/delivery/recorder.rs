@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 
 use super::Signal;
 use crate::clock::Clock;
-use crate::store::{AttemptRecord, DeliveryStatus, Store};
+use crate::store::{AttemptRecord, DeliveryStatus, RecordEffects, Store, StoreError};
 
 const MAX_BATCH: usize = 512;
 /// While the store is unreachable, a batch is offered again this often, this many times:
@@ -54,50 +54,71 @@ async fn run(
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while records.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let count = batch.len();
-        // Given back if the batch cannot be stored, so the deliveries are claimed again.
-        let leases: Vec<(i64, i64)> = batch.iter().map(|r| (r.key, r.lease)).collect();
-        let streams: Vec<String> = batch.iter().map(|r| r.stream_id.clone()).collect();
-        // Streams with retries scheduled: once stored, the dispatcher learns their due times.
-        let retrying: Vec<String> = batch
-            .iter()
-            .filter(|r| r.status == DeliveryStatus::Pending)
-            .map(|r| r.stream_id.clone())
-            .collect();
-        match record(&*store, &*clock, std::mem::take(&mut batch)).await {
-            Ok(effects) => {
-                for id in &effects.disabled_streams {
-                    tracing::warn!(stream = %id, "stream disabled");
+        let batch = std::mem::take(&mut batch);
+        match record(&*store, &*clock, &batch).await {
+            Ok(effects) => stored(&signal, &batch, effects),
+            // One record the store refuses must not hold back the others: each is tried
+            // alone, and only those refused again are given back.
+            Err(e) if batch.len() > 1 && !matches!(e, StoreError::Unavailable(_)) => {
+                tracing::error!(error = %e, count = batch.len(), "recording a batch failed; recording its attempts one by one");
+                for one in batch {
+                    let single = vec![one];
+                    match record(&*store, &*clock, &single).await {
+                        Ok(effects) => stored(&signal, &single, effects),
+                        Err(e) => give_back(&*store, &*clock, &signal, &single, &e).await,
+                    }
                 }
-                if !effects.disabled_streams.is_empty() {
-                    signal.streams_changed();
-                }
-                signal.wake(effects.woken_streams.iter().chain(&retrying));
             }
-            Err(e) => {
-                tracing::error!(error = %e, count, "recording attempts failed; they will be attempted again");
-                if let Err(e) = store.release(leases, clock.now_ms()).await {
-                    tracing::error!(error = %e, "releasing unrecorded deliveries failed; their leases lapse");
-                }
-                signal.wake(streams.iter());
-            }
+            Err(e) => give_back(&*store, &*clock, &signal, &batch, &e).await,
         }
     }
+}
+
+/// Passes on what a stored batch changed.
+fn stored(signal: &Signal, batch: &[AttemptRecord], effects: RecordEffects) {
+    for id in &effects.disabled_streams {
+        tracing::warn!(stream = %id, "stream disabled");
+    }
+    if !effects.disabled_streams.is_empty() {
+        signal.streams_changed();
+    }
+    // Streams with retries scheduled: now stored, the dispatcher learns their due times.
+    let retrying = batch
+        .iter()
+        .filter(|r| r.status == DeliveryStatus::Pending)
+        .map(|r| &r.stream_id);
+    signal.wake(effects.woken_streams.iter().chain(retrying));
+}
+
+/// Gives back the leases of attempts that could not be stored, so they are made again.
+async fn give_back(
+    store: &dyn Store,
+    clock: &dyn Clock,
+    signal: &Signal,
+    batch: &[AttemptRecord],
+    error: &StoreError,
+) {
+    tracing::error!(error = %error, count = batch.len(), "recording attempts failed; they will be attempted again");
+    let leases = batch.iter().map(|r| (r.key, r.lease)).collect();
+    if let Err(e) = store.release(leases, clock.now_ms()).await {
+        tracing::error!(error = %e, "releasing unrecorded deliveries failed; their leases lapse");
+    }
+    signal.wake(batch.iter().map(|r| &r.stream_id));
 }
 
 /// Stores a batch, waiting out a short outage of the store.
 async fn record(
     store: &dyn Store,
     clock: &dyn Clock,
-    batch: Vec<AttemptRecord>,
-) -> Result<crate::store::RecordEffects, crate::store::StoreError> {
+    batch: &[AttemptRecord],
+) -> Result<RecordEffects, StoreError> {
     for _ in 0..RETRIES {
-        match store.record(batch.clone(), clock.now_ms()).await {
-            Err(crate::store::StoreError::Unavailable(_)) => {
+        match store.record(batch.to_vec(), clock.now_ms()).await {
+            Err(StoreError::Unavailable(_)) => {
                 tokio::time::sleep(RETRY_EVERY).await;
             }
             result => return result,
         }
     }
-    store.record(batch, clock.now_ms()).await
+    store.record(batch.to_vec(), clock.now_ms()).await
 }

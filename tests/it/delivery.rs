@@ -330,6 +330,28 @@ async fn large_response_bodies_are_cut_to_4_kib() {
     assert_eq!(d["attempts"][0]["response_status"], 400);
 }
 
+#[tokio::test]
+async fn binary_response_bodies_are_kept_as_readable_text() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    // NUL bytes, as in a protobuf answer: text columns refuse them, so they are replaced.
+    receiver.always(Reply::status(200).with_body("ok\0\u{1}\0done"));
+    let stream = app
+        .create_stream(&receiver.url, &["user.created"], json!({}))
+        .await;
+    app.publish(json!({"id": "bin-1", "type": "user.created"}))
+        .await;
+    let d = app
+        .wait_for_delivery(stream["id"].as_str().unwrap(), "bin-1", |d| {
+            d["status"] == "succeeded"
+        })
+        .await;
+    assert_eq!(
+        d["attempts"][0]["response_body"],
+        "ok\u{FFFD}\u{1}\u{FFFD}done"
+    );
+}
+
 impl TestApp {
     pub fn clock_now_secs(&self) -> i64 {
         use herald::clock::Clock;

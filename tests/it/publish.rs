@@ -171,6 +171,18 @@ async fn bad_events_get_clear_errors() {
         ),
         (
             "application/json",
+            br#"{"type":"user.created","id":"a\u0000b"}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "invalid_event",
+        ),
+        (
+            "application/json",
+            br#"{"type":"user.created","userid":"u\u0000"}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "invalid_event",
+        ),
+        (
+            "application/json",
             br#"[{"type":"user.created"}]"#.to_vec(),
             StatusCode::BAD_REQUEST,
             "invalid_request",

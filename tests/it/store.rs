@@ -854,3 +854,79 @@ async fn tokens_are_found_by_hash_listed_per_tenant_and_revoked() {
         assert!(!store.delete_tenant("ten_b").await.unwrap(), "{name}");
     }
 }
+
+#[tokio::test]
+async fn a_batch_of_outcomes_judges_stream_health_as_if_stored_one_by_one() {
+    for b in backends().await {
+        let store = &*b.store;
+        let name = b.name;
+        for (stream_id, event_type) in [("est_a", "user.created"), ("est_b", "role.created")] {
+            stream(store, "ten_a", stream_id, event_type, StreamStatus::Enabled).await;
+        }
+        let events = (0..3)
+            .flat_map(|i| {
+                [
+                    event(&format!("a{i}"), "user.created"),
+                    event(&format!("b{i}"), "role.created"),
+                ]
+            })
+            .collect();
+        store.publish("ten_a", events, NOW, None).await.unwrap();
+        let batches = store
+            .claim(
+                [request("ten_a", "est_a", 3), request("ten_a", "est_b", 2)].concat(),
+                NOW,
+                NOW + 60_000,
+            )
+            .await
+            .unwrap();
+        let claimed = |stream: &str| {
+            batches
+                .iter()
+                .find(|b| b.stream_id == stream)
+                .unwrap()
+                .deliveries
+                .clone()
+        };
+        // est_a: two failures reach its limit of two, then a success: still disabled.
+        let mut records: Vec<AttemptRecord> = claimed("est_a")
+            .iter()
+            .zip([
+                DeliveryStatus::Failed,
+                DeliveryStatus::Failed,
+                DeliveryStatus::Succeeded,
+            ])
+            .map(|(c, status)| {
+                let mut r = outcome(c, status, None);
+                r.max_consecutive_failures = 2;
+                r
+            })
+            .collect();
+        // est_b: the endpoint answered 410 Gone, then a success: still disabled.
+        let b_claimed = claimed("est_b");
+        let mut gone = outcome(&b_claimed[0], DeliveryStatus::Failed, None);
+        gone.response_status = Some(410);
+        gone.disable_stream = Some("the endpoint answered 410 Gone".into());
+        records.push(gone);
+        records.push(outcome(&b_claimed[1], DeliveryStatus::Succeeded, None));
+
+        let mut effects = store.record(records, NOW).await.unwrap();
+        effects.disabled_streams.sort();
+        assert_eq!(effects.disabled_streams, ["est_a", "est_b"], "{name}");
+        for stream_id in ["est_a", "est_b"] {
+            let stream = store.get_stream("ten_a", stream_id).await.unwrap().unwrap();
+            assert_eq!(stream.status, StreamStatus::Disabled, "{name} {stream_id}");
+        }
+        assert!(
+            store
+                .get_stream("ten_a", "est_a")
+                .await
+                .unwrap()
+                .unwrap()
+                .status_reason
+                .unwrap()
+                .contains("2 failed attempts in a row"),
+            "{name}"
+        );
+    }
+}

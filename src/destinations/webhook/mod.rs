@@ -353,7 +353,10 @@ async fn read_excerpt(mut response: reqwest::Response) -> (String, Option<Attemp
             }
         }
     }
-    (String::from_utf8_lossy(&buf).into_owned(), error)
+    // NUL bytes (binary bodies) are replaced: text columns, PostgreSQL's among them, refuse
+    // them, and an excerpt is for reading anyway.
+    let text = String::from_utf8_lossy(&buf).replace('\0', "\u{FFFD}");
+    (text, error)
 }
 
 /// Names the kind of a transport failure by walking the error's causes.

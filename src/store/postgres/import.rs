@@ -184,6 +184,13 @@ pub async fn import_sqlite(sqlite_path: &Path, target: &PgStore) -> StoreResult<
     let source = crate::store::sqlite::open_for_export(sqlite_path)?;
     let mut client = target.client().await?;
     let tx = client.transaction().await?;
+    // No node may write while the copy runs: the keys it keeps must stay free.
+    let tables: Vec<&str> = TABLES.iter().map(|(table, _)| *table).collect();
+    tx.batch_execute(&format!(
+        "SET LOCAL statement_timeout = 0; LOCK TABLE {} IN EXCLUSIVE MODE",
+        tables.join(", ")
+    ))
+    .await?;
     let occupied: bool = tx
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM streams) OR EXISTS (SELECT 1 FROM events) \
@@ -242,8 +249,9 @@ pub async fn import_sqlite(sqlite_path: &Path, target: &PgStore) -> StoreResult<
     Ok(report)
 }
 
-/// Inserts rows with one statement, one array per column; rows already present (the default
-/// tenant, a token) are left as they are.
+/// Inserts rows with one statement, one array per column. Tenants and tokens already present
+/// (the default tenant and the admin token a first start creates) are left as they are;
+/// any other conflict fails the copy.
 async fn insert_chunk(
     tx: &impl GenericClient,
     table: &str,
@@ -301,8 +309,13 @@ async fn insert_chunk(
         }
     }
     let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
+    let on_conflict = match table {
+        "tenants" => " ON CONFLICT (id) DO NOTHING",
+        "api_tokens" => " ON CONFLICT DO NOTHING",
+        _ => "",
+    };
     let sql = format!(
-        "INSERT INTO {table} ({}) SELECT * FROM unnest({}) ON CONFLICT DO NOTHING",
+        "INSERT INTO {table} ({}) SELECT * FROM unnest({}){on_conflict}",
         names.join(", "),
         arrays.join(", ")
     );

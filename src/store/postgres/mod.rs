@@ -42,6 +42,11 @@ const STREAMS_CHANNEL: &str = "herald_streams";
 /// counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Server-side limits on every session, so that a node cut off mid-transaction cannot hold
+/// row locks for long, and no call waits on a lock or a statement indefinitely.
+const SESSION_LIMITS: &str = "-c lock_timeout=10s -c statement_timeout=60s \
+     -c idle_in_transaction_session_timeout=60s";
+
 pub struct PgStore {
     pool: Pool,
     /// Connections that commit without waiting for the flush, for what a crash may lose at
@@ -129,19 +134,17 @@ pub fn parse_url(url: &str) -> StoreResult<tokio_postgres::Config> {
 }
 
 fn pool(url: &str, max_connections: usize) -> StoreResult<Pool> {
-    pool_with(url, max_connections, "")
+    pool_with(url, max_connections, SESSION_LIMITS)
 }
 
 /// A pool whose connections start with these server `options` too.
 fn pool_with(url: &str, max_connections: usize, options: &str) -> StoreResult<Pool> {
     let mut config = parse_url(url)?;
-    if !options.is_empty() {
-        let options = match config.get_options() {
-            Some(given) => format!("{given} {options}"),
-            None => options.to_string(),
-        };
-        config.options(&options);
-    }
+    let options = match config.get_options() {
+        Some(given) => format!("{given} {options}"),
+        None => options.to_string(),
+    };
+    config.options(&options);
     let manager = Manager::from_config(
         config,
         NoTls,
@@ -168,7 +171,8 @@ async fn migrate(pool: &Pool) -> StoreResult<usize> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     tx.batch_execute(
-        "SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.herald_migrate')); \
+        "SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0; \
+         SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.herald_migrate')); \
          CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)",
     )
     .await?;
@@ -205,7 +209,11 @@ impl PgStore {
     /// Connects, brings the schema up to date, and checks that `cipher` is the key the
     /// installation's secrets are sealed with (recording it on first use).
     pub async fn connect(url: &str, cipher: Cipher, max_connections: usize) -> StoreResult<Self> {
-        let lazy = pool_with(url, LAZY_CONNECTIONS, "-c synchronous_commit=off")?;
+        let lazy = pool_with(
+            url,
+            LAZY_CONNECTIONS,
+            &format!("{SESSION_LIMITS} -c synchronous_commit=off"),
+        )?;
         let store = PgStore {
             pool: pool(url, max_connections)?,
             announcer: listen::Announcer::start(lazy.clone()),
@@ -258,6 +266,26 @@ impl PgStore {
 
     async fn client(&self) -> StoreResult<deadpool_postgres::Object> {
         Ok(self.pool.get().await?)
+    }
+
+    /// Deliveries with their attempts, read from one snapshot: a delivery's state and its
+    /// attempts always agree, even while an outcome is being stored.
+    async fn delivery_views(
+        &self,
+        tenant_id: &str,
+        column: &str,
+        value: &str,
+    ) -> StoreResult<Vec<DeliveryView>> {
+        let mut client = self.client().await?;
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        let views = delivery_views(&tx, tenant_id, column, value).await?;
+        tx.commit().await?;
+        Ok(views)
     }
 }
 
@@ -359,7 +387,8 @@ async fn delivery_views(
     let rows = client
         .query(
             &format!(
-                "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.seq = d.event_seq \
+                "SELECT {DELIVERY_COLUMNS} FROM deliveries d \
+                 JOIN events e ON e.seq = d.event_seq AND e.tenant_id = d.tenant_id \
                  WHERE d.tenant_id = $1 AND {column} = $2 ORDER BY d.seq"
             ),
             &[&tenant_id, &value],
@@ -934,8 +963,7 @@ impl Store for PgStore {
     }
 
     async fn get_delivery(&self, tenant_id: &str, id: &str) -> StoreResult<Option<DeliveryView>> {
-        let client = self.client().await?;
-        Ok(delivery_views(&client, tenant_id, "d.id", id).await?.pop())
+        Ok(self.delivery_views(tenant_id, "d.id", id).await?.pop())
     }
 
     async fn event_deliveries(
@@ -943,8 +971,7 @@ impl Store for PgStore {
         tenant_id: &str,
         event_id: &str,
     ) -> StoreResult<Vec<DeliveryView>> {
-        let client = self.client().await?;
-        delivery_views(&client, tenant_id, "e.id", event_id).await
+        self.delivery_views(tenant_id, "e.id", event_id).await
     }
 
     async fn list_deliveries(
@@ -970,7 +997,8 @@ impl Store for PgStore {
             .await?
             .query(
                 &format!(
-                    "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.seq = d.event_seq \
+                    "SELECT {DELIVERY_COLUMNS} FROM deliveries d \
+                     JOIN events e ON e.seq = d.event_seq AND e.tenant_id = d.tenant_id \
                      WHERE d.tenant_id = $1 AND d.stream_id = $2{conditions} ORDER BY d.seq DESC LIMIT ${}",
                     params.len()
                 ),

@@ -263,11 +263,12 @@ pub async fn claim(
              ), claimed AS ( \
                UPDATE deliveries d SET lease = d.lease + 1, lease_until = $5, due_at = $5 \
                FROM picked WHERE d.seq = picked.seq \
-               RETURNING d.seq, d.lease, d.id, d.stream_id, d.attempts - d.round_start AS attempts, \
-                 d.event_seq \
+               RETURNING d.seq, d.lease, d.id, d.tenant_id, d.stream_id, \
+                 d.attempts - d.round_start AS attempts, d.event_seq \
              ) \
              SELECT c.seq, c.lease, c.id, c.stream_id, c.attempts, {EVENT_COLUMNS} \
-             FROM claimed c JOIN events e ON e.seq = c.event_seq ORDER BY c.seq"
+             FROM claimed c JOIN events e ON e.seq = c.event_seq AND e.tenant_id = c.tenant_id \
+             ORDER BY c.seq"
         )
     });
     const NEXT_DUE: &str = "SELECT r.stream_id, \
@@ -382,14 +383,40 @@ struct Rollup {
     latency: [i64; LATENCY_BOUNDS_MS.len() + 1],
 }
 
-/// A stream's run of outcomes within a batch, in order.
+/// A stream's outcomes within a batch, taken in order, as runs of failures.
 #[derive(Default)]
 struct Health {
+    failures: i64,
     succeeded: bool,
-    /// Failures after the last success.
+    /// Failures before the first success: they extend the run the stream already had.
+    leading_failures: i64,
+    /// The current run: failures after the last success.
     trailing_failures: i64,
+    /// The longest run that started after a success within the batch.
+    longest_later_run: i64,
     disable: Option<String>,
     max_consecutive_failures: u32,
+}
+
+impl Health {
+    fn add(&mut self, r: &AttemptRecord) {
+        self.max_consecutive_failures = r.max_consecutive_failures;
+        if r.status == DeliveryStatus::Succeeded {
+            self.succeeded = true;
+            self.trailing_failures = 0;
+            return;
+        }
+        self.failures += 1;
+        self.trailing_failures += 1;
+        if self.succeeded {
+            self.longest_later_run = self.longest_later_run.max(self.trailing_failures);
+        } else {
+            self.leading_failures += 1;
+        }
+        if let Some(reason) = &r.disable_stream {
+            self.disable.get_or_insert_with(|| reason.clone());
+        }
+    }
 }
 
 /// Stores attempts and their deliveries' next states; streams that got Herald's own notices
@@ -427,13 +454,15 @@ pub async fn record(
     // The delivery's new state, only under the lease the attempt was made with: a node whose
     // lease lapsed (and whose delivery another node took over) records its attempt but no
     // longer decides the delivery's state. Nor does an attempt on a cancelled delivery.
+    // Storing an outcome uses its lease up, so a batch offered twice (its first commit's
+    // answer lost with the connection) changes each delivery once.
     // Only a pending delivery has a `due_at`; testing that rather than `status` keeps the
     // planner on the primary key, where `status = 'pending'` could lead it to scan the due
     // index (whose statistics lag a fast-growing queue) for every batch.
     let update = tx
         .prepare_cached(
             "UPDATE deliveries d SET status = u.status, attempts = d.attempts + 1, due_at = u.due_at, \
-             lease_until = NULL, last_attempt_at = u.attempted_at, \
+             lease = d.lease + 1, lease_until = NULL, last_attempt_at = u.attempted_at, \
              last_response_status = u.response_status, last_error_kind = u.error_kind, updated_at = $1 \
              FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[], \
              $7::bigint[], $8::bigint[], $9::int4[], $10::text[]) \
@@ -479,17 +508,10 @@ pub async fn record(
         rollup.failed_attempts += (r.status != DeliveryStatus::Succeeded) as i64;
         rollup.latency[crate::store::latency_bucket(r.duration_ms)] += 1;
 
-        let h = health.entry((&r.tenant_id, &r.stream_id)).or_default();
-        h.max_consecutive_failures = r.max_consecutive_failures;
-        if r.status == DeliveryStatus::Succeeded {
-            h.succeeded = true;
-            h.trailing_failures = 0;
-        } else {
-            h.trailing_failures += 1;
-            if let Some(reason) = &r.disable_stream {
-                h.disable = Some(reason.clone());
-            }
-        }
+        health
+            .entry((&r.tenant_id, &r.stream_id))
+            .or_default()
+            .add(r);
     }
     add_to_rollups(tx, &rollups).await?;
     // Streams in key order, so concurrent nodes lock them in the same order.
@@ -577,7 +599,7 @@ async fn update_health(
     effects: &mut RecordEffects,
     due: &mut Vec<String>,
 ) -> StoreResult<()> {
-    if h.trailing_failures == 0 {
+    if h.failures == 0 {
         // A success clears the run, writing the stream's row only if there was one.
         tx.execute(
             "UPDATE streams SET consecutive_failures = 0 \
@@ -589,18 +611,22 @@ async fn update_health(
     }
     let Some(row) = tx
         .query_opt(
-            "UPDATE streams SET consecutive_failures = \
-             CASE WHEN $3 THEN 0 ELSE consecutive_failures END + $4 \
-             WHERE tenant_id = $1 AND id = $2 RETURNING consecutive_failures, status, name",
+            "UPDATE streams s SET consecutive_failures = \
+             CASE WHEN $3 THEN $4 ELSE s.consecutive_failures + $4 END \
+             FROM (SELECT consecutive_failures AS before FROM streams \
+                   WHERE tenant_id = $1 AND id = $2 FOR UPDATE) b \
+             WHERE s.tenant_id = $1 AND s.id = $2 RETURNING b.before, s.status, s.name",
             &[&tenant_id, &stream_id, &h.succeeded, &h.trailing_failures],
         )
         .await?
     else {
         return Ok(()); // The stream was deleted meanwhile.
     };
-    let failures: i64 = row.get(0);
+    let before: i64 = row.get(0);
     let status: &str = row.get(1);
     let name: &str = row.get(2);
+    // The longest run the batch made, as if its attempts had been stored one at a time.
+    let failures = (before + h.leading_failures).max(h.longest_later_run);
     let too_many =
         h.max_consecutive_failures > 0 && failures >= i64::from(h.max_consecutive_failures);
     let reason = match &h.disable {
@@ -669,9 +695,11 @@ pub fn filter_sql(filter: &DeliveryFilter, params: &mut Params) -> String {
     sql
 }
 
-/// Starts a new round for a delivery: due now (`$1`), retry budget reset. Attempts under way
-/// (a live lease) are left to finish.
-const REQUEUE: &str = "status = 'pending', due_at = $1, round_start = attempts, updated_at = $1";
+/// Starts a new round for a delivery: due now (`$1`), retry budget reset, and a new lease
+/// generation, so an attempt still finishing on a cancelled delivery cannot write its
+/// outcome over the new round. Attempts under way (a live lease) are left to finish.
+const REQUEUE: &str = "status = 'pending', due_at = $1, round_start = attempts, \
+     lease = lease + 1, updated_at = $1";
 const NOT_IN_FLIGHT: &str =
     "(d.lease_until IS NULL OR d.lease_until <= $1 OR d.status <> 'pending')";
 
