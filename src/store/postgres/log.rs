@@ -122,7 +122,9 @@ pub async fn erase(
 }
 
 /// One node sweeps at a time (a transaction-scoped advisory lock per schema); the others
-/// skip their turn. Rows go oldest first, in insertion order.
+/// skip their turn. Rows go oldest first, in insertion order. Only deliveries of streams that
+/// still exist keep an event: a publish that raced its stream's deletion may have left one
+/// pending for a stream that is gone, and nothing would ever finish it.
 pub async fn sweep(
     tx: &impl GenericClient,
     events_before: Option<Millis>,
@@ -144,8 +146,9 @@ pub async fn sweep(
         let old = tx
             .query(
                 "SELECT e.seq, e.tenant_id FROM events e WHERE e.received_at < $1 \
-                 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.tenant_id = e.tenant_id \
-                 AND d.event_seq = e.seq AND d.status = 'pending') \
+                 AND NOT EXISTS (SELECT 1 FROM deliveries d JOIN streams s \
+                 ON s.tenant_id = d.tenant_id AND s.id = d.stream_id \
+                 WHERE d.tenant_id = e.tenant_id AND d.event_seq = e.seq AND d.status = 'pending') \
                  ORDER BY e.seq LIMIT $2",
                 &[&cutoff, &(limit as i64)],
             )
