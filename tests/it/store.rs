@@ -930,3 +930,46 @@ async fn a_batch_of_outcomes_judges_stream_health_as_if_stored_one_by_one() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_claim_serves_only_streams_that_are_enabled_now() {
+    for b in backends().await {
+        let store = &*b.store;
+        let name = b.name;
+        stream(store, "ten_a", "est_a", "*", StreamStatus::Enabled).await;
+        store
+            .publish("ten_a", vec![event("q1", "user.created")], NOW, None)
+            .await
+            .unwrap();
+        // Paused elsewhere (another node, or before the dispatcher heard of it).
+        let set_status = |status| async move {
+            let mut stream = store.get_stream("ten_a", "est_a").await.unwrap().unwrap();
+            stream.status = status;
+            let update = StreamUpdate {
+                stream,
+                skip_backlog: false,
+                notices: Vec::new(),
+            };
+            store.update_stream(update).await.unwrap().unwrap();
+        };
+        set_status(StreamStatus::Paused).await;
+        let batch = store
+            .claim(request("ten_a", "est_a", 10), NOW, NOW + 60_000)
+            .await
+            .unwrap();
+        assert!(
+            batch[0].deliveries.is_empty(),
+            "{name}: nothing for a paused stream"
+        );
+        set_status(StreamStatus::Enabled).await;
+        let batch = store
+            .claim(request("ten_a", "est_a", 10), NOW, NOW + 60_000)
+            .await
+            .unwrap();
+        assert_eq!(
+            batch[0].deliveries.len(),
+            1,
+            "{name}: served again once enabled"
+        );
+    }
+}

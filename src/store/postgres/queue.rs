@@ -244,7 +244,8 @@ impl NewDeliveries {
 
 /// Leases up to `limit` due deliveries per request, oldest due first, skipping rows another
 /// node is claiming at the same moment; then learns when each stream next has work (leased
-/// deliveries are due at their lease's expiry, in case their node dies).
+/// deliveries are due at their lease's expiry, in case their node dies). Only enabled
+/// streams are served, whatever the caller last heard: another node may have just paused one.
 pub async fn claim(
     client: &impl GenericClient,
     requests: Vec<ClaimRequest>,
@@ -259,6 +260,8 @@ pub async fn claim(
                  SELECT d.seq FROM deliveries d \
                  WHERE d.tenant_id = r.tenant_id AND d.stream_id = r.stream_id \
                    AND d.status = 'pending' AND d.due_at <= $4 \
+                   AND EXISTS (SELECT 1 FROM streams s WHERE s.tenant_id = r.tenant_id \
+                     AND s.id = r.stream_id AND s.status = 'enabled') \
                  ORDER BY d.due_at LIMIT r.lim FOR UPDATE SKIP LOCKED) p \
              ), claimed AS ( \
                UPDATE deliveries d SET lease = d.lease + 1, lease_until = $5, due_at = $5 \

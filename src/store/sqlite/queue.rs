@@ -207,8 +207,23 @@ pub fn claim(
          ORDER BY d.due_at LIMIT ?3",
         super::EVENT_COLUMNS
     ))?;
+    let mut enabled = conn.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM streams WHERE tenant_id = ?1 AND id = ?2 AND status = 'enabled')",
+    )?;
     let mut batches = Vec::with_capacity(requests.len());
     for request in requests {
+        // The dispatcher may not have heard yet that the stream was paused or disabled.
+        let serving: bool =
+            enabled.query_row(params![request.tenant_id, request.stream_id], |r| r.get(0))?;
+        if !serving {
+            batches.push(ClaimBatch {
+                tenant_id: request.tenant_id,
+                stream_id: request.stream_id,
+                deliveries: Vec::new(),
+                next_due: None,
+            });
+            continue;
+        }
         let leased = leases.of_stream(&request.stream_id).map_or(0, HashSet::len);
         // Enough rows to get past the leased ones, fill the request, and see one more.
         let window = request.limit + leased + 1;
