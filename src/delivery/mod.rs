@@ -209,7 +209,14 @@ impl Dispatcher {
             while let Ok(done) = done_rx.try_recv() {
                 self.finished(done, &spawn);
             }
+            // Work first, then stream changes: a change made before the work was announced
+            // (a secret rotated, then an event published) is then always loaded before the
+            // work starts.
+            let woken = self.signal.take_woken();
+            let handed = self.signal.take_handed();
             if self.signal.take_streams_changed() && !self.reload().await {
+                self.signal.wake(&woken);
+                self.signal.hand_over(handed);
                 self.pause(&shutdown).await;
                 self.signal.streams_changed();
                 continue;
@@ -220,12 +227,11 @@ impl Dispatcher {
                     slot.next_due = Some(Millis::MIN);
                 }
             }
-            for id in self.signal.take_woken() {
+            for id in woken {
                 if let Some(slot) = self.streams.get_mut(&id) {
                     slot.next_due = Some(Millis::MIN);
                 }
             }
-            let handed = self.signal.take_handed();
             if !handed.is_empty() {
                 self.accept(handed, &spawn).await;
             }
