@@ -242,8 +242,28 @@ impl Dispatcher {
                 match self.store.claim(requests, now, lease_until).await {
                     Ok(batches) => {
                         self.store_back();
+                        // The claim may hold work published after a stream change that this
+                        // dispatcher has not loaded yet (a secret rotated, then an event
+                        // published): load it before the work starts.
+                        if self.signal.take_streams_changed() && !self.reload().await {
+                            self.signal.streams_changed();
+                        }
+                        let mut give_back = Vec::new();
                         for batch in batches {
-                            self.enqueue(batch, &spawn);
+                            if self
+                                .streams
+                                .get(&batch.stream_id)
+                                .is_some_and(|s| !s.draining)
+                            {
+                                self.enqueue(batch, &spawn);
+                            } else {
+                                give_back.extend(batch.deliveries.iter().map(|c| (c.key, c.lease)));
+                            }
+                        }
+                        if !give_back.is_empty()
+                            && let Err(e) = self.store.release(give_back, now).await
+                        {
+                            tracing::warn!(error = %e, "could not release deliveries; their leases lapse");
                         }
                         continue;
                     }
