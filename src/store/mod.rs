@@ -199,6 +199,47 @@ pub struct AttemptRecord {
     pub max_consecutive_failures: u32,
 }
 
+impl AttemptRecord {
+    /// Herald's `herald.delivery.failed` notice for this attempt, when it gave its delivery
+    /// up and the event's type raises one.
+    pub fn failure_notice(&self, now: Millis) -> Option<Event> {
+        if self.status != DeliveryStatus::Failed
+            || !crate::notices::notifies_failure_of(&self.event_type)
+        {
+            return None;
+        }
+        let reason = match (&self.disable_stream, self.response_status) {
+            (Some(_), _) => "the endpoint answered 410 Gone",
+            (None, Some(code)) if (400..500).contains(&code) => "the endpoint refused it",
+            _ => "retries exhausted",
+        };
+        let failed = crate::notices::FailedDelivery {
+            tenant_id: &self.tenant_id,
+            delivery_id: &self.delivery_id,
+            stream_id: &self.stream_id,
+            event_id: &self.event_id,
+            event_type: &self.event_type,
+            attempts: self.attempt_number,
+            last_response_status: self.response_status,
+            last_error: self.error_message.as_deref(),
+            reason,
+        };
+        Some(crate::notices::delivery_failed(&failed, now))
+    }
+}
+
+/// Why a stream is to be disabled: the endpoint asked to stop (`gone`), or its run of
+/// `failures` in a row reached its `limit` (0: none).
+pub fn disable_reason(gone: Option<&String>, failures: i64, limit: u32) -> Option<String> {
+    match gone {
+        Some(reason) => Some(reason.clone()),
+        None if limit > 0 && failures >= i64::from(limit) => Some(format!(
+            "disabled after {failures} failed attempts in a row; re-enable the stream to resume"
+        )),
+        None => None,
+    }
+}
+
 /// What recording attempts changed beyond the deliveries themselves.
 #[derive(Debug, Clone, Default)]
 pub struct RecordEffects {
@@ -224,6 +265,31 @@ pub struct DeliveryFilter {
 pub struct Page<T> {
     pub items: Vec<T>,
     pub next: Option<i64>,
+}
+
+impl<T> Page<T> {
+    /// Reads a page from `(seq, item)` rows ordered newest first, of a query that asked for
+    /// `take + 1` rows: an extra row means there is a next page, which starts after the last
+    /// one kept.
+    pub fn from_newest(
+        rows: impl IntoIterator<Item = StoreResult<(i64, T)>>,
+        take: usize,
+    ) -> StoreResult<Page<T>> {
+        let mut items = Vec::with_capacity(take);
+        let mut last_seq = None;
+        for row in rows {
+            if items.len() == take {
+                return Ok(Page {
+                    items,
+                    next: last_seq,
+                });
+            }
+            let (seq, item) = row?;
+            last_seq = Some(seq);
+            items.push(item);
+        }
+        Ok(Page { items, next: None })
+    }
 }
 
 /// A stream's undelivered work.

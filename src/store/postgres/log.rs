@@ -4,7 +4,7 @@
 use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 
-use super::{EVENT_COLUMNS, Params, event_from_row, page_of, refs};
+use super::{EVENT_COLUMNS, Params, event_from_row, refs};
 use crate::clock::Millis;
 use crate::store::{
     Erase, EventFilter, LATENCY_BOUNDS_MS, LoggedEvent, Page, StatsRow, StoreResult, Swept,
@@ -67,7 +67,7 @@ pub async fn list_events(
             &refs(&params),
         )
         .await?;
-    page_of(&rows, take, logged_from_row)
+    Page::from_newest(rows.iter().map(logged_from_row), take)
 }
 
 pub async fn get_event(

@@ -421,29 +421,6 @@ async fn delivery_views(
     Ok(views)
 }
 
-/// Reads a page from rows ordered newest first by `seq`, of a query that asked for `take + 1`
-/// rows: an extra row means there is a next page, which starts after the last one kept.
-fn page_of<T>(
-    rows: &[Row],
-    take: usize,
-    read: impl Fn(&Row) -> StoreResult<(i64, T)>,
-) -> StoreResult<Page<T>> {
-    let mut items = Vec::with_capacity(take.min(rows.len()));
-    let mut last_seq = None;
-    for row in rows {
-        if items.len() == take {
-            return Ok(Page {
-                items,
-                next: last_seq,
-            });
-        }
-        let (seq, item) = read(row)?;
-        last_seq = Some(seq);
-        items.push(item);
-    }
-    Ok(Page { items, next: None })
-}
-
 /// Tells every node that stream definitions changed (sent when the transaction commits).
 async fn notify_streams_changed(client: &impl GenericClient) -> StoreResult<()> {
     client
@@ -1005,7 +982,7 @@ impl Store for PgStore {
                 &refs(&params),
             )
             .await?;
-        page_of(&rows, take, delivery_from_row)
+        Page::from_newest(rows.iter().map(delivery_from_row), take)
     }
 
     async fn redeliver_event(

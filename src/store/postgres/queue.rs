@@ -18,7 +18,7 @@ use crate::notices;
 use crate::store::columns;
 use crate::store::{
     AttemptRecord, ClaimBatch, ClaimRequest, Claimed, DeliveryFilter, DeliveryStatus,
-    LATENCY_BOUNDS_MS, Published, RecordEffects, StoreResult,
+    LATENCY_BOUNDS_MS, Published, RecordEffects, StoreResult, disable_reason,
 };
 
 /// Stores `events` and a pending delivery for each stream subscribed to them that is enabled
@@ -523,27 +523,9 @@ pub async fn record(
     }
 
     for r in records.iter().filter(|r| owned.contains(&r.key)) {
-        if r.status != DeliveryStatus::Failed || !notices::notifies_failure_of(&r.event_type) {
-            continue;
+        if let Some(notice) = r.failure_notice(now) {
+            notify(tx, &r.tenant_id, notice, now, &mut effects, due).await?;
         }
-        let reason = match (&r.disable_stream, r.response_status) {
-            (Some(_), _) => "the endpoint answered 410 Gone",
-            (None, Some(code)) if (400..500).contains(&code) => "the endpoint refused it",
-            _ => "retries exhausted",
-        };
-        let failed = notices::FailedDelivery {
-            tenant_id: &r.tenant_id,
-            delivery_id: &r.delivery_id,
-            stream_id: &r.stream_id,
-            event_id: &r.event_id,
-            event_type: &r.event_type,
-            attempts: r.attempt_number,
-            last_response_status: r.response_status,
-            last_error: r.error_message.as_deref(),
-            reason,
-        };
-        let notice = notices::delivery_failed(&failed, now);
-        notify(tx, &r.tenant_id, notice, now, &mut effects, due).await?;
     }
     Ok(effects)
 }
@@ -630,15 +612,7 @@ async fn update_health(
     let name: &str = row.get(2);
     // The longest run the batch made, as if its attempts had been stored one at a time.
     let failures = (before + h.leading_failures).max(h.longest_later_run);
-    let too_many =
-        h.max_consecutive_failures > 0 && failures >= i64::from(h.max_consecutive_failures);
-    let reason = match &h.disable {
-        Some(reason) => Some(reason.clone()),
-        None if too_many => Some(format!(
-            "disabled after {failures} failed attempts in a row; re-enable the stream to resume"
-        )),
-        None => None,
-    };
+    let reason = disable_reason(h.disable.as_ref(), failures, h.max_consecutive_failures);
     if let Some(reason) = reason
         && status != "disabled"
     {

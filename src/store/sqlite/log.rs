@@ -60,7 +60,7 @@ pub fn list_events(
          WHERE e.tenant_id = ?{sql} ORDER BY e.seq DESC LIMIT ?"
     ))?;
     let mut rows = stmt.query(params_from_iter(values))?;
-    super::page_of(&mut rows, take, logged_from_row)
+    Page::from_newest(super::read_rows(&mut rows, logged_from_row), take)
 }
 
 pub fn get_event(

@@ -267,30 +267,19 @@ fn list_deliveries(
          WHERE d.tenant_id = ? AND d.stream_id = ?{conditions} ORDER BY d.seq DESC LIMIT ?"
     ))?;
     let mut rows = stmt.query(rusqlite::params_from_iter(values))?;
-    page_of(&mut rows, take, delivery_from_row)
+    Page::from_newest(read_rows(&mut rows, delivery_from_row), take)
 }
 
-/// Reads a page from rows ordered newest first by `seq`, of a query that asked for `take + 1`
-/// rows: an extra row means there is a next page, which starts after the last one kept.
-fn page_of<T>(
-    rows: &mut rusqlite::Rows<'_>,
-    take: usize,
-    read: impl Fn(&Row) -> StoreResult<(i64, T)>,
-) -> StoreResult<Page<T>> {
-    let mut items = Vec::with_capacity(take);
-    let mut last_seq = None;
-    while let Some(row) = rows.next()? {
-        if items.len() == take {
-            return Ok(Page {
-                items,
-                next: last_seq,
-            });
-        }
-        let (seq, item) = read(row)?;
-        last_seq = Some(seq);
-        items.push(item);
-    }
-    Ok(Page { items, next: None })
+/// The rows of a query as an iterator of what `read` makes of each, for `Page::from_newest`.
+fn read_rows<'a, T>(
+    rows: &'a mut rusqlite::Rows<'_>,
+    read: impl Fn(&Row) -> StoreResult<T> + 'a,
+) -> impl Iterator<Item = StoreResult<T>> + 'a {
+    std::iter::from_fn(move || match rows.next() {
+        Ok(Some(row)) => Some(read(row)),
+        Ok(None) => None,
+        Err(e) => Some(Err(e.into())),
+    })
 }
 
 #[async_trait]

@@ -18,7 +18,7 @@ use crate::event::Event;
 use crate::notices;
 use crate::store::{
     AttemptRecord, ClaimBatch, ClaimRequest, Claimed, DeliveryFilter, DeliveryStatus,
-    LATENCY_BOUNDS_MS, Published, RecordEffects, StoreResult,
+    LATENCY_BOUNDS_MS, Published, RecordEffects, StoreResult, disable_reason,
 };
 
 /// Stores `events` and a pending delivery for each stream subscribed to them that is enabled
@@ -346,14 +346,11 @@ pub fn record(
         let Some((failures, status, name)) = row else {
             continue; // The stream was deleted meanwhile.
         };
-        let too_many = r.max_consecutive_failures > 0 && failures >= r.max_consecutive_failures;
-        let reason = match &r.disable_stream {
-            Some(reason) => Some(reason.clone()),
-            None if too_many => Some(format!(
-                "disabled after {failures} failed attempts in a row; re-enable the stream to resume"
-            )),
-            None => None,
-        };
+        let reason = disable_reason(
+            r.disable_stream.as_ref(),
+            i64::from(failures),
+            r.max_consecutive_failures,
+        );
         if let Some(reason) = reason
             && status != "disabled"
         {
@@ -366,24 +363,7 @@ pub fn record(
             let notice = notices::stream_disabled(&r.tenant_id, &r.stream_id, &name, &reason, now);
             notify(conn, &r.tenant_id, notice, now, &mut effects)?;
         }
-        if r.status == DeliveryStatus::Failed && notices::notifies_failure_of(&r.event_type) {
-            let reason = match (&r.disable_stream, r.response_status) {
-                (Some(_), _) => "the endpoint answered 410 Gone",
-                (None, Some(code)) if (400..500).contains(&code) => "the endpoint refused it",
-                _ => "retries exhausted",
-            };
-            let failed = notices::FailedDelivery {
-                tenant_id: &r.tenant_id,
-                delivery_id: &r.delivery_id,
-                stream_id: &r.stream_id,
-                event_id: &r.event_id,
-                event_type: &r.event_type,
-                attempts: r.attempt_number,
-                last_response_status: r.response_status,
-                last_error: r.error_message.as_deref(),
-                reason,
-            };
-            let notice = notices::delivery_failed(&failed, now);
+        if let Some(notice) = r.failure_notice(now) {
             notify(conn, &r.tenant_id, notice, now, &mut effects)?;
         }
     }
