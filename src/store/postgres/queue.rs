@@ -39,38 +39,22 @@ pub async fn publish(
         )
         .await?;
 
-    let n = events.len();
-    let (mut ids, mut sources, mut types, mut times) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let (mut subjects, mut contenttypes, mut schemas, mut datas) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let (mut extensions, mut projectids, mut userids) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    for event in &events {
-        let (ext, projectid, userid) = columns::event_context(event);
-        ids.push(event.id.as_str());
-        sources.push(event.source.as_str());
-        types.push(event.event_type.as_str());
-        times.push(event.time);
-        subjects.push(event.subject.as_deref());
-        contenttypes.push(event.datacontenttype.as_deref());
-        schemas.push(event.dataschema.as_deref());
-        datas.push(event.data.get());
-        extensions.push(ext);
-        projectids.push(projectid);
-        userids.push(userid);
-    }
+    // One array per column.
+    let contexts: Vec<_> = events.iter().map(columns::event_context).collect();
+    let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+    let sources: Vec<&str> = events.iter().map(|e| e.source.as_str()).collect();
+    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    let times: Vec<Millis> = events.iter().map(|e| e.time).collect();
+    let subjects: Vec<Option<&str>> = events.iter().map(|e| e.subject.as_deref()).collect();
+    let contenttypes: Vec<Option<&str>> = events
+        .iter()
+        .map(|e| e.datacontenttype.as_deref())
+        .collect();
+    let schemas: Vec<Option<&str>> = events.iter().map(|e| e.dataschema.as_deref()).collect();
+    let datas: Vec<&str> = events.iter().map(|e| e.data.get()).collect();
+    let extensions: Vec<Option<&str>> = contexts.iter().map(|c| c.0.as_deref()).collect();
+    let projectids: Vec<Option<&str>> = contexts.iter().map(|c| c.1.as_deref()).collect();
+    let userids: Vec<Option<&str>> = contexts.iter().map(|c| c.2.as_deref()).collect();
     let insert = tx
         .prepare_cached(
             "INSERT INTO events (tenant_id, id, source, type, time, subject, datacontenttype, \
@@ -117,7 +101,7 @@ pub async fn publish(
         .map(|r| ((r.get(1), r.get(2)), r.get(0)))
         .collect();
 
-    let mut published = Vec::with_capacity(n);
+    let mut published = Vec::with_capacity(events.len());
     let mut new_deliveries = NewDeliveries::default();
     for event in events {
         let seq = inserted.remove(&(event.source.clone(), event.id.clone()));
@@ -138,8 +122,9 @@ pub async fn publish(
                 }
                 result.streams.push(stream_id.clone());
                 let lease = lease_until.filter(|_| *enabled);
+                let delivery_id = crate::ids::delivery_id(now);
                 new_deliveries.push(
-                    crate::ids::delivery_id(now),
+                    delivery_id.clone(),
                     stream_id,
                     event_seq,
                     &event.event_type,
@@ -149,7 +134,7 @@ pub async fn publish(
                     result.leased.push(Claimed {
                         key: 0, // Set once the row exists.
                         lease: 1,
-                        id: new_deliveries.ids.last().cloned().unwrap_or_default(),
+                        id: delivery_id,
                         tenant_id: tenant_id.to_string(),
                         stream_id: stream_id.clone(),
                         attempts: 0,
@@ -175,7 +160,6 @@ struct NewDeliveries {
     streams: Vec<String>,
     event_seqs: Vec<i64>,
     event_types: Vec<String>,
-    leases: Vec<i64>,
     lease_untils: Vec<Option<Millis>>,
     /// Streams with deliveries nobody leased: other nodes are told.
     unleased: Vec<String>,
@@ -194,7 +178,6 @@ impl NewDeliveries {
         self.streams.push(stream_id.to_string());
         self.event_seqs.push(event_seq);
         self.event_types.push(event_type.to_string());
-        self.leases.push(lease_until.is_some() as i64);
         self.lease_untils.push(lease_until);
         if lease_until.is_none() {
             self.unleased.push(stream_id.to_string());
@@ -217,9 +200,10 @@ impl NewDeliveries {
                 "INSERT INTO deliveries (tenant_id, id, stream_id, event_seq, event_type, status, \
                  due_at, lease, lease_until, created_at, updated_at) \
                  SELECT $1, u.id, u.stream_id, u.event_seq, u.event_type, 'pending', \
-                 COALESCE(u.lease_until, $2), u.lease, u.lease_until, $2, $2 \
-                 FROM unnest($3::text[], $4::text[], $5::bigint[], $6::text[], $7::bigint[], \
-                 $8::bigint[]) AS u(id, stream_id, event_seq, event_type, lease, lease_until) \
+                 COALESCE(u.lease_until, $2), (u.lease_until IS NOT NULL)::int, u.lease_until, \
+                 $2, $2 \
+                 FROM unnest($3::text[], $4::text[], $5::bigint[], $6::text[], $7::bigint[]) \
+                 AS u(id, stream_id, event_seq, event_type, lease_until) \
                  ON CONFLICT (tenant_id, event_seq, stream_id) DO NOTHING RETURNING id, seq",
             )
             .await?;
@@ -233,7 +217,6 @@ impl NewDeliveries {
                     &self.streams,
                     &self.event_seqs,
                     &self.event_types,
-                    &self.leases,
                     &self.lease_untils,
                 ],
             )
@@ -269,7 +252,7 @@ pub async fn claim(
                RETURNING d.seq, d.lease, d.id, d.tenant_id, d.stream_id, \
                  d.attempts - d.round_start AS attempts, d.event_seq \
              ) \
-             SELECT c.seq, c.lease, c.id, c.stream_id, c.attempts, {EVENT_COLUMNS} \
+             SELECT c.seq, c.lease, c.id, c.tenant_id, c.stream_id, c.attempts, {EVENT_COLUMNS} \
              FROM claimed c JOIN events e ON e.seq = c.event_seq AND e.tenant_id = c.tenant_id \
              ORDER BY c.seq"
         )
@@ -287,20 +270,15 @@ pub async fn claim(
         .query(&claim, &[&tenants, &streams, &limits, &now, &lease_until])
         .await?;
     let mut by_stream: HashMap<String, Vec<Claimed>> = HashMap::new();
-    let tenant_of: HashMap<&str, &str> = streams
-        .iter()
-        .copied()
-        .zip(tenants.iter().copied())
-        .collect();
     for row in &rows {
-        let stream_id: String = row.get(3);
+        let stream_id: String = row.get(4);
         let claimed = Claimed {
             key: row.get(0),
             lease: row.get(1),
             id: row.get(2),
-            tenant_id: tenant_of[stream_id.as_str()].to_string(),
-            attempts: row.get::<_, i64>(4) as u32,
-            event: event_from_row(row, 5)?,
+            tenant_id: row.get(3),
+            attempts: row.get::<_, i64>(5) as u32,
+            event: event_from_row(row, 6)?,
             stream_id: stream_id.clone(),
         };
         by_stream.entry(stream_id).or_default().push(claimed);
