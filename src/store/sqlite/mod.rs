@@ -38,20 +38,12 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and brings its schema up to date.
     pub fn open(path: &Path, cipher: Cipher) -> StoreResult<SqliteStore> {
-        let open_err = |reason: String| StoreError::Open {
-            path: path.display().to_string(),
-            reason,
-        };
-        let lock = lock_exclusively(&path.with_extension("lock")).map_err(open_err)?;
-        let mut conn = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(|e| open_err(e.to_string()))?;
+        let (lock, conn) = open_locked(path)?;
         // FULL: the WAL is fsynced at every commit, so an acknowledged write survives power
         // loss. The writer lowers it for lazy batches (see `writer::Durability`).
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.set_prepared_statement_cache_capacity(writer::STATEMENT_CACHE);
-        migrate(&mut conn).map_err(|e| open_err(e.to_string()))?;
         Ok(SqliteStore {
             _lock: lock,
             leases: Arc::default(),
@@ -60,6 +52,21 @@ impl SqliteStore {
             cipher: Arc::new(cipher),
         })
     }
+}
+
+/// Takes the data directory's lock, then opens the database in WAL mode with its schema
+/// up to date.
+fn open_locked(path: &Path) -> StoreResult<(std::fs::File, Connection)> {
+    let open_err = |reason: String| StoreError::Open {
+        path: path.display().to_string(),
+        reason,
+    };
+    let lock = lock_exclusively(&path.with_extension("lock")).map_err(open_err)?;
+    let mut conn = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(|e| open_err(e.to_string()))?;
+    migrate(&mut conn).map_err(|e| open_err(e.to_string()))?;
+    Ok((lock, conn))
 }
 
 /// An embedded store opened to be read in full (`herald migrate-store`), locked as a running
@@ -76,16 +83,13 @@ impl Export {
 }
 
 pub fn open_for_export(path: &Path) -> StoreResult<Export> {
-    let open_err = |reason: String| StoreError::Open {
-        path: path.display().to_string(),
-        reason,
-    };
     if !path.exists() {
-        return Err(open_err("there is no embedded store here".into()));
+        return Err(StoreError::Open {
+            path: path.display().to_string(),
+            reason: "there is no embedded store here".into(),
+        });
     }
-    let lock = lock_exclusively(&path.with_extension("lock")).map_err(open_err)?;
-    let mut conn = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
-    migrate(&mut conn).map_err(|e| open_err(e.to_string()))?;
+    let (lock, conn) = open_locked(path)?;
     Ok(Export { _lock: lock, conn })
 }
 
