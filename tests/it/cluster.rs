@@ -15,8 +15,8 @@ use crate::helpers::*;
 const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 const PER_STREAM: usize = 8;
 
-async fn database() -> Option<TestDatabase> {
-    let database = TestDatabase::create().await;
+async fn database() -> Option<Scratch> {
+    let database = test_database().await;
     if database.is_none() {
         eprintln!("HERALD_TEST_DATABASE_URL is not set: skipping a PostgreSQL test");
     }
@@ -24,7 +24,7 @@ async fn database() -> Option<TestDatabase> {
 }
 
 /// A node on the shared database, with short leases so a dead node's work moves on soon.
-fn start_node(database: &TestDatabase, dir: &std::path::Path, role: &str) -> Server {
+fn start_node(database: &Scratch, dir: &std::path::Path, role: &str) -> Server {
     let per_stream = PER_STREAM.to_string();
     start_server(
         dir,
@@ -37,25 +37,6 @@ fn start_node(database: &TestDatabase, dir: &std::path::Path, role: &str) -> Ser
             ("HERALD_MAX_IN_FLIGHT_PER_STREAM", &per_stream),
         ],
     )
-}
-
-async fn create_stream(http: &reqwest::Client, base: &str, receiver: &Receiver) -> String {
-    let response = http
-        .post(format!("{base}/v1/event-streams"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({
-            "name": "shared",
-            "subscriptions": [{"event_type": "*"}],
-            "destination": {"type": "webhook", "configuration": {"webhook_endpoint": receiver.url}}
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
-    response.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string()
 }
 
 /// Deliveries received per event id.
@@ -82,7 +63,7 @@ async fn three_nodes_share_the_work_and_survive_a_kill_9() {
     let bases: Vec<String> = nodes.iter().map(|n| n.base.clone()).collect();
     let receiver = Receiver::start().await;
     let http = reqwest::Client::new();
-    create_stream(&http, &bases[0], &receiver).await;
+    nodes[0].create_stream(&http, &receiver).await;
 
     // 10,000 events in batches of 50, spread over the nodes. A batch whose node died is
     // published again on the next node, as a client would: publishing is idempotent.
@@ -211,7 +192,7 @@ async fn api_and_worker_roles_split_the_work() {
     let worker = start_node(&database, worker_dir.path(), "worker");
     let receiver = Receiver::start().await;
     let http = reqwest::Client::new();
-    create_stream(&http, &api.base, &receiver).await;
+    api.create_stream(&http, &receiver).await;
 
     // The worker serves health only.
     let status = |url: String| {
@@ -256,7 +237,7 @@ async fn migrate_store_moves_an_embedded_installation_into_postgres() {
     let receiver = Receiver::start().await;
     let http = reqwest::Client::new();
     let mut node = start_server(embedded.path(), &[]);
-    let stream_id = create_stream(&http, &node.base, &receiver).await;
+    let stream_id = node.create_stream(&http, &receiver).await;
     let publish = |base: String, id: &'static str| {
         let http = http.clone();
         async move {

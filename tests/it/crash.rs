@@ -17,18 +17,7 @@ async fn kill_9_mid_load_loses_no_acknowledged_event() {
     let mut server = start_server(dir.path(), &[]);
     let http = reqwest::Client::new();
 
-    let response = http
-        .post(format!("{}/v1/event-streams", server.base))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({
-            "name": "durable",
-            "subscriptions": [{"event_type": "*"}],
-            "destination": {"type": "webhook", "configuration": {"webhook_endpoint": receiver.url}}
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
+    server.create_stream(&http, &receiver).await;
 
     let acknowledged = Arc::new(Mutex::new(HashSet::new()));
     let mut publishers = Vec::new();

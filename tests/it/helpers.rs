@@ -12,6 +12,7 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use herald::clock::ManualClock;
 use herald::secret::Secret;
+pub use herald::store::postgres::Scratch;
 use herald::{App, Config};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
@@ -30,7 +31,7 @@ pub struct TestApp {
     shutdown: CancellationToken,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     _dir: tempfile::TempDir,
-    _database: Option<TestDatabase>,
+    _database: Option<Scratch>,
 }
 
 /// The server as tests usually want it: plain http and loopback receivers allowed.
@@ -55,7 +56,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
     let mut config = test_config(dir.path());
     let database = match std::env::var("HERALD_TEST_APP_DATABASE").as_deref() {
         Ok("postgres") => Some(
-            TestDatabase::create()
+            test_database()
                 .await
                 .expect("HERALD_TEST_APP_DATABASE=postgres needs HERALD_TEST_DATABASE_URL"),
         ),
@@ -414,67 +415,14 @@ impl Receiver {
 /// A PostgreSQL schema of its own for one test, on the server `HERALD_TEST_DATABASE_URL`
 /// names; dropped with everything in it when the test ends. `None` when the variable is
 /// unset (PostgreSQL tests then run only on machines that offer it; CI sets it).
-pub struct TestDatabase {
-    base: String,
-    pub schema: String,
-    /// A URL whose connections work in the schema.
-    pub url: String,
-}
-
-impl TestDatabase {
-    pub async fn create() -> Option<TestDatabase> {
-        let base = std::env::var("HERALD_TEST_DATABASE_URL").ok()?;
-        let schema = format!(
-            "herald_test_{}",
-            herald::ids::random_base62(12).to_lowercase()
-        );
-        let (client, connection) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
-            .await
-            .expect("HERALD_TEST_DATABASE_URL is set, so PostgreSQL must be reachable");
-        let driver = tokio::spawn(connection);
-        client
-            .batch_execute(&format!("CREATE SCHEMA {schema}"))
-            .await
-            .unwrap();
-        drop(client);
-        let _ = driver.await;
-        let separator = if base.contains('?') { '&' } else { '?' };
-        // Named after the schema, so the cleanup can end every session the test left open.
-        let url = format!(
-            "{base}{separator}options=-c%20search_path%3D{schema}&application_name={schema}"
-        );
-        Some(TestDatabase { base, schema, url })
-    }
-}
-
-impl Drop for TestDatabase {
-    fn drop(&mut self) {
-        let (base, schema) = (self.base.clone(), self.schema.clone());
-        // Drop runs outside any runtime's reach; a short-lived one does the cleanup.
-        let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async {
-                if let Ok((client, connection)) =
-                    tokio_postgres::connect(&base, tokio_postgres::NoTls).await
-                {
-                    let driver = tokio::spawn(connection);
-                    let _ = client
-                        .batch_execute(&format!(
-                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                             WHERE application_name = '{schema}'; \
-                             DROP SCHEMA IF EXISTS {schema} CASCADE"
-                        ))
-                        .await;
-                    drop(client);
-                    let _ = driver.await;
-                }
-            });
+pub async fn test_database() -> Option<Scratch> {
+    let base = std::env::var("HERALD_TEST_DATABASE_URL").ok()?;
+    let scratch = Scratch::create(&base, "herald_test")
+        .await
+        .unwrap_or_else(|e| {
+            panic!("HERALD_TEST_DATABASE_URL is set, so PostgreSQL must be reachable: {e}")
         });
-        let _ = cleanup.join();
-    }
+    Some(scratch)
 }
 
 /// A `herald serve` child process.
@@ -522,4 +470,26 @@ pub fn start_server(data_dir: &std::path::Path, env: &[(&str, &str)]) -> Server 
     // Keep draining stdout so the child never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
     Server { child, base }
+}
+
+impl Server {
+    /// Creates a stream of every event type to `receiver`; gives its id.
+    pub async fn create_stream(&self, http: &reqwest::Client, receiver: &Receiver) -> String {
+        let response = http
+            .post(format!("{}/v1/event-streams", self.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({
+                "name": "everything",
+                "subscriptions": [{"event_type": "*"}],
+                "destination": {"type": "webhook", "configuration": {"webhook_endpoint": receiver.url}}
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        response.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
 }

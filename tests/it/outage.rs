@@ -65,7 +65,7 @@ impl Proxy {
 
 #[tokio::test]
 async fn a_database_outage_answers_503_pauses_delivery_and_heals_without_a_restart() {
-    let Some(database) = TestDatabase::create().await else {
+    let Some(database) = test_database().await else {
         eprintln!("HERALD_TEST_DATABASE_URL is not set: skipping a PostgreSQL test");
         return;
     };

@@ -18,7 +18,7 @@ use herald::store::{
 use herald::stream::{PayloadFormat, RetryPolicy, Stream, StreamStatus, Subscription};
 use serde_json::value::RawValue;
 
-use crate::helpers::TestDatabase;
+use crate::helpers::{Scratch, test_database};
 
 const NOW: i64 = 1_700_000_000_000;
 
@@ -26,7 +26,7 @@ struct Backend {
     name: &'static str,
     store: Arc<dyn Store>,
     _dir: Option<tempfile::TempDir>,
-    _database: Option<TestDatabase>,
+    _database: Option<Scratch>,
 }
 
 const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
@@ -44,7 +44,7 @@ async fn backends() -> Vec<Backend> {
         _dir: Some(dir),
         _database: None,
     }];
-    if let Some(database) = TestDatabase::create().await {
+    if let Some(database) = test_database().await {
         let store = PgStore::connect(&database.url, Cipher::from_base64(KEY).unwrap(), 4)
             .await
             .expect("the PostgreSQL store opens");

@@ -8,7 +8,6 @@
 //!
 //! Build and run in release mode: `cargo build --release && target/release/herald-bench`.
 
-mod database;
 mod receiver;
 mod scenarios;
 mod target;

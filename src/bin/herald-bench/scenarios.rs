@@ -12,10 +12,9 @@ use herald::destinations::webhook::signing::SigningKey;
 use herald::destinations::webhook::{Message, WebhookClient, WebhookConfig};
 use herald::net::ssrf::AddressPolicy;
 use herald::secret::Secret;
-use herald::store::postgres::redact_url;
+use herald::store::postgres::{Scratch, redact_url};
 use serde_json::{Value, json};
 
-use crate::database::{self, Scratch};
 use crate::receiver::{self, Behaviour, Clock, Receipts};
 use crate::target::{Herald, wait_until};
 
@@ -540,18 +539,21 @@ pub async fn s6(size: Size) -> Outcome {
     }
 }
 
+/// The server S7 uses when `HERALD_BENCH_DATABASE_URL` is unset.
+const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
 /// S7: S1 with Herald on PostgreSQL (in a schema of its own) instead of the embedded store;
 /// skipped when the server cannot be reached.
 pub async fn s7(size: Size) -> Outcome {
     let url = std::env::var("HERALD_BENCH_DATABASE_URL")
-        .unwrap_or_else(|_| database::DEFAULT_URL.to_string());
+        .unwrap_or_else(|_| DEFAULT_DATABASE_URL.to_string());
     let description = "S1 on PostgreSQL (fan-out 1, batch publish)".to_string();
     const GOAL: Goal = Goal {
         target: ">= 10,000 deliveries/s",
         reached: |out| out.deliveries_per_s >= 10_000.0,
     };
     // Declared before Herald starts, so it is dropped after Herald is gone.
-    let scratch = match Scratch::create(&url).await {
+    let scratch = match Scratch::create(&url, "herald_bench").await {
         Ok(scratch) => scratch,
         Err(reason) => {
             return Outcome {

@@ -13,6 +13,7 @@ mod import;
 mod listen;
 mod log;
 mod queue;
+mod scratch;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +25,7 @@ use tokio_postgres::{NoTls, Row};
 
 pub use import::{ImportReport, import_sqlite};
 pub use listen::{Notice, listen};
+pub use scratch::Scratch;
 
 use super::columns::{self, EventRow, StreamRow};
 use super::*;
@@ -94,13 +96,16 @@ impl From<tokio_postgres::Error> for StoreError {
     }
 }
 
-/// The error with its cause, which the driver's own message leaves out ("error connecting
+/// The error with its causes, which the driver's own message leaves out ("error connecting
 /// to server" alone does not say that the connection was refused).
 fn describe(e: &tokio_postgres::Error) -> String {
-    match std::error::Error::source(e) {
-        Some(cause) => format!("{e}: {cause}"),
-        None => e.to_string(),
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        text = format!("{text}: {cause}");
+        source = cause.source();
     }
+    text
 }
 
 impl From<deadpool_postgres::PoolError> for StoreError {

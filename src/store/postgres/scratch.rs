@@ -1,18 +1,13 @@
-//! A PostgreSQL schema of its own for one scenario, so Herald's tables start empty and
-//! nothing is left behind: created with a short-lived connection before Herald starts,
-//! dropped with everything in it afterwards (also when the scenario panics).
+//! A throwaway schema on a PostgreSQL server, for the test suite and the benchmark: each
+//! needs a shared store that starts empty and leaves nothing behind. The schema is created
+//! with a short-lived connection, handed out as a URL whose sessions work in it, and dropped
+//! with everything in it afterwards, also when the caller panics.
 
-use std::time::Duration;
-
-use herald::store::postgres::redact_url;
 use tokio_postgres::NoTls;
 
-/// The server S7 uses when `HERALD_BENCH_DATABASE_URL` is unset.
-pub const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+use super::{CONNECT_TIMEOUT, describe, redact_url};
 
-/// How long an unreachable server may take to say so.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-
+/// A schema of its own on a PostgreSQL server; dropped with its tables on drop.
 pub struct Scratch {
     base: String,
     schema: String,
@@ -21,13 +16,10 @@ pub struct Scratch {
 }
 
 impl Scratch {
-    /// Creates a fresh schema on the server at `base`; the error says why it could not, in
-    /// words fit for the report.
-    pub async fn create(base: &str) -> Result<Scratch, String> {
-        let schema = format!(
-            "herald_bench_{}",
-            herald::ids::random_base62(10).to_lowercase()
-        );
+    /// Creates a fresh schema named `<prefix>_<random>` on the server at `base`; the error
+    /// says why it could not, in words fit for a report.
+    pub async fn create(base: &str, prefix: &str) -> Result<Scratch, String> {
+        let schema = format!("{prefix}_{}", crate::ids::random_base62(10).to_lowercase());
         let shown = redact_url(base);
         let client = connect(base)
             .await
@@ -57,8 +49,8 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         let (base, schema) = (self.base.clone(), self.schema.clone());
-        // Drop cannot await, and may run while the bench's runtime unwinds; a thread with a
-        // runtime of its own does the cleanup.
+        // Drop cannot await, and may run while the caller's runtime unwinds or is blocked in
+        // this very drop; a thread with a runtime of its own does the cleanup.
         let cleanup = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -77,7 +69,7 @@ impl Drop for Scratch {
                     Err(e) => Err(e),
                 };
                 if let Err(e) = dropped {
-                    eprintln!("could not drop the bench schema {schema}: {e}");
+                    eprintln!("could not drop the scratch schema {schema}: {e}");
                 }
             });
         });
@@ -93,16 +85,4 @@ async fn connect(url: &str) -> Result<tokio_postgres::Client, String> {
     let (client, connection) = config.connect(NoTls).await.map_err(|e| describe(&e))?;
     tokio::spawn(connection);
     Ok(client)
-}
-
-/// The error with its causes: tokio-postgres's own text ("db error", "error connecting to
-/// server") leaves out what happened.
-fn describe(e: &tokio_postgres::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        text = format!("{text}: {cause}");
-        source = cause.source();
-    }
-    text
 }
