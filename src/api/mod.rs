@@ -46,21 +46,22 @@ pub struct AppState {
     pub max_request_bytes: usize,
 }
 
-/// The routes of a delivery-only node: health and readiness.
-pub fn health_router(state: AppState) -> Router {
+/// Health and readiness, which every node serves.
+fn health_routes() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(health))
         .route("/readyz", get(ready))
-        .fallback(not_found)
-        .with_state(state)
+}
+
+/// The routes of a delivery-only node: health and readiness alone.
+pub fn health_router(state: AppState) -> Router {
+    health_routes().fallback(not_found).with_state(state)
 }
 
 pub fn router(state: AppState) -> Router {
     let body_limit = axum::extract::DefaultBodyLimit::max(state.max_request_bytes);
-    Router::new()
+    health_routes()
         .route("/openapi.json", get(openapi))
-        .route("/healthz", get(health))
-        .route("/readyz", get(ready))
         .route(
             "/v1/event-types",
             get(event_types::list).post(event_types::create),

@@ -112,13 +112,14 @@ async fn record(
     clock: &dyn Clock,
     batch: &[AttemptRecord],
 ) -> Result<RecordEffects, StoreError> {
-    for _ in 0..RETRIES {
+    let mut retries = 0;
+    loop {
         match store.record(batch.to_vec(), clock.now_ms()).await {
-            Err(StoreError::Unavailable(_)) => {
+            Err(StoreError::Unavailable(_)) if retries < RETRIES => {
+                retries += 1;
                 tokio::time::sleep(RETRY_EVERY).await;
             }
             result => return result,
         }
     }
-    store.record(batch.to_vec(), clock.now_ms()).await
 }

@@ -7,16 +7,17 @@ use std::path::Path;
 
 use deadpool_postgres::GenericClient;
 use rusqlite::types::Value;
+use tokio_postgres::types::ToSql;
 
 use super::{Params, PgStore, refs};
 use crate::store::{StoreError, StoreResult};
 
-/// How a column is typed in PostgreSQL.
+/// How a column is typed: its values are sent as an array of this type (integers as
+/// `bigint`, which PostgreSQL narrows to an `integer` column on insert).
 #[derive(Clone, Copy)]
 enum Kind {
     Text,
     Int,
-    Int4,
     Bytes,
 }
 
@@ -105,7 +106,7 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("round_start", Int),
             ("due_at", Int),
             ("last_attempt_at", Int),
-            ("last_response_status", Int4),
+            ("last_response_status", Int),
             ("last_error_kind", Text),
             ("created_at", Int),
             ("updated_at", Int),
@@ -119,7 +120,7 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("delivery_seq", Int),
             ("attempted_at", Int),
             ("duration_ms", Int),
-            ("response_status", Int4),
+            ("response_status", Int),
             ("response_body", Text),
             ("error_kind", Text),
             ("error_message", Text),
@@ -258,55 +259,34 @@ async fn insert_chunk(
     columns: &[(&str, Kind)],
     rows: Vec<Vec<Value>>,
 ) -> StoreResult<u64> {
-    let bad = |column: &str| StoreError::Corrupt(format!("{table} column `{column}`"));
     let mut params: Params = Vec::with_capacity(columns.len());
     let mut arrays = Vec::with_capacity(columns.len());
     for (i, (name, kind)) in columns.iter().enumerate() {
-        let values = rows.iter().map(|row| &row[i]);
-        match kind {
-            Text => {
-                let column: Vec<Option<String>> = values
-                    .map(|v| match v {
-                        Value::Null => Ok(None),
-                        Value::Text(s) => Ok(Some(s.clone())),
-                        _ => Err(bad(name)),
-                    })
-                    .collect::<Result<_, _>>()?;
-                params.push(Box::new(column));
-                arrays.push(format!("${}::text[]", i + 1));
-            }
-            Int | Int4 => {
-                let column: Vec<Option<i64>> = values
-                    .map(|v| match v {
-                        Value::Null => Ok(None),
-                        Value::Integer(n) => Ok(Some(*n)),
-                        _ => Err(bad(name)),
-                    })
-                    .collect::<Result<_, _>>()?;
-                if matches!(kind, Int4) {
-                    let narrowed: Vec<Option<i32>> = column
-                        .into_iter()
-                        .map(|v| v.map(i32::try_from).transpose().map_err(|_| bad(name)))
-                        .collect::<Result<_, _>>()?;
-                    params.push(Box::new(narrowed));
-                    arrays.push(format!("${}::int4[]", i + 1));
-                } else {
-                    params.push(Box::new(column));
-                    arrays.push(format!("${}::bigint[]", i + 1));
-                }
-            }
-            Bytes => {
-                let column: Vec<Option<Vec<u8>>> = values
-                    .map(|v| match v {
-                        Value::Null => Ok(None),
-                        Value::Blob(b) => Ok(Some(b.clone())),
-                        _ => Err(bad(name)),
-                    })
-                    .collect::<Result<_, _>>()?;
-                params.push(Box::new(column));
-                arrays.push(format!("${}::bytea[]", i + 1));
-            }
-        }
+        let (array, sql_type): (Option<Box<dyn ToSql + Sync + Send>>, &str) = match kind {
+            Text => (
+                column(&rows, i, |v| match v {
+                    Value::Text(s) => Some(s.clone()),
+                    _ => None,
+                }),
+                "text",
+            ),
+            Int => (
+                column(&rows, i, |v| match v {
+                    Value::Integer(n) => Some(*n),
+                    _ => None,
+                }),
+                "bigint",
+            ),
+            Bytes => (
+                column(&rows, i, |v| match v {
+                    Value::Blob(b) => Some(b.clone()),
+                    _ => None,
+                }),
+                "bytea",
+            ),
+        };
+        params.push(array.ok_or_else(|| StoreError::Corrupt(format!("{table} column `{name}`")))?);
+        arrays.push(format!("${}::{sql_type}[]", i + 1));
     }
     let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
     let on_conflict = match table {
@@ -320,4 +300,21 @@ async fn insert_chunk(
         arrays.join(", ")
     );
     Ok(tx.execute(&sql, &refs(&params)).await?)
+}
+
+/// Column `i` of `rows` as an array parameter: NULL stays NULL, and `take` converts the
+/// rest, or gives `None` for a value of the wrong type (then so does this).
+fn column<T: ToSql + Sync + Send + 'static>(
+    rows: &[Vec<Value>],
+    i: usize,
+    take: impl Fn(&Value) -> Option<T>,
+) -> Option<Box<dyn ToSql + Sync + Send>> {
+    let values: Option<Vec<Option<T>>> = rows
+        .iter()
+        .map(|row| match &row[i] {
+            Value::Null => Some(None),
+            value => take(value).map(Some),
+        })
+        .collect();
+    Some(Box::new(values?))
 }
