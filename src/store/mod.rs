@@ -26,6 +26,19 @@ pub const LATENCY_BOUNDS_MS: [i64; 14] = [
     1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 30_000,
 ];
 
+/// The tables whose rows belong to a tenant, in the order deleting a tenant empties them
+/// (the `tenants` row itself goes last).
+pub(crate) const TENANT_TABLES: [&str; 8] = [
+    "event_types",
+    "stream_stats",
+    "attempts",
+    "deliveries",
+    "events",
+    "stream_secrets",
+    "streams",
+    "api_tokens",
+];
+
 /// The latency bucket of a duration: the first bound it does not exceed.
 pub fn latency_bucket(duration_ms: i64) -> usize {
     LATENCY_BOUNDS_MS

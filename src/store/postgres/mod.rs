@@ -496,16 +496,7 @@ impl Store for PgStore {
     async fn delete_tenant(&self, id: &str) -> StoreResult<bool> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        for table in [
-            "event_types",
-            "stream_stats",
-            "attempts",
-            "deliveries",
-            "events",
-            "stream_secrets",
-            "streams",
-            "api_tokens",
-        ] {
+        for table in TENANT_TABLES {
             tx.execute(&format!("DELETE FROM {table} WHERE tenant_id = $1"), &[&id])
                 .await?;
         }

@@ -353,16 +353,7 @@ impl Store for SqliteStore {
         let id = id.to_string();
         self.writer
             .write(move |conn| {
-                for table in [
-                    "event_types",
-                    "stream_stats",
-                    "attempts",
-                    "deliveries",
-                    "events",
-                    "stream_secrets",
-                    "streams",
-                    "api_tokens",
-                ] {
+                for table in TENANT_TABLES {
                     conn.execute(
                         &format!("DELETE FROM {table} WHERE tenant_id = ?1"),
                         params![id],
