@@ -14,7 +14,6 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::config::Role;
 use crate::delivery::{DispatchConfig, Dispatcher, Signal};
-use crate::destinations::webhook::WebhookClient;
 use crate::destinations::{DestinationPolicy, Destinations};
 use crate::net::ssrf::AddressPolicy;
 use crate::retention::{self, Retention};
@@ -99,10 +98,15 @@ impl App {
                 })?;
 
         let signal = Arc::new(Signal::default());
-        let destinations = Destinations::new(WebhookClient::new(
+        let destination_policy = DestinationPolicy {
+            allow_http: config.allow_http,
+            aws_server_credentials: config.aws_server_credentials,
+        };
+        let destinations = Destinations::new(
             AddressPolicy::new(config.allow_cidrs.clone()),
             config.delivery_timeout(),
-        ));
+            destination_policy.clone(),
+        );
         let lease = config.delivery_lease();
         let dispatcher = config.role.delivers().then(|| {
             Dispatcher::new(
@@ -114,6 +118,7 @@ impl App {
                     max_in_flight: config.max_in_flight,
                     max_in_flight_per_stream: config.max_in_flight_per_stream,
                     lease,
+                    attempt_timeout: config.delivery_timeout(),
                     shutdown_grace: config.shutdown_grace(),
                     shared: config.database_url.is_some(),
                 },
@@ -126,9 +131,7 @@ impl App {
             catalogs: Arc::new(Registry::new(Catalog::builtin())),
             clock,
             signal,
-            destination_policy: DestinationPolicy {
-                allow_http: config.allow_http,
-            },
+            destination_policy,
             secret_rotation_grace_ms: config.secret_rotation_grace_seconds as i64 * 1000,
             // Leasing at publish saves a claim when leases are free (in memory); on a shared
             // store each lease is a row update, and nodes claim in batches instead.

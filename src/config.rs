@@ -30,6 +30,8 @@ pub struct Config {
     pub database_max_connections: usize,
     pub role: Role,
     pub allow_http: bool,
+    /// AWS destinations without credentials of their own may use the server's.
+    pub aws_server_credentials: bool,
     #[serde(deserialize_with = "cidr_list")]
     pub allow_cidrs: Vec<IpNet>,
     pub admin_token: Option<Secret>,
@@ -95,6 +97,11 @@ pub struct Overrides {
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allow_http: Option<bool>,
+    /// Let AWS destinations without credentials of their own use the server's (grants every
+    /// tenant what that identity can reach) [env: HERALD_AWS_SERVER_CREDENTIALS]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aws_server_credentials: Option<bool>,
     /// Reserved ranges destinations may reach, comma-separated [env: HERALD_ALLOW_CIDRS]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -1,5 +1,6 @@
 //! Secrets: a value type whose `Debug` never shows its content, and the cipher that keeps
-//! secrets (signing keys, destination credentials) encrypted at rest.
+//! secrets (signing keys, destination credentials) encrypted at rest, and the rotating
+//! per-stream secrets a destination kind may keep.
 
 use std::path::Path;
 
@@ -9,6 +10,7 @@ use chacha20poly1305::aead::{Aead, KeyInit};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use serde::{Deserialize, Serialize};
 
+use crate::clock::Millis;
 use crate::ids::random_bytes;
 
 /// A secret string. Serialises as itself (for encrypted storage only); never logged.
@@ -30,6 +32,17 @@ impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Secret(<redacted>)")
     }
+}
+
+/// A secret a stream keeps beside its destination's configuration, sealed at rest, that can
+/// be rotated with an overlap (a webhook's signing secret). The store keeps these without
+/// knowing what they are for; the destination kind gives them meaning. A rotated-out secret
+/// keeps an `expires_at`.
+#[derive(Debug, Clone)]
+pub struct StreamSecret {
+    pub secret: Secret,
+    pub created_at: Millis,
+    pub expires_at: Option<Millis>,
 }
 
 #[derive(Debug, thiserror::Error)]

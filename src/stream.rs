@@ -1,11 +1,13 @@
 //! Event streams as configured by a tenant's admins: subscriptions, the destination, the retry
-//! policy and the payload format. The types here can only be built by validating input, so a
-//! stream that reaches the store or the dispatcher is known to be well formed.
+//! policy and the content settings. The types here can only be built by validating input, so a
+//! stream that reaches the store or the dispatcher is known to be well formed. Streams use
+//! `destinations`; destinations know nothing of streams.
 
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::{self, Catalog};
-use crate::destinations::{Destination, DestinationPolicy};
+pub use crate::destinations::{ContentMode, PayloadFormat};
+use crate::destinations::{Destination, DestinationPolicy, Encoding};
 
 pub const MAX_NAME_LEN: usize = 128;
 pub const MAX_SUBSCRIPTIONS: usize = 200;
@@ -45,35 +47,6 @@ impl StreamStatus {
 #[serde(deny_unknown_fields)]
 pub struct Subscription {
     pub event_type: String,
-}
-
-/// What the receiver gets in the body.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PayloadFormat {
-    /// CloudEvents 1.0 structured JSON.
-    #[default]
-    Cloudevents,
-    /// The flat audit-log shape: `id`, `action`, `data`, `created`, `updated`, `platformId`,
-    /// `projectId`, `userId`.
-    Audit,
-}
-
-impl PayloadFormat {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PayloadFormat::Cloudevents => "cloudevents",
-            PayloadFormat::Audit => "audit",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "cloudevents" => Some(PayloadFormat::Cloudevents),
-            "audit" => Some(PayloadFormat::Audit),
-            _ => None,
-        }
-    }
 }
 
 /// When to try again. The default retries for about a day: 10 s, doubling, capped at 2 h,
@@ -142,6 +115,8 @@ pub struct Stream {
     pub subscriptions: Vec<Subscription>,
     pub destination: Destination,
     pub payload_format: PayloadFormat,
+    /// `None`: the destination kind's default.
+    pub content_mode: Option<ContentMode>,
     pub retry_policy: RetryPolicy,
     /// Disable the stream after this many failed attempts in a row; 0 never does.
     pub max_consecutive_failures: u32,
@@ -155,17 +130,21 @@ impl Stream {
             .iter()
             .any(|s| catalog::pattern_matches(&s.event_type, event_type))
     }
+
+    /// What goes on the wire, resolved against the destination kind's default.
+    pub fn encoding(&self) -> Encoding {
+        self.destination
+            .encoding(self.payload_format, self.content_mode)
+    }
 }
 
 /// Checks everything a caller can set on a stream.
 pub fn validate(
-    name: &str,
-    subscriptions: &[Subscription],
-    destination: &Destination,
-    retry_policy: &RetryPolicy,
+    stream: &Stream,
     catalog: &Catalog,
     policy: &DestinationPolicy,
 ) -> Result<(), String> {
+    let (name, subscriptions) = (&stream.name, &stream.subscriptions);
     if name.trim().is_empty() || name.len() > MAX_NAME_LEN {
         return Err(format!("`name` must be 1 to {MAX_NAME_LEN} characters"));
     }
@@ -188,6 +167,10 @@ pub fn validate(
             ));
         }
     }
-    destination.validate(policy)?;
-    retry_policy.validate()
+    stream.destination.validate(policy)?;
+    stream.encoding().validate(
+        stream.destination.kind(),
+        stream.destination.content_modes(),
+    )?;
+    stream.retry_policy.validate()
 }

@@ -38,13 +38,22 @@ pub fn view(d: &DeliveryView) -> Value {
                     .error_kind
                     .as_ref()
                     .map(|kind| json!({ "kind": kind, "message": a.error_message }));
-                json!({
+                let mut attempt = json!({
                     "attempted_at": format_time(a.attempted_at),
                     "duration_ms": a.duration_ms,
                     "response_status": a.response_status,
                     "response_body": a.response_body,
                     "error": error,
-                })
+                });
+                // The destination kind's own record; stored as JSON text by Herald itself.
+                if let Some(detail) = a
+                    .detail
+                    .as_deref()
+                    .and_then(|d| serde_json::from_str::<Value>(d).ok())
+                {
+                    attempt["detail"] = detail;
+                }
+                attempt
             })
             .collect();
     }

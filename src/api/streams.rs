@@ -1,5 +1,6 @@
-//! `/v1/event-streams`: create, list, show, update and delete streams, and read or rotate a
-//! stream's signing secret. Shapes follow Auth0's Management API; secrets are write-only.
+//! `/v1/event-streams`: create, list, show, update and delete streams, read or rotate a
+//! stream's secret (a webhook's signing secret), and test a stream's destination. Shapes follow
+//! Auth0's Management API; credentials are write-only.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -8,14 +9,15 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiError, AppState, Caller, JsonBody, OptionalJsonBody, Scope};
-use crate::destinations::Destination;
-use crate::destinations::webhook::signing::SigningKey;
+use crate::destinations::{Destination, Message, Outcome, StreamContext};
 use crate::event::format_time;
 use crate::ids;
 use crate::notices;
-use crate::secret::Secret;
-use crate::store::{SigningSecret, StreamUpdate, signing_keys};
-use crate::stream::{self, PayloadFormat, RetryPolicy, Stream, StreamStatus, Subscription};
+use crate::secret::{Secret, StreamSecret};
+use crate::store::StreamUpdate;
+use crate::stream::{
+    self, ContentMode, PayloadFormat, RetryPolicy, Stream, StreamStatus, Subscription,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -27,6 +29,7 @@ pub struct CreateStream {
     status: Option<StreamStatus>,
     #[serde(default)]
     payload_format: PayloadFormat,
+    content_mode: Option<ContentMode>,
     #[serde(default)]
     retry_policy: RetryPolicy,
     max_consecutive_failures: Option<u32>,
@@ -40,6 +43,7 @@ pub struct UpdateStream {
     destination: Option<Destination>,
     status: Option<StreamStatus>,
     payload_format: Option<PayloadFormat>,
+    content_mode: Option<ContentMode>,
     retry_policy: Option<RetryPolicy>,
     max_consecutive_failures: Option<u32>,
     /// On enabling a stream: `deliver` its pending deliveries (the default) or `skip` them
@@ -75,6 +79,7 @@ pub fn view(stream: &Stream) -> Value {
         "subscriptions": stream.subscriptions,
         "destination": stream.destination.public_view(),
         "payload_format": stream.payload_format,
+        "content_mode": stream.encoding().mode,
         "retry_policy": stream.retry_policy,
         "max_consecutive_failures": stream.max_consecutive_failures,
         "created_at": format_time(stream.created_at),
@@ -96,26 +101,7 @@ async fn check(state: &AppState, stream: &Stream) -> Result<(), ApiError> {
         .catalogs
         .for_tenant(&*state.store, &stream.tenant_id)
         .await?;
-    stream::validate(
-        &stream.name,
-        &stream.subscriptions,
-        &stream.destination,
-        &stream.retry_policy,
-        &catalog,
-        &state.destination_policy,
-    )
-    .map_err(ApiError::invalid)
-}
-
-/// The signing secret a caller gave in `field`, checked, or a new one.
-fn given_or_new(given: Option<Secret>, field: &str) -> Result<Secret, ApiError> {
-    match given {
-        Some(secret) => {
-            SigningKey::parse(&secret).map_err(|e| ApiError::invalid(format!("`{field}`: {e}")))?;
-            Ok(secret)
-        }
-        None => Ok(Secret::new(ids::signing_secret())),
-    }
+    stream::validate(stream, &catalog, &state.destination_policy).map_err(ApiError::invalid)
 }
 
 pub async fn create(
@@ -126,9 +112,9 @@ pub async fn create(
     caller.require(Scope::CreateEventStreams)?;
     let now = state.clock.now_ms();
     let mut destination = request.destination;
-    let given_secret = match &mut destination {
-        Destination::Webhook(config) => config.signing_secret.take(),
-    };
+    let given_secret = destination
+        .take_stream_secret()
+        .map_err(ApiError::invalid)?;
     let stream = Stream {
         tenant_id: caller.tenant_id.clone(),
         id: ids::stream_id(),
@@ -138,6 +124,7 @@ pub async fn create(
         subscriptions: request.subscriptions,
         destination,
         payload_format: request.payload_format,
+        content_mode: request.content_mode,
         retry_policy: request.retry_policy,
         max_consecutive_failures: request
             .max_consecutive_failures
@@ -146,26 +133,15 @@ pub async fn create(
         updated_at: now,
     };
     check(&state, &stream).await?;
-    let secret = match given_secret {
-        Some(secret) => {
-            SigningKey::parse(&secret).map_err(|e| {
-                ApiError::invalid(format!("`destination.configuration.signing_secret`: {e}"))
-            })?;
-            secret
-        }
-        None => Secret::new(ids::signing_secret()),
-    };
-    state
-        .store
-        .create_stream(
-            stream.clone(),
-            SigningSecret {
-                secret,
-                created_at: now,
-                expires_at: None,
-            },
-        )
-        .await?;
+    let secret = stream
+        .destination
+        .uses_stream_secret()
+        .then(|| StreamSecret {
+            secret: given_secret.unwrap_or_else(|| stream.destination.new_stream_secret()),
+            created_at: now,
+            expires_at: None,
+        });
+    state.store.create_stream(stream.clone(), secret).await?;
     state.signal.streams_changed();
     tracing::info!(stream = %stream.id, tenant = %stream.tenant_id, "stream created");
     Ok((StatusCode::CREATED, Json(view(&stream))))
@@ -208,9 +184,12 @@ pub async fn update(
     if let Some(subscriptions) = changes.subscriptions {
         stream.subscriptions = subscriptions;
     }
-    if let Some(destination) = changes.destination {
-        let Destination::Webhook(config) = &destination;
-        if config.signing_secret.is_some() {
+    if let Some(mut destination) = changes.destination {
+        if destination
+            .take_stream_secret()
+            .map_err(ApiError::invalid)?
+            .is_some()
+        {
             return Err(ApiError::invalid(
                 "a stream's signing secret changes through POST /v1/event-streams/{id}/secret/rotate",
             ));
@@ -234,6 +213,9 @@ pub async fn update(
     if let Some(format) = changes.payload_format {
         stream.payload_format = format;
     }
+    if let Some(mode) = changes.content_mode {
+        stream.content_mode = Some(mode);
+    }
     if let Some(policy) = changes.retry_policy {
         stream.retry_policy = policy;
     }
@@ -242,6 +224,25 @@ pub async fn update(
     }
     stream.updated_at = now;
     check(&state, &stream).await?;
+    // A stream that now needs a stream secret (it became a webhook) gets one before it
+    // changes, so it never runs without.
+    if stream.destination.uses_stream_secret()
+        && state
+            .store
+            .stream_secrets(&stream.tenant_id, &stream.id, now)
+            .await?
+            .is_empty()
+    {
+        let secret = StreamSecret {
+            secret: stream.destination.new_stream_secret(),
+            created_at: now,
+            expires_at: None,
+        };
+        state
+            .store
+            .rotate_secret(&stream.tenant_id, &stream.id, secret, now)
+            .await?;
+    }
 
     let mut notices = Vec::new();
     if enabling {
@@ -306,11 +307,12 @@ pub async fn secret(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(Scope::UpdateEventStreams)?;
-    load(&state, &caller, &id).await?;
+    let stream = load(&state, &caller, &id).await?;
+    keeps_secret(&stream)?;
     let now = state.clock.now_ms();
     let secrets = state
         .store
-        .signing_secrets(&caller.tenant_id, &id, now)
+        .stream_secrets(&caller.tenant_id, &id, now)
         .await?;
     let current = secrets
         .first()
@@ -333,7 +335,18 @@ pub async fn rotate_secret(
     OptionalJsonBody(request): OptionalJsonBody<Rotate>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(Scope::UpdateEventStreams)?;
-    let secret = given_or_new(request.secret, "secret")?;
+    let stream = load(&state, &caller, &id).await?;
+    keeps_secret(&stream)?;
+    let secret = match request.secret {
+        Some(secret) => {
+            stream
+                .destination
+                .check_stream_secret(&secret)
+                .map_err(|e| ApiError::invalid(format!("`secret`: {e}")))?;
+            secret
+        }
+        None => stream.destination.new_stream_secret(),
+    };
     let grace_ms = match request.grace_period_seconds {
         Some(s) if s > MAX_GRACE_SECONDS => {
             return Err(ApiError::invalid(format!(
@@ -349,7 +362,7 @@ pub async fn rotate_secret(
         .rotate_secret(
             &caller.tenant_id,
             &id,
-            SigningSecret {
+            StreamSecret {
                 secret: secret.clone(),
                 created_at: now,
                 expires_at: None,
@@ -367,6 +380,21 @@ pub async fn rotate_secret(
         "created_at": format_time(now),
         "previous_expires_at": format_time(now + grace_ms),
     })))
+}
+
+/// Only destination kinds that keep a stream secret have one to show or rotate.
+fn keeps_secret(stream: &Stream) -> Result<(), ApiError> {
+    if stream.destination.uses_stream_secret() {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "no_stream_secret",
+            format!(
+                "`{}` destinations are not signed by Herald and keep no secret",
+                stream.destination.kind()
+            ),
+        ))
+    }
 }
 
 #[derive(Deserialize)]
@@ -426,28 +454,45 @@ pub async fn test(
         data,
         extensions,
     };
-    let keys = signing_keys(
-        &state
+    let secrets = if stream.destination.uses_stream_secret() {
+        state
             .store
-            .signing_secrets(&caller.tenant_id, &id, now)
-            .await?,
-    );
+            .stream_secrets(&caller.tenant_id, &id, now)
+            .await?
+    } else {
+        Vec::new()
+    };
+    let context = StreamContext {
+        tenant_id: &stream.tenant_id,
+        stream_id: &stream.id,
+        encoding: stream.encoding(),
+        secrets: &secrets,
+    };
+    let client = stream
+        .destination
+        .build(context, &state.destinations)
+        .map_err(|e| ApiError::bad_request("destination_unavailable", e))?;
     let delivery_id = ids::delivery_id(now);
-    let report = state
-        .destinations
-        .send(&stream, &keys, &delivery_id, &event, now)
-        .await;
+    let message = Message {
+        id: &delivery_id,
+        event: &event,
+    };
+    let report = client.health_check(message, now).await;
     let error = report
         .error
         .as_ref()
         .map(|e| json!({ "kind": e.kind.as_str(), "message": e.message }));
-    Ok(Json(json!({
-        "delivered": report.outcome == crate::destinations::Outcome::Delivered,
+    let mut body = json!({
+        "delivered": report.outcome == Outcome::Delivered,
         "event_id": event.id,
         "delivery_id": delivery_id,
         "response_status": report.response_status,
         "duration_ms": report.duration.as_millis() as u64,
         "response_body": report.response_body,
         "error": error,
-    })))
+    });
+    if let Some(detail) = report.detail {
+        body["detail"] = Value::Object(detail);
+    }
+    Ok(Json(body))
 }

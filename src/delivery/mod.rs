@@ -1,16 +1,25 @@
 //! The dispatcher: turns pending deliveries into attempts.
 //!
-//! It keeps, per enabled stream, the attempts in flight, a small queue of leased deliveries
-//! waiting for a slot, and when the stream next has due work. A stream runs at most
-//! `max_in_flight_per_stream` attempts at once (`max_in_flight` in all), so a slow or failing
-//! endpoint fills only its own slots and never delays another stream. Deliveries are leased
-//! in batches, up to twice a stream's share, before any request is sent (or arrive leased
-//! from a publish); a finished attempt starts the next queued one without a trip to the
-//! store. A lease lapses if it is never returned, so a lost one delays a delivery but never
-//! drops it. Outcomes go to
-//! the [`recorder`], which stores them in batches. Publishes and stream changes wake the
-//! dispatcher through a [`Signal`]; otherwise it sleeps on the injected clock until the next
-//! due time.
+//! It keeps, per enabled stream, the stream's destination client (built once, again when the
+//! stream changes), the requests in flight, a small queue of leased deliveries waiting for a
+//! slot, and when the stream next has due work. It knows destinations only through their
+//! interface (`destinations::Client`): hand it up to `max_batch` deliveries, get an outcome
+//! for each.
+//!
+//! A slot is one request in flight to a destination, whatever it carries: one webhook POST,
+//! or one EventBridge `PutEvents` of up to ten entries. A stream runs at most
+//! `max_in_flight_per_stream` requests at once (`max_in_flight` in all), so a slow or failing
+//! destination fills only its own slots and never delays another stream. Deliveries are
+//! leased in batches, up to twice a stream's share (its slots times its batch size), before
+//! any request is sent (or arrive leased from a publish); a finished request starts the next
+//! queued ones without a trip to the store. A request's batch is taken from what is already
+//! queued at the moment a slot frees up, never waited for, and a delivery whose lease would
+//! lapse before its attempt could finish is given back instead of sent: on a shared store
+//! another node may claim it once the lease lapses, and must not find it still being sent.
+//! A lease lapses if it is never returned, so a lost one delays a delivery but never drops
+//! it. Outcomes go to the [`recorder`], which stores them in batches. Publishes and stream
+//! changes wake the dispatcher through a [`Signal`]; otherwise it sleeps on the injected clock
+//! until the next due time.
 
 mod recorder;
 pub mod retry;
@@ -24,16 +33,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::clock::{Clock, Millis};
-use crate::destinations::webhook::signing::SigningKey;
-use crate::destinations::{AttemptReport, Destinations, Outcome};
-use crate::event::format_time;
-use crate::store::{AttemptRecord, ClaimBatch, ClaimRequest, Claimed, SigningSecret, Store};
+use crate::destinations::{Client, Destinations, Message, Outcome, Report, StreamContext};
+use crate::store::{AttemptRecord, ClaimBatch, ClaimRequest, Claimed, Store};
 use crate::stream::{Stream, StreamStatus};
 
 /// How often the dispatcher looks for due work when nothing woke it.
 const POLL_INTERVAL: Duration = Duration::from_secs(5);
 /// Wait after a failed store call before trying again.
 const STORE_RETRY: Duration = Duration::from_secs(1);
+/// What a lease must have left beyond the attempt timeout for an attempt to start under it:
+/// time to record the outcome.
+const LEASE_MARGIN_MS: Millis = 5_000;
 
 /// Wakes the dispatcher: new deliveries for some streams, deliveries already leased for it,
 /// or changed stream definitions.
@@ -95,26 +105,29 @@ pub struct DispatchConfig {
     pub max_in_flight_per_stream: usize,
     /// How long a claim lasts; longer than any attempt can take.
     pub lease: Duration,
+    /// The longest one request to a destination may take; a delivery is started only with
+    /// at least this much of its lease left.
+    pub attempt_timeout: Duration,
     pub shutdown_grace: Duration,
     /// The store is shared with other nodes: every stream is looked at each poll, since work
     /// can become due there (a lapsed lease of a node that died) without a notification.
     pub shared: bool,
 }
 
-/// An enabled stream as the dispatcher holds it: its definition and its signing keys.
+/// An enabled stream as the dispatcher holds it: its definition and its destination client.
 struct ActiveStream {
     stream: Stream,
-    keys: Vec<(SigningKey, Option<Millis>)>,
+    client: Arc<Client>,
+    /// What the client was built from (the destination as stored, the encoding, which
+    /// stream secrets), to tell when it must be rebuilt.
+    built_from: BuiltFrom,
 }
 
-impl ActiveStream {
-    fn keys_at(&self, now: Millis) -> Vec<SigningKey> {
-        self.keys
-            .iter()
-            .filter(|(_, expires)| expires.is_none_or(|at| at > now))
-            .map(|(key, _)| key.clone())
-            .collect()
-    }
+#[derive(PartialEq)]
+struct BuiltFrom {
+    destination: Vec<u8>,
+    encoding: crate::destinations::Encoding,
+    secrets: Vec<(Millis, Option<Millis>)>,
 }
 
 struct StreamSlot {
@@ -122,16 +135,31 @@ struct StreamSlot {
     /// No longer enabled: its running attempts finish, nothing more is claimed or started,
     /// and the slot goes when the last attempt ends.
     draining: bool,
+    /// Requests in flight.
     in_flight: usize,
+    /// Deliveries in those requests.
+    sending: usize,
     /// Leased deliveries waiting for a free slot.
     queued: VecDeque<Claimed>,
     /// When this stream next has due work; `None` when nothing is known to be pending.
     next_due: Option<Millis>,
 }
 
-/// What a finished attempt tells the dispatcher.
+impl StreamSlot {
+    /// The deliveries one request of this stream carries at most.
+    fn batch(&self) -> usize {
+        self.active.client.max_batch().max(1)
+    }
+
+    /// Deliveries held, running or queued.
+    fn held(&self) -> usize {
+        self.sending + self.queued.len()
+    }
+}
+
+/// What a finished request tells the dispatcher.
 struct Done {
-    key: i64,
+    keys: Vec<i64>,
     stream_id: String,
     retry_at: Option<Millis>,
 }
@@ -139,7 +167,6 @@ struct Done {
 /// What every attempt needs; shared by the dispatcher and its attempt tasks.
 struct Shared {
     clock: Arc<dyn Clock>,
-    destinations: Destinations,
     recorder: recorder::Handle,
 }
 
@@ -150,8 +177,13 @@ pub struct Dispatcher {
     signal: Arc<Signal>,
     config: DispatchConfig,
     streams: HashMap<String, StreamSlot>,
+    /// Requests in flight.
     in_flight: usize,
+    /// Deliveries in flight and queued.
+    sending: usize,
     queued: usize,
+    /// Leases too short to start an attempt under, to give back.
+    expiring: Vec<(i64, i64)>,
     /// Leases held by queued and running attempts, given back if shutdown cuts them short.
     leases: HashMap<i64, i64>,
     /// When every stream is next looked at regardless of what it is known to have (shared
@@ -177,7 +209,9 @@ impl Dispatcher {
             config,
             streams: HashMap::new(),
             in_flight: 0,
+            sending: 0,
             queued: 0,
+            expiring: Vec::new(),
             leases: HashMap::new(),
             next_poll: Millis::MIN,
             outage: false,
@@ -191,7 +225,6 @@ impl Dispatcher {
             recorder::start(self.store.clone(), self.clock.clone(), self.signal.clone());
         let shared = Arc::new(Shared {
             clock: self.clock.clone(),
-            destinations: self.destinations.clone(),
             recorder,
         });
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
@@ -235,6 +268,7 @@ impl Dispatcher {
             if !handed.is_empty() {
                 self.accept(handed, &spawn).await;
             }
+            self.give_back_expiring().await;
             let now = self.clock.now_ms();
             let requests = self.requests(now);
             if !requests.is_empty() {
@@ -300,7 +334,12 @@ impl Dispatcher {
             tracker.wait().await;
         }
         while let Ok(done) = done_rx.try_recv() {
-            self.leases.remove(&done.key);
+            for key in done.keys {
+                self.leases.remove(&key);
+            }
+        }
+        for (key, _) in std::mem::take(&mut self.expiring) {
+            self.leases.remove(&key);
         }
         drop(shared);
         // Every attempt task has ended: the recorder stores what it holds, then stops.
@@ -359,32 +398,74 @@ impl Dispatcher {
         let now = self.clock.now_ms();
         let mut next = HashMap::with_capacity(streams.len());
         for stream in streams {
-            let secrets: Vec<SigningSecret> = match self
-                .store
-                .signing_secrets(&stream.tenant_id, &stream.id, now)
-                .await
-            {
-                Ok(secrets) => secrets,
-                Err(e) => {
-                    // One unreadable stream must not stop the others.
-                    tracing::error!(error = %e, stream = %stream.id, "loading signing secrets failed; the stream is skipped");
-                    continue;
+            let secrets = if stream.destination.uses_stream_secret() {
+                match self
+                    .store
+                    .stream_secrets(&stream.tenant_id, &stream.id, now)
+                    .await
+                {
+                    Ok(secrets) => secrets,
+                    Err(e) => {
+                        // One unreadable stream must not stop the others.
+                        tracing::error!(error = %e, stream = %stream.id, "loading the stream's secrets failed; the stream is skipped");
+                        continue;
+                    }
+                }
+            } else {
+                Vec::new()
+            };
+            let built_from = BuiltFrom {
+                destination: serde_json::to_vec(&stream.destination).unwrap_or_default(),
+                encoding: stream.encoding(),
+                secrets: secrets
+                    .iter()
+                    .map(|s| (s.created_at, s.expires_at))
+                    .collect(),
+            };
+            let previous = self.streams.remove(&stream.id);
+            // A client built from the same settings is kept, and with it what it holds (a
+            // connection pool, assumed-role credentials).
+            let reusable = previous
+                .as_ref()
+                .filter(|p| p.active.built_from == built_from)
+                .map(|p| p.active.client.clone());
+            let client = match reusable {
+                Some(client) => client,
+                None => {
+                    let context = StreamContext {
+                        tenant_id: &stream.tenant_id,
+                        stream_id: &stream.id,
+                        encoding: stream.encoding(),
+                        secrets: &secrets,
+                    };
+                    match stream.destination.build(context, &self.destinations) {
+                        Ok(client) => Arc::new(client),
+                        Err(e) => {
+                            tracing::error!(error = %e, stream = %stream.id, "the stream's destination could not be set up; the stream is skipped");
+                            if let Some(previous) = previous {
+                                self.streams.insert(stream.id.clone(), previous);
+                            }
+                            continue;
+                        }
+                    }
                 }
             };
-            let keys = secrets
-                .iter()
-                .filter_map(|s| SigningKey::parse(&s.secret).ok().map(|k| (k, s.expires_at)))
-                .collect();
-            let previous = self.streams.remove(&stream.id);
-            let (in_flight, queued) =
-                previous.map_or((0, VecDeque::new()), |p| (p.in_flight, p.queued));
-            let id = stream.id.clone();
+            let active = Arc::new(ActiveStream {
+                stream,
+                client,
+                built_from,
+            });
+            let (in_flight, sending, queued) = previous.map_or((0, 0, VecDeque::new()), |p| {
+                (p.in_flight, p.sending, p.queued)
+            });
+            let id = active.stream.id.clone();
             next.insert(
                 id,
                 StreamSlot {
-                    active: Arc::new(ActiveStream { stream, keys }),
+                    active,
                     draining: false,
                     in_flight,
+                    sending,
                     queued,
                     // Unknown until asked: a changed stream may have become enabled with a backlog.
                     next_due: Some(Millis::MIN),
@@ -420,26 +501,36 @@ impl Dispatcher {
         true
     }
 
+    /// A stream's share, in deliveries: its slots times what one request carries.
+    fn share(&self, slot: &StreamSlot) -> usize {
+        self.config.max_in_flight_per_stream * slot.batch()
+    }
+
+    /// Deliveries the dispatcher may still take on: at most twice `max_in_flight`, running
+    /// and queued.
+    fn room(&self) -> usize {
+        (2 * self.config.max_in_flight).saturating_sub(self.sending + self.queued)
+    }
+
     /// Streams with due work and room: each may hold up to twice its share, running and
-    /// queued, and is asked for more only once it has a free slot.
+    /// queued, and is asked for more only once it holds less than its share.
     fn requests(&self, now: Millis) -> Vec<ClaimRequest> {
-        let per_stream = self.config.max_in_flight_per_stream;
-        let mut room = (2 * self.config.max_in_flight).saturating_sub(self.in_flight + self.queued);
+        let mut room = self.room();
         let mut requests = Vec::new();
         for slot in self.streams.values() {
             if room == 0 {
                 break;
             }
             let stream = &slot.active.stream;
-            let held = slot.in_flight + slot.queued.len();
-            if held >= per_stream
+            let (held, share) = (slot.held(), self.share(slot));
+            if held >= share
                 || slot.draining
                 || stream.status != StreamStatus::Enabled
                 || slot.next_due.is_none_or(|due| due > now)
             {
                 continue;
             }
-            let limit = (2 * per_stream - held).min(room);
+            let limit = (2 * share - held).min(room);
             room -= limit;
             requests.push(ClaimRequest {
                 tenant_id: stream.tenant_id.clone(),
@@ -458,15 +549,12 @@ impl Dispatcher {
         if self.config.shared {
             poll = poll.min(self.next_poll);
         }
-        let room = (2 * self.config.max_in_flight).saturating_sub(self.in_flight + self.queued);
-        if room == 0 {
+        if self.room() == 0 {
             return poll;
         }
         self.streams
             .values()
-            .filter(|s| {
-                !s.draining && s.in_flight + s.queued.len() < self.config.max_in_flight_per_stream
-            })
+            .filter(|s| !s.draining && s.held() < self.share(s))
             .filter_map(|s| s.next_due)
             .fold(poll, Millis::min)
             .max(now + 1)
@@ -480,9 +568,7 @@ impl Dispatcher {
         let mut streams = HashSet::new();
         for claimed in handed {
             match self.streams.get_mut(&claimed.stream_id) {
-                Some(slot)
-                    if !slot.draining && slot.in_flight + slot.queued.len() < 2 * per_stream =>
-                {
+                Some(slot) if !slot.draining && slot.held() < 2 * per_stream * slot.batch() => {
                     self.leases.insert(claimed.key, claimed.lease);
                     self.queued += 1;
                     streams.insert(claimed.stream_id.clone());
@@ -519,30 +605,79 @@ impl Dispatcher {
         self.start_queued(&batch.stream_id, spawn);
     }
 
-    /// Starts queued deliveries of a stream while it and the dispatcher have free slots.
+    /// Starts requests of queued deliveries of a stream while it and the dispatcher have free
+    /// slots, each with as many as the stream's client takes at once. A delivery whose lease
+    /// would lapse before its attempt could finish is set aside to be given back.
     fn start_queued(&mut self, stream_id: &str, spawn: &Spawner<'_>) {
+        let needed = self.clock.now_ms() + self.start_budget();
         let Some(slot) = self.streams.get_mut(stream_id) else {
             return;
         };
+        let batch_size = slot.batch();
         while slot.in_flight < self.config.max_in_flight_per_stream
             && self.in_flight < self.config.max_in_flight
+            && !slot.queued.is_empty()
         {
-            let Some(claimed) = slot.queued.pop_front() else {
-                break;
-            };
-            self.queued -= 1;
+            let mut batch = Vec::with_capacity(batch_size.min(slot.queued.len()));
+            while batch.len() < batch_size {
+                let Some(claimed) = slot.queued.pop_front() else {
+                    break;
+                };
+                self.queued -= 1;
+                if claimed.lease_until < needed {
+                    self.leases.remove(&claimed.key);
+                    self.expiring.push((claimed.key, claimed.lease));
+                    slot.next_due = Some(Millis::MIN);
+                    continue;
+                }
+                batch.push(claimed);
+            }
+            if batch.is_empty() {
+                continue;
+            }
             slot.in_flight += 1;
+            slot.sending += batch.len();
             self.in_flight += 1;
-            spawn.attempt(slot.active.clone(), claimed);
+            self.sending += batch.len();
+            spawn.attempt(slot.active.clone(), batch);
+        }
+    }
+
+    /// What a lease must have left for an attempt to start under it: the attempt's timeout
+    /// and time to record its outcome (never more than a fresh lease has).
+    fn start_budget(&self) -> Millis {
+        let timeout = self.config.attempt_timeout.as_millis() as Millis;
+        let lease = self.config.lease.as_millis() as Millis;
+        timeout + LEASE_MARGIN_MS.min((lease - timeout).max(0) / 2)
+    }
+
+    /// Gives back the leases set aside as too short to start an attempt under: they are
+    /// claimed again at once, with a fresh lease.
+    async fn give_back_expiring(&mut self) {
+        if self.expiring.is_empty() {
+            return;
+        }
+        let leases = std::mem::take(&mut self.expiring);
+        let count = leases.len();
+        tracing::warn!(
+            count,
+            "deliveries waited in the queue until their leases ran short; giving them back to be claimed again"
+        );
+        if let Err(e) = self.store.release(leases, self.clock.now_ms()).await {
+            tracing::warn!(error = %e, "could not release deliveries; their leases lapse");
         }
     }
 
     fn finished(&mut self, done: Done, spawn: &Spawner<'_>) {
         let global_was_full = self.in_flight >= self.config.max_in_flight;
         self.in_flight = self.in_flight.saturating_sub(1);
-        self.leases.remove(&done.key);
+        self.sending = self.sending.saturating_sub(done.keys.len());
+        for key in &done.keys {
+            self.leases.remove(key);
+        }
         if let Some(slot) = self.streams.get_mut(&done.stream_id) {
             slot.in_flight = slot.in_flight.saturating_sub(1);
+            slot.sending = slot.sending.saturating_sub(done.keys.len());
             if slot.draining {
                 if slot.in_flight == 0 {
                     self.streams.remove(&done.stream_id);
@@ -589,83 +724,104 @@ struct Spawner<'a> {
 }
 
 impl Spawner<'_> {
-    fn attempt(&self, active: Arc<ActiveStream>, claimed: Claimed) {
+    fn attempt(&self, active: Arc<ActiveStream>, batch: Vec<Claimed>) {
         let (shared, done, cut_short) = (
             self.shared.clone(),
             self.done.clone(),
             self.cut_short.clone(),
         );
         self.tracker.spawn(async move {
-            let stream_id = claimed.stream_id.clone();
-            let key = claimed.key;
+            let stream_id = active.stream.id.clone();
+            let count = batch.len();
             tokio::select! {
-                finished = attempt(&shared, &active, claimed) => { let _ = done.send(finished); }
+                finished = attempt(&shared, &active, batch) => { let _ = done.send(finished); }
                 _ = cut_short.cancelled() => {
-                    // The lease stays held and is released by the dispatcher.
-                    tracing::info!(stream = %stream_id, key, "attempt cut short by shutdown");
+                    // The leases stay held and are released by the dispatcher.
+                    tracing::info!(stream = %stream_id, count, "attempt cut short by shutdown");
                 }
             }
         });
     }
 }
 
-/// One attempt of one delivery: send, classify, decide, and hand the outcome to the recorder.
-async fn attempt(shared: &Shared, active: &ActiveStream, claimed: Claimed) -> Done {
+/// One request of one or several deliveries of a stream: send, then for each delivery
+/// decide its next step from its own outcome and hand the record to the recorder.
+async fn attempt(shared: &Shared, active: &ActiveStream, batch: Vec<Claimed>) -> Done {
     let stream = &active.stream;
     let started_at = shared.clock.now_ms();
-    let keys = active.keys_at(started_at);
-    let report = shared
-        .destinations
-        .send(stream, &keys, &claimed.id, &claimed.event, started_at)
-        .await;
+    let messages: Vec<Message<'_>> = batch
+        .iter()
+        .map(|c| Message {
+            id: &c.id,
+            event: &c.event,
+        })
+        .collect();
+    let mut reports = active.client.send(&messages, started_at).await;
+    drop(messages);
     let finished_at = shared.clock.now_ms();
-    let attempt_number = claimed.attempts + 1;
-    let (status, next_attempt_at) = retry::next_step(
-        &stream.retry_policy,
-        attempt_number,
-        &report.outcome,
-        finished_at,
-        retry::jitter_unit(),
-    );
-    log_attempt(&claimed, attempt_number, &report, status);
-    let gone = report.outcome == Outcome::DisableStream;
-    let done = Done {
-        key: claimed.key,
-        stream_id: claimed.stream_id.clone(),
-        retry_at: next_attempt_at,
-    };
-    shared.recorder.record(AttemptRecord {
-        key: claimed.key,
-        lease: claimed.lease,
-        tenant_id: claimed.tenant_id,
-        stream_id: claimed.stream_id,
-        delivery_id: claimed.id,
-        event_id: claimed.event.id,
-        event_type: claimed.event.event_type,
-        attempt_number,
-        attempted_at: started_at,
-        duration_ms: report.duration.as_millis() as i64,
-        response_status: report.response_status,
-        response_body: report.response_body,
-        error_kind: report.error.as_ref().map(|e| e.kind.as_str()),
-        error_message: report.error.map(|e| e.message),
-        status,
-        next_attempt_at,
-        disable_stream: gone.then(|| {
-            format!(
-                "the endpoint answered 410 Gone at {}; re-enable the stream to resume",
-                format_time(finished_at)
-            )
-        }),
-        max_consecutive_failures: stream.max_consecutive_failures,
+    // A client that answers for fewer deliveries than it was given leaves the rest to retry.
+    reports.resize_with(batch.len(), || {
+        Report::failed(
+            crate::destinations::ErrorKind::Io,
+            "the destination gave no outcome for this delivery",
+            Duration::ZERO,
+        )
     });
+    let mut done = Done {
+        keys: batch.iter().map(|c| c.key).collect(),
+        stream_id: stream.id.clone(),
+        retry_at: None,
+    };
+    for (claimed, report) in batch.into_iter().zip(reports) {
+        let attempt_number = claimed.attempts + 1;
+        let (status, next_attempt_at) = retry::next_step(
+            &stream.retry_policy,
+            attempt_number,
+            &report.outcome,
+            finished_at,
+            retry::jitter_unit(),
+        );
+        log_attempt(&claimed, attempt_number, &report, status);
+        if let Some(at) = next_attempt_at {
+            done.retry_at = Some(done.retry_at.map_or(at, |due: Millis| due.min(at)));
+        }
+        let (refused, disable_stream) = match report.outcome {
+            Outcome::GiveUp => (true, None),
+            Outcome::DisableStream { reason } => (false, Some(reason)),
+            _ => (false, None),
+        };
+        shared.recorder.record(AttemptRecord {
+            key: claimed.key,
+            lease: claimed.lease,
+            tenant_id: claimed.tenant_id,
+            stream_id: claimed.stream_id,
+            delivery_id: claimed.id,
+            event_id: claimed.event.id,
+            event_type: claimed.event.event_type,
+            attempt_number,
+            attempted_at: started_at,
+            duration_ms: report.duration.as_millis() as i64,
+            response_status: report.response_status,
+            response_body: report.response_body,
+            error_kind: report.error.as_ref().map(|e| e.kind.as_str()),
+            error_message: report.error.map(|e| e.message),
+            detail: report
+                .detail
+                .map(|d| serde_json::Value::Object(d).to_string()),
+            status,
+            next_attempt_at,
+            refused,
+            disable_stream,
+            max_consecutive_failures: stream.max_consecutive_failures,
+        });
+    }
     done
 }
 
 fn log_attempt(
     claimed: &Claimed,
     attempt: u32,
-    report: &AttemptReport,
+    report: &Report,
     status: crate::store::DeliveryStatus,
 ) {
     let error = report.error.as_ref().map(|e| e.message.as_str());

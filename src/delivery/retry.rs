@@ -30,7 +30,7 @@ pub fn next_step(
 ) -> (DeliveryStatus, Option<Millis>) {
     match outcome {
         Outcome::Delivered => (DeliveryStatus::Succeeded, None),
-        Outcome::GiveUp | Outcome::DisableStream => (DeliveryStatus::Failed, None),
+        Outcome::GiveUp | Outcome::DisableStream { .. } => (DeliveryStatus::Failed, None),
         Outcome::Retry { .. } if attempts_made >= policy.max_attempts => {
             (DeliveryStatus::Failed, None)
         }
@@ -120,7 +120,15 @@ mod tests {
             (DeliveryStatus::Failed, None)
         );
         assert_eq!(
-            next_step(&p, 1, &Outcome::DisableStream, 0, 0.5),
+            next_step(
+                &p,
+                1,
+                &Outcome::DisableStream {
+                    reason: String::new()
+                },
+                0,
+                0.5
+            ),
             (DeliveryStatus::Failed, None)
         );
         let after = Outcome::Retry {

@@ -10,7 +10,7 @@ use crate::clock::Millis;
 use crate::destinations::Destination;
 use crate::event::Event;
 use crate::secret::Cipher;
-use crate::stream::{PayloadFormat, RetryPolicy, Stream, StreamStatus, Subscription};
+use crate::stream::{ContentMode, PayloadFormat, RetryPolicy, Stream, StreamStatus, Subscription};
 
 /// A stream's columns as stored, before decoding.
 pub struct StreamRow {
@@ -22,6 +22,7 @@ pub struct StreamRow {
     pub subscriptions: String,
     pub destination: Vec<u8>,
     pub payload_format: String,
+    pub content_mode: Option<String>,
     pub retry_policy: String,
     pub created_at: Millis,
     pub updated_at: Millis,
@@ -48,6 +49,10 @@ impl StreamRow {
             destination,
             payload_format: PayloadFormat::parse(&self.payload_format)
                 .ok_or_else(|| corrupt("payload_format"))?,
+            content_mode: self
+                .content_mode
+                .map(|m| ContentMode::parse(&m).ok_or_else(|| corrupt("content_mode")))
+                .transpose()?,
             retry_policy: serde_json::from_str::<RetryPolicy>(&self.retry_policy)
                 .map_err(|_| corrupt("retry_policy"))?,
             created_at: self.created_at,
@@ -72,12 +77,6 @@ pub fn encode_stream(stream: &Stream, cipher: &Cipher) -> (String, Vec<u8>, Stri
         cipher.encrypt(&destination),
         serde_json::to_string(&stream.retry_policy).expect("a retry policy serialises"),
     )
-}
-
-pub fn destination_type(destination: &Destination) -> &'static str {
-    match destination {
-        Destination::Webhook(_) => "webhook",
-    }
 }
 
 /// The subscription patterns of a stream's `subscriptions` column.

@@ -16,9 +16,8 @@ use async_trait::async_trait;
 
 use crate::catalog::EventType;
 use crate::clock::Millis;
-use crate::destinations::webhook::signing::SigningKey;
 use crate::event::Event;
-use crate::secret::Secret;
+use crate::secret::StreamSecret;
 use crate::stream::{Stream, StreamStatus};
 
 /// Upper bounds (ms) of the latency buckets kept in the statistics rollups.
@@ -99,14 +98,6 @@ pub fn hash_token(secret: &str) -> TokenHash {
         .expect("a SHA-256 digest is 32 bytes")
 }
 
-/// One signing secret of a stream. A rotated-out secret keeps an `expires_at`.
-#[derive(Debug, Clone)]
-pub struct SigningSecret {
-    pub secret: Secret,
-    pub created_at: Millis,
-    pub expires_at: Option<Millis>,
-}
-
 /// The outcome of publishing one event.
 #[derive(Debug, Clone)]
 pub struct Published {
@@ -138,6 +129,9 @@ pub struct Claimed {
     /// was attempted with (another node may have taken a lapsed one over). Unused (0) by
     /// the embedded store, whose leases never leave the process.
     pub lease: i64,
+    /// When the lease lapses and the delivery becomes due again (on a shared store, for
+    /// another node to claim).
+    pub lease_until: Millis,
     pub id: String,
     pub tenant_id: String,
     pub stream_id: String,
@@ -203,10 +197,15 @@ pub struct AttemptRecord {
     pub response_body: Option<String>,
     pub error_kind: Option<&'static str>,
     pub error_message: Option<String>,
+    /// What only the destination kind knows about this attempt, as a JSON object.
+    pub detail: Option<String>,
     /// The delivery's state after this attempt: `Pending` with `next_attempt_at` to retry.
     pub status: DeliveryStatus,
     pub next_attempt_at: Option<Millis>,
-    /// Set when the receiver asked to stop (`410 Gone`): the stream is disabled with it.
+    /// The destination refused the delivery for good (rather than retries running out).
+    pub refused: bool,
+    /// Set when the destination asked to stop (a webhook's `410 Gone`): the stream is
+    /// disabled with this reason.
     pub disable_stream: Option<String>,
     /// The stream's limit of failed attempts in a row (0: none).
     pub max_consecutive_failures: u32,
@@ -221,10 +220,10 @@ impl AttemptRecord {
         {
             return None;
         }
-        let reason = match (&self.disable_stream, self.response_status) {
-            (Some(_), _) => "the endpoint answered 410 Gone",
-            (None, Some(code)) if (400..500).contains(&code) => "the endpoint refused it",
-            _ => "retries exhausted",
+        let reason = match (&self.disable_stream, self.refused) {
+            (Some(_), _) => "the destination asked to stop receiving events",
+            (None, true) => "the destination refused it",
+            (None, false) => "retries exhausted",
         };
         let failed = crate::notices::FailedDelivery {
             tenant_id: &self.tenant_id,
@@ -339,6 +338,8 @@ pub struct AttemptView {
     pub response_body: Option<String>,
     pub error_kind: Option<String>,
     pub error_message: Option<String>,
+    /// The destination kind's own record of the attempt, as JSON text.
+    pub detail: Option<String>,
 }
 
 /// One hour of one stream's outcomes for one event type (see `LATENCY_BOUNDS_MS`).
@@ -442,7 +443,8 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_event_type(&self, tenant_id: &str, name: &str) -> StoreResult<bool>;
 
     // Streams.
-    async fn create_stream(&self, stream: Stream, secret: SigningSecret) -> StoreResult<()>;
+    /// Inserts the stream, with its first stream secret when its destination keeps one.
+    async fn create_stream(&self, stream: Stream, secret: Option<StreamSecret>) -> StoreResult<()>;
     async fn get_stream(&self, tenant_id: &str, id: &str) -> StoreResult<Option<Stream>>;
     async fn list_streams(&self, tenant_id: &str) -> StoreResult<Vec<Stream>>;
     /// Replaces the stream's definition; `None` if it does not exist, else the notices as
@@ -450,19 +452,20 @@ pub trait Store: Send + Sync + 'static {
     async fn update_stream(&self, update: StreamUpdate) -> StoreResult<Option<Vec<Published>>>;
     /// Deletes the stream and cancels its pending deliveries; false if it does not exist.
     async fn delete_stream(&self, tenant_id: &str, id: &str, now: Millis) -> StoreResult<bool>;
-    /// Secrets still valid at `now`, newest first.
-    async fn signing_secrets(
+    /// The stream's secrets still valid at `now`, newest first (what they are for is the
+    /// destination kind's business).
+    async fn stream_secrets(
         &self,
         tenant_id: &str,
         stream_id: &str,
         now: Millis,
-    ) -> StoreResult<Vec<SigningSecret>>;
+    ) -> StoreResult<Vec<StreamSecret>>;
     /// Makes `secret` current; the current ones expire at `old_expires_at`.
     async fn rotate_secret(
         &self,
         tenant_id: &str,
         stream_id: &str,
-        secret: SigningSecret,
+        secret: StreamSecret,
         old_expires_at: Millis,
     ) -> StoreResult<bool>;
     /// Every stream of every tenant in `status`, for the dispatcher.
@@ -563,14 +566,6 @@ pub trait Store: Send + Sync + 'static {
         bodies_before: Option<Millis>,
         limit: usize,
     ) -> StoreResult<Swept>;
-}
-
-/// Decodes the signing keys a stream signs with now.
-pub fn signing_keys(secrets: &[SigningSecret]) -> Vec<SigningKey> {
-    secrets
-        .iter()
-        .filter_map(|s| SigningKey::parse(&s.secret).ok())
-        .collect()
 }
 
 #[cfg(test)]

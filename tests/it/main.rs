@@ -2,10 +2,12 @@
 
 mod audit;
 mod auth;
+mod aws;
 mod cluster;
 mod crash;
 mod delivery;
 mod event_types;
+mod eventbridge;
 mod helpers;
 mod openapi;
 mod operations;

@@ -8,12 +8,12 @@ use std::sync::Arc;
 use herald::destinations::Destination;
 use herald::destinations::webhook::WebhookConfig;
 use herald::event::Event;
-use herald::secret::{Cipher, Secret};
+use herald::secret::{Cipher, Secret, StreamSecret};
 use herald::store::postgres::PgStore;
 use herald::store::sqlite::SqliteStore;
 use herald::store::{
-    AttemptRecord, ClaimRequest, DeliveryFilter, DeliveryStatus, Erase, EventFilter, SigningSecret,
-    Store, StreamUpdate, Swept, Tenant, Token, hash_token,
+    AttemptRecord, ClaimRequest, DeliveryFilter, DeliveryStatus, Erase, EventFilter, Store,
+    StreamUpdate, Swept, Tenant, Token, hash_token,
 };
 use herald::stream::{PayloadFormat, RetryPolicy, Stream, StreamStatus, Subscription};
 use serde_json::value::RawValue;
@@ -97,17 +97,18 @@ async fn stream(store: &dyn Store, tenant: &str, id: &str, pattern: &str, status
         }],
         destination: Destination::Webhook(WebhookConfig::new("https://example.com".into(), None)),
         payload_format: PayloadFormat::Cloudevents,
+        content_mode: None,
         retry_policy: RetryPolicy::default(),
         max_consecutive_failures: 0,
         created_at: NOW,
         updated_at: NOW,
     };
-    let secret = SigningSecret {
+    let secret = StreamSecret {
         secret: Secret::new(herald::ids::signing_secret()),
         created_at: NOW,
         expires_at: None,
     };
-    store.create_stream(stream, secret).await.unwrap();
+    store.create_stream(stream, Some(secret)).await.unwrap();
 }
 
 fn request(tenant: &str, stream: &str, limit: usize) -> Vec<ClaimRequest> {
@@ -142,8 +143,10 @@ fn outcome(
         response_body: Some("body".into()),
         error_kind: None,
         error_message: None,
+        detail: None,
         status,
         next_attempt_at: next,
+        refused: false,
         disable_stream: None,
         max_consecutive_failures: 0,
     }
@@ -453,7 +456,7 @@ async fn rows_of_one_tenant_are_invisible_to_another() {
         );
         assert!(
             store
-                .signing_secrets("ten_b", "est_a", NOW)
+                .stream_secrets("ten_b", "est_a", NOW)
                 .await
                 .unwrap()
                 .is_empty(),
@@ -496,7 +499,7 @@ async fn a_rotated_secret_signs_beside_the_new_one_until_it_expires() {
     for b in backends().await {
         let store = &*b.store;
         stream(store, "ten_a", "est_a", "*", StreamStatus::Enabled).await;
-        let new = SigningSecret {
+        let new = StreamSecret {
             secret: Secret::new(herald::ids::signing_secret()),
             created_at: NOW + 1,
             expires_at: None,
@@ -508,13 +511,13 @@ async fn a_rotated_secret_signs_beside_the_new_one_until_it_expires() {
                 .unwrap()
         );
         let during = store
-            .signing_secrets("ten_a", "est_a", NOW + 999)
+            .stream_secrets("ten_a", "est_a", NOW + 999)
             .await
             .unwrap();
         assert_eq!(during.len(), 2, "{}", b.name);
         assert_eq!(during[0].secret, new.secret, "{}: newest first", b.name);
         let after = store
-            .signing_secrets("ten_a", "est_a", NOW + 1_000)
+            .stream_secrets("ten_a", "est_a", NOW + 1_000)
             .await
             .unwrap();
         assert_eq!(after.len(), 1, "{}", b.name);

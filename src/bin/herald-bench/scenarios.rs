@@ -8,10 +8,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use herald::destinations::webhook::signing::SigningKey;
-use herald::destinations::webhook::{Message, WebhookClient, WebhookConfig};
+use herald::catalog::Catalog;
+use herald::destinations::webhook::WebhookConfig;
+use herald::destinations::{
+    Destination, DestinationPolicy, Destinations, Message, PayloadFormat, StreamContext,
+};
 use herald::net::ssrf::AddressPolicy;
-use herald::secret::Secret;
+use herald::secret::{Secret, StreamSecret};
 use herald::store::postgres::{Scratch, redact_url};
 use serde_json::{Value, json};
 
@@ -177,38 +180,50 @@ async fn bare_rate(requests: usize, concurrency: usize) -> f64 {
     let clock = Clock::new(0);
     let receipts = Arc::new(Receipts::default());
     let url = receiver::start(Behaviour::Ok, clock, receipts.clone()).await;
-    let client = Arc::new(WebhookClient::new(
+    let destinations = Destinations::new(
         AddressPolicy::new(vec!["127.0.0.0/8".parse().unwrap()]),
         Duration::from_secs(15),
-    ));
-    let config = Arc::new(WebhookConfig::new(url, None));
-    let key = SigningKey::parse(&Secret::new(herald::ids::signing_secret())).unwrap();
-    let body = sample_body();
+        DestinationPolicy {
+            allow_http: true,
+            ..DestinationPolicy::default()
+        },
+    );
+    let destination = Destination::Webhook(WebhookConfig::new(url, None));
+    let secrets = [StreamSecret {
+        secret: Secret::new(herald::ids::signing_secret()),
+        created_at: 0,
+        expires_at: None,
+    }];
+    let context = StreamContext {
+        tenant_id: "ten_bench",
+        stream_id: "est_bench",
+        encoding: destination.encoding(PayloadFormat::Cloudevents, None),
+        secrets: &secrets,
+    };
+    let client = Arc::new(destination.build(context, &destinations).unwrap());
+    let raw = serde_json::value::RawValue::from_string(String::from_utf8(sample_body()).unwrap())
+        .unwrap();
+    let event = Arc::new(
+        herald::event::parse_event(&raw, &Catalog::builtin(), 0, "/bench")
+            .expect("the sample event is valid"),
+    );
     let left = Arc::new(AtomicUsize::new(requests));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
-        let (client, config, key, body, left) = (
-            client.clone(),
-            config.clone(),
-            key.clone(),
-            body.clone(),
-            left.clone(),
-        );
+        let (client, event, left) = (client.clone(), event.clone(), left.clone());
         tasks.push(tokio::spawn(async move {
             while left
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
                 .is_ok()
             {
-                let keys = [key.clone()];
                 let message = Message {
                     id: "dlv_bench",
-                    body: body.clone(),
-                    content_type: "application/cloudevents+json",
-                    keys: &keys,
-                    now: herald::clock::system_now_ms(),
+                    event: &event,
                 };
-                let report = client.send(&config, message).await;
+                let report = client
+                    .health_check(message, herald::clock::system_now_ms())
+                    .await;
                 assert_eq!(report.response_status, Some(200), "{:?}", report.error);
             }
         }));

@@ -1,6 +1,7 @@
 //! The `webhook` destination: an HTTP POST of the event, signed per Standard Webhooks, with
 //! the stream's configured authorization. Any 2xx is success; the receiver's status decides
-//! whether to retry, give up, or disable the stream.
+//! whether to retry, give up, or disable the stream. The signing keys are the webhook's own:
+//! its client parses the stream's secrets into keys when it is built.
 
 pub mod signing;
 
@@ -10,17 +11,12 @@ use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, Header
 use reqwest::{StatusCode, Url};
 use serde::{Deserialize, Serialize};
 
-use super::{
-    AttemptError, AttemptReport, DestinationPolicy, ErrorKind, Outcome, RESPONSE_EXCERPT_BYTES,
-};
+use super::http::{self, Egress};
+use super::{DestinationPolicy, Destinations, Encoding, Message, Outcome, Report, StreamContext};
 use crate::clock::Millis;
-use crate::net::ssrf::{AddressPolicy, GuardedResolver, ResolveError};
+use crate::event::format_time;
 use crate::secret::Secret;
 use signing::SigningKey;
-
-const MAX_URL_LEN: usize = 2048;
-/// Longest `Retry-After` honoured; a receiver cannot park a delivery for longer.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(86_400);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -32,9 +28,6 @@ pub struct WebhookConfig {
     /// the stream's secrets are kept apart from its configuration.
     #[serde(default, skip_serializing)]
     pub signing_secret: Option<Secret>,
-    /// `webhook_endpoint` parsed, once per loaded stream rather than once per delivery.
-    #[serde(skip)]
-    parsed: std::sync::OnceLock<Option<Url>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -75,45 +68,22 @@ impl WebhookConfig {
             webhook_endpoint,
             webhook_authorization,
             signing_secret: None,
-            parsed: Default::default(),
         }
-    }
-
-    fn url(&self) -> Option<&Url> {
-        self.parsed
-            .get_or_init(|| Url::parse(&self.webhook_endpoint).ok())
-            .as_ref()
     }
 
     pub fn validate(&self, policy: &DestinationPolicy) -> Result<(), String> {
-        let url = &self.webhook_endpoint;
-        if url.len() > MAX_URL_LEN {
-            return Err(format!(
-                "`webhook_endpoint` is longer than {MAX_URL_LEN} characters"
-            ));
-        }
-        let parsed = Url::parse(url)
-            .map_err(|e| format!("`webhook_endpoint` is not a valid URL ({e}): {url}"))?;
-        match parsed.scheme() {
-            "https" => {}
-            "http" if policy.allow_http => {}
-            "http" => {
-                return Err(
-                    "`webhook_endpoint` must use https (plain http is allowed only when the server runs with --allow-http)"
-                        .into(),
-                );
+        http::validate_url(
+            "webhook_endpoint",
+            &self.webhook_endpoint,
+            policy.allow_http,
+        )
+        .map_err(|e| {
+            if e.ends_with("credentials") {
+                format!("{e}; use `webhook_authorization` with method `basic`")
+            } else {
+                e
             }
-            other => return Err(format!("`webhook_endpoint` must use https, not `{other}`")),
-        }
-        if parsed.host_str().is_none_or(str::is_empty) {
-            return Err("`webhook_endpoint` has no host".into());
-        }
-        if !parsed.username().is_empty() || parsed.password().is_some() {
-            return Err(
-                "`webhook_endpoint` must not carry credentials; use `webhook_authorization` with method `basic`"
-                    .into(),
-            );
-        }
+        })?;
         if let Some(auth) = &self.webhook_authorization {
             auth.validate()?;
         }
@@ -121,6 +91,16 @@ impl WebhookConfig {
             SigningKey::parse(secret).map_err(|e| format!("`signing_secret`: {e}"))?;
         }
         Ok(())
+    }
+
+    /// The signing secret given on create, checked; the store keeps it apart.
+    pub fn take_signing_secret(&mut self) -> Result<Option<Secret>, String> {
+        let Some(secret) = self.signing_secret.take() else {
+            return Ok(None);
+        };
+        SigningKey::parse(&secret)
+            .map_err(|e| format!("`destination.configuration.signing_secret`: {e}"))?;
+        Ok(Some(secret))
     }
 
     pub fn public_view(&self) -> serde_json::Value {
@@ -171,7 +151,8 @@ impl WebhookAuthorization {
                 let name = HeaderName::from_bytes(header_name.as_bytes()).map_err(|_| {
                     format!("`webhook_authorization.header_name` `{header_name}` is not a valid HTTP header name")
                 })?;
-                if RESERVED_HEADERS.contains(&name.as_str()) {
+                // `ce-` headers carry CloudEvents attributes in binary mode.
+                if RESERVED_HEADERS.contains(&name.as_str()) || name.as_str().starts_with("ce-") {
                     return Err(format!(
                         "`webhook_authorization.header_name` `{header_name}` is set by Herald itself"
                     ));
@@ -181,7 +162,8 @@ impl WebhookAuthorization {
         }
     }
 
-    fn apply(&self, headers: &mut HeaderMap) {
+    /// The header this authorization sends, marked sensitive so it is never logged.
+    fn header(&self) -> Option<(HeaderName, HeaderValue)> {
         use base64::Engine as _;
         let (name, value) = match self {
             WebhookAuthorization::Bearer { token } => {
@@ -195,206 +177,161 @@ impl WebhookAuthorization {
             WebhookAuthorization::CustomHeader {
                 header_name,
                 header_value,
-            } => match HeaderName::from_bytes(header_name.as_bytes()) {
-                Ok(name) => (name, header_value.expose().to_string()),
-                Err(_) => return,
-            },
+            } => (
+                HeaderName::from_bytes(header_name.as_bytes()).ok()?,
+                header_value.expose().to_string(),
+            ),
         };
-        if let Ok(mut value) = HeaderValue::from_str(&value) {
-            value.set_sensitive(true);
-            headers.insert(name, value);
-        }
+        let mut value = HeaderValue::from_str(&value).ok()?;
+        value.set_sensitive(true);
+        Some((name, value))
     }
 }
 
-/// One signed message ready to send.
-pub struct Message<'a> {
-    /// The delivery id: `webhook-id`, the same on every retry.
-    pub id: &'a str,
-    pub body: Vec<u8>,
-    pub content_type: &'static str,
-    pub keys: &'a [SigningKey],
-    /// When this attempt is made; signed as `webhook-timestamp` in seconds.
-    pub now: Millis,
-}
-
-/// The HTTP client for webhooks: no proxies, no redirects, the SSRF guard on every address.
-#[derive(Debug, Clone)]
+/// A webhook stream's client: its endpoint, authorization and signing keys, ready to send.
+#[derive(Debug)]
 pub struct WebhookClient {
-    http: reqwest::Client,
-    addresses: AddressPolicy,
+    egress: Egress,
+    url: Url,
+    authorization: Option<(HeaderName, HeaderValue)>,
+    /// Every key still valid when the client was built, with when it stops signing.
+    keys: Vec<(SigningKey, Option<Millis>)>,
+    encoding: Encoding,
 }
 
 impl WebhookClient {
-    pub fn new(addresses: AddressPolicy, timeout: Duration) -> WebhookClient {
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .dns_resolver(std::sync::Arc::new(GuardedResolver::new(addresses.clone())))
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build()
-            .expect("the webhook HTTP client builds from static settings");
-        WebhookClient { http, addresses }
+    pub fn build(
+        config: &WebhookConfig,
+        stream: &StreamContext<'_>,
+        shared: &Destinations,
+    ) -> Result<WebhookClient, String> {
+        let url = Url::parse(&config.webhook_endpoint)
+            .map_err(|e| format!("`webhook_endpoint` is not a valid URL: {e}"))?;
+        let keys = stream
+            .secrets
+            .iter()
+            .filter_map(|s| SigningKey::parse(&s.secret).ok().map(|k| (k, s.expires_at)))
+            .collect();
+        Ok(WebhookClient {
+            egress: shared.egress.clone(),
+            url,
+            authorization: config
+                .webhook_authorization
+                .as_ref()
+                .and_then(WebhookAuthorization::header),
+            keys,
+            encoding: stream.encoding,
+        })
     }
 
-    pub async fn send(&self, config: &WebhookConfig, message: Message<'_>) -> AttemptReport {
-        let started = Instant::now();
-        let Some(url) = config.url() else {
-            return AttemptReport::failed(ErrorKind::Io, "invalid URL", started.elapsed());
-        };
-        // A literal address never reaches the resolver, so it is checked here.
-        let literal = match url.host() {
-            Some(url::Host::Ipv4(ip)) => Some(ip.into()),
-            Some(url::Host::Ipv6(ip)) => Some(ip.into()),
-            _ => None,
-        };
-        if let Some(ip) = literal
-            && let Err(blocked) = self.addresses.check(ip)
-        {
-            return AttemptReport::failed(
-                ErrorKind::Blocked,
-                blocked.to_string(),
-                started.elapsed(),
-            );
+    /// Webhooks take one event per request: each message is its own POST.
+    pub async fn send(&self, batch: &[Message<'_>], now: Millis) -> Vec<Report> {
+        let mut reports = Vec::with_capacity(batch.len());
+        for message in batch {
+            reports.push(self.post(message, now).await);
         }
+        reports
+    }
 
-        let timestamp = message.now.div_euclid(1000);
-        let mut headers = HeaderMap::with_capacity(8);
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static(message.content_type));
+    async fn post(&self, message: &Message<'_>, now: Millis) -> Report {
+        let started = Instant::now();
+        if let Err(blocked) = self.egress.check_literal(&self.url) {
+            return Report::failed(blocked.kind, blocked.message, started.elapsed());
+        }
+        let encoded = self.encoding.encode(message.event);
+        let timestamp = now.div_euclid(1000);
+        let mut headers = HeaderMap::with_capacity(8 + encoded.attributes.len());
+        if let Ok(content_type) = HeaderValue::from_str(&encoded.content_type) {
+            headers.insert(CONTENT_TYPE, content_type);
+        }
         if let Ok(id) = HeaderValue::from_str(message.id) {
             headers.insert("webhook-id", id);
         }
         headers.insert("webhook-timestamp", HeaderValue::from(timestamp));
         let signature =
-            signing::signature_header(message.keys, message.id, timestamp, &message.body);
+            signing::signature_header(self.keys_at(now), message.id, timestamp, &encoded.body);
         if let Ok(value) = HeaderValue::from_str(&signature) {
             headers.insert("webhook-signature", value);
         }
-        if let Some(auth) = &config.webhook_authorization {
-            auth.apply(&mut headers);
+        // CloudEvents HTTP binary mode: each attribute as a `ce-` header, percent-encoded.
+        for (name, value) in &encoded.attributes {
+            let name = HeaderName::from_bytes(format!("ce-{name}").as_bytes());
+            let value = HeaderValue::from_str(&percent_encode_header(value));
+            if let (Ok(name), Ok(value)) = (name, value) {
+                headers.insert(name, value);
+            }
+        }
+        if let Some((name, value)) = &self.authorization {
+            headers.insert(name.clone(), value.clone());
         }
 
         let result = self
+            .egress
             .http
-            .post(url.clone())
+            .post(self.url.clone())
             .headers(headers)
-            .body(message.body)
+            .body(encoded.body)
             .send()
             .await;
         let response = match result {
             Ok(response) => response,
             Err(err) => {
-                let error = describe(&err);
-                return AttemptReport::failed(error.kind, error.message, started.elapsed());
+                let error = http::describe(&err);
+                return Report::failed(error.kind, error.message, started.elapsed());
             }
         };
         let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, message.now));
-        let (body, body_error) = read_excerpt(response).await;
-        AttemptReport {
-            outcome: classify(status, retry_after),
+        let retry_after = http::retry_after(&response, now);
+        let (body, body_error) = http::read_excerpt(response).await;
+        Report {
+            outcome: classify(status, retry_after, now),
             duration: started.elapsed(),
             response_status: Some(status.as_u16()),
             response_body: Some(body),
             error: body_error,
+            detail: None,
         }
     }
+
+    fn keys_at(&self, now: Millis) -> impl Iterator<Item = &SigningKey> {
+        self.keys
+            .iter()
+            .filter(move |(_, expires)| expires.is_none_or(|at| at > now))
+            .map(|(key, _)| key)
+    }
+}
+
+/// Percent-encodes what an HTTP header value may not carry as is, per the CloudEvents HTTP
+/// binding: space, `"`, `%` and everything outside printable ASCII.
+fn percent_encode_header(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        match byte {
+            b' ' | b'"' | b'%' => out.push_str(&format!("%{byte:02X}")),
+            0x21..=0x7E => out.push(byte as char),
+            _ => out.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    out
 }
 
 /// What a status code means. Any 2xx is success; `410 Gone` disables the stream; 408, 409,
 /// 425, 429 and every 5xx are worth retrying; any other 4xx is permanent. A 3xx is a failure
 /// (redirects are never followed) and is retried.
-pub fn classify(status: StatusCode, retry_after: Option<Duration>) -> Outcome {
+pub fn classify(status: StatusCode, retry_after: Option<Duration>, now: Millis) -> Outcome {
     match status.as_u16() {
         200..=299 => Outcome::Delivered,
-        410 => Outcome::DisableStream,
+        410 => Outcome::DisableStream {
+            reason: format!(
+                "the endpoint answered 410 Gone at {}; re-enable the stream to resume",
+                format_time(now)
+            ),
+        },
         429 | 503 => Outcome::Retry { after: retry_after },
         408 | 409 | 425 => Outcome::Retry { after: None },
         400..=499 => Outcome::GiveUp,
         _ => Outcome::Retry { after: None },
     }
-}
-
-/// `Retry-After` as delay-seconds or an HTTP date, relative to `now`.
-pub fn parse_retry_after(value: &str, now: Millis) -> Option<Duration> {
-    let value = value.trim();
-    let delay = if let Ok(seconds) = value.parse::<u64>() {
-        Duration::from_secs(seconds)
-    } else {
-        let at = httpdate::parse_http_date(value).ok()?;
-        let at_ms = at.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis() as Millis;
-        Duration::from_millis((at_ms - now).max(0) as u64)
-    };
-    Some(delay.min(MAX_RETRY_AFTER))
-}
-
-/// Reads at most [`RESPONSE_EXCERPT_BYTES`] of the body and stops: a huge or endless body
-/// costs nothing more.
-async fn read_excerpt(mut response: reqwest::Response) -> (String, Option<AttemptError>) {
-    let mut buf = Vec::new();
-    let mut error = None;
-    while buf.len() < RESPONSE_EXCERPT_BYTES {
-        match response.chunk().await {
-            Ok(Some(chunk)) => {
-                let room = RESPONSE_EXCERPT_BYTES - buf.len();
-                buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
-            }
-            Ok(None) => break,
-            Err(err) => {
-                error = Some(describe(&err));
-                break;
-            }
-        }
-    }
-    // NUL bytes (binary bodies) are replaced: text columns, PostgreSQL's among them, refuse
-    // them, and an excerpt is for reading anyway.
-    let text = String::from_utf8_lossy(&buf).replace('\0', "\u{FFFD}");
-    (text, error)
-}
-
-/// Names the kind of a transport failure by walking the error's causes.
-fn describe(err: &reqwest::Error) -> AttemptError {
-    let mut message = err.to_string();
-    let mut kind = None;
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
-    while let Some(e) = cause {
-        message.push_str(": ");
-        message.push_str(&e.to_string());
-        if let Some(resolve) = e.downcast_ref::<ResolveError>() {
-            kind.get_or_insert(match resolve {
-                ResolveError::Blocked { .. } => ErrorKind::Blocked,
-                _ => ErrorKind::Dns,
-            });
-        }
-        if let Some(io) = e.downcast_ref::<std::io::Error>()
-            && io
-                .get_ref()
-                .is_some_and(|inner| inner.is::<rustls::Error>())
-        {
-            kind.get_or_insert(ErrorKind::Tls);
-        }
-        if e.is::<rustls::Error>() {
-            kind.get_or_insert(ErrorKind::Tls);
-        }
-        cause = e.source();
-    }
-    let kind = if err.is_timeout() {
-        ErrorKind::Timeout
-    } else if let Some(kind) = kind {
-        kind
-    } else if err.is_connect() {
-        ErrorKind::Connect
-    } else {
-        ErrorKind::Io
-    };
-    AttemptError { kind, message }
 }
 
 #[cfg(test)]
@@ -403,10 +340,10 @@ mod tests {
 
     #[test]
     fn statuses_are_classified_per_the_retry_rules() {
-        let c = |code: u16| classify(StatusCode::from_u16(code).unwrap(), None);
+        let c = |code: u16| classify(StatusCode::from_u16(code).unwrap(), None, 0);
         assert_eq!(c(200), Outcome::Delivered);
         assert_eq!(c(204), Outcome::Delivered);
-        assert_eq!(c(410), Outcome::DisableStream);
+        assert!(matches!(c(410), Outcome::DisableStream { reason } if reason.contains("410 Gone")));
         for code in [408, 409, 425, 429, 500, 502, 503, 504, 301, 302] {
             assert_eq!(c(code), Outcome::Retry { after: None }, "{code}");
         }
@@ -415,43 +352,27 @@ mod tests {
         }
         let after = Some(Duration::from_secs(30));
         assert_eq!(
-            classify(StatusCode::TOO_MANY_REQUESTS, after),
+            classify(StatusCode::TOO_MANY_REQUESTS, after, 0),
             Outcome::Retry { after }
         );
         assert_eq!(
-            classify(StatusCode::SERVICE_UNAVAILABLE, after),
+            classify(StatusCode::SERVICE_UNAVAILABLE, after, 0),
             Outcome::Retry { after }
         );
         assert_eq!(
-            classify(StatusCode::INTERNAL_SERVER_ERROR, after),
+            classify(StatusCode::INTERNAL_SERVER_ERROR, after, 0),
             Outcome::Retry { after: None }
         );
     }
 
     #[test]
-    fn retry_after_accepts_seconds_and_http_dates() {
-        let now = 1_445_412_480_000; // Wed, 21 Oct 2015 07:28:00 GMT
-        assert_eq!(
-            parse_retry_after("120", now),
-            Some(Duration::from_secs(120))
-        );
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:29:00 GMT", now),
-            Some(Duration::from_secs(60))
-        );
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(parse_retry_after("9999999", now), Some(MAX_RETRY_AFTER));
-        assert_eq!(parse_retry_after("soon", now), None);
-    }
-
-    #[test]
     fn endpoints_must_be_https_unless_allowed() {
         let config = |url: &str| WebhookConfig::new(url.into(), None);
-        let strict = DestinationPolicy { allow_http: false };
-        let dev = DestinationPolicy { allow_http: true };
+        let strict = DestinationPolicy::default();
+        let dev = DestinationPolicy {
+            allow_http: true,
+            ..DestinationPolicy::default()
+        };
         assert!(config("https://example.com/hook").validate(&strict).is_ok());
         assert!(
             config("http://example.com/hook")
@@ -473,6 +394,7 @@ mod tests {
         };
         assert!(auth("x-api-key").validate().is_ok());
         assert!(auth("Webhook-Signature").validate().is_err());
+        assert!(auth("ce-type").validate().is_err());
         assert!(auth("bad header").validate().is_err());
     }
 }

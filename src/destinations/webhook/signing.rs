@@ -50,8 +50,13 @@ impl SigningKey {
 }
 
 /// The `webhook-signature` header value: one `v1,` token per key.
-pub fn signature_header(keys: &[SigningKey], msg_id: &str, timestamp: i64, body: &[u8]) -> String {
-    keys.iter()
+pub fn signature_header<'a>(
+    keys: impl IntoIterator<Item = &'a SigningKey>,
+    msg_id: &str,
+    timestamp: i64,
+    body: &[u8],
+) -> String {
+    keys.into_iter()
         .map(|key| key.sign(msg_id, timestamp, body))
         .collect::<Vec<_>>()
         .join(" ")

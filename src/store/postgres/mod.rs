@@ -30,11 +30,14 @@ pub use scratch::Scratch;
 use super::columns::{self, EventRow, StreamRow};
 use super::*;
 use crate::catalog::EventType;
-use crate::secret::Cipher;
+use crate::secret::{Cipher, Secret};
 
 /// Schema migrations, applied in order inside one transaction each; `schema_migrations`
 /// records which ran.
-const MIGRATIONS: &[&str] = &[include_str!("schema.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("schema.sql"),
+    include_str!("002_destination_kinds.sql"),
+];
 
 /// Channels of the notifications this store sends.
 const DUE_CHANNEL: &str = "herald_due";
@@ -315,7 +318,8 @@ fn token_from_row(row: &Row) -> StoreResult<Token> {
 }
 
 const STREAM_COLUMNS: &str = "tenant_id, id, name, status, status_reason, subscriptions, \
-     destination, payload_format, retry_policy, created_at, updated_at, max_consecutive_failures";
+     destination, payload_format, retry_policy, created_at, updated_at, max_consecutive_failures, \
+     content_mode";
 
 fn stream_from_row(row: &Row, cipher: &Cipher) -> StoreResult<Stream> {
     StreamRow {
@@ -331,6 +335,7 @@ fn stream_from_row(row: &Row, cipher: &Cipher) -> StoreResult<Stream> {
         created_at: row.get(9),
         updated_at: row.get(10),
         max_consecutive_failures: row.get(11),
+        content_mode: row.get(12),
     }
     .decode(cipher)
 }
@@ -402,7 +407,7 @@ async fn delivery_views(
     let attempts = client
         .prepare_cached(
             "SELECT attempted_at, duration_ms, response_status, response_body, error_kind, \
-             error_message FROM attempts WHERE tenant_id = $1 AND delivery_seq = $2 ORDER BY seq",
+             error_message, detail FROM attempts WHERE tenant_id = $1 AND delivery_seq = $2 ORDER BY seq",
         )
         .await?;
     let mut views = Vec::with_capacity(rows.len());
@@ -419,6 +424,7 @@ async fn delivery_views(
                 response_body: a.get(3),
                 error_kind: a.get(4),
                 error_message: a.get(5),
+                detail: a.get(6),
             })
             .collect();
         views.push(view);
@@ -651,7 +657,7 @@ impl Store for PgStore {
         Ok(deleted == 1)
     }
 
-    async fn create_stream(&self, stream: Stream, secret: SigningSecret) -> StoreResult<()> {
+    async fn create_stream(&self, stream: Stream, secret: Option<StreamSecret>) -> StoreResult<()> {
         let (subscriptions, destination, retry_policy) =
             columns::encode_stream(&stream, &self.cipher);
         let mut client = self.client().await?;
@@ -659,7 +665,7 @@ impl Store for PgStore {
         tx.execute(
             &format!(
                 "INSERT INTO streams ({STREAM_COLUMNS}, destination_type) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
             ),
             &[
                 &stream.tenant_id,
@@ -674,21 +680,24 @@ impl Store for PgStore {
                 &stream.created_at,
                 &stream.updated_at,
                 &(stream.max_consecutive_failures as i64),
-                &columns::destination_type(&stream.destination),
+                &stream.content_mode.map(|m| m.as_str()),
+                &stream.destination.kind(),
             ],
         )
         .await?;
-        tx.execute(
-            "INSERT INTO stream_secrets (tenant_id, stream_id, secret, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, NULL)",
-            &[
-                &stream.tenant_id,
-                &stream.id,
-                &self.cipher.encrypt(secret.secret.expose().as_bytes()),
-                &secret.created_at,
-            ],
-        )
-        .await?;
+        if let Some(secret) = secret {
+            tx.execute(
+                "INSERT INTO stream_secrets (tenant_id, stream_id, secret, created_at, expires_at) \
+                 VALUES ($1, $2, $3, $4, NULL)",
+                &[
+                    &stream.tenant_id,
+                    &stream.id,
+                    &self.cipher.encrypt(secret.secret.expose().as_bytes()),
+                    &secret.created_at,
+                ],
+            )
+            .await?;
+        }
         notify_streams_changed(&tx).await?;
         tx.commit().await?;
         Ok(())
@@ -733,7 +742,7 @@ impl Store for PgStore {
             .execute(
                 "UPDATE streams SET name = $3, status = $4, status_reason = $5, subscriptions = $6, \
                  destination = $7, payload_format = $8, retry_policy = $9, updated_at = $10, \
-                 destination_type = $11, max_consecutive_failures = $12, \
+                 destination_type = $11, max_consecutive_failures = $12, content_mode = $13, \
                  consecutive_failures = CASE WHEN status = $4 THEN consecutive_failures ELSE 0 END \
                  WHERE tenant_id = $1 AND id = $2",
                 &[
@@ -747,8 +756,9 @@ impl Store for PgStore {
                     &stream.payload_format.as_str(),
                     &retry_policy,
                     &stream.updated_at,
-                    &columns::destination_type(&stream.destination),
+                    &stream.destination.kind(),
                     &(stream.max_consecutive_failures as i64),
+                    &stream.content_mode.map(|m| m.as_str()),
                 ],
             )
             .await?;
@@ -805,12 +815,12 @@ impl Store for PgStore {
         Ok(deleted == 1)
     }
 
-    async fn signing_secrets(
+    async fn stream_secrets(
         &self,
         tenant_id: &str,
         stream_id: &str,
         now: Millis,
-    ) -> StoreResult<Vec<SigningSecret>> {
+    ) -> StoreResult<Vec<StreamSecret>> {
         let client = self.client().await?;
         let stmt = client
             .prepare_cached(
@@ -824,7 +834,7 @@ impl Store for PgStore {
             let sealed: Vec<u8> = row.get(0);
             let plain = String::from_utf8(self.cipher.decrypt(&sealed)?)
                 .map_err(|_| StoreError::Corrupt("stream secret".into()))?;
-            secrets.push(SigningSecret {
+            secrets.push(StreamSecret {
                 secret: Secret::new(plain),
                 created_at: row.get(1),
                 expires_at: row.get(2),
@@ -837,7 +847,7 @@ impl Store for PgStore {
         &self,
         tenant_id: &str,
         stream_id: &str,
-        secret: SigningSecret,
+        secret: StreamSecret,
         old_expires_at: Millis,
     ) -> StoreResult<bool> {
         let mut client = self.client().await?;

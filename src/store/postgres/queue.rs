@@ -130,10 +130,11 @@ pub async fn publish(
                     &event.event_type,
                     lease,
                 );
-                if lease.is_some() {
+                if let Some(lease_until) = lease {
                     result.leased.push(Claimed {
                         key: 0, // Set once the row exists.
                         lease: 1,
+                        lease_until,
                         id: delivery_id,
                         tenant_id: tenant_id.to_string(),
                         stream_id: stream_id.clone(),
@@ -275,6 +276,7 @@ pub async fn claim(
         let claimed = Claimed {
             key: row.get(0),
             lease: row.get(1),
+            lease_until,
             id: row.get(2),
             tenant_id: row.get(3),
             attempts: row.get::<_, i64>(5) as u32,
@@ -415,9 +417,9 @@ pub async fn record(
     let insert = tx
         .prepare_cached(
             "INSERT INTO attempts (tenant_id, delivery_seq, attempted_at, duration_ms, \
-             response_status, response_body, error_kind, error_message) \
+             response_status, response_body, error_kind, error_message, detail) \
              SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], \
-             $5::int4[], $6::text[], $7::text[], $8::text[])",
+             $5::int4[], $6::text[], $7::text[], $8::text[], $9::text[])",
         )
         .await?;
     let tenants: Vec<&str> = records.iter().map(|r| r.tenant_id.as_str()).collect();
@@ -431,6 +433,7 @@ pub async fn record(
     let bodies: Vec<Option<&str>> = records.iter().map(|r| r.response_body.as_deref()).collect();
     let kinds: Vec<Option<&str>> = records.iter().map(|r| r.error_kind).collect();
     let messages: Vec<Option<&str>> = records.iter().map(|r| r.error_message.as_deref()).collect();
+    let details: Vec<Option<&str>> = records.iter().map(|r| r.detail.as_deref()).collect();
 
     // The delivery's new state, only under the lease the attempt was made with: a node whose
     // lease lapsed (and whose delivery another node took over) records its attempt but no
@@ -463,8 +466,8 @@ pub async fn record(
             _ => None,
         })
         .collect();
-    let insert_params: [&(dyn ToSql + Sync); 8] = [
-        &tenants, &keys, &attempted, &durations, &statuses, &bodies, &kinds, &messages,
+    let insert_params: [&(dyn ToSql + Sync); 9] = [
+        &tenants, &keys, &attempted, &durations, &statuses, &bodies, &kinds, &messages, &details,
     ];
     let update_params: [&(dyn ToSql + Sync); 10] = [
         &now, &keys, &leases, &tenants, &ids, &states, &dues, &attempted, &statuses, &kinds,

@@ -19,11 +19,14 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use super::columns::{self, EventRow, StreamRow};
 use super::*;
 use crate::catalog::EventType;
-use crate::secret::Cipher;
+use crate::secret::{Cipher, Secret};
 use writer::{Readers, Writer};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[include_str!("schema.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("schema.sql"),
+    include_str!("002_destination_kinds.sql"),
+];
 
 pub struct SqliteStore {
     /// Held for the store's lifetime: one process owns a data directory.
@@ -144,7 +147,8 @@ fn token_from_row(row: &Row) -> StoreResult<Token> {
 }
 
 const STREAM_COLUMNS: &str = "tenant_id, id, name, status, status_reason, subscriptions, \
-     destination, payload_format, retry_policy, created_at, updated_at, max_consecutive_failures";
+     destination, payload_format, retry_policy, created_at, updated_at, max_consecutive_failures, \
+     content_mode";
 
 fn stream_from_row(row: &Row, cipher: &Cipher) -> StoreResult<Stream> {
     StreamRow {
@@ -160,6 +164,7 @@ fn stream_from_row(row: &Row, cipher: &Cipher) -> StoreResult<Stream> {
         created_at: row.get(9)?,
         updated_at: row.get(10)?,
         max_consecutive_failures: row.get(11)?,
+        content_mode: row.get(12)?,
     }
     .decode(cipher)
 }
@@ -224,8 +229,8 @@ fn delivery_views(
          WHERE d.tenant_id = ?1 AND {column} = ?2 ORDER BY d.seq"
     ))?;
     let mut attempts = conn.prepare_cached(
-        "SELECT attempted_at, duration_ms, response_status, response_body, error_kind, error_message \
-         FROM attempts WHERE tenant_id = ?1 AND delivery_seq = ?2 ORDER BY seq",
+        "SELECT attempted_at, duration_ms, response_status, response_body, error_kind, error_message, \
+         detail FROM attempts WHERE tenant_id = ?1 AND delivery_seq = ?2 ORDER BY seq",
     )?;
     let mut views = Vec::new();
     let mut rows = stmt.query(params![tenant_id, value])?;
@@ -240,6 +245,7 @@ fn delivery_views(
                     response_body: a.get(3)?,
                     error_kind: a.get(4)?,
                     error_message: a.get(5)?,
+                    detail: a.get(6)?,
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
@@ -508,7 +514,7 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn create_stream(&self, stream: Stream, secret: SigningSecret) -> StoreResult<()> {
+    async fn create_stream(&self, stream: Stream, secret: Option<StreamSecret>) -> StoreResult<()> {
         let cipher = self.cipher.clone();
         self.writer
             .write(move |conn| {
@@ -516,7 +522,7 @@ impl Store for SqliteStore {
                 conn.execute(
                     &format!(
                         "INSERT INTO streams ({STREAM_COLUMNS}, destination_type) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
                     ),
                     params![
                         stream.tenant_id,
@@ -531,19 +537,22 @@ impl Store for SqliteStore {
                         stream.created_at,
                         stream.updated_at,
                         stream.max_consecutive_failures,
-                        columns::destination_type(&stream.destination),
+                        stream.content_mode.map(|m| m.as_str()),
+                        stream.destination.kind(),
                     ],
                 )?;
-                conn.execute(
-                    "INSERT INTO stream_secrets (tenant_id, stream_id, secret, created_at, expires_at) \
-                     VALUES (?1, ?2, ?3, ?4, NULL)",
-                    params![
-                        stream.tenant_id,
-                        stream.id,
-                        cipher.encrypt(secret.secret.expose().as_bytes()),
-                        secret.created_at
-                    ],
-                )?;
+                if let Some(secret) = secret {
+                    conn.execute(
+                        "INSERT INTO stream_secrets (tenant_id, stream_id, secret, created_at, expires_at) \
+                         VALUES (?1, ?2, ?3, ?4, NULL)",
+                        params![
+                            stream.tenant_id,
+                            stream.id,
+                            cipher.encrypt(secret.secret.expose().as_bytes()),
+                            secret.created_at
+                        ],
+                    )?;
+                }
                 Ok(())
             })
             .await
@@ -590,7 +599,7 @@ impl Store for SqliteStore {
                 let changed = conn.execute(
                     "UPDATE streams SET name = ?3, status = ?4, status_reason = ?5, subscriptions = ?6, \
                      destination = ?7, payload_format = ?8, retry_policy = ?9, updated_at = ?10, \
-                     destination_type = ?11, max_consecutive_failures = ?12, \
+                     destination_type = ?11, max_consecutive_failures = ?12, content_mode = ?13, \
                      consecutive_failures = CASE WHEN status = ?4 THEN consecutive_failures ELSE 0 END \
                      WHERE tenant_id = ?1 AND id = ?2",
                     params![
@@ -604,8 +613,9 @@ impl Store for SqliteStore {
                         stream.payload_format.as_str(),
                         retry_policy,
                         stream.updated_at,
-                        columns::destination_type(&stream.destination),
+                        stream.destination.kind(),
                         stream.max_consecutive_failures,
+                        stream.content_mode.map(|m| m.as_str()),
                     ],
                 )?;
                 if changed == 0 {
@@ -647,12 +657,12 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn signing_secrets(
+    async fn stream_secrets(
         &self,
         tenant_id: &str,
         stream_id: &str,
         now: Millis,
-    ) -> StoreResult<Vec<SigningSecret>> {
+    ) -> StoreResult<Vec<StreamSecret>> {
         let (tenant_id, stream_id, cipher) = (
             tenant_id.to_string(),
             stream_id.to_string(),
@@ -671,7 +681,7 @@ impl Store for SqliteStore {
                     let sealed: Vec<u8> = row.get(0)?;
                     let plain = String::from_utf8(cipher.decrypt(&sealed)?)
                         .map_err(|_| StoreError::Corrupt("stream secret".into()))?;
-                    secrets.push(SigningSecret {
+                    secrets.push(StreamSecret {
                         secret: Secret::new(plain),
                         created_at: row.get(1)?,
                         expires_at: row.get(2)?,
@@ -686,7 +696,7 @@ impl Store for SqliteStore {
         &self,
         tenant_id: &str,
         stream_id: &str,
-        secret: SigningSecret,
+        secret: StreamSecret,
         old_expires_at: Millis,
     ) -> StoreResult<bool> {
         let (tenant_id, stream_id, cipher) = (

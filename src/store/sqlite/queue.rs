@@ -103,6 +103,7 @@ pub fn publish(
                     result.leased.push(Claimed {
                         key,
                         lease: 0,
+                        lease_until: *until,
                         id: delivery_id,
                         tenant_id: tenant_id.to_string(),
                         stream_id: stream_id.clone(),
@@ -251,6 +252,7 @@ pub fn claim(
                 id: row.get(1)?,
                 attempts: row.get(2)?,
                 lease: 0,
+                lease_until,
                 tenant_id: request.tenant_id.clone(),
                 stream_id: request.stream_id.clone(),
                 event: event_from_row(row, 4)?,
@@ -284,7 +286,8 @@ pub fn record(
     let mut effects = RecordEffects::default();
     let mut insert = conn.prepare_cached(
         "INSERT INTO attempts (tenant_id, delivery_seq, attempted_at, duration_ms, response_status, \
-         response_body, error_kind, error_message) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+         response_body, error_kind, error_message, detail) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?;
     let mut update = conn.prepare_cached(
         "UPDATE deliveries SET status = ?2, attempts = attempts + 1, due_at = ?3, \
@@ -310,7 +313,8 @@ pub fn record(
             r.response_status,
             r.response_body,
             r.error_kind,
-            r.error_message
+            r.error_message,
+            r.detail
         ])?;
         let due_at = match r.status {
             DeliveryStatus::Pending => r.next_attempt_at,
