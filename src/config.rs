@@ -106,15 +106,15 @@ pub struct Overrides {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allow_cidrs: Option<String>,
-    /// Webhook request timeout in seconds [env: HERALD_DELIVERY_TIMEOUT_SECONDS] [default: 15]
+    /// Destination request timeout in seconds [env: HERALD_DELIVERY_TIMEOUT_SECONDS] [default: 15]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delivery_timeout_seconds: Option<u64>,
-    /// Concurrent deliveries in total [env: HERALD_MAX_IN_FLIGHT] [default: 512]
+    /// Concurrent requests to destinations in total [env: HERALD_MAX_IN_FLIGHT] [default: 512]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_in_flight: Option<usize>,
-    /// Concurrent deliveries per stream [env: HERALD_MAX_IN_FLIGHT_PER_STREAM] [default: 32]
+    /// Concurrent requests per stream [env: HERALD_MAX_IN_FLIGHT_PER_STREAM] [default: 32]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_in_flight_per_stream: Option<usize>,

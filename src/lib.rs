@@ -8,15 +8,18 @@
 //! - [`api`]: the HTTP API, one module per resource, and its error type.
 //! - [`event`]: CloudEvents parsing and validation; the payload shapes receivers get.
 //! - [`catalog`]: the built-in event types and subscription patterns.
-//! - [`stream`]: event streams: subscriptions, retry policy, payload format, validation.
-//! - [`destinations`]: where streams deliver (webhook), and what an outcome means.
-//! - [`delivery`]: the dispatcher that leases due deliveries and runs attempts, and the
-//!   retry schedule.
-//! - [`store`]: the storage interface and the embedded SQLite store (group commit).
+//! - [`stream`]: event streams: subscriptions, retry policy, content settings, validation.
+//! - [`destinations`]: where streams deliver (webhook, EventBridge): each kind's config, its
+//!   per-stream client, what an outcome means; the encoder they share.
+//! - [`delivery`]: the dispatcher that leases due deliveries and hands them to each stream's
+//!   client, one or a batch at a time, and the retry schedule.
+//! - [`store`]: the storage interface, the embedded SQLite store (group commit) and the
+//!   shared PostgreSQL store.
 //! - [`net`]: the SSRF guard applied to every outbound connection.
 //! - [`notices`]: Herald's own events (`herald.delivery.failed`, ...).
 //! - [`retention`]: the hourly sweep of old events and response bodies.
-//! - [`secret`], [`ids`], [`clock`]: secrets at rest, identifiers, injectable time.
+//! - [`secret`], [`ids`], [`clock`]: secrets at rest (and the per-stream secrets a
+//!   destination kind keeps), identifiers, injectable time.
 
 pub mod api;
 pub mod app;

@@ -10,8 +10,8 @@
 //! or one EventBridge `PutEvents` of up to ten entries. A stream runs at most
 //! `max_in_flight_per_stream` requests at once (`max_in_flight` in all), so a slow or failing
 //! destination fills only its own slots and never delays another stream. Deliveries are
-//! leased in batches, up to twice a stream's share (its slots times its batch size), before
-//! any request is sent (or arrive leased from a publish); a finished request starts the next
+//! leased in batches, up to twice a stream's share (its slots times its batch size; twice
+//! `max_in_flight` requests' worth in all), before any request is sent (or arrive leased from a publish); a finished request starts the next
 //! queued ones without a trip to the store. A request's batch is taken from what is already
 //! queued at the moment a slot frees up, never waited for, and a delivery whose lease would
 //! lapse before its attempt could finish is given back instead of sent: on a shared store
@@ -155,6 +155,11 @@ impl StreamSlot {
     fn held(&self) -> usize {
         self.sending + self.queued.len()
     }
+
+    /// What it holds in requests' worth (rounded up): the unit the dispatcher's limits count.
+    fn units(&self) -> usize {
+        self.held().div_ceil(self.batch())
+    }
 }
 
 /// What a finished request tells the dispatcher.
@@ -179,8 +184,7 @@ pub struct Dispatcher {
     streams: HashMap<String, StreamSlot>,
     /// Requests in flight.
     in_flight: usize,
-    /// Deliveries in flight and queued.
-    sending: usize,
+    /// Deliveries queued, waiting for a slot.
     queued: usize,
     /// Leases too short to start an attempt under, to give back.
     expiring: Vec<(i64, i64)>,
@@ -209,7 +213,6 @@ impl Dispatcher {
             config,
             streams: HashMap::new(),
             in_flight: 0,
-            sending: 0,
             queued: 0,
             expiring: Vec::new(),
             leases: HashMap::new(),
@@ -501,20 +504,19 @@ impl Dispatcher {
         true
     }
 
-    /// A stream's share, in deliveries: its slots times what one request carries.
-    fn share(&self, slot: &StreamSlot) -> usize {
-        self.config.max_in_flight_per_stream * slot.batch()
-    }
-
-    /// Deliveries the dispatcher may still take on: at most twice `max_in_flight`, running
-    /// and queued.
+    /// Requests' worth of deliveries the dispatcher may still take on: at most twice
+    /// `max_in_flight`, running and queued. A stream holding ten EventBridge entries holds one
+    /// request's worth, as a stream holding one webhook delivery does.
     fn room(&self) -> usize {
-        (2 * self.config.max_in_flight).saturating_sub(self.sending + self.queued)
+        let held: usize = self.streams.values().map(StreamSlot::units).sum();
+        (2 * self.config.max_in_flight).saturating_sub(held)
     }
 
-    /// Streams with due work and room: each may hold up to twice its share, running and
-    /// queued, and is asked for more only once it holds less than its share.
+    /// Streams with due work and room: each may hold up to twice its share of requests'
+    /// worth, running and queued, and is asked for more only once it holds less than its
+    /// share.
     fn requests(&self, now: Millis) -> Vec<ClaimRequest> {
+        let per_stream = self.config.max_in_flight_per_stream;
         let mut room = self.room();
         let mut requests = Vec::new();
         for slot in self.streams.values() {
@@ -522,20 +524,21 @@ impl Dispatcher {
                 break;
             }
             let stream = &slot.active.stream;
-            let (held, share) = (slot.held(), self.share(slot));
-            if held >= share
+            let units = slot.units();
+            if units >= per_stream
                 || slot.draining
                 || stream.status != StreamStatus::Enabled
                 || slot.next_due.is_none_or(|due| due > now)
             {
                 continue;
             }
-            let limit = (2 * share - held).min(room);
-            room -= limit;
+            let claim_units = (2 * per_stream - units).min(room);
+            room -= claim_units;
             requests.push(ClaimRequest {
                 tenant_id: stream.tenant_id.clone(),
                 stream_id: stream.id.clone(),
-                limit,
+                // Up to that many requests' worth, counting the partial batch already held.
+                limit: (units + claim_units) * slot.batch() - slot.held(),
             });
         }
         requests
@@ -554,7 +557,7 @@ impl Dispatcher {
         }
         self.streams
             .values()
-            .filter(|s| !s.draining && s.held() < self.share(s))
+            .filter(|s| !s.draining && s.units() < self.config.max_in_flight_per_stream)
             .filter_map(|s| s.next_due)
             .fold(poll, Millis::min)
             .max(now + 1)
@@ -638,7 +641,6 @@ impl Dispatcher {
             slot.in_flight += 1;
             slot.sending += batch.len();
             self.in_flight += 1;
-            self.sending += batch.len();
             spawn.attempt(slot.active.clone(), batch);
         }
     }
@@ -671,7 +673,6 @@ impl Dispatcher {
     fn finished(&mut self, done: Done, spawn: &Spawner<'_>) {
         let global_was_full = self.in_flight >= self.config.max_in_flight;
         self.in_flight = self.in_flight.saturating_sub(1);
-        self.sending = self.sending.saturating_sub(done.keys.len());
         for key in &done.keys {
             self.leases.remove(key);
         }

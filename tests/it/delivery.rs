@@ -383,3 +383,56 @@ async fn queued_work_starts_when_global_slots_free_up() {
     fast.wait_for(3).await;
     slow.wait_for(4).await;
 }
+
+#[tokio::test]
+async fn binary_mode_sends_data_as_the_body_and_attributes_as_ce_headers() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let stream = app
+        .create_stream(
+            &receiver.url,
+            &["flow.run.finished"],
+            json!({"content_mode": "binary"}),
+        )
+        .await;
+    assert_eq!(stream["content_mode"], "binary");
+    let stream_id = stream["id"].as_str().unwrap();
+    app.publish(json!({
+        "id": "run-7", "source": "/flows", "type": "flow.run.finished",
+        "time": "2025-01-29T18:08:43.440Z", "subject": "flow 7 %",
+        "data": {"flowRun": {"id": "run-7"}}, "projectid": "proj-1"
+    }))
+    .await;
+
+    let got = receiver.wait_for(1).await.remove(0);
+    assert_eq!(got.header("content-type"), Some("application/json"));
+    assert_eq!(got.json(), json!({"flowRun": {"id": "run-7"}}));
+    assert_eq!(got.header("ce-specversion"), Some("1.0"));
+    assert_eq!(got.header("ce-id"), Some("run-7"));
+    assert_eq!(got.header("ce-source"), Some("/flows"));
+    assert_eq!(got.header("ce-type"), Some("flow.run.finished"));
+    assert_eq!(got.header("ce-time"), Some("2025-01-29T18:08:43.440Z"));
+    assert_eq!(
+        got.header("ce-subject"),
+        Some("flow%207%20%25"),
+        "values are percent-encoded"
+    );
+    assert_eq!(got.header("ce-projectid"), Some("proj-1"));
+    let secret = secret_of(&app, stream_id).await;
+    verify(&secret, &got).expect("binary mode is signed like structured mode");
+
+    // Binary mode carries CloudEvents attributes: the audit shape cannot use it.
+    let (status, body) = app
+        .patch(
+            &format!("/v1/event-streams/{stream_id}"),
+            &json!({"payload_format": "audit"}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("content_mode")
+    );
+}

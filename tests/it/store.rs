@@ -15,7 +15,7 @@ use herald::store::{
     AttemptRecord, ClaimRequest, DeliveryFilter, DeliveryStatus, Erase, EventFilter, Store,
     StreamUpdate, Swept, Tenant, Token, hash_token,
 };
-use herald::stream::{PayloadFormat, RetryPolicy, Stream, StreamStatus, Subscription};
+use herald::stream::{ContentMode, PayloadFormat, RetryPolicy, Stream, StreamStatus, Subscription};
 use serde_json::value::RawValue;
 
 use crate::helpers::{Scratch, test_database};
@@ -973,6 +973,104 @@ async fn a_claim_serves_only_streams_that_are_enabled_now() {
             batch[0].deliveries.len(),
             1,
             "{name}: served again once enabled"
+        );
+    }
+}
+
+#[tokio::test]
+async fn any_destination_kind_round_trips_with_its_content_settings_and_attempt_detail() {
+    for b in backends().await {
+        let store = &*b.store;
+        let destination: Destination = serde_json::from_value(serde_json::json!({
+            "type": "eventbridge",
+            "configuration": {
+                "aws_account_id": "123456789012", "aws_region": "eu-west-1",
+                "aws_access_key_id": "AKIA", "aws_secret_access_key": "sealed at rest",
+            }
+        }))
+        .unwrap();
+        let bus = Stream {
+            tenant_id: "ten_a".into(),
+            id: "est_bus".into(),
+            name: "bus".into(),
+            status: StreamStatus::Enabled,
+            status_reason: None,
+            subscriptions: vec![Subscription {
+                event_type: "*".into(),
+            }],
+            destination,
+            payload_format: PayloadFormat::Audit,
+            content_mode: Some(ContentMode::Structured),
+            retry_policy: RetryPolicy::default(),
+            max_consecutive_failures: 0,
+            created_at: NOW,
+            updated_at: NOW,
+        };
+        store.create_stream(bus, None).await.unwrap();
+        let got = store.get_stream("ten_a", "est_bus").await.unwrap().unwrap();
+        assert_eq!(got.destination.kind(), "eventbridge", "{}", b.name);
+        assert_eq!(got.payload_format, PayloadFormat::Audit, "{}", b.name);
+        assert_eq!(
+            got.content_mode,
+            Some(ContentMode::Structured),
+            "{}",
+            b.name
+        );
+        let Destination::Eventbridge(config) = &got.destination else {
+            panic!("{}: not an eventbridge destination", b.name);
+        };
+        assert_eq!(
+            config.aws_secret_access_key.as_ref().unwrap().expose(),
+            "sealed at rest",
+            "{}: credentials come back from the sealed column",
+            b.name
+        );
+        assert!(
+            store
+                .stream_secrets("ten_a", "est_bus", NOW)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{}: a kind without stream secrets has none",
+            b.name
+        );
+
+        store
+            .publish("ten_a", vec![event("e1", "user.created")], NOW, None)
+            .await
+            .unwrap();
+        let claimed = store
+            .claim(request("ten_a", "est_bus", 10), NOW, NOW + 60_000)
+            .await
+            .unwrap()
+            .remove(0)
+            .deliveries
+            .remove(0);
+        assert_eq!(claimed.lease_until, NOW + 60_000, "{}", b.name);
+        let mut record = outcome(&claimed, DeliveryStatus::Failed, None);
+        record.response_body = None;
+        record.error_kind = Some("rejected");
+        record.error_message = Some("AccessDeniedException: no".into());
+        record.detail = Some(r#"{"aws_error_code":"AccessDeniedException"}"#.into());
+        record.refused = true;
+        store.record(vec![record], NOW).await.unwrap();
+        let delivery = store
+            .event_deliveries("ten_a", "e1")
+            .await
+            .unwrap()
+            .remove(0);
+        assert_eq!(delivery.status, DeliveryStatus::Failed, "{}", b.name);
+        assert_eq!(
+            delivery.attempts[0].detail.as_deref(),
+            Some(r#"{"aws_error_code":"AccessDeniedException"}"#),
+            "{}",
+            b.name
+        );
+        assert_eq!(
+            delivery.attempts[0].error_kind.as_deref(),
+            Some("rejected"),
+            "{}",
+            b.name
         );
     }
 }

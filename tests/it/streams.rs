@@ -220,3 +220,43 @@ async fn secrets_are_encrypted_at_rest() {
         "a signing secret is stored in clear"
     );
 }
+
+#[tokio::test]
+async fn a_stream_that_becomes_a_webhook_gets_a_signing_secret() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let (status, stream) = app
+        .post(
+            "/v1/event-streams",
+            &json!({
+                "name": "moving", "subscriptions": [{"event_type": "user.created"}],
+                "destination": {"type": "eventbridge", "configuration": {
+                    "aws_account_id": "123456789012", "aws_region": "us-east-1",
+                    "aws_access_key_id": "AKIA", "aws_secret_access_key": "s"}}
+            }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{stream}");
+    assert_eq!(stream["content_mode"], "structured");
+    let id = stream["id"].as_str().unwrap();
+    let (status, _) = app.get(&format!("/v1/event-streams/{id}/secret")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "no secret while on a bus");
+
+    let (status, changed) = app
+        .patch(
+            &format!("/v1/event-streams/{id}"),
+            &json!({"destination": {"type": "webhook", "configuration": {"webhook_endpoint": receiver.url}}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{changed}");
+    let (status, secret) = app.get(&format!("/v1/event-streams/{id}/secret")).await;
+    assert_eq!(status, StatusCode::OK, "{secret}");
+    let secret = secret["secret"].as_str().unwrap().to_string();
+    app.publish(json!({"id": "m-1", "type": "user.created"}))
+        .await;
+    let got = receiver.wait_for(1).await.remove(0);
+    standardwebhooks::Webhook::new(&secret)
+        .unwrap()
+        .verify(&got.body, &got.headers)
+        .expect("the new webhook signs with the secret it got");
+}

@@ -5,9 +5,12 @@
 //!
 //! S7 uses the PostgreSQL server at `HERALD_BENCH_DATABASE_URL`
 //! (default `postgres://postgres@127.0.0.1:5432/test`) and is skipped when it is unreachable.
+//! S10 puts events on EventBridge as moto serves it (`HERALD_BENCH_MOTO_SERVER`, else
+//! `moto_server` on the `PATH`) and is skipped without it.
 //!
 //! Build and run in release mode: `cargo build --release && target/release/herald-bench`.
 
+mod moto;
 mod receiver;
 mod scenarios;
 mod target;
@@ -27,8 +30,12 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "Measure Herald: throughput, latency, CPU and memory."
 )]
 struct Args {
-    /// Scenarios to run, comma-separated (S1..S7).
-    #[arg(long, default_value = "S1,S2,S3,S4,S5,S6,S7", value_delimiter = ',')]
+    /// Scenarios to run, comma-separated (S1..S7, S10).
+    #[arg(
+        long,
+        default_value = "S1,S2,S3,S4,S5,S6,S7,S10",
+        value_delimiter = ','
+    )]
     scenarios: Vec<String>,
     /// A tiny run that checks the harness works; its figures mean nothing.
     #[arg(long)]
@@ -71,6 +78,9 @@ fn main() {
         }
         if wanted("S7") {
             outcomes.push(report(scenarios::s7(size).await));
+        }
+        if wanted("S10") {
+            outcomes.push(report(scenarios::s10(size).await));
         }
         outcomes
     });

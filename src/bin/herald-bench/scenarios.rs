@@ -1,4 +1,4 @@
-//! The scenarios, S1 to S7. Each starts its own Herald process, its own receivers and its own
+//! The scenarios, S1 to S7 and S10. Each starts its own Herald process, its own receivers and its own
 //! publishers, drives the load, and reports what it measured. Throughput scenarios first
 //! measure the bare rate: Herald's own webhook client posting the same bodies straight to the
 //! same kind of receiver with the same concurrency, so the ratio holds where absolute numbers
@@ -18,6 +18,7 @@ use herald::secret::{Secret, StreamSecret};
 use herald::store::postgres::{Scratch, redact_url};
 use serde_json::{Value, json};
 
+use crate::moto::Moto;
 use crate::receiver::{self, Behaviour, Clock, Receipts};
 use crate::target::{Herald, wait_until};
 
@@ -589,4 +590,93 @@ pub async fn s7(size: Size) -> Outcome {
         redact_url(&url)
     );
     out
+}
+
+/// S10: the batching path. Events to an EventBridge stream against moto (no authentication),
+/// which takes them ten to a `PutEvents` call. A correctness-with-load check: every event must
+/// be delivered once and none fail; the rate is moto's (a Python server), not Herald's.
+pub async fn s10(size: Size) -> Outcome {
+    const TARGET: &str = "every event delivered, none failed (the rate is moto's)";
+    let description = "EventBridge against moto, 10 entries a call".to_string();
+    let moto = match Moto::start().await {
+        Ok(moto) => moto,
+        Err(reason) => {
+            return Outcome {
+                scenario: "S10",
+                description,
+                target: TARGET,
+                note: format!("skipped: {reason}"),
+                ..Outcome::default()
+            };
+        }
+    };
+    moto.events("AWSEvents.CreateEventBus", &json!({"Name": "bench"}))
+        .await;
+    let n = size.fanout_events / 2;
+    let herald = Herald::start(&[]);
+    let stream = herald
+        .post(
+            "/v1/event-streams",
+            &json!({
+                "name": "bus",
+                "subscriptions": [{"event_type": "flow.run.finished"}],
+                "destination": {"type": "eventbridge", "configuration": {
+                    "aws_account_id": "123456789012", "aws_region": "us-east-1",
+                    "event_bus_name": "bench", "endpoint_url": moto.endpoint,
+                    "aws_access_key_id": "AKIABENCH00000000000", "aws_secret_access_key": "bench"}},
+                "retry_policy": {"max_attempts": 100, "initial_interval_seconds": 1, "jitter": 0},
+            }),
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let clock = Clock::new(n);
+    let cpu = herald.cpu_seconds();
+    let started = std::time::Instant::now();
+    publish_batches(&herald, &clock, 0..n, 100, 4, "flow.run.finished").await;
+    let stats = |herald: &Herald| {
+        let (http, url) = (
+            herald.http.clone(),
+            format!("{}/v1/event-streams/{stream}/stats", herald.base),
+        );
+        async move {
+            let body: Value = http
+                .get(url)
+                .bearer_auth(crate::target::TOKEN)
+                .send()
+                .await
+                .expect("herald answers")
+                .json()
+                .await
+                .unwrap_or(Value::Null);
+            let count = |k: &str| body["total"][k].as_u64().unwrap_or(0);
+            (count("succeeded"), count("failed"))
+        }
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(600);
+    let (succeeded, failed) = loop {
+        let (succeeded, failed) = stats(&herald).await;
+        if succeeded + failed >= n as u64 || std::time::Instant::now() > deadline {
+            break (succeeded, failed);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu_used = herald.cpu_seconds() - cpu;
+    Outcome {
+        scenario: "S10",
+        description,
+        events: n as u64,
+        deliveries: succeeded,
+        seconds,
+        events_per_s: n as f64 / seconds,
+        deliveries_per_s: succeeded as f64 / seconds,
+        cpu_us_per_delivery: cpu_used * 1e6 / succeeded.max(1) as f64,
+        peak_rss_mib: herald.peak_rss_mib(),
+        target: TARGET,
+        met: Some(succeeded == n as u64 && failed == 0),
+        note: format!("{succeeded} delivered, {failed} failed of {n}; Herald's CPU only"),
+        ..Outcome::default()
+    }
 }
