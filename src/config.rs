@@ -93,7 +93,7 @@ pub struct Overrides {
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub role: Option<Role>,
-    /// Allow http:// webhook endpoints (development only) [env: HERALD_ALLOW_HTTP]
+    /// Allow http:// destination URLs (development only) [env: HERALD_ALLOW_HTTP]
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allow_http: Option<bool>,

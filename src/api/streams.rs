@@ -184,6 +184,7 @@ pub async fn update(
     if let Some(subscriptions) = changes.subscriptions {
         stream.subscriptions = subscriptions;
     }
+    let kind_before = stream.destination.kind();
     if let Some(mut destination) = changes.destination {
         if destination
             .take_stream_secret()
@@ -195,6 +196,11 @@ pub async fn update(
             ));
         }
         stream.destination = destination;
+    }
+    let kind_changed = stream.destination.kind() != kind_before;
+    if kind_changed {
+        // Another kind has its own default mode; one given with the change still applies.
+        stream.content_mode = None;
     }
     let now = state.clock.now_ms();
     let before = stream.status;
@@ -224,24 +230,29 @@ pub async fn update(
     }
     stream.updated_at = now;
     check(&state, &stream).await?;
-    // A stream that now needs a stream secret (it became a webhook) gets one before it
-    // changes, so it never runs without.
+    // A stream that becomes a kind keeping a stream secret (a webhook) gets a new one
+    // before it changes, so it never runs without; secrets from an earlier time as that kind
+    // end now rather than come back.
     if stream.destination.uses_stream_secret()
-        && state
-            .store
-            .stream_secrets(&stream.tenant_id, &stream.id, now)
-            .await?
-            .is_empty()
+        && (kind_changed
+            || state
+                .store
+                .stream_secrets(&stream.tenant_id, &stream.id, now)
+                .await?
+                .is_empty())
     {
         let secret = StreamSecret {
             secret: stream.destination.new_stream_secret(),
             created_at: now,
             expires_at: None,
         };
-        state
+        if !state
             .store
             .rotate_secret(&stream.tenant_id, &stream.id, secret, now)
-            .await?;
+            .await?
+        {
+            return Err(ApiError::not_found("event stream", &id));
+        }
     }
 
     let mut notices = Vec::new();

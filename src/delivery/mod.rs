@@ -11,8 +11,9 @@
 //! `max_in_flight_per_stream` requests at once (`max_in_flight` in all), so a slow or failing
 //! destination fills only its own slots and never delays another stream. Deliveries are
 //! leased in batches, up to twice a stream's share (its slots times its batch size; twice
-//! `max_in_flight` requests' worth in all), before any request is sent (or arrive leased from a publish); a finished request starts the next
-//! queued ones without a trip to the store. A request's batch is taken from what is already
+//! `max_in_flight` requests' worth in all), before any request is sent (or arrive leased
+//! from a publish); a finished request starts the next queued ones without a trip to the
+//! store. A request's batch is taken from what is already
 //! queued at the moment a slot frees up, never waited for, and a delivery whose lease would
 //! lapse before its attempt could finish is given back instead of sent: on a shared store
 //! another node may claim it once the lease lapses, and must not find it still being sent.
@@ -106,7 +107,8 @@ pub struct DispatchConfig {
     /// How long a claim lasts; longer than any attempt can take.
     pub lease: Duration,
     /// The longest one request to a destination may take; a delivery is started only with
-    /// at least this much of its lease left.
+    /// this much of its lease left, plus time to record the outcome (up to 5 s, at most half
+    /// of what the lease has beyond the timeout).
     pub attempt_timeout: Duration,
     pub shutdown_grace: Duration,
     /// The store is shared with other nodes: every stream is looked at each poll, since work
@@ -127,7 +129,7 @@ struct ActiveStream {
 struct BuiltFrom {
     destination: Vec<u8>,
     encoding: crate::destinations::Encoding,
-    secrets: Vec<(Millis, Option<Millis>)>,
+    secrets: Vec<(crate::secret::Secret, Option<Millis>)>,
 }
 
 struct StreamSlot {
@@ -341,8 +343,9 @@ impl Dispatcher {
                 self.leases.remove(&key);
             }
         }
-        for (key, _) in std::mem::take(&mut self.expiring) {
-            self.leases.remove(&key);
+        // Leases set aside as too short to start under are given back with the rest.
+        for (key, lease) in std::mem::take(&mut self.expiring) {
+            self.leases.insert(key, lease);
         }
         drop(shared);
         // Every attempt task has ended: the recorder stores what it holds, then stops.
@@ -422,7 +425,7 @@ impl Dispatcher {
                 encoding: stream.encoding(),
                 secrets: secrets
                     .iter()
-                    .map(|s| (s.created_at, s.expires_at))
+                    .map(|s| (s.secret.clone(), s.expires_at))
                     .collect(),
             };
             let previous = self.streams.remove(&stream.id);

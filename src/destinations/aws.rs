@@ -4,7 +4,6 @@
 //! SigV4 signing of a request (the `aws-sigv4` crate over Herald's own HTTP client), and
 //! reading the error an AWS API answers with.
 
-use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
@@ -21,6 +20,8 @@ use crate::secret::Secret;
 
 /// Assumed-role credentials are renewed this long before they expire.
 const RENEW_BEFORE_MS: Millis = 5 * 60 * 1000;
+/// The server's own credentials are read again this often (a rotated file is seen).
+const SERVER_CREDENTIALS_TTL_MS: Millis = 60 * 1000;
 const ASSUMED_ROLE_SECONDS: u32 = 3600;
 
 /// A set of AWS credentials.
@@ -38,16 +39,35 @@ pub struct Credentials {
 pub enum Source {
     Static(Credentials),
     /// The server's own: `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`/`AWS_SESSION_TOKEN`,
-    /// else the shared credentials file's profile (`AWS_PROFILE`, default `default`).
-    Server,
-    /// A role assumed with STS using `base`, renewed before it expires.
+    /// else the shared credentials file's profile (`AWS_PROFILE`, default `default`); read
+    /// again every minute.
+    Server {
+        cached: tokio::sync::Mutex<Option<(Credentials, Millis)>>,
+    },
+    /// A role assumed with STS using `base`, renewed before it expires. The lock is held
+    /// while renewing, so concurrent requests wait for one STS call rather than each making
+    /// their own.
     AssumeRole {
         base: Box<Source>,
         role_arn: String,
         external_id: String,
         session_name: String,
-        cached: Mutex<Option<Credentials>>,
+        cached: tokio::sync::Mutex<Option<Credentials>>,
     },
+    /// None can be had; every request fails with this reason (the operator stopped lending
+    /// the server's credentials to streams that have none of their own).
+    Unavailable(String),
+}
+
+impl Source {
+    /// Whether expired credentials can be replaced by asking again (an assumed role, the
+    /// server's own), unlike a session token given with the stream.
+    pub fn renews(&self) -> bool {
+        match self {
+            Source::Static(_) | Source::Unavailable(_) => false,
+            Source::Server { .. } | Source::AssumeRole { .. } => true,
+        }
+    }
 }
 
 /// Why credentials could not be had, and whether asking again later may work (STS throttled
@@ -72,25 +92,57 @@ impl Provider {
         self.resolve(&self.source, now).await
     }
 
-    /// Forgets assumed-role credentials (AWS said they expired).
-    pub fn invalidate(&self) {
-        if let Source::AssumeRole { cached, .. } = &self.source {
-            *cached.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    /// Forgets cached credentials (AWS said they expired), so the next request gets new ones.
+    pub async fn invalidate(&self) {
+        let mut source = &self.source;
+        loop {
+            match source {
+                Source::AssumeRole { cached, base, .. } => {
+                    *cached.lock().await = None;
+                    source = base;
+                }
+                Source::Server { cached } => {
+                    *cached.lock().await = None;
+                    return;
+                }
+                Source::Static(_) | Source::Unavailable(_) => return,
+            }
         }
     }
 
     async fn resolve(&self, source: &Source, now: Millis) -> Result<Credentials, CredentialError> {
         match source {
             Source::Static(credentials) => Ok(credentials.clone()),
-            Source::Server => server_credentials().ok_or_else(|| CredentialError {
+            Source::Unavailable(reason) => Err(CredentialError {
                 error: AttemptError {
                     kind: ErrorKind::Credentials,
-                    message:
-                        "the server has no AWS credentials (environment or shared credentials file)"
-                            .into(),
+                    message: reason.clone(),
                 },
                 transient: false,
             }),
+            Source::Server { cached } => {
+                let mut cached = cached.lock().await;
+                if let Some((c, read_at)) = cached.as_ref()
+                    && now - read_at < SERVER_CREDENTIALS_TTL_MS
+                {
+                    return Ok(c.clone());
+                }
+                let read = tokio::task::spawn_blocking(server_credentials)
+                    .await
+                    .ok()
+                    .flatten();
+                let c = read.ok_or_else(|| CredentialError {
+                    error: AttemptError {
+                        kind: ErrorKind::Credentials,
+                        message:
+                            "the server has no AWS credentials (environment or shared credentials file)"
+                                .into(),
+                    },
+                    transient: false,
+                })?;
+                *cached = Some((c.clone(), now));
+                Ok(c)
+            }
             Source::AssumeRole {
                 base,
                 role_arn,
@@ -98,7 +150,8 @@ impl Provider {
                 session_name,
                 cached,
             } => {
-                if let Some(c) = cached.lock().unwrap_or_else(|e| e.into_inner()).as_ref()
+                let mut cached = cached.lock().await;
+                if let Some(c) = cached.as_ref()
                     && c.expires_at.is_none_or(|at| at - RENEW_BEFORE_MS > now)
                 {
                     return Ok(c.clone());
@@ -107,7 +160,7 @@ impl Provider {
                 let assumed = self
                     .assume_role(&base, role_arn, external_id, session_name, now)
                     .await?;
-                *cached.lock().unwrap_or_else(|e| e.into_inner()) = Some(assumed.clone());
+                *cached = Some(assumed.clone());
                 Ok(assumed)
             }
         }

@@ -195,7 +195,12 @@ async fn a_role_is_assumed_with_the_tenant_as_external_id() {
     .await;
     let app = spawn_app().await;
     let role = format!("arn:aws:iam::{ACCOUNT}:role/herald-writer");
-    let with_role = eventbridge(&moto, "herald-test", &key, json!({"role_arn": role}));
+    let with_role = eventbridge(
+        &moto,
+        "herald-test",
+        &key,
+        json!({"role_arn": role, "sts_endpoint_url": moto.endpoint}),
+    );
     let (status, body) = app
         .post("/v1/tenants", &json!({"id": "ten_acme", "name": "Acme"}))
         .await;
@@ -537,6 +542,18 @@ async fn bad_configurations_get_a_clear_error() {
     assert_eq!(
         body["destination"]["configuration"]["credentials"],
         "server"
+    );
+    // ... and never toward an endpoint a tenant chose, which would receive its signatures.
+    let mut elsewhere = request.clone();
+    elsewhere["destination"]["configuration"]["endpoint_url"] = json!("https://example.com");
+    let (status, body) = lending.post("/v1/event-streams", &elsewhere).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("AWS's own endpoints"),
+        "{body}"
     );
     // Binary mode has no meaning on a bus.
     let mut binary = request.clone();

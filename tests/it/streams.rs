@@ -259,4 +259,39 @@ async fn a_stream_that_becomes_a_webhook_gets_a_signing_secret() {
         .unwrap()
         .verify(&got.body, &got.headers)
         .expect("the new webhook signs with the secret it got");
+
+    // Binary mode does not follow it onto a bus (EventBridge's default applies), and a return
+    // to a webhook gets a fresh secret: the one from before does not come back.
+    let (status, _) = app
+        .patch(
+            &format!("/v1/event-streams/{id}"),
+            &json!({"content_mode": "binary"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let bus = json!({"type": "eventbridge", "configuration": {
+        "aws_account_id": "123456789012", "aws_region": "us-east-1",
+        "aws_access_key_id": "AKIA", "aws_secret_access_key": "s"}});
+    let (status, changed) = app
+        .patch(
+            &format!("/v1/event-streams/{id}"),
+            &json!({"destination": bus}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{changed}");
+    assert_eq!(changed["content_mode"], "structured");
+    let (status, _) = app
+        .patch(
+            &format!("/v1/event-streams/{id}"),
+            &json!({"destination": {"type": "webhook", "configuration": {"webhook_endpoint": receiver.url}}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, again) = app.get(&format!("/v1/event-streams/{id}/secret")).await;
+    assert_ne!(again["secret"], secret.as_str(), "a fresh secret");
+    assert_eq!(
+        again["previous"],
+        json!([]),
+        "the old one does not sign again"
+    );
 }

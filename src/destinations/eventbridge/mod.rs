@@ -22,7 +22,7 @@ use crate::secret::Secret;
 
 /// Most entries in one `PutEvents` call.
 pub const MAX_ENTRIES: usize = 10;
-/// Largest entry, and largest call, EventBridge takes.
+/// EventBridge takes entries, and calls, smaller than this.
 pub const MAX_BYTES: usize = 256 * 1024;
 
 fn default_bus() -> String {
@@ -42,9 +42,12 @@ pub struct EventBridgeConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
     /// Another endpoint than `https://events.<region>.amazonaws.com` (a VPC endpoint,
-    /// LocalStack); STS is called there too when a role is assumed.
+    /// LocalStack).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint_url: Option<String>,
+    /// Another STS endpoint than `https://sts.<region>.amazonaws.com`, for `role_arn`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sts_endpoint_url: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aws_access_key_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -103,8 +106,20 @@ impl EventBridgeConfig {
                 );
             }
         }
-        if let Some(url) = &self.endpoint_url {
-            http::validate_url("endpoint_url", url, policy.allow_http)?;
+        for (field, url) in [
+            ("endpoint_url", &self.endpoint_url),
+            ("sts_endpoint_url", &self.sts_endpoint_url),
+        ] {
+            if let Some(url) = url {
+                http::validate_url(field, url, policy.allow_http)?;
+                // The server's own credentials sign only for AWS's own endpoints: a tenant's
+                // endpoint would receive the server's signed requests and session token.
+                if self.aws_access_key_id.is_none() {
+                    return Err(format!(
+                        "`{field}` needs the stream's own `aws_access_key_id` and `aws_secret_access_key`: the server's credentials are used only with AWS's own endpoints"
+                    ));
+                }
+            }
         }
         match (&self.aws_access_key_id, &self.aws_secret_access_key) {
             (Some(id), Some(secret)) => {
@@ -183,18 +198,26 @@ impl EventBridgeConfig {
         if let Some(url) = &self.endpoint_url {
             view["endpoint_url"] = json!(url);
         }
+        if let Some(url) = &self.sts_endpoint_url {
+            view["sts_endpoint_url"] = json!(url);
+        }
         if let Some(role) = &self.role_arn {
             view["role_arn"] = json!(role);
         }
         view
     }
 
+    /// The AWS partition of the region, and its endpoints' domain.
+    fn partition(&self) -> (&'static str, &'static str) {
+        match self.aws_region.as_str() {
+            r if r.starts_with("cn-") => ("aws-cn", "amazonaws.com.cn"),
+            r if r.starts_with("us-gov-") => ("aws-us-gov", "amazonaws.com"),
+            _ => ("aws", "amazonaws.com"),
+        }
+    }
+
     fn bus_arn(&self) -> String {
-        let partition = match self.aws_region.as_str() {
-            r if r.starts_with("cn-") => "aws-cn",
-            r if r.starts_with("us-gov-") => "aws-us-gov",
-            _ => "aws",
-        };
+        let (partition, _) = self.partition();
         format!(
             "arn:{partition}:events:{}:{}:event-bus/{}",
             self.aws_region, self.aws_account_id, self.event_bus_name
@@ -221,16 +244,14 @@ impl EventBridgeClient {
         shared: &Destinations,
     ) -> Result<EventBridgeClient, String> {
         let region = config.aws_region.clone();
-        let endpoint = match &config.endpoint_url {
-            Some(url) => Url::parse(url).map_err(|e| format!("`endpoint_url`: {e}"))?,
-            None => Url::parse(&format!("https://events.{region}.amazonaws.com/"))
-                .map_err(|e| format!("`aws_region`: {e}"))?,
+        let (_, domain) = config.partition();
+        let url = |field: &str, given: &Option<String>, service: &str| match given {
+            Some(url) => Url::parse(url).map_err(|e| format!("`{field}`: {e}")),
+            None => Url::parse(&format!("https://{service}.{region}.{domain}/"))
+                .map_err(|e| format!("`aws_region`: {e}")),
         };
-        let sts_endpoint = match &config.endpoint_url {
-            Some(_) => endpoint.clone(),
-            None => Url::parse(&format!("https://sts.{region}.amazonaws.com/"))
-                .map_err(|e| format!("`aws_region`: {e}"))?,
-        };
+        let endpoint = url("endpoint_url", &config.endpoint_url, "events")?;
+        let sts_endpoint = url("sts_endpoint_url", &config.sts_endpoint_url, "sts")?;
         let base = match (&config.aws_access_key_id, &config.aws_secret_access_key) {
             (Some(id), Some(secret)) => Source::Static(Credentials {
                 access_key_id: id.clone(),
@@ -238,8 +259,17 @@ impl EventBridgeClient {
                 session_token: config.aws_session_token.clone(),
                 expires_at: None,
             }),
-            _ if shared.policy.aws_server_credentials => Source::Server,
-            _ => return Err("the stream has no AWS credentials".into()),
+            _ if shared.policy.aws_server_credentials && config.endpoint_url.is_none() => {
+                Source::Server {
+                    cached: Default::default(),
+                }
+            }
+            // The operator stopped lending the server's credentials after the stream was
+            // made: each attempt fails, visibly, rather than the stream stalling.
+            _ => Source::Unavailable(
+                "the stream has no AWS credentials of its own and this server does not lend its own (`aws_server_credentials`); give the stream `aws_access_key_id` and `aws_secret_access_key`"
+                    .into(),
+            ),
         };
         let source = match &config.role_arn {
             Some(role_arn) => Source::AssumeRole {
@@ -278,7 +308,7 @@ impl EventBridgeClient {
         let mut call_bytes = 0;
         for (i, message) in batch.iter().enumerate() {
             let (entry, size) = self.entry(message);
-            if size > MAX_BYTES {
+            if size >= MAX_BYTES {
                 reports[i] = Some(Report::error(
                     Outcome::GiveUp,
                     ErrorKind::TooLarge,
@@ -291,7 +321,7 @@ impl EventBridgeClient {
             }
             let fits = calls
                 .last()
-                .is_some_and(|c| c.len() < MAX_ENTRIES && call_bytes + size <= MAX_BYTES);
+                .is_some_and(|c| c.len() < MAX_ENTRIES && call_bytes + size < MAX_BYTES);
             if !fits {
                 calls.push(Vec::new());
                 call_bytes = 0;
@@ -314,7 +344,7 @@ impl EventBridgeClient {
                 .unwrap_or_else(|_| {
                     let timeout = Report::failed(
                         ErrorKind::Timeout,
-                        "the batch's time ran out before this entry was sent",
+                        "the batch's calls ran past the delivery timeout before this entry's call was answered",
                         started.elapsed(),
                     );
                     vec![timeout; count]
@@ -406,12 +436,16 @@ impl EventBridgeClient {
 
         if !status.is_success() {
             let error = AwsError::parse(&response_headers, &text);
-            if AwsError::is_expired_credentials(&error.code) {
-                self.credentials.invalidate();
+            let expired = AwsError::is_expired_credentials(&error.code);
+            if expired {
+                self.credentials.invalidate().await;
             }
+            // Expired credentials are worth another try only where new ones can be had: a
+            // session token given with the stream stays expired.
             let transient = status.as_u16() == 429
                 || status.is_server_error()
-                || AwsError::is_transient(&error.code);
+                || (AwsError::is_transient(&error.code)
+                    && (!expired || self.credentials.source.renews()));
             let outcome = if transient {
                 Outcome::Retry { after: retry_after }
             } else {
@@ -482,8 +516,19 @@ impl EventBridgeClient {
                             detail: Some(detail),
                         }
                     }
-                    (_, code) => {
-                        let code = code.unwrap_or_else(|| "Unknown".into());
+                    (None, None) => Report {
+                        outcome: Outcome::Retry { after: None },
+                        duration,
+                        response_status: Some(status.as_u16()),
+                        response_body: None,
+                        error: Some(AttemptError {
+                            kind: ErrorKind::Io,
+                            message: "PutEvents gave this entry neither an event id nor an error"
+                                .into(),
+                        }),
+                        detail: Some(detail),
+                    },
+                    (_, Some(code)) => {
                         let message = entry.error_message.unwrap_or_default();
                         let outcome = if AwsError::is_transient(&code) {
                             Outcome::Retry { after: None }
@@ -582,6 +627,52 @@ mod tests {
             ..DestinationPolicy::default()
         };
         assert!(keyless.validate(&lent).is_ok());
+    }
+
+    /// A keyless stream made while the operator lent the server's credentials, after the
+    /// operator stopped: each attempt fails for good, saying why, rather than the stream
+    /// stalling. Nothing is sent anywhere.
+    #[tokio::test]
+    async fn a_stream_left_without_credentials_fails_visibly() {
+        let mut keyless = config();
+        keyless.aws_access_key_id = None;
+        keyless.aws_secret_access_key = None;
+        let shared = Destinations::new(
+            crate::net::ssrf::AddressPolicy::default(),
+            std::time::Duration::from_secs(1),
+            DestinationPolicy::default(),
+        );
+        let encoding = Encoding {
+            format: super::super::PayloadFormat::Cloudevents,
+            mode: super::super::ContentMode::Structured,
+        };
+        let context = StreamContext {
+            tenant_id: "ten_a",
+            stream_id: "est_a",
+            encoding,
+            secrets: &[],
+        };
+        let client = EventBridgeClient::build(&keyless, &context, &shared).unwrap();
+        let event = crate::event::Event {
+            id: "e1".into(),
+            source: "/test".into(),
+            event_type: "user.created".into(),
+            time: 0,
+            subject: None,
+            datacontenttype: None,
+            dataschema: None,
+            data: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+            extensions: Default::default(),
+        };
+        let message = Message {
+            id: "dlv_1",
+            event: &event,
+        };
+        let report = client.send(&[message], 0).await.remove(0);
+        assert_eq!(report.outcome, Outcome::GiveUp);
+        let error = report.error.unwrap();
+        assert_eq!(error.kind, ErrorKind::Credentials);
+        assert!(error.message.contains("does not lend"), "{}", error.message);
     }
 
     #[test]
