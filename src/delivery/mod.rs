@@ -7,10 +7,12 @@
 //! for each.
 //!
 //! A slot is one request in flight to a destination, whatever it carries: one webhook POST,
-//! or one EventBridge `PutEvents` of up to ten entries. A stream runs at most
-//! `max_in_flight_per_stream` requests at once (`max_in_flight` in all), so a slow or failing
-//! destination fills only its own slots and never delays another stream. Deliveries are
-//! leased in batches, up to twice a stream's share (its slots times its batch size; twice
+//! or one EventBridge `PutEvents` of up to ten entries. Which stream starts the next request,
+//! and how many a stream or a tenant may run at once, is the [`scheduler`]'s business: turns
+//! across tenants then streams, a reserve of slots for the others, and an adaptive limit per
+//! stream (at most `max_in_flight_per_stream`; `max_in_flight` in all), so a slow or failing
+//! destination fills only a few slots of its own and never delays another stream. Deliveries
+//! are leased in batches, up to twice a stream's limit (times its batch size; twice
 //! `max_in_flight` requests' worth in all), before any request is sent (or arrive leased
 //! from a publish); a finished request starts the next queued ones without a trip to the
 //! store. A request's batch is taken from what is already
@@ -24,6 +26,7 @@
 
 mod recorder;
 pub mod retry;
+pub mod scheduler;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -37,6 +40,7 @@ use crate::clock::{Clock, Millis};
 use crate::destinations::{Client, Destinations, Message, Outcome, Report, StreamContext};
 use crate::store::{AttemptRecord, ClaimBatch, ClaimRequest, Claimed, Store};
 use crate::stream::{Stream, StreamStatus};
+use scheduler::{Fairness, Limit, Readiness};
 
 /// How often the dispatcher looks for due work when nothing woke it.
 const POLL_INTERVAL: Duration = Duration::from_secs(5);
@@ -141,6 +145,8 @@ struct StreamSlot {
     in_flight: usize,
     /// Deliveries in those requests.
     sending: usize,
+    /// How many requests it may run at once, adapted to how its destination copes.
+    limit: Limit,
     /// Leased deliveries waiting for a free slot.
     queued: VecDeque<Claimed>,
     /// When this stream next has due work; `None` when nothing is known to be pending.
@@ -162,13 +168,27 @@ impl StreamSlot {
     fn units(&self) -> usize {
         self.held().div_ceil(self.batch())
     }
+
+    /// Whether it can start a request now.
+    fn readiness(&self) -> Readiness {
+        if !self.draining && !self.queued.is_empty() && self.in_flight < self.limit.get() {
+            Readiness::Ready
+        } else {
+            Readiness::NotNow
+        }
+    }
 }
 
 /// What a finished request tells the dispatcher.
 struct Done {
     keys: Vec<i64>,
+    tenant_id: String,
     stream_id: String,
     retry_at: Option<Millis>,
+    /// How the destination coped, for the stream's adaptive limit: some delivery went
+    /// through, or some failed in a way worth retrying (a timeout, a 5xx, throttling).
+    delivered: bool,
+    failed: bool,
 }
 
 /// What every attempt needs; shared by the dispatcher and its attempt tasks.
@@ -184,8 +204,11 @@ pub struct Dispatcher {
     signal: Arc<Signal>,
     config: DispatchConfig,
     streams: HashMap<String, StreamSlot>,
-    /// Requests in flight.
-    in_flight: usize,
+    /// Who starts the next request: turns across tenants and streams, and the slots each
+    /// tenant holds.
+    fairness: Fairness,
+    /// Where the next claim's walk over the streams starts, so no stream is always first.
+    claim_cursor: usize,
     /// Deliveries queued, waiting for a slot.
     queued: usize,
     /// Leases too short to start an attempt under, to give back.
@@ -212,9 +235,10 @@ impl Dispatcher {
             clock,
             destinations,
             signal,
+            fairness: Fairness::new(config.max_in_flight),
             config,
             streams: HashMap::new(),
-            in_flight: 0,
+            claim_cursor: 0,
             queued: 0,
             expiring: Vec::new(),
             leases: HashMap::new(),
@@ -461,9 +485,11 @@ impl Dispatcher {
                 client,
                 built_from,
             });
-            let (in_flight, sending, queued) = previous.map_or((0, 0, VecDeque::new()), |p| {
-                (p.in_flight, p.sending, p.queued)
-            });
+            let per_stream = self.config.max_in_flight_per_stream;
+            let (in_flight, sending, queued, limit) = previous.map_or_else(
+                || (0, 0, VecDeque::new(), Limit::new(per_stream)),
+                |p| (p.in_flight, p.sending, p.queued, p.limit),
+            );
             let id = active.stream.id.clone();
             next.insert(
                 id,
@@ -472,6 +498,7 @@ impl Dispatcher {
                     draining: false,
                     in_flight,
                     sending,
+                    limit,
                     queued,
                     // Unknown until asked: a changed stream may have become enabled with a backlog.
                     next_due: Some(Millis::MIN),
@@ -515,27 +542,52 @@ impl Dispatcher {
         (2 * self.config.max_in_flight).saturating_sub(held)
     }
 
-    /// Streams with due work and room: each may hold up to twice its share of requests'
+    /// Streams with due work and room: each may hold up to twice its limit of requests'
     /// worth, running and queued, and is asked for more only once it holds less than its
-    /// share.
-    fn requests(&self, now: Millis) -> Vec<ClaimRequest> {
-        let per_stream = self.config.max_in_flight_per_stream;
+    /// limit. When room runs short, a tenant is asked for no more than its share of it (see
+    /// `scheduler`), and the walk starts at a different stream each time.
+    fn requests(&mut self, now: Millis) -> Vec<ClaimRequest> {
         let mut room = self.room();
+        let share = self.fairness.claim_share(room);
+        let mut tenant_units: HashMap<&str, usize> = HashMap::new();
+        if share != usize::MAX {
+            for slot in self.streams.values() {
+                *tenant_units
+                    .entry(slot.active.stream.tenant_id.as_str())
+                    .or_default() += slot.units();
+            }
+        }
+        let due: Vec<&StreamSlot> = self
+            .streams
+            .values()
+            .filter(|slot| {
+                !slot.draining
+                    && slot.active.stream.status == StreamStatus::Enabled
+                    && slot.units() < slot.limit.get()
+                    && slot.next_due.is_some_and(|due| due <= now)
+            })
+            .collect();
         let mut requests = Vec::new();
-        for slot in self.streams.values() {
+        if due.is_empty() {
+            return requests;
+        }
+        self.claim_cursor = self.claim_cursor.wrapping_add(1);
+        let start = self.claim_cursor % due.len();
+        for slot in due[start..].iter().chain(&due[..start]) {
             if room == 0 {
                 break;
             }
             let stream = &slot.active.stream;
             let units = slot.units();
-            if units >= per_stream
-                || slot.draining
-                || stream.status != StreamStatus::Enabled
-                || slot.next_due.is_none_or(|due| due > now)
-            {
+            let mut claim_units = (2 * slot.limit.get() - units).min(room);
+            if share != usize::MAX {
+                let held = tenant_units.entry(stream.tenant_id.as_str()).or_default();
+                claim_units = claim_units.min(share.saturating_sub(*held));
+                *held += claim_units;
+            }
+            if claim_units == 0 {
                 continue;
             }
-            let claim_units = (2 * per_stream - units).min(room);
             room -= claim_units;
             requests.push(ClaimRequest {
                 tenant_id: stream.tenant_id.clone(),
@@ -560,7 +612,7 @@ impl Dispatcher {
         }
         self.streams
             .values()
-            .filter(|s| !s.draining && s.units() < self.config.max_in_flight_per_stream)
+            .filter(|s| !s.draining && s.units() < s.limit.get())
             .filter_map(|s| s.next_due)
             .fold(poll, Millis::min)
             .max(now + 1)
@@ -569,15 +621,14 @@ impl Dispatcher {
     /// Takes deliveries leased at publish into their streams' queues while there is room;
     /// the rest go back to the store, to be claimed in turn.
     async fn accept(&mut self, handed: Vec<Claimed>, spawn: &Spawner<'_>) {
-        let per_stream = self.config.max_in_flight_per_stream;
         let mut give_back = Vec::new();
         let mut streams = HashSet::new();
         for claimed in handed {
             match self.streams.get_mut(&claimed.stream_id) {
-                Some(slot) if !slot.draining && slot.held() < 2 * per_stream * slot.batch() => {
+                Some(slot) if !slot.draining && slot.units() < 2 * slot.limit.get() => {
                     self.leases.insert(claimed.key, claimed.lease);
                     self.queued += 1;
-                    streams.insert(claimed.stream_id.clone());
+                    streams.insert((claimed.tenant_id.clone(), claimed.stream_id.clone()));
                     slot.queued.push_back(claimed);
                 }
                 slot => {
@@ -588,9 +639,10 @@ impl Dispatcher {
                 }
             }
         }
-        for stream_id in streams {
-            self.start_queued(&stream_id, spawn);
+        for (tenant_id, stream_id) in streams {
+            self.fairness.mark_ready(&tenant_id, &stream_id);
         }
+        self.schedule(spawn);
         if !give_back.is_empty()
             && let Err(e) = self.store.release(give_back, self.clock.now_ms()).await
         {
@@ -608,22 +660,24 @@ impl Dispatcher {
             self.queued += 1;
             slot.queued.push_back(claimed);
         }
-        self.start_queued(&batch.stream_id, spawn);
+        self.fairness.mark_ready(&batch.tenant_id, &batch.stream_id);
+        self.schedule(spawn);
     }
 
-    /// Starts requests of queued deliveries of a stream while it and the dispatcher have free
-    /// slots, each with as many as the stream's client takes at once. A delivery whose lease
+    /// Starts requests while slots are free, in the turns the scheduler gives, each with as
+    /// many queued deliveries as the stream's client takes at once. A delivery whose lease
     /// would lapse before its attempt could finish is set aside to be given back.
-    fn start_queued(&mut self, stream_id: &str, spawn: &Spawner<'_>) {
+    fn schedule(&mut self, spawn: &Spawner<'_>) {
         let needed = self.clock.now_ms() + self.start_budget();
-        let Some(slot) = self.streams.get_mut(stream_id) else {
-            return;
-        };
-        let batch_size = slot.batch();
-        while slot.in_flight < self.config.max_in_flight_per_stream
-            && self.in_flight < self.config.max_in_flight
-            && !slot.queued.is_empty()
-        {
+        while let Some((tenant_id, stream_id)) = self.fairness.next(|id| {
+            self.streams
+                .get(id)
+                .map_or(Readiness::NotNow, StreamSlot::readiness)
+        }) {
+            let Some(slot) = self.streams.get_mut(&stream_id) else {
+                continue;
+            };
+            let batch_size = slot.batch();
             let mut batch = Vec::with_capacity(batch_size.min(slot.queued.len()));
             while batch.len() < batch_size {
                 let Some(claimed) = slot.queued.pop_front() else {
@@ -643,7 +697,7 @@ impl Dispatcher {
             }
             slot.in_flight += 1;
             slot.sending += batch.len();
-            self.in_flight += 1;
+            self.fairness.started(&tenant_id);
             spawn.attempt(slot.active.clone(), batch);
         }
     }
@@ -674,48 +728,33 @@ impl Dispatcher {
     }
 
     fn finished(&mut self, done: Done, spawn: &Spawner<'_>) {
-        let global_was_full = self.in_flight >= self.config.max_in_flight;
-        self.in_flight = self.in_flight.saturating_sub(1);
+        self.fairness.finished(&done.tenant_id);
         for key in &done.keys {
             self.leases.remove(key);
         }
         if let Some(slot) = self.streams.get_mut(&done.stream_id) {
             slot.in_flight = slot.in_flight.saturating_sub(1);
             slot.sending = slot.sending.saturating_sub(done.keys.len());
+            if done.failed {
+                slot.limit.failed();
+            } else if done.delivered {
+                slot.limit.succeeded();
+            }
             if slot.draining {
                 if slot.in_flight == 0 {
                     self.streams.remove(&done.stream_id);
                 }
-                return self.start_any_queued(spawn);
+            } else {
+                if let Some(at) = done.retry_at {
+                    slot.next_due = Some(slot.next_due.map_or(at, |due| due.min(at)));
+                }
+                if !slot.queued.is_empty() {
+                    self.fairness.mark_ready(&done.tenant_id, &done.stream_id);
+                }
             }
-            if let Some(at) = done.retry_at {
-                slot.next_due = Some(slot.next_due.map_or(at, |due| due.min(at)));
-            }
         }
-        self.start_queued(&done.stream_id, spawn);
-        if global_was_full {
-            // Other streams may have queued work that waited for a global slot.
-            self.start_any_queued(spawn);
-        }
-    }
-
-    /// Starts queued work of any stream while global slots are free.
-    fn start_any_queued(&mut self, spawn: &Spawner<'_>) {
-        if self.queued == 0 || self.in_flight >= self.config.max_in_flight {
-            return;
-        }
-        let waiting: Vec<String> = self
-            .streams
-            .iter()
-            .filter(|(_, slot)| !slot.queued.is_empty())
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in waiting {
-            if self.in_flight >= self.config.max_in_flight {
-                break;
-            }
-            self.start_queued(&id, spawn);
-        }
+        // The freed slot goes to whoever's turn it is, this stream or another.
+        self.schedule(spawn);
     }
 }
 
@@ -773,8 +812,11 @@ async fn attempt(shared: &Shared, active: &ActiveStream, batch: Vec<Claimed>) ->
     });
     let mut done = Done {
         keys: batch.iter().map(|c| c.key).collect(),
+        tenant_id: stream.tenant_id.clone(),
         stream_id: stream.id.clone(),
         retry_at: None,
+        delivered: false,
+        failed: false,
     };
     for (claimed, report) in batch.into_iter().zip(reports) {
         let attempt_number = claimed.attempts + 1;
@@ -792,7 +834,14 @@ async fn attempt(shared: &Shared, active: &ActiveStream, batch: Vec<Claimed>) ->
         let (refused, disable_stream) = match report.outcome {
             Outcome::GiveUp => (true, None),
             Outcome::DisableStream { reason } => (false, Some(reason)),
-            _ => (false, None),
+            Outcome::Delivered => {
+                done.delivered = true;
+                (false, None)
+            }
+            Outcome::Retry { .. } => {
+                done.failed = true;
+                (false, None)
+            }
         };
         shared.recorder.record(AttemptRecord {
             key: claimed.key,

@@ -8,6 +8,7 @@ mod crash;
 mod delivery;
 mod event_types;
 mod eventbridge;
+mod fairness;
 mod helpers;
 mod openapi;
 mod operations;

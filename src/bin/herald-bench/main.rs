@@ -30,10 +30,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "Measure Herald: throughput, latency, CPU and memory."
 )]
 struct Args {
-    /// Scenarios to run, comma-separated (S1..S7, S10).
+    /// Scenarios to run, comma-separated (S1..S8, S10).
     #[arg(
         long,
-        default_value = "S1,S2,S3,S4,S5,S6,S7,S10",
+        default_value = "S1,S2,S3,S4,S5,S6,S7,S8,S10",
         value_delimiter = ','
     )]
     scenarios: Vec<String>,
@@ -62,7 +62,7 @@ fn main() {
         if wanted("S2") {
             outcomes.push(report(scenarios::s2(size).await));
         }
-        if wanted("S3") || wanted("S5") {
+        if wanted("S3") || wanted("S5") || wanted("S8") {
             let s3 = report(scenarios::s3(size).await);
             s3_p99 = s3.latency_ms.map(|p| p.p99);
             outcomes.push(s3);
@@ -78,6 +78,9 @@ fn main() {
         }
         if wanted("S7") {
             outcomes.push(report(scenarios::s7(size).await));
+        }
+        if wanted("S8") {
+            outcomes.push(report(scenarios::s8(size, s3_p99).await));
         }
         if wanted("S10") {
             outcomes.push(report(scenarios::s10(size).await));

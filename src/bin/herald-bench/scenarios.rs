@@ -1,4 +1,4 @@
-//! The scenarios, S1 to S7 and S10. Each starts its own Herald process, its own receivers and its own
+//! The scenarios, S1 to S8 and S10. Each starts its own Herald process, its own receivers and its own
 //! publishers, drives the load, and reports what it measured. Throughput scenarios first
 //! measure the bare rate: Herald's own webhook client posting the same bodies straight to the
 //! same kind of receiver with the same concurrency, so the ratio holds where absolute numbers
@@ -378,7 +378,7 @@ async fn steady(
     clock: &Arc<Clock>,
     rate: u64,
     seconds: f64,
-    types: &[String],
+    make: impl Fn(usize) -> Value,
 ) -> usize {
     let total = (rate as f64 * seconds) as usize;
     let tick = Duration::from_millis(10);
@@ -391,7 +391,7 @@ async fn steady(
         interval.tick().await;
         for _ in 0..per_tick.min(total - n) {
             let permit = in_flight.clone().acquire_owned().await.unwrap();
-            let body = serde_json::to_vec(&event(n, &types[n % types.len()])).unwrap();
+            let body = serde_json::to_vec(&make(n)).unwrap();
             let (clock, http, base) = (clock.clone(), herald.http.clone(), herald.base.clone());
             tokio::spawn(async move {
                 clock.mark_published(n);
@@ -415,13 +415,9 @@ pub async fn s3(size: Size) -> Outcome {
     herald.stream(&url, "flow.run.finished").await;
     let cpu = herald.cpu_seconds();
     let started = Instant::now();
-    let sent = steady(
-        &herald,
-        &clock,
-        1_000,
-        size.seconds,
-        &["flow.run.finished".into()],
-    )
+    let sent = steady(&herald, &clock, 1_000, size.seconds, |n| {
+        event(n, "flow.run.finished")
+    })
     .await;
     wait_until(Duration::from_secs(60), || {
         receipts.count.load(Ordering::Relaxed) >= sent as u64
@@ -471,7 +467,10 @@ pub async fn s5(size: Size, s3_p99: Option<f64>) -> Outcome {
     }
     let cpu = herald.cpu_seconds();
     let started = Instant::now();
-    let sent = steady(&herald, &clock, 1_000, size.seconds, &types).await;
+    let sent = steady(&herald, &clock, 1_000, size.seconds, |n| {
+        event(n, &types[n % types.len()])
+    })
+    .await;
     let expected_healthy = (0..sent).filter(|n| n % 10 != 0).count() as u64;
     wait_until(Duration::from_secs(60), || {
         healthy.count.load(Ordering::Relaxed) >= expected_healthy
@@ -495,6 +494,98 @@ pub async fn s5(size: Size, s3_p99: Option<f64>) -> Outcome {
         "S3 p99 {}; unhealthy receivers saw {} requests",
         s3_p99.map_or("not measured".into(), |v| format!("{v:.2} ms")),
         unhealthy.count.load(Ordering::Relaxed)
+    );
+    out
+}
+
+/// S8: a noisy neighbour. One tenant's 50 streams point at endpoints that never answer (their
+/// requests time out after Herald's 15 s), while ten other tenants each have a healthy stream.
+/// The noisy tenant first publishes 100 events (5,000 deliveries to its hung streams: far more
+/// than they can take, so they always have work waiting for a slot), then 1,000 events/s flow
+/// in all, one in 100 to the noisy tenant. The healthy streams' latency must stay close to
+/// S3's: what is measured is whether the hung streams hold slots others wait for, not the
+/// cost of writing the noisy tenant's fan-out.
+pub async fn s8(size: Size, s3_p99: Option<f64>) -> Outcome {
+    let herald = Herald::start(&[]);
+    let total = (1_000.0 * size.seconds) as usize;
+    let clock = Clock::new(total);
+    let healthy = Arc::new(Receipts::default());
+    let hung = Arc::new(Receipts::default());
+    let hung_url = receiver::start(
+        Behaviour::Slow(Duration::from_secs(600)),
+        clock.clone(),
+        hung.clone(),
+    )
+    .await;
+    herald
+        .post("/v1/tenants", &json!({"id": "ten_noisy", "name": "noisy"}))
+        .await;
+    for _ in 0..50 {
+        herald
+            .stream_in("ten_noisy", &hung_url, "user.created")
+            .await;
+    }
+    const QUIET: usize = 10;
+    const NOISY_EVERY: usize = 100;
+    for i in 0..QUIET {
+        let tenant = format!("ten_quiet{i}");
+        herald
+            .post("/v1/tenants", &json!({"id": tenant, "name": tenant}))
+            .await;
+        let url = receiver::start(Behaviour::Ok, clock.clone(), healthy.clone()).await;
+        herald.stream_in(&tenant, &url, "flow.run.finished").await;
+    }
+    let burst: Vec<Value> = (0..100)
+        .map(|i| json!({"id": format!("noisy-{i}"), "type": "user.created", "tenant": "ten_noisy"}))
+        .collect();
+    publish(
+        &herald.http,
+        &herald.base,
+        "application/cloudevents-batch+json",
+        serde_json::to_vec(&burst).unwrap(),
+    )
+    .await;
+    wait_until(Duration::from_secs(30), || {
+        hung.count.load(Ordering::Relaxed) >= 50
+    })
+    .await;
+    let cpu = herald.cpu_seconds();
+    let started = Instant::now();
+    let sent = steady(&herald, &clock, 1_000, size.seconds, |n| {
+        let (tenant, event_type) = if n % NOISY_EVERY == 0 {
+            ("ten_noisy".to_string(), "user.created")
+        } else {
+            (format!("ten_quiet{}", n % QUIET), "flow.run.finished")
+        };
+        let mut e = event(n, event_type);
+        e["tenant"] = json!(tenant);
+        e
+    })
+    .await;
+    let expected = (0..sent).filter(|n| n % NOISY_EVERY != 0).count() as u64;
+    wait_until(Duration::from_secs(60), || {
+        healthy.count.load(Ordering::Relaxed) >= expected
+    })
+    .await;
+    let mut out = delivery_outcome(
+        &herald,
+        &healthy,
+        cpu,
+        sent,
+        started.elapsed().as_secs_f64(),
+    );
+    out.scenario = "S8";
+    out.description = "a noisy tenant: 50 hung streams; 10 healthy streams in other tenants".into();
+    out.target = "healthy streams' p99 <= 2 x S3's p99";
+    out.met = match (out.latency_ms, s3_p99) {
+        (Some(p), Some(base)) => Some(p.p99 <= 2.0 * base),
+        _ => None,
+    };
+    out.note = format!(
+        "S3 p99 {}; {} of {expected} healthy deliveries; the hung endpoints got {} requests",
+        s3_p99.map_or("not measured".into(), |v| format!("{v:.2} ms")),
+        healthy.count.load(Ordering::Relaxed),
+        hung.count.load(Ordering::Relaxed)
     );
     out
 }

@@ -81,10 +81,16 @@ impl Herald {
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> Value {
+        self.post_in("ten_default", path, body).await
+    }
+
+    /// A POST acting on `tenant` (the platform token names it with `Herald-Tenant`).
+    pub async fn post_in(&self, tenant: &str, path: &str, body: &Value) -> Value {
         let response = self
             .http
             .post(format!("{}{path}", self.base))
             .bearer_auth(TOKEN)
+            .header("herald-tenant", tenant)
             .json(body)
             .send()
             .await
@@ -114,6 +120,11 @@ impl Herald {
     /// Creates a stream to `url` for `event_type`, with a retry policy that keeps failing
     /// receivers busy (the S5 scenario) rather than disabling them.
     pub async fn stream(&self, url: &str, event_type: &str) -> String {
+        self.stream_in("ten_default", url, event_type).await
+    }
+
+    /// [`Herald::stream`] for another tenant.
+    pub async fn stream_in(&self, tenant: &str, url: &str, event_type: &str) -> String {
         let body = json!({
             "name": "bench",
             "subscriptions": [{"event_type": event_type}],
@@ -121,7 +132,7 @@ impl Herald {
             "max_consecutive_failures": 0,
             "retry_policy": {"max_attempts": 100, "initial_interval_seconds": 1, "jitter": 0}
         });
-        self.post("/v1/event-streams", &body).await["id"]
+        self.post_in(tenant, "/v1/event-streams", &body).await["id"]
             .as_str()
             .unwrap()
             .to_string()
