@@ -42,14 +42,31 @@ fn routed_paths() -> BTreeSet<String> {
         .collect()
 }
 
+/// The served document is the repository's file as it is now (read at test time, not the
+/// copy compiled into the test), as JSON, and it names the version of the server serving it.
 #[tokio::test]
 async fn the_server_serves_the_document_in_the_repository() {
     let app = spawn_app().await;
     let response = app.http.get(app.url("/openapi.json")).send().await.unwrap();
     assert_eq!(response.status(), 200);
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        content_type.starts_with("application/json"),
+        "{content_type}"
+    );
     let served: Value = response.json().await.unwrap();
-    assert_eq!(served, document());
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.json");
+    let on_disk: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert_eq!(served, on_disk);
     assert_eq!(served["openapi"], "3.0.3");
+    assert_eq!(
+        served["info"]["version"],
+        env!("CARGO_PKG_VERSION"),
+        "openapi.json's info.version follows Cargo.toml"
+    );
 }
 
 #[tokio::test]
