@@ -42,6 +42,8 @@ use crate::store::{AttemptRecord, ClaimBatch, ClaimRequest, Claimed, Store};
 use crate::stream::{Stream, StreamStatus};
 use scheduler::{Fairness, Limit, Readiness};
 
+use crate::destinations::ErrorKind;
+
 /// How often the dispatcher looks for due work when nothing woke it.
 const POLL_INTERVAL: Duration = Duration::from_secs(5);
 /// Wait after a failed store call before trying again.
@@ -185,10 +187,8 @@ struct Done {
     tenant_id: String,
     stream_id: String,
     retry_at: Option<Millis>,
-    /// How the destination coped, for the stream's adaptive limit: some delivery went
-    /// through, or some failed in a way worth retrying (a timeout, a 5xx, throttling).
-    delivered: bool,
-    failed: bool,
+    /// How the destination coped, for the stream's adaptive limit.
+    signal: scheduler::Signal,
 }
 
 /// What every attempt needs; shared by the dispatcher and its attempt tasks.
@@ -209,8 +209,9 @@ pub struct Dispatcher {
     fairness: Fairness,
     /// Where the next claim's walk over the streams starts, so no stream is always first.
     claim_cursor: usize,
-    /// Deliveries queued, waiting for a slot.
-    queued: usize,
+    /// Due streams the last claim passed over because their tenant held its share: they
+    /// wait for a request to finish rather than wake the dispatcher.
+    held_back: HashSet<String>,
     /// Leases too short to start an attempt under, to give back.
     expiring: Vec<(i64, i64)>,
     /// Leases held by queued and running attempts, given back if shutdown cuts them short.
@@ -239,7 +240,7 @@ impl Dispatcher {
             config,
             streams: HashMap::new(),
             claim_cursor: 0,
-            queued: 0,
+            held_back: HashSet::new(),
             expiring: Vec::new(),
             leases: HashMap::new(),
             next_poll: Millis::MIN,
@@ -351,7 +352,6 @@ impl Dispatcher {
             self.leases.insert(claimed.key, claimed.lease);
         }
         for slot in self.streams.values_mut() {
-            self.queued -= slot.queued.len();
             slot.queued.clear();
         }
         tracker.close();
@@ -459,6 +459,7 @@ impl Dispatcher {
                 .as_ref()
                 .filter(|p| p.active.built_from == built_from)
                 .map(|p| p.active.client.clone());
+            let same_destination = reusable.is_some();
             let client = match reusable {
                 Some(client) => client,
                 None => {
@@ -488,7 +489,15 @@ impl Dispatcher {
             let per_stream = self.config.max_in_flight_per_stream;
             let (in_flight, sending, queued, limit) = previous.map_or_else(
                 || (0, 0, VecDeque::new(), Limit::new(per_stream)),
-                |p| (p.in_flight, p.sending, p.queued, p.limit),
+                // What the limit learnt holds for the destination it learnt it from.
+                |p| {
+                    let limit = if same_destination {
+                        p.limit
+                    } else {
+                        Limit::new(per_stream)
+                    };
+                    (p.in_flight, p.sending, p.queued, limit)
+                },
             );
             let id = active.stream.id.clone();
             next.insert(
@@ -510,7 +519,6 @@ impl Dispatcher {
         let mut give_back = Vec::new();
         for (id, mut slot) in self.streams.drain() {
             for claimed in slot.queued.drain(..) {
-                self.queued -= 1;
                 self.leases.remove(&claimed.key);
                 give_back.push((claimed.key, claimed.lease));
             }
@@ -568,15 +576,13 @@ impl Dispatcher {
             })
             .collect();
         let mut requests = Vec::new();
+        self.held_back.clear();
         if due.is_empty() {
             return requests;
         }
         self.claim_cursor = self.claim_cursor.wrapping_add(1);
         let start = self.claim_cursor % due.len();
         for slot in due[start..].iter().chain(&due[..start]) {
-            if room == 0 {
-                break;
-            }
             let stream = &slot.active.stream;
             let units = slot.units();
             let mut claim_units = (2 * slot.limit.get() - units).min(room);
@@ -585,10 +591,16 @@ impl Dispatcher {
                 claim_units = claim_units.min(share.saturating_sub(*held));
                 *held += claim_units;
             }
+            // A stream holding nothing always gets its first requests' worth, room or not, as
+            // it gets a reserved slot: what others hold never keeps a newcomer waiting.
+            if units == 0 {
+                claim_units = claim_units.max(slot.limit.get());
+            }
             if claim_units == 0 {
+                self.held_back.insert(stream.id.clone());
                 continue;
             }
-            room -= claim_units;
+            room = room.saturating_sub(claim_units);
             requests.push(ClaimRequest {
                 tenant_id: stream.tenant_id.clone(),
                 stream_id: stream.id.clone(),
@@ -600,19 +612,20 @@ impl Dispatcher {
     }
 
     /// When to look for due work again, if nothing wakes the dispatcher first. Only streams
-    /// it could claim for count: with no room at all (every slot held, in flight or
-    /// queued), a due stream must wait for an attempt to finish, not spin.
+    /// it could claim for count: one the last claim passed over (no room, or its tenant held
+    /// its share) must wait for a request to finish, not spin.
     fn next_wake(&self, now: Millis) -> Millis {
         let mut poll = now + POLL_INTERVAL.as_millis() as Millis;
         if self.config.shared {
             poll = poll.min(self.next_poll);
         }
-        if self.room() == 0 {
-            return poll;
-        }
         self.streams
             .values()
-            .filter(|s| !s.draining && s.units() < s.limit.get())
+            .filter(|s| {
+                !s.draining
+                    && s.units() < s.limit.get()
+                    && !self.held_back.contains(&s.active.stream.id)
+            })
             .filter_map(|s| s.next_due)
             .fold(poll, Millis::min)
             .max(now + 1)
@@ -627,7 +640,6 @@ impl Dispatcher {
             match self.streams.get_mut(&claimed.stream_id) {
                 Some(slot) if !slot.draining && slot.units() < 2 * slot.limit.get() => {
                     self.leases.insert(claimed.key, claimed.lease);
-                    self.queued += 1;
                     streams.insert((claimed.tenant_id.clone(), claimed.stream_id.clone()));
                     slot.queued.push_back(claimed);
                 }
@@ -657,7 +669,6 @@ impl Dispatcher {
         slot.next_due = batch.next_due;
         for claimed in batch.deliveries {
             self.leases.insert(claimed.key, claimed.lease);
-            self.queued += 1;
             slot.queued.push_back(claimed);
         }
         self.fairness.mark_ready(&batch.tenant_id, &batch.stream_id);
@@ -683,7 +694,6 @@ impl Dispatcher {
                 let Some(claimed) = slot.queued.pop_front() else {
                     break;
                 };
-                self.queued -= 1;
                 if claimed.lease_until < needed {
                     self.leases.remove(&claimed.key);
                     self.expiring.push((claimed.key, claimed.lease));
@@ -697,7 +707,7 @@ impl Dispatcher {
             }
             slot.in_flight += 1;
             slot.sending += batch.len();
-            self.fairness.started(&tenant_id);
+            self.fairness.started(&tenant_id, &stream_id);
             spawn.attempt(slot.active.clone(), batch);
         }
     }
@@ -728,18 +738,14 @@ impl Dispatcher {
     }
 
     fn finished(&mut self, done: Done, spawn: &Spawner<'_>) {
-        self.fairness.finished(&done.tenant_id);
+        self.fairness.finished(&done.tenant_id, &done.stream_id);
         for key in &done.keys {
             self.leases.remove(key);
         }
         if let Some(slot) = self.streams.get_mut(&done.stream_id) {
+            slot.limit.observe(done.signal, slot.in_flight);
             slot.in_flight = slot.in_flight.saturating_sub(1);
             slot.sending = slot.sending.saturating_sub(done.keys.len());
-            if done.failed {
-                slot.limit.failed();
-            } else if done.delivered {
-                slot.limit.succeeded();
-            }
             if slot.draining {
                 if slot.in_flight == 0 {
                     self.streams.remove(&done.stream_id);
@@ -815,8 +821,7 @@ async fn attempt(shared: &Shared, active: &ActiveStream, batch: Vec<Claimed>) ->
         tenant_id: stream.tenant_id.clone(),
         stream_id: stream.id.clone(),
         retry_at: None,
-        delivered: false,
-        failed: false,
+        signal: scheduler::Signal::Neutral,
     };
     for (claimed, report) in batch.into_iter().zip(reports) {
         let attempt_number = claimed.attempts + 1;
@@ -835,11 +840,22 @@ async fn attempt(shared: &Shared, active: &ActiveStream, batch: Vec<Claimed>) ->
             Outcome::GiveUp => (true, None),
             Outcome::DisableStream { reason } => (false, Some(reason)),
             Outcome::Delivered => {
-                done.delivered = true;
+                done.signal = worse(done.signal, scheduler::Signal::Succeeded);
                 (false, None)
             }
             Outcome::Retry { .. } => {
-                done.failed = true;
+                let unreachable = report.error.as_ref().is_some_and(|e| {
+                    matches!(
+                        e.kind,
+                        ErrorKind::Timeout | ErrorKind::Connect | ErrorKind::Dns | ErrorKind::Tls
+                    )
+                });
+                let signal = if unreachable {
+                    scheduler::Signal::Unreachable
+                } else {
+                    scheduler::Signal::Failed
+                };
+                done.signal = worse(done.signal, signal);
                 (false, None)
             }
         };
@@ -869,6 +885,18 @@ async fn attempt(shared: &Shared, active: &ActiveStream, batch: Vec<Claimed>) ->
         });
     }
     done
+}
+
+/// The signal of a request of several deliveries: its worst.
+fn worse(a: scheduler::Signal, b: scheduler::Signal) -> scheduler::Signal {
+    use scheduler::Signal::*;
+    let rank = |s| match s {
+        Neutral => 0,
+        Succeeded => 1,
+        Failed => 2,
+        Unreachable => 3,
+    };
+    if rank(b) > rank(a) { b } else { a }
 }
 
 fn log_attempt(

@@ -3,22 +3,24 @@
 //!
 //! - **Across tenants, then across a tenant's streams: round-robin.** When slots are free,
 //!   tenants with work waiting take turns, one request per turn, and within a tenant its
-//!   streams take turns (deficit round-robin with a quantum of one request, every request
-//!   costing one). A tenant, or a stream, uses idle capacity freely.
-//! - **A reserve for the others.** Once fewer than an eighth of the slots are free, a tenant
-//!   may start a request only while it holds less than an even share among the tenants with
-//!   work plus one more (the next to arrive). A tenant alone can therefore fill at most seven
-//!   eighths of the slots, and a tenant that publishes while others hold the rest finds a free
-//!   slot at once: its wait for a slot is bounded by nothing but its own turn.
-//! - **An adaptive limit per stream (AIMD).** A stream starts with a few concurrent requests,
-//!   gains one each time as many of its requests succeed as it may run at once, and halves
-//!   its limit on every failed request, down to one: a hung or failing endpoint soon holds a
-//!   single slot for the length of its timeout, not `max_in_flight_per_stream`.
+//!   streams take turns. A tenant, or a stream, uses idle capacity freely.
+//! - **A reserve for the others.** Once no more than an eighth of the slots are free, a
+//!   request may start only for a tenant holding less than an even share among the tenants
+//!   with work plus one more (the next to arrive), or, from half the reserve, for a stream of
+//!   its tenant that holds none yet. A newcomer tenant holds nothing, so it takes a reserved
+//!   slot at once rather than waiting for another's request to end (a dead endpoint's: a
+//!   whole timeout).
+//! - **An adaptive limit per stream (AIMD).** A stream starts with a few concurrent requests
+//!   and gains one each time as many of its requests succeed, while it uses all it may run,
+//!   as it may run at once. A timeout or a failed connection halves the limit on the spot,
+//!   down to one, so a hung endpoint soon holds a single slot for the length of its timeout;
+//!   other failures (a 5xx, throttling) halve it at most once per window of requests, so one
+//!   bad moment does not cost a busy stream its concurrency.
 //!
 //! Later per-stream rate limits and concurrency settings plug in here: [`Limit`] for a
-//! stream, [`Fairness::may_start`] for a tenant.
+//! stream, `Fairness::may_start` for the shares.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 
 /// Concurrent requests a stream starts with, before it has shown how much it takes.
 const INITIAL_LIMIT: usize = 4;
@@ -28,8 +30,22 @@ const INITIAL_LIMIT: usize = 4;
 pub struct Limit {
     current: usize,
     max: usize,
-    /// Successes since the last increase.
+    /// Successes at full use since the last increase.
     credit: usize,
+    /// Requests to finish before another soft failure may halve the limit again.
+    cooldown: usize,
+}
+
+/// How a request went, for its stream's limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    Succeeded,
+    /// A 5xx, throttling, a refused entry: the endpoint answered, but could not take it.
+    Failed,
+    /// A timeout or a failed connection: the endpoint may be gone.
+    Unreachable,
+    /// Says nothing about the endpoint's capacity (a permanent refusal).
+    Neutral,
 }
 
 impl Limit {
@@ -38,6 +54,7 @@ impl Limit {
             current: INITIAL_LIMIT.min(max).max(1),
             max: max.max(1),
             credit: 0,
+            cooldown: 0,
         }
     }
 
@@ -46,17 +63,31 @@ impl Limit {
         self.current
     }
 
-    /// A request succeeded: one more slot once a full window of them has.
-    pub fn succeeded(&mut self) {
-        self.credit += 1;
-        if self.credit >= self.current {
-            self.credit = 0;
-            self.current = (self.current + 1).min(self.max);
+    /// A request finished with `signal`, while the stream had `in_flight` requests running
+    /// (this one included).
+    pub fn observe(&mut self, signal: Signal, in_flight: usize) {
+        self.cooldown = self.cooldown.saturating_sub(1);
+        match signal {
+            // Only a stream that uses all it may run has shown it could take more.
+            Signal::Succeeded if in_flight >= self.current => {
+                self.credit += 1;
+                if self.credit >= self.current {
+                    self.credit = 0;
+                    self.current = (self.current + 1).min(self.max);
+                }
+            }
+            Signal::Succeeded | Signal::Neutral => {}
+            Signal::Unreachable => self.halve(),
+            Signal::Failed if self.cooldown == 0 => {
+                self.halve();
+                // The requests already running were sent under the old limit.
+                self.cooldown = in_flight;
+            }
+            Signal::Failed => {}
         }
     }
 
-    /// A request failed or timed out: half the slots, at least one.
-    pub fn failed(&mut self) {
+    fn halve(&mut self) {
         self.credit = 0;
         self.current = (self.current / 2).max(1);
     }
@@ -76,7 +107,13 @@ struct Tenant {
     in_flight: usize,
     /// Streams with work waiting, in turn order.
     turns: VecDeque<String>,
-    queued: HashSet<String>,
+}
+
+/// A stream's slots, and whether it is in its tenant's turns.
+#[derive(Debug, Default)]
+struct StreamState {
+    in_flight: usize,
+    waiting: bool,
 }
 
 impl Tenant {
@@ -95,6 +132,7 @@ pub struct Fairness {
     turns: VecDeque<String>,
     /// Tenants holding slots or waiting for one.
     active: usize,
+    streams: HashMap<String, StreamState>,
 }
 
 impl Fairness {
@@ -105,39 +143,52 @@ impl Fairness {
             tenants: HashMap::new(),
             turns: VecDeque::new(),
             active: 0,
+            streams: HashMap::new(),
         }
     }
 
-    pub fn in_flight(&self) -> usize {
-        self.in_flight
-    }
-
-    /// Free slots below which tenants keep to their share.
+    /// Free slots at or below which tenants and streams keep to their shares; none in a pool
+    /// of fewer than eight slots, where it would idle a large part of it.
     fn reserve(&self) -> usize {
-        (self.max_in_flight / 8).max(1)
+        self.max_in_flight / 8
     }
 
-    /// Tenants holding slots or waiting for one.
-    pub fn active_tenants(&self) -> usize {
-        self.active
-    }
-
-    /// Whether `tenant` may start one more request now.
-    fn may_start(&self, tenant: &Tenant) -> bool {
+    /// Whether `stream` of `tenant` may start one more request now.
+    fn may_start(&self, tenant: &Tenant, stream: &str) -> bool {
         if self.in_flight >= self.max_in_flight {
             return false;
         }
-        let free = self.max_in_flight - self.in_flight;
-        if free > self.reserve() {
+        if self.max_in_flight - self.in_flight > self.reserve() {
             return true;
         }
-        let share = (self.max_in_flight / (self.active + 1)).max(1);
-        tenant.in_flight < share
+        // A tenant below an even share (a newcomer holds nothing) may start one.
+        if tenant.in_flight < (self.max_in_flight / (self.active + 1)).max(1) {
+            return true;
+        }
+        // So may a stream holding nothing, from half the reserve: the other half stays for
+        // the next tenant.
+        let idle = self.streams.get(stream).is_none_or(|s| s.in_flight == 0);
+        idle && tenant.in_flight < self.max_in_flight - self.reserve() / 2
+    }
+
+    /// Applies `change` to a stream's state, forgetting a stream with nothing left.
+    fn with_stream(&mut self, id: &str, change: impl FnOnce(&mut StreamState)) {
+        let state = match self.streams.get_mut(id) {
+            Some(state) => state,
+            None => self.streams.entry(id.to_string()).or_default(),
+        };
+        change(state);
+        if state.in_flight == 0 && !state.waiting {
+            self.streams.remove(id);
+        }
     }
 
     /// Applies `change` to a tenant, keeping the count of active tenants.
     fn with_tenant<T>(&mut self, id: &str, change: impl FnOnce(&mut Tenant) -> T) -> T {
-        let tenant = self.tenants.entry(id.to_string()).or_default();
+        let tenant = match self.tenants.get_mut(id) {
+            Some(tenant) => tenant,
+            None => self.tenants.entry(id.to_string()).or_default(),
+        };
         let before = tenant.active();
         let result = change(tenant);
         let after = tenant.active();
@@ -154,12 +205,13 @@ impl Fairness {
 
     /// `stream` of `tenant` has work to start (new work queued, or a slot of its own freed).
     pub fn mark_ready(&mut self, tenant: &str, stream: &str) {
+        if self.streams.get(stream).is_some_and(|s| s.waiting) {
+            return;
+        }
+        self.with_stream(stream, |s| s.waiting = true);
         let newly = self.with_tenant(tenant, |t| {
-            let was_waiting = !t.turns.is_empty();
-            if t.queued.insert(stream.to_string()) {
-                t.turns.push_back(stream.to_string());
-            }
-            !was_waiting && !t.turns.is_empty()
+            t.turns.push_back(stream.to_string());
+            t.turns.len() == 1
         });
         if newly {
             self.turns.push_back(tenant.to_string());
@@ -167,57 +219,73 @@ impl Fairness {
     }
 
     /// The next stream to start a request for, taking turns across tenants, then across each
-    /// tenant's streams; `None` when no tenant may start one now. `readiness` says whether a
-    /// stream can start one.
+    /// tenant's streams; `None` when none may start one now. `readiness` says whether a
+    /// stream has a request to start.
     pub fn next(
         &mut self,
         mut readiness: impl FnMut(&str) -> Readiness,
     ) -> Option<(String, String)> {
+        if self.in_flight >= self.max_in_flight {
+            return None;
+        }
         for _ in 0..self.turns.len() {
             let tenant_id = self.turns.pop_front()?;
-            let Some(tenant) = self.tenants.get(&tenant_id) else {
-                continue;
-            };
-            if tenant.turns.is_empty() {
-                continue;
-            }
-            if !self.may_start(tenant) {
-                self.turns.push_back(tenant_id);
-                continue;
-            }
-            let found = self.with_tenant(&tenant_id, |t| {
-                for _ in 0..t.turns.len() {
-                    let stream = t.turns.pop_front()?;
-                    if readiness(&stream) == Readiness::Ready {
-                        t.turns.push_back(stream.clone());
-                        return Some(stream);
+            let mut found = None;
+            let mut dropped = Vec::new();
+            if let Some(tenant) = self.tenants.get(&tenant_id) {
+                for (i, stream) in tenant.turns.iter().enumerate() {
+                    if readiness(stream) == Readiness::NotNow {
+                        dropped.push(i);
+                    } else if self.may_start(tenant, stream) {
+                        found = Some(i);
+                        break;
                     }
-                    t.queued.remove(&stream);
                 }
-                None
+            }
+            let (picked, left) = self.with_tenant(&tenant_id, |t| {
+                // Streams that cannot start leave the turns until marked ready again; the one
+                // picked goes to the back of its tenant's turns. (Every dropped index is
+                // below the picked one, so removing that first shifts none of them.)
+                let picked = found.and_then(|i| t.turns.remove(i));
+                let left: Vec<String> = dropped
+                    .iter()
+                    .rev()
+                    .filter_map(|&i| t.turns.remove(i))
+                    .collect();
+                if let Some(stream) = &picked {
+                    t.turns.push_back(stream.clone());
+                }
+                (picked, left)
             });
-            match found {
-                Some(stream) => {
-                    self.turns.push_back(tenant_id.clone());
-                    return Some((tenant_id, stream));
-                }
-                // No stream of the tenant can start: it leaves the turns until one is ready.
-                None => continue,
+            for stream in left {
+                self.with_stream(&stream, |s| s.waiting = false);
+            }
+            let has_turns = self
+                .tenants
+                .get(&tenant_id)
+                .is_some_and(|t| !t.turns.is_empty());
+            if has_turns {
+                self.turns.push_back(tenant_id.clone());
+            }
+            if let Some(stream) = picked {
+                return Some((tenant_id, stream));
             }
         }
         None
     }
 
-    /// A request of `tenant` started.
-    pub fn started(&mut self, tenant: &str) {
+    /// A request of `stream` of `tenant` started.
+    pub fn started(&mut self, tenant: &str, stream: &str) {
         self.in_flight += 1;
         self.with_tenant(tenant, |t| t.in_flight += 1);
+        self.with_stream(stream, |s| s.in_flight += 1);
     }
 
-    /// A request of `tenant` finished.
-    pub fn finished(&mut self, tenant: &str) {
+    /// A request of `stream` of `tenant` finished.
+    pub fn finished(&mut self, tenant: &str, stream: &str) {
         self.in_flight = self.in_flight.saturating_sub(1);
         self.with_tenant(tenant, |t| t.in_flight = t.in_flight.saturating_sub(1));
+        self.with_stream(stream, |s| s.in_flight = s.in_flight.saturating_sub(1));
     }
 
     /// Claims' share of a tenant, in requests' worth held (running and queued): while the
@@ -237,22 +305,60 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_limit_grows_by_one_a_window_and_halves_on_failure() {
+    fn the_limit_grows_only_in_full_use_and_halves_on_failure() {
         let mut limit = Limit::new(32);
         assert_eq!(limit.get(), 4);
+        for _ in 0..100 {
+            limit.observe(Signal::Succeeded, 1);
+        }
+        assert_eq!(
+            limit.get(),
+            4,
+            "a stream using one slot of four shows nothing more"
+        );
         for _ in 0..4 {
-            limit.succeeded();
+            limit.observe(Signal::Succeeded, 4);
         }
         assert_eq!(limit.get(), 5);
-        limit.failed();
-        assert_eq!(limit.get(), 2);
-        limit.failed();
-        limit.failed();
+        limit.observe(Signal::Unreachable, 5);
+        assert_eq!(limit.get(), 2, "a timeout halves at once");
+        limit.observe(Signal::Unreachable, 2);
+        limit.observe(Signal::Unreachable, 1);
         assert_eq!(limit.get(), 1, "never below one");
         for _ in 0..10_000 {
-            limit.succeeded();
+            let at = limit.get();
+            limit.observe(Signal::Succeeded, at);
         }
         assert_eq!(limit.get(), 32, "never above the stream's maximum");
+    }
+
+    #[test]
+    fn a_burst_of_errors_halves_a_busy_stream_once() {
+        let mut limit = Limit::new(32);
+        for _ in 0..10_000 {
+            let at = limit.get();
+            limit.observe(Signal::Succeeded, at);
+        }
+        // Thirty-two requests in flight all answer 502.
+        for left in (1..=32).rev() {
+            limit.observe(Signal::Failed, left);
+        }
+        assert_eq!(limit.get(), 16);
+        limit.observe(Signal::Neutral, 16);
+        assert_eq!(
+            limit.get(),
+            16,
+            "a permanent refusal says nothing of capacity"
+        );
+    }
+
+    fn start_all(fair: &mut Fairness) -> Vec<String> {
+        let mut started = Vec::new();
+        while let Some((tenant, stream)) = fair.next(|_| Readiness::Ready) {
+            fair.started(&tenant, &stream);
+            started.push(stream);
+        }
+        started
     }
 
     #[test]
@@ -264,24 +370,21 @@ mod tests {
         let mut order = Vec::new();
         for _ in 0..6 {
             let (tenant, stream) = fair.next(|_| Readiness::Ready).unwrap();
-            fair.started(&tenant);
+            fair.started(&tenant, &stream);
             order.push(stream);
         }
         assert_eq!(order, ["a1", "b1", "a2", "b1", "a1", "b1"]);
     }
 
     #[test]
-    fn a_busy_tenant_leaves_a_reserve_for_the_next_one() {
+    fn a_newcomer_finds_a_reserved_slot_while_a_busy_tenant_holds_the_rest() {
         let mut fair = Fairness::new(64);
-        fair.mark_ready("hungry", "h");
-        let mut held = 0;
-        while let Some((tenant, _)) = fair.next(|_| Readiness::Ready) {
-            fair.started(&tenant);
-            held += 1;
-        }
+        fair.mark_ready("busy", "b1");
+        fair.mark_ready("busy", "b2");
+        let held = start_all(&mut fair).len();
         assert!(
             held < 64,
-            "a lone tenant keeps to its share once slots run short"
+            "a busy tenant keeps to its share once slots run short"
         );
         assert!(
             held >= 64 - 64 / 8,
@@ -293,19 +396,56 @@ mod tests {
     }
 
     #[test]
+    fn a_tenants_idle_stream_is_not_held_up_by_its_busy_ones() {
+        let mut fair = Fairness::new(64);
+        for i in 0..14 {
+            fair.mark_ready("only", &format!("hung{i}"));
+        }
+        let held = start_all(&mut fair).len();
+        assert!(held < 64, "{held}");
+        fair.mark_ready("only", "healthy");
+        let picked = fair.next(|s| {
+            if s == "healthy" {
+                Readiness::Ready
+            } else {
+                Readiness::NotNow
+            }
+        });
+        assert_eq!(picked, Some(("only".into(), "healthy".into())));
+    }
+
+    #[test]
+    fn every_slot_can_be_used() {
+        let mut fair = Fairness::new(2);
+        fair.mark_ready("a", "a1");
+        fair.mark_ready("b", "b1");
+        assert_eq!(start_all(&mut fair).len(), 2);
+        let mut lone = Fairness::new(1);
+        lone.mark_ready("a", "a1");
+        assert_eq!(start_all(&mut lone).len(), 1);
+        let mut small = Fairness::new(2);
+        small.mark_ready("a", "a1");
+        assert_eq!(
+            start_all(&mut small).len(),
+            2,
+            "a small pool keeps no reserve"
+        );
+    }
+
+    #[test]
     fn streams_that_cannot_start_leave_the_turns_until_marked_ready() {
         let mut fair = Fairness::new(10);
         fair.mark_ready("a", "a1");
         assert_eq!(fair.next(|_| Readiness::NotNow), None);
-        assert_eq!(
-            fair.active_tenants(),
-            0,
-            "a tenant with nothing to do is not active"
-        );
+        assert_eq!(fair.active, 0, "a tenant with nothing to do is not active");
+        assert!(fair.streams.is_empty());
         fair.mark_ready("a", "a1");
         assert_eq!(
             fair.next(|_| Readiness::Ready),
             Some(("a".to_string(), "a1".to_string()))
         );
+        fair.started("a", "a1");
+        fair.finished("a", "a1");
+        assert_eq!(fair.in_flight, 0);
     }
 }
