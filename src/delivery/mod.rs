@@ -10,8 +10,8 @@
 //! or one EventBridge `PutEvents` of up to ten entries. Which stream starts the next request,
 //! and how many a stream or a tenant may run at once, is the [`scheduler`]'s business: turns
 //! across tenants then streams, a reserve of slots for the others, and an adaptive limit per
-//! stream (at most `max_in_flight_per_stream`; `max_in_flight` in all), so a slow or failing
-//! destination fills only a few slots of its own and never delays another stream. Deliveries
+//! stream (at most `max_in_flight_per_stream`; `max_in_flight` in all), so a hung
+//! destination soon holds a single slot and another tenant always finds one. Deliveries
 //! are leased in batches, up to twice a stream's limit (times its batch size; twice
 //! `max_in_flight` requests' worth in all), before any request is sent (or arrive leased
 //! from a publish); a finished request starts the next queued ones without a trip to the
