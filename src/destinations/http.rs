@@ -51,12 +51,13 @@ impl Egress {
             Some(url::Host::Ipv6(ip)) => ip.into(),
             _ => return Ok(()),
         };
-        self.addresses
-            .check(literal)
-            .map_err(|blocked| AttemptError {
+        self.addresses.check(literal).map_err(|blocked| {
+            tracing::warn!(refused = %blocked, "the SSRF guard refused a destination");
+            AttemptError {
                 kind: ErrorKind::Blocked,
-                message: blocked.to_string(),
-            })
+                message: REFUSED_ADDRESS.into(),
+            }
+        })
     }
 }
 
@@ -142,19 +143,33 @@ pub async fn read_excerpt_up_to(
     (text, error)
 }
 
-/// Names the kind of a transport failure by walking the error's causes.
+/// What a tenant is told when the SSRF guard refuses an address. Which address, and why,
+/// goes to the operator's log only: a tenant must not map internal names to addresses.
+pub const REFUSED_ADDRESS: &str = "the destination's address is not allowed";
+
+/// Names the kind of a transport failure by walking the error's causes. The message never
+/// holds the request's URL (webhook URLs often carry a secret in their path or query) nor a
+/// refused address.
 pub fn describe(err: &reqwest::Error) -> AttemptError {
     let mut message = err.to_string();
+    if let Some(url) = err.url() {
+        message = message.replace(&format!(" for url ({url})"), "");
+        message = message.replace(url.as_str(), "<url>");
+    }
     let mut kind = None;
     let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
     while let Some(e) = cause {
+        if let Some(ResolveError::Blocked { host, blocked }) = e.downcast_ref::<ResolveError>() {
+            tracing::warn!(host = %host, refused = %blocked, "the SSRF guard refused a destination");
+            return AttemptError {
+                kind: ErrorKind::Blocked,
+                message: REFUSED_ADDRESS.into(),
+            };
+        }
         message.push_str(": ");
         message.push_str(&e.to_string());
-        if let Some(resolve) = e.downcast_ref::<ResolveError>() {
-            kind.get_or_insert(match resolve {
-                ResolveError::Blocked { .. } => ErrorKind::Blocked,
-                _ => ErrorKind::Dns,
-            });
+        if e.is::<ResolveError>() {
+            kind.get_or_insert(ErrorKind::Dns);
         }
         if let Some(io) = e.downcast_ref::<std::io::Error>()
             && io

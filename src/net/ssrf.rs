@@ -80,6 +80,23 @@ fn reserved_v6(ip: Ipv6Addr) -> Option<&'static str> {
             let [c, d] = seg[7].to_be_bytes();
             return reserved_v4(Ipv4Addr::new(a, b, c, d));
         }
+        // 6to4 (2002::/16) carries an IPv4 address in its next 32 bits, which a relay may
+        // route to: judged by it.
+        0x2002 => {
+            let [a, b] = seg[1].to_be_bytes();
+            let [c, d] = seg[2].to_be_bytes();
+            return reserved_v4(Ipv4Addr::new(a, b, c, d));
+        }
+        // Teredo (2001::/32) carries its server's IPv4 address in bits 32-63 and the client's,
+        // inverted, in the last 32: judged by either.
+        0x2001 if seg[1] == 0 => {
+            let [a, b] = seg[2].to_be_bytes();
+            let [c, d] = seg[3].to_be_bytes();
+            let [e, f] = (!seg[6]).to_be_bytes();
+            let [g, h] = (!seg[7]).to_be_bytes();
+            return reserved_v4(Ipv4Addr::new(a, b, c, d))
+                .or_else(|| reserved_v4(Ipv4Addr::new(e, f, g, h)));
+        }
         0xfd00 if ip == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254) => "cloud metadata",
         x if x & 0xfe00 == 0xfc00 => "unique local (private)",
         x if x & 0xffc0 == 0xfe80 => "link-local",
@@ -192,6 +209,13 @@ mod tests {
             "::ffff:10.0.0.1",
             "64:ff9b::a9fe:a9fe",
             "2001:db8::1",
+            // 6to4 of 127.0.0.1 and of 10.0.0.1.
+            "2002:7f00:1::1",
+            "2002:a00:1::1",
+            // Teredo whose client is 192.168.1.1 (stored inverted), server public.
+            "2001:0:808:808::3f57:fefe",
+            // Teredo whose server is 169.254.169.254.
+            "2001:0:a9fe:a9fe::f7f7:f7f7",
         ] {
             assert!(blocked(ip), "{ip} should be refused");
         }
@@ -206,6 +230,9 @@ mod tests {
             "100.128.0.1",
             "2606:4700::1111",
             "64:ff9b::808:808",
+            // 6to4 of 8.8.8.8; Teredo with public server and client.
+            "2002:808:808::1",
+            "2001:0:808:808::f7f7:f7f7",
         ] {
             assert!(!blocked(ip), "{ip} should be allowed");
         }

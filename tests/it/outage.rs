@@ -104,6 +104,8 @@ async fn a_database_outage_answers_503_pauses_delivery_and_heals_without_a_resta
     let (status, body) = app.get("/readyz").await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["code"], "not_ready");
+    // Unauthenticated: the state, not the store's error text.
+    assert_eq!(body["error"]["message"], "the store cannot serve requests");
     // The retry falls due, but nothing can be claimed: delivery waits for the database.
     app.clock.advance(Duration::from_secs(10));
     tokio::time::sleep(Duration::from_millis(300)).await;
