@@ -8,6 +8,28 @@ use serde_json::{Value, json};
 
 use crate::helpers::*;
 
+/// Sixteen streams of the default tenant to an endpoint that accepts and does not answer
+/// within the test, and `events` published to them; returns once each has a request hung.
+async fn hung_streams(app: &TestApp, events: usize) -> Receiver {
+    let hung = Receiver::start().await;
+    hung.always(Reply::status(200).delayed(Duration::from_secs(120)));
+    for i in 0..16 {
+        app.create_stream(
+            &hung.url,
+            &["user.created"],
+            json!({"name": format!("hung {i}")}),
+        )
+        .await;
+    }
+    let events: Vec<Value> = (0..events)
+        .map(|i| json!({"id": format!("hung-{i}"), "type": "user.created"}))
+        .collect();
+    let (status, body) = app.post_batch(&events).await;
+    assert_eq!(status, 202, "{body}");
+    hung.wait_for(16).await;
+    hung
+}
+
 /// Tenant A's 16 streams point at endpoints that accept and never answer (within the test),
 /// and A publishes hundreds of events to them; tenant B's healthy stream still gets each of
 /// its events at once. With 32 slots in all, A's streams could hold every one of them (even
@@ -20,22 +42,7 @@ async fn one_tenants_hung_endpoints_do_not_hold_up_another_tenant() {
         c.max_in_flight = 32;
     })
     .await;
-    let hung = Receiver::start().await;
-    hung.always(Reply::status(200).delayed(Duration::from_secs(120)));
-    for i in 0..16 {
-        app.create_stream(
-            &hung.url,
-            &["user.created"],
-            json!({"name": format!("hung {i}")}),
-        )
-        .await;
-    }
-    let events: Vec<Value> = (0..600)
-        .map(|i| json!({"id": format!("a-{i}"), "type": "user.created"}))
-        .collect();
-    let (status, body) = app.post_batch(&events).await;
-    assert_eq!(status, 202, "{body}");
-    hung.wait_for(16).await;
+    let hung = hung_streams(&app, 600).await;
 
     let (status, body) = app
         .post("/v1/tenants", &json!({"id": "ten_b", "name": "B"}))
@@ -95,22 +102,7 @@ async fn a_tenants_hung_streams_do_not_hold_up_its_healthy_one() {
         c.delivery_timeout_seconds = 60;
     })
     .await;
-    let hung = Receiver::start().await;
-    hung.always(Reply::status(200).delayed(Duration::from_secs(120)));
-    for i in 0..16 {
-        app.create_stream(
-            &hung.url,
-            &["user.created"],
-            json!({"name": format!("hung {i}")}),
-        )
-        .await;
-    }
-    let events: Vec<Value> = (0..200)
-        .map(|i| json!({"id": format!("h-{i}"), "type": "user.created"}))
-        .collect();
-    let (status, body) = app.post_batch(&events).await;
-    assert_eq!(status, 202, "{body}");
-    hung.wait_for(16).await;
+    let hung = hung_streams(&app, 200).await;
 
     let healthy = Receiver::start().await;
     app.create_stream(&healthy.url, &["flow.run.finished"], json!({}))
