@@ -15,6 +15,10 @@ use crate::clock::Millis;
 pub const MAX_EVENT_BYTES: usize = 256 * 1024;
 /// Most events in one batch publish.
 pub const MAX_BATCH_EVENTS: usize = 1_000;
+/// Deepest nesting of arrays and objects an event (or any JSON body) may have. Deeper
+/// documents are refused when they arrive, rather than accepted and then unreadable (JSON
+/// parsers, serde_json's among them, stop at a depth of their own).
+pub const MAX_JSON_DEPTH: usize = 64;
 const MAX_ID_LEN: usize = 256;
 const MAX_SOURCE_LEN: usize = 1024;
 const MAX_SUBJECT_LEN: usize = 1024;
@@ -85,6 +89,15 @@ pub fn parse_event(
             format!(
                 "the event is {} bytes; the limit is {MAX_EVENT_BYTES} bytes",
                 raw.get().len()
+            ),
+        ));
+    }
+    let depth = json_depth(raw.get().as_bytes());
+    if depth > MAX_JSON_DEPTH {
+        return Err(EventError::new(
+            "too_deep",
+            format!(
+                "the event nests arrays and objects {depth} levels deep; the limit is {MAX_JSON_DEPTH}"
             ),
         ));
     }
@@ -183,6 +196,34 @@ pub fn parse_event(
     }
     event.id = id.unwrap_or_else(|| crate::ids::event_id(now));
     Ok(event)
+}
+
+/// How deeply arrays and objects nest in a JSON text (0 for a scalar), counted without
+/// parsing it, so a document too deep to parse can still be measured and refused.
+pub fn json_depth(text: &[u8]) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for &byte in text {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 fn string_attr(name: &str, value: &RawValue, max: usize) -> Result<String, EventError> {
@@ -337,6 +378,22 @@ mod tests {
     fn parse(json: &str) -> Result<Event, EventError> {
         let raw: Box<RawValue> = serde_json::from_str(json).unwrap();
         parse_event(&raw, &Catalog::builtin(), 1_700_000_000_000, "urn:test")
+    }
+
+    #[test]
+    fn depth_is_counted_outside_strings() {
+        assert_eq!(json_depth(b"1"), 0);
+        assert_eq!(json_depth(br#"{"a": [1, {"b": 2}]}"#), 3);
+        assert_eq!(
+            json_depth(br#"{"a": "[[[{{{\"]]"}"#),
+            1,
+            "brackets in strings do not count"
+        );
+        let deep = format!("{}{}", "[".repeat(65), "]".repeat(65));
+        let err = parse(&format!(r#"{{"type":"user.created","data":{deep}}}"#)).unwrap_err();
+        assert_eq!(err.code, "too_deep");
+        let fine = format!("{}{}", "[".repeat(63), "]".repeat(63));
+        assert!(parse(&format!(r#"{{"type":"user.created","data":{fine}}}"#)).is_ok());
     }
 
     #[test]

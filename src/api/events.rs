@@ -209,10 +209,24 @@ fn is_batch(headers: &HeaderMap) -> Result<bool, ApiError> {
     }
 }
 
-/// An event of the log as the API shows it: the CloudEvent, and when Herald received it.
+/// An event of the log as the API shows it: the CloudEvent, and when Herald received it. One
+/// that cannot be rendered (stored before today's limits) is shown by its attributes alone and
+/// flagged, rather than failing the whole listing.
 fn logged_view(logged: &LoggedEvent) -> Value {
-    let mut v: Value =
-        serde_json::from_slice(&logged.event.to_cloudevent()).expect("an event renders as JSON");
+    let mut v: Value = match serde_json::from_slice(&logged.event.to_cloudevent()) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::error!(event = %logged.event.id, error = %e, "a stored event cannot be rendered");
+            json!({
+                "specversion": "1.0",
+                "id": logged.event.id,
+                "source": logged.event.source,
+                "type": logged.event.event_type,
+                "time": format_time(logged.event.time),
+                "unreadable": "the stored event cannot be rendered as JSON",
+            })
+        }
+    };
     v["received_at"] = json!(format_time(logged.received_at));
     if let Some(at) = logged.erased_at {
         v["erased_at"] = json!(format_time(at));

@@ -172,6 +172,16 @@ fn parse_json<T: DeserializeOwned>(headers: &HeaderMap, body: &Bytes) -> Result<
             ));
         }
     }
+    let depth = crate::event::json_depth(body);
+    if depth > crate::event::MAX_JSON_DEPTH {
+        return Err(ApiError::bad_request(
+            "too_deep",
+            format!(
+                "the body nests arrays and objects {depth} levels deep; the limit is {}",
+                crate::event::MAX_JSON_DEPTH
+            ),
+        ));
+    }
     serde_json::from_slice(body).map_err(json_error)
 }
 

@@ -89,8 +89,10 @@ impl Catalog {
         let Some(schema) = self.schemas.get(event_type) else {
             return Ok(());
         };
-        let value: serde_json::Value =
-            serde_json::from_str(data.get()).expect("stored data is JSON");
+        let value: serde_json::Value = serde_json::from_str(data.get()).map_err(|e| DataError {
+            path: String::new(),
+            message: format!("`data` cannot be read as JSON: {e}"),
+        })?;
         schema.validate(&value)
     }
 
