@@ -55,12 +55,72 @@ fn health_routes() -> Router<AppState> {
 
 /// The routes of a delivery-only node: health and readiness alone.
 pub fn health_router(state: AppState) -> Router {
-    health_routes().fallback(not_found).with_state(state)
+    guarded(health_routes().fallback(not_found).with_state(state))
+}
+
+/// Every answer carries a request id (`x-request-id`: the one a proxy set, else a new one),
+/// and a handler that panics, as a last line of defence, answers a 500 with the error body
+/// instead of dropping the connection; the panic goes to the log and the server keeps
+/// serving.
+pub fn guarded(router: Router) -> Router {
+    use tower_http::catch_panic::CatchPanicLayer;
+    use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
+    let x_request_id = axum::http::HeaderName::from_static("x-request-id");
+    router
+        .layer(CatchPanicLayer::custom(panicked))
+        .layer(axum::middleware::map_response(name_internal_errors))
+        .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
+        .layer(SetRequestIdLayer::new(x_request_id, NewRequestId))
+}
+
+/// Logs every 500 with its request id, so what a caller quotes leads to the log.
+async fn name_internal_errors(
+    request_id: Option<axum::Extension<tower_http::request_id::RequestId>>,
+    response: axum::response::Response,
+) -> axum::response::Response {
+    if response.status() == StatusCode::INTERNAL_SERVER_ERROR {
+        let id = request_id
+            .as_ref()
+            .and_then(|axum::Extension(id)| id.header_value().to_str().ok())
+            .unwrap_or("-");
+        tracing::error!(request_id = id, "answered 500");
+    }
+    response
+}
+
+/// Request ids: ULIDs, sortable by time.
+#[derive(Clone, Copy)]
+struct NewRequestId;
+
+impl tower_http::request_id::MakeRequestId for NewRequestId {
+    fn make_request_id<B>(
+        &mut self,
+        _request: &axum::http::Request<B>,
+    ) -> Option<tower_http::request_id::RequestId> {
+        let id = format!("req_{}", ulid::Ulid::new());
+        axum::http::HeaderValue::from_str(&id)
+            .ok()
+            .map(tower_http::request_id::RequestId::new)
+    }
+}
+
+fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)");
+    tracing::error!(panic = message, "a request handler panicked");
+    axum::response::IntoResponse::into_response(ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal_error",
+        "an internal error occurred; the x-request-id header names it for the operator",
+    ))
 }
 
 pub fn router(state: AppState) -> Router {
     let body_limit = axum::extract::DefaultBodyLimit::max(state.max_request_bytes);
-    health_routes()
+    let router = health_routes()
         .route("/openapi.json", get(openapi))
         .route(
             "/v1/event-types",
@@ -117,7 +177,8 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(body_limit)
-        .with_state(state)
+        .with_state(state);
+    guarded(router)
 }
 
 /// The OpenAPI document of this API, kept in the repository as `openapi.json`.

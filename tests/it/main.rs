@@ -9,6 +9,7 @@ mod delivery;
 mod event_types;
 mod eventbridge;
 mod fairness;
+mod guard;
 mod helpers;
 mod openapi;
 mod operations;
