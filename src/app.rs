@@ -219,12 +219,16 @@ async fn bootstrap_admin_token(
         created_at: now,
     };
     if let Some(secret) = &config.admin_token {
+        let hash = hash_token(secret.expose());
         store
-            .put_token(
-                admin("tok_admin_configured".into()),
-                hash_token(secret.expose()),
-            )
+            .put_token(admin("tok_admin_configured".into()), hash)
             .await?;
+        // A revoked token stays revoked, whatever the configuration says.
+        if store.find_token(hash).await?.is_none() {
+            tracing::warn!(
+                "the configured admin token (admin_token, HERALD_ADMIN_TOKEN) was revoked and stays revoked; configure a new one to have an admin token again"
+            );
+        }
         return Ok(None);
     }
     if store.count_tokens().await? > 0 {

@@ -417,7 +417,8 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes the tenant and every row it owns; false if it does not exist.
     async fn delete_tenant(&self, id: &str) -> StoreResult<bool>;
     async fn count_tokens(&self) -> StoreResult<u64>;
-    /// Inserts the token, or gives the token with the same id this new secret.
+    /// Inserts the token, or gives the token with the same id this new secret. The same
+    /// secret again leaves a revoked token revoked.
     async fn put_token(&self, token: Token, hash: TokenHash) -> StoreResult<()>;
     /// A valid (not revoked) token by the hash of its secret.
     async fn find_token(&self, hash: TokenHash) -> StoreResult<Option<Token>>;

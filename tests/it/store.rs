@@ -833,6 +833,32 @@ async fn tokens_are_found_by_hash_listed_per_tenant_and_revoked() {
                 .is_none(),
             "{name}"
         );
+        // Putting the same secret again (a configured admin token at each start) leaves it
+        // revoked; a new secret under the same id is a new, valid token.
+        store
+            .put_token(token("tok_a", Some("ten_a")), hash_token("tenant"))
+            .await
+            .unwrap();
+        assert!(
+            store
+                .find_token(hash_token("tenant"))
+                .await
+                .unwrap()
+                .is_none(),
+            "{name}: a revoked token stays revoked"
+        );
+        store
+            .put_token(token("tok_a", Some("ten_a")), hash_token("renewed"))
+            .await
+            .unwrap();
+        assert!(
+            store
+                .find_token(hash_token("renewed"))
+                .await
+                .unwrap()
+                .is_some(),
+            "{name}"
+        );
 
         // Deleting a tenant takes everything it owns with it.
         stream(store, "ten_b", "est_b", "*", StreamStatus::Enabled).await;

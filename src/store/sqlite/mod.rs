@@ -386,7 +386,8 @@ impl Store for SqliteStore {
                 conn.execute(
                     "INSERT INTO api_tokens (hash, id, tenant_id, name, scopes, created_at) \
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
-                     ON CONFLICT (id) DO UPDATE SET hash = excluded.hash, revoked_at = NULL",
+                     ON CONFLICT (id) DO UPDATE SET hash = excluded.hash, \
+                 revoked_at = CASE WHEN api_tokens.hash = excluded.hash THEN api_tokens.revoked_at END",
                     params![
                         hash.as_slice(),
                         token.id,
