@@ -15,14 +15,14 @@
 //! are leased in batches, up to twice a stream's limit (times its batch size; twice
 //! `max_in_flight` requests' worth in all), before any request is sent (or arrive leased
 //! from a publish); a finished request starts the next queued ones without a trip to the
-//! store. A request's batch is taken from what is already
-//! queued at the moment a slot frees up, never waited for, and a delivery whose lease would
-//! lapse before its attempt could finish is given back instead of sent: on a shared store
-//! another node may claim it once the lease lapses, and must not find it still being sent.
-//! A lease lapses if it is never returned, so a lost one delays a delivery but never drops
-//! it. Outcomes go to the [`recorder`], which stores them in batches. Publishes and stream
-//! changes wake the dispatcher through a [`Signal`]; otherwise it sleeps on the injected clock
-//! until the next due time.
+//! store. A request's batch is taken from what is already queued at the moment a slot frees
+//! up, never waited for, and a delivery whose lease would lapse before its attempt could
+//! finish is given back instead of sent: on a shared store another node may claim it once the
+//! lease lapses, and must not find it still being sent. A lease lapses if it is never
+//! returned, so a lost one delays a delivery but never drops it. Outcomes go to the
+//! [`recorder`], which stores them in batches. Publishes and stream changes wake the
+//! dispatcher through a [`Signal`]; otherwise it sleeps on the injected clock until the
+//! next due time.
 
 mod recorder;
 pub mod retry;
@@ -37,12 +37,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::clock::{Clock, Millis};
-use crate::destinations::{Client, Destinations, Message, Outcome, Report, StreamContext};
+use crate::destinations::{
+    Client, Destinations, ErrorKind, Message, Outcome, Report, StreamContext,
+};
 use crate::store::{AttemptRecord, ClaimBatch, ClaimRequest, Claimed, Store};
 use crate::stream::{Stream, StreamStatus};
-use scheduler::{Fairness, Limit, Readiness};
-
-use crate::destinations::ErrorKind;
+use scheduler::{Fairness, Feedback, Limit, Readiness};
 
 /// How often the dispatcher looks for due work when nothing woke it.
 const POLL_INTERVAL: Duration = Duration::from_secs(5);
@@ -188,7 +188,7 @@ struct Done {
     stream_id: String,
     retry_at: Option<Millis>,
     /// How the destination coped, for the stream's adaptive limit.
-    signal: scheduler::Signal,
+    feedback: Feedback,
 }
 
 /// What every attempt needs; shared by the dispatcher and its attempt tasks.
@@ -743,7 +743,7 @@ impl Dispatcher {
             self.leases.remove(key);
         }
         if let Some(slot) = self.streams.get_mut(&done.stream_id) {
-            slot.limit.observe(done.signal, slot.in_flight);
+            slot.limit.observe(done.feedback, slot.in_flight);
             slot.in_flight = slot.in_flight.saturating_sub(1);
             slot.sending = slot.sending.saturating_sub(done.keys.len());
             if slot.draining {
@@ -821,7 +821,7 @@ async fn attempt(shared: &Shared, active: &ActiveStream, batch: Vec<Claimed>) ->
         tenant_id: stream.tenant_id.clone(),
         stream_id: stream.id.clone(),
         retry_at: None,
-        signal: scheduler::Signal::Neutral,
+        feedback: Feedback::Neutral,
     };
     for (claimed, report) in batch.into_iter().zip(reports) {
         let attempt_number = claimed.attempts + 1;
@@ -840,7 +840,7 @@ async fn attempt(shared: &Shared, active: &ActiveStream, batch: Vec<Claimed>) ->
             Outcome::GiveUp => (true, None),
             Outcome::DisableStream { reason } => (false, Some(reason)),
             Outcome::Delivered => {
-                done.signal = worse(done.signal, scheduler::Signal::Succeeded);
+                done.feedback = done.feedback.max(Feedback::Succeeded);
                 (false, None)
             }
             Outcome::Retry { .. } => {
@@ -850,12 +850,12 @@ async fn attempt(shared: &Shared, active: &ActiveStream, batch: Vec<Claimed>) ->
                         ErrorKind::Timeout | ErrorKind::Connect | ErrorKind::Dns | ErrorKind::Tls
                     )
                 });
-                let signal = if unreachable {
-                    scheduler::Signal::Unreachable
+                let feedback = if unreachable {
+                    Feedback::Unreachable
                 } else {
-                    scheduler::Signal::Failed
+                    Feedback::Failed
                 };
-                done.signal = worse(done.signal, signal);
+                done.feedback = done.feedback.max(feedback);
                 (false, None)
             }
         };
@@ -885,18 +885,6 @@ async fn attempt(shared: &Shared, active: &ActiveStream, batch: Vec<Claimed>) ->
         });
     }
     done
-}
-
-/// The signal of a request of several deliveries: its worst.
-fn worse(a: scheduler::Signal, b: scheduler::Signal) -> scheduler::Signal {
-    use scheduler::Signal::*;
-    let rank = |s| match s {
-        Neutral => 0,
-        Succeeded => 1,
-        Failed => 2,
-        Unreachable => 3,
-    };
-    if rank(b) > rank(a) { b } else { a }
 }
 
 fn log_attempt(

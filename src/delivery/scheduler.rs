@@ -36,16 +36,17 @@ pub struct Limit {
     cooldown: usize,
 }
 
-/// How a request went, for its stream's limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Signal {
+/// How a request went, for its stream's limit. Ordered from least to most telling, so a
+/// request of several deliveries reports the greatest of theirs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Feedback {
+    /// Says nothing about the endpoint's capacity (a permanent refusal).
+    Neutral,
     Succeeded,
     /// A 5xx, throttling, a refused entry: the endpoint answered, but could not take it.
     Failed,
     /// A timeout or a failed connection: the endpoint may be gone.
     Unreachable,
-    /// Says nothing about the endpoint's capacity (a permanent refusal).
-    Neutral,
 }
 
 impl Limit {
@@ -63,27 +64,27 @@ impl Limit {
         self.current
     }
 
-    /// A request finished with `signal`, while the stream had `in_flight` requests running
+    /// A request finished with `feedback`, while the stream had `in_flight` requests running
     /// (this one included).
-    pub fn observe(&mut self, signal: Signal, in_flight: usize) {
+    pub fn observe(&mut self, feedback: Feedback, in_flight: usize) {
         self.cooldown = self.cooldown.saturating_sub(1);
-        match signal {
+        match feedback {
             // Only a stream that uses all it may run has shown it could take more.
-            Signal::Succeeded if in_flight >= self.current => {
+            Feedback::Succeeded if in_flight >= self.current => {
                 self.credit += 1;
                 if self.credit >= self.current {
                     self.credit = 0;
                     self.current = (self.current + 1).min(self.max);
                 }
             }
-            Signal::Succeeded | Signal::Neutral => {}
-            Signal::Unreachable => self.halve(),
-            Signal::Failed if self.cooldown == 0 => {
+            Feedback::Succeeded | Feedback::Neutral => {}
+            Feedback::Unreachable => self.halve(),
+            Feedback::Failed if self.cooldown == 0 => {
                 self.halve();
                 // The requests already running were sent under the old limit.
                 self.cooldown = in_flight;
             }
-            Signal::Failed => {}
+            Feedback::Failed => {}
         }
     }
 
@@ -309,7 +310,7 @@ mod tests {
         let mut limit = Limit::new(32);
         assert_eq!(limit.get(), 4);
         for _ in 0..100 {
-            limit.observe(Signal::Succeeded, 1);
+            limit.observe(Feedback::Succeeded, 1);
         }
         assert_eq!(
             limit.get(),
@@ -317,17 +318,17 @@ mod tests {
             "a stream using one slot of four shows nothing more"
         );
         for _ in 0..4 {
-            limit.observe(Signal::Succeeded, 4);
+            limit.observe(Feedback::Succeeded, 4);
         }
         assert_eq!(limit.get(), 5);
-        limit.observe(Signal::Unreachable, 5);
+        limit.observe(Feedback::Unreachable, 5);
         assert_eq!(limit.get(), 2, "a timeout halves at once");
-        limit.observe(Signal::Unreachable, 2);
-        limit.observe(Signal::Unreachable, 1);
+        limit.observe(Feedback::Unreachable, 2);
+        limit.observe(Feedback::Unreachable, 1);
         assert_eq!(limit.get(), 1, "never below one");
         for _ in 0..10_000 {
             let at = limit.get();
-            limit.observe(Signal::Succeeded, at);
+            limit.observe(Feedback::Succeeded, at);
         }
         assert_eq!(limit.get(), 32, "never above the stream's maximum");
     }
@@ -337,14 +338,14 @@ mod tests {
         let mut limit = Limit::new(32);
         for _ in 0..10_000 {
             let at = limit.get();
-            limit.observe(Signal::Succeeded, at);
+            limit.observe(Feedback::Succeeded, at);
         }
         // Thirty-two requests in flight all answer 502.
         for left in (1..=32).rev() {
-            limit.observe(Signal::Failed, left);
+            limit.observe(Feedback::Failed, left);
         }
         assert_eq!(limit.get(), 16);
-        limit.observe(Signal::Neutral, 16);
+        limit.observe(Feedback::Neutral, 16);
         assert_eq!(
             limit.get(),
             16,

@@ -256,7 +256,9 @@ impl WebhookClient {
         // CloudEvents HTTP binary mode: each attribute as a `ce-` header, percent-encoded.
         for (name, value) in &encoded.attributes {
             let name = HeaderName::from_bytes(format!("ce-{name}").as_bytes());
-            let value = HeaderValue::from_str(&percent_encode_header(value));
+            let value = HeaderValue::from_str(
+                &percent_encoding::utf8_percent_encode(value, CE_HEADER).to_string(),
+            );
             if let (Ok(name), Ok(value)) = (name, value) {
                 headers.insert(name, value);
             }
@@ -301,19 +303,10 @@ impl WebhookClient {
     }
 }
 
-/// Percent-encodes what an HTTP header value may not carry as is, per the CloudEvents HTTP
-/// binding: space, `"`, `%` and everything outside printable ASCII.
-fn percent_encode_header(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for byte in value.bytes() {
-        match byte {
-            b' ' | b'"' | b'%' => out.push_str(&format!("%{byte:02X}")),
-            0x21..=0x7E => out.push(byte as char),
-            _ => out.push_str(&format!("%{byte:02X}")),
-        }
-    }
-    out
-}
+/// What the CloudEvents HTTP binding percent-encodes in a header value: space, `"`, `%` and
+/// everything outside printable ASCII (`percent-encoding` always encodes the last).
+const CE_HEADER: &percent_encoding::AsciiSet =
+    &percent_encoding::CONTROLS.add(b' ').add(b'"').add(b'%');
 
 /// What a status code means. Any 2xx is success; `410 Gone` disables the stream; 408, 409,
 /// 425, 429 and every 5xx are worth retrying; any other 4xx is permanent. A 3xx is a failure
