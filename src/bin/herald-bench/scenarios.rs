@@ -472,27 +472,44 @@ pub async fn s5(size: Size, s3_p99: Option<f64>) -> Outcome {
     })
     .await;
     let expected_healthy = (0..sent).filter(|n| n % 10 != 0).count() as u64;
-    wait_until(Duration::from_secs(60), || {
-        healthy.count.load(Ordering::Relaxed) >= expected_healthy
-    })
-    .await;
-    let mut out = delivery_outcome(
+    let mut out = beside_unhealthy(
         &herald,
-        &healthy,
-        cpu,
+        (&healthy, expected_healthy),
+        &unhealthy,
+        (cpu, started),
         sent,
-        started.elapsed().as_secs_f64(),
-    );
+        s3_p99,
+    )
+    .await;
     out.scenario = "S5";
     out.description = "100 streams, 10 slow (5 s) or failing (500)".into();
+    out
+}
+
+/// What S5 and S8 report: once the healthy receivers got `expected` deliveries (or a minute
+/// passed), their latency against `s3_p99`, and what the unhealthy ones saw.
+async fn beside_unhealthy(
+    herald: &Herald,
+    (healthy, expected): (&Receipts, u64),
+    unhealthy: &Receipts,
+    (cpu, started): (f64, Instant),
+    sent: usize,
+    s3_p99: Option<f64>,
+) -> Outcome {
+    wait_until(Duration::from_secs(60), || {
+        healthy.count.load(Ordering::Relaxed) >= expected
+    })
+    .await;
+    let mut out = delivery_outcome(herald, healthy, cpu, sent, started.elapsed().as_secs_f64());
     out.target = "healthy streams' p99 <= 2 x S3's p99";
     out.met = match (out.latency_ms, s3_p99) {
         (Some(p), Some(base)) => Some(p.p99 <= 2.0 * base),
         _ => None,
     };
     out.note = format!(
-        "S3 p99 {}; unhealthy receivers saw {} requests",
+        "S3 p99 {}; {} of {expected} healthy deliveries; the unhealthy endpoints got {} requests",
         s3_p99.map_or("not measured".into(), |v| format!("{v:.2} ms")),
+        healthy.count.load(Ordering::Relaxed),
         unhealthy.count.load(Ordering::Relaxed)
     );
     out
@@ -563,30 +580,17 @@ pub async fn s8(size: Size, s3_p99: Option<f64>) -> Outcome {
     })
     .await;
     let expected = (0..sent).filter(|n| n % NOISY_EVERY != 0).count() as u64;
-    wait_until(Duration::from_secs(60), || {
-        healthy.count.load(Ordering::Relaxed) >= expected
-    })
-    .await;
-    let mut out = delivery_outcome(
+    let mut out = beside_unhealthy(
         &herald,
-        &healthy,
-        cpu,
+        (&healthy, expected),
+        &hung,
+        (cpu, started),
         sent,
-        started.elapsed().as_secs_f64(),
-    );
+        s3_p99,
+    )
+    .await;
     out.scenario = "S8";
     out.description = "a noisy tenant: 50 hung streams; 10 healthy streams in other tenants".into();
-    out.target = "healthy streams' p99 <= 2 x S3's p99";
-    out.met = match (out.latency_ms, s3_p99) {
-        (Some(p), Some(base)) => Some(p.p99 <= 2.0 * base),
-        _ => None,
-    };
-    out.note = format!(
-        "S3 p99 {}; {} of {expected} healthy deliveries; the hung endpoints got {} requests",
-        s3_p99.map_or("not measured".into(), |v| format!("{v:.2} ms")),
-        healthy.count.load(Ordering::Relaxed),
-        hung.count.load(Ordering::Relaxed)
-    );
     out
 }
 
