@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::catalog::{self, Catalog};
 pub use crate::destinations::{ContentMode, PayloadFormat};
-use crate::destinations::{Destination, DestinationPolicy, Encoding};
+use crate::destinations::{Destination, DestinationPolicy, Encoding, StreamContext};
+use crate::secret::StreamSecret;
 
 pub const MAX_NAME_LEN: usize = 128;
 pub const MAX_SUBSCRIPTIONS: usize = 200;
@@ -135,6 +136,16 @@ impl Stream {
     pub fn encoding(&self) -> Encoding {
         self.destination
             .encoding(self.payload_format, self.content_mode)
+    }
+
+    /// What its destination's client is built from beside the configuration.
+    pub fn client_context<'a>(&'a self, secrets: &'a [StreamSecret]) -> StreamContext<'a> {
+        StreamContext {
+            tenant_id: &self.tenant_id,
+            stream_id: &self.id,
+            encoding: self.encoding(),
+            secrets,
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiError, AppState, Caller, JsonBody, OptionalJsonBody, Scope};
-use crate::destinations::{Destination, Message, Outcome, StreamContext};
+use crate::destinations::{Destination, Message, Outcome};
 use crate::event::format_time;
 use crate::ids;
 use crate::notices;
@@ -465,20 +465,8 @@ pub async fn test(
         data,
         extensions,
     };
-    let secrets = if stream.destination.uses_stream_secret() {
-        state
-            .store
-            .stream_secrets(&caller.tenant_id, &id, now)
-            .await?
-    } else {
-        Vec::new()
-    };
-    let context = StreamContext {
-        tenant_id: &stream.tenant_id,
-        stream_id: &stream.id,
-        encoding: stream.encoding(),
-        secrets: &secrets,
-    };
+    let secrets = state.store.secrets_for(&stream, now).await?;
+    let context = stream.client_context(&secrets);
     let client = stream
         .destination
         .build(context, &state.destinations)

@@ -37,9 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::clock::{Clock, Millis};
-use crate::destinations::{
-    Client, Destinations, ErrorKind, Message, Outcome, Report, StreamContext,
-};
+use crate::destinations::{Client, Destinations, ErrorKind, Message, Outcome, Report};
 use crate::store::{AttemptRecord, ClaimBatch, ClaimRequest, Claimed, Store};
 use crate::stream::{Stream, StreamStatus};
 use scheduler::{Fairness, Feedback, Limit, Readiness};
@@ -428,21 +426,13 @@ impl Dispatcher {
         let now = self.clock.now_ms();
         let mut next = HashMap::with_capacity(streams.len());
         for stream in streams {
-            let secrets = if stream.destination.uses_stream_secret() {
-                match self
-                    .store
-                    .stream_secrets(&stream.tenant_id, &stream.id, now)
-                    .await
-                {
-                    Ok(secrets) => secrets,
-                    Err(e) => {
-                        // One unreadable stream must not stop the others.
-                        tracing::error!(error = %e, stream = %stream.id, "loading the stream's secrets failed; the stream is skipped");
-                        continue;
-                    }
+            let secrets = match self.store.secrets_for(&stream, now).await {
+                Ok(secrets) => secrets,
+                Err(e) => {
+                    // One unreadable stream must not stop the others.
+                    tracing::error!(error = %e, stream = %stream.id, "loading the stream's secrets failed; the stream is skipped");
+                    continue;
                 }
-            } else {
-                Vec::new()
             };
             let built_from = BuiltFrom {
                 destination: serde_json::to_vec(&stream.destination).unwrap_or_default(),
@@ -463,13 +453,10 @@ impl Dispatcher {
             let client = match reusable {
                 Some(client) => client,
                 None => {
-                    let context = StreamContext {
-                        tenant_id: &stream.tenant_id,
-                        stream_id: &stream.id,
-                        encoding: stream.encoding(),
-                        secrets: &secrets,
-                    };
-                    match stream.destination.build(context, &self.destinations) {
+                    match stream
+                        .destination
+                        .build(stream.client_context(&secrets), &self.destinations)
+                    {
                         Ok(client) => Arc::new(client),
                         Err(e) => {
                             tracing::error!(error = %e, stream = %stream.id, "the stream's destination could not be set up; the stream is skipped");

@@ -4,7 +4,7 @@
 //! SigV4 signing of a request (the `aws-sigv4` crate over Herald's own HTTP client), and
 //! reading the error an AWS API answers with.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
 use aws_sigv4::sign::v4;
@@ -394,7 +394,7 @@ pub fn sign_headers(
         .identity(&identity)
         .region(signing.region)
         .name(signing.service)
-        .time(time.max(SystemTime::UNIX_EPOCH))
+        .time(time)
         .settings(SigningSettings::default())
         .build()
         .map_err(|e| format!("could not sign the request: {e}"))?

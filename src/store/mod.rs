@@ -461,6 +461,16 @@ pub trait Store: Send + Sync + 'static {
         stream_id: &str,
         now: Millis,
     ) -> StoreResult<Vec<StreamSecret>>;
+    /// The secrets a stream's destination client is built with: its stream secrets valid at
+    /// `now` when its kind keeps some, else none (and no read).
+    async fn secrets_for(&self, stream: &Stream, now: Millis) -> StoreResult<Vec<StreamSecret>> {
+        if stream.destination.uses_stream_secret() {
+            self.stream_secrets(&stream.tenant_id, &stream.id, now)
+                .await
+        } else {
+            Ok(Vec::new())
+        }
+    }
     /// Makes `secret` current; the current ones expire at `old_expires_at`.
     async fn rotate_secret(
         &self,
