@@ -14,6 +14,9 @@ pub const MAX_NAME_LEN: usize = 128;
 pub const MAX_SUBSCRIPTIONS: usize = 200;
 /// Failed attempts in a row after which a stream is disabled, unless it says otherwise.
 pub const DEFAULT_MAX_CONSECUTIVE_FAILURES: u32 = 500;
+/// How long a stream must fail without a success before it is disabled: three days, longer
+/// than the default retry policy tries a delivery.
+pub const DEFAULT_DISABLE_AFTER_FAILING_SECONDS: u64 = 3 * 86_400;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -121,6 +124,9 @@ pub struct Stream {
     pub retry_policy: RetryPolicy,
     /// Disable the stream after this many failed attempts in a row; 0 never does.
     pub max_consecutive_failures: u32,
+    /// ... and only once it has failed continuously for this long (0: the count alone
+    /// decides), so a receiver's deploy or an outage of hours never needs an operator.
+    pub disable_after_failing_seconds: u64,
     pub created_at: i64,
     pub updated_at: i64,
 }

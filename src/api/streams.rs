@@ -33,6 +33,7 @@ pub struct CreateStream {
     #[serde(default)]
     retry_policy: RetryPolicy,
     max_consecutive_failures: Option<u32>,
+    disable_after_failing_seconds: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -46,6 +47,7 @@ pub struct UpdateStream {
     content_mode: Option<ContentMode>,
     retry_policy: Option<RetryPolicy>,
     max_consecutive_failures: Option<u32>,
+    disable_after_failing_seconds: Option<u64>,
     /// On enabling a stream: `deliver` its pending deliveries (the default) or `skip` them
     /// (they are cancelled).
     backlog: Option<BacklogChoice>,
@@ -59,6 +61,7 @@ pub enum BacklogChoice {
 }
 
 const MAX_CONSECUTIVE_FAILURES_LIMIT: u32 = 1_000_000;
+const MAX_DISABLE_AFTER_FAILING_SECONDS: u64 = 365 * 86_400;
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -82,6 +85,7 @@ pub fn view(stream: &Stream) -> Value {
         "content_mode": stream.encoding().mode,
         "retry_policy": stream.retry_policy,
         "max_consecutive_failures": stream.max_consecutive_failures,
+        "disable_after_failing_seconds": stream.disable_after_failing_seconds,
         "created_at": format_time(stream.created_at),
         "updated_at": format_time(stream.updated_at),
     });
@@ -95,6 +99,11 @@ async fn check(state: &AppState, stream: &Stream) -> Result<(), ApiError> {
     if stream.max_consecutive_failures > MAX_CONSECUTIVE_FAILURES_LIMIT {
         return Err(ApiError::invalid(format!(
             "`max_consecutive_failures` must be at most {MAX_CONSECUTIVE_FAILURES_LIMIT} (0 never disables)"
+        )));
+    }
+    if stream.disable_after_failing_seconds > MAX_DISABLE_AFTER_FAILING_SECONDS {
+        return Err(ApiError::invalid(format!(
+            "`disable_after_failing_seconds` must be at most {MAX_DISABLE_AFTER_FAILING_SECONDS} (a year; 0 lets `max_consecutive_failures` alone decide)"
         )));
     }
     let catalog = state
@@ -129,6 +138,9 @@ pub async fn create(
         max_consecutive_failures: request
             .max_consecutive_failures
             .unwrap_or(stream::DEFAULT_MAX_CONSECUTIVE_FAILURES),
+        disable_after_failing_seconds: request
+            .disable_after_failing_seconds
+            .unwrap_or(stream::DEFAULT_DISABLE_AFTER_FAILING_SECONDS),
         created_at: now,
         updated_at: now,
     };
@@ -227,6 +239,9 @@ pub async fn update(
     }
     if let Some(limit) = changes.max_consecutive_failures {
         stream.max_consecutive_failures = limit;
+    }
+    if let Some(period) = changes.disable_after_failing_seconds {
+        stream.disable_after_failing_seconds = period;
     }
     stream.updated_at = now;
     check(&state, &stream).await?;

@@ -11,7 +11,9 @@
 //! and how many a stream or a tenant may run at once, is the [`scheduler`]'s business: turns
 //! across tenants then streams, a reserve of slots for the others, and an adaptive limit per
 //! stream (at most `max_in_flight_per_stream`; `max_in_flight` in all), so a hung
-//! destination soon holds a single slot and another tenant always finds one. Deliveries
+//! destination soon holds a single slot and another tenant always finds one. A stream whose
+//! requests keep failing has its circuit opened: it gives its queued deliveries back and sends
+//! one probe at a time until its endpoint answers again. Deliveries
 //! are leased in batches, up to twice a stream's limit (times its batch size; twice
 //! `max_in_flight` requests' worth in all), before any request is sent (or arrive leased
 //! from a publish); a finished request starts the next queued ones without a trip to the
@@ -40,7 +42,7 @@ use crate::clock::{Clock, Millis};
 use crate::destinations::{Client, Destinations, ErrorKind, Message, Outcome, Report};
 use crate::store::{AttemptRecord, ClaimBatch, ClaimRequest, Claimed, Store};
 use crate::stream::{Stream, StreamStatus};
-use scheduler::{Fairness, Feedback, Limit, Readiness};
+use scheduler::{Circuit, CircuitChange, Fairness, Feedback, Limit, Readiness};
 
 /// How often the dispatcher looks for due work when nothing woke it.
 const POLL_INTERVAL: Duration = Duration::from_secs(5);
@@ -147,6 +149,8 @@ struct StreamSlot {
     sending: usize,
     /// How many requests it may run at once, adapted to how its destination copes.
     limit: Limit,
+    /// Whether its endpoint is taken to be down, and when to probe it.
+    circuit: Circuit,
     /// Leased deliveries waiting for a free slot.
     queued: VecDeque<Claimed>,
     /// When this stream next has due work; `None` when nothing is known to be pending.
@@ -169,9 +173,15 @@ impl StreamSlot {
         self.held().div_ceil(self.batch())
     }
 
+    /// Requests it may have in flight at `now`: its limit, or a probe's one while its
+    /// circuit is open.
+    fn allowed(&self, now: Millis) -> usize {
+        self.circuit.allowed(self.limit.get(), now)
+    }
+
     /// Whether it can start a request now.
-    fn readiness(&self) -> Readiness {
-        if !self.draining && !self.queued.is_empty() && self.in_flight < self.limit.get() {
+    fn readiness(&self, now: Millis) -> Readiness {
+        if !self.draining && !self.queued.is_empty() && self.in_flight < self.allowed(now) {
             Readiness::Ready
         } else {
             Readiness::NotNow
@@ -212,6 +222,8 @@ pub struct Dispatcher {
     held_back: HashSet<String>,
     /// Leases too short to start an attempt under, to give back.
     expiring: Vec<(i64, i64)>,
+    /// Leases of deliveries queued for a stream whose circuit opened, to give back.
+    paused: Vec<(i64, i64)>,
     /// Leases held by queued and running attempts, given back if shutdown cuts them short.
     leases: HashMap<i64, i64>,
     /// When every stream is next looked at regardless of what it is known to have (shared
@@ -240,6 +252,7 @@ impl Dispatcher {
             claim_cursor: 0,
             held_back: HashSet::new(),
             expiring: Vec::new(),
+            paused: Vec::new(),
             leases: HashMap::new(),
             next_poll: Millis::MIN,
             outage: false,
@@ -296,7 +309,7 @@ impl Dispatcher {
             if !handed.is_empty() {
                 self.accept(handed, &spawn).await;
             }
-            self.give_back_expiring().await;
+            self.give_back_set_aside().await;
             let now = self.clock.now_ms();
             let requests = self.requests(now);
             if !requests.is_empty() {
@@ -365,8 +378,13 @@ impl Dispatcher {
                 self.leases.remove(&key);
             }
         }
-        // Leases set aside as too short to start under are given back with the rest.
-        for (key, lease) in std::mem::take(&mut self.expiring) {
+        // Leases set aside (too short to start under, or paused by a circuit) are given back
+        // with the rest.
+        let set_aside = std::mem::take(&mut self.expiring);
+        for (key, lease) in set_aside
+            .into_iter()
+            .chain(std::mem::take(&mut self.paused))
+        {
             self.leases.insert(key, lease);
         }
         drop(shared);
@@ -474,16 +492,20 @@ impl Dispatcher {
                 built_from,
             });
             let per_stream = self.config.max_in_flight_per_stream;
-            let (in_flight, sending, queued, limit) = previous.map_or_else(
-                || (0, 0, VecDeque::new(), Limit::new(per_stream)),
-                // What the limit learnt holds for the destination it learnt it from.
+            let (in_flight, sending, queued, limit, circuit) = previous.map_or_else(
+                || {
+                    let fresh = (Limit::new(per_stream), Circuit::default());
+                    (0, 0, VecDeque::new(), fresh.0, fresh.1)
+                },
+                // What the limit and the circuit learnt holds for the destination they learnt
+                // it from.
                 |p| {
-                    let limit = if same_destination {
-                        p.limit
+                    let (limit, circuit) = if same_destination {
+                        (p.limit, p.circuit)
                     } else {
-                        Limit::new(per_stream)
+                        (Limit::new(per_stream), Circuit::default())
                     };
-                    (p.in_flight, p.sending, p.queued, limit)
+                    (p.in_flight, p.sending, p.queued, limit, circuit)
                 },
             );
             let id = active.stream.id.clone();
@@ -495,6 +517,7 @@ impl Dispatcher {
                     in_flight,
                     sending,
                     limit,
+                    circuit,
                     queued,
                     // Unknown until asked: a changed stream may have become enabled with a backlog.
                     next_due: Some(Millis::MIN),
@@ -558,7 +581,7 @@ impl Dispatcher {
             .filter(|slot| {
                 !slot.draining
                     && slot.active.stream.status == StreamStatus::Enabled
-                    && slot.units() < slot.limit.get()
+                    && slot.units() < slot.allowed(now)
                     && slot.next_due.is_some_and(|due| due <= now)
             })
             .collect();
@@ -572,7 +595,10 @@ impl Dispatcher {
         for slot in due[start..].iter().chain(&due[..start]) {
             let stream = &slot.active.stream;
             let units = slot.units();
-            let mut claim_units = (2 * slot.limit.get() - units).min(room);
+            // An open circuit's probe: one delivery.
+            let probe = !slot.circuit.is_closed();
+            let most = if probe { 1 } else { 2 * slot.limit.get() };
+            let mut claim_units = (most - units).min(room);
             if share != usize::MAX {
                 let held = tenant_units.entry(stream.tenant_id.as_str()).or_default();
                 claim_units = claim_units.min(share.saturating_sub(*held));
@@ -581,7 +607,7 @@ impl Dispatcher {
             // A stream holding nothing always gets its first requests' worth, room or not, as
             // it gets a reserved slot: what others hold never keeps a newcomer waiting.
             if units == 0 {
-                claim_units = claim_units.max(slot.limit.get());
+                claim_units = claim_units.max(slot.allowed(now));
             }
             if claim_units == 0 {
                 self.held_back.insert(stream.id.clone());
@@ -592,7 +618,11 @@ impl Dispatcher {
                 tenant_id: stream.tenant_id.clone(),
                 stream_id: stream.id.clone(),
                 // Up to that many requests' worth, counting the partial batch already held.
-                limit: (units + claim_units) * slot.batch() - slot.held(),
+                limit: if probe {
+                    1
+                } else {
+                    (units + claim_units) * slot.batch() - slot.held()
+                },
             });
         }
         requests
@@ -613,7 +643,13 @@ impl Dispatcher {
                     && s.units() < s.limit.get()
                     && !self.held_back.contains(&s.active.stream.id)
             })
-            .filter_map(|s| s.next_due)
+            .filter_map(|s| match (s.circuit.is_closed(), s.circuit.probe_at()) {
+                (true, _) => s.next_due,
+                // An open circuit holding nothing sends its probe when both are due.
+                (false, Some(probe_at)) if s.units() == 0 => s.next_due.map(|d| d.max(probe_at)),
+                // Its probe is in flight: its end wakes the dispatcher.
+                (false, _) => None,
+            })
             .fold(poll, Millis::min)
             .max(now + 1)
     }
@@ -625,7 +661,11 @@ impl Dispatcher {
         let mut streams = HashSet::new();
         for claimed in handed {
             match self.streams.get_mut(&claimed.stream_id) {
-                Some(slot) if !slot.draining && slot.units() < 2 * slot.limit.get() => {
+                Some(slot)
+                    if !slot.draining
+                        && slot.circuit.is_closed()
+                        && slot.units() < 2 * slot.limit.get() =>
+                {
                     self.leases.insert(claimed.key, claimed.lease);
                     streams.insert((claimed.tenant_id.clone(), claimed.stream_id.clone()));
                     slot.queued.push_back(claimed);
@@ -666,16 +706,17 @@ impl Dispatcher {
     /// many queued deliveries as the stream's client takes at once. A delivery whose lease
     /// would lapse before its attempt could finish is set aside to be given back.
     fn schedule(&mut self, spawn: &Spawner<'_>) {
-        let needed = self.clock.now_ms() + self.start_budget();
+        let now = self.clock.now_ms();
+        let needed = now + self.start_budget();
         while let Some((tenant_id, stream_id)) = self.fairness.next(|id| {
             self.streams
                 .get(id)
-                .map_or(Readiness::NotNow, StreamSlot::readiness)
+                .map_or(Readiness::NotNow, |slot| slot.readiness(now))
         }) {
             let Some(slot) = self.streams.get_mut(&stream_id) else {
                 continue;
             };
-            let batch_size = slot.batch();
+            let batch_size = slot.circuit.batch(slot.batch());
             let mut batch = Vec::with_capacity(batch_size.min(slot.queued.len()));
             while batch.len() < batch_size {
                 let Some(claimed) = slot.queued.pop_front() else {
@@ -694,6 +735,7 @@ impl Dispatcher {
             }
             slot.in_flight += 1;
             slot.sending += batch.len();
+            slot.circuit.started();
             self.fairness.started(&tenant_id, &stream_id);
             spawn.attempt(slot.active.clone(), batch);
         }
@@ -707,18 +749,22 @@ impl Dispatcher {
         timeout + LEASE_MARGIN_MS.min((lease - timeout).max(0) / 2)
     }
 
-    /// Gives back the leases set aside as too short to start an attempt under: they are
-    /// claimed again at once, with a fresh lease.
-    async fn give_back_expiring(&mut self) {
-        if self.expiring.is_empty() {
+    /// Gives back the leases set aside: those too short to start an attempt under (claimed
+    /// again at once, with a fresh lease), and those of streams whose circuit opened (due
+    /// again when it closes).
+    async fn give_back_set_aside(&mut self) {
+        if self.expiring.is_empty() && self.paused.is_empty() {
             return;
         }
-        let leases = std::mem::take(&mut self.expiring);
-        let count = leases.len();
-        tracing::warn!(
-            count,
-            "deliveries waited in the queue until their leases ran short; giving them back to be claimed again"
-        );
+        let count = self.expiring.len();
+        if count > 0 {
+            tracing::warn!(
+                count,
+                "deliveries waited in the queue until their leases ran short; giving them back to be claimed again"
+            );
+        }
+        let mut leases = std::mem::take(&mut self.expiring);
+        leases.append(&mut self.paused);
         if let Err(e) = self.store.release(leases, self.clock.now_ms()).await {
             tracing::warn!(error = %e, "could not release deliveries; their leases lapse");
         }
@@ -731,6 +777,34 @@ impl Dispatcher {
         }
         if let Some(slot) = self.streams.get_mut(&done.stream_id) {
             slot.limit.observe(done.feedback, slot.in_flight);
+            match slot.circuit.observe(done.feedback, self.clock.now_ms()) {
+                Some(CircuitChange::Opened { probe_in_ms }) => {
+                    tracing::warn!(
+                        tenant = %done.tenant_id,
+                        stream = %done.stream_id,
+                        probe_in_ms,
+                        "the stream's endpoint keeps failing: its circuit opens, the backlog waits and one delivery at a time probes the endpoint"
+                    );
+                    for claimed in slot.queued.drain(..) {
+                        self.leases.remove(&claimed.key);
+                        self.paused.push((claimed.key, claimed.lease));
+                    }
+                    // Due again at the probe: the wake-up waits for both.
+                    slot.next_due = Some(Millis::MIN);
+                }
+                Some(CircuitChange::StillOpen { probe_in_ms }) => {
+                    tracing::debug!(stream = %done.stream_id, probe_in_ms, "the probe failed");
+                }
+                Some(CircuitChange::Closed) => {
+                    tracing::info!(
+                        tenant = %done.tenant_id,
+                        stream = %done.stream_id,
+                        "the stream's endpoint answers again: its circuit closes and the backlog resumes"
+                    );
+                    slot.next_due = Some(Millis::MIN);
+                }
+                None => {}
+            }
             slot.in_flight = slot.in_flight.saturating_sub(1);
             slot.sending = slot.sending.saturating_sub(done.keys.len());
             if slot.draining {
@@ -869,6 +943,7 @@ async fn attempt(shared: &Shared, active: &ActiveStream, batch: Vec<Claimed>) ->
             refused,
             disable_stream,
             max_consecutive_failures: stream.max_consecutive_failures,
+            disable_after_failing_seconds: stream.disable_after_failing_seconds,
         });
     }
     done

@@ -16,11 +16,19 @@
 //!   down to one, so a hung endpoint soon holds a single slot for the length of its timeout;
 //!   other failures (a 5xx, throttling) halve it at most once per window of requests, so one
 //!   bad moment does not cost a busy stream its concurrency.
+//! - **A circuit breaker per stream.** After [`OPEN_AFTER`] failed requests in a row the
+//!   stream's circuit opens: its backlog stays in the store, untouched, and a single delivery
+//!   is sent as a probe once a wait has passed (5 s, doubling after each failed probe, up to a
+//!   minute). Any answer that is not a failure closes the circuit and the backlog resumes in
+//!   due order. A delivery's attempts count only when it is sent, so an endpoint that is down
+//!   costs a probe a minute, not every pending delivery's retry budget.
 //!
-//! Later per-stream rate limits and concurrency settings plug in here: [`Limit`] for a
-//! stream, `Fairness::may_start` for the shares.
+//! Later per-stream rate limits and concurrency settings plug in here: [`Limit`] and
+//! [`Circuit`] for a stream, `Fairness::may_start` for the shares.
 
 use std::collections::{HashMap, VecDeque};
+
+use crate::clock::Millis;
 
 /// Concurrent requests a stream starts with, before it has shown how much it takes.
 const INITIAL_LIMIT: usize = 4;
@@ -91,6 +99,125 @@ impl Limit {
     fn halve(&mut self) {
         self.credit = 0;
         self.current = (self.current / 2).max(1);
+    }
+}
+
+/// Failed requests in a row that open a stream's circuit.
+pub const OPEN_AFTER: u32 = 10;
+/// The wait before the first probe of an open circuit; doubled after each failed probe.
+const FIRST_PROBE_WAIT_MS: Millis = 5_000;
+/// The longest wait between probes.
+const MAX_PROBE_WAIT_MS: Millis = 60_000;
+
+/// A stream's circuit breaker: whether its endpoint is taken to be down, and when to probe it.
+#[derive(Debug, Clone)]
+pub struct Circuit {
+    /// Failed requests in a row.
+    failures: u32,
+    state: CircuitState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CircuitState {
+    Closed,
+    /// Nothing is sent until `probe_at`; then one request of one delivery.
+    Open {
+        probe_at: Millis,
+        wait: Millis,
+    },
+    /// The probe is in flight.
+    Probing {
+        wait: Millis,
+    },
+}
+
+/// A change of a circuit's state that the dispatcher acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CircuitChange {
+    /// Sending stops: what the stream holds queued goes back to the store.
+    Opened { probe_in_ms: Millis },
+    /// A probe failed; the next is due after a longer wait.
+    StillOpen { probe_in_ms: Millis },
+    /// The endpoint answers again: the backlog resumes.
+    Closed,
+}
+
+impl Default for Circuit {
+    fn default() -> Self {
+        Circuit {
+            failures: 0,
+            state: CircuitState::Closed,
+        }
+    }
+}
+
+impl Circuit {
+    pub fn is_closed(&self) -> bool {
+        self.state == CircuitState::Closed
+    }
+
+    /// Requests the stream may have in flight at `now`, given its adaptive `limit`: all of it
+    /// while closed, the one probe once an open circuit's wait is over, none otherwise.
+    pub fn allowed(&self, limit: usize, now: Millis) -> usize {
+        match self.state {
+            CircuitState::Closed => limit,
+            CircuitState::Open { probe_at, .. } if now >= probe_at => 1,
+            CircuitState::Open { .. } | CircuitState::Probing { .. } => 0,
+        }
+    }
+
+    /// Deliveries one request may carry: a probe carries one.
+    pub fn batch(&self, max_batch: usize) -> usize {
+        if self.is_closed() { max_batch } else { 1 }
+    }
+
+    /// When an open circuit next lets a request start; `None` while closed or probing.
+    pub fn probe_at(&self) -> Option<Millis> {
+        match self.state {
+            CircuitState::Open { probe_at, .. } => Some(probe_at),
+            _ => None,
+        }
+    }
+
+    /// A request started: with the circuit open, it is the probe.
+    pub fn started(&mut self) {
+        if let CircuitState::Open { wait, .. } = self.state {
+            self.state = CircuitState::Probing { wait };
+        }
+    }
+
+    /// A request finished with `feedback` at `now`.
+    pub fn observe(&mut self, feedback: Feedback, now: Millis) -> Option<CircuitChange> {
+        let failed = matches!(feedback, Feedback::Failed | Feedback::Unreachable);
+        if !failed {
+            // Any answer that is not a failure, a refusal included, shows the endpoint is up.
+            self.failures = 0;
+            let was_closed = self.is_closed();
+            self.state = CircuitState::Closed;
+            return (!was_closed).then_some(CircuitChange::Closed);
+        }
+        self.failures = self.failures.saturating_add(1);
+        match self.state {
+            CircuitState::Closed if self.failures >= OPEN_AFTER => {
+                self.state = CircuitState::Open {
+                    probe_at: now + FIRST_PROBE_WAIT_MS,
+                    wait: FIRST_PROBE_WAIT_MS,
+                };
+                Some(CircuitChange::Opened {
+                    probe_in_ms: FIRST_PROBE_WAIT_MS,
+                })
+            }
+            CircuitState::Probing { wait } => {
+                let wait = (wait * 2).min(MAX_PROBE_WAIT_MS);
+                self.state = CircuitState::Open {
+                    probe_at: now + wait,
+                    wait,
+                };
+                Some(CircuitChange::StillOpen { probe_in_ms: wait })
+            }
+            // Requests sent before the circuit opened finish failing: nothing new.
+            CircuitState::Closed | CircuitState::Open { .. } => None,
+        }
     }
 }
 
@@ -351,6 +478,65 @@ mod tests {
             16,
             "a permanent refusal says nothing of capacity"
         );
+    }
+
+    #[test]
+    fn a_circuit_opens_after_a_run_of_failures_and_probes_on_a_growing_wait() {
+        let mut circuit = Circuit::default();
+        for i in 1..OPEN_AFTER {
+            assert_eq!(circuit.observe(Feedback::Failed, i as Millis), None);
+        }
+        assert_eq!(
+            circuit.observe(Feedback::Unreachable, 100),
+            Some(CircuitChange::Opened { probe_in_ms: 5_000 })
+        );
+        assert_eq!(circuit.allowed(8, 100), 0, "nothing is sent while open");
+        assert_eq!(
+            circuit.observe(Feedback::Failed, 200),
+            None,
+            "a request sent before it opened"
+        );
+        assert_eq!(
+            circuit.allowed(8, 5_100),
+            1,
+            "one probe once the wait is over"
+        );
+        assert_eq!(circuit.batch(10), 1);
+        circuit.started();
+        assert_eq!(circuit.allowed(8, 5_100), 0, "one probe at a time");
+        let mut waits = Vec::new();
+        let mut now = 5_100;
+        for _ in 0..6 {
+            match circuit.observe(Feedback::Failed, now) {
+                Some(CircuitChange::StillOpen { probe_in_ms }) => waits.push(probe_in_ms),
+                other => panic!("{other:?}"),
+            }
+            now = circuit.probe_at().unwrap();
+            circuit.started();
+        }
+        assert_eq!(waits, [10_000, 20_000, 40_000, 60_000, 60_000, 60_000]);
+        assert_eq!(
+            circuit.observe(Feedback::Succeeded, now),
+            Some(CircuitChange::Closed)
+        );
+        assert_eq!(circuit.allowed(8, now), 8);
+        assert_eq!(circuit.batch(10), 10);
+    }
+
+    #[test]
+    fn a_success_or_a_refusal_resets_the_run() {
+        for feedback in [Feedback::Succeeded, Feedback::Neutral] {
+            let mut circuit = Circuit::default();
+            for _ in 0..OPEN_AFTER - 1 {
+                assert_eq!(circuit.observe(Feedback::Failed, 10), None);
+            }
+            assert_eq!(circuit.observe(feedback, 50), None);
+            for _ in 0..OPEN_AFTER - 1 {
+                assert_eq!(circuit.observe(Feedback::Failed, 60), None);
+            }
+            assert!(circuit.is_closed(), "{feedback:?} started the count again");
+            assert!(circuit.observe(Feedback::Failed, 70).is_some());
+        }
     }
 
     fn start_all(fair: &mut Fairness) -> Vec<String> {

@@ -27,6 +27,7 @@ pub struct StreamRow {
     pub created_at: Millis,
     pub updated_at: Millis,
     pub max_consecutive_failures: i64,
+    pub disable_after_failing_seconds: i64,
 }
 
 impl StreamRow {
@@ -59,6 +60,8 @@ impl StreamRow {
             updated_at: self.updated_at,
             max_consecutive_failures: u32::try_from(self.max_consecutive_failures)
                 .map_err(|_| corrupt("max_consecutive_failures"))?,
+            disable_after_failing_seconds: u64::try_from(self.disable_after_failing_seconds)
+                .map_err(|_| corrupt("disable_after_failing_seconds"))?,
         })
     }
 }

@@ -209,9 +209,19 @@ pub struct AttemptRecord {
     pub disable_stream: Option<String>,
     /// The stream's limit of failed attempts in a row (0: none).
     pub max_consecutive_failures: u32,
+    /// How long the stream must have failed without a success to be disabled (0: the count
+    /// alone decides).
+    pub disable_after_failing_seconds: u64,
 }
 
 impl AttemptRecord {
+    pub fn disable_policy(&self) -> DisablePolicy {
+        DisablePolicy {
+            max_consecutive_failures: self.max_consecutive_failures,
+            disable_after_failing_seconds: self.disable_after_failing_seconds,
+        }
+    }
+
     /// Herald's `herald.delivery.failed` notice for this attempt, when it gave its delivery
     /// up and the event's type raises one.
     pub fn failure_notice(&self, now: Millis) -> Option<Event> {
@@ -240,15 +250,63 @@ impl AttemptRecord {
     }
 }
 
+/// When a failing stream is disabled: a stream's two settings.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DisablePolicy {
+    pub max_consecutive_failures: u32,
+    pub disable_after_failing_seconds: u64,
+}
+
+/// A stream's current run of failed attempts, as the store counts it.
+#[derive(Debug, Clone, Copy)]
+pub struct FailingRun {
+    /// Failed attempts in a row.
+    pub failures: i64,
+    /// When the run's first failure was attempted; `None` when the run that counted is not
+    /// the stream's current one.
+    pub since: Option<Millis>,
+}
+
 /// Why a stream is to be disabled: the endpoint asked to stop (`gone`), or its run of
-/// `failures` in a row reached its `limit` (0: none).
-pub fn disable_reason(gone: Option<&String>, failures: i64, limit: u32) -> Option<String> {
-    match gone {
-        Some(reason) => Some(reason.clone()),
-        None if limit > 0 && failures >= i64::from(limit) => Some(format!(
+/// failures reached both the stream's count (`max_consecutive_failures`, 0: never) and its
+/// period (`disable_after_failing_seconds`, 0: the count alone decides).
+pub fn disable_reason(
+    gone: Option<&String>,
+    run: FailingRun,
+    policy: DisablePolicy,
+    now: Millis,
+) -> Option<String> {
+    if let Some(reason) = gone {
+        return Some(reason.clone());
+    }
+    let limit = policy.max_consecutive_failures;
+    if limit == 0 || run.failures < i64::from(limit) {
+        return None;
+    }
+    let failures = run.failures;
+    let period_ms = (policy.disable_after_failing_seconds as Millis).saturating_mul(1_000);
+    if period_ms == 0 {
+        return Some(format!(
             "disabled after {failures} failed attempts in a row; re-enable the stream to resume"
-        )),
-        None => None,
+        ));
+    }
+    let failing_for = now - run.since?;
+    (failing_for >= period_ms).then(|| {
+        format!(
+            "disabled after {failures} failed attempts in a row over {} without a success; \
+             re-enable the stream to resume",
+            spoken_duration(failing_for)
+        )
+    })
+}
+
+/// A duration as a person reads it in a reason: whole days, hours or minutes.
+fn spoken_duration(ms: Millis) -> String {
+    let minutes = ms / 60_000;
+    match minutes {
+        m if m >= 2 * 24 * 60 => format!("{} days", m / (24 * 60)),
+        m if m >= 2 * 60 => format!("{} hours", m / 60),
+        m => format!("{m} minutes"),
     }
 }
 

@@ -380,8 +380,24 @@ impl Receiver {
 
     /// Waits until at least `n` requests have arrived and returns them all.
     pub async fn wait_for(&self, n: usize) -> Vec<Received> {
-        self.wait_until(&format!("{n} requests"), |received| received.len() >= n)
+        let wait = async {
+            loop {
+                let arrived = self.state.arrived.notified();
+                // Counted without copying: a wait for thousands of requests stays linear.
+                if self.state.received.lock().unwrap().len() >= n {
+                    return self.received();
+                }
+                arrived.await;
+            }
+        };
+        tokio::time::timeout(PATIENCE, wait)
             .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "the receiver never saw {n} requests; it got {}",
+                    self.received().len()
+                )
+            })
     }
 
     /// Waits until `done` holds for everything received so far, and returns it.

@@ -3,6 +3,7 @@
 mod audit;
 mod auth;
 mod aws;
+mod circuit;
 mod cluster;
 mod crash;
 mod delivery;

@@ -406,7 +406,8 @@ async fn too_many_failures_in_a_row_disable_the_stream_and_notices_report_it() {
         .create_stream(
             &broken.url,
             &["flow.run.finished"],
-            json!({"max_consecutive_failures": 3, "retry_policy": {"max_attempts": 2, "jitter": 0}}),
+            // The count alone decides, as Auth0's streams do.
+            json!({"max_consecutive_failures": 3, "disable_after_failing_seconds": 0, "retry_policy": {"max_attempts": 2, "jitter": 0}}),
         )
         .await;
     let sid = stream["id"].as_str().unwrap();

@@ -100,6 +100,7 @@ async fn stream(store: &dyn Store, tenant: &str, id: &str, pattern: &str, status
         content_mode: None,
         retry_policy: RetryPolicy::default(),
         max_consecutive_failures: 0,
+        disable_after_failing_seconds: 0,
         created_at: NOW,
         updated_at: NOW,
     };
@@ -149,6 +150,7 @@ fn outcome(
         refused: false,
         disable_stream: None,
         max_consecutive_failures: 0,
+        disable_after_failing_seconds: 0,
     }
 }
 
@@ -961,6 +963,105 @@ async fn a_batch_of_outcomes_judges_stream_health_as_if_stored_one_by_one() {
 }
 
 #[tokio::test]
+async fn a_failing_stream_is_disabled_only_once_it_has_failed_for_its_period() {
+    const HOUR: i64 = 3_600_000;
+    for b in backends().await {
+        let store = &*b.store;
+        let name = b.name;
+        stream(
+            store,
+            "ten_a",
+            "est_t",
+            "user.created",
+            StreamStatus::Enabled,
+        )
+        .await;
+        let events = (0..6)
+            .map(|i| event(&format!("t{i}"), "user.created"))
+            .collect();
+        store.publish("ten_a", events, NOW, None).await.unwrap();
+        let batches = store
+            .claim(request("ten_a", "est_t", 6), NOW, NOW + 60_000)
+            .await
+            .unwrap();
+        let claimed = batches[0].deliveries.clone();
+        assert_eq!(claimed.len(), 6, "{name}");
+        // Two failures in a row allowed, and an hour of failing.
+        let attempt = |i: usize, status: DeliveryStatus, at: i64| {
+            let mut r = outcome(&claimed[i], status, None);
+            if status == DeliveryStatus::Pending {
+                r.next_attempt_at = Some(at + HOUR);
+            }
+            r.attempted_at = at;
+            r.max_consecutive_failures = 2;
+            r.disable_after_failing_seconds = 3_600;
+            r
+        };
+        let status = || async {
+            store
+                .get_stream("ten_a", "est_t")
+                .await
+                .unwrap()
+                .unwrap()
+                .status
+        };
+        // Two failures within a second reach the count, not the period.
+        let effects = store
+            .record(
+                vec![
+                    attempt(0, DeliveryStatus::Pending, NOW),
+                    attempt(1, DeliveryStatus::Pending, NOW + 1_000),
+                ],
+                NOW + 1_000,
+            )
+            .await
+            .unwrap();
+        assert!(effects.disabled_streams.is_empty(), "{name}");
+        assert_eq!(status().await, StreamStatus::Enabled, "{name}");
+        // A success ends the run: the next failure starts the period again.
+        store
+            .record(
+                vec![attempt(2, DeliveryStatus::Succeeded, NOW + 2_000)],
+                NOW + 2_000,
+            )
+            .await
+            .unwrap();
+        let later = NOW + 10 * HOUR;
+        store
+            .record(vec![attempt(3, DeliveryStatus::Pending, later)], later)
+            .await
+            .unwrap();
+        let effects = store
+            .record(
+                vec![attempt(4, DeliveryStatus::Pending, later + HOUR - 1)],
+                later + HOUR - 1,
+            )
+            .await
+            .unwrap();
+        assert!(
+            effects.disabled_streams.is_empty(),
+            "{name}: failing for less than the period since the last success"
+        );
+        assert_eq!(status().await, StreamStatus::Enabled, "{name}");
+        let effects = store
+            .record(
+                vec![attempt(5, DeliveryStatus::Pending, later + HOUR)],
+                later + HOUR,
+            )
+            .await
+            .unwrap();
+        assert_eq!(effects.disabled_streams, ["est_t"], "{name}");
+        let disabled = store.get_stream("ten_a", "est_t").await.unwrap().unwrap();
+        assert_eq!(disabled.status, StreamStatus::Disabled, "{name}");
+        let reason = disabled.status_reason.unwrap();
+        assert!(
+            reason.contains("3 failed attempts in a row over 60 minutes"),
+            "{name}: {reason}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_claim_serves_only_streams_that_are_enabled_now() {
     for b in backends().await {
         let store = &*b.store;
@@ -1029,6 +1130,7 @@ async fn any_destination_kind_round_trips_with_its_content_settings_and_attempt_
             content_mode: Some(ContentMode::Structured),
             retry_policy: RetryPolicy::default(),
             max_consecutive_failures: 0,
+            disable_after_failing_seconds: 0,
             created_at: NOW,
             updated_at: NOW,
         };

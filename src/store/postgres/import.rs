@@ -58,6 +58,8 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("retry_policy", Text),
             ("max_consecutive_failures", Int),
             ("consecutive_failures", Int),
+            ("disable_after_failing_seconds", Int),
+            ("failing_since", Int),
             ("created_at", Int),
             ("updated_at", Int),
         ],

@@ -37,6 +37,7 @@ use crate::secret::{Cipher, Secret};
 const MIGRATIONS: &[&str] = &[
     include_str!("schema.sql"),
     include_str!("002_destination_kinds.sql"),
+    include_str!("003_failing_streams.sql"),
 ];
 
 /// Channels of the notifications this store sends.
@@ -319,7 +320,7 @@ fn token_from_row(row: &Row) -> StoreResult<Token> {
 
 const STREAM_COLUMNS: &str = "tenant_id, id, name, status, status_reason, subscriptions, \
      destination, payload_format, retry_policy, created_at, updated_at, max_consecutive_failures, \
-     content_mode";
+     content_mode, disable_after_failing_seconds";
 
 fn stream_from_row(row: &Row, cipher: &Cipher) -> StoreResult<Stream> {
     StreamRow {
@@ -336,6 +337,7 @@ fn stream_from_row(row: &Row, cipher: &Cipher) -> StoreResult<Stream> {
         updated_at: row.get(10),
         max_consecutive_failures: row.get(11),
         content_mode: row.get(12),
+        disable_after_failing_seconds: row.get(13),
     }
     .decode(cipher)
 }
@@ -666,7 +668,7 @@ impl Store for PgStore {
         tx.execute(
             &format!(
                 "INSERT INTO streams ({STREAM_COLUMNS}, destination_type) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
             ),
             &[
                 &stream.tenant_id,
@@ -682,6 +684,7 @@ impl Store for PgStore {
                 &stream.updated_at,
                 &(stream.max_consecutive_failures as i64),
                 &stream.content_mode.map(|m| m.as_str()),
+                &(stream.disable_after_failing_seconds as i64),
                 &stream.destination.kind(),
             ],
         )
@@ -744,7 +747,9 @@ impl Store for PgStore {
                 "UPDATE streams SET name = $3, status = $4, status_reason = $5, subscriptions = $6, \
                  destination = $7, payload_format = $8, retry_policy = $9, updated_at = $10, \
                  destination_type = $11, max_consecutive_failures = $12, content_mode = $13, \
-                 consecutive_failures = CASE WHEN status = $4 THEN consecutive_failures ELSE 0 END \
+                 disable_after_failing_seconds = $14, \
+                 consecutive_failures = CASE WHEN status = $4 THEN consecutive_failures ELSE 0 END, \
+                 failing_since = CASE WHEN status = $4 THEN failing_since ELSE NULL END \
                  WHERE tenant_id = $1 AND id = $2",
                 &[
                     &stream.tenant_id,
@@ -760,6 +765,7 @@ impl Store for PgStore {
                     &stream.destination.kind(),
                     &(stream.max_consecutive_failures as i64),
                     &stream.content_mode.map(|m| m.as_str()),
+                    &(stream.disable_after_failing_seconds as i64),
                 ],
             )
             .await?;

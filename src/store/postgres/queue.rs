@@ -18,7 +18,8 @@ use crate::notices;
 use crate::store::columns;
 use crate::store::{
     AttemptRecord, ClaimBatch, ClaimRequest, Claimed, DeliveryFilter, DeliveryStatus,
-    LATENCY_BOUNDS_MS, Published, RecordEffects, StoreResult, disable_reason,
+    DisablePolicy, FailingRun, LATENCY_BOUNDS_MS, Published, RecordEffects, StoreResult,
+    disable_reason,
 };
 
 /// Stores `events` and a pending delivery for each stream subscribed to them that is enabled
@@ -375,22 +376,26 @@ struct Health {
     leading_failures: i64,
     /// The current run: failures after the last success.
     trailing_failures: i64,
+    /// When the current run's first failure in this batch was attempted.
+    trailing_since: Option<Millis>,
     /// The longest run that started after a success within the batch.
     longest_later_run: i64,
     disable: Option<String>,
-    max_consecutive_failures: u32,
+    policy: DisablePolicy,
 }
 
 impl Health {
     fn add(&mut self, r: &AttemptRecord) {
-        self.max_consecutive_failures = r.max_consecutive_failures;
+        self.policy = r.disable_policy();
         if r.status == DeliveryStatus::Succeeded {
             self.succeeded = true;
             self.trailing_failures = 0;
+            self.trailing_since = None;
             return;
         }
         self.failures += 1;
         self.trailing_failures += 1;
+        self.trailing_since.get_or_insert(r.attempted_at);
         if self.succeeded {
             self.longest_later_run = self.longest_later_run.max(self.trailing_failures);
         } else {
@@ -568,7 +573,7 @@ async fn update_health(
     if h.failures == 0 {
         // A success clears the run, writing the stream's row only if there was one.
         tx.execute(
-            "UPDATE streams SET consecutive_failures = 0 \
+            "UPDATE streams SET consecutive_failures = 0, failing_since = NULL \
              WHERE tenant_id = $1 AND id = $2 AND consecutive_failures != 0",
             &[&tenant_id, &stream_id],
         )
@@ -578,11 +583,19 @@ async fn update_health(
     let Some(row) = tx
         .query_opt(
             "UPDATE streams s SET consecutive_failures = \
-             CASE WHEN $3 THEN $4 ELSE s.consecutive_failures + $4 END \
+             CASE WHEN $3 THEN $4 ELSE s.consecutive_failures + $4 END, \
+             failing_since = CASE WHEN $3 THEN $5 ELSE COALESCE(s.failing_since, $5) END \
              FROM (SELECT consecutive_failures AS before FROM streams \
                    WHERE tenant_id = $1 AND id = $2 FOR UPDATE) b \
-             WHERE s.tenant_id = $1 AND s.id = $2 RETURNING b.before, s.status, s.name",
-            &[&tenant_id, &stream_id, &h.succeeded, &h.trailing_failures],
+             WHERE s.tenant_id = $1 AND s.id = $2 \
+             RETURNING b.before, s.status, s.name, s.failing_since",
+            &[
+                &tenant_id,
+                &stream_id,
+                &h.succeeded,
+                &h.trailing_failures,
+                &h.trailing_since,
+            ],
         )
         .await?
     else {
@@ -592,14 +605,26 @@ async fn update_health(
     let status: &str = row.get(1);
     let name: &str = row.get(2);
     // The longest run the batch made, as if its attempts had been stored one at a time.
+    let since: Option<Millis> = row.get(3);
+    let current_run = if h.succeeded {
+        h.trailing_failures
+    } else {
+        before + h.leading_failures
+    };
     let failures = (before + h.leading_failures).max(h.longest_later_run);
-    let reason = disable_reason(h.disable.as_ref(), failures, h.max_consecutive_failures);
+    let run = FailingRun {
+        failures,
+        // The period counts only for the run still going on.
+        since: since.filter(|_| failures == current_run),
+    };
+    let reason = disable_reason(h.disable.as_ref(), run, h.policy, now);
     if let Some(reason) = reason
         && status != "disabled"
     {
         tx.execute(
             "UPDATE streams SET status = 'disabled', status_reason = $3, \
-             consecutive_failures = 0, updated_at = $4 WHERE tenant_id = $1 AND id = $2",
+             consecutive_failures = 0, failing_since = NULL, updated_at = $4 \
+             WHERE tenant_id = $1 AND id = $2",
             &[&tenant_id, &stream_id, &reason, &now],
         )
         .await?;

@@ -26,6 +26,7 @@ use writer::{Readers, Writer};
 const MIGRATIONS: &[&str] = &[
     include_str!("schema.sql"),
     include_str!("002_destination_kinds.sql"),
+    include_str!("003_failing_streams.sql"),
 ];
 
 pub struct SqliteStore {
@@ -148,7 +149,7 @@ fn token_from_row(row: &Row) -> StoreResult<Token> {
 
 const STREAM_COLUMNS: &str = "tenant_id, id, name, status, status_reason, subscriptions, \
      destination, payload_format, retry_policy, created_at, updated_at, max_consecutive_failures, \
-     content_mode";
+     content_mode, disable_after_failing_seconds";
 
 fn stream_from_row(row: &Row, cipher: &Cipher) -> StoreResult<Stream> {
     StreamRow {
@@ -165,6 +166,7 @@ fn stream_from_row(row: &Row, cipher: &Cipher) -> StoreResult<Stream> {
         updated_at: row.get(10)?,
         max_consecutive_failures: row.get(11)?,
         content_mode: row.get(12)?,
+        disable_after_failing_seconds: row.get(13)?,
     }
     .decode(cipher)
 }
@@ -523,7 +525,7 @@ impl Store for SqliteStore {
                 conn.execute(
                     &format!(
                         "INSERT INTO streams ({STREAM_COLUMNS}, destination_type) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
                     ),
                     params![
                         stream.tenant_id,
@@ -539,6 +541,7 @@ impl Store for SqliteStore {
                         stream.updated_at,
                         stream.max_consecutive_failures,
                         stream.content_mode.map(|m| m.as_str()),
+                        stream.disable_after_failing_seconds as i64,
                         stream.destination.kind(),
                     ],
                 )?;
@@ -601,7 +604,9 @@ impl Store for SqliteStore {
                     "UPDATE streams SET name = ?3, status = ?4, status_reason = ?5, subscriptions = ?6, \
                      destination = ?7, payload_format = ?8, retry_policy = ?9, updated_at = ?10, \
                      destination_type = ?11, max_consecutive_failures = ?12, content_mode = ?13, \
-                     consecutive_failures = CASE WHEN status = ?4 THEN consecutive_failures ELSE 0 END \
+                     disable_after_failing_seconds = ?14, \
+                     consecutive_failures = CASE WHEN status = ?4 THEN consecutive_failures ELSE 0 END, \
+                     failing_since = CASE WHEN status = ?4 THEN failing_since ELSE NULL END \
                      WHERE tenant_id = ?1 AND id = ?2",
                     params![
                         stream.tenant_id,
@@ -617,6 +622,7 @@ impl Store for SqliteStore {
                         stream.destination.kind(),
                         stream.max_consecutive_failures,
                         stream.content_mode.map(|m| m.as_str()),
+                        stream.disable_after_failing_seconds as i64,
                     ],
                 )?;
                 if changed == 0 {

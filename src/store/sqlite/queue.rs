@@ -17,7 +17,7 @@ use crate::clock::Millis;
 use crate::event::Event;
 use crate::notices;
 use crate::store::{
-    AttemptRecord, ClaimBatch, ClaimRequest, Claimed, DeliveryFilter, DeliveryStatus,
+    AttemptRecord, ClaimBatch, ClaimRequest, Claimed, DeliveryFilter, DeliveryStatus, FailingRun,
     LATENCY_BOUNDS_MS, Published, RecordEffects, StoreResult, disable_reason,
 };
 
@@ -296,12 +296,13 @@ pub fn record(
     )?;
     // A success clears the run of failures, writing the stream's row only if there was one.
     let mut healthy = conn.prepare_cached(
-        "UPDATE streams SET consecutive_failures = 0 \
+        "UPDATE streams SET consecutive_failures = 0, failing_since = NULL \
          WHERE tenant_id = ?1 AND id = ?2 AND consecutive_failures != 0",
     )?;
     let mut failing = conn.prepare_cached(
-        "UPDATE streams SET consecutive_failures = consecutive_failures + 1 \
-         WHERE tenant_id = ?1 AND id = ?2 RETURNING consecutive_failures, status, name",
+        "UPDATE streams SET consecutive_failures = consecutive_failures + 1, \
+         failing_since = COALESCE(failing_since, ?3) \
+         WHERE tenant_id = ?1 AND id = ?2 RETURNING consecutive_failures, failing_since, status, name",
     )?;
     for r in records {
         leases.give_back(r.key);
@@ -342,25 +343,23 @@ pub fn record(
             healthy.execute(params![r.tenant_id, r.stream_id])?;
             continue;
         }
-        let row: Option<(u32, String, String)> = failing
-            .query_row(params![r.tenant_id, r.stream_id], |row| {
-                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        let row: Option<(i64, Option<Millis>, String, String)> = failing
+            .query_row(params![r.tenant_id, r.stream_id, r.attempted_at], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
             })
             .optional()?;
-        let Some((failures, status, name)) = row else {
+        let Some((failures, since, status, name)) = row else {
             continue; // The stream was deleted meanwhile.
         };
-        let reason = disable_reason(
-            r.disable_stream.as_ref(),
-            i64::from(failures),
-            r.max_consecutive_failures,
-        );
+        let run = FailingRun { failures, since };
+        let reason = disable_reason(r.disable_stream.as_ref(), run, r.disable_policy(), now);
         if let Some(reason) = reason
             && status != "disabled"
         {
             conn.execute(
                 "UPDATE streams SET status = 'disabled', status_reason = ?3, \
-                 consecutive_failures = 0, updated_at = ?4 WHERE tenant_id = ?1 AND id = ?2",
+                 consecutive_failures = 0, failing_since = NULL, updated_at = ?4 \
+                 WHERE tenant_id = ?1 AND id = ?2",
                 params![r.tenant_id, r.stream_id, reason, now],
             )?;
             effects.disabled_streams.push(r.stream_id.clone());
