@@ -47,7 +47,7 @@ use scheduler::{Circuit, CircuitChange, Fairness, Feedback, Limit, Readiness};
 /// How often the dispatcher looks for due work when nothing woke it.
 const POLL_INTERVAL: Duration = Duration::from_secs(5);
 /// Wait after a failed store call before trying again.
-const STORE_RETRY: Duration = Duration::from_secs(1);
+const STORE_RETRY_MS: Millis = 1_000;
 /// What a lease must have left beyond the attempt timeout for an attempt to start under it:
 /// time to record the outcome.
 const LEASE_MARGIN_MS: Millis = 5_000;
@@ -262,8 +262,12 @@ impl Dispatcher {
     /// Runs until `shutdown`, then lets attempts in flight finish for the grace period,
     /// stores every outcome, and gives back the leases of attempts that did not run.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        let (recorder, recording) =
-            recorder::start(self.store.clone(), self.clock.clone(), self.signal.clone());
+        let (recorder, recording) = recorder::start(
+            self.store.clone(),
+            self.clock.clone(),
+            self.signal.clone(),
+            shutdown.clone(),
+        );
         let shared = Arc::new(Shared {
             clock: self.clock.clone(),
             recorder,
@@ -425,9 +429,10 @@ impl Dispatcher {
     }
 
     async fn pause(&self, shutdown: &CancellationToken) {
+        let until = self.clock.now_ms() + STORE_RETRY_MS;
         tokio::select! {
             _ = shutdown.cancelled() => {}
-            _ = tokio::time::sleep(STORE_RETRY) => {}
+            _ = self.clock.sleep_until(until) => {}
         }
     }
 

@@ -6,21 +6,24 @@
 //!
 //! A record not yet stored when the process dies is lost with its attempt's outcome, but not
 //! the delivery: it is still pending and is attempted again after the restart. A batch the
-//! store refuses is given back the same way (at-least-once).
+//! store refuses is given back the same way (at-least-once). Waits between tries run on the
+//! injected clock, and stop once shutdown begins: what is still unstored then is attempted
+//! again after the restart.
 
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use super::Signal;
-use crate::clock::Clock;
+use crate::clock::{Clock, Millis};
 use crate::store::{AttemptRecord, DeliveryStatus, RecordEffects, Store, StoreError};
 
 const MAX_BATCH: usize = 512;
 /// While the store is unreachable, a batch is offered again this often, this many times:
 /// an outcome kept is an attempt not repeated.
-const RETRY_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+const RETRY_EVERY_MS: Millis = 1_000;
 const RETRIES: usize = 30;
 
 #[derive(Clone)]
@@ -36,26 +39,39 @@ impl Handle {
     }
 }
 
+/// The store and the clock the recorder writes with, and the shutdown that ends its waits.
+struct Recording {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    shutdown: CancellationToken,
+}
+
 /// Starts the recorder. It stops once every `Handle` is dropped and what they sent is stored.
 pub fn start(
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     signal: Arc<Signal>,
+    shutdown: CancellationToken,
 ) -> (Handle, JoinHandle<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
-    (Handle(tx), tokio::spawn(run(store, clock, signal, rx)))
+    let recording = Recording {
+        store,
+        clock,
+        shutdown,
+    };
+    (Handle(tx), tokio::spawn(run(recording, signal, rx)))
 }
 
 async fn run(
-    store: Arc<dyn Store>,
-    clock: Arc<dyn Clock>,
+    recording: Recording,
     signal: Arc<Signal>,
     mut records: mpsc::UnboundedReceiver<AttemptRecord>,
 ) {
+    let (store, clock) = (&*recording.store, &*recording.clock);
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while records.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let batch = std::mem::take(&mut batch);
-        match record(&*store, &*clock, &batch).await {
+        match record(&recording, &batch).await {
             Ok(effects) => stored(&signal, &batch, effects),
             // One record the store refuses must not hold back the others: each is tried
             // alone, and only those refused again are given back.
@@ -63,13 +79,13 @@ async fn run(
                 tracing::error!(error = %e, count = batch.len(), "recording a batch failed; recording its attempts one by one");
                 for one in batch {
                     let single = vec![one];
-                    match record(&*store, &*clock, &single).await {
+                    match record(&recording, &single).await {
                         Ok(effects) => stored(&signal, &single, effects),
-                        Err(e) => give_back(&*store, &*clock, &signal, &single, &e).await,
+                        Err(e) => give_back(store, clock, &signal, &single, &e).await,
                     }
                 }
             }
-            Err(e) => give_back(&*store, &*clock, &signal, &batch, &e).await,
+            Err(e) => give_back(store, clock, &signal, &batch, &e).await,
         }
     }
 }
@@ -106,18 +122,23 @@ async fn give_back(
     signal.wake(batch.iter().map(|r| &r.stream_id));
 }
 
-/// Stores a batch, waiting out a short outage of the store.
+/// Stores a batch, waiting out a short outage of the store (not past the start of shutdown).
 async fn record(
-    store: &dyn Store,
-    clock: &dyn Clock,
+    recording: &Recording,
     batch: &[AttemptRecord],
 ) -> Result<RecordEffects, StoreError> {
+    let clock = &*recording.clock;
     let mut retries = 0;
     loop {
-        match store.record(batch.to_vec(), clock.now_ms()).await {
-            Err(StoreError::Unavailable(_)) if retries < RETRIES => {
+        match recording.store.record(batch.to_vec(), clock.now_ms()).await {
+            Err(StoreError::Unavailable(_))
+                if retries < RETRIES && !recording.shutdown.is_cancelled() =>
+            {
                 retries += 1;
-                tokio::time::sleep(RETRY_EVERY).await;
+                tokio::select! {
+                    _ = clock.sleep_until(clock.now_ms() + RETRY_EVERY_MS) => {}
+                    _ = recording.shutdown.cancelled() => {}
+                }
             }
             result => return result,
         }

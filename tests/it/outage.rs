@@ -116,9 +116,11 @@ async fn a_database_outage_answers_503_pauses_delivery_and_heals_without_a_resta
     );
 
     proxy.restore();
-    // A client retries; the first tries may still meet connections the outage broke.
+    // A client retries; the first tries may still meet connections the outage broke. The
+    // dispatcher tries the store again each second of Herald's clock.
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
+        app.clock.advance(Duration::from_secs(1));
         let (status, body) = app
             .post(
                 "/v1/events",
@@ -140,11 +142,57 @@ async fn a_database_outage_answers_503_pauses_delivery_and_heals_without_a_resta
     }
     let (status, _) = app.get("/readyz").await;
     assert_eq!(status, 200);
-    let d = app
-        .wait_for_delivery(stream_id, "before", |d| d["status"] == "succeeded")
-        .await;
+    drive_until_succeeded(&app, stream_id, "before").await;
+    let d = app.deliveries(stream_id, "before").await.remove(0);
     assert_eq!(d["attempts"].as_array().unwrap().len(), 2);
-    app.wait_for_delivery(stream_id, "during", |d| d["status"] == "succeeded")
+    drive_until_succeeded(&app, stream_id, "during").await;
+
+    // An outcome that comes back while the store is away is held, and stored once it
+    // returns: the delivery is not made a second time.
+    let slow = Receiver::start().await;
+    slow.always(Reply::status(200).delayed(Duration::from_millis(300)));
+    let held = app
+        .create_stream(&slow.url, &["flow.created"], json!({}))
         .await;
+    let held_id = held["id"].as_str().unwrap();
+    app.publish(json!({"id": "held", "type": "flow.created"}))
+        .await;
+    slow.wait_for(1).await;
+    proxy.cut();
+    // The receiver answers during the outage; give its answer time to come back.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    proxy.restore();
+    // An outcome given up on would leave the delivery pending until its lease lapsed, then
+    // make it again.
+    drive_until_succeeded(&app, held_id, "held").await;
+    let d = app.deliveries(held_id, "held").await.remove(0);
+    assert_eq!(d["attempts"].as_array().unwrap().len(), 1, "{d}");
+    assert_eq!(
+        slow.received().len(),
+        1,
+        "the outcome was kept, not the attempt repeated"
+    );
     app.stop().await;
+}
+
+/// Moves Herald's clock a second at a time until the delivery succeeds: the dispatcher and
+/// the recorder wait on that clock between tries of a store that failed.
+async fn drive_until_succeeded(app: &TestApp, stream_id: &str, event_id: &str) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (status, body) = app
+            .get(&format!(
+                "/v1/event-streams/{stream_id}/deliveries/{event_id}"
+            ))
+            .await;
+        if status == 200 && body[0]["status"] == "succeeded" {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{event_id} was never delivered: {body}"
+        );
+        app.clock.advance(Duration::from_secs(1));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

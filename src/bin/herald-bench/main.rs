@@ -5,6 +5,7 @@
 //!
 //! S7 uses the PostgreSQL server at `HERALD_BENCH_DATABASE_URL`
 //! (default `postgres://postgres@127.0.0.1:5432/test`) and is skipped when it is unreachable.
+//! S11 takes a receiver down for a minute under a backlog (a few seconds with `--quick`).
 //! S10 puts events on EventBridge as moto serves it (`HERALD_BENCH_MOTO_SERVER`, else
 //! `moto_server` on the `PATH`) and is skipped without it.
 //!
@@ -30,10 +31,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "Measure Herald: throughput, latency, CPU and memory."
 )]
 struct Args {
-    /// Scenarios to run, comma-separated (S1..S8, S10).
+    /// Scenarios to run, comma-separated (S1..S8, S10, S11).
     #[arg(
         long,
-        default_value = "S1,S2,S3,S4,S5,S6,S7,S8,S10",
+        default_value = "S1,S2,S3,S4,S5,S6,S7,S8,S10,S11",
         value_delimiter = ','
     )]
     scenarios: Vec<String>,
@@ -84,6 +85,9 @@ fn main() {
         }
         if wanted("S10") {
             outcomes.push(report(scenarios::s10(size).await));
+        }
+        if wanted("S11") {
+            outcomes.push(report(scenarios::s11(size).await));
         }
         outcomes
     });

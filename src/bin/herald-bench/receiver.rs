@@ -1,8 +1,9 @@
 //! The benchmark's webhook receiver: answers every POST at once with 200 (or, for a scenario's
-//! unhealthy streams, late or with 500) and records when each event arrived.
+//! unhealthy streams, late, with 500, or with 503 while it is down) and records when each
+//! event arrived.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -10,13 +11,15 @@ use axum::body::Bytes;
 use axum::http::StatusCode;
 
 /// How the receiver answers.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub enum Behaviour {
     Ok,
     /// Answer 200 only after this long.
     Slow(Duration),
     /// Answer 500 at once.
     Failing,
+    /// Answer 503 at once while the flag is set, then as `Ok`.
+    DownWhile(Arc<AtomicBool>),
 }
 
 /// Publish times and receipts, shared by the publishers and the receivers of one run.
@@ -54,6 +57,8 @@ impl Clock {
 pub struct Receipts {
     /// Requests that arrived (answered or not).
     pub count: AtomicU64,
+    /// Requests answered 200.
+    pub ok: AtomicU64,
     /// Publish-to-receipt latencies in microseconds.
     pub latencies_us: Mutex<Vec<u64>>,
     pub last_us: AtomicU64,
@@ -73,7 +78,7 @@ fn event_number(body: &[u8]) -> Option<usize> {
 /// Starts a receiver on a port of its own and returns its URL.
 pub async fn start(behaviour: Behaviour, clock: Arc<Clock>, receipts: Arc<Receipts>) -> String {
     let handler = move |body: Bytes| {
-        let (clock, receipts) = (clock.clone(), receipts.clone());
+        let (clock, receipts, behaviour) = (clock.clone(), receipts.clone(), behaviour.clone());
         async move {
             let now = clock.now_us();
             receipts.count.fetch_add(1, Ordering::Relaxed);
@@ -82,10 +87,15 @@ pub async fn start(behaviour: Behaviour, clock: Arc<Clock>, receipts: Arc<Receip
                 Behaviour::Failing => return StatusCode::INTERNAL_SERVER_ERROR,
                 Behaviour::Slow(by) => {
                     tokio::time::sleep(by).await;
+                    receipts.ok.fetch_add(1, Ordering::Relaxed);
                     return StatusCode::OK;
                 }
-                Behaviour::Ok => {}
+                Behaviour::DownWhile(down) if down.load(Ordering::SeqCst) => {
+                    return StatusCode::SERVICE_UNAVAILABLE;
+                }
+                Behaviour::DownWhile(_) | Behaviour::Ok => {}
             }
+            receipts.ok.fetch_add(1, Ordering::Relaxed);
             if let Some(published) = event_number(&body).and_then(|n| clock.published(n)) {
                 receipts
                     .latencies_us

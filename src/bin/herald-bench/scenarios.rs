@@ -1,4 +1,4 @@
-//! The scenarios, S1 to S8 and S10. Each starts its own Herald process, its own receivers and its own
+//! The scenarios, S1 to S8, S10 and S11. Each starts its own Herald process, its own receivers and its own
 //! publishers, drives the load, and reports what it measured. Throughput scenarios first
 //! measure the bare rate: Herald's own webhook client posting the same bodies straight to the
 //! same kind of receiver with the same concurrency, so the ratio holds where absolute numbers
@@ -34,6 +34,8 @@ pub struct Size {
     pub backlog_small: usize,
     pub backlog_large: usize,
     pub bare_requests: usize,
+    /// How long S11's receiver is down.
+    pub outage_seconds: u64,
 }
 
 impl Size {
@@ -44,6 +46,7 @@ impl Size {
         backlog_small: 10_000,
         backlog_large: 1_000_000,
         bare_requests: 100_000,
+        outage_seconds: 60,
     };
     pub const QUICK: Size = Size {
         batch_events: 2_000,
@@ -52,6 +55,7 @@ impl Size {
         backlog_small: 500,
         backlog_large: 2_000,
         bare_requests: 2_000,
+        outage_seconds: 3,
     };
 }
 
@@ -772,6 +776,64 @@ pub async fn s10(size: Size) -> Outcome {
         target: TARGET,
         met: Some(succeeded == n as u64 && failed == 0),
         note: format!("{succeeded} delivered, {failed} failed of {n}; Herald's CPU only"),
+        ..Outcome::default()
+    }
+}
+
+/// S11: a receiver down for a minute with a backlog behind it, then back. The stream's circuit
+/// opens and probes; once the receiver answers, the backlog drains without an operator.
+pub async fn s11(size: Size) -> Outcome {
+    let herald = Herald::start(&[]);
+    let n = size.backlog_small;
+    let clock = Clock::new(n);
+    let receipts = Arc::new(Receipts::default());
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let url = receiver::start(
+        Behaviour::DownWhile(down.clone()),
+        clock.clone(),
+        receipts.clone(),
+    )
+    .await;
+    herald.stream(&url, "flow.run.finished").await;
+    let outage = Instant::now();
+    publish_batches(&herald, &clock, 0..n, 1_000, 2, "flow.run.finished").await;
+    tokio::time::sleep(Duration::from_secs(size.outage_seconds).saturating_sub(outage.elapsed()))
+        .await;
+    down.store(false, Ordering::SeqCst);
+    let during_outage = receipts.count.load(Ordering::Relaxed);
+    let cpu = herald.cpu_seconds();
+    let back = Instant::now();
+    wait_until(Duration::from_secs(600), || {
+        receipts.ok.load(Ordering::Relaxed) >= 1
+    })
+    .await;
+    let first_success = back.elapsed().as_secs_f64();
+    wait_until(Duration::from_secs(3_600), || {
+        receipts.ok.load(Ordering::Relaxed) >= n as u64
+    })
+    .await;
+    let seconds = back.elapsed().as_secs_f64();
+    let sent_after = receipts.count.load(Ordering::Relaxed) - during_outage;
+    const BOUND: u64 = 100;
+    Outcome {
+        scenario: "S11",
+        description: format!(
+            "a receiver down {} s with {n} deliveries pending, then back",
+            size.outage_seconds
+        ),
+        events: n as u64,
+        deliveries: n as u64,
+        seconds,
+        deliveries_per_s: n as f64 / seconds,
+        cpu_us_per_delivery: (herald.cpu_seconds() - cpu) * 1e6 / n as f64,
+        peak_rss_mib: herald.peak_rss_mib(),
+        target: "at most 100 requests during the outage; every delivery made once it is back",
+        met: Some(during_outage <= BOUND && receipts.ok.load(Ordering::Relaxed) >= n as u64),
+        note: format!(
+            "{during_outage} requests during the outage; the first success {first_success:.1} s \
+             after the receiver came back (the next probe), all {n} delivered {seconds:.1} s after \
+             it, in {sent_after} requests"
+        ),
         ..Outcome::default()
     }
 }
