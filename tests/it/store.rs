@@ -46,6 +46,7 @@ macro_rules! conformance {
 }
 
 conformance!(
+    erasure_leaves_only_what_identifies_an_event,
     publishing_is_idempotent_per_tenant_source_and_id,
     only_enabled_and_paused_streams_get_deliveries_and_only_enabled_ones_are_leased,
     a_claim_is_exclusive_until_recorded_released_or_lapsed,
@@ -625,11 +626,7 @@ async fn the_audit_log_filters_pages_erases_and_sweeps(b: Backend) {
     let p1 = store.get_event("ten_a", "p1", None).await.unwrap().unwrap();
     assert_eq!(p1.event.data.get(), "null", "{name}");
     assert_eq!(p1.erased_at, Some(NOW + 5), "{name}");
-    assert!(p1.event.extensions.get("userid").is_none(), "{name}");
-    assert_eq!(
-        p1.event.extensions["projectid"], "prj",
-        "{name}: metadata stays"
-    );
+    assert!(p1.event.extensions.is_empty(), "{name}");
 
     // p1 and p2 have deliveries pending: only p3 (no stream) may be swept now.
     let swept = store.sweep(Some(NOW + 1), None, 100).await.unwrap();
@@ -1105,4 +1102,150 @@ async fn any_destination_kind_round_trips_with_its_content_settings_and_attempt_
         "{}",
         b.name
     );
+}
+
+/// Erasure removes everything that can carry personal data, on every backend alike: the
+/// payload in either form, the subject, every extension attribute, the attempts' response
+/// bodies; and a delivery still pending sends what is left.
+async fn erasure_leaves_only_what_identifies_an_event(b: Backend) {
+    let store = &*b.store;
+    let name = b.name;
+    stream(store, "ten_a", "est_a", "user.*", StreamStatus::Enabled).await;
+    let personal = |id: &str, extensions: &str| {
+        let mut e = event(id, "user.created");
+        e.subject = Some("usr_1".into());
+        e.dataschema = Some("https://example.com/schema".into());
+        e.extensions = serde_json::from_str(extensions).unwrap();
+        e
+    };
+    let mut binary = personal(
+        "bin",
+        r#"{"data_base64":"amFuZUBleGFtcGxlLmNvbQ==","userid":"u1","projectid":"prj",
+            "platformid":"plt","customerid":"c9"}"#,
+    );
+    binary.data = RawValue::from_string("null".into()).unwrap();
+    binary.datacontenttype = Some("application/octet-stream".into());
+    let events = vec![
+        binary,
+        personal("json", r#"{"userid":"u1"}"#),
+        Event {
+            subject: Some("usr_2".into()),
+            extensions: serde_json::from_str(r#"{"userid":"u2"}"#).unwrap(),
+            ..event("other", "user.created")
+        },
+    ];
+    store.publish("ten_a", events, NOW, None).await.unwrap();
+    let claimed = store
+        .claim(request("ten_a", "est_a", 10), NOW, NOW + 60_000)
+        .await
+        .unwrap();
+    let outcomes = claimed[0]
+        .deliveries
+        .iter()
+        .map(|c| {
+            let mut o = outcome(c, DeliveryStatus::Pending, Some(NOW + 10));
+            o.response_body = Some("echo: jane@example.com".into());
+            o
+        })
+        .collect();
+    store.record(outcomes, NOW).await.unwrap();
+
+    let erased = store
+        .erase("ten_a", Erase::Subject("usr_1".into()), NOW + 5)
+        .await
+        .unwrap();
+    assert_eq!(erased, 2, "{name}");
+    let bin = store
+        .get_event("ten_a", "bin", None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(bin.erased_at, Some(NOW + 5), "{name}");
+    let rendered: serde_json::Value = serde_json::from_slice(&bin.event.to_cloudevent()).unwrap();
+    assert_eq!(
+        rendered,
+        serde_json::json!({"specversion": "1.0", "id": "bin", "source": "/test",
+            "type": "user.created", "time": herald::event::format_time(NOW)}),
+        "{name}: only what identifies the event stays"
+    );
+    for filter in [
+        EventFilter {
+            subject: Some("usr_1".into()),
+            ..Default::default()
+        },
+        EventFilter {
+            userid: Some("u1".into()),
+            ..Default::default()
+        },
+        EventFilter {
+            projectid: Some("prj".into()),
+            ..Default::default()
+        },
+    ] {
+        let found = store
+            .list_events("ten_a", filter.clone(), None, 10)
+            .await
+            .unwrap();
+        assert!(
+            found.items.is_empty(),
+            "{name}: {filter:?} still finds them"
+        );
+    }
+    let log = store
+        .list_events("ten_a", EventFilter::default(), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(log.items.len(), 3, "{name}: the events stay");
+    for logged in &log.items {
+        let erased = logged.event.id != "other";
+        assert_eq!(logged.erased_at.is_some(), erased, "{name}");
+        assert_eq!(logged.event.extensions.is_empty(), erased, "{name}");
+    }
+
+    // The attempts keep their outcomes, not what the receiver echoed.
+    for d in &claimed[0].deliveries {
+        let view = store.get_delivery("ten_a", &d.id).await.unwrap().unwrap();
+        let expected = (d.event.id == "other").then(|| "echo: jane@example.com".to_string());
+        assert_eq!(view.attempts.len(), 1, "{name}");
+        assert_eq!(view.attempts[0].response_status, Some(500), "{name}");
+        assert_eq!(view.attempts[0].response_body, expected, "{name}");
+    }
+    // What the pending deliveries send next is the erased event.
+    let retried = store
+        .claim(request("ten_a", "est_a", 10), NOW + 10, NOW + 60_000)
+        .await
+        .unwrap();
+    assert_eq!(retried[0].deliveries.len(), 3, "{name}");
+    for d in retried[0]
+        .deliveries
+        .iter()
+        .filter(|d| d.event.id != "other")
+    {
+        let body = String::from_utf8(d.event.to_cloudevent()).unwrap();
+        for personal in [
+            "amFuZUBleGFtcGxl",
+            "usr_1",
+            "u1",
+            "prj",
+            "plt",
+            "c9",
+            "\"n\":1",
+        ] {
+            assert!(
+                !body.contains(personal),
+                "{name}: {personal} is still sent: {body}"
+            );
+        }
+    }
+
+    // An id named twice is one event, erased once.
+    let erased = store
+        .erase(
+            "ten_a",
+            Erase::Events(vec!["other".into(), "other".into()]),
+            NOW + 20,
+        )
+        .await
+        .unwrap();
+    assert_eq!(erased, 1, "{name}");
 }

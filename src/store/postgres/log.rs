@@ -7,7 +7,8 @@ use tokio_postgres::Row;
 use super::{EVENT_COLUMNS, Params, event_from_row, refs};
 use crate::clock::Millis;
 use crate::store::{
-    Erase, EventFilter, LATENCY_BOUNDS_MS, LoggedEvent, Page, StatsRow, StoreResult, Swept,
+    ERASED_EVENT, Erase, EventFilter, LATENCY_BOUNDS_MS, LoggedEvent, Page, StatsRow, StoreResult,
+    Swept,
 };
 
 const LOGGED_COLUMNS: &str = "e.seq, e.received_at, e.erased_at";
@@ -90,35 +91,40 @@ pub async fn get_event(
         .transpose()
 }
 
-/// Drops the payload and the context attributes that identify people (`userid`).
-const ERASE: &str = "SET data = 'null', userid = NULL, erased_at = $1, \
-     extensions = CASE WHEN extensions IS NULL THEN NULL ELSE (extensions::jsonb - 'userid')::text END";
-
+/// Erases the events and their attempts' response bodies in one transaction (see
+/// `ERASED_EVENT`).
 pub async fn erase(
-    client: &impl GenericClient,
+    tx: &impl GenericClient,
     tenant_id: &str,
     what: &Erase,
     now: Millis,
 ) -> StoreResult<u64> {
-    let count = match what {
-        Erase::Events(ids) => {
-            client
-                .execute(
-                    &format!("UPDATE events {ERASE} WHERE tenant_id = $2 AND id = ANY($3)"),
-                    &[&now, &tenant_id, ids],
-                )
-                .await?
-        }
-        Erase::Subject(subject) => {
-            client
-                .execute(
-                    &format!("UPDATE events {ERASE} WHERE tenant_id = $2 AND subject = $3"),
-                    &[&now, &tenant_id, subject],
-                )
-                .await?
-        }
+    let (condition, values): (&str, Vec<&str>) = match what {
+        Erase::Events(ids) => ("id", ids.iter().map(String::as_str).collect()),
+        Erase::Subject(subject) => ("subject", vec![subject.as_str()]),
     };
-    Ok(count)
+    let erased: Vec<i64> = tx
+        .query(
+            &format!(
+                "UPDATE events SET {ERASED_EVENT}, erased_at = $1 \
+                 WHERE tenant_id = $2 AND {condition} = ANY($3) RETURNING seq"
+            ),
+            &[&now, &tenant_id, &values],
+        )
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    if !erased.is_empty() {
+        tx.execute(
+            "UPDATE attempts a SET response_body = NULL FROM deliveries d \
+             WHERE d.tenant_id = $1 AND d.event_seq = ANY($2) \
+             AND a.tenant_id = d.tenant_id AND a.delivery_seq = d.seq AND a.response_body IS NOT NULL",
+            &[&tenant_id, &erased],
+        )
+        .await?;
+    }
+    Ok(erased.len() as u64)
 }
 
 /// One node sweeps at a time (a transaction-scoped advisory lock per schema); the others
