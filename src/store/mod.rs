@@ -400,6 +400,14 @@ pub struct Swept {
     pub bodies: u64,
 }
 
+/// The retention rule, the same SQL in both stores: an old event (`e`) is kept while one of
+/// its deliveries is pending to a stream that still exists. A delivery pending to a deleted
+/// stream would never finish (a publish that raced the stream's deletion can leave one, and
+/// so can a redelivery to a stream that is gone), so it keeps nothing.
+pub(crate) const KEPT_BY_PENDING_WORK: &str = "EXISTS (SELECT 1 FROM deliveries d \
+     JOIN streams s ON s.tenant_id = d.tenant_id AND s.id = d.stream_id \
+     WHERE d.tenant_id = e.tenant_id AND d.event_seq = e.seq AND d.status = 'pending')";
+
 /// A change to a stream's definition and what comes with it, committed together.
 #[derive(Debug, Clone)]
 pub struct StreamUpdate {

@@ -46,6 +46,7 @@ macro_rules! conformance {
 }
 
 conformance!(
+    retention_keeps_events_only_for_streams_that_still_exist,
     erasure_leaves_only_what_identifies_an_event,
     publishing_is_idempotent_per_tenant_source_and_id,
     only_enabled_and_paused_streams_get_deliveries_and_only_enabled_ones_are_leased,
@@ -1248,4 +1249,51 @@ async fn erasure_leaves_only_what_identifies_an_event(b: Backend) {
         .await
         .unwrap();
     assert_eq!(erased, 1, "{name}");
+}
+
+/// A delivery pending to a stream that no longer exists never finishes, so it does not keep
+/// its event from retention, on any backend.
+async fn retention_keeps_events_only_for_streams_that_still_exist(b: Backend) {
+    let store = &*b.store;
+    let name = b.name;
+    stream(store, "ten_a", "est_a", "user.*", StreamStatus::Enabled).await;
+    let events = vec![
+        event("kept", "user.created"),
+        event("orphan", "role.created"),
+    ];
+    store.publish("ten_a", events, NOW, None).await.unwrap();
+    let queued = store
+        .redeliver_event("ten_a", "est_gone", "orphan", NOW)
+        .await
+        .unwrap();
+    assert_eq!(queued, Some(1), "{name}");
+    let orphan = store.event_deliveries("ten_a", "orphan").await.unwrap();
+    assert_eq!(orphan[0].status, DeliveryStatus::Pending, "{name}");
+
+    let swept = store.sweep(Some(NOW + 1), None, 100).await.unwrap();
+    assert_eq!(swept.events, 1, "{name}");
+    assert!(
+        store
+            .get_event("ten_a", "orphan", None)
+            .await
+            .unwrap()
+            .is_none(),
+        "{name}: a delivery to a deleted stream kept its event"
+    );
+    assert!(
+        store
+            .get_delivery("ten_a", &orphan[0].id)
+            .await
+            .unwrap()
+            .is_none(),
+        "{name}"
+    );
+    assert!(
+        store
+            .get_event("ten_a", "kept", None)
+            .await
+            .unwrap()
+            .is_some(),
+        "{name}: pending to a stream that exists"
+    );
 }

@@ -7,8 +7,8 @@ use tokio_postgres::Row;
 use super::{EVENT_COLUMNS, Params, event_from_row, refs};
 use crate::clock::Millis;
 use crate::store::{
-    ERASED_EVENT, Erase, EventFilter, LATENCY_BOUNDS_MS, LoggedEvent, Page, StatsRow, StoreResult,
-    Swept,
+    ERASED_EVENT, Erase, EventFilter, KEPT_BY_PENDING_WORK, LATENCY_BOUNDS_MS, LoggedEvent, Page,
+    StatsRow, StoreResult, Swept,
 };
 
 const LOGGED_COLUMNS: &str = "e.seq, e.received_at, e.erased_at";
@@ -128,9 +128,8 @@ pub async fn erase(
 }
 
 /// One node sweeps at a time (a transaction-scoped advisory lock per schema); the others
-/// skip their turn. Rows go oldest first, in insertion order. Only deliveries of streams that
-/// still exist keep an event: a publish that raced its stream's deletion may have left one
-/// pending for a stream that is gone, and nothing would ever finish it.
+/// skip their turn. Rows go oldest first, in insertion order; what keeps an event is
+/// `KEPT_BY_PENDING_WORK`.
 pub async fn sweep(
     tx: &impl GenericClient,
     events_before: Option<Millis>,
@@ -151,11 +150,10 @@ pub async fn sweep(
     if let Some(cutoff) = events_before {
         let old = tx
             .query(
-                "SELECT e.seq, e.tenant_id FROM events e WHERE e.received_at < $1 \
-                 AND NOT EXISTS (SELECT 1 FROM deliveries d JOIN streams s \
-                 ON s.tenant_id = d.tenant_id AND s.id = d.stream_id \
-                 WHERE d.tenant_id = e.tenant_id AND d.event_seq = e.seq AND d.status = 'pending') \
-                 ORDER BY e.seq LIMIT $2",
+                &format!(
+                    "SELECT e.seq, e.tenant_id FROM events e WHERE e.received_at < $1 \
+                     AND NOT {KEPT_BY_PENDING_WORK} ORDER BY e.seq LIMIT $2"
+                ),
                 &[&cutoff, &(limit as i64)],
             )
             .await?;

@@ -7,8 +7,8 @@ use rusqlite::{Connection, Row, params, params_from_iter};
 use super::{EVENT_COLUMNS, event_from_row};
 use crate::clock::Millis;
 use crate::store::{
-    ERASED_EVENT, Erase, EventFilter, LATENCY_BOUNDS_MS, LoggedEvent, Page, StatsRow, StoreResult,
-    Swept,
+    ERASED_EVENT, Erase, EventFilter, KEPT_BY_PENDING_WORK, LATENCY_BOUNDS_MS, LoggedEvent, Page,
+    StatsRow, StoreResult, Swept,
 };
 
 const LOGGED_COLUMNS: &str = "e.seq, e.received_at, e.erased_at";
@@ -120,12 +120,10 @@ pub fn sweep(
     let mut swept = Swept::default();
     if let Some(cutoff) = events_before {
         let old: Vec<(i64, String)> = conn
-            .prepare_cached(
+            .prepare_cached(&format!(
                 "SELECT e.seq, e.tenant_id FROM events e WHERE e.received_at < ?1 \
-                 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.tenant_id = e.tenant_id \
-                 AND d.event_seq = e.seq AND d.status = 'pending') \
-                 ORDER BY e.seq LIMIT ?2",
-            )?
+                 AND NOT {KEPT_BY_PENDING_WORK} ORDER BY e.seq LIMIT ?2"
+            ))?
             .query_map(params![cutoff, limit as i64], |r| {
                 Ok((r.get(0)?, r.get(1)?))
             })?
