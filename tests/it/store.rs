@@ -46,6 +46,7 @@ macro_rules! conformance {
 }
 
 conformance!(
+    a_write_that_fails_leaves_leases_as_they_were,
     retention_keeps_events_only_for_streams_that_still_exist,
     erasure_leaves_only_what_identifies_an_event,
     publishing_is_idempotent_per_tenant_source_and_id,
@@ -68,8 +69,8 @@ struct Backend {
     name: &'static str,
     store: Arc<dyn Store>,
     /// The embedded store's data directory.
-    _dir: Option<tempfile::TempDir>,
-    _database: Option<Scratch>,
+    dir: Option<tempfile::TempDir>,
+    database: Option<Scratch>,
 }
 
 const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
@@ -84,8 +85,8 @@ async fn sqlite() -> Backend {
     with_tenants(Backend {
         name: "sqlite",
         store: Arc::new(store),
-        _dir: Some(dir),
-        _database: None,
+        dir: Some(dir),
+        database: None,
     })
     .await
 }
@@ -98,10 +99,40 @@ async fn postgres() -> Backend {
     with_tenants(Backend {
         name: "postgres",
         store: Arc::new(store),
-        _dir: None,
-        _database: Some(database),
+        dir: None,
+        database: Some(database),
     })
     .await
+}
+
+/// Makes the backend's database refuse to insert rows of `table` for which `condition` holds,
+/// as a constraint would: a real failure inside a write, to see what a failed write leaves.
+async fn refuse_inserts(b: &Backend, table: &str, condition: &str) {
+    if let Some(dir) = &b.dir {
+        let conn = rusqlite::Connection::open(dir.path().join("store.sqlite3")).unwrap();
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .unwrap();
+        conn.execute_batch(&format!(
+            "CREATE TRIGGER refuse_{table} BEFORE INSERT ON {table} WHEN {condition} \
+             BEGIN SELECT RAISE(ABORT, 'refused'); END"
+        ))
+        .unwrap();
+    }
+    if let Some(database) = &b.database {
+        let (client, connection) = tokio_postgres::connect(&database.url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        client
+            .batch_execute(&format!(
+                "CREATE FUNCTION refuse_{table}() RETURNS trigger LANGUAGE plpgsql AS \
+                 $$ BEGIN RAISE EXCEPTION 'refused'; END $$; \
+                 CREATE TRIGGER refuse_{table} BEFORE INSERT ON {table} FOR EACH ROW \
+                 WHEN ({condition}) EXECUTE FUNCTION refuse_{table}()"
+            ))
+            .await
+            .unwrap();
+    }
 }
 
 async fn with_tenants(backend: Backend) -> Backend {
@@ -1296,4 +1327,66 @@ async fn retention_keeps_events_only_for_streams_that_still_exist(b: Backend) {
             .is_some(),
         "{name}: pending to a stream that exists"
     );
+}
+
+/// A write that fails stores nothing, and changes no lease either: not one taken by a publish
+/// that failed part-way (on the embedded store its row id is reused, and the lease would hide
+/// the next delivery), not one given back by an outcome that could not be stored (the
+/// delivery could then be claimed again while its attempt is still being recorded).
+async fn a_write_that_fails_leaves_leases_as_they_were(b: Backend) {
+    let store = &*b.store;
+    let name = b.name;
+    stream(store, "ten_a", "est_a", "user.*", StreamStatus::Enabled).await;
+    stream(store, "ten_a", "est_b", "role.*", StreamStatus::Enabled).await;
+    refuse_inserts(&b, "deliveries", "NEW.event_type = 'role.created'").await;
+    refuse_inserts(&b, "attempts", "NEW.response_body = 'unstorable'").await;
+
+    // The first event's delivery is leased before the second event's is refused.
+    let events = vec![event("u1", "user.created"), event("r1", "role.created")];
+    let failed = store
+        .publish("ten_a", events, NOW, Some(NOW + 60_000))
+        .await;
+    assert!(failed.is_err(), "{name}: {failed:?}");
+    assert!(
+        store
+            .get_event("ten_a", "u1", None)
+            .await
+            .unwrap()
+            .is_none(),
+        "{name}"
+    );
+    store
+        .publish("ten_a", vec![event("u2", "user.created")], NOW, None)
+        .await
+        .unwrap();
+    let claimed = store
+        .claim(request("ten_a", "est_a", 10), NOW, NOW + 60_000)
+        .await
+        .unwrap();
+    let ids: Vec<_> = claimed[0].deliveries.iter().map(|c| &c.event.id).collect();
+    assert_eq!(
+        ids,
+        ["u2"],
+        "{name}: the failed publish left a lease behind"
+    );
+
+    let mut unstorable = outcome(&claimed[0].deliveries[0], DeliveryStatus::Succeeded, None);
+    unstorable.response_body = Some("unstorable".into());
+    let failed = store.record(vec![unstorable], NOW + 1).await;
+    assert!(failed.is_err(), "{name}: {failed:?}");
+    let again = store
+        .claim(request("ten_a", "est_a", 10), NOW + 2, NOW + 60_000)
+        .await
+        .unwrap();
+    assert!(
+        again[0].deliveries.is_empty(),
+        "{name}: an outcome that was not stored gave its lease back"
+    );
+    let view = store
+        .get_delivery("ten_a", &claimed[0].deliveries[0].id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(view.status, DeliveryStatus::Pending, "{name}");
+    assert!(view.attempts.is_empty(), "{name}");
 }

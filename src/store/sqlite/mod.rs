@@ -47,10 +47,11 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.set_prepared_statement_cache_capacity(writer::STATEMENT_CACHE);
+        let leases: Arc<std::sync::Mutex<queue::Leases>> = Arc::default();
         Ok(SqliteStore {
             _lock: lock,
-            leases: Arc::default(),
-            writer: Writer::start(conn),
+            writer: Writer::start(conn, Arc::new(LeaseJournal(leases.clone()))),
+            leases,
             readers: Readers::new(path),
             cipher: Arc::new(cipher),
         })
@@ -108,6 +109,27 @@ fn lock_exclusively(path: &Path) -> Result<std::fs::File, String> {
             .to_string()
     })?;
     Ok(file)
+}
+
+/// The leases follow the writer's transactions: a rolled-back job's lease changes are undone.
+struct LeaseJournal(Arc<std::sync::Mutex<queue::Leases>>);
+
+impl writer::Journal for LeaseJournal {
+    fn begin_job(&self) {
+        lock(&self.0).begin_job();
+    }
+
+    fn undo_job(&self) {
+        lock(&self.0).undo_job();
+    }
+
+    fn committed(&self) {
+        lock(&self.0).committed();
+    }
+
+    fn rolled_back(&self) {
+        lock(&self.0).rolled_back();
+    }
 }
 
 fn lock(leases: &std::sync::Mutex<queue::Leases>) -> std::sync::MutexGuard<'_, queue::Leases> {

@@ -6,6 +6,9 @@
 //! fsync, and only then answers each caller. Concurrent publishes therefore share commits
 //! (group commit) and nobody is answered before their data is durable.
 //!
+//! State kept in memory beside the database (the embedded store's leases) follows the same
+//! transactions through a [`Journal`]: what a rolled-back job changed in it is undone too.
+//!
 //! Reads use a small pool of separate connections (WAL lets them run beside the writer).
 
 use std::path::{Path, PathBuf};
@@ -32,6 +35,22 @@ pub enum Durability {
     /// outcomes).
     Lazy,
 }
+
+/// In-memory state that jobs change beside their rows, told where the writer's transactions
+/// and savepoints begin and end so that it stands or falls with them.
+pub trait Journal: Send + Sync {
+    /// A job is about to run in its savepoint.
+    fn begin_job(&self) {}
+    /// The job that began last failed and was rolled back to its savepoint.
+    fn undo_job(&self) {}
+    /// The transaction committed.
+    fn committed(&self) {}
+    /// The transaction was rolled back, every job in it included.
+    fn rolled_back(&self) {}
+}
+
+/// Nothing kept beside the database.
+impl Journal for () {}
 
 trait Job: Send {
     fn durability(&self) -> Durability;
@@ -94,14 +113,15 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer thread on `conn`. The thread ends when every `Writer` is dropped.
-    pub fn start(conn: Connection) -> Writer {
+    /// Starts the writer thread on `conn`, with `journal` following its transactions. The
+    /// thread ends when every `Writer` is dropped.
+    pub fn start(conn: Connection, journal: Arc<dyn Journal>) -> Writer {
         let (queue, jobs) = mpsc::channel(QUEUE_DEPTH);
         let commits = Arc::new(AtomicU64::new(0));
         let counter = commits.clone();
         std::thread::Builder::new()
             .name("herald-sqlite-writer".into())
-            .spawn(move || run(conn, jobs, &counter))
+            .spawn(move || run(conn, &*journal, jobs, &counter))
             .expect("spawning the store's writer thread");
         Writer { queue, commits }
     }
@@ -159,7 +179,12 @@ impl Writer {
     }
 }
 
-fn run(mut conn: Connection, mut queue: mpsc::Receiver<Message>, commits: &AtomicU64) {
+fn run(
+    mut conn: Connection,
+    journal: &dyn Journal,
+    mut queue: mpsc::Receiver<Message>,
+    commits: &AtomicU64,
+) {
     let mut jobs: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_JOBS_PER_COMMIT);
     let mut closer = None;
     while closer.is_none() {
@@ -178,7 +203,7 @@ fn run(mut conn: Connection, mut queue: mpsc::Receiver<Message>, commits: &Atomi
         if jobs.is_empty() {
             continue;
         }
-        let commit = commit_together(&mut conn, &mut jobs);
+        let commit = commit_together(&mut conn, journal, &mut jobs);
         commits.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = &commit {
             tracing::error!(error = %e, jobs = jobs.len(), "store commit failed");
@@ -207,16 +232,31 @@ fn run(mut conn: Connection, mut queue: mpsc::Receiver<Message>, commits: &Atomi
 /// Runs `jobs` in one transaction, each inside a savepoint, and commits. The transaction
 /// statements are prepared once and reused: at thousands of commits a second, parsing them
 /// each time shows.
-fn commit_together(conn: &mut Connection, jobs: &mut [Box<dyn Job>]) -> Result<(), String> {
-    run_in_transaction(conn, jobs).map_err(|e| {
-        if !conn.is_autocommit() {
-            let _ = conn.execute_batch("ROLLBACK");
+fn commit_together(
+    conn: &mut Connection,
+    journal: &dyn Journal,
+    jobs: &mut [Box<dyn Job>],
+) -> Result<(), String> {
+    match run_in_transaction(conn, journal, jobs) {
+        Ok(()) => {
+            journal.committed();
+            Ok(())
         }
-        e.to_string()
-    })
+        Err(e) => {
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            journal.rolled_back();
+            Err(e.to_string())
+        }
+    }
 }
 
-fn run_in_transaction(conn: &Connection, jobs: &mut [Box<dyn Job>]) -> rusqlite::Result<()> {
+fn run_in_transaction(
+    conn: &Connection,
+    journal: &dyn Journal,
+    jobs: &mut [Box<dyn Job>],
+) -> rusqlite::Result<()> {
     let exec = |sql: &str| -> rusqlite::Result<()> {
         conn.prepare_cached(sql)?.execute([])?;
         Ok(())
@@ -231,8 +271,10 @@ fn run_in_transaction(conn: &Connection, jobs: &mut [Box<dyn Job>]) -> rusqlite:
     exec("BEGIN IMMEDIATE")?;
     for job in jobs.iter_mut() {
         exec("SAVEPOINT job")?;
+        journal.begin_job();
         if !job.run(conn) {
             exec("ROLLBACK TO job")?;
+            journal.undo_job();
         }
         exec("RELEASE job")?;
     }
@@ -315,7 +357,7 @@ mod tests {
         let conn = Connection::open(dir.path().join("w.sqlite3")).unwrap();
         conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (v INTEGER UNIQUE);")
             .unwrap();
-        (Writer::start(conn), dir)
+        (Writer::start(conn, Arc::new(())), dir)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
