@@ -1390,3 +1390,25 @@ async fn a_write_that_fails_leaves_leases_as_they_were(b: Backend) {
     assert_eq!(view.status, DeliveryStatus::Pending, "{name}");
     assert!(view.attempts.is_empty(), "{name}");
 }
+
+/// Reads keep working when the embedded store's writer thread is gone, so readiness must ask
+/// the writer too: a store that cannot write is not ready.
+#[tokio::test]
+async fn the_embedded_store_is_not_ready_once_its_writer_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(
+        &dir.path().join("store.sqlite3"),
+        Cipher::from_base64(KEY).unwrap(),
+    )
+    .unwrap();
+    store.ping().await.unwrap();
+    store.kill_writer_for_tests().await;
+    assert!(store.list_tenants().await.is_ok(), "reads still work");
+    let tenant = Tenant {
+        id: "ten_c".into(),
+        name: "c".into(),
+        created_at: NOW,
+    };
+    assert!(store.create_tenant(tenant).await.is_err(), "writes do not");
+    assert!(store.ping().await.is_err(), "the store says it is ready");
+}

@@ -58,6 +58,19 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// Ends the writer thread the way a panicking job would. Only for the test that
+    /// readiness notices; nothing else calls it.
+    #[doc(hidden)]
+    pub async fn kill_writer_for_tests(&self) {
+        let killed = self
+            .writer
+            .write_lazy(|_| -> StoreResult<()> { panic!("the writer was killed for a test") })
+            .await;
+        debug_assert!(killed.is_err());
+    }
+}
+
 /// Takes the data directory's lock, then opens the database in WAL mode with its schema
 /// up to date.
 fn open_locked(path: &Path) -> StoreResult<(std::fs::File, Connection)> {
@@ -321,7 +334,9 @@ impl Store for SqliteStore {
         self.writer.close().await;
     }
 
+    /// Both halves must answer: reads succeed even when the writer thread is gone.
     async fn ping(&self) -> StoreResult<()> {
+        self.writer.ping().await?;
         self.readers
             .read(|conn| Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?))
             .await
