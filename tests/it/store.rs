@@ -46,6 +46,7 @@ macro_rules! conformance {
 }
 
 conformance!(
+    deleting_a_tenant_leaves_no_lease_on_its_deliveries,
     a_write_that_fails_leaves_leases_as_they_were,
     retention_keeps_events_only_for_streams_that_still_exist,
     erasure_leaves_only_what_identifies_an_event,
@@ -1411,4 +1412,50 @@ async fn the_embedded_store_is_not_ready_once_its_writer_is_gone() {
     };
     assert!(store.create_tenant(tenant).await.is_err(), "writes do not");
     assert!(store.ping().await.is_err(), "the store says it is ready");
+}
+
+/// Deleting a tenant deletes its deliveries with their leases, on every backend: a lease
+/// left behind (the embedded store keeps them in memory, and reuses the row ids deletion
+/// frees) would hide another tenant's next delivery until it lapsed.
+async fn deleting_a_tenant_leaves_no_lease_on_its_deliveries(b: Backend) {
+    let store = &*b.store;
+    let name = b.name;
+    stream(store, "ten_b", "est_b", "*", StreamStatus::Enabled).await;
+    let published = store
+        .publish(
+            "ten_b",
+            vec![event("b1", "user.created")],
+            NOW,
+            Some(NOW + 60_000),
+        )
+        .await
+        .unwrap();
+    let leased = published[0].leased[0].clone();
+    assert!(store.delete_tenant("ten_b").await.unwrap(), "{name}");
+
+    stream(store, "ten_a", "est_a", "*", StreamStatus::Enabled).await;
+    store
+        .publish("ten_a", vec![event("a1", "user.created")], NOW, None)
+        .await
+        .unwrap();
+    let claimed = store
+        .claim(request("ten_a", "est_a", 10), NOW, NOW + 60_000)
+        .await
+        .unwrap();
+    let ids: Vec<_> = claimed[0].deliveries.iter().map(|c| &c.event.id).collect();
+    assert_eq!(ids, ["a1"], "{name}: the deleted tenant's lease hid it");
+
+    // The deleted tenant's attempt, finishing late, takes nothing from the new delivery.
+    store
+        .record(vec![outcome(&leased, DeliveryStatus::Succeeded, None)], NOW)
+        .await
+        .unwrap();
+    let again = store
+        .claim(request("ten_a", "est_a", 10), NOW + 1, NOW + 60_000)
+        .await
+        .unwrap();
+    assert!(
+        again[0].deliveries.is_empty(),
+        "{name}: a1 is still under way"
+    );
 }

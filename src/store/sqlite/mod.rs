@@ -394,8 +394,20 @@ impl Store for SqliteStore {
 
     async fn delete_tenant(&self, id: &str) -> StoreResult<bool> {
         let id = id.to_string();
+        let leases = self.leases.clone();
         self.writer
             .write(move |conn| {
+                // Leases are rows on PostgreSQL, deleted with the tenant; here they are in
+                // memory and must go with it too.
+                let streams: Vec<String> = conn
+                    .prepare_cached("SELECT id FROM streams WHERE tenant_id = ?1")?
+                    .query_map(params![id], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                let mut held = lock(&leases);
+                for stream_id in &streams {
+                    held.forget_stream(stream_id);
+                }
+                drop(held);
                 for table in TENANT_TABLES {
                     conn.execute(
                         &format!("DELETE FROM {table} WHERE tenant_id = ?1"),

@@ -176,6 +176,30 @@ impl Leases {
         }
     }
 
+    /// Gives back `key`'s lease if `stream_id` holds it: after its tenant was deleted, a
+    /// delivery's row id may have gone to another delivery, whose lease is not this one's.
+    fn give_back_of(&mut self, stream_id: &str, key: i64) {
+        if self
+            .held
+            .get(&key)
+            .is_some_and(|(holder, _)| holder == stream_id)
+        {
+            self.change(key, None);
+        }
+    }
+
+    /// Forgets every lease of the stream, whose deliveries are being deleted: the row ids
+    /// they free are reused, and a lease left on one would hide the delivery that gets it.
+    pub fn forget_stream(&mut self, stream_id: &str) {
+        let keys: Vec<i64> = self
+            .of_stream(stream_id)
+            .map(|keys| keys.iter().copied().collect())
+            .unwrap_or_default();
+        for key in keys {
+            self.change(key, None);
+        }
+    }
+
     fn change(&mut self, key: i64, lease: Option<(String, Millis)>) {
         let replaced = self.set(key, lease);
         self.journal.push((key, replaced));
@@ -361,7 +385,7 @@ pub fn record(
          WHERE tenant_id = ?1 AND id = ?2 RETURNING consecutive_failures, status, name",
     )?;
     for r in records {
-        leases.give_back(r.key);
+        leases.give_back_of(&r.stream_id, r.key);
         insert.execute(params![
             r.tenant_id,
             r.key,
