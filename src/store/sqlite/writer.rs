@@ -416,6 +416,57 @@ mod tests {
         );
     }
 
+    /// Records the calls a journal gets.
+    #[derive(Default)]
+    struct Calls(Mutex<Vec<&'static str>>);
+
+    impl Journal for Calls {
+        fn begin_job(&self) {
+            self.0.lock().unwrap().push("begin");
+        }
+        fn undo_job(&self) {
+            self.0.lock().unwrap().push("undo");
+        }
+        fn committed(&self) {
+            self.0.lock().unwrap().push("committed");
+        }
+        fn rolled_back(&self) {
+            self.0.lock().unwrap().push("rolled back");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_journal_follows_jobs_and_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("j.sqlite3")).unwrap();
+        // A deferred foreign key fails the COMMIT itself, after every job succeeded.
+        conn.execute_batch(
+            "PRAGMA foreign_keys = ON; CREATE TABLE parent (id INTEGER PRIMARY KEY); \
+             CREATE TABLE child (parent INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED); \
+             CREATE TABLE t (v INTEGER UNIQUE);",
+        )
+        .unwrap();
+        let calls = Arc::new(Calls::default());
+        let writer = Writer::start(conn, calls.clone());
+        let take = || std::mem::take(&mut *calls.0.lock().unwrap());
+
+        writer
+            .write(|c| Ok(c.execute("INSERT INTO t (v) VALUES (1)", [])?))
+            .await
+            .unwrap();
+        assert_eq!(take(), ["begin", "committed"]);
+        let failed = writer
+            .write(|c| Ok(c.execute("INSERT INTO t (v) VALUES (1)", [])?))
+            .await;
+        assert!(failed.is_err());
+        assert_eq!(take(), ["begin", "undo", "committed"]);
+        let failed = writer
+            .write(|c| Ok(c.execute("INSERT INTO child (parent) VALUES (7)", [])?))
+            .await;
+        assert!(failed.is_err());
+        assert_eq!(take(), ["begin", "rolled back"]);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failing_job_rolls_back_alone() {
         let (writer, _dir) = writer();
