@@ -328,8 +328,8 @@ pub struct EraseRequest {
     subject: Option<String>,
 }
 
-/// `POST /v1/events/erase`: erases the payload of events by id or by subject (a right to be
-/// forgotten). Metadata and delivery history stay.
+/// `POST /v1/events/erase`: erases events by id or by subject (a right to be forgotten) down
+/// to what identifies them (see `Store::erase`); delivery history stays.
 pub async fn erase(
     State(state): State<AppState>,
     caller: Caller,

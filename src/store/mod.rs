@@ -442,12 +442,29 @@ pub enum Erase {
     Subject(String),
 }
 
+/// What erasing an event does to its row, the same in both stores: everything that can carry
+/// personal data goes (`data`, which also stands for `data_base64`; `subject`; every
+/// extension attribute, `userid` and `projectid` with the columns that repeat them;
+/// `datacontenttype` and `dataschema`, which describe a payload no longer there). What stays
+/// is what CloudEvents requires (`id`, `source`, `type`) and `time`. The response bodies of
+/// the attempts to deliver it go too (a receiver may echo what it got): see `Store::erase`.
+pub(crate) const ERASED_EVENT: &str = "data = 'null', subject = NULL, datacontenttype = NULL, \
+     dataschema = NULL, extensions = NULL, projectid = NULL, userid = NULL";
+
 /// What one retention sweep removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Swept {
     pub events: u64,
     pub bodies: u64,
 }
+
+/// The retention rule, the same SQL in both stores: an old event (`e`) is kept while one of
+/// its deliveries is pending to a stream that still exists. A delivery pending to a deleted
+/// stream would never finish (a publish that raced the stream's deletion can leave one, and
+/// so can a redelivery to a stream that is gone), so it keeps nothing.
+pub(crate) const KEPT_BY_PENDING_WORK: &str = "EXISTS (SELECT 1 FROM deliveries d \
+     JOIN streams s ON s.tenant_id = d.tenant_id AND s.id = d.stream_id \
+     WHERE d.tenant_id = e.tenant_id AND d.event_seq = e.seq AND d.status = 'pending')";
 
 /// A change to a stream's definition and what comes with it, committed together.
 #[derive(Debug, Clone)]
@@ -623,8 +640,10 @@ pub trait Store: Send + Sync + 'static {
         id: &str,
         source: Option<&str>,
     ) -> StoreResult<Option<LoggedEvent>>;
-    /// Erases the payloads (`data`, and the context that names people) of the matching
-    /// events; their metadata and delivery history stay. Returns how many were erased.
+    /// Erases the matching events down to their `id`, `source`, `type` and `time` (see
+    /// `ERASED_EVENT`), and drops the response bodies of their attempts; their deliveries and
+    /// the attempts' outcomes stay. A delivery still pending sends what is left. Returns how
+    /// many events were erased.
     async fn erase(&self, tenant_id: &str, what: Erase, now: Millis) -> StoreResult<u64>;
     /// Retention, across tenants: deletes up to `limit` events received before
     /// `events_before` that have nothing pending (with their deliveries, attempts and

@@ -7,7 +7,8 @@ use tokio_postgres::Row;
 use super::{EVENT_COLUMNS, Params, event_from_row, refs};
 use crate::clock::Millis;
 use crate::store::{
-    Erase, EventFilter, LATENCY_BOUNDS_MS, LoggedEvent, Page, StatsRow, StoreResult, Swept,
+    ERASED_EVENT, Erase, EventFilter, KEPT_BY_PENDING_WORK, LATENCY_BOUNDS_MS, LoggedEvent, Page,
+    StatsRow, StoreResult, Swept,
 };
 
 const LOGGED_COLUMNS: &str = "e.seq, e.received_at, e.erased_at";
@@ -90,41 +91,45 @@ pub async fn get_event(
         .transpose()
 }
 
-/// Drops the payload and the context attributes that identify people (`userid`).
-const ERASE: &str = "SET data = 'null', userid = NULL, erased_at = $1, \
-     extensions = CASE WHEN extensions IS NULL THEN NULL ELSE (extensions::jsonb - 'userid')::text END";
-
+/// Erases the events and their attempts' response bodies in one transaction (see
+/// `ERASED_EVENT`).
 pub async fn erase(
-    client: &impl GenericClient,
+    tx: &impl GenericClient,
     tenant_id: &str,
     what: &Erase,
     now: Millis,
 ) -> StoreResult<u64> {
-    let count = match what {
-        Erase::Events(ids) => {
-            client
-                .execute(
-                    &format!("UPDATE events {ERASE} WHERE tenant_id = $2 AND id = ANY($3)"),
-                    &[&now, &tenant_id, ids],
-                )
-                .await?
-        }
-        Erase::Subject(subject) => {
-            client
-                .execute(
-                    &format!("UPDATE events {ERASE} WHERE tenant_id = $2 AND subject = $3"),
-                    &[&now, &tenant_id, subject],
-                )
-                .await?
-        }
+    let (condition, values): (&str, Vec<&str>) = match what {
+        Erase::Events(ids) => ("id", ids.iter().map(String::as_str).collect()),
+        Erase::Subject(subject) => ("subject", vec![subject.as_str()]),
     };
-    Ok(count)
+    let erased: Vec<i64> = tx
+        .query(
+            &format!(
+                "UPDATE events SET {ERASED_EVENT}, erased_at = $1 \
+                 WHERE tenant_id = $2 AND {condition} = ANY($3) RETURNING seq"
+            ),
+            &[&now, &tenant_id, &values],
+        )
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    if !erased.is_empty() {
+        tx.execute(
+            "UPDATE attempts a SET response_body = NULL FROM deliveries d \
+             WHERE d.tenant_id = $1 AND d.event_seq = ANY($2) \
+             AND a.tenant_id = d.tenant_id AND a.delivery_seq = d.seq AND a.response_body IS NOT NULL",
+            &[&tenant_id, &erased],
+        )
+        .await?;
+    }
+    Ok(erased.len() as u64)
 }
 
 /// One node sweeps at a time (a transaction-scoped advisory lock per schema); the others
-/// skip their turn. Rows go oldest first, in insertion order. Only deliveries of streams that
-/// still exist keep an event: a publish that raced its stream's deletion may have left one
-/// pending for a stream that is gone, and nothing would ever finish it.
+/// skip their turn. Rows go oldest first, in insertion order; what keeps an event is
+/// `KEPT_BY_PENDING_WORK`.
 pub async fn sweep(
     tx: &impl GenericClient,
     events_before: Option<Millis>,
@@ -145,11 +150,10 @@ pub async fn sweep(
     if let Some(cutoff) = events_before {
         let old = tx
             .query(
-                "SELECT e.seq, e.tenant_id FROM events e WHERE e.received_at < $1 \
-                 AND NOT EXISTS (SELECT 1 FROM deliveries d JOIN streams s \
-                 ON s.tenant_id = d.tenant_id AND s.id = d.stream_id \
-                 WHERE d.tenant_id = e.tenant_id AND d.event_seq = e.seq AND d.status = 'pending') \
-                 ORDER BY e.seq LIMIT $2",
+                &format!(
+                    "SELECT e.seq, e.tenant_id FROM events e WHERE e.received_at < $1 \
+                     AND NOT {KEPT_BY_PENDING_WORK} ORDER BY e.seq LIMIT $2"
+                ),
                 &[&cutoff, &(limit as i64)],
             )
             .await?;

@@ -1077,7 +1077,11 @@ impl Store for PgStore {
     }
 
     async fn erase(&self, tenant_id: &str, what: Erase, now: Millis) -> StoreResult<u64> {
-        log::erase(&self.client().await?, tenant_id, &what, now).await
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let erased = log::erase(&tx, tenant_id, &what, now).await?;
+        tx.commit().await?;
+        Ok(erased)
     }
 
     async fn sweep(

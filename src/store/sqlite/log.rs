@@ -7,7 +7,8 @@ use rusqlite::{Connection, Row, params, params_from_iter};
 use super::{EVENT_COLUMNS, event_from_row};
 use crate::clock::Millis;
 use crate::store::{
-    Erase, EventFilter, LATENCY_BOUNDS_MS, LoggedEvent, Page, StatsRow, StoreResult, Swept,
+    ERASED_EVENT, Erase, EventFilter, KEPT_BY_PENDING_WORK, LATENCY_BOUNDS_MS, LoggedEvent, Page,
+    StatsRow, StoreResult, Swept,
 };
 
 const LOGGED_COLUMNS: &str = "e.seq, e.received_at, e.erased_at";
@@ -80,36 +81,32 @@ pub fn get_event(
         .transpose()
 }
 
-/// Context attributes that identify people; erased with the payload.
-const PERSONAL_EXTENSIONS: &[&str] = &["$.userid"];
-
 pub fn erase(conn: &Connection, tenant_id: &str, what: &Erase, now: Millis) -> StoreResult<u64> {
-    let strip = PERSONAL_EXTENSIONS
-        .iter()
-        .map(|path| format!("'{path}'"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let set = format!(
-        "SET data = 'null', userid = NULL, erased_at = ?1, \
-         extensions = CASE WHEN extensions IS NULL THEN NULL ELSE json_remove(extensions, {strip}) END"
-    );
-    let count = match what {
-        Erase::Events(ids) => {
-            let mut stmt = conn.prepare_cached(&format!(
-                "UPDATE events {set} WHERE tenant_id = ?2 AND id = ?3"
-            ))?;
-            let mut count = 0;
-            for id in ids {
-                count += stmt.execute(params![now, tenant_id, id])?;
-            }
-            count
-        }
-        Erase::Subject(subject) => conn.execute(
-            &format!("UPDATE events {set} WHERE tenant_id = ?2 AND subject = ?3"),
-            params![now, tenant_id, subject],
-        )?,
+    let (condition, values): (&str, Vec<&str>) = match what {
+        Erase::Events(ids) => ("id", ids.iter().map(String::as_str).collect()),
+        Erase::Subject(subject) => ("subject", vec![subject.as_str()]),
     };
-    Ok(count as u64)
+    // An id named twice is one event, as in `= ANY(...)` on PostgreSQL.
+    let values: std::collections::BTreeSet<&str> = values.into_iter().collect();
+    let mut erase = conn.prepare_cached(&format!(
+        "UPDATE events SET {ERASED_EVENT}, erased_at = ?1 \
+         WHERE tenant_id = ?2 AND {condition} = ?3 RETURNING seq"
+    ))?;
+    let mut bodies = conn.prepare_cached(
+        "UPDATE attempts SET response_body = NULL WHERE tenant_id = ?1 AND response_body IS NOT NULL \
+         AND delivery_seq IN (SELECT seq FROM deliveries WHERE tenant_id = ?1 AND event_seq = ?2)",
+    )?;
+    let mut count = 0;
+    for value in values {
+        let seqs: Vec<i64> = erase
+            .query_map(params![now, tenant_id, value], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        for seq in &seqs {
+            bodies.execute(params![tenant_id, seq])?;
+        }
+        count += seqs.len() as u64;
+    }
+    Ok(count)
 }
 
 /// Walks events and attempts in insertion order, oldest first: they were received in that
@@ -123,12 +120,10 @@ pub fn sweep(
     let mut swept = Swept::default();
     if let Some(cutoff) = events_before {
         let old: Vec<(i64, String)> = conn
-            .prepare_cached(
+            .prepare_cached(&format!(
                 "SELECT e.seq, e.tenant_id FROM events e WHERE e.received_at < ?1 \
-                 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.tenant_id = e.tenant_id \
-                 AND d.event_seq = e.seq AND d.status = 'pending') \
-                 ORDER BY e.seq LIMIT ?2",
-            )?
+                 AND NOT {KEPT_BY_PENDING_WORK} ORDER BY e.seq LIMIT ?2"
+            ))?
             .query_map(params![cutoff, limit as i64], |r| {
                 Ok((r.get(0)?, r.get(1)?))
             })?

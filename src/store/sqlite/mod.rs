@@ -48,13 +48,27 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.set_prepared_statement_cache_capacity(writer::STATEMENT_CACHE);
+        let leases: Arc<std::sync::Mutex<queue::Leases>> = Arc::default();
         Ok(SqliteStore {
             _lock: lock,
-            leases: Arc::default(),
-            writer: Writer::start(conn),
+            writer: Writer::start(conn, Arc::new(LeaseJournal(leases.clone()))),
+            leases,
             readers: Readers::new(path),
             cipher: Arc::new(cipher),
         })
+    }
+}
+
+impl SqliteStore {
+    /// Ends the writer thread the way a panicking job would. Only for the test that
+    /// readiness notices; nothing else calls it.
+    #[doc(hidden)]
+    pub async fn kill_writer_for_tests(&self) {
+        let killed = self
+            .writer
+            .write_lazy(|_| -> StoreResult<()> { panic!("the writer was killed for a test") })
+            .await;
+        debug_assert!(killed.is_err());
     }
 }
 
@@ -109,6 +123,27 @@ fn lock_exclusively(path: &Path) -> Result<std::fs::File, String> {
             .to_string()
     })?;
     Ok(file)
+}
+
+/// The leases follow the writer's transactions: a rolled-back job's lease changes are undone.
+struct LeaseJournal(Arc<std::sync::Mutex<queue::Leases>>);
+
+impl writer::Journal for LeaseJournal {
+    fn begin_job(&self) {
+        lock(&self.0).begin_job();
+    }
+
+    fn undo_job(&self) {
+        lock(&self.0).undo_job();
+    }
+
+    fn committed(&self) {
+        lock(&self.0).committed();
+    }
+
+    fn rolled_back(&self) {
+        lock(&self.0).rolled_back();
+    }
 }
 
 fn lock(leases: &std::sync::Mutex<queue::Leases>) -> std::sync::MutexGuard<'_, queue::Leases> {
@@ -301,7 +336,9 @@ impl Store for SqliteStore {
         self.writer.close().await;
     }
 
+    /// Both halves must answer: reads succeed even when the writer thread is gone.
     async fn ping(&self) -> StoreResult<()> {
+        self.writer.ping().await?;
         self.readers
             .read(|conn| Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?))
             .await
@@ -359,8 +396,20 @@ impl Store for SqliteStore {
 
     async fn delete_tenant(&self, id: &str) -> StoreResult<bool> {
         let id = id.to_string();
+        let leases = self.leases.clone();
         self.writer
             .write(move |conn| {
+                // Leases are rows on PostgreSQL, deleted with the tenant; here they are in
+                // memory and must go with it too.
+                let streams: Vec<String> = conn
+                    .prepare_cached("SELECT id FROM streams WHERE tenant_id = ?1")?
+                    .query_map(params![id], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                let mut held = lock(&leases);
+                for stream_id in &streams {
+                    held.forget_stream(stream_id);
+                }
+                drop(held);
                 for table in TENANT_TABLES {
                     conn.execute(
                         &format!("DELETE FROM {table} WHERE tenant_id = ?1"),

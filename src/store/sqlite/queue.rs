@@ -145,10 +145,20 @@ fn insert_delivery(
 /// The deliveries being attempted, by stream, kept by the writer. A lease lapses at its
 /// expiry, so one never given back (its holder lost track of it) costs a delay, not the
 /// delivery.
+///
+/// Leases change inside writer jobs, beside rows that a failed job or commit rolls back; so
+/// every change is journalled until the commit, and undone with the rows it went with (see
+/// `writer::Journal`). A lease taken by a publish that then failed would otherwise hide the
+/// delivery that reuses its row id, and one given back by a failed `record` would let the
+/// delivery be claimed again while its attempt is still being recorded.
 #[derive(Default)]
 pub struct Leases {
     by_stream: HashMap<String, HashSet<i64>>,
     held: HashMap<i64, (String, Millis)>,
+    /// Each change since the last commit, as the lease it replaced, oldest first.
+    journal: Vec<(i64, Option<(String, Millis)>)>,
+    /// Where the changes of the job running now begin in `journal`.
+    job_start: usize,
 }
 
 impl Leases {
@@ -157,22 +167,93 @@ impl Leases {
     }
 
     fn take(&mut self, stream_id: &str, key: i64, until: Millis) {
-        self.by_stream
-            .entry(stream_id.to_string())
-            .or_default()
-            .insert(key);
-        self.held.insert(key, (stream_id.to_string(), until));
+        self.change(key, Some((stream_id.to_string(), until)));
     }
 
     pub fn give_back(&mut self, key: i64) {
-        if let Some((stream_id, _)) = self.held.remove(&key)
-            && let Some(keys) = self.by_stream.get_mut(&stream_id)
+        if self.held.contains_key(&key) {
+            self.change(key, None);
+        }
+    }
+
+    /// Gives back `key`'s lease if `stream_id` holds it: after its tenant was deleted, a
+    /// delivery's row id may have gone to another delivery, whose lease is not this one's.
+    fn give_back_of(&mut self, stream_id: &str, key: i64) {
+        if self
+            .held
+            .get(&key)
+            .is_some_and(|(holder, _)| holder == stream_id)
+        {
+            self.change(key, None);
+        }
+    }
+
+    /// Forgets every lease of the stream, whose deliveries are being deleted: the row ids
+    /// they free are reused, and a lease left on one would hide the delivery that gets it.
+    pub fn forget_stream(&mut self, stream_id: &str) {
+        let keys: Vec<i64> = self
+            .of_stream(stream_id)
+            .map(|keys| keys.iter().copied().collect())
+            .unwrap_or_default();
+        for key in keys {
+            self.change(key, None);
+        }
+    }
+
+    fn change(&mut self, key: i64, lease: Option<(String, Millis)>) {
+        let replaced = self.set(key, lease);
+        self.journal.push((key, replaced));
+    }
+
+    /// Puts `lease` on `key` (or none), and returns the lease it replaced.
+    fn set(&mut self, key: i64, lease: Option<(String, Millis)>) -> Option<(String, Millis)> {
+        let replaced = self.held.remove(&key);
+        if let Some((stream_id, _)) = &replaced
+            && let Some(keys) = self.by_stream.get_mut(stream_id)
         {
             keys.remove(&key);
             if keys.is_empty() {
-                self.by_stream.remove(&stream_id);
+                self.by_stream.remove(stream_id);
             }
         }
+        if let Some((stream_id, until)) = lease {
+            self.by_stream
+                .entry(stream_id.clone())
+                .or_default()
+                .insert(key);
+            self.held.insert(key, (stream_id, until));
+        }
+        replaced
+    }
+
+    /// Undoes the changes journalled after `mark`, newest first.
+    fn undo_to(&mut self, mark: usize) {
+        let undone = self.journal.split_off(mark.min(self.journal.len()));
+        for (key, lease) in undone.into_iter().rev() {
+            self.set(key, lease);
+        }
+    }
+
+    /// A job is about to run.
+    pub fn begin_job(&mut self) {
+        self.job_start = self.journal.len();
+    }
+
+    /// The job that began last was rolled back.
+    pub fn undo_job(&mut self) {
+        self.undo_to(self.job_start);
+    }
+
+    /// The transaction committed: its changes stand.
+    pub fn committed(&mut self) {
+        self.journal.clear();
+        self.job_start = 0;
+    }
+
+    /// The transaction was rolled back: so are the changes of all its jobs.
+    pub fn rolled_back(&mut self) {
+        self.undo_to(0);
+        self.job_start = 0;
     }
 
     /// When the lease on `key` lapses, if it is held and has not lapsed by `now`.
@@ -305,7 +386,7 @@ pub fn record(
          WHERE tenant_id = ?1 AND id = ?2 RETURNING consecutive_failures, failing_since, status, name",
     )?;
     for r in records {
-        leases.give_back(r.key);
+        leases.give_back_of(&r.stream_id, r.key);
         insert.execute(params![
             r.tenant_id,
             r.key,

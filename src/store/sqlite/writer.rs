@@ -6,6 +6,9 @@
 //! fsync, and only then answers each caller. Concurrent publishes therefore share commits
 //! (group commit) and nobody is answered before their data is durable.
 //!
+//! State kept in memory beside the database (the embedded store's leases) follows the same
+//! transactions through a [`Journal`]: what a rolled-back job changed in it is undone too.
+//!
 //! Reads use a small pool of separate connections (WAL lets them run beside the writer).
 
 use std::path::{Path, PathBuf};
@@ -20,6 +23,8 @@ use crate::store::{StoreError, StoreResult};
 /// Most jobs committed together. Bounds the latency one commit adds to the first caller.
 const MAX_JOBS_PER_COMMIT: usize = 1024;
 const QUEUE_DEPTH: usize = 8192;
+/// How long a readiness check waits for the writer thread to answer.
+const PING_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Whether a job's commit must reach the disk before its caller hears of it.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -32,6 +37,22 @@ pub enum Durability {
     /// outcomes).
     Lazy,
 }
+
+/// In-memory state that jobs change beside their rows, told where the writer's transactions
+/// and savepoints begin and end so that it stands or falls with them.
+pub trait Journal: Send + Sync {
+    /// A job is about to run in its savepoint.
+    fn begin_job(&self) {}
+    /// The job that began last failed and was rolled back to its savepoint.
+    fn undo_job(&self) {}
+    /// The transaction committed.
+    fn committed(&self) {}
+    /// The transaction was rolled back, every job in it included.
+    fn rolled_back(&self) {}
+}
+
+/// Nothing kept beside the database.
+impl Journal for () {}
 
 trait Job: Send {
     fn durability(&self) -> Durability;
@@ -81,6 +102,8 @@ where
 
 enum Message {
     Job(Box<dyn Job>),
+    /// Answer as soon as the thread sees it: it is alive and taking work.
+    Ping(oneshot::Sender<()>),
     /// Commit what came before, close the connection, then answer.
     Close(oneshot::Sender<()>),
 }
@@ -94,14 +117,15 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer thread on `conn`. The thread ends when every `Writer` is dropped.
-    pub fn start(conn: Connection) -> Writer {
+    /// Starts the writer thread on `conn`, with `journal` following its transactions. The
+    /// thread ends when every `Writer` is dropped.
+    pub fn start(conn: Connection, journal: Arc<dyn Journal>) -> Writer {
         let (queue, jobs) = mpsc::channel(QUEUE_DEPTH);
         let commits = Arc::new(AtomicU64::new(0));
         let counter = commits.clone();
         std::thread::Builder::new()
             .name("herald-sqlite-writer".into())
-            .spawn(move || run(conn, jobs, &counter))
+            .spawn(move || run(conn, &*journal, jobs, &counter))
             .expect("spawning the store's writer thread");
         Writer { queue, commits }
     }
@@ -149,6 +173,22 @@ impl Writer {
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Checks that the writer thread is alive and taking work (for readiness): a thread that
+    /// died, or is stuck, fails every write while reads still succeed.
+    pub async fn ping(&self) -> StoreResult<()> {
+        let (reply, answer) = oneshot::channel();
+        let pinged = async {
+            self.queue
+                .send(Message::Ping(reply))
+                .await
+                .map_err(|_| StoreError::Closed)?;
+            answer.await.map_err(|_| StoreError::Closed)
+        };
+        tokio::time::timeout(PING_PATIENCE, pinged)
+            .await
+            .map_err(|_| StoreError::Unavailable("the store's writer does not answer".into()))?
+    }
+
     /// Commits everything queued so far and closes the connection; later writes fail with
     /// `StoreError::Closed`.
     pub async fn close(&self) {
@@ -159,18 +199,29 @@ impl Writer {
     }
 }
 
-fn run(mut conn: Connection, mut queue: mpsc::Receiver<Message>, commits: &AtomicU64) {
+fn run(
+    mut conn: Connection,
+    journal: &dyn Journal,
+    mut queue: mpsc::Receiver<Message>,
+    commits: &AtomicU64,
+) {
     let mut jobs: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_JOBS_PER_COMMIT);
     let mut closer = None;
     while closer.is_none() {
         match queue.blocking_recv() {
             Some(Message::Job(job)) => jobs.push(job),
+            Some(Message::Ping(reply)) => {
+                let _ = reply.send(());
+            }
             Some(Message::Close(done)) => closer = Some(done),
             None => break,
         }
         while jobs.len() < MAX_JOBS_PER_COMMIT && closer.is_none() {
             match queue.try_recv() {
                 Ok(Message::Job(job)) => jobs.push(job),
+                Ok(Message::Ping(reply)) => {
+                    let _ = reply.send(());
+                }
                 Ok(Message::Close(done)) => closer = Some(done),
                 Err(_) => break,
             }
@@ -178,7 +229,7 @@ fn run(mut conn: Connection, mut queue: mpsc::Receiver<Message>, commits: &Atomi
         if jobs.is_empty() {
             continue;
         }
-        let commit = commit_together(&mut conn, &mut jobs);
+        let commit = commit_together(&mut conn, journal, &mut jobs);
         commits.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = &commit {
             tracing::error!(error = %e, jobs = jobs.len(), "store commit failed");
@@ -191,6 +242,8 @@ fn run(mut conn: Connection, mut queue: mpsc::Receiver<Message>, commits: &Atomi
     while let Ok(message) = queue.try_recv() {
         match message {
             Message::Job(job) => job.finish(Err("the store is closed".into())),
+            // Dropped unanswered: a closed store is not ready.
+            Message::Ping(_) => {}
             Message::Close(done) => {
                 let _ = done.send(());
             }
@@ -207,16 +260,31 @@ fn run(mut conn: Connection, mut queue: mpsc::Receiver<Message>, commits: &Atomi
 /// Runs `jobs` in one transaction, each inside a savepoint, and commits. The transaction
 /// statements are prepared once and reused: at thousands of commits a second, parsing them
 /// each time shows.
-fn commit_together(conn: &mut Connection, jobs: &mut [Box<dyn Job>]) -> Result<(), String> {
-    run_in_transaction(conn, jobs).map_err(|e| {
-        if !conn.is_autocommit() {
-            let _ = conn.execute_batch("ROLLBACK");
+fn commit_together(
+    conn: &mut Connection,
+    journal: &dyn Journal,
+    jobs: &mut [Box<dyn Job>],
+) -> Result<(), String> {
+    match run_in_transaction(conn, journal, jobs) {
+        Ok(()) => {
+            journal.committed();
+            Ok(())
         }
-        e.to_string()
-    })
+        Err(e) => {
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            journal.rolled_back();
+            Err(e.to_string())
+        }
+    }
 }
 
-fn run_in_transaction(conn: &Connection, jobs: &mut [Box<dyn Job>]) -> rusqlite::Result<()> {
+fn run_in_transaction(
+    conn: &Connection,
+    journal: &dyn Journal,
+    jobs: &mut [Box<dyn Job>],
+) -> rusqlite::Result<()> {
     let exec = |sql: &str| -> rusqlite::Result<()> {
         conn.prepare_cached(sql)?.execute([])?;
         Ok(())
@@ -231,8 +299,10 @@ fn run_in_transaction(conn: &Connection, jobs: &mut [Box<dyn Job>]) -> rusqlite:
     exec("BEGIN IMMEDIATE")?;
     for job in jobs.iter_mut() {
         exec("SAVEPOINT job")?;
+        journal.begin_job();
         if !job.run(conn) {
             exec("ROLLBACK TO job")?;
+            journal.undo_job();
         }
         exec("RELEASE job")?;
     }
@@ -315,7 +385,7 @@ mod tests {
         let conn = Connection::open(dir.path().join("w.sqlite3")).unwrap();
         conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (v INTEGER UNIQUE);")
             .unwrap();
-        (Writer::start(conn), dir)
+        (Writer::start(conn, Arc::new(())), dir)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -344,6 +414,57 @@ mod tests {
             "500 concurrent writes took {} commits",
             writer.commits()
         );
+    }
+
+    /// Records the calls a journal gets.
+    #[derive(Default)]
+    struct Calls(Mutex<Vec<&'static str>>);
+
+    impl Journal for Calls {
+        fn begin_job(&self) {
+            self.0.lock().unwrap().push("begin");
+        }
+        fn undo_job(&self) {
+            self.0.lock().unwrap().push("undo");
+        }
+        fn committed(&self) {
+            self.0.lock().unwrap().push("committed");
+        }
+        fn rolled_back(&self) {
+            self.0.lock().unwrap().push("rolled back");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_journal_follows_jobs_and_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("j.sqlite3")).unwrap();
+        // A deferred foreign key fails the COMMIT itself, after every job succeeded.
+        conn.execute_batch(
+            "PRAGMA foreign_keys = ON; CREATE TABLE parent (id INTEGER PRIMARY KEY); \
+             CREATE TABLE child (parent INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED); \
+             CREATE TABLE t (v INTEGER UNIQUE);",
+        )
+        .unwrap();
+        let calls = Arc::new(Calls::default());
+        let writer = Writer::start(conn, calls.clone());
+        let take = || std::mem::take(&mut *calls.0.lock().unwrap());
+
+        writer
+            .write(|c| Ok(c.execute("INSERT INTO t (v) VALUES (1)", [])?))
+            .await
+            .unwrap();
+        assert_eq!(take(), ["begin", "committed"]);
+        let failed = writer
+            .write(|c| Ok(c.execute("INSERT INTO t (v) VALUES (1)", [])?))
+            .await;
+        assert!(failed.is_err());
+        assert_eq!(take(), ["begin", "undo", "committed"]);
+        let failed = writer
+            .write(|c| Ok(c.execute("INSERT INTO child (parent) VALUES (7)", [])?))
+            .await;
+        assert!(failed.is_err());
+        assert_eq!(take(), ["begin", "rolled back"]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
