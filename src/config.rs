@@ -46,6 +46,8 @@ pub struct Config {
     pub shutdown_grace_seconds: u64,
     pub event_retention_days: u64,
     pub response_body_retention_days: u64,
+    pub max_connections: usize,
+    pub header_read_timeout_seconds: u64,
 }
 
 /// What a node does: serve the API, deliver, or both. Only a shared database can be split.
@@ -166,6 +168,11 @@ impl Config {
             ("max_in_flight_per_stream", self.max_in_flight_per_stream),
             ("max_request_bytes", self.max_request_bytes),
             ("database_max_connections", self.database_max_connections),
+            ("max_connections", self.max_connections),
+            (
+                "header_read_timeout_seconds",
+                self.header_read_timeout_seconds as usize,
+            ),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -218,6 +225,10 @@ impl Config {
             self.delivery_lease_seconds
                 .unwrap_or(self.delivery_timeout_seconds + 45),
         )
+    }
+
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_read_timeout_seconds)
     }
 
     pub fn shutdown_grace(&self) -> Duration {

@@ -11,6 +11,7 @@ mod eventbridge;
 mod fairness;
 mod guard;
 mod helpers;
+mod limits;
 mod openapi;
 mod operations;
 mod outage;
