@@ -140,6 +140,7 @@ impl App {
             delivery_lease_ms: (config.role.delivers() && config.database_url.is_none())
                 .then_some(lease.as_millis() as i64),
             max_request_bytes: config.max_request_bytes,
+            limits: Arc::new(api::limits::ApiLimits::from_config(&config)),
         };
         Ok(App {
             listener,

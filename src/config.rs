@@ -47,7 +47,16 @@ pub struct Config {
     pub event_retention_days: u64,
     pub response_body_retention_days: u64,
     pub max_connections: usize,
+    pub max_concurrent_requests: usize,
     pub header_read_timeout_seconds: u64,
+    pub request_timeout_seconds: u64,
+    /// Requests a second each token may make on average; 0 turns the limit off.
+    pub token_rate_limit_per_second: u32,
+    pub token_rate_limit_burst: u32,
+    /// Platform (admin) tokens are exempt unless this is set.
+    pub rate_limit_platform_tokens: bool,
+    pub stream_tests_per_minute: u32,
+    pub stream_tests_per_minute_per_token: u32,
 }
 
 /// What a node does: serve the API, deliver, or both. Only a shared database can be split.
@@ -169,9 +178,22 @@ impl Config {
             ("max_request_bytes", self.max_request_bytes),
             ("database_max_connections", self.database_max_connections),
             ("max_connections", self.max_connections),
+            ("max_concurrent_requests", self.max_concurrent_requests),
             (
                 "header_read_timeout_seconds",
                 self.header_read_timeout_seconds as usize,
+            ),
+            (
+                "token_rate_limit_burst",
+                self.token_rate_limit_burst as usize,
+            ),
+            (
+                "stream_tests_per_minute",
+                self.stream_tests_per_minute as usize,
+            ),
+            (
+                "stream_tests_per_minute_per_token",
+                self.stream_tests_per_minute_per_token as usize,
             ),
         ];
         for (key, value) in positive {
@@ -229,6 +251,14 @@ impl Config {
 
     pub fn header_read_timeout(&self) -> Duration {
         Duration::from_secs(self.header_read_timeout_seconds)
+    }
+
+    /// Never shorter than one delivery attempt and a second: a stream test waits for one.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(
+            self.request_timeout_seconds
+                .max(self.delivery_timeout_seconds + 1),
+        )
     }
 
     pub fn shutdown_grace(&self) -> Duration {

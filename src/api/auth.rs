@@ -12,6 +12,7 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use serde::{Deserialize, Serialize};
 
+use super::limits::rate_limited;
 use super::{ApiError, AppState};
 use crate::clock::Millis;
 use crate::store::{StoreResult, Token, TokenHash, hash_token};
@@ -232,6 +233,18 @@ impl FromRequestParts<AppState> for Caller {
             .find(state, hash_token(secret))
             .await?
             .ok_or_else(|| ApiError::unauthorized("the token is not valid or has been revoked"))?;
+        let limits = &state.limits;
+        if let Some(rate) = &limits.token_rate
+            && (token.tenant_id.is_some() || limits.rate_limit_platform_tokens)
+        {
+            rate.take(&token.id, state.clock.now_ms()).map_err(|wait| {
+                rate_limited(
+                    "this token has made more requests than it may \
+                     (token_rate_limit_per_second, token_rate_limit_burst)",
+                    wait,
+                )
+            })?;
+        }
         let scopes = token
             .scopes
             .iter()

@@ -1,10 +1,11 @@
-//! Limits on callers: the listener's connection cap and header-read timeout, and the token
-//! cache under a flood of made-up tokens.
+//! Limits on callers: the listener's connection cap and header-read timeout, load shedding
+//! and request timeouts, per-token rates, the token cache under a flood of made-up tokens,
+//! and rate-limited stream tests.
 
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -23,6 +24,17 @@ async fn wait_closed(stream: &mut TcpStream) {
     })
     .await;
     assert!(read.is_ok(), "the server kept the connection open");
+}
+
+/// A request whose head is complete but whose body never finishes: it stays in flight.
+async fn hold_a_request(app: &TestApp) -> TcpStream {
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/events HTTP/1.1\r\nhost: herald\r\nauthorization: Bearer {ADMIN_TOKEN}\r\n\
+         content-type: application/json\r\ncontent-length: 100\r\n\r\n{{"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
 }
 
 #[tokio::test]
@@ -68,6 +80,120 @@ async fn connections_beyond_the_cap_wait_until_one_closes() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn requests_beyond_the_cap_are_shed_with_503_and_retry_after() {
+    let app = spawn_app_with(|c| c.max_concurrent_requests = 1).await;
+    let held = hold_a_request(&app).await;
+
+    // The held request takes the only slot once its head is read.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let response = loop {
+        let response = app
+            .http
+            .get(app.url("/v1/event-streams"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 503 {
+            break response;
+        }
+        assert_eq!(response.status(), 200);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no request was shed while another held the only slot"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(response.headers()["retry-after"], "1");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "overloaded", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_concurrent_requests"),
+        "{body}"
+    );
+
+    let (status, _) = app.get("/healthz").await;
+    assert_eq!(status, StatusCode::OK, "health checks are never shed");
+
+    drop(held);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (status, _) = app.get("/v1/event-streams").await;
+        if status == StatusCode::OK {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slot never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_request_that_outlives_the_timeout_is_answered_503() {
+    let app = spawn_app_with(|c| {
+        c.delivery_timeout_seconds = 1;
+        c.request_timeout_seconds = 2;
+    })
+    .await;
+    let mut held = hold_a_request(&app).await;
+    let mut answer = String::new();
+    let read = tokio::time::timeout(PATIENCE, async {
+        let mut buf = [0u8; 4096];
+        while !answer.contains("\"request_timeout\"") {
+            match held.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.push_str(&String::from_utf8_lossy(&buf[..n])),
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the request was never answered");
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("retry-after: 1"), "{answer}");
+    assert!(answer.contains("\"request_timeout\""), "{answer}");
+}
+
+#[tokio::test]
+async fn each_token_is_rate_limited_and_platform_tokens_are_not_by_default() {
+    let app = spawn_app_with(|c| {
+        c.token_rate_limit_per_second = 1;
+        c.token_rate_limit_burst = 3;
+    })
+    .await;
+    let token = app
+        .tenant_token("ten_default", &["read:event_streams"])
+        .await;
+    let list = || app.request_as(&token, reqwest::Method::GET, "/v1/event-streams", None);
+    for _ in 0..3 {
+        assert_eq!(list().await.0, StatusCode::OK);
+    }
+    let response = app
+        .http
+        .get(app.url("/v1/event-streams"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+
+    for _ in 0..10 {
+        assert_eq!(app.get("/v1/event-streams").await.0, StatusCode::OK);
+    }
+
+    app.clock.advance(Duration::from_secs(1));
+    assert_eq!(list().await.0, StatusCode::OK);
+    assert_eq!(list().await.0, StatusCode::TOO_MANY_REQUESTS);
 }
 
 /// Marks the token revoked in the store itself, behind the server's back, so that only a
@@ -163,4 +289,70 @@ async fn flood(app: &TestApp, n: usize, concurrency: usize) -> usize {
         refused += n.unwrap();
     }
     refused
+}
+
+#[tokio::test]
+async fn stream_tests_are_rate_limited_per_stream_and_per_token() {
+    let app = spawn_app_with(|c| {
+        c.stream_tests_per_minute = 2;
+        c.stream_tests_per_minute_per_token = 3;
+    })
+    .await;
+    let receiver = Receiver::start().await;
+    let a = app
+        .create_stream(&receiver.url, &["flow.run.finished"], json!({}))
+        .await;
+    let b = app
+        .create_stream(&receiver.url, &["flow.run.finished"], json!({"name": "b"}))
+        .await;
+    let test = |stream: &Value| {
+        let path = format!("/v1/event-streams/{}/test", stream["id"].as_str().unwrap());
+        let http = app.http.clone();
+        let url = app.url(&path);
+        async move {
+            let response = http
+                .post(url)
+                .bearer_auth(ADMIN_TOKEN)
+                .json(&json!({"event_type": "flow.run.finished"}))
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_string());
+            let body: Value = response.json().await.unwrap();
+            (status, retry_after, body)
+        }
+    };
+    assert_eq!(test(&a).await.0, 200);
+    assert_eq!(test(&a).await.0, 200);
+    let (status, retry_after, body) = test(&a).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("(stream_tests_per_minute)"),
+        "{body}"
+    );
+    assert_eq!(retry_after.as_deref(), Some("30"));
+
+    // The token's third test, to another stream, passes; its fourth does not.
+    assert_eq!(test(&b).await.0, 200);
+    let (status, _, body) = test(&b).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("stream_tests_per_minute_per_token"),
+        "{body}"
+    );
+    assert_eq!(receiver.received().len(), 3);
+
+    app.clock.advance(Duration::from_secs(60));
+    assert_eq!(test(&a).await.0, 200);
 }
