@@ -57,6 +57,10 @@ pub struct Config {
     pub rate_limit_platform_tokens: bool,
     pub stream_tests_per_minute: u32,
     pub stream_tests_per_minute_per_token: u32,
+    /// Per-tenant quotas; 0 is no limit.
+    pub max_streams_per_tenant: usize,
+    pub max_event_types_per_tenant: usize,
+    pub max_tokens_per_tenant: usize,
 }
 
 /// What a node does: serve the API, deliver, or both. Only a shared database can be split.

@@ -1,7 +1,7 @@
 //! The API's limits on callers: how many requests run at once and for how long (load
 //! shedding, answered before any work), token buckets for per-token request rates and stream
-//! tests. Rates read the injected clock and never the store, so a check costs a map lookup
-//! under a lock.
+//! tests, and per-tenant quotas on what a tenant may create. Rates read the injected clock
+//! and never the store, so a check costs a map lookup under a lock.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,6 +26,7 @@ pub struct ApiLimits {
     /// Stream tests, per stream id and per token id.
     pub stream_tests: RateLimiter,
     pub token_tests: RateLimiter,
+    pub quotas: Quotas,
 }
 
 impl ApiLimits {
@@ -45,6 +46,11 @@ impl ApiLimits {
             rate_limit_platform_tokens: config.rate_limit_platform_tokens,
             stream_tests: RateLimiter::new(per_minute(config.stream_tests_per_minute)),
             token_tests: RateLimiter::new(per_minute(config.stream_tests_per_minute_per_token)),
+            quotas: Quotas {
+                streams: config.max_streams_per_tenant,
+                event_types: config.max_event_types_per_tenant,
+                tokens: config.max_tokens_per_tenant,
+            },
         }
     }
 }
@@ -189,6 +195,33 @@ pub fn rate_limited(what: &str, retry_after: u64) -> ApiError {
         format!("{what}; retry in {retry_after} s"),
     )
     .with_retry_after(retry_after)
+}
+
+/// What one tenant may create; 0 is no limit.
+#[derive(Debug, Clone, Copy)]
+pub struct Quotas {
+    pub streams: usize,
+    pub event_types: usize,
+    pub tokens: usize,
+}
+
+impl Quotas {
+    /// Refuses one more of `what` when the tenant holds `count` and `limit` allows no more.
+    /// Checked before the write: creations racing each other can pass it together.
+    pub fn check(limit: usize, count: usize, what: &str, key: &str) -> Result<(), ApiError> {
+        if limit == 0 || count < limit {
+            return Ok(());
+        }
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "quota_exceeded",
+            format!(
+                "the tenant has {count} {what}, the most it may have; delete one, or ask the \
+                 operator to raise `{key}`"
+            ),
+        )
+        .with_details(serde_json::json!({ "limit": limit, "setting": key })))
+    }
 }
 
 #[cfg(test)]

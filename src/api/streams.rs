@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::limits::rate_limited;
+use super::limits::{Quotas, rate_limited};
 use super::{ApiError, AppState, Caller, JsonBody, OptionalJsonBody, Scope};
 use crate::destinations::{Destination, Message, Outcome};
 use crate::event::format_time;
@@ -134,6 +134,13 @@ pub async fn create(
         updated_at: now,
     };
     check(&state, &stream).await?;
+    let count = state.store.list_streams(&caller.tenant_id).await?.len();
+    Quotas::check(
+        state.limits.quotas.streams,
+        count,
+        "event streams",
+        "max_streams_per_tenant",
+    )?;
     let secret = stream
         .destination
         .uses_stream_secret()

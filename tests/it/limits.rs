@@ -1,6 +1,6 @@
 //! Limits on callers: the listener's connection cap and header-read timeout, load shedding
 //! and request timeouts, per-token rates, the token cache under a flood of made-up tokens,
-//! and rate-limited stream tests.
+//! per-tenant quotas, bounded filters and sample data, and rate-limited stream tests.
 
 use std::time::Duration;
 
@@ -289,6 +289,130 @@ async fn flood(app: &TestApp, n: usize, concurrency: usize) -> usize {
         refused += n.unwrap();
     }
     refused
+}
+
+#[tokio::test]
+async fn tenants_are_held_to_their_quotas() {
+    let app = spawn_app_with(|c| {
+        c.max_streams_per_tenant = 2;
+        c.max_event_types_per_tenant = 1;
+        c.max_tokens_per_tenant = 1;
+    })
+    .await;
+    let url = "http://127.0.0.1:9/hook";
+    let first = app.create_stream(url, &["user.created"], json!({})).await;
+    app.create_stream(url, &["user.created"], json!({"name": "second"}))
+        .await;
+    let third = json!({
+        "name": "third",
+        "subscriptions": [{"event_type": "user.created"}],
+        "destination": {"type": "webhook", "configuration": {"webhook_endpoint": url}},
+    });
+    let (status, body) = app.post("/v1/event-streams", &third).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["error"]["code"], "quota_exceeded", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_streams_per_tenant"),
+        "{body}"
+    );
+    let (status, _) = app
+        .delete(&format!(
+            "/v1/event-streams/{}",
+            first["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body) = app.post("/v1/event-streams", &third).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    let (status, body) = app
+        .post("/v1/event-types", &json!({"name": "invoice.paid"}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = app
+        .post("/v1/event-types", &json!({"name": "invoice.voided"}))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["error"]["code"], "quota_exceeded", "{body}");
+
+    app.tenant_token("ten_default", &["read:events"]).await;
+    let (status, body) = app
+        .post(
+            "/v1/tokens",
+            &json!({"name": "second", "scopes": ["read:events"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["error"]["code"], "quota_exceeded", "{body}");
+    let (status, body) = app
+        .post(
+            "/v1/tokens",
+            &json!({"name": "platform", "scopes": ["read:events"], "platform": true}),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "platform tokens belong to no tenant: {body}"
+    );
+}
+
+#[tokio::test]
+async fn oversized_sample_data_and_type_filters_are_refused_with_400() {
+    let app = spawn_app().await;
+    let big = "x".repeat(70 * 1024);
+    let (status, body) = app
+        .post(
+            "/v1/event-types",
+            &json!({"name": "invoice.paid", "sample_data": {"note": big}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("sample_data"),
+        "{body}"
+    );
+
+    let stream = app
+        .create_stream("http://127.0.0.1:9/hook", &["*"], json!({}))
+        .await;
+    let sid = stream["id"].as_str().unwrap();
+    // More bound values than either database takes in one statement.
+    let types: Vec<String> = (0..70_000).map(|i| format!("t{i}.x")).collect();
+    let (status, body) = app
+        .post(
+            &format!("/v1/event-streams/{sid}/redeliver"),
+            &json!({"event_types": types, "dry_run": true}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 100"),
+        "{body}"
+    );
+    let listed = types[..101].join(",");
+    let (status, body) = app
+        .get(&format!(
+            "/v1/event-streams/{sid}/deliveries?event_types={listed}"
+        ))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, body) = app
+        .get(&format!(
+            "/v1/event-streams/{sid}/deliveries?event_types={}",
+            types[..100].join(",")
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
 }
 
 #[tokio::test]
