@@ -104,11 +104,20 @@ impl App {
             allow_http: config.allow_http,
             aws_server_credentials: config.aws_server_credentials,
         };
-        let destinations = Destinations::new(
-            AddressPolicy::new(config.allow_cidrs.clone()),
-            config.delivery_timeout(),
-            destination_policy.clone(),
-        );
+        let addresses = AddressPolicy::new(config.allow_cidrs.clone());
+        let destinations = match config.egress_proxy_url() {
+            Some(proxy) => Destinations::through_proxy(
+                addresses,
+                config.delivery_timeout(),
+                destination_policy.clone(),
+                &proxy,
+            ),
+            None => Destinations::new(
+                addresses,
+                config.delivery_timeout(),
+                destination_policy.clone(),
+            ),
+        };
         let lease = config.delivery_lease();
         let dispatcher = config.role.delivers().then(|| {
             Dispatcher::new(

@@ -34,6 +34,8 @@ pub struct Config {
     pub aws_server_credentials: bool,
     #[serde(deserialize_with = "cidr_list")]
     pub allow_cidrs: Vec<IpNet>,
+    /// An HTTP proxy every destination request goes through.
+    pub egress_proxy: Option<String>,
     pub admin_token: Option<Secret>,
     pub secret_key: Option<Secret>,
     pub delivery_timeout_seconds: u64,
@@ -121,6 +123,11 @@ pub struct Overrides {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allow_cidrs: Option<String>,
+    /// HTTP proxy for every destination request, e.g. http://proxy.internal:3128
+    /// [env: HERALD_EGRESS_PROXY]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub egress_proxy: Option<String>,
     /// Destination request timeout in seconds [env: HERALD_DELIVERY_TIMEOUT_SECONDS] [default: 15]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -221,6 +228,14 @@ impl Config {
             }
             _ => {}
         }
+        if let Some(proxy) = &self.egress_proxy {
+            self.egress_proxy_url().ok_or_else(|| {
+                ConfigError(format!(
+                    "`egress_proxy` must be an http:// or https:// URL such as \
+                     http://proxy.internal:3128, got `{proxy}`"
+                ))
+            })?;
+        }
         if let Some(lease) = self.delivery_lease_seconds
             && lease <= self.delivery_timeout_seconds
         {
@@ -251,6 +266,14 @@ impl Config {
             self.delivery_lease_seconds
                 .unwrap_or(self.delivery_timeout_seconds + 45),
         )
+    }
+
+    /// The proxy destinations go through, if one is set and valid.
+    pub fn egress_proxy_url(&self) -> Option<url::Url> {
+        let url = url::Url::parse(self.egress_proxy.as_deref()?).ok()?;
+        let usable = matches!(url.scheme(), "http" | "https")
+            && url.host_str().is_some_and(|h| !h.is_empty());
+        usable.then_some(url)
     }
 
     pub fn header_read_timeout(&self) -> Duration {
@@ -384,6 +407,17 @@ mod tests {
             jail.set_env("HERALD_MAX_IN_FLIGHT", "0");
             let err = Config::load(None, &Overrides::default()).unwrap_err();
             assert!(err.to_string().contains("max_in_flight"), "{err}");
+
+            jail.set_env("HERALD_MAX_IN_FLIGHT", "8");
+            jail.set_env("HERALD_EGRESS_PROXY", "socks5://proxy.internal:1080");
+            let err = Config::load(None, &Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains("egress_proxy"), "{err}");
+            jail.set_env("HERALD_EGRESS_PROXY", "http://proxy.internal:3128");
+            let config = Config::load(None, &Overrides::default()).unwrap();
+            assert_eq!(
+                config.egress_proxy_url().map(String::from).as_deref(),
+                Some("http://proxy.internal:3128/")
+            );
             Ok(())
         });
     }

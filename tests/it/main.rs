@@ -15,6 +15,7 @@ mod limits;
 mod openapi;
 mod operations;
 mod outage;
+mod proxy;
 mod publish;
 mod retries;
 mod store;
