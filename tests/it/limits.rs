@@ -480,3 +480,42 @@ async fn stream_tests_are_rate_limited_per_stream_and_per_token() {
     app.clock.advance(Duration::from_secs(60));
     assert_eq!(test(&a).await.0, 200);
 }
+
+#[tokio::test]
+async fn stopping_finishes_the_request_under_way_and_accepts_no_more() {
+    let app = spawn_app_with(|c| c.max_concurrent_requests = 1).await;
+    let addr = app.addr;
+    let body = br#"{"id": "held", "type": "user.created", "data": {"id": "u1"}}"#;
+    let mut held = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /v1/events HTTP/1.1\r\nhost: herald\r\nauthorization: Bearer {ADMIN_TOKEN}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    held.write_all(head.as_bytes()).await.unwrap();
+    held.write_all(&body[..1]).await.unwrap();
+    // In flight once it holds the only slot.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while app.get("/v1/event-streams").await.0 != StatusCode::SERVICE_UNAVAILABLE {
+        assert!(tokio::time::Instant::now() < deadline, "never in flight");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let stopping = tokio::spawn(app.stop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!stopping.is_finished(), "stopped with a request under way");
+
+    held.write_all(&body[1..]).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(PATIENCE, held.read_to_end(&mut answer))
+        .await
+        .expect("the request under way was answered and the connection closed")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    tokio::time::timeout(PATIENCE, stopping)
+        .await
+        .expect("the server stopped")
+        .unwrap();
+    assert!(TcpStream::connect(addr).await.is_err(), "still accepting");
+}
