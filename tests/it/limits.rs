@@ -370,7 +370,7 @@ async fn oversized_sample_data_and_type_filters_are_refused_with_400() {
             &json!({"name": "invoice.paid", "sample_data": {"note": big}}),
         )
         .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{}", body["error"]);
     assert!(
         body["error"]["message"]
             .as_str()
