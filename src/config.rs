@@ -353,6 +353,27 @@ mod tests {
         assert!(!config.allow_http);
         assert!(config.allow_cidrs.is_empty());
         assert_eq!(config.delivery_timeout(), Duration::from_secs(15));
+        assert_eq!(config.max_connections, 1024);
+        assert_eq!(config.header_read_timeout(), Duration::from_secs(10));
+        assert_eq!(config.max_concurrent_requests, 512);
+        assert_eq!(config.request_timeout(), Duration::from_secs(30));
+        assert_eq!(
+            (
+                config.token_rate_limit_per_second,
+                config.token_rate_limit_burst
+            ),
+            (100, 200)
+        );
+        assert!(!config.rate_limit_platform_tokens);
+        assert_eq!(
+            (
+                config.max_streams_per_tenant,
+                config.max_event_types_per_tenant,
+                config.max_tokens_per_tenant
+            ),
+            (100, 1000, 100)
+        );
+        assert!(config.egress_proxy.is_none());
     }
 
     #[test]
