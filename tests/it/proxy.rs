@@ -123,3 +123,36 @@ async fn through_the_proxy_a_refused_destination_is_still_refused() {
     assert!(proxy.seen().is_empty(), "{:?}", proxy.seen());
     assert!(receiver.received().is_empty());
 }
+
+#[tokio::test]
+async fn https_destinations_are_tunnelled_with_connect() {
+    let proxy = Proxy::start().await;
+    let app = spawn_app_with(|c| c.egress_proxy = Some(proxy.url.clone())).await;
+    // A plain-http receiver behind an https URL: the tunnel opens, the TLS handshake fails.
+    let receiver = Receiver::start().await;
+    let authority = receiver
+        .url
+        .trim_start_matches("http://")
+        .trim_end_matches("/hook")
+        .replace("127.0.0.1", "localhost");
+    let stream = app
+        .create_stream(
+            &format!("https://{authority}/hook"),
+            &["user.created"],
+            json!({}),
+        )
+        .await;
+    let (status, result) = app
+        .post(
+            &format!("/v1/event-streams/{}/test", stream["id"].as_str().unwrap()),
+            &json!({"event_type": "user.created"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{result}");
+    assert_eq!(result["delivered"], false, "{result}");
+    assert_eq!(
+        proxy.seen(),
+        vec![format!("CONNECT {authority} HTTP/1.1")],
+        "{result}"
+    );
+}
