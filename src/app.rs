@@ -18,6 +18,7 @@ use crate::destinations::{DestinationPolicy, Destinations};
 use crate::net::ssrf::AddressPolicy;
 use crate::retention::{self, Retention};
 use crate::secret::Cipher;
+use crate::server::{self, ConnectionLimits};
 use crate::store::postgres::{self, Notice, PgStore};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, Tenant, Token, hash_token};
@@ -51,6 +52,7 @@ pub struct App {
     /// The shared store's connection settings, to listen for other nodes' notifications.
     listen: Option<tokio_postgres::Config>,
     retention: Retention,
+    connection_limits: ConnectionLimits,
     new_admin_token: Option<String>,
 }
 
@@ -102,11 +104,20 @@ impl App {
             allow_http: config.allow_http,
             aws_server_credentials: config.aws_server_credentials,
         };
-        let destinations = Destinations::new(
-            AddressPolicy::new(config.allow_cidrs.clone()),
-            config.delivery_timeout(),
-            destination_policy.clone(),
-        );
+        let addresses = AddressPolicy::new(config.allow_cidrs.clone());
+        let destinations = match config.egress_proxy_url() {
+            Some(proxy) => Destinations::through_proxy(
+                addresses,
+                config.delivery_timeout(),
+                destination_policy.clone(),
+                &proxy,
+            ),
+            None => Destinations::new(
+                addresses,
+                config.delivery_timeout(),
+                destination_policy.clone(),
+            ),
+        };
         let lease = config.delivery_lease();
         let dispatcher = config.role.delivers().then(|| {
             Dispatcher::new(
@@ -138,6 +149,7 @@ impl App {
             delivery_lease_ms: (config.role.delivers() && config.database_url.is_none())
                 .then_some(lease.as_millis() as i64),
             max_request_bytes: config.max_request_bytes,
+            limits: Arc::new(api::limits::ApiLimits::from_config(&config)),
         };
         Ok(App {
             listener,
@@ -148,6 +160,10 @@ impl App {
             retention: Retention {
                 event_days: config.event_retention_days,
                 response_body_days: config.response_body_retention_days,
+            },
+            connection_limits: ConnectionLimits {
+                max_connections: config.max_connections,
+                header_read_timeout: config.header_read_timeout(),
             },
             new_admin_token,
         })
@@ -193,14 +209,16 @@ impl App {
             api::health_router(self.state)
         };
         tracing::info!(addr = %self.listener.local_addr()?, role = ?self.role, "herald is listening");
-        let served = axum::serve(self.listener, router)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .await;
-        // The server can also end on its own (a listener error): stop the dispatcher too.
-        shutdown.cancel();
+        server::serve(
+            self.listener,
+            router,
+            self.connection_limits,
+            shutdown.clone(),
+        )
+        .await;
         tasks.wait().await;
         store.close().await;
-        served
+        Ok(())
     }
 }
 

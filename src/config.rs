@@ -34,6 +34,8 @@ pub struct Config {
     pub aws_server_credentials: bool,
     #[serde(deserialize_with = "cidr_list")]
     pub allow_cidrs: Vec<IpNet>,
+    /// An HTTP proxy every destination request goes through.
+    pub egress_proxy: Option<String>,
     pub admin_token: Option<Secret>,
     pub secret_key: Option<Secret>,
     pub delivery_timeout_seconds: u64,
@@ -46,6 +48,21 @@ pub struct Config {
     pub shutdown_grace_seconds: u64,
     pub event_retention_days: u64,
     pub response_body_retention_days: u64,
+    pub max_connections: usize,
+    pub max_concurrent_requests: usize,
+    pub header_read_timeout_seconds: u64,
+    pub request_timeout_seconds: u64,
+    /// Requests a second each token may make on average; 0 turns the limit off.
+    pub token_rate_limit_per_second: u32,
+    pub token_rate_limit_burst: u32,
+    /// Platform (admin) tokens are exempt unless this is set.
+    pub rate_limit_platform_tokens: bool,
+    pub stream_tests_per_minute: u32,
+    pub stream_tests_per_minute_per_token: u32,
+    /// Per-tenant quotas; 0 is no limit.
+    pub max_streams_per_tenant: usize,
+    pub max_event_types_per_tenant: usize,
+    pub max_tokens_per_tenant: usize,
 }
 
 /// What a node does: serve the API, deliver, or both. Only a shared database can be split.
@@ -106,6 +123,11 @@ pub struct Overrides {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allow_cidrs: Option<String>,
+    /// HTTP proxy for every destination request, e.g. http://proxy.internal:3128
+    /// [env: HERALD_EGRESS_PROXY]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub egress_proxy: Option<String>,
     /// Destination request timeout in seconds [env: HERALD_DELIVERY_TIMEOUT_SECONDS] [default: 15]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -166,6 +188,24 @@ impl Config {
             ("max_in_flight_per_stream", self.max_in_flight_per_stream),
             ("max_request_bytes", self.max_request_bytes),
             ("database_max_connections", self.database_max_connections),
+            ("max_connections", self.max_connections),
+            ("max_concurrent_requests", self.max_concurrent_requests),
+            (
+                "header_read_timeout_seconds",
+                self.header_read_timeout_seconds as usize,
+            ),
+            (
+                "token_rate_limit_burst",
+                self.token_rate_limit_burst as usize,
+            ),
+            (
+                "stream_tests_per_minute",
+                self.stream_tests_per_minute as usize,
+            ),
+            (
+                "stream_tests_per_minute_per_token",
+                self.stream_tests_per_minute_per_token as usize,
+            ),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -187,6 +227,14 @@ impl Config {
                 ));
             }
             _ => {}
+        }
+        if let Some(proxy) = &self.egress_proxy {
+            self.egress_proxy_url().ok_or_else(|| {
+                ConfigError(format!(
+                    "`egress_proxy` must be an http:// or https:// URL such as \
+                     http://proxy.internal:3128, got `{proxy}`"
+                ))
+            })?;
         }
         if let Some(lease) = self.delivery_lease_seconds
             && lease <= self.delivery_timeout_seconds
@@ -217,6 +265,26 @@ impl Config {
         Duration::from_secs(
             self.delivery_lease_seconds
                 .unwrap_or(self.delivery_timeout_seconds + 45),
+        )
+    }
+
+    /// The proxy destinations go through, if one is set and valid.
+    pub fn egress_proxy_url(&self) -> Option<url::Url> {
+        let url = url::Url::parse(self.egress_proxy.as_deref()?).ok()?;
+        let usable = matches!(url.scheme(), "http" | "https")
+            && url.host_str().is_some_and(|h| !h.is_empty());
+        usable.then_some(url)
+    }
+
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_read_timeout_seconds)
+    }
+
+    /// Never shorter than one delivery attempt and a second: a stream test waits for one.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(
+            self.request_timeout_seconds
+                .max(self.delivery_timeout_seconds + 1),
         )
     }
 
@@ -285,6 +353,27 @@ mod tests {
         assert!(!config.allow_http);
         assert!(config.allow_cidrs.is_empty());
         assert_eq!(config.delivery_timeout(), Duration::from_secs(15));
+        assert_eq!(config.max_connections, 1024);
+        assert_eq!(config.header_read_timeout(), Duration::from_secs(10));
+        assert_eq!(config.max_concurrent_requests, 512);
+        assert_eq!(config.request_timeout(), Duration::from_secs(30));
+        assert_eq!(
+            (
+                config.token_rate_limit_per_second,
+                config.token_rate_limit_burst
+            ),
+            (100, 200)
+        );
+        assert!(!config.rate_limit_platform_tokens);
+        assert_eq!(
+            (
+                config.max_streams_per_tenant,
+                config.max_event_types_per_tenant,
+                config.max_tokens_per_tenant
+            ),
+            (100, 1000, 100)
+        );
+        assert!(config.egress_proxy.is_none());
     }
 
     #[test]
@@ -339,6 +428,17 @@ mod tests {
             jail.set_env("HERALD_MAX_IN_FLIGHT", "0");
             let err = Config::load(None, &Overrides::default()).unwrap_err();
             assert!(err.to_string().contains("max_in_flight"), "{err}");
+
+            jail.set_env("HERALD_MAX_IN_FLIGHT", "8");
+            jail.set_env("HERALD_EGRESS_PROXY", "socks5://proxy.internal:1080");
+            let err = Config::load(None, &Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains("egress_proxy"), "{err}");
+            jail.set_env("HERALD_EGRESS_PROXY", "http://proxy.internal:3128");
+            let config = Config::load(None, &Overrides::default()).unwrap();
+            assert_eq!(
+                config.egress_proxy_url().map(String::from).as_deref(),
+                Some("http://proxy.internal:3128/")
+            );
             Ok(())
         });
     }

@@ -15,6 +15,7 @@
 //!   client, one or a batch at a time, and the retry schedule.
 //! - [`store`]: the storage interface, the embedded SQLite store (group commit) and the
 //!   shared PostgreSQL store.
+//! - [`server`]: the HTTP listener and its connection limits.
 //! - [`net`]: the SSRF guard applied to every outbound connection.
 //! - [`notices`]: Herald's own events (`herald.delivery.failed`, ...).
 //! - [`retention`]: the hourly sweep of old events and response bodies.
@@ -34,6 +35,7 @@ pub mod net;
 pub mod notices;
 pub mod retention;
 pub mod secret;
+pub mod server;
 pub mod store;
 pub mod stream;
 

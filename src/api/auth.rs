@@ -5,7 +5,6 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 use axum::extract::FromRequestParts;
 use axum::http::StatusCode;
@@ -13,42 +12,75 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use serde::{Deserialize, Serialize};
 
+use super::limits::rate_limited;
 use super::{ApiError, AppState};
+use crate::clock::Millis;
 use crate::store::{StoreResult, Token, TokenHash, hash_token};
 
 /// Token lookups, remembered briefly so that a busy publisher does not cost a store read per
 /// request. Revoking a token or deleting a tenant clears it; another node sharing the store
-/// sees a revocation within `TTL`.
+/// sees a revocation within `TTL_MS`. Unknown tokens are remembered apart from known ones,
+/// each set bounded on its own: a flood of made-up tokens can churn only the first.
 #[derive(Default)]
 pub struct TokenCache {
-    entries: Mutex<HashMap<TokenHash, (Instant, Option<Token>)>>,
+    entries: Mutex<CachedTokens>,
+}
+
+#[derive(Default)]
+struct CachedTokens {
+    known: HashMap<TokenHash, (Millis, Token)>,
+    unknown: HashMap<TokenHash, Millis>,
 }
 
 impl TokenCache {
-    const TTL: Duration = Duration::from_secs(5);
-    /// Bounds memory under a flood of made-up tokens.
-    const MAX_ENTRIES: usize = 10_000;
+    /// On the injected clock, so tests decide when entries lapse.
+    const TTL_MS: Millis = 5_000;
+    /// Known tokens are rows in the store, so this is reached only by very many of them.
+    const MAX_KNOWN: usize = 100_000;
+    const MAX_UNKNOWN: usize = 10_000;
 
     async fn find(&self, state: &AppState, hash: TokenHash) -> StoreResult<Option<Token>> {
-        if let Some((at, token)) = self.lock().get(&hash)
-            && at.elapsed() < Self::TTL
+        let now = state.clock.now_ms();
+        let fresh = |at: Millis| now.saturating_sub(at) < Self::TTL_MS;
         {
-            return Ok(token.clone());
+            let entries = self.lock();
+            if let Some((at, token)) = entries.known.get(&hash)
+                && fresh(*at)
+            {
+                return Ok(Some(token.clone()));
+            }
+            if entries.unknown.get(&hash).is_some_and(|at| fresh(*at)) {
+                return Ok(None);
+            }
         }
         let token = state.store.find_token(hash).await?;
         let mut entries = self.lock();
-        if entries.len() >= Self::MAX_ENTRIES {
-            entries.clear();
+        match &token {
+            Some(token) => {
+                entries.unknown.remove(&hash);
+                if entries.known.len() >= Self::MAX_KNOWN {
+                    entries.known.clear();
+                }
+                entries.known.insert(hash, (now, token.clone()));
+            }
+            None => {
+                entries.known.remove(&hash);
+                if entries.unknown.len() >= Self::MAX_UNKNOWN {
+                    entries.unknown.clear();
+                }
+                entries.unknown.insert(hash, now);
+            }
         }
-        entries.insert(hash, (Instant::now(), token.clone()));
         Ok(token)
     }
 
     pub fn clear(&self) {
-        self.lock().clear();
+        let mut entries = self.lock();
+        entries.known.clear();
+        entries.unknown.clear();
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TokenHash, (Instant, Option<Token>)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CachedTokens> {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -201,6 +233,18 @@ impl FromRequestParts<AppState> for Caller {
             .find(state, hash_token(secret))
             .await?
             .ok_or_else(|| ApiError::unauthorized("the token is not valid or has been revoked"))?;
+        let limits = &state.limits;
+        if let Some(rate) = &limits.token_rate
+            && (token.tenant_id.is_some() || limits.rate_limit_platform_tokens)
+        {
+            rate.take(&token.id, state.clock.now_ms()).map_err(|wait| {
+                rate_limited(
+                    "this token has made more requests than it may \
+                     (token_rate_limit_per_second, token_rate_limit_burst)",
+                    wait,
+                )
+            })?;
+        }
         let scopes = token
             .scopes
             .iter()

@@ -68,9 +68,20 @@ struct FilterInput {
     date_to: Option<String>,
 }
 
+/// Most event types one filter may name: each is a bound value of the query.
+const MAX_FILTER_TYPES: usize = 100;
+
 impl FilterInput {
-    fn parse(self) -> Result<DeliveryFilter, ApiError> {
-        let statuses = self
+    fn parse(mut self) -> Result<DeliveryFilter, ApiError> {
+        self.event_types.sort_unstable();
+        self.event_types.dedup();
+        if self.event_types.len() > MAX_FILTER_TYPES {
+            return Err(ApiError::invalid(format!(
+                "`event_types` names {} types; a filter may name at most {MAX_FILTER_TYPES}",
+                self.event_types.len()
+            )));
+        }
+        let mut statuses: Vec<DeliveryStatus> = self
             .statuses
             .iter()
             .map(|s| {
@@ -81,6 +92,9 @@ impl FilterInput {
                 })
             })
             .collect::<Result<_, _>>()?;
+        // Repeats add nothing but bound values.
+        statuses.sort_unstable_by_key(|s| s.as_str());
+        statuses.dedup();
         let date_from = self
             .date_from
             .map(|v| parse_time_param("date_from", &v))

@@ -16,6 +16,8 @@ pub struct ApiError {
     pub message: String,
     /// Machine-readable specifics, such as the path where `data` fails its schema.
     pub details: Option<serde_json::Value>,
+    /// Seconds for a `Retry-After` header (429, 503 answers).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -25,7 +27,13 @@ impl ApiError {
             code,
             message: message.into(),
             details: None,
+            retry_after: None,
         }
+    }
+
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 
     pub fn with_details(mut self, details: serde_json::Value) -> Self {
@@ -99,6 +107,12 @@ impl IntoResponse for ApiError {
         }
         let body = serde_json::json!({ "error": error });
         let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(seconds),
+            );
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,

@@ -7,6 +7,7 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::limits::Quotas;
 use super::{ApiError, ApiQuery, AppState, Caller, JsonBody, Scope};
 use crate::catalog::schema::Schema;
 use crate::catalog::{EventType, is_valid_type_name};
@@ -58,6 +59,8 @@ pub struct CreateType {
 
 const MAX_TEXT: usize = 1024;
 const MAX_SCHEMA_BYTES: usize = 64 * 1024;
+/// `sample_data` goes into every test event and catalog listing.
+const MAX_SAMPLE_BYTES: usize = 64 * 1024;
 
 pub async fn create(
     State(state): State<AppState>,
@@ -96,6 +99,13 @@ pub async fn create(
             "`category` must be 1 to 64 characters and `description` at most 1024",
         ));
     }
+    if request
+        .sample_data
+        .as_ref()
+        .is_some_and(|sample| sample.to_string().len() > MAX_SAMPLE_BYTES)
+    {
+        return Err(ApiError::invalid("`sample_data` is larger than 64 KiB"));
+    }
     if let Some(schema) = &request.schema {
         if schema.to_string().len() > MAX_SCHEMA_BYTES {
             return Err(ApiError::invalid("`schema` is larger than 64 KiB"));
@@ -116,6 +126,13 @@ pub async fn create(
         custom: true,
         schema: request.schema,
     };
+    let count = state.store.list_event_types(&caller.tenant_id).await?.len();
+    Quotas::check(
+        state.limits.quotas.event_types,
+        count,
+        "custom event types",
+        "max_event_types_per_tenant",
+    )?;
     let created = state
         .store
         .create_event_type(&caller.tenant_id, event_type.clone(), state.clock.now_ms())

@@ -6,6 +6,7 @@ mod deliveries;
 mod error;
 mod event_types;
 mod events;
+pub mod limits;
 mod stats;
 mod streams;
 mod tenants;
@@ -44,6 +45,7 @@ pub struct AppState {
     /// a shared store).
     pub delivery_lease_ms: Option<i64>,
     pub max_request_bytes: usize,
+    pub limits: Arc<limits::ApiLimits>,
 }
 
 /// Health and readiness, which every node serves.
@@ -177,6 +179,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(body_limit)
+        .layer(axum::middleware::from_fn_with_state(
+            state.limits.admission.clone(),
+            limits::admit,
+        ))
         .with_state(state);
     guarded(router)
 }

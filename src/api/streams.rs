@@ -8,6 +8,7 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::limits::{Quotas, rate_limited};
 use super::{ApiError, AppState, Caller, JsonBody, OptionalJsonBody, Scope};
 use crate::destinations::{Destination, Message, Outcome};
 use crate::event::format_time;
@@ -145,6 +146,13 @@ pub async fn create(
         updated_at: now,
     };
     check(&state, &stream).await?;
+    let count = state.store.list_streams(&caller.tenant_id).await?.len();
+    Quotas::check(
+        state.limits.quotas.streams,
+        count,
+        "event streams",
+        "max_streams_per_tenant",
+    )?;
     let secret = stream
         .destination
         .uses_stream_secret()
@@ -441,6 +449,26 @@ pub async fn test(
 ) -> Result<Json<Value>, ApiError> {
     caller.require(Scope::UpdateEventStreams)?;
     let stream = load(&state, &caller, &id).await?;
+    // A test sends at once, outside the dispatcher's limits, and shows the caller the
+    // answer: bounded per token and per stream so it cannot be used to hammer an endpoint.
+    let now = state.clock.now_ms();
+    let limits = &state.limits;
+    limits.stream_tests.take(&stream.id, now).map_err(|wait| {
+        rate_limited(
+            "this stream has been sent as many test events as it may in a minute \
+             (stream_tests_per_minute)",
+            wait,
+        )
+    })?;
+    if let Err(wait) = limits.token_tests.take(&caller.token.id, now) {
+        // Not sent: the stream keeps its allowance.
+        limits.stream_tests.give_back(&stream.id);
+        return Err(rate_limited(
+            "this token has sent as many test events as it may in a minute \
+             (stream_tests_per_minute_per_token)",
+            wait,
+        ));
+    }
     let catalog = state
         .catalogs
         .for_tenant(&*state.store, &caller.tenant_id)

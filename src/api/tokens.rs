@@ -7,6 +7,7 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::limits::Quotas;
 use super::{ApiError, ApiQuery, AppState, Caller, JsonBody, Scope};
 use crate::event::format_time;
 use crate::store::{Token, hash_token};
@@ -91,6 +92,15 @@ pub async fn create(
         if !scopes.contains(name) {
             scopes.push(name.clone());
         }
+    }
+    if let Some(tenant) = tenant {
+        let count = state.store.list_tokens(Some(tenant)).await?.len();
+        Quotas::check(
+            state.limits.quotas.tokens,
+            count,
+            "tokens",
+            "max_tokens_per_tenant",
+        )?;
     }
     let secret = crate::ids::api_token_secret();
     let token = Token {

@@ -351,7 +351,7 @@ pub async fn send_signed(
     signing: &Signing<'_>,
     now: Millis,
 ) -> Result<reqwest::Response, AttemptError> {
-    egress.check_literal(url)?;
+    egress.check_destination(url).await?;
     sign_headers(url, &mut headers, &body, credentials, signing, now).map_err(|message| {
         AttemptError {
             kind: ErrorKind::Credentials,

@@ -1,7 +1,11 @@
 //! Herald's outbound HTTP, shared by every destination kind that speaks HTTP (webhooks, the
-//! AWS APIs): one connection pool, no proxies, no redirects, and the SSRF guard on every
-//! address connected to. Also what such kinds share in reading an answer: a bounded excerpt
-//! of the body, `Retry-After`, and naming the kind of a transport failure.
+//! AWS APIs): one connection pool, no redirects, and the SSRF guard on every address
+//! connected to. Optionally everything goes through the operator's proxy (`egress_proxy`):
+//! the proxy then makes the connections, so the guard checks the addresses a destination's
+//! host resolves to here before each request (every one must be allowed), and the proxy's
+//! own address, which the operator chose, is not checked. Also what such kinds share in
+//! reading an answer: a bounded excerpt of the body, `Retry-After`, and naming the kind of a
+//! transport failure.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,30 +26,81 @@ pub struct Egress {
     addresses: AddressPolicy,
     /// The longest one request may take.
     pub timeout: Duration,
+    /// Requests go through the operator's proxy, which resolves destinations itself.
+    proxied: bool,
 }
 
 impl Egress {
     pub fn new(addresses: AddressPolicy, timeout: Duration) -> Egress {
-        let http = reqwest::Client::builder()
+        Self::build(addresses, timeout, None)
+    }
+
+    /// Sends every request through `proxy` (HTTP CONNECT for https destinations; plain http
+    /// ones are forwarded to it).
+    pub fn through_proxy(addresses: AddressPolicy, timeout: Duration, proxy: &Url) -> Egress {
+        Self::build(addresses, timeout, Some(proxy))
+    }
+
+    fn build(addresses: AddressPolicy, timeout: Duration, proxy: Option<&Url>) -> Egress {
+        let builder = reqwest::Client::builder()
             .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .dns_resolver(Arc::new(GuardedResolver::new(addresses.clone())))
-            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_idle_timeout(Duration::from_secs(60));
+        let builder = match proxy {
+            // Only the proxy's host is resolved by the client then: the operator's choice.
+            Some(proxy) => builder.proxy(
+                reqwest::Proxy::all(proxy.clone()).expect("a validated proxy URL is a proxy"),
+            ),
+            None => builder
+                .no_proxy()
+                .dns_resolver(Arc::new(GuardedResolver::new(addresses.clone()))),
+        };
+        let http = builder
             .build()
             .expect("the outbound HTTP client builds from static settings");
         Egress {
             http,
             addresses,
             timeout,
+            proxied: proxy.is_some(),
         }
+    }
+
+    /// Refuses a destination the guard does not admit before anything is sent: a literal
+    /// address here; without a proxy a host name is checked as it is connected to, through
+    /// a proxy it is resolved and every address checked now.
+    pub async fn check_destination(&self, url: &Url) -> Result<(), AttemptError> {
+        self.check_literal(url)?;
+        if !self.proxied {
+            return Ok(());
+        }
+        let Some(url::Host::Domain(host)) = url.host() else {
+            return Ok(());
+        };
+        let port = url.port_or_known_default().unwrap_or(443);
+        let resolved = tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|e| AttemptError {
+                kind: ErrorKind::Dns,
+                message: format!("DNS lookup of {host} failed: {e}"),
+            })?;
+        for addr in resolved {
+            if let Err(blocked) = self.addresses.check(addr.ip()) {
+                tracing::warn!(host = %host, refused = %blocked, "the SSRF guard refused a destination");
+                return Err(AttemptError {
+                    kind: ErrorKind::Blocked,
+                    message: REFUSED_ADDRESS.into(),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Refuses a URL whose host is a literal address the guard does not admit: a literal never
     /// reaches the resolver, so it is checked here.
-    pub fn check_literal(&self, url: &Url) -> Result<(), AttemptError> {
+    fn check_literal(&self, url: &Url) -> Result<(), AttemptError> {
         let literal = match url.host() {
             Some(url::Host::Ipv4(ip)) => ip.into(),
             Some(url::Host::Ipv6(ip)) => ip.into(),

@@ -172,6 +172,19 @@ impl Destinations {
             policy,
         }
     }
+
+    /// The same, with every request sent through the operator's proxy.
+    pub fn through_proxy(
+        addresses: AddressPolicy,
+        timeout: Duration,
+        policy: DestinationPolicy,
+        proxy: &reqwest::Url,
+    ) -> Self {
+        Destinations {
+            egress: http::Egress::through_proxy(addresses, timeout, proxy),
+            policy,
+        }
+    }
 }
 
 /// A stream's runtime client.

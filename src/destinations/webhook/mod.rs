@@ -235,7 +235,7 @@ impl WebhookClient {
 
     async fn post(&self, message: &Message<'_>, now: Millis) -> Report {
         let started = Instant::now();
-        if let Err(blocked) = self.egress.check_literal(&self.url) {
+        if let Err(blocked) = self.egress.check_destination(&self.url).await {
             return Report::failed(blocked.kind, blocked.message, started.elapsed());
         }
         let encoded = self.encoding.encode(message.event);

@@ -1,0 +1,249 @@
+//! The API's limits on callers: how many requests run at once and for how long (load
+//! shedding, answered before any work), token buckets for per-token request rates and stream
+//! tests, and per-tenant quotas on what a tenant may create. Rates read the injected clock
+//! and never the store, so a check costs a map lookup under a lock.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tokio::sync::Semaphore;
+
+use super::ApiError;
+use crate::clock::Millis;
+use crate::config::Config;
+
+/// Everything the API limits, built once from the configuration.
+pub struct ApiLimits {
+    pub admission: Admission,
+    /// Per token id; `None` when off.
+    pub token_rate: Option<RateLimiter>,
+    pub rate_limit_platform_tokens: bool,
+    /// Stream tests, per stream id and per token id.
+    pub stream_tests: RateLimiter,
+    pub token_tests: RateLimiter,
+    pub quotas: Quotas,
+}
+
+impl ApiLimits {
+    pub fn from_config(config: &Config) -> ApiLimits {
+        let per_minute = |n: u32| Rate::new(n, f64::from(n) / 60_000.0);
+        ApiLimits {
+            admission: Admission {
+                slots: Arc::new(Semaphore::new(config.max_concurrent_requests)),
+                timeout: config.request_timeout(),
+            },
+            token_rate: (config.token_rate_limit_per_second > 0).then(|| {
+                RateLimiter::new(Rate::new(
+                    config.token_rate_limit_burst,
+                    f64::from(config.token_rate_limit_per_second) / 1000.0,
+                ))
+            }),
+            rate_limit_platform_tokens: config.rate_limit_platform_tokens,
+            stream_tests: RateLimiter::new(per_minute(config.stream_tests_per_minute)),
+            token_tests: RateLimiter::new(per_minute(config.stream_tests_per_minute_per_token)),
+            quotas: Quotas {
+                streams: config.max_streams_per_tenant,
+                event_types: config.max_event_types_per_tenant,
+                tokens: config.max_tokens_per_tenant,
+            },
+        }
+    }
+}
+
+/// How many API requests run at once, and for how long.
+#[derive(Clone)]
+pub struct Admission {
+    slots: Arc<Semaphore>,
+    timeout: Duration,
+}
+
+/// Middleware: refuses a request at once when every slot is taken (queueing would only make
+/// every caller wait longer), and answers one that outlives the timeout. Health checks pass
+/// unlimited: an orchestrator must not restart a node for being busy.
+pub async fn admit(State(admission): State<Admission>, request: Request, next: Next) -> Response {
+    if matches!(request.uri().path(), "/healthz" | "/readyz") {
+        return next.run(request).await;
+    }
+    let Ok(_slot) = admission.slots.clone().try_acquire_owned() else {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "the server is serving as many requests as it may at once (max_concurrent_requests); \
+             retry after the time in Retry-After",
+        )
+        .with_retry_after(1)
+        .into_response();
+    };
+    match tokio::time::timeout(admission.timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "request_timeout",
+            format!(
+                "the request took longer than {} s (request_timeout_seconds) and was abandoned; \
+                 it may have been applied: retry it (publishing again with the same event ids \
+                 is safe)",
+                admission.timeout.as_secs()
+            ),
+        )
+        .with_retry_after(1)
+        .into_response(),
+    }
+}
+
+/// A token bucket's shape: `burst` requests at once, refilled at `per_ms` a millisecond.
+#[derive(Debug, Clone, Copy)]
+pub struct Rate {
+    burst: f64,
+    per_ms: f64,
+}
+
+impl Rate {
+    pub fn new(burst: u32, per_ms: f64) -> Rate {
+        Rate {
+            burst: f64::from(burst.max(1)),
+            per_ms,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Millis,
+}
+
+impl Bucket {
+    fn refill(&mut self, rate: Rate, now: Millis) {
+        let elapsed = (now - self.at).max(0) as f64;
+        self.tokens = (self.tokens + elapsed * rate.per_ms).min(rate.burst);
+        self.at = self.at.max(now);
+    }
+}
+
+/// Token buckets by key (a token id, a stream id).
+pub struct RateLimiter {
+    rate: Rate,
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+impl RateLimiter {
+    /// Bounds the map. Keys are ids of rows that exist (checked after authentication or
+    /// lookup), so it is reached only by very many of them; full buckets are then forgotten,
+    /// which loses nothing.
+    const MAX_KEYS: usize = 100_000;
+
+    pub fn new(rate: Rate) -> RateLimiter {
+        RateLimiter {
+            rate,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes one request from `key`'s bucket, or says in how many seconds one is available.
+    pub fn take(&self, key: &str, now: Millis) -> Result<(), u64> {
+        let rate = self.rate;
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        if !buckets.contains_key(key) && buckets.len() >= Self::MAX_KEYS {
+            buckets.retain(|_, bucket| {
+                bucket.refill(rate, now);
+                bucket.tokens < rate.burst
+            });
+            if buckets.len() >= Self::MAX_KEYS {
+                buckets.clear();
+            }
+        }
+        let bucket = match buckets.get_mut(key) {
+            Some(bucket) => bucket,
+            None => buckets.entry(key.to_string()).or_insert(Bucket {
+                tokens: rate.burst,
+                at: now,
+            }),
+        };
+        bucket.refill(rate, now);
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            return Ok(());
+        }
+        let wait_ms = if rate.per_ms > 0.0 {
+            (1.0 - bucket.tokens) / rate.per_ms
+        } else {
+            f64::from(u32::MAX)
+        };
+        Err(((wait_ms / 1000.0).ceil() as u64).max(1))
+    }
+
+    /// Returns a request taken for something that was then not done.
+    pub fn give_back(&self, key: &str) {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(bucket) = buckets.get_mut(key) {
+            bucket.tokens = (bucket.tokens + 1.0).min(self.rate.burst);
+        }
+    }
+}
+
+/// The 429 for an exhausted bucket; `what` names the limit and the key that sets it.
+pub fn rate_limited(what: &str, retry_after: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        format!("{what}; retry in {retry_after} s"),
+    )
+    .with_retry_after(retry_after)
+}
+
+/// What one tenant may create; 0 is no limit.
+#[derive(Debug, Clone, Copy)]
+pub struct Quotas {
+    pub streams: usize,
+    pub event_types: usize,
+    pub tokens: usize,
+}
+
+impl Quotas {
+    /// Refuses one more of `what` when the tenant holds `count` and `limit` allows no more.
+    /// Checked before the write: creations racing each other can pass it together.
+    pub fn check(limit: usize, count: usize, what: &str, key: &str) -> Result<(), ApiError> {
+        if limit == 0 || count < limit {
+            return Ok(());
+        }
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "quota_exceeded",
+            format!(
+                "the tenant has {count} {what}, the most it may have; delete one, or ask the \
+                 operator to raise `{key}`"
+            ),
+        )
+        .with_details(serde_json::json!({ "limit": limit, "setting": key })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bucket_allows_its_burst_then_refills_at_its_rate() {
+        let limiter = RateLimiter::new(Rate::new(2, 1.0 / 1000.0));
+        assert_eq!(limiter.take("a", 0), Ok(()));
+        assert_eq!(limiter.take("a", 0), Ok(()));
+        assert_eq!(limiter.take("a", 0), Err(1));
+        assert_eq!(limiter.take("b", 0), Ok(()), "buckets are per key");
+        assert_eq!(limiter.take("a", 1_000), Ok(()));
+        assert_eq!(limiter.take("a", 1_000), Err(1));
+    }
+
+    #[test]
+    fn retry_after_covers_the_time_to_the_next_request() {
+        let limiter = RateLimiter::new(Rate::new(1, 1.0 / 60_000.0));
+        assert_eq!(limiter.take("s", 0), Ok(()));
+        assert_eq!(limiter.take("s", 0), Err(60));
+        assert_eq!(limiter.take("s", 30_000), Err(30));
+    }
+}
