@@ -164,6 +164,9 @@ impl App {
             connection_limits: ConnectionLimits {
                 max_connections: config.max_connections,
                 header_read_timeout: config.header_read_timeout(),
+                // A request is answered within its timeout; a client that does not read its
+                // answer gets a few seconds more.
+                drain_timeout: config.request_timeout() + std::time::Duration::from_secs(5),
             },
             new_admin_token,
         })

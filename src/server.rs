@@ -4,7 +4,8 @@
 //! arrived within the header-read timeout is closed, so idle or half-sent requests cannot pin
 //! connections. Request-level limits (concurrent requests, their timeout) live in the API's
 //! middleware. On shutdown it stops accepting, lets the requests under way finish, and
-//! returns once every connection has closed.
+//! returns once every connection has closed, or after the drain timeout (a client that never
+//! reads its answer must not keep the process from stopping).
 
 use std::pin::pin;
 use std::sync::Arc;
@@ -23,6 +24,8 @@ use tokio_util::task::TaskTracker;
 pub struct ConnectionLimits {
     pub max_connections: usize,
     pub header_read_timeout: Duration,
+    /// How long shutdown waits for open connections to finish.
+    pub drain_timeout: Duration,
 }
 
 /// Serves `router` on `listener` until `shutdown` is cancelled and the open connections have
@@ -75,7 +78,15 @@ pub async fn serve(
     }
     drop(listener);
     connections.close();
-    connections.wait().await;
+    if tokio::time::timeout(limits.drain_timeout, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = connections.len(),
+            "connections still open after the drain timeout are dropped"
+        );
+    }
 }
 
 /// Aborted handshakes are the client's affair; anything else (out of file descriptors) is

@@ -197,6 +197,8 @@ struct Done {
     retry_at: Option<Millis>,
     /// How the destination coped, for the stream's adaptive limit.
     feedback: Feedback,
+    /// Some delivery of the request was delivered: the endpoint is up, whatever the rest did.
+    delivered_any: bool,
 }
 
 /// What every attempt needs; shared by the dispatcher and its attempt tasks.
@@ -267,6 +269,7 @@ impl Dispatcher {
             self.clock.clone(),
             self.signal.clone(),
             shutdown.clone(),
+            self.config.shutdown_grace,
         );
         let shared = Arc::new(Shared {
             clock: self.clock.clone(),
@@ -782,7 +785,14 @@ impl Dispatcher {
         }
         if let Some(slot) = self.streams.get_mut(&done.stream_id) {
             slot.limit.observe(done.feedback, slot.in_flight);
-            match slot.circuit.observe(done.feedback, self.clock.now_ms()) {
+            // A batch partly refused (an EventBridge entry throttled) still shows the
+            // endpoint up: that is for the limit to weigh, not the circuit.
+            let up = if done.delivered_any {
+                Feedback::Succeeded
+            } else {
+                done.feedback
+            };
+            match slot.circuit.observe(up, self.clock.now_ms()) {
                 Some(CircuitChange::Opened { probe_in_ms }) => {
                     tracing::warn!(
                         tenant = %done.tenant_id,
@@ -888,6 +898,7 @@ async fn attempt(shared: &Shared, active: &ActiveStream, batch: Vec<Claimed>) ->
         stream_id: stream.id.clone(),
         retry_at: None,
         feedback: Feedback::Neutral,
+        delivered_any: false,
     };
     for (claimed, report) in batch.into_iter().zip(reports) {
         let attempt_number = claimed.attempts + 1;
@@ -907,6 +918,7 @@ async fn attempt(shared: &Shared, active: &ActiveStream, batch: Vec<Claimed>) ->
             Outcome::DisableStream { reason } => (false, Some(reason)),
             Outcome::Delivered => {
                 done.feedback = done.feedback.max(Feedback::Succeeded);
+                done.delivered_any = true;
                 (false, None)
             }
             Outcome::Retry { .. } => {

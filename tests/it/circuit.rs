@@ -12,7 +12,9 @@ use crate::helpers::*;
 const BACKLOG: usize = 10_000;
 
 /// Waits until the receiver has seen more than `before` requests, and until the outcome of
-/// each of those is stored: the dispatcher has then heard of it too, so the clock can move.
+/// each of those is stored: by then the dispatcher has almost always heard of it too, so the
+/// clock can move. (If it has not, the next probe waits from a later time: fewer probes, which
+/// the bound below allows.)
 async fn wait_for_more(
     app: &TestApp,
     receiver: &Receiver,

@@ -71,8 +71,13 @@ async fn a_database_outage_answers_503_pauses_delivery_and_heals_without_a_resta
     let upstream = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432));
     let proxy = Proxy::start(upstream.parse().unwrap()).await;
     url.set_port(Some(proxy.addr.port())).unwrap();
-    let app =
-        spawn_app_with(|config| config.database_url = Some(Secret::new(url.to_string()))).await;
+    let app = spawn_app_with(|config| {
+        config.database_url = Some(Secret::new(url.to_string()));
+        // Longer than the clock moves here while the store comes back: a delivery is made a
+        // second time only if its outcome was given up on.
+        config.delivery_lease_seconds = Some(3_600);
+    })
+    .await;
 
     // A delivery that fails once, so its retry falls due during the outage.
     let receiver = Receiver::start().await;

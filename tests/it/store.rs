@@ -1558,4 +1558,118 @@ async fn deleting_a_tenant_leaves_no_lease_on_its_deliveries(b: Backend) {
         again[0].deliveries.is_empty(),
         "{name}: a1 is still under way"
     );
+    // Nor does a late release of the deleted tenant's lease (a dispatcher giving back what
+    // it had queued).
+    store
+        .release(vec![(leased.key, leased.lease)], NOW)
+        .await
+        .unwrap();
+    let again = store
+        .claim(request("ten_a", "est_a", 10), NOW + 2, NOW + 60_000)
+        .await
+        .unwrap();
+    assert!(
+        again[0].deliveries.is_empty(),
+        "{name}: a1 is still under way after a stale release"
+    );
+}
+
+/// Polls `job` once: far enough for its first writer job to be queued.
+async fn start<F: std::future::Future + Unpin>(job: &mut F) {
+    std::future::poll_fn(|cx| {
+        let polled = std::pin::Pin::new(&mut *job).poll(cx);
+        assert!(polled.is_pending(), "the bulk write ended in one turn");
+        std::task::Poll::Ready(())
+    })
+    .await;
+}
+
+/// A large administrative write (a redelivery, an erasure by subject, a tenant's deletion)
+/// goes to the embedded store's one writer a chunk at a time: a publish sent while it runs is
+/// written after its first chunk, not after all of it.
+#[tokio::test]
+async fn bulk_writes_let_publishes_through_between_chunks() {
+    use herald::store::sqlite::BULK_CHUNK;
+    let b = sqlite().await;
+    let store = &*b.store;
+    let file = b.dir.as_ref().unwrap().path().join("store.sqlite3");
+    let count = |sql: &str| -> usize {
+        rusqlite::Connection::open(&file)
+            .unwrap()
+            .query_row(sql, [], |r| r.get::<_, i64>(0))
+            .unwrap() as usize
+    };
+    let n = 3 * BULK_CHUNK;
+    stream(
+        store,
+        "ten_a",
+        "est_a",
+        "user.created",
+        StreamStatus::Paused,
+    )
+    .await;
+    for first in (0..n).step_by(1_000) {
+        let events = (first..first + 1_000)
+            .map(|i| Event {
+                subject: Some("user-7".into()),
+                ..event(&format!("bulk{i}"), "user.created")
+            })
+            .collect();
+        store.publish("ten_a", events, NOW, None).await.unwrap();
+    }
+    let mut quick = 0;
+    let mut publish_between = || {
+        quick += 1;
+        let event = event(&format!("quick{quick}"), "user.created");
+        async move {
+            store
+                .publish("ten_b", vec![event], NOW, None)
+                .await
+                .unwrap()
+        }
+    };
+
+    let redeliver = store.redeliver("ten_a", "est_a", DeliveryFilter::default(), false, NOW + 1);
+    let mut redeliver = std::pin::pin!(redeliver);
+    start(&mut redeliver).await;
+    publish_between().await;
+    let requeued = format!("SELECT COUNT(*) FROM deliveries WHERE due_at = {}", NOW + 1);
+    assert_eq!(
+        count(&requeued),
+        BULK_CHUNK,
+        "the publish waited for one chunk"
+    );
+    assert_eq!(redeliver.await.unwrap(), n as u64);
+    assert_eq!(count(&requeued), n);
+
+    let erase = store.erase("ten_a", Erase::Subject("user-7".into()), NOW);
+    let mut erase = std::pin::pin!(erase);
+    start(&mut erase).await;
+    publish_between().await;
+    let erased = "SELECT COUNT(*) FROM events WHERE erased_at IS NOT NULL";
+    assert_eq!(
+        count(erased),
+        BULK_CHUNK,
+        "the publish waited for one chunk"
+    );
+    assert_eq!(erase.await.unwrap(), n as u64);
+    assert_eq!(count(erased), n);
+
+    let delete = store.delete_tenant("ten_a");
+    let mut delete = std::pin::pin!(delete);
+    start(&mut delete).await;
+    publish_between().await;
+    let left = "SELECT COUNT(*) FROM events WHERE tenant_id = 'ten_a'";
+    assert_eq!(
+        count(left),
+        n,
+        "the publish waited for the streams' removal only"
+    );
+    assert!(delete.await.unwrap());
+    assert_eq!(count(left), 0);
+    assert_eq!(
+        count("SELECT COUNT(*) FROM events WHERE tenant_id = 'ten_b'"),
+        3,
+        "every publish in between was written"
+    );
 }

@@ -81,7 +81,14 @@ pub fn get_event(
         .transpose()
 }
 
-pub fn erase(conn: &Connection, tenant_id: &str, what: &Erase, now: Millis) -> StoreResult<u64> {
+/// Erases up to `limit` events of each id or of the subject (see `Store::erase`).
+pub fn erase(
+    conn: &Connection,
+    tenant_id: &str,
+    what: &Erase,
+    now: Millis,
+    limit: usize,
+) -> StoreResult<u64> {
     let (condition, values): (&str, Vec<&str>) = match what {
         Erase::Events(ids) => ("id", ids.iter().map(String::as_str).collect()),
         Erase::Subject(subject) => ("subject", vec![subject.as_str()]),
@@ -89,8 +96,8 @@ pub fn erase(conn: &Connection, tenant_id: &str, what: &Erase, now: Millis) -> S
     // An id named twice is one event, as in `= ANY(...)` on PostgreSQL.
     let values: std::collections::BTreeSet<&str> = values.into_iter().collect();
     let mut erase = conn.prepare_cached(&format!(
-        "UPDATE events SET {ERASED_EVENT}, erased_at = ?1 \
-         WHERE tenant_id = ?2 AND {condition} = ?3 RETURNING seq"
+        "UPDATE events SET {ERASED_EVENT}, erased_at = ?1 WHERE seq IN \
+         (SELECT seq FROM events WHERE tenant_id = ?2 AND {condition} = ?3 LIMIT ?4) RETURNING seq"
     ))?;
     let mut bodies = conn.prepare_cached(
         "UPDATE attempts SET response_body = NULL WHERE tenant_id = ?1 AND response_body IS NOT NULL \
@@ -99,7 +106,7 @@ pub fn erase(conn: &Connection, tenant_id: &str, what: &Erase, now: Millis) -> S
     let mut count = 0;
     for value in values {
         let seqs: Vec<i64> = erase
-            .query_map(params![now, tenant_id, value], |r| r.get(0))?
+            .query_map(params![now, tenant_id, value, limit as i64], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
         for seq in &seqs {
             bodies.execute(params![tenant_id, seq])?;

@@ -29,6 +29,13 @@ const MIGRATIONS: &[&str] = &[
     include_str!("003_failing_streams.sql"),
 ];
 
+/// Rows one job of a bulk administrative write (a redelivery, an erasure by subject, a
+/// tenant's deletion) touches at most. Each chunk is a writer job of its own, committed on
+/// its own: publishes queued behind a large job wait for one chunk, a few milliseconds, not
+/// for all of it. A bulk write cut short (a crash) has done part of its work; asking again
+/// finishes it.
+pub const BULK_CHUNK: usize = 1_000;
+
 pub struct SqliteStore {
     /// Held for the store's lifetime: one process owns a data directory.
     _lock: std::fs::File,
@@ -338,7 +345,7 @@ impl Store for SqliteStore {
 
     /// Both halves must answer: reads succeed even when the writer thread is gone.
     async fn ping(&self) -> StoreResult<()> {
-        self.writer.ping().await?;
+        self.writer.ping()?;
         self.readers
             .read(|conn| Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?))
             .await
@@ -395,21 +402,51 @@ impl Store for SqliteStore {
     }
 
     async fn delete_tenant(&self, id: &str) -> StoreResult<bool> {
-        let id = id.to_string();
         let leases = self.leases.clone();
+        let tenant = id.to_string();
+        // Its streams first, so nothing of the tenant is claimed or sent meanwhile.
         self.writer
             .write(move |conn| {
                 // Leases are rows on PostgreSQL, deleted with the tenant; here they are in
                 // memory and must go with it too.
                 let streams: Vec<String> = conn
                     .prepare_cached("SELECT id FROM streams WHERE tenant_id = ?1")?
-                    .query_map(params![id], |r| r.get(0))?
+                    .query_map(params![tenant], |r| r.get(0))?
                     .collect::<Result<_, _>>()?;
                 let mut held = lock(&leases);
                 for stream_id in &streams {
                     held.forget_stream(stream_id);
                 }
                 drop(held);
+                conn.execute("DELETE FROM streams WHERE tenant_id = ?1", params![tenant])?;
+                Ok(())
+            })
+            .await?;
+        // Then its bulk, a chunk at a time.
+        for table in ["attempts", "deliveries", "events"] {
+            loop {
+                let tenant = id.to_string();
+                let deleted = self
+                    .writer
+                    .write(move |conn| {
+                        Ok(conn.execute(
+                            &format!(
+                                "DELETE FROM {table} WHERE seq IN \
+                                 (SELECT seq FROM {table} WHERE tenant_id = ?1 LIMIT ?2)"
+                            ),
+                            params![tenant, BULK_CHUNK as i64],
+                        )?)
+                    })
+                    .await?;
+                if deleted < BULK_CHUNK {
+                    break;
+                }
+            }
+        }
+        // Then the rest, and whatever arrived meanwhile, with the tenant itself.
+        let id = id.to_string();
+        self.writer
+            .write(move |conn| {
                 for table in TENANT_TABLES {
                     conn.execute(
                         &format!("DELETE FROM {table} WHERE tenant_id = ?1"),
@@ -857,8 +894,8 @@ impl Store for SqliteStore {
         self.writer
             .write_lazy(move |_| {
                 let mut held = lock(&held);
-                for (key, _) in leases {
-                    held.give_back(key);
+                for (key, token) in leases {
+                    held.give_back(key, token);
                 }
                 Ok(())
             })
@@ -907,21 +944,35 @@ impl Store for SqliteStore {
         dry_run: bool,
         now: Millis,
     ) -> StoreResult<u64> {
-        let (tenant_id, stream_id) = (tenant_id.to_string(), stream_id.to_string());
-        let leases = self.leases.clone();
-        self.writer
-            .write(move |conn| {
-                queue::redeliver(
-                    conn,
-                    &lock(&leases),
-                    &tenant_id,
-                    &stream_id,
-                    &filter,
-                    dry_run,
-                    now,
-                )
-            })
-            .await
+        // The stream's deliveries as they are at the first chunk, in chunks of `BULK_CHUNK` in
+        // `seq` order; those created meanwhile are not part of it.
+        let mut window = (0, None);
+        let mut total = 0;
+        loop {
+            let (tenant, stream, filter) =
+                (tenant_id.to_string(), stream_id.to_string(), filter.clone());
+            let leases = self.leases.clone();
+            let (count, next) = self
+                .writer
+                .write(move |conn| {
+                    queue::redeliver(
+                        conn,
+                        &lock(&leases),
+                        &tenant,
+                        &stream,
+                        &filter,
+                        dry_run,
+                        now,
+                        window,
+                    )
+                })
+                .await?;
+            total += count;
+            match next {
+                Some(next) => window = (next.0, Some(next.1)),
+                None => return Ok(total),
+            }
+        }
     }
 
     async fn backlog(&self, tenant_id: &str, stream_id: &str) -> StoreResult<Backlog> {
@@ -986,10 +1037,30 @@ impl Store for SqliteStore {
     }
 
     async fn erase(&self, tenant_id: &str, what: Erase, now: Millis) -> StoreResult<u64> {
-        let tenant_id = tenant_id.to_string();
-        self.writer
-            .write(move |conn| log::erase(conn, &tenant_id, &what, now))
-            .await
+        // A chunk of events a job: an erased event no longer has its subject, so each chunk
+        // by subject takes the next ones.
+        let chunks: Vec<Erase> = match what {
+            Erase::Events(ids) => ids
+                .chunks(BULK_CHUNK)
+                .map(|ids| Erase::Events(ids.to_vec()))
+                .collect(),
+            subject @ Erase::Subject(_) => vec![subject],
+        };
+        let mut total = 0;
+        for chunk in chunks {
+            loop {
+                let (tenant, what) = (tenant_id.to_string(), chunk.clone());
+                let erased = self
+                    .writer
+                    .write(move |conn| log::erase(conn, &tenant, &what, now, BULK_CHUNK))
+                    .await?;
+                total += erased;
+                if matches!(chunk, Erase::Events(_)) || erased < BULK_CHUNK as u64 {
+                    break;
+                }
+            }
+        }
+        Ok(total)
     }
 
     async fn sweep(

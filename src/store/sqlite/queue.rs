@@ -99,10 +99,10 @@ pub fn publish(
                 result.streams.push(stream_id.clone());
                 if let Some((leases, until)) = lease.as_mut().filter(|_| *enabled) {
                     let key = conn.last_insert_rowid();
-                    leases.take(stream_id, key, *until);
+                    let token = leases.take(stream_id, key, *until);
                     result.leased.push(Claimed {
                         key,
-                        lease: 0,
+                        lease: token,
                         lease_until: *until,
                         id: delivery_id,
                         tenant_id: tenant_id.to_string(),
@@ -151,14 +151,27 @@ fn insert_delivery(
 /// `writer::Journal`). A lease taken by a publish that then failed would otherwise hide the
 /// delivery that reuses its row id, and one given back by a failed `record` would let the
 /// delivery be claimed again while its attempt is still being recorded.
+///
+/// Each lease has a token of its own (the `lease` of `Claimed`), and is given back only by
+/// it: a row id freed by a deletion goes to another delivery, and a late release of the old
+/// one must not take the new one's lease.
 #[derive(Default)]
 pub struct Leases {
     by_stream: HashMap<String, HashSet<i64>>,
-    held: HashMap<i64, (String, Millis)>,
+    held: HashMap<i64, Lease>,
     /// Each change since the last commit, as the lease it replaced, oldest first.
-    journal: Vec<(i64, Option<(String, Millis)>)>,
+    journal: Vec<(i64, Option<Lease>)>,
     /// Where the changes of the job running now begin in `journal`.
     job_start: usize,
+    /// The token of the last lease taken.
+    last_token: i64,
+}
+
+#[derive(Clone)]
+struct Lease {
+    stream_id: String,
+    until: Millis,
+    token: i64,
 }
 
 impl Leases {
@@ -166,24 +179,22 @@ impl Leases {
         self.by_stream.get(stream_id)
     }
 
-    fn take(&mut self, stream_id: &str, key: i64, until: Millis) {
-        self.change(key, Some((stream_id.to_string(), until)));
+    /// Leases `key` to `stream_id` until `until`; returns the lease's token.
+    fn take(&mut self, stream_id: &str, key: i64, until: Millis) -> i64 {
+        self.last_token += 1;
+        let token = self.last_token;
+        let lease = Lease {
+            stream_id: stream_id.to_string(),
+            until,
+            token,
+        };
+        self.change(key, Some(lease));
+        token
     }
 
-    pub fn give_back(&mut self, key: i64) {
-        if self.held.contains_key(&key) {
-            self.change(key, None);
-        }
-    }
-
-    /// Gives back `key`'s lease if `stream_id` holds it: after its tenant was deleted, a
-    /// delivery's row id may have gone to another delivery, whose lease is not this one's.
-    fn give_back_of(&mut self, stream_id: &str, key: i64) {
-        if self
-            .held
-            .get(&key)
-            .is_some_and(|(holder, _)| holder == stream_id)
-        {
+    /// Gives back `key`'s lease if it is the one `token` names.
+    pub fn give_back(&mut self, key: i64, token: i64) {
+        if self.held.get(&key).is_some_and(|l| l.token == token) {
             self.change(key, None);
         }
     }
@@ -200,28 +211,28 @@ impl Leases {
         }
     }
 
-    fn change(&mut self, key: i64, lease: Option<(String, Millis)>) {
+    fn change(&mut self, key: i64, lease: Option<Lease>) {
         let replaced = self.set(key, lease);
         self.journal.push((key, replaced));
     }
 
     /// Puts `lease` on `key` (or none), and returns the lease it replaced.
-    fn set(&mut self, key: i64, lease: Option<(String, Millis)>) -> Option<(String, Millis)> {
+    fn set(&mut self, key: i64, lease: Option<Lease>) -> Option<Lease> {
         let replaced = self.held.remove(&key);
-        if let Some((stream_id, _)) = &replaced
-            && let Some(keys) = self.by_stream.get_mut(stream_id)
+        if let Some(old) = &replaced
+            && let Some(keys) = self.by_stream.get_mut(&old.stream_id)
         {
             keys.remove(&key);
             if keys.is_empty() {
-                self.by_stream.remove(stream_id);
+                self.by_stream.remove(&old.stream_id);
             }
         }
-        if let Some((stream_id, until)) = lease {
+        if let Some(lease) = lease {
             self.by_stream
-                .entry(stream_id.clone())
+                .entry(lease.stream_id.clone())
                 .or_default()
                 .insert(key);
-            self.held.insert(key, (stream_id, until));
+            self.held.insert(key, lease);
         }
         replaced
     }
@@ -260,14 +271,14 @@ impl Leases {
     fn held_until(&self, key: i64, now: Millis) -> Option<Millis> {
         self.held
             .get(&key)
-            .map(|(_, until)| *until)
+            .map(|l| l.until)
             .filter(|until| *until > now)
     }
 
     /// Forgets `key`'s lease if it lapsed by `now`.
     fn prune(&mut self, key: i64, now: Millis) {
-        if self.held.get(&key).is_some_and(|(_, until)| *until <= now) {
-            self.give_back(key);
+        if self.held.get(&key).is_some_and(|l| l.until <= now) {
+            self.change(key, None);
         }
     }
 }
@@ -343,8 +354,8 @@ pub fn claim(
         for key in lapsed {
             leases.prune(key, now);
         }
-        for d in &deliveries {
-            leases.take(&request.stream_id, d.key, lease_until);
+        for d in &mut deliveries {
+            d.lease = leases.take(&request.stream_id, d.key, lease_until);
         }
         batches.push(ClaimBatch {
             tenant_id: request.tenant_id,
@@ -386,7 +397,7 @@ pub fn record(
          WHERE tenant_id = ?1 AND id = ?2 RETURNING consecutive_failures, failing_since, status, name",
     )?;
     for r in records {
-        leases.give_back_of(&r.stream_id, r.key);
+        leases.give_back(r.key, r.lease);
         insert.execute(params![
             r.tenant_id,
             r.key,
@@ -589,6 +600,11 @@ pub fn redeliver_event(
     Ok(Some(queued))
 }
 
+/// Requeues (or with `dry_run` counts) the stream's deliveries that match `filter`, among the
+/// next `BULK_CHUNK` after `window.0`, up to `window.1` in `seq` order (the stream's last
+/// delivery when `None`). Returns how many, and the next chunk's window unless this was the
+/// last.
+#[allow(clippy::too_many_arguments)]
 pub fn redeliver(
     conn: &Connection,
     leases: &Leases,
@@ -597,7 +613,32 @@ pub fn redeliver(
     filter: &DeliveryFilter,
     dry_run: bool,
     now: Millis,
-) -> StoreResult<u64> {
+    window: (i64, Option<i64>),
+) -> StoreResult<(u64, Option<(i64, i64)>)> {
+    let (after, last) = window;
+    let last = match last {
+        Some(last) => last,
+        None => conn
+            .prepare_cached(
+                "SELECT MAX(seq) FROM deliveries WHERE tenant_id = ?1 AND stream_id = ?2",
+            )?
+            .query_row(params![tenant_id, stream_id], |r| {
+                r.get::<_, Option<i64>>(0)
+            })?
+            .unwrap_or(0),
+    };
+    let upto: Option<i64> = conn
+        .prepare_cached(
+            "SELECT MAX(seq) FROM (SELECT seq FROM deliveries \
+             WHERE tenant_id = ?1 AND stream_id = ?2 AND seq > ?3 AND seq <= ?4 ORDER BY seq LIMIT ?5)",
+        )?
+        .query_row(
+            params![tenant_id, stream_id, after, last, super::BULK_CHUNK as i64],
+            |r| r.get(0),
+        )?;
+    let Some(upto) = upto else {
+        return Ok((0, None));
+    };
     let mut values = Vec::new();
     let head = if dry_run {
         "SELECT COUNT(*) FROM deliveries d WHERE".to_string()
@@ -610,11 +651,16 @@ pub fn redeliver(
     values.push(SqlValue::Text(stream_id.into()));
     let conditions = filter_sql(filter, &mut values);
     values.push(SqlValue::Text(leased_json(leases, stream_id, now)));
-    let sql = format!("{head} d.tenant_id = ? AND d.stream_id = ?{conditions} AND {NOT_IN_FLIGHT}");
+    values.push(SqlValue::Integer(after));
+    values.push(SqlValue::Integer(upto));
+    let sql = format!(
+        "{head} d.tenant_id = ? AND d.stream_id = ?{conditions} AND {NOT_IN_FLIGHT} \
+         AND d.seq > ? AND d.seq <= ?"
+    );
     let count = if dry_run {
         conn.query_row(&sql, params_from_iter(values), |r| r.get::<_, i64>(0))? as u64
     } else {
         conn.execute(&sql, params_from_iter(values))? as u64
     };
-    Ok(count)
+    Ok((count, (upto < last).then_some((upto, last))))
 }
