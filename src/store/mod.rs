@@ -125,9 +125,9 @@ pub struct ClaimRequest {
 pub struct Claimed {
     /// Store-internal handle, passed back to `record`.
     pub key: i64,
-    /// The lease's generation: the shared store takes an outcome only under the lease it
-    /// was attempted with (another node may have taken a lapsed one over). Unused (0) by
-    /// the embedded store, whose leases never leave the process.
+    /// The lease's token: an outcome or a release counts only under the lease it names (on
+    /// the shared store another node may have taken a lapsed one over; on the embedded store
+    /// a row id freed by a deletion may have gone to another delivery).
     pub lease: i64,
     /// When the lease lapses and the delivery becomes due again (on a shared store, for
     /// another node to claim).
@@ -137,7 +137,7 @@ pub struct Claimed {
     pub stream_id: String,
     /// Attempts made before this one.
     pub attempts: u32,
-    pub event: Event,
+    pub event: std::sync::Arc<Event>,
 }
 
 #[derive(Debug, Clone, Default)]

@@ -6,7 +6,7 @@
 //! row: a batch of a thousand outcomes costs the same round trips as one.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use deadpool_postgres::GenericClient;
 use tokio_postgres::types::ToSql;
@@ -114,6 +114,7 @@ pub async fn publish(
             leased: Vec::new(),
         };
         if let Some(event_seq) = seq {
+            let mut shared: Option<Arc<Event>> = None;
             for (stream_id, patterns, enabled) in &streams {
                 if !patterns
                     .iter()
@@ -132,6 +133,8 @@ pub async fn publish(
                     lease,
                 );
                 if let Some(lease_until) = lease {
+                    // One copy of the event, however many streams it goes to.
+                    let shared = shared.get_or_insert_with(|| Arc::new(event.clone()));
                     result.leased.push(Claimed {
                         key: 0, // Set once the row exists.
                         lease: 1,
@@ -140,7 +143,7 @@ pub async fn publish(
                         tenant_id: tenant_id.to_string(),
                         stream_id: stream_id.clone(),
                         attempts: 0,
-                        event: event.clone(),
+                        event: shared.clone(),
                     });
                 }
             }
@@ -281,7 +284,7 @@ pub async fn claim(
             id: row.get(2),
             tenant_id: row.get(3),
             attempts: row.get::<_, i64>(5) as u32,
-            event: event_from_row(row, 6)?,
+            event: Arc::new(event_from_row(row, 6)?),
             stream_id: stream_id.clone(),
         };
         by_stream.entry(stream_id).or_default().push(claimed);

@@ -11,6 +11,7 @@ use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use super::event_from_row;
 use crate::clock::Millis;
@@ -79,6 +80,7 @@ pub fn publish(
         };
         if inserted == 1 {
             let event_seq = conn.last_insert_rowid();
+            let mut shared: Option<Arc<Event>> = None;
             for (stream_id, patterns, enabled) in &streams {
                 if !patterns
                     .iter()
@@ -98,6 +100,8 @@ pub fn publish(
                 )?;
                 result.streams.push(stream_id.clone());
                 if let Some((leases, until)) = lease.as_mut().filter(|_| *enabled) {
+                    // One copy of the event, however many streams it goes to.
+                    let shared = shared.get_or_insert_with(|| Arc::new(event.clone()));
                     let key = conn.last_insert_rowid();
                     let token = leases.take(stream_id, key, *until);
                     result.leased.push(Claimed {
@@ -108,7 +112,7 @@ pub fn publish(
                         tenant_id: tenant_id.to_string(),
                         stream_id: stream_id.clone(),
                         attempts: 0,
-                        event: event.clone(),
+                        event: shared.clone(),
                     });
                 }
             }
@@ -347,7 +351,7 @@ pub fn claim(
                 lease_until,
                 tenant_id: request.tenant_id.clone(),
                 stream_id: request.stream_id.clone(),
-                event: event_from_row(row, 4)?,
+                event: Arc::new(event_from_row(row, 4)?),
             });
         }
         drop(rows);
