@@ -84,7 +84,7 @@ pub async fn serve(
     {
         tracing::warn!(
             open = connections.len(),
-            "connections still open after the drain timeout are dropped"
+            "connections still open after the drain timeout are left to end with the process"
         );
     }
 }

@@ -273,13 +273,19 @@ pub async fn redeliver(
     .parse()?;
     sending_stream(&state, &caller, &stream_id).await?;
     let now = state.clock.now_ms();
-    let count = state
-        .store
-        .redeliver(&caller.tenant_id, &stream_id, filter, request.dry_run, now)
-        .await?;
-    if !request.dry_run {
-        state.signal.wake([&stream_id]);
-    }
+    let dry_run = request.dry_run;
+    let (tenant_id, stream) = (caller.tenant_id.clone(), stream_id.clone());
+    let count = super::to_completion(async move {
+        let count = state
+            .store
+            .redeliver(&tenant_id, &stream, filter, dry_run, now)
+            .await?;
+        if !dry_run {
+            state.signal.wake([&stream]);
+        }
+        Ok(count)
+    })
+    .await?;
     let (status, queued) = if request.dry_run {
         (StatusCode::OK, 0)
     } else {

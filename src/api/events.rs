@@ -345,10 +345,14 @@ pub async fn erase(
             ));
         }
     };
-    let erased = state
-        .store
-        .erase(&caller.tenant_id, what, state.clock.now_ms())
-        .await?;
+    let tenant_id = caller.tenant_id.clone();
+    let erased = super::to_completion(async move {
+        Ok(state
+            .store
+            .erase(&tenant_id, what, state.clock.now_ms())
+            .await?)
+    })
+    .await?;
     tracing::info!(tenant = %caller.tenant_id, erased, "event payloads erased");
     Ok(Json(json!({ "erased": erased })))
 }

@@ -143,11 +143,19 @@ pub async fn delete(
             "the default tenant cannot be deleted",
         ));
     }
-    if !state.store.delete_tenant(&id).await? {
+    let tenant_id = id.clone();
+    let deleted = super::to_completion(async move {
+        let deleted = state.store.delete_tenant(&tenant_id).await?;
+        if deleted {
+            state.signal.streams_changed();
+            state.tokens.clear();
+        }
+        Ok(deleted)
+    })
+    .await?;
+    if !deleted {
         return Err(ApiError::not_found("tenant", &id));
     }
-    state.signal.streams_changed();
-    state.tokens.clear();
     tracing::info!(tenant = %id, "tenant deleted with all its data");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -395,9 +395,19 @@ impl Dispatcher {
             self.leases.insert(key, lease);
         }
         drop(shared);
-        // Every attempt task has ended: the recorder stores what it holds, then stops.
-        if let Err(e) = recording.await {
-            tracing::error!(error = %e, "the recorder ended abnormally");
+        // Every attempt task has ended: the recorder stores what it holds, then stops; a
+        // failing store gets the grace period again, then what is unstored is made again
+        // after the restart.
+        let mut recording = recording;
+        match tokio::time::timeout(self.config.shutdown_grace, &mut recording).await {
+            Ok(Err(e)) => tracing::error!(error = %e, "the recorder ended abnormally"),
+            Ok(Ok(())) => {}
+            Err(_) => {
+                recording.abort();
+                tracing::warn!(
+                    "the store did not take the last outcomes in time; those deliveries are made again after the restart"
+                );
+            }
         }
         self.release_leases().await;
     }

@@ -13,6 +13,7 @@ mod fairness;
 mod guard;
 mod helpers;
 mod limits;
+mod logs;
 mod openapi;
 mod operations;
 mod outage;

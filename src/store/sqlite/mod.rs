@@ -445,8 +445,19 @@ impl Store for SqliteStore {
         }
         // Then the rest, and whatever arrived meanwhile, with the tenant itself.
         let id = id.to_string();
+        let leases = self.leases.clone();
         self.writer
             .write(move |conn| {
+                // A stream created meanwhile may hold leases too.
+                let streams: Vec<String> = conn
+                    .prepare_cached("SELECT id FROM streams WHERE tenant_id = ?1")?
+                    .query_map(params![id], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                let mut held = lock(&leases);
+                for stream_id in &streams {
+                    held.forget_stream(stream_id);
+                }
+                drop(held);
                 for table in TENANT_TABLES {
                     conn.execute(
                         &format!("DELETE FROM {table} WHERE tenant_id = ?1"),
@@ -1050,9 +1061,15 @@ impl Store for SqliteStore {
         for chunk in chunks {
             loop {
                 let (tenant, what) = (tenant_id.to_string(), chunk.clone());
+                // Every event of the ids named (an id may be shared by several sources); a
+                // subject's a chunk at a time.
+                let limit = match &what {
+                    Erase::Events(_) => i64::MAX as usize,
+                    Erase::Subject(_) => BULK_CHUNK,
+                };
                 let erased = self
                     .writer
-                    .write(move |conn| log::erase(conn, &tenant, &what, now, BULK_CHUNK))
+                    .write(move |conn| log::erase(conn, &tenant, &what, now, limit))
                     .await?;
                 total += erased;
                 if matches!(chunk, Erase::Events(_)) || erased < BULK_CHUNK as u64 {
