@@ -189,6 +189,24 @@ fn token_from_row(row: &Row) -> StoreResult<Token> {
     })
 }
 
+/// Forgets the leases of every stream of the tenant, whose rows are being deleted. Leases are
+/// rows on PostgreSQL, deleted with the tenant; here they are in memory and must go too.
+fn forget_leases_of_tenant(
+    conn: &Connection,
+    leases: &std::sync::Mutex<queue::Leases>,
+    tenant_id: &str,
+) -> StoreResult<()> {
+    let streams: Vec<String> = conn
+        .prepare_cached("SELECT id FROM streams WHERE tenant_id = ?1")?
+        .query_map(params![tenant_id], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut held = lock(leases);
+    for stream_id in &streams {
+        held.forget_stream(stream_id);
+    }
+    Ok(())
+}
+
 const STREAM_COLUMNS: &str = "tenant_id, id, name, status, status_reason, subscriptions, \
      destination, payload_format, retry_policy, created_at, updated_at, max_consecutive_failures, \
      content_mode, disable_after_failing_seconds";
@@ -407,17 +425,7 @@ impl Store for SqliteStore {
         // Its streams first, so nothing of the tenant is claimed or sent meanwhile.
         self.writer
             .write(move |conn| {
-                // Leases are rows on PostgreSQL, deleted with the tenant; here they are in
-                // memory and must go with it too.
-                let streams: Vec<String> = conn
-                    .prepare_cached("SELECT id FROM streams WHERE tenant_id = ?1")?
-                    .query_map(params![tenant], |r| r.get(0))?
-                    .collect::<Result<_, _>>()?;
-                let mut held = lock(&leases);
-                for stream_id in &streams {
-                    held.forget_stream(stream_id);
-                }
-                drop(held);
+                forget_leases_of_tenant(conn, &leases, &tenant)?;
                 conn.execute("DELETE FROM streams WHERE tenant_id = ?1", params![tenant])?;
                 Ok(())
             })
@@ -449,15 +457,7 @@ impl Store for SqliteStore {
         self.writer
             .write(move |conn| {
                 // A stream created meanwhile may hold leases too.
-                let streams: Vec<String> = conn
-                    .prepare_cached("SELECT id FROM streams WHERE tenant_id = ?1")?
-                    .query_map(params![id], |r| r.get(0))?
-                    .collect::<Result<_, _>>()?;
-                let mut held = lock(&leases);
-                for stream_id in &streams {
-                    held.forget_stream(stream_id);
-                }
-                drop(held);
+                forget_leases_of_tenant(conn, &leases, &id)?;
                 for table in TENANT_TABLES {
                     conn.execute(
                         &format!("DELETE FROM {table} WHERE tenant_id = ?1"),
