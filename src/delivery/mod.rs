@@ -269,7 +269,6 @@ impl Dispatcher {
             self.clock.clone(),
             self.signal.clone(),
             shutdown.clone(),
-            self.config.shutdown_grace,
         );
         let shared = Arc::new(Shared {
             clock: self.clock.clone(),
@@ -635,12 +634,9 @@ impl Dispatcher {
             requests.push(ClaimRequest {
                 tenant_id: stream.tenant_id.clone(),
                 stream_id: stream.id.clone(),
-                // Up to that many requests' worth, counting the partial batch already held.
-                limit: if probe {
-                    1
-                } else {
-                    (units + claim_units) * slot.batch() - slot.held()
-                },
+                // Up to that many requests' worth, counting the partial batch already held (a
+                // probe's request carries one delivery).
+                limit: (units + claim_units) * slot.circuit.batch(slot.batch()) - slot.held(),
             });
         }
         requests

@@ -7,9 +7,9 @@
 //! A record not yet stored when the process dies is lost with its attempt's outcome, but not
 //! the delivery: it is still pending and is attempted again after the restart. A batch the
 //! store refuses is given back the same way (at-least-once). Waits between tries run on the
-//! injected clock; once shutdown begins they run in real time, within the grace period
-//! (nothing moves a test's clock then): what is still unstored after it is attempted again
-//! after the restart.
+//! injected clock; once shutdown begins they run in real time (nothing moves a test's clock
+//! then), and the dispatcher stops the recorder after the grace period: what is still
+//! unstored then is attempted again after the restart.
 
 use std::sync::Arc;
 
@@ -40,15 +40,12 @@ impl Handle {
     }
 }
 
-/// The store and the clock the recorder writes with, and the shutdown that bounds its waits.
+/// The store and the clock the recorder writes with, and the shutdown that moves its waits
+/// to real time.
 struct Recording {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     shutdown: CancellationToken,
-    /// How long it keeps trying once shutdown has begun.
-    grace: std::time::Duration,
-    /// When shutdown was first seen.
-    stopping_since: std::sync::OnceLock<tokio::time::Instant>,
 }
 
 /// Starts the recorder. It stops once every `Handle` is dropped and what they sent is stored.
@@ -57,15 +54,12 @@ pub fn start(
     clock: Arc<dyn Clock>,
     signal: Arc<Signal>,
     shutdown: CancellationToken,
-    grace: std::time::Duration,
 ) -> (Handle, JoinHandle<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let recording = Recording {
         store,
         clock,
         shutdown,
-        grace,
-        stopping_since: std::sync::OnceLock::new(),
     };
     (Handle(tx), tokio::spawn(run(recording, signal, rx)))
 }
@@ -130,8 +124,7 @@ async fn give_back(
     signal.wake(batch.iter().map(|r| &r.stream_id));
 }
 
-/// Stores a batch, waiting out a short outage of the store (during shutdown, no longer than
-/// its grace period).
+/// Stores a batch, waiting out a short outage of the store.
 async fn record(
     recording: &Recording,
     batch: &[AttemptRecord],
@@ -140,23 +133,17 @@ async fn record(
     let mut retries = 0;
     loop {
         match recording.store.record(batch.to_vec(), clock.now_ms()).await {
-            Err(StoreError::Unavailable(reason)) if retries < RETRIES => {
+            Err(StoreError::Unavailable(_)) if retries < RETRIES => {
                 retries += 1;
+                let wait = std::time::Duration::from_millis(RETRY_EVERY_MS as u64);
                 if recording.shutdown.is_cancelled() {
-                    let since = *recording
-                        .stopping_since
-                        .get_or_init(tokio::time::Instant::now);
-                    let retry_at = tokio::time::Instant::now()
-                        + std::time::Duration::from_millis(RETRY_EVERY_MS as u64);
-                    if retry_at > since + recording.grace {
-                        return Err(StoreError::Unavailable(reason));
-                    }
-                    tokio::time::sleep_until(retry_at).await;
+                    tokio::time::sleep(wait).await;
                     continue;
                 }
                 tokio::select! {
                     _ = clock.sleep_until(clock.now_ms() + RETRY_EVERY_MS) => {}
-                    _ = recording.shutdown.cancelled() => {}
+                    // Shutdown: the rest of the wait runs in real time.
+                    _ = recording.shutdown.cancelled() => tokio::time::sleep(wait).await,
                 }
             }
             result => return result,

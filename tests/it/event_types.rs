@@ -68,12 +68,7 @@ async fn custom_types_are_listed_subscribed_and_validated_on_publish() {
 
     // The test route uses the type's sample data.
     let sid = stream["id"].as_str().unwrap();
-    let (_, result) = app
-        .post(
-            &format!("/v1/event-streams/{sid}/test"),
-            &json!({"event_type": "invoice.paid"}),
-        )
-        .await;
+    let (_, result) = app.test_stream(sid, "invoice.paid").await;
     assert_eq!(result["delivered"], true);
     assert_eq!(
         receiver.wait_for(2).await[1].json()["data"]["invoice_id"],

@@ -454,12 +454,7 @@ async fn test_sends_the_sample_through_eventbridge_and_webhooks_alike() {
         json!({}),
     )
     .await;
-    let (status, result) = app
-        .post(
-            &format!("/v1/event-streams/{stream}/test"),
-            &json!({"event_type": "user.created"}),
-        )
-        .await;
+    let (status, result) = app.test_stream(&stream, "user.created").await;
     assert_eq!(status, StatusCode::OK, "{result}");
     assert_eq!(result["delivered"], true, "{result}");
     assert!(result["detail"]["aws_event_id"].is_string(), "{result}");
@@ -477,10 +472,7 @@ async fn test_sends_the_sample_through_eventbridge_and_webhooks_alike() {
         .create_stream(&receiver.url, &["user.created"], json!({}))
         .await;
     let (_, result) = app
-        .post(
-            &format!("/v1/event-streams/{}/test", hook["id"].as_str().unwrap()),
-            &json!({"event_type": "user.created"}),
-        )
+        .test_stream(hook["id"].as_str().unwrap(), "user.created")
         .await;
     assert_eq!(result["delivered"], true, "{result}");
     assert_eq!(result["response_status"], 200);

@@ -214,6 +214,15 @@ impl TestApp {
         stream
     }
 
+    /// Fires a test delivery of `event_type`'s sample to the stream (`POST …/test`).
+    pub async fn test_stream(&self, stream_id: &str, event_type: &str) -> (StatusCode, Value) {
+        self.post(
+            &format!("/v1/event-streams/{stream_id}/test"),
+            &json!({ "event_type": event_type }),
+        )
+        .await
+    }
+
     /// The deliveries of `event_id` to `stream_id`.
     pub async fn deliveries(&self, stream_id: &str, event_id: &str) -> Vec<Value> {
         let (status, body) = self

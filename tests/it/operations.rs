@@ -252,12 +252,7 @@ async fn a_test_event_is_sent_at_once_with_sample_data_and_a_test_marker() {
         .create_stream(&receiver.url, &["flow.run.finished"], json!({}))
         .await;
     let sid = stream["id"].as_str().unwrap();
-    let (status, result) = app
-        .post(
-            &format!("/v1/event-streams/{sid}/test"),
-            &json!({"event_type": "flow.run.finished"}),
-        )
-        .await;
+    let (status, result) = app.test_stream(sid, "flow.run.finished").await;
     assert_eq!(status, StatusCode::OK, "{result}");
     assert_eq!(result["delivered"], true);
     assert_eq!(result["response_status"], 200);

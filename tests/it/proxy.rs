@@ -108,10 +108,7 @@ async fn through_the_proxy_a_refused_destination_is_still_refused() {
     let url = receiver.url.replace("127.0.0.1", "localhost");
     let stream = app.create_stream(&url, &["user.created"], json!({})).await;
     let (status, result) = app
-        .post(
-            &format!("/v1/event-streams/{}/test", stream["id"].as_str().unwrap()),
-            &json!({"event_type": "user.created"}),
-        )
+        .test_stream(stream["id"].as_str().unwrap(), "user.created")
         .await;
     assert_eq!(status, StatusCode::OK, "{result}");
     assert_eq!(result["delivered"], false, "{result}");
@@ -143,10 +140,7 @@ async fn https_destinations_are_tunnelled_with_connect() {
         )
         .await;
     let (status, result) = app
-        .post(
-            &format!("/v1/event-streams/{}/test", stream["id"].as_str().unwrap()),
-            &json!({"event_type": "user.created"}),
-        )
+        .test_stream(stream["id"].as_str().unwrap(), "user.created")
         .await;
     assert_eq!(status, StatusCode::OK, "{result}");
     assert_eq!(result["delivered"], false, "{result}");

@@ -47,6 +47,20 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
+    /// One writer job of an erasure: up to `limit` events of each id, or of the subject.
+    async fn erase_chunk(
+        &self,
+        tenant_id: &str,
+        what: Erase,
+        now: Millis,
+        limit: usize,
+    ) -> StoreResult<u64> {
+        let tenant_id = tenant_id.to_string();
+        self.writer
+            .write(move |conn| log::erase(conn, &tenant_id, &what, now, limit))
+            .await
+    }
+
     /// Opens (creating if needed) the database at `path` and brings its schema up to date.
     pub fn open(path: &Path, cipher: Cipher) -> StoreResult<SqliteStore> {
         let (lock, conn) = open_locked(path)?;
@@ -1048,34 +1062,27 @@ impl Store for SqliteStore {
     }
 
     async fn erase(&self, tenant_id: &str, what: Erase, now: Millis) -> StoreResult<u64> {
-        // A chunk of events a job: an erased event no longer has its subject, so each chunk
-        // by subject takes the next ones.
-        let chunks: Vec<Erase> = match what {
-            Erase::Events(ids) => ids
-                .chunks(BULK_CHUNK)
-                .map(|ids| Erase::Events(ids.to_vec()))
-                .collect(),
-            subject @ Erase::Subject(_) => vec![subject],
-        };
+        // A writer job per chunk: up to `BULK_CHUNK` ids, with every event of each (an id may
+        // be shared by several sources); or `BULK_CHUNK` events of the subject, which an
+        // erased event no longer has, so each job takes the next ones.
         let mut total = 0;
-        for chunk in chunks {
-            loop {
-                let (tenant, what) = (tenant_id.to_string(), chunk.clone());
-                // Every event of the ids named (an id may be shared by several sources); a
-                // subject's a chunk at a time.
-                let limit = match &what {
-                    Erase::Events(_) => i64::MAX as usize,
-                    Erase::Subject(_) => BULK_CHUNK,
-                };
-                let erased = self
-                    .writer
-                    .write(move |conn| log::erase(conn, &tenant, &what, now, limit))
-                    .await?;
-                total += erased;
-                if matches!(chunk, Erase::Events(_)) || erased < BULK_CHUNK as u64 {
-                    break;
+        match what {
+            Erase::Events(ids) => {
+                for ids in ids.chunks(BULK_CHUNK) {
+                    let what = Erase::Events(ids.to_vec());
+                    total += self
+                        .erase_chunk(tenant_id, what, now, i64::MAX as usize)
+                        .await?;
                 }
             }
+            Erase::Subject(subject) => loop {
+                let what = Erase::Subject(subject.clone());
+                let erased = self.erase_chunk(tenant_id, what, now, BULK_CHUNK).await?;
+                total += erased;
+                if erased < BULK_CHUNK as u64 {
+                    break;
+                }
+            },
         }
         Ok(total)
     }
