@@ -68,10 +68,17 @@ pub fn guarded(router: Router) -> Router {
     use tower_http::catch_panic::CatchPanicLayer;
     use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
     let x_request_id = axum::http::HeaderName::from_static("x-request-id");
-    router
+    let router = router
         .layer(CatchPanicLayer::custom(panicked))
-        .layer(axum::middleware::map_response(name_internal_errors))
-        .layer(axum::middleware::from_fn(request_span))
+        .layer(axum::middleware::map_response(name_internal_errors));
+    // The request span only where the log filter (fixed at start) lets it be seen: the layer
+    // costs every request, seen or not.
+    let router = if tracing::enabled!(target: "herald::api", tracing::Level::DEBUG) {
+        router.layer(axum::middleware::from_fn(request_span))
+    } else {
+        router
+    };
+    router
         .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
         .layer(SetRequestIdLayer::new(x_request_id, NewRequestId))
 }
@@ -92,7 +99,7 @@ pub(crate) async fn to_completion<T: Send + 'static>(
 /// A span per request, so every line logged while answering it names the request (its id,
 /// method and path; never the query string, which may carry a secret). At debug level: an
 /// enabled span costs every request a few microseconds of formatting, measurable on
-/// single-event publishes, and at the default level it is not even created.
+/// single-event publishes.
 async fn request_span(
     request: axum::extract::Request,
     next: axum::middleware::Next,
