@@ -187,6 +187,12 @@ impl App {
     /// way, and lets the dispatcher finish or release its in-flight deliveries.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
         let tasks = tokio_util::task::TaskTracker::new();
+        tasks.spawn(crate::delivery::fanout::run(
+            self.state.store.clone(),
+            self.state.clock.clone(),
+            self.state.signal.clone(),
+            shutdown.clone(),
+        ));
         if let Some(dispatcher) = self.dispatcher {
             tasks.spawn(dispatcher.run(shutdown.clone()));
             tasks.spawn(retention::run(

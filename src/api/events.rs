@@ -106,9 +106,17 @@ pub async fn publish(
     let lease_until = state.delivery_lease_ms.map(|ms| now + ms);
     let published = tokio::spawn(async move {
         let mut published = store.publish(&tenant, events, now, lease_until).await?;
+        if published.iter().any(|p| p.deferred) {
+            signal.fan_out_pending();
+        }
         if lease_until.is_none() {
             // Due now, for whichever dispatcher claims them first.
-            signal.wake(published.iter().flat_map(|p| &p.streams));
+            signal.wake(
+                published
+                    .iter()
+                    .filter(|p| !p.deferred)
+                    .flat_map(|p| &p.streams),
+            );
         }
         signal.hand_over(
             published

@@ -313,6 +313,9 @@ pub async fn update(
     state
         .signal
         .wake(published.iter().flat_map(|p| p.streams.iter()));
+    if published.iter().any(|p| p.deferred) {
+        state.signal.fan_out_pending();
+    }
     Ok(Json(view(&stream)))
 }
 

@@ -26,6 +26,7 @@
 //! dispatcher through a [`Signal`]; otherwise it sleeps on the injected clock until the
 //! next due time.
 
+pub mod fanout;
 mod recorder;
 pub mod retry;
 pub mod scheduler;
@@ -53,10 +54,11 @@ const STORE_RETRY_MS: Millis = 1_000;
 const LEASE_MARGIN_MS: Millis = 5_000;
 
 /// Wakes the dispatcher: new deliveries for some streams, deliveries already leased for it,
-/// or changed stream definitions.
+/// or changed stream definitions; and the fan-out worker, for a publish that left it work.
 #[derive(Default)]
 pub struct Signal {
     notify: Notify,
+    fan_out: Notify,
     woken: Mutex<HashSet<String>>,
     handed: Mutex<Vec<Claimed>>,
     streams_changed: std::sync::atomic::AtomicBool,
@@ -87,6 +89,11 @@ impl Signal {
 
     fn take_handed(&self) -> Vec<Claimed> {
         std::mem::take(&mut *self.handed.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// A publish committed a pending fan-out.
+    pub fn fan_out_pending(&self) {
+        self.fan_out.notify_one();
     }
 
     /// A stream was created, changed or deleted.

@@ -4,11 +4,13 @@
 //! belongs to one, and implementations scope their queries by it.
 //!
 //! The delivery queue lives here too: `publish` writes an event and its pending deliveries in
-//! one commit; `claim` leases due deliveries (no transaction outlives the call, so nothing is
+//! one commit (a fan-out larger than [`MAX_INLINE_DELIVERIES`] commits a pending fan-out
+//! instead, whose deliveries `fan_out` then creates in chunks); `claim` leases due deliveries (no transaction outlives the call, so nothing is
 //! held across network I/O); `record` stores an attempt and the delivery's next state. A lease
 //! that expires makes its delivery due again, which is what makes delivery at-least-once.
 
 pub mod columns;
+pub mod fanout;
 pub mod postgres;
 pub mod sqlite;
 
@@ -27,11 +29,12 @@ pub const LATENCY_BOUNDS_MS: [i64; 14] = [
 
 /// The tables whose rows belong to a tenant, in the order deleting a tenant empties them
 /// (the `tenants` row itself goes last).
-pub(crate) const TENANT_TABLES: [&str; 8] = [
+pub(crate) const TENANT_TABLES: [&str; 9] = [
     "event_types",
     "stream_stats",
     "attempts",
     "deliveries",
+    "fanouts",
     "events",
     "stream_secrets",
     "streams",
@@ -110,6 +113,24 @@ pub struct Published {
     /// The new deliveries to enabled streams, already leased when the publish asked for it:
     /// the dispatcher can start them without claiming them first.
     pub leased: Vec<Claimed>,
+    /// The deliveries to `streams` are not created yet: the publish's fan-out was too large
+    /// for its own commit and is pending, for `Store::fan_out` to create.
+    pub deferred: bool,
+}
+
+/// The most deliveries one publish creates in its own commit. Beyond it, the publish commits
+/// its events with a pending fan-out (the events and the streams they go to, as subscribed at
+/// that moment), and `Store::fan_out` creates the deliveries in chunks of about this size, so
+/// one tenant's large fan-out never holds the shared write path for long.
+pub const MAX_INLINE_DELIVERIES: usize = 1_000;
+
+/// One chunk of a pending fan-out, created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FannedOut {
+    /// The fan-out the chunk belonged to: the next call passes it as `after`.
+    pub fanout: i64,
+    /// The streams that got new deliveries.
+    pub streams: Vec<String>,
 }
 
 /// Lease up to `limit` due deliveries of one stream.
@@ -459,12 +480,15 @@ pub struct Swept {
 }
 
 /// The retention rule, the same SQL in both stores: an old event (`e`) is kept while one of
-/// its deliveries is pending to a stream that still exists. A delivery pending to a deleted
-/// stream would never finish (a publish that raced the stream's deletion can leave one, and
-/// so can a redelivery to a stream that is gone), so it keeps nothing.
-pub(crate) const KEPT_BY_PENDING_WORK: &str = "EXISTS (SELECT 1 FROM deliveries d \
+/// its deliveries is pending to a stream that still exists, or while its fan-out is. A
+/// delivery pending to a deleted stream would never finish (a publish that raced the stream's
+/// deletion can leave one, and so can a redelivery to a stream that is gone), so it keeps
+/// nothing.
+pub(crate) const KEPT_BY_PENDING_WORK: &str = "(EXISTS (SELECT 1 FROM deliveries d \
      JOIN streams s ON s.tenant_id = d.tenant_id AND s.id = d.stream_id \
-     WHERE d.tenant_id = e.tenant_id AND d.event_seq = e.seq AND d.status = 'pending')";
+     WHERE d.tenant_id = e.tenant_id AND d.event_seq = e.seq AND d.status = 'pending') \
+     OR EXISTS (SELECT 1 FROM fanouts f WHERE f.tenant_id = e.tenant_id \
+     AND e.seq BETWEEN f.first_seq AND f.last_seq))";
 
 /// A change to a stream's definition and what comes with it, committed together.
 #[derive(Debug, Clone)]
@@ -560,7 +584,9 @@ pub trait Store: Send + Sync + 'static {
     // Events and the delivery queue.
     /// Stores the events and one pending delivery per matching enabled stream, durably, in one
     /// commit shared with concurrent callers. Duplicates of accepted events are skipped. With
-    /// `lease_until`, the deliveries to enabled streams come back leased until then.
+    /// `lease_until`, the deliveries to enabled streams come back leased until then. Beyond
+    /// [`MAX_INLINE_DELIVERIES`], the deliveries are left to `fan_out` (`Published::deferred`),
+    /// durably promised by the same commit.
     async fn publish(
         &self,
         tenant_id: &str,
@@ -568,6 +594,19 @@ pub trait Store: Send + Sync + 'static {
         now: Millis,
         lease_until: Option<Millis>,
     ) -> StoreResult<Vec<Published>>;
+    /// Creates the next chunk (about `limit` deliveries) of a pending fan-out: the first one
+    /// after `after`, or the first of all, so that fan-outs take turns. The chunk and the
+    /// fan-out's progress commit together, so a crash resumes where it stopped and nothing is
+    /// created twice. `None` when no fan-out is pending (or, on a shared store, every pending
+    /// one is being worked on by another node). The deliveries keep the publish's time as
+    /// their creation time; their ids carry `now`, so that they sort after those of earlier
+    /// chunks and each chunk's ids land together in the ids' index.
+    async fn fan_out(
+        &self,
+        after: i64,
+        limit: usize,
+        now: Millis,
+    ) -> StoreResult<Option<FannedOut>>;
     async fn claim(
         &self,
         requests: Vec<ClaimRequest>,

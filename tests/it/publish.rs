@@ -320,3 +320,33 @@ async fn deeply_nested_json_is_refused_and_the_log_stays_readable() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
     assert_eq!(error["error"]["code"], "too_deep", "{error}");
 }
+
+/// A publish whose fan-out is too large for one commit is answered at once with the number of
+/// deliveries each event gets, and every one of them then arrives, exactly once.
+#[tokio::test]
+async fn a_large_fan_out_is_answered_at_once_and_delivered_in_full() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let streams = 12;
+    for i in 0..streams {
+        app.create_stream(&receiver.url, &["user.*"], json!({"name": format!("s{i}")}))
+            .await;
+    }
+    let events: Vec<Value> = (0..100)
+        .map(|i| json!({"id": format!("fan-{i}"), "type": "user.created"}))
+        .collect();
+    let (status, body) = app.post_batch(&events).await;
+    assert_eq!(status, 202, "{body}");
+    for event in body["events"].as_array().unwrap() {
+        assert_eq!(event["deliveries"], streams, "{body}");
+    }
+    let received = receiver.wait_for(100 * streams).await;
+    let mut per_event = std::collections::HashMap::<String, usize>::new();
+    for r in &received {
+        *per_event
+            .entry(r.json()["id"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    assert_eq!(per_event.len(), 100);
+    assert!(per_event.values().all(|&n| n == streams), "{per_event:?}");
+}

@@ -12,8 +12,8 @@ use herald::secret::{Cipher, Secret, StreamSecret};
 use herald::store::postgres::PgStore;
 use herald::store::sqlite::SqliteStore;
 use herald::store::{
-    AttemptRecord, ClaimRequest, DeliveryFilter, DeliveryStatus, Erase, EventFilter, Store,
-    StreamUpdate, Swept, Tenant, Token, hash_token,
+    AttemptRecord, ClaimRequest, DeliveryFilter, DeliveryStatus, Erase, EventFilter, FannedOut,
+    MAX_INLINE_DELIVERIES, Store, StreamUpdate, Swept, Tenant, Token, hash_token,
 };
 use herald::stream::{ContentMode, PayloadFormat, RetryPolicy, Stream, StreamStatus, Subscription};
 use serde_json::value::RawValue;
@@ -65,6 +65,7 @@ conformance!(
     a_claim_serves_only_streams_that_are_enabled_now,
     a_failing_stream_is_disabled_only_once_it_has_failed_for_its_period,
     any_destination_kind_round_trips_with_its_content_settings_and_attempt_detail,
+    a_large_fan_out_is_created_in_chunks_for_the_streams_subscribed_at_its_publish,
 );
 
 struct Backend {
@@ -1571,6 +1572,192 @@ async fn deleting_a_tenant_leaves_no_lease_on_its_deliveries(b: Backend) {
     assert!(
         again[0].deliveries.is_empty(),
         "{name}: a1 is still under way after a stale release"
+    );
+}
+
+/// Every chunk of every pending fan-out, taking turns as the fan-out worker does.
+async fn fan_out_all(store: &dyn Store) -> Vec<FannedOut> {
+    let mut chunks: Vec<FannedOut> = Vec::new();
+    let after = |chunks: &[FannedOut]| chunks.last().map_or(0, |c| c.fanout);
+    while let Some(chunk) = store
+        .fan_out(after(&chunks), MAX_INLINE_DELIVERIES, NOW)
+        .await
+        .unwrap()
+    {
+        chunks.push(chunk);
+        assert!(chunks.len() < 1_000, "the fan-out never ends");
+    }
+    chunks
+}
+
+/// The streams an event has deliveries to, sorted.
+async fn delivered_to(store: &dyn Store, tenant: &str, event_id: &str) -> Vec<String> {
+    let mut streams: Vec<String> = store
+        .event_deliveries(tenant, event_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.stream_id)
+        .collect();
+    streams.sort();
+    streams
+}
+
+/// A publish that would create more than `MAX_INLINE_DELIVERIES` deliveries commits its
+/// events with a pending fan-out instead; `fan_out` creates the deliveries in chunks of about
+/// that size, pending fan-outs taking turns, for the streams subscribed at the publish that
+/// still exist. Retention keeps the events meanwhile.
+async fn a_large_fan_out_is_created_in_chunks_for_the_streams_subscribed_at_its_publish(
+    b: Backend,
+) {
+    let store = &*b.store;
+    let name = b.name;
+    for id in ["est_1", "est_2", "est_3"] {
+        stream(store, "ten_a", id, "user.*", StreamStatus::Enabled).await;
+    }
+    stream(store, "ten_a", "est_paused", "*", StreamStatus::Paused).await;
+    stream(store, "ten_a", "est_flow", "flow.*", StreamStatus::Enabled).await;
+    // 4 streams take each user event: just over the limit.
+    let n = MAX_INLINE_DELIVERIES / 4 + 1;
+    let mut events: Vec<Event> = (0..n)
+        .map(|i| event(&format!("u{i}"), "user.created"))
+        .collect();
+    events.push(event("r0", "role.created"));
+    let published = store
+        .publish("ten_a", events, NOW, Some(NOW + 60_000))
+        .await
+        .unwrap();
+    assert!(published.iter().all(|p| p.deferred), "{name}");
+    assert!(published.iter().all(|p| p.leased.is_empty()), "{name}");
+    let mut told = published[0].streams.clone();
+    told.sort();
+    assert_eq!(told, ["est_1", "est_2", "est_3", "est_paused"], "{name}");
+    assert_eq!(published[n].streams, ["est_paused"], "{name}");
+    assert!(
+        delivered_to(store, "ten_a", "u0").await.is_empty(),
+        "{name}"
+    );
+
+    // Under the limit, a publish writes its deliveries at once.
+    stream(store, "ten_b", "est_b", "*", StreamStatus::Enabled).await;
+    let small = store
+        .publish("ten_b", vec![event("b0", "user.created")], NOW, None)
+        .await
+        .unwrap();
+    assert!(!small[0].deferred, "{name}");
+    assert_eq!(
+        delivered_to(store, "ten_b", "b0").await,
+        ["est_b"],
+        "{name}"
+    );
+
+    let swept = store.sweep(Some(NOW + 1), None, 10_000).await.unwrap();
+    assert!(
+        store
+            .get_event("ten_a", "u0", None)
+            .await
+            .unwrap()
+            .is_some(),
+        "{name}: retention took an event whose fan-out is pending ({swept:?})"
+    );
+
+    // A stream deleted before its deliveries exist gets none; one created after the publish
+    // gets none either.
+    assert!(store.delete_stream("ten_a", "est_3", NOW).await.unwrap());
+    stream(store, "ten_a", "est_late", "*", StreamStatus::Enabled).await;
+    // Another tenant's fan-out, published later, takes turns with the first.
+    for i in 0..4 {
+        stream(
+            store,
+            "ten_b",
+            &format!("est_b{i}"),
+            "*",
+            StreamStatus::Enabled,
+        )
+        .await;
+    }
+    let events = (0..MAX_INLINE_DELIVERIES / 5 + 1)
+        .map(|i| event(&format!("v{i}"), "user.created"))
+        .collect();
+    let second = store.publish("ten_b", events, NOW, None).await.unwrap();
+    assert!(second[0].deferred, "{name}");
+
+    let chunks = fan_out_all(store).await;
+    assert!(chunks.len() >= 4, "{name}: {} chunks", chunks.len());
+    assert_ne!(chunks[0].fanout, chunks[1].fanout, "{name}: no turns");
+    assert!(store.fan_out(0, 10, NOW).await.unwrap().is_none(), "{name}");
+    for i in [0, n / 2, n - 1] {
+        assert_eq!(
+            delivered_to(store, "ten_a", &format!("u{i}")).await,
+            ["est_1", "est_2", "est_paused"],
+            "{name}: u{i}"
+        );
+    }
+    assert_eq!(
+        delivered_to(store, "ten_a", "r0").await,
+        ["est_paused"],
+        "{name}"
+    );
+    assert_eq!(delivered_to(store, "ten_b", "v3").await.len(), 5, "{name}");
+    let claimed = store
+        .claim(request("ten_a", "est_1", 10_000), NOW, NOW + 60_000)
+        .await
+        .unwrap();
+    assert_eq!(claimed[0].deliveries.len(), n, "{name}");
+    assert!(
+        claimed[0].deliveries.iter().all(|d| d.attempts == 0),
+        "{name}"
+    );
+}
+
+/// A fan-out interrupted by a stop resumes where it stopped when the embedded store opens
+/// again, and creates nothing twice.
+#[tokio::test]
+async fn a_fan_out_resumes_after_the_store_is_reopened() {
+    let b = sqlite().await;
+    let dir = b.dir.as_ref().unwrap().path().to_path_buf();
+    for i in 0..5 {
+        stream(
+            &*b.store,
+            "ten_a",
+            &format!("est_{i}"),
+            "*",
+            StreamStatus::Enabled,
+        )
+        .await;
+    }
+    let n = MAX_INLINE_DELIVERIES;
+    let events = (0..n)
+        .map(|i| event(&format!("e{i}"), "user.created"))
+        .collect();
+    b.store.publish("ten_a", events, NOW, None).await.unwrap();
+    let first = b
+        .store
+        .fan_out(0, MAX_INLINE_DELIVERIES, NOW)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.streams.len(), 5);
+    b.store.close().await;
+    drop(b.store);
+
+    let store = SqliteStore::open(
+        &dir.join("store.sqlite3"),
+        Cipher::from_base64(KEY).unwrap(),
+    )
+    .unwrap();
+    assert!(fan_out_all(&store).await.len() >= 4);
+    let count: i64 = rusqlite::Connection::open(dir.join("store.sqlite3"))
+        .unwrap()
+        .query_row("SELECT COUNT(*) FROM deliveries", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(count as usize, 5 * n);
+    assert_eq!(delivered_to(&store, "ten_a", "e0").await.len(), 5);
+    assert_eq!(
+        delivered_to(&store, "ten_a", &format!("e{}", n - 1))
+            .await
+            .len(),
+        5
     );
 }
 

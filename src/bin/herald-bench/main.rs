@@ -31,10 +31,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "Measure Herald: throughput, latency, CPU and memory."
 )]
 struct Args {
-    /// Scenarios to run, comma-separated (S1..S8, S10, S11).
+    /// Scenarios to run, comma-separated (S1..S8, S10..S12).
     #[arg(
         long,
-        default_value = "S1,S2,S3,S4,S5,S6,S7,S8,S10,S11",
+        default_value = "S1,S2,S3,S4,S5,S6,S7,S8,S10,S11,S12",
         value_delimiter = ','
     )]
     scenarios: Vec<String>,
@@ -88,6 +88,9 @@ fn main() {
         }
         if wanted("S11") {
             outcomes.push(report(scenarios::s11(size).await));
+        }
+        if wanted("S12") {
+            outcomes.push(report(scenarios::s12(size).await));
         }
         outcomes
     });

@@ -1,4 +1,4 @@
-//! The scenarios, S1 to S8, S10 and S11. Each starts its own Herald process, its own receivers and its own
+//! The scenarios, S1 to S8 and S10 to S12. Each starts its own Herald process, its own receivers and its own
 //! publishers, drives the load, and reports what it measured. Throughput scenarios first
 //! measure the bare rate: Herald's own webhook client posting the same bodies straight to the
 //! same kind of receiver with the same concurrency, so the ratio holds where absolute numbers
@@ -833,6 +833,159 @@ pub async fn s11(size: Size) -> Outcome {
             "{during_outage} requests during the outage; the first success {first_success:.1} s \
              after the receiver came back (the next probe), all {n} delivered {seconds:.1} s after \
              it, in {sent_after} requests"
+        ),
+        ..Outcome::default()
+    }
+}
+
+/// Publishes single events at `rate` a second for `seconds`, each made by `make`, and returns
+/// when each was sent (since `epoch`) and its acknowledgement latency, in microseconds.
+async fn paced_acks(
+    herald: &Herald,
+    epoch: Instant,
+    rate: u64,
+    seconds: f64,
+    make: impl Fn(usize) -> Value,
+) -> Vec<(u64, u64)> {
+    let total = (rate as f64 * seconds) as usize;
+    let mut interval = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut tasks = Vec::with_capacity(total);
+    for n in 0..total {
+        interval.tick().await;
+        let body = serde_json::to_vec(&make(n)).unwrap();
+        let (http, base) = (herald.http.clone(), herald.base.clone());
+        tasks.push(tokio::spawn(async move {
+            let sent = Instant::now();
+            publish(&http, &base, "application/cloudevents+json", body).await;
+            (
+                sent.duration_since(epoch).as_micros() as u64,
+                sent.elapsed().as_micros() as u64,
+            )
+        }));
+    }
+    let mut acks = Vec::with_capacity(total);
+    for task in tasks {
+        acks.push(task.await.unwrap());
+    }
+    acks
+}
+
+/// S12: a large fan-out beside another tenant's single publishes. One tenant has 200 streams
+/// subscribed to every event, paused (their deliveries wait, so what is measured is the
+/// shared write path rather than delivery), and publishes one batch of 1,000 events: 200,000
+/// deliveries. Another tenant publishes single events at 200/s before and throughout; their
+/// acknowledgement latency while the fan-out is written is compared with before it.
+pub async fn s12(size: Size) -> Outcome {
+    const STREAMS: usize = 200;
+    const BATCH: usize = 1_000;
+    const RATE: u64 = 200;
+    let herald = Herald::start(&[("HERALD_MAX_STREAMS_PER_TENANT", STREAMS.to_string())]);
+    let clock = Clock::new(0);
+    let receipts = Arc::new(Receipts::default());
+    let url = receiver::start(Behaviour::Ok, clock.clone(), receipts.clone()).await;
+    let mut last = String::new();
+    for _ in 0..STREAMS {
+        last = herald.stream(&url, "*").await;
+        herald
+            .patch(
+                &format!("/v1/event-streams/{last}"),
+                &json!({"status": "paused"}),
+            )
+            .await;
+    }
+    herald
+        .post("/v1/tenants", &json!({"id": "ten_small", "name": "small"}))
+        .await;
+    herald
+        .stream_in("ten_small", &url, "flow.run.finished")
+        .await;
+    let small = |offset: usize| {
+        move |n: usize| {
+            let mut e = event(offset + n, "flow.run.finished");
+            e["tenant"] = json!("ten_small");
+            e
+        }
+    };
+    let window = size.seconds.max(2.0);
+    let epoch = Instant::now();
+    let mut before: Vec<u64> = paced_acks(&herald, epoch, RATE, window / 2.0, small(0))
+        .await
+        .into_iter()
+        .map(|(_, ack)| ack)
+        .collect();
+
+    let cpu = herald.cpu_seconds();
+    let started = Instant::now();
+    let big: Vec<Value> = (0..BATCH)
+        .map(|n| event(1_000_000 + n, "flow.run.finished"))
+        .collect();
+    let (http, base) = (herald.http.clone(), herald.base.clone());
+    let big = tokio::spawn(async move {
+        let sent = Instant::now();
+        let body = serde_json::to_vec(&big).unwrap();
+        publish(&http, &base, "application/cloudevents-batch+json", body).await;
+        sent.elapsed().as_secs_f64() * 1e3
+    });
+    // The last stream has every event's delivery once the fan-out is written.
+    let backlog = format!("{}/v1/event-streams/{last}/backlog", herald.base);
+    let http = herald.http.clone();
+    let written = tokio::spawn(async move {
+        while started.elapsed() < Duration::from_secs(600) {
+            let pending = http
+                .get(&backlog)
+                .bearer_auth(crate::target::TOKEN)
+                .send()
+                .await
+                .expect("herald answers")
+                .json::<Value>()
+                .await
+                .ok()
+                .and_then(|b| b["pending"].as_u64());
+            if pending == Some(BATCH as u64) {
+                return Some(started.elapsed().as_secs_f64());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    });
+    let acks = paced_acks(&herald, epoch, RATE, window, small(100_000)).await;
+    let big_ack_ms = big.await.unwrap();
+    let written_s = written.await.unwrap();
+    let written = written_s.is_some();
+    let written_s = written_s.unwrap_or(f64::NAN);
+    // Those sent while the fan-out was being written.
+    let end_us = (started.duration_since(epoch).as_secs_f64() + written_s) * 1e6;
+    let mut during: Vec<u64> = acks
+        .into_iter()
+        .filter(|&(sent, _)| (sent as f64) < end_us)
+        .map(|(_, ack)| ack)
+        .collect();
+    let deliveries = (STREAMS * BATCH) as u64;
+    let before = percentiles(&mut before).unwrap_or_default();
+    let samples = during.len();
+    let during_p = percentiles(&mut during);
+    let p99 = during_p.map_or(f64::INFINITY, |p| p.p99);
+    Outcome {
+        scenario: "S12",
+        description: format!(
+            "one publish of {BATCH} events to {STREAMS} streams beside another tenant's single publishes ({RATE}/s)"
+        ),
+        events: BATCH as u64,
+        deliveries,
+        seconds: written_s,
+        deliveries_per_s: deliveries as f64 / written_s,
+        ack_latency_ms: during_p,
+        cpu_us_per_delivery: (herald.cpu_seconds() - cpu) * 1e6 / deliveries as f64,
+        peak_rss_mib: herald.peak_rss_mib(),
+        target: "the other tenant's ack p99 within 5 ms of its p99 before the fan-out",
+        met: Some(written && p99 <= before.p99 + 5.0),
+        note: format!(
+            "ack latency of the {} publishes sent while the fan-out was written; before it: p50 {:.1} ms, p99 {:.1} ms; the large publish was acknowledged in {big_ack_ms:.0} ms and its {deliveries} deliveries written in {written_s:.1} s{}",
+            samples,
+            before.p50,
+            before.p99,
+            if written { "" } else { " (NOT all written)" }
         ),
         ..Outcome::default()
     }

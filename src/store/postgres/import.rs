@@ -237,6 +237,9 @@ pub async fn import_sqlite(sqlite_path: &Path, target: &PgStore) -> StoreResult<
         }
         report.tables.push((table, copied));
     }
+    report
+        .tables
+        .push(("fanouts", copy_fanouts(source.conn(), &tx).await?));
     // New rows continue after the copied keys.
     for table in ["stream_secrets", "events", "deliveries", "attempts"] {
         tx.execute(
@@ -321,4 +324,48 @@ fn column<T: ToSql + Sync + Send + 'static>(
         })
         .collect();
     Some(Box::new(values?))
+}
+
+/// Copies the fan-outs still pending (a store stopped while creating a large publish's
+/// deliveries), whose event list is JSON on the embedded store and an array here; the nodes
+/// finish them once they start.
+async fn copy_fanouts(source: &rusqlite::Connection, tx: &impl GenericClient) -> StoreResult<u64> {
+    let mut stmt = source.prepare(
+        "SELECT tenant_id, event_seqs, first_seq, last_seq, streams, next, next_stream, \
+         created_at FROM fanouts",
+    )?;
+    type Row = (String, String, i64, i64, String, (i64, i64), i64);
+    let rows: Vec<Row> = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                (r.get(5)?, r.get(6)?),
+                r.get(7)?,
+            ))
+        })?
+        .collect::<Result<_, _>>()?;
+    for (tenant_id, event_seqs, first, last, streams, (next, next_stream), created_at) in &rows {
+        let seqs: Vec<i64> = serde_json::from_str(event_seqs)
+            .map_err(|_| StoreError::Corrupt("fan-out column `event_seqs`".into()))?;
+        tx.execute(
+            "INSERT INTO fanouts (tenant_id, event_seqs, first_seq, last_seq, streams, next, \
+             next_stream, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            &[
+                tenant_id,
+                &seqs,
+                first,
+                last,
+                streams,
+                &(*next as i32),
+                &(*next_stream as i32),
+                created_at,
+            ],
+        )
+        .await?;
+    }
+    Ok(rows.len() as u64)
 }

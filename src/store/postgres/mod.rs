@@ -38,6 +38,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema.sql"),
     include_str!("002_destination_kinds.sql"),
     include_str!("003_failing_streams.sql"),
+    include_str!("004_fanouts.sql"),
 ];
 
 /// Channels of the notifications this store sends.
@@ -921,6 +922,21 @@ impl Store for PgStore {
         tx.commit().await?;
         self.announcer.due(due);
         Ok(published)
+    }
+
+    async fn fan_out(
+        &self,
+        after: i64,
+        limit: usize,
+        now: Millis,
+    ) -> StoreResult<Option<FannedOut>> {
+        let mut client = self.lazy.get().await?;
+        let tx = client.transaction().await?;
+        let mut due = Vec::new();
+        let chunk = queue::fan_out(&tx, after, limit, now, &mut due).await?;
+        tx.commit().await?;
+        self.announcer.due(due);
+        Ok(chunk)
     }
 
     async fn claim(

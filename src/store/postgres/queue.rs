@@ -16,15 +16,17 @@ use crate::clock::Millis;
 use crate::event::Event;
 use crate::notices;
 use crate::store::columns;
+use crate::store::fanout::{self, Subscriber};
 use crate::store::{
     AttemptRecord, ClaimBatch, ClaimRequest, Claimed, DeliveryFilter, DeliveryStatus,
-    DisablePolicy, FailingRun, LATENCY_BOUNDS_MS, Published, RecordEffects, StoreResult,
+    DisablePolicy, FailingRun, FannedOut, LATENCY_BOUNDS_MS, Published, RecordEffects, StoreResult,
     disable_reason,
 };
 
 /// Stores `events` and a pending delivery for each stream subscribed to them that is enabled
 /// or paused. With `lease_until`, the deliveries to enabled streams are leased to the caller
 /// and returned; the streams of the others are added to `due`, for every node to hear of.
+/// More than `MAX_INLINE_DELIVERIES` are left to a pending fan-out (see `store::fanout`).
 pub async fn publish(
     tx: &impl GenericClient,
     lease_until: Option<Millis>,
@@ -92,42 +94,71 @@ pub async fn publish(
     )?;
     let mut streams = Vec::new();
     for row in stream_rows {
-        let id: String = row.get(0);
-        let patterns = columns::decode_patterns(row.get(1))?;
-        streams.push((id, patterns, row.get::<_, bool>(2)));
+        streams.push(Subscriber {
+            id: row.get(0),
+            patterns: columns::decode_patterns(row.get(1))?,
+            enabled: row.get(2),
+        });
     }
     // A repeat within the batch is inserted once: the first occurrence takes the row.
     let mut inserted: HashMap<(String, String), i64> = rows
         .iter()
         .map(|r| ((r.get(1), r.get(2)), r.get(0)))
         .collect();
+    let events: Vec<(Event, Option<i64>)> = events
+        .into_iter()
+        .map(|event| {
+            let seq = inserted.remove(&(event.source.clone(), event.id.clone()));
+            (event, seq)
+        })
+        .collect();
+    let new_types = || {
+        events
+            .iter()
+            .filter(|(_, seq)| seq.is_some())
+            .map(|(e, _)| e.event_type.as_str())
+    };
+    let deferred = fanout::too_large(&streams, new_types());
+    if deferred {
+        let seqs: Vec<i64> = events.iter().filter_map(|(_, seq)| *seq).collect();
+        let insert = tx
+            .prepare_cached(
+                "INSERT INTO fanouts (tenant_id, event_seqs, first_seq, last_seq, streams, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .await?;
+        let (first, last) = (seqs.iter().min(), seqs.iter().max());
+        let streams = fanout::encode_streams(&streams, new_types());
+        tx.execute(&insert, &[&tenant_id, &seqs, &first, &last, &streams, &now])
+            .await?;
+    }
 
     let mut published = Vec::with_capacity(events.len());
     let mut new_deliveries = NewDeliveries::default();
-    for event in events {
-        let seq = inserted.remove(&(event.source.clone(), event.id.clone()));
+    for (event, seq) in events {
         let mut result = Published {
             id: event.id.clone(),
             source: event.source.clone(),
             duplicate: seq.is_none(),
             streams: Vec::new(),
             leased: Vec::new(),
+            deferred: deferred && seq.is_some(),
         };
         if let Some(event_seq) = seq {
             let mut shared: Option<Arc<Event>> = None;
-            for (stream_id, patterns, enabled) in &streams {
-                if !patterns
-                    .iter()
-                    .any(|p| crate::catalog::pattern_matches(p, &event.event_type))
-                {
+            for stream in &streams {
+                if !fanout::subscribed(&stream.patterns, &event.event_type) {
                     continue;
                 }
-                result.streams.push(stream_id.clone());
-                let lease = lease_until.filter(|_| *enabled);
+                result.streams.push(stream.id.clone());
+                if deferred {
+                    continue;
+                }
+                let lease = lease_until.filter(|_| stream.enabled);
                 let delivery_id = crate::ids::delivery_id(now);
                 new_deliveries.push(
                     delivery_id.clone(),
-                    stream_id,
+                    &stream.id,
                     event_seq,
                     &event.event_type,
                     lease,
@@ -141,7 +172,7 @@ pub async fn publish(
                         lease_until,
                         id: delivery_id,
                         tenant_id: tenant_id.to_string(),
-                        stream_id: stream_id.clone(),
+                        stream_id: stream.id.clone(),
                         attempts: 0,
                         event: shared.clone(),
                     });
@@ -156,6 +187,103 @@ pub async fn publish(
     }
     due.extend(new_deliveries.unleased);
     Ok(published)
+}
+
+/// Creates the next chunk of a pending fan-out (about `limit` deliveries): of the first
+/// fan-out after `after` that no other node is working on, or the first of all. See
+/// `Store::fan_out`.
+pub async fn fan_out(
+    tx: &impl GenericClient,
+    after: i64,
+    limit: usize,
+    now: Millis,
+    due: &mut Vec<String>,
+) -> StoreResult<Option<FannedOut>> {
+    let pick = tx
+        .prepare_cached(
+            "SELECT seq, tenant_id, event_seqs, streams, next, next_stream, created_at \
+             FROM fanouts WHERE seq > $1 ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED",
+        )
+        .await?;
+    let mut row = tx.query_opt(&pick, &[&after]).await?;
+    if row.is_none() && after > 0 {
+        row = tx.query_opt(&pick, &[&0i64]).await?;
+    }
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let (fanout, tenant_id, event_seqs, next, next_stream, created_at): (
+        i64,
+        String,
+        Vec<i64>,
+        i32,
+        i32,
+        Millis,
+    ) = (
+        row.get(0),
+        row.get(1),
+        row.get(2),
+        row.get(4),
+        row.get(5),
+        row.get(6),
+    );
+    let streams = fanout::decode_streams(row.get(3))?;
+    let (tile, cursor) = fanout::Tile::at(
+        next.max(0) as usize,
+        next_stream.max(0) as usize,
+        event_seqs.len(),
+        streams.len(),
+        limit,
+    );
+    let streams = &streams[tile.streams];
+    let chunk = &event_seqs[tile.events];
+    let stream_ids: Vec<&str> = streams.iter().map(|(id, _)| id.as_str()).collect();
+    let streams_params: [&(dyn ToSql + Sync); 2] = [&tenant_id, &stream_ids];
+    let events_params: [&(dyn ToSql + Sync); 2] = [&tenant_id, &chunk];
+    let (existing, events) = tokio::try_join!(
+        // The streams still there: one deleted since the publish gets nothing.
+        tx.query(
+            "SELECT id FROM streams WHERE tenant_id = $1 AND id = ANY($2)",
+            &streams_params,
+        ),
+        tx.query(
+            "SELECT seq, type FROM events WHERE tenant_id = $1 AND seq = ANY($2)",
+            &events_params,
+        ),
+    )?;
+    let existing: HashSet<String> = existing.iter().map(|r| r.get(0)).collect();
+    let types: HashMap<i64, String> = events.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let mut new_deliveries = NewDeliveries::default();
+    for event_seq in chunk {
+        let Some(event_type) = types.get(event_seq) else {
+            continue; // Gone with a deletion.
+        };
+        for (stream_id, patterns) in streams {
+            if existing.contains(stream_id) && fanout::subscribed(patterns, event_type) {
+                let id = crate::ids::delivery_id(now);
+                new_deliveries.push(id, stream_id, *event_seq, event_type, None);
+            }
+        }
+    }
+    new_deliveries.insert(tx, &tenant_id, created_at).await?;
+    match cursor {
+        None => {
+            tx.execute("DELETE FROM fanouts WHERE seq = $1", &[&fanout])
+                .await?
+        }
+        Some((next, next_stream)) => {
+            tx.execute(
+                "UPDATE fanouts SET next = $2, next_stream = $3 WHERE seq = $1",
+                &[&fanout, &(next as i32), &(next_stream as i32)],
+            )
+            .await?
+        }
+    };
+    let mut streams: Vec<String> = new_deliveries.unleased;
+    streams.sort();
+    streams.dedup();
+    due.extend(streams.iter().cloned());
+    Ok(Some(FannedOut { fanout, streams }))
 }
 
 /// Deliveries to insert with one statement.

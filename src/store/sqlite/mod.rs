@@ -20,13 +20,14 @@ use super::columns::{self, EventRow, StreamRow};
 use super::*;
 use crate::catalog::EventType;
 use crate::secret::{Cipher, Secret};
-use writer::{Readers, Writer};
+use writer::{Checkpointer, Readers, Writer};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
     include_str!("schema.sql"),
     include_str!("002_destination_kinds.sql"),
     include_str!("003_failing_streams.sql"),
+    include_str!("004_fanouts.sql"),
 ];
 
 /// Rows one job of a bulk administrative write (a redelivery, an erasure by subject, a
@@ -43,6 +44,7 @@ pub struct SqliteStore {
     leases: Arc<std::sync::Mutex<queue::Leases>>,
     writer: Writer,
     readers: Readers,
+    checkpointer: Checkpointer,
     cipher: Arc<Cipher>,
 }
 
@@ -67,6 +69,9 @@ impl SqliteStore {
         // FULL: the WAL is fsynced at every commit, so an acknowledged write survives power
         // loss. The writer lowers it for lazy batches (see `writer::Durability`).
         conn.pragma_update(None, "synchronous", "FULL")?;
+        // Savepoints' copies of changed pages stay in memory rather than in a temporary file.
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
+        conn.pragma_update(None, "wal_autocheckpoint", writer::WRITER_CHECKPOINT_PAGES)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.set_prepared_statement_cache_capacity(writer::STATEMENT_CACHE);
         let leases: Arc<std::sync::Mutex<queue::Leases>> = Arc::default();
@@ -75,6 +80,7 @@ impl SqliteStore {
             writer: Writer::start(conn, Arc::new(LeaseJournal(leases.clone()))),
             leases,
             readers: Readers::new(path),
+            checkpointer: Checkpointer::start(path),
             cipher: Arc::new(cipher),
         })
     }
@@ -371,6 +377,7 @@ fn read_rows<'a, T>(
 #[async_trait]
 impl Store for SqliteStore {
     async fn close(&self) {
+        self.checkpointer.stop();
         self.readers.close();
         self.writer.close().await;
     }
@@ -885,6 +892,19 @@ impl Store for SqliteStore {
                 let lease = lease_until.map(|until| (&mut *held, until));
                 queue::publish(conn, lease, &tenant_id, events, now)
             })
+            .await
+    }
+
+    async fn fan_out(
+        &self,
+        after: i64,
+        limit: usize,
+        now: Millis,
+    ) -> StoreResult<Option<FannedOut>> {
+        // Not synced: a chunk lost with the machine's power is created again from the fan-out
+        // row, which went back with it.
+        self.writer
+            .write_in_background(move |conn| queue::fan_out(conn, after, limit, now))
             .await
     }
 

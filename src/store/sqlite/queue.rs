@@ -17,14 +17,17 @@ use super::event_from_row;
 use crate::clock::Millis;
 use crate::event::Event;
 use crate::notices;
+use crate::store::fanout::{self, Subscriber};
 use crate::store::{
     AttemptRecord, ClaimBatch, ClaimRequest, Claimed, DeliveryFilter, DeliveryStatus, FailingRun,
-    LATENCY_BOUNDS_MS, Published, RecordEffects, StoreResult, disable_reason,
+    FannedOut, LATENCY_BOUNDS_MS, Published, RecordEffects, StoreError, StoreResult,
+    disable_reason,
 };
 
 /// Stores `events` and a pending delivery for each stream subscribed to them that is enabled
 /// or paused (a paused stream keeps its deliveries until it is enabled again). With `lease`,
-/// the deliveries to enabled streams are leased until its expiry and returned.
+/// the deliveries to enabled streams are leased until its expiry and returned. More than
+/// `MAX_INLINE_DELIVERIES` are left to a pending fan-out instead (see `store::fanout`).
 pub fn publish(
     conn: &Connection,
     mut lease: Option<(&mut Leases, Millis)>,
@@ -40,11 +43,12 @@ pub fn publish(
         )?;
         let mut rows = stmt.query(params![tenant_id])?;
         while let Some(row) = rows.next()? {
-            let id: String = row.get(0)?;
             let patterns: String = row.get(1)?;
-            let enabled: bool = row.get(2)?;
-            let patterns = crate::store::columns::decode_patterns(&patterns)?;
-            streams.push((id, patterns, enabled));
+            streams.push(Subscriber {
+                id: row.get(0)?,
+                patterns: crate::store::columns::decode_patterns(&patterns)?,
+                enabled: row.get(2)?,
+            });
         }
     }
     let mut insert_event = conn.prepare_cached(
@@ -53,10 +57,11 @@ pub fn publish(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \
          ON CONFLICT (tenant_id, source, id) DO NOTHING",
     )?;
-    let mut published = Vec::with_capacity(events.len());
+    // The new events, by seq; a duplicate has none.
+    let mut inserted: Vec<(Event, Option<i64>)> = Vec::with_capacity(events.len());
     for event in events {
         let (extensions, projectid, userid) = crate::store::columns::event_context(&event);
-        let inserted = insert_event.execute(params![
+        let rows = insert_event.execute(params![
             tenant_id,
             event.id,
             event.source,
@@ -71,55 +76,175 @@ pub fn publish(
             userid,
             now,
         ])?;
+        let seq = (rows == 1).then(|| conn.last_insert_rowid());
+        inserted.push((event, seq));
+    }
+    let new_types = || {
+        inserted
+            .iter()
+            .filter(|(_, seq)| seq.is_some())
+            .map(|(e, _)| e.event_type.as_str())
+    };
+    let deferred = fanout::too_large(&streams, new_types());
+    if deferred {
+        let seqs: Vec<i64> = inserted.iter().filter_map(|(_, seq)| *seq).collect();
+        conn.prepare_cached(
+            "INSERT INTO fanouts (tenant_id, event_seqs, first_seq, last_seq, streams, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?
+        .execute(params![
+            tenant_id,
+            serde_json::to_string(&seqs).expect("numbers always serialize"),
+            seqs.iter().min(),
+            seqs.iter().max(),
+            fanout::encode_streams(&streams, new_types()),
+            now,
+        ])?;
+    }
+
+    let mut published = Vec::with_capacity(inserted.len());
+    for (event, seq) in inserted {
         let mut result = Published {
             id: event.id.clone(),
             source: event.source.clone(),
-            duplicate: inserted == 0,
+            duplicate: seq.is_none(),
             streams: Vec::new(),
             leased: Vec::new(),
+            deferred: deferred && seq.is_some(),
         };
-        if inserted == 1 {
-            let event_seq = conn.last_insert_rowid();
-            let mut shared: Option<Arc<Event>> = None;
-            for (stream_id, patterns, enabled) in &streams {
-                if !patterns
-                    .iter()
-                    .any(|p| crate::catalog::pattern_matches(p, &event.event_type))
-                {
-                    continue;
-                }
-                let delivery_id = crate::ids::delivery_id(now);
-                insert_delivery(
-                    conn,
-                    tenant_id,
-                    &delivery_id,
-                    stream_id,
-                    event_seq,
-                    &event.event_type,
-                    now,
-                )?;
-                result.streams.push(stream_id.clone());
-                if let Some((leases, until)) = lease.as_mut().filter(|_| *enabled) {
-                    // One copy of the event, however many streams it goes to.
-                    let shared = shared.get_or_insert_with(|| Arc::new(event.clone()));
-                    let key = conn.last_insert_rowid();
-                    let token = leases.take(stream_id, key, *until);
-                    result.leased.push(Claimed {
-                        key,
-                        lease: token,
-                        lease_until: *until,
-                        id: delivery_id,
-                        tenant_id: tenant_id.to_string(),
-                        stream_id: stream_id.clone(),
-                        attempts: 0,
-                        event: shared.clone(),
-                    });
-                }
+        let Some(event_seq) = seq else {
+            published.push(result);
+            continue;
+        };
+        let mut shared: Option<Arc<Event>> = None;
+        for stream in &streams {
+            if !fanout::subscribed(&stream.patterns, &event.event_type) {
+                continue;
+            }
+            result.streams.push(stream.id.clone());
+            if deferred {
+                continue;
+            }
+            let delivery_id = crate::ids::delivery_id(now);
+            insert_delivery(
+                conn,
+                tenant_id,
+                &delivery_id,
+                &stream.id,
+                event_seq,
+                &event.event_type,
+                now,
+            )?;
+            if let Some((leases, until)) = lease.as_mut().filter(|_| stream.enabled) {
+                // One copy of the event, however many streams it goes to.
+                let shared = shared.get_or_insert_with(|| Arc::new(event.clone()));
+                let key = conn.last_insert_rowid();
+                let token = leases.take(&stream.id, key, *until);
+                result.leased.push(Claimed {
+                    key,
+                    lease: token,
+                    lease_until: *until,
+                    id: delivery_id,
+                    tenant_id: tenant_id.to_string(),
+                    stream_id: stream.id.clone(),
+                    attempts: 0,
+                    event: shared.clone(),
+                });
             }
         }
         published.push(result);
     }
     Ok(published)
+}
+
+/// Creates the next chunk of a pending fan-out (about `limit` deliveries): of the first
+/// fan-out after `after`, or the first of all. See `Store::fan_out`.
+pub fn fan_out(
+    conn: &Connection,
+    after: i64,
+    limit: usize,
+    now: Millis,
+) -> StoreResult<Option<FannedOut>> {
+    let mut pick = conn.prepare_cached(
+        "SELECT seq, tenant_id, event_seqs, streams, next, next_stream, created_at FROM fanouts \
+         WHERE seq > ?1 ORDER BY seq LIMIT 1",
+    )?;
+    let read = |r: &rusqlite::Row| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, String>(3)?,
+            (r.get::<_, i64>(4)?, r.get::<_, i64>(5)?),
+            r.get::<_, Millis>(6)?,
+        ))
+    };
+    let row = match pick.query_row(params![after], read).optional()? {
+        Some(row) => Some(row),
+        None if after > 0 => pick.query_row(params![0], read).optional()?,
+        None => None,
+    };
+    let Some((fanout, tenant_id, event_seqs, streams, (next, next_stream), created_at)) = row
+    else {
+        return Ok(None);
+    };
+    let event_seqs: Vec<i64> = serde_json::from_str(&event_seqs)
+        .map_err(|_| StoreError::Corrupt("fan-out column `event_seqs`".into()))?;
+    let streams = fanout::decode_streams(&streams)?;
+    let (tile, cursor) = fanout::Tile::at(
+        next.max(0) as usize,
+        next_stream.max(0) as usize,
+        event_seqs.len(),
+        streams.len(),
+        limit,
+    );
+    // The tile's streams still there: one deleted since the publish gets nothing.
+    let mut exists =
+        conn.prepare_cached("SELECT 1 FROM streams WHERE tenant_id = ?1 AND id = ?2")?;
+    let mut targets = Vec::new();
+    for (id, patterns) in &streams[tile.streams] {
+        if exists.exists(params![tenant_id, id])? {
+            targets.push((id, patterns));
+        }
+    }
+    let mut event_type =
+        conn.prepare_cached("SELECT type FROM events WHERE seq = ?1 AND tenant_id = ?2")?;
+    let mut woken = HashSet::new();
+    for &event_seq in &event_seqs[tile.events] {
+        let Some(event_type): Option<String> = event_type
+            .query_row(params![event_seq, tenant_id], |r| r.get(0))
+            .optional()?
+        else {
+            continue; // Gone with a deletion.
+        };
+        for &(stream_id, patterns) in &targets {
+            if fanout::subscribed(patterns, &event_type) {
+                let delivery_id = crate::ids::delivery_id(now);
+                insert_delivery(
+                    conn,
+                    &tenant_id,
+                    &delivery_id,
+                    stream_id,
+                    event_seq,
+                    &event_type,
+                    created_at,
+                )?;
+                woken.insert(stream_id.clone());
+            }
+        }
+    }
+    match cursor {
+        None => conn
+            .prepare_cached("DELETE FROM fanouts WHERE seq = ?1")?
+            .execute(params![fanout])?,
+        Some((next, next_stream)) => conn
+            .prepare_cached("UPDATE fanouts SET next = ?2, next_stream = ?3 WHERE seq = ?1")?
+            .execute(params![fanout, next as i64, next_stream as i64])?,
+    };
+    Ok(Some(FannedOut {
+        fanout,
+        streams: woken.into_iter().collect(),
+    }))
 }
 
 fn insert_delivery(

@@ -6,11 +6,15 @@
 //! fsync, and only then answers each caller. Concurrent publishes therefore share commits
 //! (group commit) and nobody is answered before their data is durable.
 //!
+//! Background jobs (the chunks of a large fan-out) never join a group: each commits alone,
+//! and one runs only between groups, so a publish waits for at most the one chunk under way.
+//!
 //! State kept in memory beside the database (the embedded store's leases) follows the same
 //! transactions through a [`Journal`]: what a rolled-back job changed in it is undone too.
 //!
 //! Reads use a small pool of separate connections (WAL lets them run beside the writer).
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -54,6 +58,8 @@ impl Journal for () {}
 
 trait Job: Send {
     fn durability(&self) -> Durability;
+    /// Runs alone, between the groups of other jobs.
+    fn background(&self) -> bool;
     /// Runs inside the open transaction; false means the job failed and is rolled back.
     fn run(&mut self, conn: &Connection) -> bool;
     /// Answers the caller once the commit is known.
@@ -62,6 +68,7 @@ trait Job: Send {
 
 struct TypedJob<F, T> {
     durability: Durability,
+    background: bool,
     work: Option<F>,
     result: Option<StoreResult<T>>,
     reply: oneshot::Sender<StoreResult<T>>,
@@ -74,6 +81,10 @@ where
 {
     fn durability(&self) -> Durability {
         self.durability
+    }
+
+    fn background(&self) -> bool {
+        self.background
     }
 
     fn run(&mut self, conn: &Connection) -> bool {
@@ -138,7 +149,7 @@ impl Writer {
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
         T: Send + 'static,
     {
-        self.submit(Durability::Synced, work).await
+        self.submit(Durability::Synced, false, work).await
     }
 
     /// Like `write`, but answers once committed, before the commit is synced to disk.
@@ -147,10 +158,25 @@ impl Writer {
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
         T: Send + 'static,
     {
-        self.submit(Durability::Lazy, work).await
+        self.submit(Durability::Lazy, false, work).await
     }
 
-    async fn submit<F, T>(&self, durability: Durability, work: F) -> StoreResult<T>
+    /// Like `write_lazy`, for work that may wait: it commits on its own, after the jobs
+    /// queued before it have been committed, and never holds them up by more than itself.
+    pub async fn write_in_background<F, T>(&self, work: F) -> StoreResult<T>
+    where
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.submit(Durability::Lazy, true, work).await
+    }
+
+    async fn submit<F, T>(
+        &self,
+        durability: Durability,
+        background: bool,
+        work: F,
+    ) -> StoreResult<T>
     where
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
         T: Send + 'static,
@@ -158,6 +184,7 @@ impl Writer {
         let (reply, answer) = oneshot::channel();
         let job = Box::new(TypedJob {
             durability,
+            background,
             work: Some(work),
             result: None,
             reply,
@@ -189,40 +216,61 @@ impl Writer {
     }
 }
 
+/// What the writer has taken from its queue and not yet run.
+struct Waiting {
+    jobs: Vec<Box<dyn Job>>,
+    background: VecDeque<Box<dyn Job>>,
+    closer: Option<oneshot::Sender<()>>,
+}
+
+impl Waiting {
+    fn take(&mut self, message: Message) {
+        match message {
+            Message::Job(job) if job.background() => self.background.push_back(job),
+            Message::Job(job) => self.jobs.push(job),
+            Message::Close(done) => self.closer = Some(done),
+        }
+    }
+}
+
 fn run(
     mut conn: Connection,
     journal: &dyn Journal,
     mut queue: mpsc::Receiver<Message>,
     commits: &AtomicU64,
 ) {
-    let mut jobs: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_JOBS_PER_COMMIT);
-    let mut closer = None;
-    while closer.is_none() {
-        match queue.blocking_recv() {
-            Some(Message::Job(job)) => jobs.push(job),
-            Some(Message::Close(done)) => closer = Some(done),
-            None => break,
+    let mut waiting = Waiting {
+        jobs: Vec::with_capacity(MAX_JOBS_PER_COMMIT),
+        background: VecDeque::new(),
+        closer: None,
+    };
+    while waiting.closer.is_none() {
+        if waiting.background.is_empty() {
+            match queue.blocking_recv() {
+                Some(message) => waiting.take(message),
+                None => break,
+            }
         }
-        while jobs.len() < MAX_JOBS_PER_COMMIT && closer.is_none() {
+        while waiting.jobs.len() < MAX_JOBS_PER_COMMIT && waiting.closer.is_none() {
             match queue.try_recv() {
-                Ok(Message::Job(job)) => jobs.push(job),
-                Ok(Message::Close(done)) => closer = Some(done),
+                Ok(message) => waiting.take(message),
                 Err(_) => break,
             }
         }
-        if jobs.is_empty() {
-            continue;
+        if !waiting.jobs.is_empty() {
+            commit(&mut conn, journal, &mut waiting.jobs, commits);
         }
-        let commit = commit_together(&mut conn, journal, &mut jobs);
-        commits.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = &commit {
-            tracing::error!(error = %e, jobs = jobs.len(), "store commit failed");
-        }
-        for job in jobs.drain(..) {
-            job.finish(commit.clone());
+        // One background job between groups, and none once closing.
+        if waiting.closer.is_none()
+            && let Some(job) = waiting.background.pop_front()
+        {
+            commit(&mut conn, journal, &mut vec![job], commits);
         }
     }
     queue.close();
+    for job in waiting.background.drain(..) {
+        job.finish(Err("the store is closed".into()));
+    }
     while let Ok(message) = queue.try_recv() {
         match message {
             Message::Job(job) => job.finish(Err("the store is closed".into())),
@@ -234,8 +282,25 @@ fn run(
     if let Err((_, e)) = conn.close() {
         tracing::warn!(error = %e, "closing the store's write connection failed");
     }
-    if let Some(done) = closer {
+    if let Some(done) = waiting.closer {
         let _ = done.send(());
+    }
+}
+
+/// Commits `jobs` together and answers each.
+fn commit(
+    conn: &mut Connection,
+    journal: &dyn Journal,
+    jobs: &mut Vec<Box<dyn Job>>,
+    commits: &AtomicU64,
+) {
+    let commit = commit_together(conn, journal, jobs);
+    commits.fetch_add(1, Ordering::Relaxed);
+    if let Err(e) = &commit {
+        tracing::error!(error = %e, jobs = jobs.len(), "store commit failed");
+    }
+    for job in jobs.drain(..) {
+        job.finish(commit.clone());
     }
 }
 
@@ -279,6 +344,17 @@ fn run_in_transaction(
         exec("PRAGMA synchronous = NORMAL")?;
     }
     exec("BEGIN IMMEDIATE")?;
+    // A job alone needs no savepoint (which copies each page it first changes): if it fails,
+    // the whole transaction goes.
+    if let [job] = jobs {
+        journal.begin_job();
+        if job.run(conn) {
+            return exec("COMMIT");
+        }
+        exec("ROLLBACK")?;
+        journal.undo_job();
+        return Ok(());
+    }
     for job in jobs.iter_mut() {
         exec("SAVEPOINT job")?;
         journal.begin_job();
@@ -289,6 +365,56 @@ fn run_in_transaction(
         exec("RELEASE job")?;
     }
     exec("COMMIT")
+}
+
+/// How often the checkpointer copies the WAL back into the database.
+const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+/// WAL pages beyond which the writer checkpoints by itself (SQLite's automatic checkpoint),
+/// should the checkpointer fall behind: about 64 MiB.
+pub const WRITER_CHECKPOINT_PAGES: i64 = 16_384;
+
+/// Copies the WAL back into the database from a connection of its own, every
+/// `CHECKPOINT_INTERVAL`, so that no commit pays for it: left to SQLite, the commit that
+/// crosses 1,000 WAL pages runs the checkpoint and its fsync, and a publish waits for it.
+/// A passive checkpoint never blocks the writer or the readers.
+pub struct Checkpointer {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Checkpointer {
+    pub fn start(path: &Path) -> Checkpointer {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, path) = (stop.clone(), path.to_path_buf());
+        std::thread::Builder::new()
+            .name("herald-sqlite-checkpoint".into())
+            .spawn(move || {
+                let conn = match Connection::open(&path) {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the store's checkpointer could not open it; the writer checkpoints instead");
+                        return;
+                    }
+                };
+                while !flag.load(Ordering::SeqCst) {
+                    std::thread::sleep(CHECKPOINT_INTERVAL);
+                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                        tracing::debug!(error = %e, "a checkpoint failed; the next one retries");
+                    }
+                }
+            })
+            .expect("spawning the store's checkpoint thread");
+        Checkpointer { stop }
+    }
+
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 /// Read-only connections, opened on demand and reused.
@@ -396,6 +522,60 @@ mod tests {
             "500 concurrent writes took {} commits",
             writer.commits()
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn background_jobs_wait_for_queued_groups_and_commit_alone() {
+        let (writer, _dir) = writer();
+        // Holds the writer until everything below is queued.
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let (running, started) = oneshot::channel::<()>();
+        let blocker = tokio::spawn({
+            let writer = writer.clone();
+            async move {
+                writer
+                    .write(move |c| {
+                        running.send(()).unwrap();
+                        held.recv().unwrap();
+                        Ok(c.execute("INSERT INTO t (v) VALUES (0)", [])?)
+                    })
+                    .await
+            }
+        });
+        started.await.unwrap();
+        let insert =
+            |v: i64| move |c: &Connection| Ok(c.execute("INSERT INTO t (v) VALUES (?1)", [v])?);
+        let mut queued = Vec::new();
+        for (v, background) in [(1, true), (2, true), (3, false), (4, false)] {
+            let submitter = writer.clone();
+            queued.push(tokio::spawn(async move {
+                if background {
+                    submitter.write_in_background(insert(v)).await
+                } else {
+                    submitter.write(insert(v)).await
+                }
+            }));
+            while writer.queue.capacity() > QUEUE_DEPTH - queued.len() {
+                tokio::task::yield_now().await;
+            }
+        }
+        let before = writer.commits();
+        release.send(()).unwrap();
+        blocker.await.unwrap().unwrap();
+        for job in queued {
+            job.await.unwrap().unwrap();
+        }
+        let order: Vec<i64> = writer
+            .write(|c| {
+                let mut stmt = c.prepare("SELECT v FROM t ORDER BY rowid")?;
+                let rows = stmt.query_map([], |r| r.get(0))?;
+                Ok(rows.collect::<Result<_, _>>()?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(order, vec![0, 3, 4, 1, 2], "queued publishes go first");
+        // The blocker's group, 3 and 4 together, then 1 and 2 alone (and the read).
+        assert_eq!(writer.commits() - before, 5);
     }
 
     /// Records the calls a journal gets.

@@ -1,0 +1,60 @@
+//! The fan-out worker: creates, a chunk at a time, the deliveries of publishes too large to
+//! write in their own commit (see `store::fanout`), and wakes the dispatcher for the streams
+//! that got them. Each chunk is a short write of its own, so publishes of other tenants take
+//! their turn on the write path between chunks; pending fan-outs take turns too.
+//!
+//! It runs on every node. A publish pokes it; it also looks once at start (a fan-out left by
+//! a stop or a crash) and, on a shared store, every few seconds (one left by a node that
+//! died; nodes work on different fan-outs, or on one in turn).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::Signal;
+use crate::clock::{Clock, Millis};
+use crate::store::Store;
+
+/// Deliveries created per chunk. A publish on the embedded store waits for at most the chunk
+/// under way, so this bounds what a large fan-out adds to other tenants' publish latency.
+const CHUNK: usize = 250;
+/// How often to look for pending fan-outs when no publish said there is one.
+const POLL_INTERVAL: Duration = Duration::from_secs(5);
+/// Wait after a failed store call before trying again.
+const STORE_RETRY_MS: Millis = 1_000;
+
+pub async fn run(
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    signal: Arc<Signal>,
+    shutdown: CancellationToken,
+) {
+    let mut after = 0;
+    while !shutdown.is_cancelled() {
+        let mut wait = POLL_INTERVAL.as_millis() as Millis;
+        loop {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            match store.fan_out(after, CHUNK, clock.now_ms()).await {
+                Ok(Some(chunk)) => {
+                    after = chunk.fanout;
+                    signal.wake(&chunk.streams);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "creating a fan-out's deliveries failed; trying again");
+                    wait = STORE_RETRY_MS;
+                    break;
+                }
+            }
+        }
+        let until = clock.now_ms() + wait;
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = signal.fan_out.notified() => {}
+            _ = clock.sleep_until(until) => {}
+        }
+    }
+}

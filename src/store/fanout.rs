@@ -1,0 +1,180 @@
+//! Fan-outs too large for one commit, the rules both stores share: which streams an event
+//! goes to, when a publish defers its deliveries (more than [`MAX_INLINE_DELIVERIES`]), how
+//! a pending fan-out's streams are written in its row, and how many events one chunk takes.
+//!
+//! A deferred publish commits its events together with a `fanouts` row, so the deliveries
+//! are as durable as if they had been written at once; each later chunk creates the
+//! deliveries of the next few events and moves the row's `next` forward in the same commit.
+//! The streams are those subscribed at the publish, with their patterns as they were then:
+//! a stream changed meanwhile gets what it would have got had the deliveries been written at
+//! once, and a stream deleted meanwhile gets nothing.
+
+use super::{MAX_INLINE_DELIVERIES, StoreError, StoreResult};
+use crate::catalog::pattern_matches;
+
+/// A stream that can receive a publish's deliveries (enabled or paused).
+pub struct Subscriber {
+    pub id: String,
+    pub patterns: Vec<String>,
+    pub enabled: bool,
+}
+
+/// Whether a stream subscribed with `patterns` receives events of `event_type`.
+pub fn subscribed(patterns: &[String], event_type: &str) -> bool {
+    patterns.iter().any(|p| pattern_matches(p, event_type))
+}
+
+/// Whether publishing events of these types to `streams` creates more deliveries than one
+/// publish writes in its own commit.
+pub fn too_large<'a>(streams: &[Subscriber], event_types: impl Iterator<Item = &'a str>) -> bool {
+    let mut deliveries = 0;
+    for event_type in event_types {
+        deliveries += streams
+            .iter()
+            .filter(|s| subscribed(&s.patterns, event_type))
+            .count();
+        if deliveries > MAX_INLINE_DELIVERIES {
+            return true;
+        }
+    }
+    false
+}
+
+/// The `streams` column of a fan-out: the streams any of `event_types` goes to, as
+/// `[[id, [pattern, ...]], ...]`.
+pub fn encode_streams<'a>(
+    streams: &[Subscriber],
+    event_types: impl Iterator<Item = &'a str> + Clone,
+) -> String {
+    let used: Vec<(&str, &[String])> = streams
+        .iter()
+        .filter(|s| {
+            event_types
+                .clone()
+                .any(|event_type| subscribed(&s.patterns, event_type))
+        })
+        .map(|s| (s.id.as_str(), s.patterns.as_slice()))
+        .collect();
+    serde_json::to_string(&used).expect("strings always serialize")
+}
+
+pub fn decode_streams(column: &str) -> StoreResult<Vec<(String, Vec<String>)>> {
+    serde_json::from_str(column).map_err(|_| StoreError::Corrupt("fan-out column `streams`".into()))
+}
+
+/// One chunk of a fan-out: the events `events` (indexes in the fan-out's list) to the streams
+/// `streams` (indexes in its snapshot).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tile {
+    pub events: std::ops::Range<usize>,
+    pub streams: std::ops::Range<usize>,
+}
+
+impl Tile {
+    /// The chunk at the cursor (`next` event, `next_stream`) of a fan-out of `events` events
+    /// to `streams` streams, about `limit` deliveries; and the cursor after it, `None` once
+    /// the fan-out is done.
+    ///
+    /// A chunk is a square-ish tile, a few events to a few streams, rather than one event to
+    /// every stream: each stream has its own region of the deliveries' per-stream indexes,
+    /// so a chunk touching every stream rewrites a page of each for a handful of rows, and on
+    /// the embedded store every page a commit changes is written to the WAL again.
+    pub fn at(
+        next: usize,
+        next_stream: usize,
+        events: usize,
+        streams: usize,
+        limit: usize,
+    ) -> (Tile, Option<(usize, usize)>) {
+        let first = next.min(events);
+        let square = ((limit / 2).max(1) as f64).sqrt().ceil() as usize;
+        let height = (limit / square.clamp(1, streams.max(1)))
+            .max(1)
+            .min(events - first)
+            .max(1);
+        // Wider when few events are left, so that each chunk still carries about `limit`.
+        let width = (limit / height).clamp(1, streams.max(1));
+        let tile = Tile {
+            events: first..(first + height).min(events),
+            streams: next_stream.min(streams)..(next_stream + width).min(streams),
+        };
+        let cursor = if tile.streams.end < streams {
+            Some((tile.events.start, tile.streams.end))
+        } else if tile.events.end < events {
+            Some((tile.events.end, 0))
+        } else {
+            None
+        };
+        (tile, cursor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subscriber(id: &str, pattern: &str) -> Subscriber {
+        Subscriber {
+            id: id.into(),
+            patterns: vec![pattern.into()],
+            enabled: true,
+        }
+    }
+
+    #[test]
+    fn a_publish_defers_only_beyond_the_inline_limit() {
+        let streams: Vec<_> = (0..10)
+            .map(|i| subscriber(&format!("s{i}"), "user.*"))
+            .collect();
+        let users = |n| std::iter::repeat_n("user.created", n);
+        assert!(!too_large(&streams, users(MAX_INLINE_DELIVERIES / 10)));
+        assert!(too_large(&streams, users(MAX_INLINE_DELIVERIES / 10 + 1)));
+        // Events no stream takes cost nothing.
+        assert!(!too_large(&streams, std::iter::repeat_n("flow.run", 5_000)));
+    }
+
+    #[test]
+    fn the_row_names_only_the_streams_the_events_go_to() {
+        let streams = [subscriber("a", "user.*"), subscriber("b", "flow.*")];
+        let column = encode_streams(&streams, ["user.created"].into_iter());
+        assert_eq!(
+            decode_streams(&column).unwrap(),
+            vec![("a".to_string(), vec!["user.*".to_string()])]
+        );
+        assert!(decode_streams("{").is_err());
+    }
+
+    #[test]
+    fn chunks_cover_every_event_and_stream_once() {
+        for (events, streams, limit) in [
+            (1_000, 200, 250),
+            (7, 3, 250),
+            (1, 5_000, 250),
+            (300, 1, 250),
+        ] {
+            let mut covered = vec![0u8; events * streams];
+            let mut cursor = Some((0, 0));
+            let mut chunks = 0;
+            while let Some((next, next_stream)) = cursor {
+                let (tile, after) = Tile::at(next, next_stream, events, streams, limit);
+                assert!(!tile.events.is_empty() && !tile.streams.is_empty());
+                assert!(tile.events.len() * tile.streams.len() <= limit.max(tile.streams.len()));
+                for e in tile.events.clone() {
+                    for s in tile.streams.clone() {
+                        covered[e * streams + s] += 1;
+                    }
+                }
+                cursor = after;
+                chunks += 1;
+            }
+            assert!(covered.iter().all(|&n| n == 1), "{events}x{streams}");
+            assert!(
+                chunks <= (events * streams).div_ceil(limit) * 2 + 1,
+                "{chunks} chunks"
+            );
+        }
+        // A square-ish tile: a few events to a few streams.
+        let (tile, _) = Tile::at(0, 0, 1_000, 200, 250);
+        assert_eq!((tile.events.len(), tile.streams.len()), (20, 12));
+    }
+}
