@@ -24,6 +24,10 @@ pub const DEFAULT_CONFIG: &str = include_str!("../config/herald.default.toml");
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// A second listener that serves `/metrics` alone, without a token.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Streams the metrics report their backlog for one by one (the deepest backlogs).
+    pub metrics_backlog_top_streams: usize,
     pub data_dir: PathBuf,
     /// A `postgres://` URL selects the shared store; unset, the embedded one in `data_dir`.
     pub database_url: Option<Secret>,
@@ -98,6 +102,11 @@ pub struct Overrides {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<SocketAddr>,
+    /// Address to serve /metrics on without a token, for a scraper on a private network
+    /// [env: HERALD_METRICS_LISTEN] [default: none; /metrics is on --listen with a token]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Directory of the embedded store [env: HERALD_DATA_DIR] [default: ./herald-data]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::metrics::CommitMetrics;
 use crate::store::{StoreError, StoreResult};
 
 /// Most jobs committed together. Bounds the latency one commit adds to the first caller.
@@ -107,9 +108,10 @@ enum Message {
 #[derive(Clone)]
 pub struct Writer {
     queue: mpsc::Sender<Message>,
-    /// Read by the group-commit test; meant for the metrics endpoint.
+    /// Read by the group-commit test.
     #[cfg_attr(not(test), allow(dead_code))]
     commits: Arc<AtomicU64>,
+    metrics: CommitMetrics,
 }
 
 impl Writer {
@@ -119,11 +121,22 @@ impl Writer {
         let (queue, jobs) = mpsc::channel(QUEUE_DEPTH);
         let commits = Arc::new(AtomicU64::new(0));
         let counter = commits.clone();
+        let metrics = CommitMetrics::default();
+        let observed = metrics.clone();
         std::thread::Builder::new()
             .name("herald-sqlite-writer".into())
-            .spawn(move || run(conn, &*journal, jobs, &counter))
+            .spawn(move || run(conn, &*journal, jobs, &counter, &observed))
             .expect("spawning the store's writer thread");
-        Writer { queue, commits }
+        Writer {
+            queue,
+            commits,
+            metrics,
+        }
+    }
+
+    /// The sizes and times of its commits, for the metrics endpoint.
+    pub fn commit_metrics(&self) -> CommitMetrics {
+        self.metrics.clone()
     }
 
     /// Commits made so far (each one fsync).
@@ -194,6 +207,7 @@ fn run(
     journal: &dyn Journal,
     mut queue: mpsc::Receiver<Message>,
     commits: &AtomicU64,
+    metrics: &CommitMetrics,
 ) {
     let mut jobs: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_JOBS_PER_COMMIT);
     let mut closer = None;
@@ -213,7 +227,9 @@ fn run(
         if jobs.is_empty() {
             continue;
         }
+        let started = std::time::Instant::now();
         let commit = commit_together(&mut conn, journal, &mut jobs);
+        metrics.committed(jobs.len(), started.elapsed());
         commits.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = &commit {
             tracing::error!(error = %e, jobs = jobs.len(), "store commit failed");
