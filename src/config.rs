@@ -383,6 +383,8 @@ mod tests {
             (100, 1000, 100)
         );
         assert!(config.egress_proxy.is_none());
+        assert!(config.metrics_listen.is_none());
+        assert_eq!(config.metrics_backlog_top_streams, 20);
     }
 
     #[test]
@@ -406,8 +408,13 @@ mod tests {
             jail.set_env("HERALD_LISTEN", "127.0.0.1:9001");
             jail.set_env("HERALD_ALLOW_CIDRS", "127.0.0.0/8, ::1");
             jail.set_env("HERALD_TEST_DATABASE_URL", "ignored: not a config key");
+            jail.set_env("HERALD_METRICS_LISTEN", "127.0.0.1:9470");
             let config = Config::load(None, &Overrides::default()).unwrap();
             assert_eq!(config.listen, "127.0.0.1:9001".parse().unwrap());
+            assert_eq!(
+                config.metrics_listen,
+                Some("127.0.0.1:9470".parse().unwrap())
+            );
             assert!(config.allow_http);
             assert_eq!(config.allow_cidrs.len(), 2);
 
