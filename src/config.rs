@@ -24,6 +24,10 @@ pub const DEFAULT_CONFIG: &str = include_str!("../config/herald.default.toml");
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// A second listener that serves `/metrics` alone, without a token.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Streams the metrics report their backlog for one by one (the deepest backlogs).
+    pub metrics_backlog_top_streams: usize,
     pub data_dir: PathBuf,
     /// A `postgres://` URL selects the shared store; unset, the embedded one in `data_dir`.
     pub database_url: Option<Secret>,
@@ -98,6 +102,11 @@ pub struct Overrides {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<SocketAddr>,
+    /// Address to serve /metrics on without a token, for a scraper on a private network
+    /// [env: HERALD_METRICS_LISTEN] [default: none; /metrics is on --listen with a token]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Directory of the embedded store [env: HERALD_DATA_DIR] [default: ./herald-data]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -374,6 +383,8 @@ mod tests {
             (100, 1000, 100)
         );
         assert!(config.egress_proxy.is_none());
+        assert!(config.metrics_listen.is_none());
+        assert_eq!(config.metrics_backlog_top_streams, 20);
     }
 
     #[test]
@@ -397,8 +408,13 @@ mod tests {
             jail.set_env("HERALD_LISTEN", "127.0.0.1:9001");
             jail.set_env("HERALD_ALLOW_CIDRS", "127.0.0.0/8, ::1");
             jail.set_env("HERALD_TEST_DATABASE_URL", "ignored: not a config key");
+            jail.set_env("HERALD_METRICS_LISTEN", "127.0.0.1:9470");
             let config = Config::load(None, &Overrides::default()).unwrap();
             assert_eq!(config.listen, "127.0.0.1:9001".parse().unwrap());
+            assert_eq!(
+                config.metrics_listen,
+                Some("127.0.0.1:9470".parse().unwrap())
+            );
             assert!(config.allow_http);
             assert_eq!(config.allow_cidrs.len(), 2);
 

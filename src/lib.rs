@@ -19,6 +19,7 @@
 //! - [`net`]: the SSRF guard applied to every outbound connection.
 //! - [`notices`]: Herald's own events (`herald.delivery.failed`, ...).
 //! - [`retention`]: the hourly sweep of old events and response bodies.
+//! - [`metrics`]: what `/metrics` serves, and the counters the other parts keep for it.
 //! - [`secret`], [`ids`], [`clock`]: secrets at rest (and the per-stream secrets a
 //!   destination kind keeps), identifiers, injectable time.
 
@@ -31,6 +32,7 @@ pub mod delivery;
 pub mod destinations;
 pub mod event;
 pub mod ids;
+pub mod metrics;
 pub mod net;
 pub mod notices;
 pub mod retention;

@@ -118,6 +118,9 @@ async fn serve(file: Option<PathBuf>, overrides: Overrides) -> ExitCode {
             "Created the platform admin token. It is shown only this once; keep it safe:\n\n    {token}\n"
         );
     }
+    if let Some(addr) = app.metrics_addr() {
+        println!("herald serving metrics on http://{addr}/metrics");
+    }
     println!("herald listening on http://{}", app.local_addr());
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));

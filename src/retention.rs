@@ -33,6 +33,7 @@ pub async fn run(
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     retention: Retention,
+    metrics: Arc<crate::metrics::Metrics>,
     shutdown: CancellationToken,
 ) {
     if retention.event_days == 0 && retention.response_body_days == 0 {
@@ -56,6 +57,7 @@ pub async fn run(
                     }
                 }
                 Err(e) => {
+                    metrics.store_error(crate::metrics::StoreCaller::Retention, &e);
                     tracing::warn!(error = %e, "retention sweep failed; trying again next hour");
                     break;
                 }

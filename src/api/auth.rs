@@ -113,10 +113,13 @@ pub enum Scope {
     /// Platform level only: create, change and delete tenants.
     #[serde(rename = "manage:tenants")]
     ManageTenants,
+    /// Platform level only: read `/metrics`, which covers every tenant.
+    #[serde(rename = "read:metrics")]
+    ReadMetrics,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 10] = [
+    pub const ALL: [Scope; 11] = [
         Scope::ReadEventStreams,
         Scope::CreateEventStreams,
         Scope::UpdateEventStreams,
@@ -127,6 +130,7 @@ impl Scope {
         Scope::ReadEvents,
         Scope::ManageTokens,
         Scope::ManageTenants,
+        Scope::ReadMetrics,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -141,11 +145,17 @@ impl Scope {
             Scope::ReadEvents => "read:events",
             Scope::ManageTokens => "manage:tokens",
             Scope::ManageTenants => "manage:tenants",
+            Scope::ReadMetrics => "read:metrics",
         }
     }
 
     pub fn parse(s: &str) -> Option<Scope> {
         Scope::ALL.into_iter().find(|scope| scope.as_str() == s)
+    }
+
+    /// Scopes only a platform token may hold: what they reach spans tenants.
+    pub fn platform_only(self) -> bool {
+        matches!(self, Scope::ManageTenants | Scope::ReadMetrics)
     }
 
     pub fn all_names() -> Vec<String> {
@@ -245,11 +255,16 @@ impl FromRequestParts<AppState> for Caller {
                 )
             })?;
         }
-        let scopes = token
+        let mut scopes: BTreeSet<Scope> = token
             .scopes
             .iter()
             .filter_map(|s| Scope::parse(s))
             .collect();
+        // A platform token that administers every tenant may read their metrics: the admin
+        // token an older Herald generated, before `read:metrics` existed, included.
+        if token.tenant_id.is_none() && scopes.contains(&Scope::ManageTenants) {
+            scopes.insert(Scope::ReadMetrics);
+        }
         let own_tenant = token.tenant_id.clone();
         let mut caller = Caller {
             token,

@@ -18,6 +18,8 @@ pub struct ApiError {
     pub details: Option<serde_json::Value>,
     /// Seconds for a `Retry-After` header (429, 503 answers).
     pub retry_after: Option<u64>,
+    /// The kind of store failure behind the error, for the metrics (never in the body).
+    pub store_error: Option<&'static str>,
 }
 
 impl ApiError {
@@ -28,6 +30,7 @@ impl ApiError {
             message: message.into(),
             details: None,
             retry_after: None,
+            store_error: None,
         }
     }
 
@@ -65,7 +68,8 @@ impl ApiError {
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         tracing::error!(error = %err, "store failure while serving a request");
-        match err {
+        let kind = crate::metrics::store_error_kind(&err);
+        let mut api = match err {
             StoreError::Unavailable(_) => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "store_unavailable",
@@ -82,7 +86,9 @@ impl From<StoreError> for ApiError {
                 "internal_error",
                 "an internal error occurred; it has been logged",
             ),
-        }
+        };
+        api.store_error = Some(kind);
+        api
     }
 }
 
@@ -112,6 +118,11 @@ impl IntoResponse for ApiError {
                 axum::http::header::RETRY_AFTER,
                 axum::http::HeaderValue::from(seconds),
             );
+        }
+        if let Some(kind) = self.store_error {
+            response
+                .extensions_mut()
+                .insert(crate::metrics::StoreFailure(kind));
         }
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(

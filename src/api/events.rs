@@ -94,6 +94,7 @@ pub async fn publish(
                 .map_err(|e| if batch { e.at_index(i) } else { e })
         })
         .collect::<Result<_, _>>()?;
+    let counters = state.metrics.events.counters_for(&catalog, &events);
 
     // On a node that delivers from the embedded store, the new deliveries come back leased and
     // go straight to its dispatcher, which saves a claim. The publish runs as its own task so that a client hanging up cannot stop the
@@ -134,6 +135,7 @@ pub async fn publish(
             "an internal error occurred; it has been logged",
         )
     })??;
+    state.metrics.events.published(&counters, &published);
     let body = if batch {
         json!({ "events": published.iter().map(view).collect::<Vec<_>>() })
     } else {

@@ -7,6 +7,7 @@ mod error;
 mod event_types;
 mod events;
 pub mod limits;
+mod metrics;
 mod stats;
 mod streams;
 mod tenants;
@@ -27,6 +28,7 @@ use crate::catalog::registry::Registry;
 use crate::clock::Clock;
 use crate::delivery::Signal;
 use crate::destinations::{DestinationPolicy, Destinations};
+use crate::metrics::Metrics;
 use crate::store::Store;
 
 /// What every handler can reach.
@@ -46,18 +48,41 @@ pub struct AppState {
     pub delivery_lease_ms: Option<i64>,
     pub max_request_bytes: usize,
     pub limits: Arc<limits::ApiLimits>,
+    pub metrics: Arc<Metrics>,
 }
 
-/// Health and readiness, which every node serves.
+/// Health, readiness and metrics, which every node serves.
 fn health_routes() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(health))
         .route("/readyz", get(ready))
+        .route("/metrics", get(metrics::scrape))
 }
 
-/// The routes of a delivery-only node: health and readiness alone.
+/// The routes of a delivery-only node: health, readiness and metrics alone.
 pub fn health_router(state: AppState) -> Router {
-    guarded(health_routes().fallback(not_found).with_state(state))
+    let metrics = state.metrics.clone();
+    counted(
+        guarded(health_routes().fallback(not_found).with_state(state)),
+        metrics,
+    )
+}
+
+/// The metrics listener's one route: `/metrics` without a token.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics::scrape_open))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+/// Counts and times every answer, outermost, so the count holds what the client got.
+fn counted(router: Router, metrics: Arc<Metrics>) -> Router {
+    router.layer(axum::middleware::from_fn_with_state(
+        metrics,
+        crate::metrics::http::track,
+    ))
 }
 
 /// Every answer carries a request id (`x-request-id`: the one a proxy set, else a new one),
@@ -165,6 +190,7 @@ fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> axum::response::R
 }
 
 pub fn router(state: AppState) -> Router {
+    let metrics = state.metrics.clone();
     let body_limit = axum::extract::DefaultBodyLimit::max(state.max_request_bytes);
     let router = health_routes()
         .route("/openapi.json", get(openapi))
@@ -228,7 +254,7 @@ pub fn router(state: AppState) -> Router {
             limits::admit,
         ))
         .with_state(state);
-    guarded(router)
+    counted(guarded(router), metrics)
 }
 
 /// The OpenAPI document of this API, kept in the repository as `openapi.json`.
@@ -248,6 +274,9 @@ async fn ready(
     // The cause goes to the log: this route is unauthenticated.
     state.store.ping().await.map_err(|e| {
         tracing::warn!(error = %e, "readiness check failed");
+        state
+            .metrics
+            .store_error(crate::metrics::StoreCaller::Api, &e);
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_ready",

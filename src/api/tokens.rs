@@ -77,10 +77,10 @@ pub async fn create(
                 Scope::all_names().join(", ")
             ))
         })?;
-        if scope == Scope::ManageTenants && !request.platform {
-            return Err(ApiError::invalid(
-                "`manage:tenants` is a platform scope: create the token with `\"platform\": true`",
-            ));
+        if scope.platform_only() && !request.platform {
+            return Err(ApiError::invalid(format!(
+                "`{name}` is a platform scope: create the token with `\"platform\": true`"
+            )));
         }
         if !caller.scopes.contains(&scope) {
             return Err(ApiError::new(

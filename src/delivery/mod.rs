@@ -24,7 +24,9 @@
 //! returned, so a lost one delays a delivery but never drops it. Outcomes go to the
 //! [`recorder`], which stores them in batches. Publishes and stream changes wake the
 //! dispatcher through a [`Signal`]; otherwise it sleeps on the injected clock until the
-//! next due time.
+//! next due time. Each attempt is counted for the metrics by its destination kind and what
+//! followed, and each request holds its tenant's slots gauge while it runs; the handles are
+//! resolved when a stream is loaded, so an attempt only bumps atomics.
 
 pub mod fanout;
 mod recorder;
@@ -41,7 +43,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::clock::{Clock, Millis};
 use crate::destinations::{Client, Destinations, ErrorKind, Message, Outcome, Report};
-use crate::store::{AttemptRecord, ClaimBatch, ClaimRequest, Claimed, Store};
+use crate::metrics::{DestinationMetrics, Metrics, StoreCaller, TenantSlots};
+use crate::store::{AttemptRecord, ClaimBatch, ClaimRequest, Claimed, Store, StoreError};
 use crate::stream::{Stream, StreamStatus};
 use scheduler::{Circuit, CircuitChange, Fairness, Feedback, Limit, Readiness};
 
@@ -136,6 +139,9 @@ struct ActiveStream {
     /// What the client was built from (the destination as stored, the encoding, which
     /// stream secrets), to tell when it must be rebuilt.
     built_from: BuiltFrom,
+    /// Its destination kind's counters, and its tenant's slots in use.
+    metrics: DestinationMetrics,
+    slots: TenantSlots,
 }
 
 #[derive(PartialEq)]
@@ -220,6 +226,7 @@ pub struct Dispatcher {
     destinations: Destinations,
     signal: Arc<Signal>,
     config: DispatchConfig,
+    metrics: Arc<Metrics>,
     streams: HashMap<String, StreamSlot>,
     /// Who starts the next request: turns across tenants and streams, and the slots each
     /// tenant holds.
@@ -249,6 +256,7 @@ impl Dispatcher {
         destinations: Destinations,
         signal: Arc<Signal>,
         config: DispatchConfig,
+        metrics: Arc<Metrics>,
     ) -> Dispatcher {
         Dispatcher {
             store,
@@ -257,6 +265,7 @@ impl Dispatcher {
             signal,
             fairness: Fairness::new(config.max_in_flight),
             config,
+            metrics,
             streams: HashMap::new(),
             claim_cursor: 0,
             held_back: HashSet::new(),
@@ -275,6 +284,7 @@ impl Dispatcher {
             self.store.clone(),
             self.clock.clone(),
             self.signal.clone(),
+            self.metrics.clone(),
             shutdown.clone(),
         );
         let shared = Arc::new(Shared {
@@ -351,6 +361,7 @@ impl Dispatcher {
                         if !give_back.is_empty()
                             && let Err(e) = self.store.release(give_back, now).await
                         {
+                            self.count_store_error(&e);
                             tracing::warn!(error = %e, "could not release deliveries; their leases lapse");
                         }
                         continue;
@@ -428,17 +439,24 @@ impl Dispatcher {
         match self.store.release(leases, now).await {
             Ok(()) => tracing::info!(count, "released unfinished deliveries for the next start"),
             Err(e) => {
+                self.count_store_error(&e);
                 tracing::warn!(error = %e, count, "could not release leases; they expire on their own")
             }
         }
     }
 
-    /// Delivery pauses while the store fails; the first failure of an outage is logged.
-    fn store_failed(&mut self, doing: &str, e: &crate::store::StoreError) {
+    /// Delivery pauses while the store fails; the first failure of an outage is logged, and
+    /// every one counted.
+    fn store_failed(&mut self, doing: &str, e: &StoreError) {
+        self.count_store_error(e);
         if !self.outage {
             tracing::error!(error = %e, "{doing} failed; delivery pauses until the store answers again");
             self.outage = true;
         }
+    }
+
+    fn count_store_error(&self, e: &StoreError) {
+        self.metrics.store_error(StoreCaller::Dispatcher, e);
     }
 
     fn store_back(&mut self) {
@@ -472,6 +490,7 @@ impl Dispatcher {
                 Ok(secrets) => secrets,
                 Err(e) => {
                     // One unreadable stream must not stop the others.
+                    self.count_store_error(&e);
                     tracing::error!(error = %e, stream = %stream.id, "loading the stream's secrets failed; the stream is skipped");
                     continue;
                 }
@@ -511,6 +530,8 @@ impl Dispatcher {
                 }
             };
             let active = Arc::new(ActiveStream {
+                metrics: self.metrics.delivery.destination(stream.destination.kind()),
+                slots: self.metrics.delivery.slots(&stream.tenant_id),
                 stream,
                 client,
                 built_from,
@@ -568,9 +589,16 @@ impl Dispatcher {
             }
         }
         self.streams = next;
+        let tenants = self
+            .streams
+            .values()
+            .map(|slot| slot.active.stream.tenant_id.as_str())
+            .collect();
+        self.metrics.delivery.keep_tenants(&tenants);
         if !give_back.is_empty()
             && let Err(e) = self.store.release(give_back, now).await
         {
+            self.count_store_error(&e);
             tracing::warn!(error = %e, "could not release queued deliveries; their leases expire");
         }
         true
@@ -706,6 +734,7 @@ impl Dispatcher {
         if !give_back.is_empty()
             && let Err(e) = self.store.release(give_back, self.clock.now_ms()).await
         {
+            self.count_store_error(&e);
             tracing::warn!(error = %e, "could not release deliveries; their leases lapse");
         }
     }
@@ -787,6 +816,7 @@ impl Dispatcher {
         let mut leases = std::mem::take(&mut self.expiring);
         leases.append(&mut self.paused);
         if let Err(e) = self.store.release(leases, self.clock.now_ms()).await {
+            self.count_store_error(&e);
             tracing::warn!(error = %e, "could not release deliveries; their leases lapse");
         }
     }
@@ -868,7 +898,10 @@ impl Spawner<'_> {
             self.done.clone(),
             self.cut_short.clone(),
         );
+        // The tenant holds the slot until the attempt ends, however it ends.
+        let slot = active.slots.take();
         self.tracker.spawn(async move {
+            let _slot = slot;
             let stream_id = active.stream.id.clone();
             let count = batch.len();
             tokio::select! {
@@ -923,6 +956,7 @@ async fn attempt(shared: &Shared, active: &ActiveStream, batch: Vec<Claimed>) ->
             retry::jitter_unit(),
         );
         log_attempt(&claimed, attempt_number, &report, status);
+        active.metrics.attempted(status, report.duration);
         if let Some(at) = next_attempt_at {
             done.retry_at = Some(done.retry_at.map_or(at, |due: Millis| due.min(at)));
         }

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Signal;
 use crate::clock::{Clock, Millis};
+use crate::metrics::{Metrics, StoreCaller};
 use crate::store::{AttemptRecord, DeliveryStatus, RecordEffects, Store, StoreError};
 
 const MAX_BATCH: usize = 512;
@@ -45,6 +46,7 @@ impl Handle {
 struct Recording {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 }
 
@@ -53,12 +55,14 @@ pub fn start(
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     signal: Arc<Signal>,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> (Handle, JoinHandle<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let recording = Recording {
         store,
         clock,
+        metrics,
         shutdown,
     };
     (Handle(tx), tokio::spawn(run(recording, signal, rx)))
@@ -69,7 +73,6 @@ async fn run(
     signal: Arc<Signal>,
     mut records: mpsc::UnboundedReceiver<AttemptRecord>,
 ) {
-    let (store, clock) = (&*recording.store, &*recording.clock);
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while records.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let batch = std::mem::take(&mut batch);
@@ -83,11 +86,11 @@ async fn run(
                     let single = vec![one];
                     match record(&recording, &single).await {
                         Ok(effects) => stored(&signal, &single, effects),
-                        Err(e) => give_back(store, clock, &signal, &single, &e).await,
+                        Err(e) => give_back(&recording, &signal, &single, &e).await,
                     }
                 }
             }
-            Err(e) => give_back(store, clock, &signal, &batch, &e).await,
+            Err(e) => give_back(&recording, &signal, &batch, &e).await,
         }
     }
 }
@@ -110,15 +113,16 @@ fn stored(signal: &Signal, batch: &[AttemptRecord], effects: RecordEffects) {
 
 /// Gives back the leases of attempts that could not be stored, so they are made again.
 async fn give_back(
-    store: &dyn Store,
-    clock: &dyn Clock,
+    recording: &Recording,
     signal: &Signal,
     batch: &[AttemptRecord],
     error: &StoreError,
 ) {
     tracing::error!(error = %error, count = batch.len(), "recording attempts failed; they will be attempted again");
     let leases = batch.iter().map(|r| (r.key, r.lease)).collect();
-    if let Err(e) = store.release(leases, clock.now_ms()).await {
+    let now = recording.clock.now_ms();
+    if let Err(e) = recording.store.release(leases, now).await {
+        recording.metrics.store_error(StoreCaller::Recorder, &e);
         tracing::error!(error = %e, "releasing unrecorded deliveries failed; their leases lapse");
     }
     signal.wake(batch.iter().map(|r| &r.stream_id));
@@ -132,7 +136,11 @@ async fn record(
     let clock = &*recording.clock;
     let mut retries = 0;
     loop {
-        match recording.store.record(batch.to_vec(), clock.now_ms()).await {
+        let result = recording.store.record(batch.to_vec(), clock.now_ms()).await;
+        if let Err(e) = &result {
+            recording.metrics.store_error(StoreCaller::Recorder, e);
+        }
+        match result {
             Err(StoreError::Unavailable(_)) if retries < RETRIES => {
                 retries += 1;
                 let wait = std::time::Duration::from_millis(RETRY_EVERY_MS as u64);

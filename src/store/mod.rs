@@ -390,6 +390,25 @@ pub struct Backlog {
     pub oldest_created_at: Option<Millis>,
 }
 
+/// Counts the pending deliveries of each enabled stream, with the earliest due time: what
+/// `Store::backlogs` runs on either store. Grouping first walks the index of pending
+/// deliveries (`deliveries_due`) once, without a lookup of the stream per delivery.
+pub(crate) const BACKLOGS: &str = "SELECT b.tenant_id, b.stream_id, b.pending, b.next_due_at \
+     FROM (SELECT tenant_id, stream_id, COUNT(*) AS pending, MIN(due_at) AS next_due_at \
+           FROM deliveries WHERE status = 'pending' GROUP BY tenant_id, stream_id) b \
+     JOIN streams s ON s.tenant_id = b.tenant_id AND s.id = b.stream_id \
+     WHERE s.status = 'enabled'";
+
+/// The pending deliveries of one enabled stream, for the metrics endpoint.
+#[derive(Debug, Clone)]
+pub struct StreamBacklog {
+    pub tenant_id: String,
+    pub stream_id: String,
+    pub pending: u64,
+    /// The earliest `due_at` among them.
+    pub next_due_at: Option<Millis>,
+}
+
 /// A delivery as the API shows it. Listings leave `attempts` empty; the counters and the
 /// last attempt's summary are always set.
 #[derive(Debug, Clone)]
@@ -654,6 +673,9 @@ pub trait Store: Send + Sync + 'static {
         now: Millis,
     ) -> StoreResult<u64>;
     async fn backlog(&self, tenant_id: &str, stream_id: &str) -> StoreResult<Backlog>;
+    /// Every enabled stream with pending deliveries, across tenants: how many, and the
+    /// earliest due time (for the metrics endpoint; one scan of the pending deliveries).
+    async fn backlogs(&self) -> StoreResult<Vec<StreamBacklog>>;
     /// The hourly rollups of a stream from `from` (inclusive) to `to` (exclusive).
     async fn stats(
         &self,

@@ -26,6 +26,8 @@ pub const PATIENCE: Duration = Duration::from_secs(20);
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// The metrics listener, when the test's configuration set `metrics_listen`.
+    pub metrics_addr: Option<SocketAddr>,
     pub clock: Arc<ManualClock>,
     pub http: reqwest::Client,
     shutdown: CancellationToken,
@@ -71,10 +73,12 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
         .await
         .expect("the app builds");
     let addr = app.local_addr();
+    let metrics_addr = app.metrics_addr();
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(app.run_until_stopped(shutdown.clone()));
     TestApp {
         addr,
+        metrics_addr,
         clock,
         http: reqwest::Client::new(),
         shutdown,
@@ -128,9 +132,17 @@ impl TestApp {
         }
         let response = request.send().await.unwrap();
         let status = StatusCode::from_u16(response.status().as_u16()).unwrap();
+        // Text answers (the metrics) as a string; anything else must be JSON.
+        let text_answer = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/plain"));
         let text = response.text().await.unwrap();
         let value = if text.is_empty() {
             Value::Null
+        } else if text_answer {
+            Value::String(text)
         } else {
             serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
         };

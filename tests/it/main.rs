@@ -14,6 +14,7 @@ mod guard;
 mod helpers;
 mod limits;
 mod logs;
+mod metrics;
 mod openapi;
 mod operations;
 mod outage;

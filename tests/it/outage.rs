@@ -109,6 +109,18 @@ async fn a_database_outage_answers_503_pauses_delivery_and_heals_without_a_resta
     assert_eq!(body["error"]["code"], "not_ready");
     // Unauthenticated: the state, not the store's error text.
     assert_eq!(body["error"]["message"], "the store cannot serve requests");
+    // The metrics still answer, count the failures, and leave out the backlog they could
+    // not read rather than show a stale one.
+    let scraped = crate::metrics::scrape(&app).await;
+    let errors = |caller| {
+        scraped.sum(
+            "herald_store_errors_total",
+            &[("caller", caller), ("kind", "unavailable")],
+        )
+    };
+    assert!(errors("api") >= 1.0, "{}", scraped.text);
+    assert!(errors("metrics") >= 1.0, "{}", scraped.text);
+    assert_eq!(scraped.sum("herald_backlog_deliveries", &[]), 0.0);
     // The retry falls due, but nothing can be claimed: delivery waits for the database.
     app.clock.advance(Duration::from_secs(10));
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -59,6 +59,7 @@ conformance!(
     a_rotated_secret_signs_beside_the_new_one_until_it_expires,
     the_audit_log_filters_pages_erases_and_sweeps,
     statistics_and_backlog_follow_recorded_attempts,
+    backlogs_count_the_pending_deliveries_of_enabled_streams_across_tenants,
     skipping_a_backlog_or_deleting_a_stream_cancels_what_is_pending,
     tokens_are_found_by_hash_listed_per_tenant_and_revoked,
     a_batch_of_outcomes_judges_stream_health_as_if_stored_one_by_one,
@@ -765,6 +766,56 @@ async fn statistics_and_backlog_follow_recorded_attempts(b: Backend) {
             .await
             .unwrap()
             .is_empty()
+    );
+}
+
+/// What the metrics report as the backlog: per enabled stream, every tenant's.
+async fn backlogs_count_the_pending_deliveries_of_enabled_streams_across_tenants(b: Backend) {
+    let store = &*b.store;
+    let name = b.name;
+    stream(store, "ten_a", "est_on", "*", StreamStatus::Enabled).await;
+    stream(store, "ten_a", "est_paused", "*", StreamStatus::Paused).await;
+    stream(store, "ten_b", "est_b", "user.*", StreamStatus::Enabled).await;
+    let events = vec![event("e1", "user.created"), event("e2", "user.created")];
+    store.publish("ten_a", events, NOW, None).await.unwrap();
+    let events = vec![event("e3", "user.created")];
+    store
+        .publish("ten_b", events, NOW + 5_000, None)
+        .await
+        .unwrap();
+    let batch = store
+        .claim(request("ten_a", "est_on", 10), NOW, NOW + 60_000)
+        .await
+        .unwrap();
+    let [first, second] = &batch[0].deliveries[..] else {
+        panic!("{name}: both claimed");
+    };
+    store
+        .record(
+            vec![
+                outcome(first, DeliveryStatus::Succeeded, None),
+                outcome(second, DeliveryStatus::Pending, Some(NOW + 10_000)),
+            ],
+            NOW,
+        )
+        .await
+        .unwrap();
+
+    let mut backlogs: Vec<_> = store
+        .backlogs()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|b| (b.tenant_id, b.stream_id, b.pending, b.next_due_at))
+        .collect();
+    backlogs.sort();
+    assert_eq!(
+        backlogs,
+        [
+            ("ten_a".into(), "est_on".into(), 1, Some(NOW + 10_000)),
+            ("ten_b".into(), "est_b".into(), 1, Some(NOW + 5_000)),
+        ],
+        "{name}: the paused stream's deliveries wait on an operator, not on Herald"
     );
 }
 

@@ -1063,6 +1063,19 @@ impl Store for PgStore {
         })
     }
 
+    async fn backlogs(&self) -> StoreResult<Vec<StreamBacklog>> {
+        let rows = self.client().await?.query(BACKLOGS, &[]).await?;
+        Ok(rows
+            .iter()
+            .map(|r| StreamBacklog {
+                tenant_id: r.get(0),
+                stream_id: r.get(1),
+                pending: r.get::<_, i64>(2) as u64,
+                next_due_at: r.get(3),
+            })
+            .collect())
+    }
+
     async fn stats(
         &self,
         tenant_id: &str,

@@ -87,6 +87,11 @@ impl SqliteStore {
 }
 
 impl SqliteStore {
+    /// The sizes and times of the group commits, for the metrics endpoint.
+    pub fn commit_metrics(&self) -> crate::metrics::CommitMetrics {
+        self.writer.commit_metrics()
+    }
+
     /// Ends the writer thread the way a panicking job would. Only for the test that
     /// readiness notices; nothing else calls it.
     #[doc(hidden)]
@@ -1035,6 +1040,23 @@ impl Store for SqliteStore {
                         })
                     },
                 )?)
+            })
+            .await
+    }
+
+    async fn backlogs(&self) -> StoreResult<Vec<StreamBacklog>> {
+        self.readers
+            .read(|conn| {
+                let mut stmt = conn.prepare_cached(BACKLOGS)?;
+                let rows = stmt.query_map([], |r| {
+                    Ok(StreamBacklog {
+                        tenant_id: r.get(0)?,
+                        stream_id: r.get(1)?,
+                        pending: r.get::<_, i64>(2)? as u64,
+                        next_due_at: r.get(3)?,
+                    })
+                })?;
+                Ok(rows.collect::<Result<_, _>>()?)
             })
             .await
     }

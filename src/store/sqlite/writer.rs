@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::metrics::CommitMetrics;
 use crate::store::{StoreError, StoreResult};
 
 /// Most jobs committed together. Bounds the latency one commit adds to the first caller.
@@ -118,9 +119,10 @@ enum Message {
 #[derive(Clone)]
 pub struct Writer {
     queue: mpsc::Sender<Message>,
-    /// Read by the group-commit test; meant for the metrics endpoint.
+    /// Read by the group-commit test.
     #[cfg_attr(not(test), allow(dead_code))]
     commits: Arc<AtomicU64>,
+    metrics: CommitMetrics,
 }
 
 impl Writer {
@@ -130,11 +132,22 @@ impl Writer {
         let (queue, jobs) = mpsc::channel(QUEUE_DEPTH);
         let commits = Arc::new(AtomicU64::new(0));
         let counter = commits.clone();
+        let metrics = CommitMetrics::default();
+        let observed = metrics.clone();
         std::thread::Builder::new()
             .name("herald-sqlite-writer".into())
-            .spawn(move || run(conn, &*journal, jobs, &counter))
+            .spawn(move || run(conn, &*journal, jobs, &counter, &observed))
             .expect("spawning the store's writer thread");
-        Writer { queue, commits }
+        Writer {
+            queue,
+            commits,
+            metrics,
+        }
+    }
+
+    /// The sizes and times of its commits, for the metrics endpoint.
+    pub fn commit_metrics(&self) -> CommitMetrics {
+        self.metrics.clone()
     }
 
     /// Commits made so far (each one fsync).
@@ -238,6 +251,7 @@ fn run(
     journal: &dyn Journal,
     mut queue: mpsc::Receiver<Message>,
     commits: &AtomicU64,
+    metrics: &CommitMetrics,
 ) {
     let mut waiting = Waiting {
         jobs: Vec::with_capacity(MAX_JOBS_PER_COMMIT),
@@ -258,13 +272,13 @@ fn run(
             }
         }
         if !waiting.jobs.is_empty() {
-            commit(&mut conn, journal, &mut waiting.jobs, commits);
+            commit(&mut conn, journal, &mut waiting.jobs, commits, metrics);
         }
         // One background job between groups, and none once closing.
         if waiting.closer.is_none()
             && let Some(job) = waiting.background.pop_front()
         {
-            commit(&mut conn, journal, &mut vec![job], commits);
+            commit(&mut conn, journal, &mut vec![job], commits, metrics);
         }
     }
     queue.close();
@@ -293,8 +307,11 @@ fn commit(
     journal: &dyn Journal,
     jobs: &mut Vec<Box<dyn Job>>,
     commits: &AtomicU64,
+    metrics: &CommitMetrics,
 ) {
+    let started = std::time::Instant::now();
     let commit = commit_together(conn, journal, jobs);
+    metrics.committed(jobs.len(), started.elapsed());
     commits.fetch_add(1, Ordering::Relaxed);
     if let Err(e) = &commit {
         tracing::error!(error = %e, jobs = jobs.len(), "store commit failed");
