@@ -40,6 +40,7 @@ pub mod secret;
 pub mod server;
 pub mod store;
 pub mod stream;
+pub mod trace;
 
 pub use app::App;
 pub use config::Config;

@@ -24,6 +24,7 @@ use super::{
 };
 use crate::event::{Event, MAX_BATCH_EVENTS, MAX_EVENT_BYTES, format_time, parse_event};
 use crate::store::{Erase, EventFilter, LoggedEvent, Published};
+use crate::trace;
 
 pub async fn publish(
     State(state): State<AppState>,
@@ -86,7 +87,7 @@ pub async fn publish(
         .catalogs
         .for_tenant(&*state.store, &caller.tenant_id)
         .await?;
-    let events: Vec<Event> = items
+    let mut events: Vec<Event> = items
         .iter()
         .enumerate()
         .map(|(i, raw)| {
@@ -94,6 +95,13 @@ pub async fn publish(
                 .map_err(|e| if batch { e.at_index(i) } else { e })
         })
         .collect::<Result<_, _>>()?;
+    // The publisher's trace, for the deliveries to continue (see `crate::trace`).
+    if let Some(traceparent) = header_text(&headers, trace::TRACEPARENT) {
+        let tracestate = header_text(&headers, trace::TRACESTATE);
+        for event in &mut events {
+            trace::adopt(&mut event.extensions, traceparent, tracestate);
+        }
+    }
     let counters = state.metrics.events.counters_for(&catalog, &events);
 
     // On a node that delivers from the embedded store, the new deliveries come back leased and
@@ -142,6 +150,10 @@ pub async fn publish(
         view(&published[0])
     };
     Ok((StatusCode::ACCEPTED, Json(body)))
+}
+
+fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
 }
 
 /// The tenant the events name with their `tenant` attribute, if any; all must agree.

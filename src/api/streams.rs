@@ -520,6 +520,7 @@ pub async fn test(
     let delivery_id = ids::delivery_id(now);
     let message = Message {
         id: &delivery_id,
+        tenant_id: &caller.tenant_id,
         event: &event,
     };
     let report = client.health_check(message, now).await;

@@ -40,6 +40,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::clock::{Clock, Millis};
 use crate::destinations::{Client, Destinations, ErrorKind, Message, Outcome, Report};
@@ -924,10 +925,22 @@ async fn attempt(shared: &Shared, active: &ActiveStream, batch: Vec<Claimed>) ->
         .iter()
         .map(|c| Message {
             id: &c.id,
+            tenant_id: &c.tenant_id,
             event: &c.event,
         })
         .collect();
-    let mut reports = active.client.send(&messages, started_at).await;
+    let span = tracing::debug_span!(
+        "attempt",
+        tenant = %stream.tenant_id,
+        stream = %stream.id,
+        delivery = %batch[0].id,
+        deliveries = batch.len(),
+    );
+    let mut reports = active
+        .client
+        .send(&messages, started_at)
+        .instrument(span)
+        .await;
     drop(messages);
     let finished_at = shared.clock.now_ms();
     // A client that answers for fewer deliveries than it was given leaves the rest to retry.

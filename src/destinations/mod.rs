@@ -201,6 +201,7 @@ pub enum Client {
 pub struct Message<'a> {
     /// The delivery id: the same on every attempt, the receiver's idempotency key.
     pub id: &'a str,
+    pub tenant_id: &'a str,
     pub event: &'a Event,
 }
 

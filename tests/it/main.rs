@@ -23,3 +23,4 @@ mod publish;
 mod retries;
 mod store;
 mod streams;
+mod tracing;

@@ -224,6 +224,7 @@ async fn bare_rate(requests: usize, concurrency: usize) -> f64 {
             {
                 let message = Message {
                     id: "dlv_bench",
+                    tenant_id: "ten_bench",
                     event: &event,
                 };
                 let report = client

@@ -666,6 +666,7 @@ mod tests {
         };
         let message = Message {
             id: "dlv_1",
+            tenant_id: "ten_a",
             event: &event,
         };
         let report = client.send(&[message], 0).await.remove(0);

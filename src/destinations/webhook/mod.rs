@@ -55,6 +55,8 @@ const RESERVED_HEADERS: &[&str] = &[
     "webhook-id",
     "webhook-timestamp",
     "webhook-signature",
+    "traceparent",
+    "tracestate",
     "transfer-encoding",
     "connection",
 ];
@@ -262,6 +264,16 @@ impl WebhookClient {
             if let (Ok(name), Ok(value)) = (name, value) {
                 headers.insert(name, value);
             }
+        }
+        // The attempt as a span of the publish's trace (see `crate::trace`).
+        let parent = crate::trace::TraceParent::of_event(message.tenant_id, message.event);
+        if let Ok(value) = HeaderValue::from_str(&parent.child()) {
+            headers.insert(crate::trace::TRACEPARENT, value);
+        }
+        if let Some(state) = message.event.extensions.get(crate::trace::TRACESTATE)
+            && let Some(value) = state.as_str().and_then(|s| HeaderValue::from_str(s).ok())
+        {
+            headers.insert(crate::trace::TRACESTATE, value);
         }
         if let Some((name, value)) = &self.authorization {
             headers.insert(name.clone(), value.clone());
