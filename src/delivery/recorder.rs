@@ -109,6 +109,9 @@ fn stored(signal: &Signal, batch: &[AttemptRecord], effects: RecordEffects) {
         .filter(|r| r.status == DeliveryStatus::Pending)
         .map(|r| &r.stream_id);
     signal.wake(effects.woken_streams.iter().chain(retrying));
+    if effects.fan_out_pending {
+        signal.fan_out_pending();
+    }
 }
 
 /// Gives back the leases of attempts that could not be stored, so they are made again.

@@ -62,6 +62,16 @@ pub fn decode_streams(column: &str) -> StoreResult<Vec<(String, Vec<String>)>> {
     serde_json::from_str(column).map_err(|_| StoreError::Corrupt("fan-out column `streams`".into()))
 }
 
+/// Where a fan-out stands: the next chunk begins at event `next` and stream `next_stream`,
+/// in the row of tiles that ends before event `row_end` (set when a row begins, so that a row
+/// is finished with the height it began with, whatever chunk size the caller asks for).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Cursor {
+    pub next: usize,
+    pub next_stream: usize,
+    pub row_end: usize,
+}
+
 /// One chunk of a fan-out: the events `events` (indexes in the fan-out's list) to the streams
 /// `streams` (indexes in its snapshot).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,42 +81,75 @@ pub struct Tile {
 }
 
 impl Tile {
-    /// The chunk at the cursor (`next` event, `next_stream`) of a fan-out of `events` events
-    /// to `streams` streams, about `limit` deliveries; and the cursor after it, `None` once
-    /// the fan-out is done.
+    /// The chunk at `cursor` of a fan-out of `events` events to `streams` streams, about
+    /// `limit` deliveries; and the cursor after it, `None` once the fan-out is done.
     ///
     /// A chunk is a square-ish tile, a few events to a few streams, rather than one event to
     /// every stream: each stream has its own region of the deliveries' per-stream indexes,
     /// so a chunk touching every stream rewrites a page of each for a handful of rows, and on
     /// the embedded store every page a commit changes is written to the WAL again.
     pub fn at(
-        next: usize,
-        next_stream: usize,
+        cursor: Cursor,
         events: usize,
         streams: usize,
         limit: usize,
-    ) -> (Tile, Option<(usize, usize)>) {
-        let first = next.min(events);
-        let square = ((limit / 2).max(1) as f64).sqrt().ceil() as usize;
-        let height = (limit / square.clamp(1, streams.max(1)))
-            .max(1)
-            .min(events - first)
-            .max(1);
-        // Wider when few events are left, so that each chunk still carries about `limit`.
-        let width = (limit / height).clamp(1, streams.max(1));
+    ) -> (Tile, Option<Cursor>) {
+        let first = cursor.next.min(events);
+        if streams == 0 || first == events {
+            let empty = Tile {
+                events: first..first,
+                streams: 0..0,
+            };
+            return (empty, None);
+        }
+        let limit = limit.max(1);
+        let row_end =
+            if cursor.next_stream > 0 && first < cursor.row_end && cursor.row_end <= events {
+                cursor.row_end
+            } else {
+                let square = ((limit / 2).max(1) as f64).sqrt().ceil() as usize;
+                (first + (limit / square.min(streams)).max(1)).min(events)
+            };
+        // Wider when few events are left in the row, so that a chunk still carries about
+        // `limit`.
+        let width = (limit / (row_end - first)).clamp(1, streams);
+        let start = cursor.next_stream.min(streams - 1);
         let tile = Tile {
-            events: first..(first + height).min(events),
-            streams: next_stream.min(streams)..(next_stream + width).min(streams),
+            events: first..row_end,
+            streams: start..(start + width).min(streams),
         };
-        let cursor = if tile.streams.end < streams {
-            Some((tile.events.start, tile.streams.end))
-        } else if tile.events.end < events {
-            Some((tile.events.end, 0))
+        let after = if tile.streams.end < streams {
+            Some(Cursor {
+                next: first,
+                next_stream: tile.streams.end,
+                row_end,
+            })
+        } else if row_end < events {
+            Some(Cursor {
+                next: row_end,
+                next_stream: 0,
+                row_end: 0,
+            })
         } else {
             None
         };
-        (tile, cursor)
+        (tile, after)
     }
+}
+
+/// The `streams` column with `stream_id` taking no more events (its patterns emptied, its
+/// place kept: cursors index the list), or `None` when it is not there. A stream whose
+/// backlog is skipped must not get the rest of a pending fan-out either.
+pub fn without_stream(column: &str, stream_id: &str) -> StoreResult<Option<String>> {
+    let mut streams = decode_streams(column)?;
+    let mut changed = false;
+    for (id, patterns) in &mut streams {
+        if id == stream_id && !patterns.is_empty() {
+            patterns.clear();
+            changed = true;
+        }
+    }
+    Ok(changed.then(|| serde_json::to_string(&streams).expect("strings always serialize")))
 }
 
 #[cfg(test)]
@@ -144,6 +187,34 @@ mod tests {
         assert!(decode_streams("{").is_err());
     }
 
+    /// Walks a fan-out to its end, chunk size changing as `limit_at` says, and checks each
+    /// (event, stream) pair is covered exactly once.
+    fn walk(events: usize, streams: usize, limit_at: impl Fn(usize) -> usize) -> usize {
+        let mut covered = vec![0u8; events * streams];
+        let mut cursor = Some(Cursor::default());
+        let mut chunks = 0;
+        while let Some(at) = cursor {
+            let limit = limit_at(chunks);
+            let (tile, after) = Tile::at(at, events, streams, limit);
+            if streams > 0 && events > 0 {
+                assert!(!tile.events.is_empty() && !tile.streams.is_empty());
+            }
+            for e in tile.events.clone() {
+                for s in tile.streams.clone() {
+                    covered[e * streams + s] += 1;
+                }
+            }
+            cursor = after;
+            chunks += 1;
+            assert!(
+                chunks <= events * streams + 1,
+                "the cursor does not advance"
+            );
+        }
+        assert!(covered.iter().all(|&n| n == 1), "{events}x{streams}");
+        chunks
+    }
+
     #[test]
     fn chunks_cover_every_event_and_stream_once() {
         for (events, streams, limit) in [
@@ -151,30 +222,40 @@ mod tests {
             (7, 3, 250),
             (1, 5_000, 250),
             (300, 1, 250),
+            (41, 40, 250),
+            (10, 10, 1),
+            (10, 10, 0),
+            (0, 10, 250),
+            (10, 0, 250),
         ] {
-            let mut covered = vec![0u8; events * streams];
-            let mut cursor = Some((0, 0));
-            let mut chunks = 0;
-            while let Some((next, next_stream)) = cursor {
-                let (tile, after) = Tile::at(next, next_stream, events, streams, limit);
-                assert!(!tile.events.is_empty() && !tile.streams.is_empty());
-                assert!(tile.events.len() * tile.streams.len() <= limit.max(tile.streams.len()));
-                for e in tile.events.clone() {
-                    for s in tile.streams.clone() {
-                        covered[e * streams + s] += 1;
-                    }
-                }
-                cursor = after;
-                chunks += 1;
-            }
-            assert!(covered.iter().all(|&n| n == 1), "{events}x{streams}");
+            let chunks = walk(events, streams, |_| limit);
+            let deliveries = events * streams;
             assert!(
-                chunks <= (events * streams).div_ceil(limit) * 2 + 1,
+                chunks <= deliveries.div_ceil(limit.max(1)) * 2 + 1,
                 "{chunks} chunks"
             );
         }
         // A square-ish tile: a few events to a few streams.
-        let (tile, _) = Tile::at(0, 0, 1_000, 200, 250);
+        let (tile, _) = Tile::at(Cursor::default(), 1_000, 200, 250);
         assert_eq!((tile.events.len(), tile.streams.len()), (20, 12));
+    }
+
+    #[test]
+    fn a_row_resumed_with_another_chunk_size_keeps_its_height() {
+        // As after an upgrade that changed the chunk size, or a node of another version.
+        walk(1_000, 200, |chunk| if chunk % 3 == 0 { 250 } else { 1_000 });
+        walk(97, 31, |chunk| 1 + chunk * 7 % 300);
+    }
+
+    #[test]
+    fn a_skipped_stream_keeps_its_place_but_takes_nothing() {
+        let streams = [subscriber("a", "user.*"), subscriber("b", "*")];
+        let column = encode_streams(&streams, ["user.created"].into_iter());
+        let changed = without_stream(&column, "a").unwrap().unwrap();
+        let decoded = decode_streams(&changed).unwrap();
+        assert_eq!(decoded[0], ("a".to_string(), vec![]));
+        assert_eq!(decoded[1].0, "b");
+        assert_eq!(without_stream(&changed, "a").unwrap(), None);
+        assert_eq!(without_stream(&column, "zzz").unwrap(), None);
     }
 }

@@ -30,11 +30,13 @@ pub const LATENCY_BOUNDS_MS: [i64; 14] = [
 /// The tables whose rows belong to a tenant, in the order deleting a tenant empties them
 /// (the `tenants` row itself goes last).
 pub(crate) const TENANT_TABLES: [&str; 9] = [
+    // First: a chunk of a pending fan-out could otherwise create deliveries after they
+    // were deleted (on PostgreSQL it holds the row; deleting it waits for the chunk).
+    "fanouts",
     "event_types",
     "stream_stats",
     "attempts",
     "deliveries",
-    "fanouts",
     "events",
     "stream_secrets",
     "streams",
@@ -338,6 +340,8 @@ pub struct RecordEffects {
     pub disabled_streams: Vec<String>,
     /// Streams that got new deliveries of Herald's own notices.
     pub woken_streams: Vec<String>,
+    /// A notice's fan-out was too large for the commit and is pending.
+    pub fan_out_pending: bool,
 }
 
 /// Which deliveries of a stream to list or redeliver; every given filter must hold.

@@ -190,7 +190,8 @@ pub async fn import_sqlite(sqlite_path: &Path, target: &PgStore) -> StoreResult<
     let mut client = target.client().await?;
     let tx = client.transaction().await?;
     // No node may write while the copy runs: the keys it keeps must stay free.
-    let tables: Vec<&str> = TABLES.iter().map(|(table, _)| *table).collect();
+    let mut tables: Vec<&str> = TABLES.iter().map(|(table, _)| *table).collect();
+    tables.push("fanouts");
     tx.batch_execute(&format!(
         "SET LOCAL statement_timeout = 0; LOCK TABLE {} IN EXCLUSIVE MODE",
         tables.join(", ")
@@ -199,7 +200,7 @@ pub async fn import_sqlite(sqlite_path: &Path, target: &PgStore) -> StoreResult<
     let occupied: bool = tx
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM streams) OR EXISTS (SELECT 1 FROM events) \
-             OR EXISTS (SELECT 1 FROM deliveries)",
+             OR EXISTS (SELECT 1 FROM deliveries) OR EXISTS (SELECT 1 FROM fanouts)",
             &[],
         )
         .await?
@@ -332,9 +333,9 @@ fn column<T: ToSql + Sync + Send + 'static>(
 async fn copy_fanouts(source: &rusqlite::Connection, tx: &impl GenericClient) -> StoreResult<u64> {
     let mut stmt = source.prepare(
         "SELECT tenant_id, event_seqs, first_seq, last_seq, streams, next, next_stream, \
-         created_at FROM fanouts",
+         row_end, created_at FROM fanouts",
     )?;
-    type Row = (String, String, i64, i64, String, (i64, i64), i64);
+    type Row = (String, String, i64, i64, String, [i64; 3], i64);
     let rows: Vec<Row> = stmt
         .query_map([], |r| {
             Ok((
@@ -343,25 +344,26 @@ async fn copy_fanouts(source: &rusqlite::Connection, tx: &impl GenericClient) ->
                 r.get(2)?,
                 r.get(3)?,
                 r.get(4)?,
-                (r.get(5)?, r.get(6)?),
-                r.get(7)?,
+                [r.get(5)?, r.get(6)?, r.get(7)?],
+                r.get(8)?,
             ))
         })?
         .collect::<Result<_, _>>()?;
-    for (tenant_id, event_seqs, first, last, streams, (next, next_stream), created_at) in &rows {
+    for (tenant_id, event_seqs, first, last, streams, cursor, created_at) in &rows {
         let seqs: Vec<i64> = serde_json::from_str(event_seqs)
             .map_err(|_| StoreError::Corrupt("fan-out column `event_seqs`".into()))?;
         tx.execute(
             "INSERT INTO fanouts (tenant_id, event_seqs, first_seq, last_seq, streams, next, \
-             next_stream, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+             next_stream, row_end, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             &[
                 tenant_id,
                 &seqs,
                 first,
                 last,
                 streams,
-                &(*next as i32),
-                &(*next_stream as i32),
+                &(cursor[0] as i32),
+                &(cursor[1] as i32),
+                &(cursor[2] as i32),
                 created_at,
             ],
         )

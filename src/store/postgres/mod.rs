@@ -775,6 +775,7 @@ impl Store for PgStore {
             return Ok(None);
         }
         if update.skip_backlog {
+            queue::skip_pending_fan_outs(&tx, &stream.tenant_id, &stream.id).await?;
             tx.execute(
                 "UPDATE deliveries SET status = 'cancelled', due_at = NULL, lease_until = NULL, \
                  updated_at = $3 WHERE tenant_id = $1 AND stream_id = $2 AND status = 'pending'",

@@ -16,7 +16,7 @@ use crate::clock::Millis;
 use crate::event::Event;
 use crate::notices;
 use crate::store::columns;
-use crate::store::fanout::{self, Subscriber};
+use crate::store::fanout::{self, Cursor, Subscriber};
 use crate::store::{
     AttemptRecord, ClaimBatch, ClaimRequest, Claimed, DeliveryFilter, DeliveryStatus,
     DisablePolicy, FailingRun, FannedOut, LATENCY_BOUNDS_MS, Published, RecordEffects, StoreResult,
@@ -201,7 +201,7 @@ pub async fn fan_out(
 ) -> StoreResult<Option<FannedOut>> {
     let pick = tx
         .prepare_cached(
-            "SELECT seq, tenant_id, event_seqs, streams, next, next_stream, created_at \
+            "SELECT seq, tenant_id, event_seqs, streams, next, next_stream, row_end, created_at \
              FROM fanouts WHERE seq > $1 ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED",
         )
         .await?;
@@ -212,29 +212,28 @@ pub async fn fan_out(
     let Some(row) = row else {
         return Ok(None);
     };
-    let (fanout, tenant_id, event_seqs, next, next_stream, created_at): (
-        i64,
-        String,
-        Vec<i64>,
-        i32,
-        i32,
-        Millis,
-    ) = (
-        row.get(0),
-        row.get(1),
-        row.get(2),
-        row.get(4),
-        row.get(5),
-        row.get(6),
-    );
-    let streams = fanout::decode_streams(row.get(3))?;
-    let (tile, cursor) = fanout::Tile::at(
-        next.max(0) as usize,
-        next_stream.max(0) as usize,
-        event_seqs.len(),
-        streams.len(),
-        limit,
-    );
+    let at = |i| row.get::<_, i32>(i).max(0) as usize;
+    let cursor = Cursor {
+        next: at(4),
+        next_stream: at(5),
+        row_end: at(6),
+    };
+    let (fanout, tenant_id, event_seqs, created_at): (i64, String, Vec<i64>, Millis) =
+        (row.get(0), row.get(1), row.get(2), row.get(7));
+    let streams = match fanout::decode_streams(row.get(3)) {
+        Ok(streams) => streams,
+        Err(e) => {
+            // Kept, it would stop every fan-out behind it; its events stay in the audit log.
+            tracing::error!(error = %e, tenant = %tenant_id, fanout, "dropping a pending fan-out that cannot be read; redeliver its events to send them");
+            tx.execute("DELETE FROM fanouts WHERE seq = $1", &[&fanout])
+                .await?;
+            return Ok(Some(FannedOut {
+                fanout,
+                streams: Vec::new(),
+            }));
+        }
+    };
+    let (tile, after) = fanout::Tile::at(cursor, event_seqs.len(), streams.len(), limit);
     let streams = &streams[tile.streams];
     let chunk = &event_seqs[tile.events];
     let stream_ids: Vec<&str> = streams.iter().map(|(id, _)| id.as_str()).collect();
@@ -266,15 +265,20 @@ pub async fn fan_out(
         }
     }
     new_deliveries.insert(tx, &tenant_id, created_at).await?;
-    match cursor {
+    match after {
         None => {
             tx.execute("DELETE FROM fanouts WHERE seq = $1", &[&fanout])
                 .await?
         }
-        Some((next, next_stream)) => {
+        Some(at) => {
             tx.execute(
-                "UPDATE fanouts SET next = $2, next_stream = $3 WHERE seq = $1",
-                &[&fanout, &(next as i32), &(next_stream as i32)],
+                "UPDATE fanouts SET next = $2, next_stream = $3, row_end = $4 WHERE seq = $1",
+                &[
+                    &fanout,
+                    &(at.next as i32),
+                    &(at.next_stream as i32),
+                    &(at.row_end as i32),
+                ],
             )
             .await?
         }
@@ -284,6 +288,32 @@ pub async fn fan_out(
     streams.dedup();
     due.extend(streams.iter().cloned());
     Ok(Some(FannedOut { fanout, streams }))
+}
+
+/// Stops the tenant's pending fan-outs from giving `stream_id` any more deliveries: its
+/// backlog is being skipped. Run before the backlog is cancelled: a chunk under way holds
+/// its fan-out, so this waits for it, and the cancelling then sees what it created.
+pub async fn skip_pending_fan_outs(
+    tx: &impl GenericClient,
+    tenant_id: &str,
+    stream_id: &str,
+) -> StoreResult<()> {
+    let rows = tx
+        .query(
+            "SELECT seq, streams FROM fanouts WHERE tenant_id = $1 FOR UPDATE",
+            &[&tenant_id],
+        )
+        .await?;
+    for row in rows {
+        if let Ok(Some(changed)) = fanout::without_stream(row.get(1), stream_id) {
+            tx.execute(
+                "UPDATE fanouts SET streams = $2 WHERE seq = $1",
+                &[&row.get::<_, i64>(0), &changed],
+            )
+            .await?;
+        }
+    }
+    Ok(())
 }
 
 /// Deliveries to insert with one statement.
@@ -777,6 +807,7 @@ async fn notify(
     due: &mut Vec<String>,
 ) -> StoreResult<()> {
     for published in Box::pin(publish(tx, None, tenant_id, vec![notice], now, due)).await? {
+        effects.fan_out_pending |= published.deferred;
         effects.woken_streams.extend(published.streams);
     }
     Ok(())

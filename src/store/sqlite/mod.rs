@@ -80,7 +80,7 @@ impl SqliteStore {
             writer: Writer::start(conn, Arc::new(LeaseJournal(leases.clone()))),
             leases,
             readers: Readers::new(path),
-            checkpointer: Checkpointer::start(path),
+            checkpointer: Checkpointer::start(path)?,
             cipher: Arc::new(cipher),
         })
     }
@@ -453,6 +453,7 @@ impl Store for SqliteStore {
             .write(move |conn| {
                 forget_leases_of_tenant(conn, &leases, &tenant)?;
                 conn.execute("DELETE FROM streams WHERE tenant_id = ?1", params![tenant])?;
+                conn.execute("DELETE FROM fanouts WHERE tenant_id = ?1", params![tenant])?;
                 Ok(())
             })
             .await?;
@@ -752,6 +753,7 @@ impl Store for SqliteStore {
                     return Ok(None);
                 }
                 if update.skip_backlog {
+                    queue::skip_pending_fan_outs(conn, &stream.tenant_id, &stream.id)?;
                     conn.execute(
                         "UPDATE deliveries SET status = 'cancelled', due_at = NULL, \
                          updated_at = ?3 WHERE tenant_id = ?1 AND stream_id = ?2 AND status = 'pending'",
@@ -906,6 +908,21 @@ impl Store for SqliteStore {
         limit: usize,
         now: Millis,
     ) -> StoreResult<Option<FannedOut>> {
+        // A look first, on a reader: the worker asks every few seconds, and a write to learn
+        // there is nothing would take a turn of the writer.
+        let pending = self
+            .readers
+            .read(|conn| {
+                Ok(
+                    conn.query_row("SELECT EXISTS (SELECT 1 FROM fanouts)", [], |r| {
+                        r.get::<_, bool>(0)
+                    })?,
+                )
+            })
+            .await?;
+        if !pending {
+            return Ok(None);
+        }
         // Not synced: a chunk lost with the machine's power is created again from the fan-out
         // row, which went back with it.
         self.writer

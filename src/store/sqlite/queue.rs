@@ -17,7 +17,7 @@ use super::event_from_row;
 use crate::clock::Millis;
 use crate::event::Event;
 use crate::notices;
-use crate::store::fanout::{self, Subscriber};
+use crate::store::fanout::{self, Cursor, Subscriber};
 use crate::store::{
     AttemptRecord, ClaimBatch, ClaimRequest, Claimed, DeliveryFilter, DeliveryStatus, FailingRun,
     FannedOut, LATENCY_BOUNDS_MS, Published, RecordEffects, StoreError, StoreResult,
@@ -166,17 +166,22 @@ pub fn fan_out(
     now: Millis,
 ) -> StoreResult<Option<FannedOut>> {
     let mut pick = conn.prepare_cached(
-        "SELECT seq, tenant_id, event_seqs, streams, next, next_stream, created_at FROM fanouts \
-         WHERE seq > ?1 ORDER BY seq LIMIT 1",
+        "SELECT seq, tenant_id, event_seqs, streams, next, next_stream, row_end, created_at \
+         FROM fanouts WHERE seq > ?1 ORDER BY seq LIMIT 1",
     )?;
     let read = |r: &rusqlite::Row| {
+        let at = |i| r.get::<_, i64>(i).map(|v| v.max(0) as usize);
         Ok((
             r.get::<_, i64>(0)?,
             r.get::<_, String>(1)?,
             r.get::<_, String>(2)?,
             r.get::<_, String>(3)?,
-            (r.get::<_, i64>(4)?, r.get::<_, i64>(5)?),
-            r.get::<_, Millis>(6)?,
+            Cursor {
+                next: at(4)?,
+                next_stream: at(5)?,
+                row_end: at(6)?,
+            },
+            r.get::<_, Millis>(7)?,
         ))
     };
     let row = match pick.query_row(params![after], read).optional()? {
@@ -184,26 +189,32 @@ pub fn fan_out(
         None if after > 0 => pick.query_row(params![0], read).optional()?,
         None => None,
     };
-    let Some((fanout, tenant_id, event_seqs, streams, (next, next_stream), created_at)) = row
-    else {
+    let Some((fanout, tenant_id, event_seqs, streams, cursor, created_at)) = row else {
         return Ok(None);
     };
-    let event_seqs: Vec<i64> = serde_json::from_str(&event_seqs)
-        .map_err(|_| StoreError::Corrupt("fan-out column `event_seqs`".into()))?;
-    let streams = fanout::decode_streams(&streams)?;
-    let (tile, cursor) = fanout::Tile::at(
-        next.max(0) as usize,
-        next_stream.max(0) as usize,
-        event_seqs.len(),
-        streams.len(),
-        limit,
-    );
+    let decoded = serde_json::from_str::<Vec<i64>>(&event_seqs)
+        .map_err(|_| StoreError::Corrupt("fan-out column `event_seqs`".into()))
+        .and_then(|seqs| Ok((seqs, fanout::decode_streams(&streams)?)));
+    let (event_seqs, streams) = match decoded {
+        Ok(decoded) => decoded,
+        Err(e) => {
+            // Kept, it would stop every fan-out behind it; its events stay in the audit log.
+            tracing::error!(error = %e, tenant = %tenant_id, fanout, "dropping a pending fan-out that cannot be read; redeliver its events to send them");
+            conn.prepare_cached("DELETE FROM fanouts WHERE seq = ?1")?
+                .execute(params![fanout])?;
+            return Ok(Some(FannedOut {
+                fanout,
+                streams: Vec::new(),
+            }));
+        }
+    };
+    let (tile, after) = fanout::Tile::at(cursor, event_seqs.len(), streams.len(), limit);
     // The tile's streams still there: one deleted since the publish gets nothing.
     let mut exists =
         conn.prepare_cached("SELECT 1 FROM streams WHERE tenant_id = ?1 AND id = ?2")?;
     let mut targets = Vec::new();
     for (id, patterns) in &streams[tile.streams] {
-        if exists.exists(params![tenant_id, id])? {
+        if !patterns.is_empty() && exists.exists(params![tenant_id, id])? {
             targets.push((id, patterns));
         }
     }
@@ -211,6 +222,9 @@ pub fn fan_out(
         conn.prepare_cached("SELECT type FROM events WHERE seq = ?1 AND tenant_id = ?2")?;
     let mut woken = HashSet::new();
     for &event_seq in &event_seqs[tile.events] {
+        if targets.is_empty() {
+            break;
+        }
         let Some(event_type): Option<String> = event_type
             .query_row(params![event_seq, tenant_id], |r| r.get(0))
             .optional()?
@@ -233,18 +247,45 @@ pub fn fan_out(
             }
         }
     }
-    match cursor {
+    match after {
         None => conn
             .prepare_cached("DELETE FROM fanouts WHERE seq = ?1")?
             .execute(params![fanout])?,
-        Some((next, next_stream)) => conn
-            .prepare_cached("UPDATE fanouts SET next = ?2, next_stream = ?3 WHERE seq = ?1")?
-            .execute(params![fanout, next as i64, next_stream as i64])?,
+        Some(at) => conn
+            .prepare_cached(
+                "UPDATE fanouts SET next = ?2, next_stream = ?3, row_end = ?4 WHERE seq = ?1",
+            )?
+            .execute(params![
+                fanout,
+                at.next as i64,
+                at.next_stream as i64,
+                at.row_end as i64
+            ])?,
     };
     Ok(Some(FannedOut {
         fanout,
         streams: woken.into_iter().collect(),
     }))
+}
+
+/// Stops the tenant's pending fan-outs from giving `stream_id` any more deliveries: its
+/// backlog is being skipped.
+pub fn skip_pending_fan_outs(
+    conn: &Connection,
+    tenant_id: &str,
+    stream_id: &str,
+) -> StoreResult<()> {
+    let rows: Vec<(i64, String)> = conn
+        .prepare_cached("SELECT seq, streams FROM fanouts WHERE tenant_id = ?1")?
+        .query_map(params![tenant_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    for (seq, streams) in rows {
+        if let Ok(Some(changed)) = fanout::without_stream(&streams, stream_id) {
+            conn.prepare_cached("UPDATE fanouts SET streams = ?2 WHERE seq = ?1")?
+                .execute(params![seq, changed])?;
+        }
+    }
+    Ok(())
 }
 
 fn insert_delivery(
@@ -602,6 +643,7 @@ fn notify(
     effects: &mut RecordEffects,
 ) -> StoreResult<()> {
     for published in publish(conn, None, tenant_id, vec![notice], now)? {
+        effects.fan_out_pending |= published.deferred;
         effects.woken_streams.extend(published.streams);
     }
     Ok(())

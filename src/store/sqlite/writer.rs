@@ -46,9 +46,10 @@ pub enum Durability {
 pub trait Journal: Send + Sync {
     /// A job is about to run in its savepoint.
     fn begin_job(&self) {}
-    /// The job that began last failed and was rolled back to its savepoint.
+    /// The job that began last failed and was rolled back: to its savepoint, or with the
+    /// whole transaction when it ran alone (then `committed` follows, with nothing to keep).
     fn undo_job(&self) {}
-    /// The transaction committed.
+    /// The transaction committed (or a lone job's was rolled back, see `undo_job`).
     fn committed(&self) {}
     /// The transaction was rolled back, every job in it included.
     fn rolled_back(&self) {}
@@ -219,8 +220,9 @@ impl Writer {
         Ok(())
     }
 
-    /// Commits everything queued so far and closes the connection; later writes fail with
-    /// `StoreError::Closed`.
+    /// Commits everything queued so far, except background jobs (they fail with
+    /// `StoreError::Closed`, to be done again at the next start), and closes the connection;
+    /// later writes fail with `StoreError::Closed`.
     pub async fn close(&self) {
         let (done, closed) = oneshot::channel();
         if self.queue.send(Message::Close(done)).await.is_ok() {
@@ -311,7 +313,10 @@ fn commit(
 ) {
     let started = std::time::Instant::now();
     let commit = commit_together(conn, journal, jobs);
-    metrics.committed(jobs.len(), started.elapsed());
+    // Background jobs are not group commits: they would blur what these measure.
+    if !jobs.iter().any(|job| job.background()) {
+        metrics.committed(jobs.len(), started.elapsed());
+    }
     commits.fetch_add(1, Ordering::Relaxed);
     if let Err(e) = &commit {
         tracing::error!(error = %e, jobs = jobs.len(), "store commit failed");
@@ -393,38 +398,51 @@ pub const WRITER_CHECKPOINT_PAGES: i64 = 16_384;
 /// Copies the WAL back into the database from a connection of its own, every
 /// `CHECKPOINT_INTERVAL`, so that no commit pays for it: left to SQLite, the commit that
 /// crosses 1,000 WAL pages runs the checkpoint and its fsync, and a publish waits for it.
-/// A passive checkpoint never blocks the writer or the readers.
+/// A passive checkpoint never blocks the writer or the readers. Stopped (and its thread
+/// joined) when the store closes or is dropped.
 pub struct Checkpointer {
     stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Checkpointer {
-    pub fn start(path: &Path) -> Checkpointer {
+    /// Starts checkpointing the database at `path`, which must exist.
+    pub fn start(path: &Path) -> StoreResult<Checkpointer> {
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (flag, path) = (stop.clone(), path.to_path_buf());
-        std::thread::Builder::new()
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
             .name("herald-sqlite-checkpoint".into())
             .spawn(move || {
-                let conn = match Connection::open(&path) {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "the store's checkpointer could not open it; the writer checkpoints instead");
-                        return;
+                loop {
+                    std::thread::park_timeout(CHECKPOINT_INTERVAL);
+                    if flag.load(Ordering::SeqCst) {
+                        break;
                     }
-                };
-                while !flag.load(Ordering::SeqCst) {
-                    std::thread::sleep(CHECKPOINT_INTERVAL);
-                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    {
                         tracing::debug!(error = %e, "a checkpoint failed; the next one retries");
                     }
                 }
             })
             .expect("spawning the store's checkpoint thread");
-        Checkpointer { stop }
+        Ok(Checkpointer {
+            stop,
+            thread: Mutex::new(Some(thread)),
+        })
     }
 
+    /// Stops the thread and waits for it, so its connection is closed on return.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(thread) = thread {
+            thread.thread().unpark();
+            let _ = thread.join();
+        }
     }
 }
 
