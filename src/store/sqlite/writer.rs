@@ -563,21 +563,7 @@ mod tests {
     async fn background_jobs_wait_for_queued_groups_and_commit_alone() {
         let (writer, _dir) = writer();
         // Holds the writer until everything below is queued.
-        let (release, held) = std::sync::mpsc::channel::<()>();
-        let (running, started) = oneshot::channel::<()>();
-        let blocker = tokio::spawn({
-            let writer = writer.clone();
-            async move {
-                writer
-                    .write(move |c| {
-                        running.send(()).unwrap();
-                        held.recv().unwrap();
-                        Ok(c.execute("INSERT INTO t (v) VALUES (0)", [])?)
-                    })
-                    .await
-            }
-        });
-        started.await.unwrap();
+        let (release, blocker) = hold(&writer).await;
         let insert =
             |v: i64| move |c: &Connection| Ok(c.execute("INSERT INTO t (v) VALUES (?1)", [v])?);
         let mut queued = Vec::new();
@@ -596,7 +582,7 @@ mod tests {
         }
         let before = writer.commits();
         release.send(()).unwrap();
-        blocker.await.unwrap().unwrap();
+        blocker.await.unwrap();
         for job in queued {
             job.await.unwrap().unwrap();
         }
@@ -608,7 +594,7 @@ mod tests {
             })
             .await
             .unwrap();
-        assert_eq!(order, vec![0, 3, 4, 1, 2], "queued publishes go first");
+        assert_eq!(order, vec![3, 4, 1, 2], "queued publishes go first");
         // The blocker's group, 3 and 4 together, then 1 and 2 alone (and the read).
         assert_eq!(writer.commits() - before, 5);
     }
@@ -664,6 +650,26 @@ mod tests {
         assert_eq!(take(), ["begin", "rolled back"]);
     }
 
+    /// Holds the writer thread inside a job until the returned sender is used (or dropped).
+    async fn hold(writer: &Writer) -> (std::sync::mpsc::Sender<()>, tokio::task::JoinHandle<()>) {
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let (running, started) = oneshot::channel::<()>();
+        let writer = writer.clone();
+        let task = tokio::spawn(async move {
+            writer
+                .write(move |_| {
+                    running.send(()).unwrap();
+                    let _ = held.recv();
+                    Ok(())
+                })
+                .await
+                .unwrap();
+        });
+        started.await.unwrap();
+        (release, task)
+    }
+
+    /// Three writes in one group: the one that fails rolls back to its savepoint, alone.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failing_job_rolls_back_alone() {
         let (writer, _dir) = writer();
@@ -671,16 +677,37 @@ mod tests {
             .write(|c| Ok(c.execute("INSERT INTO t (v) VALUES (1)", [])?))
             .await
             .unwrap();
-        let (a, b, c) = tokio::join!(
-            writer.write(|c| Ok(c.execute("INSERT INTO t (v) VALUES (2)", [])?)),
-            // Inserts 3, then fails on the duplicate 1: both of its rows must vanish.
-            writer.write(|c| {
-                c.execute("INSERT INTO t (v) VALUES (3)", [])?;
-                Ok(c.execute("INSERT INTO t (v) VALUES (1)", [])?)
-            }),
-            writer.write(|c| Ok(c.execute("INSERT INTO t (v) VALUES (4)", [])?)),
+        let (release, held) = hold(&writer).await;
+        let mut jobs = Vec::new();
+        for v in [2, 3, 4] {
+            let submitter = writer.clone();
+            jobs.push(tokio::spawn(async move {
+                submitter
+                    .write(move |c| {
+                        c.execute("INSERT INTO t (v) VALUES (?1)", [v])?;
+                        // The second inserts 3, then fails on the duplicate 1: both of its
+                        // rows must vanish.
+                        if v == 3 {
+                            c.execute("INSERT INTO t (v) VALUES (1)", [])?;
+                        }
+                        Ok(())
+                    })
+                    .await
+            }));
+            while writer.queue.capacity() > QUEUE_DEPTH - jobs.len() {
+                tokio::task::yield_now().await;
+            }
+        }
+        let before = writer.commits();
+        release.send(()).unwrap();
+        held.await.unwrap();
+        let outcomes: Vec<bool> = futures_ok(jobs).await;
+        assert_eq!(outcomes, [true, false, true]);
+        assert_eq!(
+            writer.commits() - before,
+            2,
+            "the held job, then the three together"
         );
-        assert!(a.is_ok() && b.is_err() && c.is_ok());
         let values: Vec<i64> = writer
             .write(|c| {
                 let mut stmt = c.prepare("SELECT v FROM t ORDER BY v")?;
@@ -690,5 +717,13 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(values, vec![1, 2, 4]);
+    }
+
+    async fn futures_ok(jobs: Vec<tokio::task::JoinHandle<StoreResult<()>>>) -> Vec<bool> {
+        let mut outcomes = Vec::new();
+        for job in jobs {
+            outcomes.push(job.await.unwrap().is_ok());
+        }
+        outcomes
     }
 }
