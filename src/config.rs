@@ -28,6 +28,8 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// Streams the metrics report their backlog for one by one (the deepest backlogs).
     pub metrics_backlog_top_streams: usize,
+    /// A collector's OTLP/HTTP base URL to export spans to; unset, none are exported.
+    pub otlp_endpoint: Option<String>,
     pub data_dir: PathBuf,
     /// A `postgres://` URL selects the shared store; unset, the embedded one in `data_dir`.
     pub database_url: Option<Secret>,
@@ -107,6 +109,11 @@ pub struct Overrides {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,
+    /// OpenTelemetry collector to export spans to over OTLP/HTTP, its base URL such as
+    /// http://localhost:4318 [env: HERALD_OTLP_ENDPOINT] [default: none; no export]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
     /// Directory of the embedded store [env: HERALD_DATA_DIR] [default: ./herald-data]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -244,6 +251,19 @@ impl Config {
                      http://proxy.internal:3128, got `{proxy}`"
                 ))
             })?;
+        }
+        if let Some(endpoint) = &self.otlp_endpoint {
+            let url = url::Url::parse(endpoint).ok();
+            let usable = url.is_some_and(|url| {
+                matches!(url.scheme(), "http" | "https")
+                    && url.host_str().is_some_and(|h| !h.is_empty())
+            });
+            if !usable {
+                return Err(ConfigError(format!(
+                    "`otlp_endpoint` must be an http:// or https:// URL such as \
+                     http://localhost:4318, got `{endpoint}`"
+                )));
+            }
         }
         if let Some(lease) = self.delivery_lease_seconds
             && lease <= self.delivery_timeout_seconds
@@ -385,6 +405,7 @@ mod tests {
         assert!(config.egress_proxy.is_none());
         assert!(config.metrics_listen.is_none());
         assert_eq!(config.metrics_backlog_top_streams, 20);
+        assert!(config.otlp_endpoint.is_none());
     }
 
     #[test]
@@ -454,6 +475,16 @@ mod tests {
             assert_eq!(
                 config.egress_proxy_url().map(String::from).as_deref(),
                 Some("http://proxy.internal:3128/")
+            );
+
+            jail.set_env("HERALD_OTLP_ENDPOINT", "localhost:4318");
+            let err = Config::load(None, &Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains("otlp_endpoint"), "{err}");
+            jail.set_env("HERALD_OTLP_ENDPOINT", "http://localhost:4318");
+            let config = Config::load(None, &Overrides::default()).unwrap();
+            assert_eq!(
+                config.otlp_endpoint.as_deref(),
+                Some("http://localhost:4318")
             );
             Ok(())
         });

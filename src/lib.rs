@@ -20,6 +20,8 @@
 //! - [`notices`]: Herald's own events (`herald.delivery.failed`, ...).
 //! - [`retention`]: the hourly sweep of old events and response bodies.
 //! - [`metrics`]: what `/metrics` serves, and the counters the other parts keep for it.
+//! - [`trace`]: the W3C trace context every attempt carries, continuing its publish's trace.
+//! - [`telemetry`]: where logs and spans go: stderr, and optionally an OTLP collector.
 //! - [`secret`], [`ids`], [`clock`]: secrets at rest (and the per-stream secrets a
 //!   destination kind keeps), identifiers, injectable time.
 
@@ -40,6 +42,7 @@ pub mod secret;
 pub mod server;
 pub mod store;
 pub mod stream;
+pub mod telemetry;
 pub mod trace;
 
 pub use app::App;

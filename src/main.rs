@@ -1,6 +1,5 @@
 //! The `herald` command: parses the command line and hands over to the library.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -9,6 +8,7 @@ use clap::{Parser, Subcommand};
 use herald::config::Overrides;
 use herald::secret::Cipher;
 use herald::store::postgres::PgStore;
+use herald::telemetry::{LogFormat, Telemetry};
 use herald::{App, Config};
 use tokio_util::sync::CancellationToken;
 
@@ -30,12 +30,6 @@ struct Cli {
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Subcommand)]
@@ -71,41 +65,46 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr);
-    match cli.log_format {
-        // Colour codes only where a person reads them, not in a file or a collector's pipe.
-        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
-        LogFormat::Json => logs
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .init(),
-    }
     let runtime = tokio::runtime::Runtime::new().expect("starting the async runtime");
     match cli.command {
-        Command::Serve { config, overrides } => runtime.block_on(serve(config, overrides)),
-        Command::Migrate { database_url } => runtime.block_on(migrate(&database_url)),
+        Command::Serve { config, overrides } => {
+            // The configuration first: it says where spans go.
+            let config = match Config::load(config, &overrides) {
+                Ok(config) => config,
+                Err(e) => {
+                    eprintln!("herald: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            // Outside the runtime: the span exporter's client blocks.
+            let telemetry =
+                match Telemetry::install(cli.log_format, config.otlp_endpoint.as_deref()) {
+                    Ok(telemetry) => telemetry,
+                    Err(e) => {
+                        eprintln!("herald: {e}");
+                        return ExitCode::from(2);
+                    }
+                };
+            let code = runtime.block_on(serve(config));
+            telemetry.shutdown();
+            code
+        }
+        Command::Migrate { database_url } => {
+            Telemetry::logs(cli.log_format);
+            runtime.block_on(migrate(&database_url))
+        }
         Command::MigrateStore {
             from,
             to,
             secret_key,
-        } => runtime.block_on(migrate_store(&from, &to, secret_key.as_deref())),
+        } => {
+            Telemetry::logs(cli.log_format);
+            runtime.block_on(migrate_store(&from, &to, secret_key.as_deref()))
+        }
     }
 }
 
-async fn serve(file: Option<PathBuf>, overrides: Overrides) -> ExitCode {
-    let config = match Config::load(file, &overrides) {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("herald: {e}");
-            return ExitCode::from(2);
-        }
-    };
+async fn serve(config: Config) -> ExitCode {
     let app = match App::build(config, Arc::new(herald::clock::SystemClock)).await {
         Ok(app) => app,
         Err(e) => {

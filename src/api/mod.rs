@@ -96,9 +96,13 @@ pub fn guarded(router: Router) -> Router {
     let router = router
         .layer(CatchPanicLayer::custom(panicked))
         .layer(axum::middleware::map_response(name_internal_errors));
-    // The request span only where the log filter (fixed at start) lets it be seen: the layer
-    // costs every request, seen or not.
-    let router = if tracing::enabled!(target: "herald::api", tracing::Level::DEBUG) {
+    // The request span only where the log filter or the span exporter (both fixed at start)
+    // takes it: the layer costs every request, seen or not.
+    let router = if tracing::enabled!(
+        kind: tracing::metadata::Kind::SPAN,
+        target: "herald::api",
+        tracing::Level::DEBUG
+    ) {
         router.layer(axum::middleware::from_fn(request_span))
     } else {
         router
@@ -124,7 +128,7 @@ pub(crate) async fn to_completion<T: Send + 'static>(
 /// A span per request, so every line logged while answering it names the request (its id,
 /// method and path; never the query string, which may carry a secret). At debug level: an
 /// enabled span costs every request a few microseconds of formatting, measurable on
-/// single-event publishes.
+/// single-event publishes. Exported spans continue the caller's `traceparent`.
 async fn request_span(
     request: axum::extract::Request,
     next: axum::middleware::Next,
@@ -140,8 +144,21 @@ async fn request_span(
         request_id = %id,
         method = %request.method(),
         path = %request.uri().path(),
+        // Recorded when exported.
+        http.response.status_code = tracing::field::Empty,
+        otel.kind = tracing::field::Empty,
     );
-    next.run(request).instrument(span).await
+    if !crate::telemetry::exporting() {
+        return next.run(request).instrument(span).await;
+    }
+    crate::telemetry::export_request(&span, request.headers());
+    let response = next.run(request).instrument(span.clone()).await;
+    // As a signed integer: an unsigned one is exported as text.
+    span.record(
+        "http.response.status_code",
+        i64::from(response.status().as_u16()),
+    );
+    response
 }
 
 /// Logs every 500 with its request id, so what a caller quotes leads to the log.

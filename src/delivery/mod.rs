@@ -935,11 +935,23 @@ async fn attempt(shared: &Shared, active: &ActiveStream, batch: Vec<Claimed>) ->
         stream = %stream.id,
         delivery = %batch[0].id,
         deliveries = batch.len(),
+        // The first delivery's, recorded when exported.
+        status = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+        otel.kind = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
     );
+    let exported = crate::telemetry::exporting();
+    if exported {
+        crate::telemetry::export_attempt(
+            &span,
+            batch.iter().map(|c| (c.tenant_id.as_str(), &*c.event)),
+        );
+    }
     let mut reports = active
         .client
         .send(&messages, started_at)
-        .instrument(span)
+        .instrument(span.clone())
         .await;
     drop(messages);
     let finished_at = shared.clock.now_ms();
@@ -959,7 +971,7 @@ async fn attempt(shared: &Shared, active: &ActiveStream, batch: Vec<Claimed>) ->
         feedback: Feedback::Neutral,
         delivered_any: false,
     };
-    for (claimed, report) in batch.into_iter().zip(reports) {
+    for (i, (claimed, report)) in batch.into_iter().zip(reports).enumerate() {
         let attempt_number = claimed.attempts + 1;
         let (status, next_attempt_at) = retry::next_step(
             &stream.retry_policy,
@@ -969,6 +981,9 @@ async fn attempt(shared: &Shared, active: &ActiveStream, batch: Vec<Claimed>) ->
             retry::jitter_unit(),
         );
         log_attempt(&claimed, attempt_number, &report, status);
+        if exported && i == 0 {
+            record_outcome(&span, &report, status);
+        }
         active.metrics.attempted(status, report.duration);
         if let Some(at) = next_attempt_at {
             done.retry_at = Some(done.retry_at.map_or(at, |due: Millis| due.min(at)));
@@ -1024,6 +1039,24 @@ async fn attempt(shared: &Shared, active: &ActiveStream, batch: Vec<Claimed>) ->
         });
     }
     done
+}
+
+/// What became of an exported attempt's (first) delivery, on its span.
+fn record_outcome(span: &tracing::Span, report: &Report, status: crate::store::DeliveryStatus) {
+    span.record("status", status.as_str());
+    if let Some(code) = report.response_status {
+        // As a signed integer: an unsigned one is exported as text.
+        span.record("http.response.status_code", i64::from(code));
+    }
+    if report.outcome != Outcome::Delivered {
+        // The span's error status, with the reason.
+        let description = match (&report.error, report.response_status) {
+            (Some(error), _) => error.message.clone(),
+            (None, Some(code)) => format!("answered {code}"),
+            (None, None) => "failed".to_string(),
+        };
+        span.record("otel.status_description", description.as_str());
+    }
 }
 
 fn log_attempt(

@@ -17,6 +17,7 @@ mod logs;
 mod metrics;
 mod openapi;
 mod operations;
+mod otlp;
 mod outage;
 mod proxy;
 mod publish;

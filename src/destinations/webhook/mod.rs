@@ -265,9 +265,12 @@ impl WebhookClient {
                 headers.insert(name, value);
             }
         }
-        // The attempt as a span of the publish's trace (see `crate::trace`).
+        // The attempt as a span of the publish's trace (see `crate::trace`): the exported
+        // attempt span itself when spans are exported, else a span id of its own.
         let parent = crate::trace::TraceParent::of_event(message.tenant_id, message.event);
-        if let Ok(value) = HeaderValue::from_str(&parent.child()) {
+        let traceparent = crate::telemetry::current_traceparent(&parent)
+            .map_or_else(|| parent.child(), |own| own.to_string());
+        if let Ok(value) = HeaderValue::from_str(&traceparent) {
             headers.insert(crate::trace::TRACEPARENT, value);
         }
         if let Some(state) = message.event.extensions.get(crate::trace::TRACESTATE)
