@@ -3,10 +3,11 @@
 //!
 //! The trace is kept with the event, as CloudEvents' distributed-tracing extension attribute
 //! `traceparent`: the one the publisher put on the event, or else the `traceparent` header of
-//! its publish request, copied onto each event that had none (with `tracestate`). An event
-//! published with neither gets a trace derived from its identity (tenant, source, id), so all
-//! attempts of all its deliveries, retries and redeliveries included, share one trace without
-//! anything stored. Each attempt is a span of its own: a fresh span id, the stored context as
+//! its publish request, copied onto each event that had none (with `tracestate`, if it keeps
+//! to the recommendation's limits). An event published with neither gets a trace derived from
+//! its identity (tenant, source, id), so all attempts of all its deliveries, retries and
+//! redeliveries included, share one trace without anything stored; it is not marked sampled,
+//! since nobody asked for it to be recorded. Each attempt is a span of its own: a fresh span id, the stored context as
 //! its parent.
 
 use serde_json::{Map, Value};
@@ -81,7 +82,7 @@ impl TraceParent {
         TraceParent {
             trace_id,
             parent_id,
-            flags: 0x01,
+            flags: 0x00,
         }
     }
 
@@ -116,7 +117,8 @@ impl std::fmt::Display for TraceParent {
 
 /// Copies the publish request's trace context onto an event that carries none of its own.
 /// An invalid `traceparent` is ignored, as the recommendation asks; `tracestate` goes only
-/// with a valid one.
+/// with a valid one, and only within the recommendation's limits (it is copied onto every
+/// event of a batch and sent with every attempt).
 pub fn adopt(extensions: &mut Map<String, Value>, traceparent: &str, tracestate: Option<&str>) {
     if extensions.contains_key(TRACEPARENT) {
         return;
@@ -125,9 +127,30 @@ pub fn adopt(extensions: &mut Map<String, Value>, traceparent: &str, tracestate:
         return;
     };
     extensions.insert(TRACEPARENT.into(), Value::String(parent.to_string()));
-    if let Some(state) = tracestate.map(str::trim).filter(|s| !s.is_empty()) {
+    if let Some(state) = tracestate.map(str::trim).filter(|s| valid_tracestate(s)) {
         extensions.insert(TRACESTATE.into(), Value::String(state.to_string()));
     }
+}
+
+/// The longest `tracestate` kept, and its most list members (the recommendation's limits).
+const MAX_TRACESTATE_BYTES: usize = 512;
+const MAX_TRACESTATE_MEMBERS: usize = 32;
+
+/// A `tracestate` within the limits: printable ASCII, at most 32 `key=value` members.
+fn valid_tracestate(state: &str) -> bool {
+    let members: Vec<&str> = state
+        .split(',')
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+        .collect();
+    !members.is_empty()
+        && state.len() <= MAX_TRACESTATE_BYTES
+        && members.len() <= MAX_TRACESTATE_MEMBERS
+        && state.bytes().all(|b| (0x20..=0x7e).contains(&b))
+        && members.iter().all(|m| {
+            m.split_once('=')
+                .is_some_and(|(k, v)| !k.is_empty() && !v.is_empty())
+        })
 }
 
 fn hex<const N: usize>(text: &str) -> Option<[u8; N]> {
@@ -230,10 +253,43 @@ mod tests {
     }
 
     #[test]
+    fn a_tracestate_beyond_the_limits_is_dropped_with_the_traceparent_kept() {
+        let long = format!("k={}", "v".repeat(600));
+        let many = (0..33)
+            .map(|i| format!("k{i}=v"))
+            .collect::<Vec<_>>()
+            .join(",");
+        for bad in [
+            long.as_str(),
+            many.as_str(),
+            "k=v\u{7f}",
+            "novalue",
+            "=v",
+            " , ",
+        ] {
+            let mut extensions = Map::new();
+            adopt(&mut extensions, SAMPLE, Some(bad));
+            assert_eq!(extensions[TRACEPARENT], SAMPLE, "{bad}");
+            assert!(!extensions.contains_key(TRACESTATE), "{bad}");
+        }
+        let mut extensions = Map::new();
+        adopt(
+            &mut extensions,
+            SAMPLE,
+            Some("rojo=00f067aa0ba902b7, congo=t61rcWkgMzE"),
+        );
+        assert_eq!(
+            extensions[TRACESTATE],
+            "rojo=00f067aa0ba902b7, congo=t61rcWkgMzE"
+        );
+    }
+
+    #[test]
     fn an_event_without_a_context_gets_one_from_its_identity() {
         let e = event(Map::new());
         let first = TraceParent::of_event("ten_a", &e);
         assert_eq!(first, TraceParent::of_event("ten_a", &e));
+        assert_eq!(first.flags, 0, "not sampled: nobody asked");
         assert_ne!(first.trace_id, TraceParent::of_event("ten_b", &e).trace_id);
         assert!(TraceParent::parse(&first.to_string()).is_some());
     }

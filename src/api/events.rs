@@ -95,14 +95,34 @@ pub async fn publish(
                 .map_err(|e| if batch { e.at_index(i) } else { e })
         })
         .collect::<Result<_, _>>()?;
-    // The publisher's trace, for the deliveries to continue (see `crate::trace`).
-    if let Some(traceparent) = header_text(&headers, trace::TRACEPARENT) {
-        let tracestate = header_text(&headers, trace::TRACESTATE);
+    // The publisher's trace, for the deliveries to continue (see `crate::trace`); with span
+    // export on and no trace sent, this request's own span's.
+    let sent = header_text(&headers, trace::TRACEPARENT)
+        .filter(|t| trace::TraceParent::parse(t).is_some())
+        .map(str::to_string);
+    let traceparent = sent
+        .clone()
+        .or_else(|| crate::telemetry::current_span_traceparent().map(|own| own.to_string()));
+    if let Some(traceparent) = traceparent {
+        // Repeated `tracestate` lines are one list; it goes with the publisher's trace only.
+        let tracestate: Vec<&str> = headers
+            .get_all(trace::TRACESTATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        let tracestate = (sent.is_some() && !tracestate.is_empty()).then(|| tracestate.join(","));
         for event in &mut events {
-            trace::adopt(&mut event.extensions, traceparent, tracestate);
+            trace::adopt(&mut event.extensions, &traceparent, tracestate.as_deref());
         }
     }
-    let counters = state.metrics.events.counters_for(&catalog, &events);
+    // Counted by the publish task: a publish whose client hangs up is still stored.
+    let counters: Vec<_> = state
+        .metrics
+        .events
+        .counters_for(&catalog, &events)
+        .into_iter()
+        .cloned()
+        .collect();
 
     // On a node that delivers from the embedded store, the new deliveries come back leased and
     // go straight to its dispatcher, which saves a claim. The publish runs as its own task so that a client hanging up cannot stop the
@@ -115,6 +135,7 @@ pub async fn publish(
     let lease_until = state.delivery_lease_ms.map(|ms| now + ms);
     let published = tokio::spawn(async move {
         let mut published = store.publish(&tenant, events, now, lease_until).await?;
+        crate::metrics::EventMetrics::published(&counters, &published);
         if published.iter().any(|p| p.deferred) {
             signal.fan_out_pending();
         }
@@ -143,7 +164,6 @@ pub async fn publish(
             "an internal error occurred; it has been logged",
         )
     })??;
-    state.metrics.events.published(&counters, &published);
     let body = if batch {
         json!({ "events": published.iter().map(view).collect::<Vec<_>>() })
     } else {

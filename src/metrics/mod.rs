@@ -178,7 +178,8 @@ pub struct EventMetrics {
     other: PublishCounters,
 }
 
-/// The counters of one category: accepted and duplicate.
+/// The counters of one category: accepted and duplicate (handles onto the shared series).
+#[derive(Clone)]
 pub struct PublishCounters {
     accepted: Counter,
     duplicate: Counter,
@@ -243,7 +244,7 @@ impl EventMetrics {
     }
 
     /// Counts what a publish stored: `counters` from [`Self::counters_for`], in the same order.
-    pub fn published(&self, counters: &[&PublishCounters], published: &[Published]) {
+    pub fn published(counters: &[PublishCounters], published: &[Published]) {
         for (counters, outcome) in counters.iter().zip(published) {
             if outcome.duplicate {
                 counters.duplicate.inc();

@@ -227,3 +227,45 @@ async fn spans_still_batched_are_sent_at_a_graceful_stop() {
     let attempt = collector.wait_for("the attempt span", is_attempt).await;
     assert_eq!(attempt.span_id, sent.parent_id);
 }
+
+/// A publish that sent no trace: its request span starts one, and its attempts continue it.
+#[tokio::test]
+async fn an_untraced_publish_and_its_attempts_share_the_request_spans_trace() {
+    let collector = Collector::start().await;
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(
+        dir.path(),
+        &[
+            ("HERALD_OTLP_ENDPOINT", &collector.url),
+            ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+        ],
+    );
+    server
+        .create_stream(&reqwest::Client::new(), &receiver)
+        .await;
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/events", server.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("x-request-id", "req_plain")
+        .json(&json!({"id": "plain", "type": "user.created"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let received = receiver.wait_for(1).await;
+    let sent = TraceParent::parse(received[0].header("traceparent").unwrap()).unwrap();
+
+    let request = collector
+        .wait_for("the publish request's span", |span| {
+            span.name == "request"
+                && attribute(span, "request_id")
+                    == Some(&Attribute::StringValue("req_plain".into()))
+        })
+        .await;
+    let attempt = collector.wait_for("an attempt span", is_attempt).await;
+    assert_eq!(attempt.trace_id, request.trace_id, "one trace");
+    assert_eq!(attempt.parent_span_id, request.span_id, "under the publish");
+    assert_eq!(attempt.span_id, sent.parent_id);
+    assert_eq!(sent.trace_id.to_vec(), request.trace_id);
+}
