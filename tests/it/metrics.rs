@@ -233,8 +233,12 @@ async fn delivery_counters_move_by_exactly_what_was_delivered() {
         ),
         Some(5.0)
     );
-    // Everything was delivered: no backlog, and no slot held.
+    // Everything was delivered: no backlog (read, not failed to read), and no slot held.
     assert_eq!(after.sum("herald_backlog_deliveries", &[]), 0.0);
+    assert_eq!(
+        after.sum("herald_store_errors_total", &[("caller", "metrics")]),
+        0.0
+    );
     assert_eq!(
         after.get(
             "herald_dispatcher_slots_in_use",
