@@ -61,6 +61,8 @@ enum Command {
         #[arg(long, env = "HERALD_SECRET_KEY", hide_env_values = true)]
         secret_key: Option<String>,
     },
+    #[command(flatten)]
+    Client(herald::cli::Command),
 }
 
 fn main() -> ExitCode {
@@ -101,6 +103,7 @@ fn main() -> ExitCode {
             Telemetry::logs(cli.log_format);
             runtime.block_on(migrate_store(&from, &to, secret_key.as_deref()))
         }
+        Command::Client(command) => runtime.block_on(herald::cli::run(command)),
     }
 }
 
