@@ -60,12 +60,16 @@ impl CliError {
                     409 => "the request conflicts with the current state; look at it with \
                             `show`, then retry"
                         .to_string(),
-                    429 | 503 => "the server is busy or limiting this token; retry shortly".to_string(),
+                    429 | 503 => {
+                        "the server is busy or limiting this token; retry shortly".to_string()
+                    }
                     s if s >= 500 => format!(
                         "the server's log holds the cause under request id {}",
                         request_id.as_deref().unwrap_or("(none)")
                     ),
-                    _ => "fix the request as the message says; `--help` shows each flag".to_string(),
+                    _ => {
+                        "fix the request as the message says; `--help` shows each flag".to_string()
+                    }
                 };
                 out.push_str(&format!("\n  hint: {hint}"));
                 out
@@ -164,7 +168,11 @@ impl Client {
                 .body(body.bytes);
         }
         let response = request.send().await.map_err(|e| {
-            CliError::Transport(format!("could not reach {}: {}", self.server, error_chain(&e)))
+            CliError::Transport(format!(
+                "could not reach {}: {}",
+                self.server,
+                error_chain(&e)
+            ))
         })?;
         let status = response.status().as_u16();
         let request_id = response
@@ -206,7 +214,11 @@ impl Client {
         }
     }
 
-    pub async fn get(&self, segments: &[&str], query: &[(&str, String)]) -> Result<Value, CliError> {
+    pub async fn get(
+        &self,
+        segments: &[&str],
+        query: &[(&str, String)],
+    ) -> Result<Value, CliError> {
         self.call(Method::GET, segments, query, None).await
     }
 

@@ -162,7 +162,14 @@ pub async fn run(args: DeliveriesArgs) -> Result<(), CliError> {
                         })
                         .collect();
                     output::table(
-                        &["EVENT", "TYPE", "STATUS", "ATTEMPTS", "LAST STATUS", "UPDATED"],
+                        &[
+                            "EVENT",
+                            "TYPE",
+                            "STATUS",
+                            "ATTEMPTS",
+                            "LAST STATUS",
+                            "UPDATED",
+                        ],
                         &rows,
                     );
                 }
@@ -178,7 +185,9 @@ pub async fn run(args: DeliveriesArgs) -> Result<(), CliError> {
             let list = deliveries.as_array().cloned().unwrap_or_default();
             match mode {
                 Mode::Json => output::json(&deliveries),
-                Mode::Quiet => list.iter().for_each(|d| println!("{}", output::cell(&d["id"]))),
+                Mode::Quiet => list
+                    .iter()
+                    .for_each(|d| println!("{}", output::cell(&d["id"]))),
                 Mode::Table => {
                     for (i, delivery) in list.iter().enumerate() {
                         if i > 0 {
@@ -233,14 +242,23 @@ fn print_delivery(d: &Value) {
             ]
         })
         .collect();
-    output::table(&["#", "AT", "STATUS", "DURATION", "RESPONSE / ERROR"], &rows);
+    output::table(
+        &["#", "AT", "STATUS", "DURATION", "RESPONSE / ERROR"],
+        &rows,
+    );
 }
 
 pub async fn redeliver(args: RedeliverArgs) -> Result<(), CliError> {
     let client = args.connection.client()?;
     let result = client
         .post(
-            &["v1", "event-streams", &args.stream, "redeliver", &args.event_id],
+            &[
+                "v1",
+                "event-streams",
+                &args.stream,
+                "redeliver",
+                &args.event_id,
+            ],
             &json!({}),
         )
         .await?;

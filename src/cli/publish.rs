@@ -67,9 +67,8 @@ pub async fn run(args: PublishArgs) -> Result<(), CliError> {
     if let Some(path) = &args.file {
         let text = std::fs::read_to_string(path)
             .map_err(|e| CliError::Usage(format!("-f {}: {e}", path.display())))?;
-        let value: Value = serde_json::from_str(&text).map_err(|e| {
-            CliError::Usage(format!("-f {}: not valid JSON: {e}", path.display()))
-        })?;
+        let value: Value = serde_json::from_str(&text)
+            .map_err(|e| CliError::Usage(format!("-f {}: not valid JSON: {e}", path.display())))?;
         let result = send(&client, &value).await?;
         print(mode, &result);
         return Ok(());
@@ -153,7 +152,12 @@ fn print(mode: Mode, result: &Value) {
                     vec![
                         output::cell(&r["id"]),
                         output::cell(&r["source"]),
-                        if r["duplicate"] == json!(true) { "yes" } else { "no" }.into(),
+                        if r["duplicate"] == json!(true) {
+                            "yes"
+                        } else {
+                            "no"
+                        }
+                        .into(),
                         output::cell(&r["deliveries"]),
                     ]
                 })

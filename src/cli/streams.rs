@@ -99,9 +99,11 @@ impl StreamFields {
 #[derive(Subcommand, Debug)]
 pub enum StreamsCommand {
     /// Create a stream
-    #[command(after_help = "Example:\n  herald streams create -n my-event1 -t webhook -s user.created \\\n    \
+    #[command(
+        after_help = "Example:\n  herald streams create -n my-event1 -t webhook -s user.created \\\n    \
         -c '{\"webhook_endpoint\": \"https://example.com/hook\", \
-        \"webhook_authorization\": {\"method\": \"bearer\", \"token\": \"...\"}}'")]
+        \"webhook_authorization\": {\"method\": \"bearer\", \"token\": \"...\"}}'"
+    )]
     Create {
         #[command(flatten)]
         fields: StreamFields,
@@ -116,7 +118,9 @@ pub enum StreamsCommand {
     #[command(after_help = "Example:\n  herald streams show est_2bX9kLmQ4rT7vW1yZ3cD5f")]
     Show { id: String },
     /// Change a stream; flags left out keep their values (`-c` replaces the whole configuration)
-    #[command(after_help = "Example:\n  herald streams update est_... -s user.created,user.deleted")]
+    #[command(
+        after_help = "Example:\n  herald streams update est_... -s user.created,user.deleted"
+    )]
     Update {
         id: String,
         #[command(flatten)]
@@ -168,7 +172,10 @@ pub async fn run(args: StreamsArgs) -> Result<(), CliError> {
                 ));
             };
             let mut body = fields.body();
-            for (flag, key) in [("-n/--name", "name"), ("-s/--subscriptions", "subscriptions")] {
+            for (flag, key) in [
+                ("-n/--name", "name"),
+                ("-s/--subscriptions", "subscriptions"),
+            ] {
                 if !body.contains_key(key) {
                     return Err(CliError::Usage(format!("streams create needs {flag}")));
                 }
@@ -187,7 +194,9 @@ pub async fn run(args: StreamsArgs) -> Result<(), CliError> {
             let list = streams.as_array().cloned().unwrap_or_default();
             match mode {
                 Mode::Json => output::json(&streams),
-                Mode::Quiet => list.iter().for_each(|s| println!("{}", output::cell(&s["id"]))),
+                Mode::Quiet => list
+                    .iter()
+                    .for_each(|s| println!("{}", output::cell(&s["id"]))),
                 Mode::Table => {
                     let rows: Vec<Vec<String>> = list
                         .iter()
@@ -203,7 +212,14 @@ pub async fn run(args: StreamsArgs) -> Result<(), CliError> {
                         })
                         .collect();
                     output::table(
-                        &["ID", "NAME", "STATUS", "TYPE", "SUBSCRIPTIONS", "DESTINATION"],
+                        &[
+                            "ID",
+                            "NAME",
+                            "STATUS",
+                            "TYPE",
+                            "SUBSCRIPTIONS",
+                            "DESTINATION",
+                        ],
                         &rows,
                     );
                 }
@@ -289,10 +305,18 @@ pub async fn run(args: StreamsArgs) -> Result<(), CliError> {
                     let mut pairs = vec![
                         (
                             "delivered",
-                            if result["delivered"] == json!(true) { "yes" } else { "no" }.to_owned(),
+                            if result["delivered"] == json!(true) {
+                                "yes"
+                            } else {
+                                "no"
+                            }
+                            .to_owned(),
                         ),
                         ("status", output::cell(&result["response_status"])),
-                        ("round trip", format!("{} ms", output::cell(&result["duration_ms"]))),
+                        (
+                            "round trip",
+                            format!("{} ms", output::cell(&result["duration_ms"])),
+                        ),
                     ];
                     if !result["error"].is_null() {
                         pairs.push((

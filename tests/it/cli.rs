@@ -1,0 +1,527 @@
+//! The `herald` client commands: the real binary run against a real server on port 0 and a
+//! real receiver, asserting on what it prints and how it exits.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+/// What one run of `herald` printed, and its exit code.
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+impl Run {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("{e}: {self:?}"))
+    }
+
+    fn lines(&self) -> Vec<&str> {
+        self.stdout.lines().collect()
+    }
+
+    /// The value of a `key  value` line of a key/value block.
+    fn field(&self, key: &str) -> &str {
+        self.stdout
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix(key)
+                    .filter(|rest| rest.starts_with("  "))
+                    .map(str::trim)
+            })
+            .unwrap_or_else(|| panic!("no `{key}` line: {self:?}"))
+    }
+}
+
+/// Runs `herald args...` against `app` as the platform admin, feeding `stdin` if given. The
+/// process runs on a blocking thread so the in-process server keeps serving.
+async fn herald(app: &TestApp, args: &[&str], stdin: Option<String>) -> Run {
+    let server = app.url("");
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(&args)
+            .env("HERALD_SERVER", server)
+            .env("HERALD_TOKEN", ADMIN_TOKEN)
+            .env_remove("HERALD_TENANT")
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the herald binary starts");
+        if let Some(input) = stdin {
+            let mut pipe = child.stdin.take().unwrap();
+            pipe.write_all(input.as_bytes()).unwrap();
+        }
+        let output = child.wait_with_output().unwrap();
+        Run {
+            code: output.status.code().expect("herald exited, not killed"),
+            stdout: String::from_utf8(output.stdout).unwrap(),
+            stderr: String::from_utf8(output.stderr).unwrap(),
+        }
+    })
+    .await
+    .unwrap()
+}
+
+/// The seed's command, with `herald streams` in place of `auth0 events`; answers the id.
+async fn create_seed_stream(app: &TestApp, receiver: &Receiver) -> String {
+    let configuration = json!({
+        "webhook_endpoint": receiver.url,
+        "webhook_authorization": {"method": "bearer", "token": "receiver-token"},
+    })
+    .to_string();
+    let run = herald(
+        app,
+        &[
+            "streams",
+            "create",
+            "-n",
+            "my-event1",
+            "-t",
+            "webhook",
+            "-s",
+            "user.created",
+            "-c",
+            &configuration,
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let id = run.field("id").to_owned();
+    assert!(id.starts_with("est_"), "{run:?}");
+    assert_eq!(run.field("name"), "my-event1");
+    id
+}
+
+#[tokio::test]
+async fn cli_creates_a_stream_with_the_seeds_command_then_shows_it() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let id = create_seed_stream(&app, &receiver).await;
+
+    let run = herald(&app, &["streams", "show", &id], None).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.field("id"), id);
+    assert_eq!(run.field("name"), "my-event1");
+    assert_eq!(run.field("status"), "enabled");
+    assert_eq!(run.field("type"), "webhook");
+    assert_eq!(run.field("destination"), receiver.url);
+    assert_eq!(run.field("subscriptions"), "user.created");
+    // The credential went to the server, which never shows it again.
+    assert!(!run.stdout.contains("receiver-token"), "{run:?}");
+    let (_, stream) = app.get(&format!("/v1/event-streams/{id}")).await;
+    assert_eq!(
+        stream["destination"]["configuration"]["webhook_authorization"]["method"],
+        "bearer"
+    );
+
+    // The alias, and --json: the API's own answer.
+    let run = herald(&app, &["event-streams", "show", &id, "--json"], None).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.json(), stream);
+}
+
+#[tokio::test]
+async fn cli_lists_streams_as_a_table_as_json_and_as_ids() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let first = create_seed_stream(&app, &receiver).await;
+    let second = app
+        .create_stream(
+            &receiver.url,
+            &["user.*", "organization.created"],
+            json!({}),
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let table = herald(&app, &["streams", "list"], None).await;
+    assert_eq!(table.code, 0, "{table:?}");
+    let lines = table.lines();
+    assert!(
+        lines[0].starts_with("ID") && lines[0].contains("SUBSCRIPTIONS"),
+        "{table:?}"
+    );
+    assert_eq!(lines.len(), 3, "{table:?}");
+    assert!(table.stdout.contains("my-event1"), "{table:?}");
+    assert!(
+        table.stdout.contains("user.*,organization.created"),
+        "{table:?}"
+    );
+
+    let json = herald(&app, &["streams", "list", "--json"], None).await;
+    assert_eq!(json.code, 0, "{json:?}");
+    let (_, listed) = app.get("/v1/event-streams").await;
+    assert_eq!(json.json(), listed);
+
+    let quiet = herald(&app, &["streams", "list", "-q"], None).await;
+    assert_eq!(quiet.code, 0, "{quiet:?}");
+    let mut ids = quiet.lines();
+    ids.sort_unstable();
+    let mut expected = vec![first.as_str(), second.as_str()];
+    expected.sort_unstable();
+    assert_eq!(ids, expected);
+}
+
+#[tokio::test]
+async fn cli_updates_pauses_enables_and_deletes_a_stream() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let id = create_seed_stream(&app, &receiver).await;
+
+    let run = herald(
+        &app,
+        &[
+            "streams",
+            "update",
+            &id,
+            "-n",
+            "renamed",
+            "-s",
+            "user.created,user.deleted",
+            "--retry-policy",
+            r#"{"max_attempts": 4}"#,
+            "--payload-format",
+            "audit",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.field("name"), "renamed");
+    assert_eq!(run.field("subscriptions"), "user.created,user.deleted");
+    assert_eq!(run.field("payload format"), "audit");
+    let (_, stream) = app.get(&format!("/v1/event-streams/{id}")).await;
+    assert_eq!(stream["retry_policy"]["max_attempts"], 4);
+
+    let run = herald(&app, &["streams", "pause", &id], None).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.field("status"), "paused");
+    let run = herald(&app, &["streams", "enable", &id, "--backlog", "skip"], None).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.field("status"), "enabled");
+    let run = herald(&app, &["streams", "disable", &id, "-q"], None).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.stdout.trim(), id);
+    let (_, stream) = app.get(&format!("/v1/event-streams/{id}")).await;
+    assert_eq!(stream["status"], "disabled");
+
+    let run = herald(&app, &["streams", "delete", &id], None).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout.contains(&format!("deleted stream {id}")),
+        "{run:?}"
+    );
+    let run = herald(&app, &["streams", "show", &id], None).await;
+    assert_eq!(run.code, 3, "{run:?}");
+}
+
+#[tokio::test]
+async fn cli_sends_a_test_event_and_prints_what_the_receiver_answered() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    receiver.always(Reply::status(200).with_body("thanks from the receiver"));
+    let id = create_seed_stream(&app, &receiver).await;
+
+    let run = herald(
+        &app,
+        &[
+            "streams",
+            "test",
+            &id,
+            "--event-type",
+            "user.created",
+            "--data",
+            r#"{"user_id": "u_test"}"#,
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.field("delivered"), "yes");
+    assert_eq!(run.field("status"), "200");
+    assert!(run.field("round trip").ends_with(" ms"), "{run:?}");
+    assert_eq!(run.field("response"), "thanks from the receiver");
+    let received = receiver.wait_for(1).await;
+    assert_eq!(received[0].json()["data"], json!({"user_id": "u_test"}));
+}
+
+#[tokio::test]
+async fn cli_publishes_an_event_and_lists_its_delivery() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let id = create_seed_stream(&app, &receiver).await;
+
+    let run = herald(
+        &app,
+        &[
+            "publish",
+            "--type",
+            "user.created",
+            "--id",
+            "evt-cli-1",
+            "--data",
+            r#"{"user_id": "u_1"}"#,
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.lines()[0].starts_with("ID"), "{run:?}");
+    assert!(run.lines()[1].starts_with("evt-cli-1 "), "{run:?}");
+    let received = receiver.wait_for(1).await;
+    assert_eq!(received[0].json()["data"], json!({"user_id": "u_1"}));
+    assert_eq!(
+        received[0].header("authorization"),
+        Some("Bearer receiver-token")
+    );
+    app.wait_for_delivery(&id, "evt-cli-1", |d| d["status"] == "succeeded")
+        .await;
+
+    let run = herald(&app, &["deliveries", "list", &id], None).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let row = run.lines()[1];
+    assert!(
+        row.starts_with("evt-cli-1 ") && row.contains("succeeded") && row.contains("200"),
+        "{run:?}"
+    );
+    let run = herald(
+        &app,
+        &["deliveries", "list", &id, "--status", "succeeded", "--json"],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let listed = run.json();
+    assert_eq!(listed["deliveries"][0]["event_id"], "evt-cli-1");
+    assert_eq!(listed["deliveries"][0]["status"], "succeeded");
+    let run = herald(
+        &app,
+        &["deliveries", "list", &id, "--status", "failed"],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.lines().len(), 1, "only the header: {run:?}");
+
+    let run = herald(&app, &["deliveries", "show", &id, "evt-cli-1"], None).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.field("status"), "succeeded");
+    assert!(run.stdout.contains("RESPONSE / ERROR"), "{run:?}");
+
+    // Again, once, and counted in bulk without queueing.
+    let run = herald(&app, &["redeliver", &id, "evt-cli-1"], None).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("queued 1 "), "{run:?}");
+    receiver.wait_for(2).await;
+    let run = herald(
+        &app,
+        &[
+            "redeliver-many",
+            &id,
+            "--status",
+            "succeeded,failed",
+            "--dry-run",
+            "--json",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.json()["dry_run"], true);
+    assert_eq!(run.json()["queued"], 0);
+}
+
+#[tokio::test]
+async fn cli_publishes_ndjson_from_stdin_in_batches_and_pages_through_deliveries() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let id = create_seed_stream(&app, &receiver).await;
+    // Paused: the deliveries wait, so every one is listed whatever the dispatcher does.
+    app.patch(
+        &format!("/v1/event-streams/{id}"),
+        &json!({"status": "paused"}),
+    )
+    .await;
+
+    // 150 events: two batches of the CLI's, three pages of the API's (50 a page).
+    let input: String = (0..150)
+        .map(|i| {
+            format!(
+                "{}\n",
+                json!({"type": "user.created", "id": format!("bulk-{i}")})
+            )
+        })
+        .collect();
+    let run = herald(&app, &["publish", "-q"], Some(input)).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let published = run.lines();
+    assert_eq!(published.len(), 150, "{run:?}");
+    assert_eq!(published[0], "bulk-0");
+    assert_eq!(published[149], "bulk-149");
+
+    let run = herald(&app, &["deliveries", "list", &id, "-q"], None).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let mut listed = run.lines();
+    listed.sort_unstable();
+    listed.dedup();
+    assert_eq!(listed.len(), 150, "{run:?}");
+    let run = herald(
+        &app,
+        &["deliveries", "list", &id, "-q", "--limit", "70"],
+        None,
+    )
+    .await;
+    assert_eq!(run.lines().len(), 70, "{run:?}");
+
+    // A line that is not JSON: exit 2, naming the line.
+    let run = herald(
+        &app,
+        &["publish"],
+        Some("{\"type\": \"user.created\"}\nnot json\n".into()),
+    )
+    .await;
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("stdin line 2"), "{run:?}");
+}
+
+#[tokio::test]
+async fn cli_errors_print_the_apis_code_and_exit_with_a_stable_code() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    create_seed_stream(&app, &receiver).await;
+
+    // A bad token: the API's error, exit 1.
+    let run = herald(
+        &app,
+        &["streams", "list", "--token", "hrd_not_a_token"],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stdout.is_empty(), "{run:?}");
+    assert!(run.stderr.contains("herald: unauthorized: "), "{run:?}");
+    assert!(
+        run.stderr.contains("--token"),
+        "the hint names the flag: {run:?}"
+    );
+
+    // A missing stream: exit 3.
+    let run = herald(&app, &["streams", "show", "est_missing"], None).await;
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(
+        run.stderr.contains("not_found") && run.stderr.contains("est_missing"),
+        "{run:?}"
+    );
+    let run = herald(&app, &["deliveries", "list", "est_missing"], None).await;
+    assert_eq!(run.code, 3, "{run:?}");
+
+    // Invalid JSON in -c: a usage error, exit 2, before any request.
+    let run = herald(
+        &app,
+        &[
+            "streams",
+            "create",
+            "-n",
+            "x",
+            "-s",
+            "user.created",
+            "-c",
+            "{not json",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("-c expects the destination's configuration as a JSON object")
+            && run.stderr.contains("not valid JSON"),
+        "{run:?}"
+    );
+    let (_, streams) = app.get("/v1/event-streams").await;
+    assert_eq!(streams.as_array().unwrap().len(), 1);
+
+    // Bad input the API refuses: exit 1 with its code.
+    let run = herald(&app, &["publish", "--type", "no.such.type"], None).await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("herald: "), "{run:?}");
+
+    // Nothing listening: exit 1, naming the server.
+    let run = herald(
+        &app,
+        &["streams", "list", "--server", "http://127.0.0.1:9"],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains("could not reach http://127.0.0.1:9"),
+        "{run:?}"
+    );
+}
+
+#[tokio::test]
+async fn cli_acts_on_the_tenant_named_by_tenant() {
+    let app = spawn_app().await;
+    let (status, body) = app
+        .post("/v1/tenants", &json!({"id": "ten_acme", "name": "Acme"}))
+        .await;
+    assert_eq!(status.as_u16(), 201, "{body}");
+    let receiver = Receiver::start().await;
+    let configuration = json!({"webhook_endpoint": receiver.url}).to_string();
+    let run = herald(
+        &app,
+        &[
+            "streams",
+            "create",
+            "--tenant",
+            "ten_acme",
+            "-n",
+            "acme",
+            "-s",
+            "user.created",
+            "-c",
+            &configuration,
+            "-q",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let id = run.stdout.trim().to_owned();
+    let run = herald(&app, &["streams", "list", "-q"], None).await;
+    assert!(
+        !run.stdout.contains(&id),
+        "not in the default tenant: {run:?}"
+    );
+    let run = herald(
+        &app,
+        &["streams", "list", "-q", "--tenant", "ten_acme"],
+        None,
+    )
+    .await;
+    assert_eq!(run.stdout.trim(), id);
+}
