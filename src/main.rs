@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use herald::config::Overrides;
 use herald::secret::Cipher;
 use herald::store::postgres::PgStore;
@@ -63,6 +63,12 @@ enum Command {
     },
     #[command(flatten)]
     Client(herald::cli::Command),
+    /// Print a shell completion script for `herald`.
+    #[command(after_help = "Example:\n  herald completions bash > /etc/bash_completion.d/herald")]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 fn main() -> ExitCode {
@@ -104,6 +110,12 @@ fn main() -> ExitCode {
             runtime.block_on(migrate_store(&from, &to, secret_key.as_deref()))
         }
         Command::Client(command) => runtime.block_on(herald::cli::run(command)),
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "herald", &mut script);
+            herald::cli::output::write_all(&script);
+            ExitCode::SUCCESS
+        }
     }
 }
 

@@ -54,8 +54,8 @@ impl CliError {
                             prints the platform admin token at first start), or a tenant the \
                             token may act on"
                         .to_string(),
-                    404 => "check the id (`herald streams list` shows the streams), and \
-                            --tenant when using a platform token"
+                    404 => "check the id (each `list` command shows them, `herald streams \
+                            list` the streams), and --tenant when using a platform token"
                         .to_string(),
                     409 => "the request conflicts with the current state; look at it with \
                             `show`, then retry"
@@ -234,6 +234,40 @@ impl Client {
 
     pub async fn delete(&self, segments: &[&str]) -> Result<Value, CliError> {
         self.call(Method::DELETE, segments, &[], None).await
+    }
+}
+
+impl Client {
+    /// Every item under `key` of a paged list, following the API's `next` cursor (passed as
+    /// `from`) until the last page or `limit` items; answers them and the cursor where it
+    /// stopped (`None` once the list is exhausted).
+    pub async fn all_pages(
+        &self,
+        segments: &[&str],
+        query: &[(&str, String)],
+        key: &str,
+        limit: Option<usize>,
+    ) -> Result<(Vec<Value>, Option<String>), CliError> {
+        let mut items: Vec<Value> = Vec::new();
+        let mut next: Option<String> = None;
+        loop {
+            let mut page_query = query.to_vec();
+            if let Some(cursor) = &next {
+                page_query.push(("from", cursor.clone()));
+            }
+            let page = self.get(segments, &page_query).await?;
+            items.extend(page[key].as_array().cloned().unwrap_or_default());
+            next = page["next"].as_str().map(str::to_owned);
+            if let Some(limit) = limit
+                && items.len() >= limit
+            {
+                items.truncate(limit);
+                return Ok((items, next));
+            }
+            if next.is_none() {
+                return Ok((items, None));
+            }
+        }
     }
 }
 

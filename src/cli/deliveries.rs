@@ -119,34 +119,20 @@ pub async fn run(args: DeliveriesArgs) -> Result<(), CliError> {
             if let Some(to) = &filters.date_to {
                 query.push(("date_to", to.clone()));
             }
-            let mut deliveries: Vec<Value> = Vec::new();
-            let mut next: Option<String> = None;
-            loop {
-                let mut page_query = query.clone();
-                if let Some(cursor) = &next {
-                    page_query.push(("from", cursor.clone()));
-                }
-                let page = client
-                    .get(&["v1", "event-streams", &stream, "deliveries"], &page_query)
-                    .await?;
-                deliveries.extend(page["deliveries"].as_array().cloned().unwrap_or_default());
-                next = page["next"].as_str().map(str::to_owned);
-                if let Some(limit) = limit
-                    && deliveries.len() >= limit
-                {
-                    deliveries.truncate(limit);
-                    break;
-                }
-                if next.is_none() {
-                    break;
-                }
-            }
+            let (deliveries, next) = client
+                .all_pages(
+                    &["v1", "event-streams", &stream, "deliveries"],
+                    &query,
+                    "deliveries",
+                    limit,
+                )
+                .await?;
             match mode {
                 // The API's shape, every page's deliveries in one list.
                 Mode::Json => output::json(&json!({ "deliveries": deliveries, "next": next })),
                 Mode::Quiet => deliveries
                     .iter()
-                    .for_each(|d| println!("{}", output::cell(&d["event_id"]))),
+                    .for_each(|d| crate::outln!("{}", output::cell(&d["event_id"]))),
                 Mode::Table => {
                     let rows: Vec<Vec<String>> = deliveries
                         .iter()
@@ -187,11 +173,11 @@ pub async fn run(args: DeliveriesArgs) -> Result<(), CliError> {
                 Mode::Json => output::json(&deliveries),
                 Mode::Quiet => list
                     .iter()
-                    .for_each(|d| println!("{}", output::cell(&d["id"]))),
+                    .for_each(|d| crate::outln!("{}", output::cell(&d["id"]))),
                 Mode::Table => {
                     for (i, delivery) in list.iter().enumerate() {
                         if i > 0 {
-                            println!();
+                            crate::outln!();
                         }
                         print_delivery(delivery);
                     }
@@ -217,7 +203,7 @@ fn print_delivery(d: &Value) {
     if attempts.is_empty() {
         return;
     }
-    println!();
+    crate::outln!();
     let rows: Vec<Vec<String>> = attempts
         .iter()
         .enumerate()
@@ -264,8 +250,8 @@ pub async fn redeliver(args: RedeliverArgs) -> Result<(), CliError> {
         .await?;
     match args.connection.mode() {
         Mode::Json => output::json(&result),
-        Mode::Quiet => println!("{}", args.event_id),
-        Mode::Table => println!(
+        Mode::Quiet => crate::outln!("{}", args.event_id),
+        Mode::Table => crate::outln!(
             "queued {} delivery(ies) of {} to {} again",
             output::cell(&result["queued"]),
             args.event_id,
@@ -300,12 +286,12 @@ pub async fn redeliver_many(args: RedeliverManyArgs) -> Result<(), CliError> {
         .await?;
     match args.connection.mode() {
         Mode::Json => output::json(&result),
-        Mode::Quiet => println!("{}", output::cell(&result["queued"])),
-        Mode::Table if args.dry_run => println!(
+        Mode::Quiet => crate::outln!("{}", output::cell(&result["queued"])),
+        Mode::Table if args.dry_run => crate::outln!(
             "{} delivery(ies) match; nothing was queued (dry run)",
             output::cell(&result["matched"])
         ),
-        Mode::Table => println!(
+        Mode::Table => crate::outln!(
             "{} delivery(ies) matched, {} queued again",
             output::cell(&result["matched"]),
             output::cell(&result["queued"])

@@ -8,10 +8,14 @@
 //!
 //! - [`client`]: requests, and the API's error body turned into an exit code and a hint.
 //! - [`output`]: tables, key/value blocks, JSON.
-//! - [`streams`], [`deliveries`], [`publish`]: the commands.
+//! - [`streams`], [`deliveries`], [`publish`], [`events`], [`admin`]: the commands.
+//!
+//! `herald completions` lives in `main.rs`, next to the whole command tree it describes.
 
+pub mod admin;
 pub mod client;
 pub mod deliveries;
+pub mod events;
 pub mod output;
 pub mod publish;
 pub mod streams;
@@ -79,6 +83,14 @@ pub enum Command {
     Redeliver(deliveries::RedeliverArgs),
     /// Queue a stream's matching deliveries again (or count them with --dry-run)
     RedeliverMany(deliveries::RedeliverManyArgs),
+    /// The audit log: events published to the tenant, and where each went
+    Events(events::EventsArgs),
+    /// The event type catalog
+    EventTypes(admin::EventTypesArgs),
+    /// Tenants (platform tokens only)
+    Tenants(admin::TenantsArgs),
+    /// API tokens
+    Tokens(admin::TokensArgs),
 }
 
 /// Runs a client command and answers the process's exit code; errors go to stderr.
@@ -89,6 +101,10 @@ pub async fn run(command: Command) -> ExitCode {
         Command::Deliveries(args) => deliveries::run(args).await,
         Command::Redeliver(args) => deliveries::redeliver(args).await,
         Command::RedeliverMany(args) => deliveries::redeliver_many(args).await,
+        Command::Events(args) => events::run(args).await,
+        Command::EventTypes(args) => admin::event_types(args).await,
+        Command::Tenants(args) => admin::tenants(args).await,
+        Command::Tokens(args) => admin::tokens(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

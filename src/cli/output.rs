@@ -1,7 +1,38 @@
 //! How results are printed: readable tables and key/value blocks by default, the API's JSON
 //! unchanged with `--json`, ids only with `-q`.
 
+use std::io::Write;
+
 use serde_json::Value;
+
+/// `println!` for command output: a reader that went away (`herald ... | head`) ends the
+/// process quietly with success, as other command-line tools do, instead of a panic.
+#[macro_export]
+macro_rules! outln {
+    () => {
+        $crate::cli::output::write_line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::output::write_line(format_args!($($arg)*))
+    };
+}
+
+/// Writes one line to stdout; see [`outln!`].
+pub fn write_line(line: std::fmt::Arguments<'_>) {
+    write_all(format!("{line}\n").as_bytes());
+}
+
+/// Writes bytes to stdout, ending the process quietly if the reader went away.
+pub fn write_all(bytes: &[u8]) {
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("herald: writing to stdout: {e}");
+        std::process::exit(1);
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -12,7 +43,7 @@ pub enum Mode {
 
 /// Prints the API's JSON, pretty.
 pub fn json(value: &Value) {
-    println!(
+    crate::outln!(
         "{}",
         serde_json::to_string_pretty(value).expect("a JSON value serializes")
     );
@@ -35,7 +66,7 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) {
                 out.push_str(&format!("{cell:<width$}  ", width = widths[i]));
             }
         }
-        println!("{}", out.trim_end());
+        crate::outln!("{}", out.trim_end());
     };
     line(&mut headers.iter().copied());
     for row in rows {
@@ -47,7 +78,7 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) {
 pub fn fields(pairs: &[(&str, String)]) {
     let width = pairs.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     for (key, value) in pairs {
-        println!("{key:<width$}  {value}");
+        crate::outln!("{key:<width$}  {value}");
     }
 }
 

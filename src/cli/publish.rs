@@ -144,7 +144,7 @@ fn print(mode: Mode, result: &Value) {
         Mode::Json => output::json(result),
         Mode::Quiet => results
             .iter()
-            .for_each(|r| println!("{}", output::cell(&r["id"]))),
+            .for_each(|r| crate::outln!("{}", output::cell(&r["id"]))),
         Mode::Table => {
             let rows: Vec<Vec<String>> = results
                 .iter()

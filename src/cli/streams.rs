@@ -196,7 +196,7 @@ pub async fn run(args: StreamsArgs) -> Result<(), CliError> {
                 Mode::Json => output::json(&streams),
                 Mode::Quiet => list
                     .iter()
-                    .for_each(|s| println!("{}", output::cell(&s["id"]))),
+                    .for_each(|s| crate::outln!("{}", output::cell(&s["id"]))),
                 Mode::Table => {
                     let rows: Vec<Vec<String>> = list
                         .iter()
@@ -261,8 +261,8 @@ pub async fn run(args: StreamsArgs) -> Result<(), CliError> {
             client.delete(&["v1", "event-streams", &id]).await?;
             match mode {
                 Mode::Json => {}
-                Mode::Quiet => println!("{id}"),
-                Mode::Table => println!("deleted stream {id}"),
+                Mode::Quiet => crate::outln!("{id}"),
+                Mode::Table => crate::outln!("deleted stream {id}"),
             }
         }
         StreamsCommand::Enable { id, backlog } => {
@@ -300,7 +300,7 @@ pub async fn run(args: StreamsArgs) -> Result<(), CliError> {
                 .await?;
             match mode {
                 Mode::Json => output::json(&result),
-                Mode::Quiet => println!("{}", output::cell(&result["event_id"])),
+                Mode::Quiet => crate::outln!("{}", output::cell(&result["event_id"])),
                 Mode::Table => {
                     let mut pairs = vec![
                         (
@@ -348,7 +348,7 @@ pub async fn run(args: StreamsArgs) -> Result<(), CliError> {
 fn print_stream(mode: Mode, stream: &Value) {
     match mode {
         Mode::Json => output::json(stream),
-        Mode::Quiet => println!("{}", output::cell(&stream["id"])),
+        Mode::Quiet => crate::outln!("{}", output::cell(&stream["id"])),
         Mode::Table => {
             let mut pairs = vec![
                 ("id", output::cell(&stream["id"])),

@@ -525,3 +525,118 @@ async fn cli_acts_on_the_tenant_named_by_tenant() {
     .await;
     assert_eq!(run.stdout.trim(), id);
 }
+
+#[tokio::test]
+async fn cli_lists_and_shows_events_of_the_audit_log() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let stream = create_seed_stream(&app, &receiver).await;
+    app.publish(json!({"type": "user.created", "id": "log-1", "subject": "u_1", "data": {"user_id": "u_1"}}))
+        .await;
+    app.publish(json!({"type": "user.deleted", "id": "log-2"}))
+        .await;
+
+    let run = herald(&app, &["events", "list", "-q"], None).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let mut ids = run.lines();
+    ids.sort_unstable();
+    assert_eq!(ids, ["log-1", "log-2"]);
+    let run = herald(
+        &app,
+        &["events", "list", "--type", "user.created", "--json"],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let (_, listed) = app.get("/v1/events?type=user.created").await;
+    assert_eq!(run.json(), listed);
+    let run = herald(&app, &["events", "list", "--subject", "u_1"], None).await;
+    assert_eq!(run.lines().len(), 2, "{run:?}");
+    assert!(run.lines()[1].starts_with("log-1 "), "{run:?}");
+
+    let run = herald(&app, &["events", "show", "log-1"], None).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.field("type"), "user.created");
+    assert_eq!(run.field("subject"), "u_1");
+    assert_eq!(run.field("data"), r#"{"user_id":"u_1"}"#);
+    assert!(
+        run.lines().iter().any(|l| l.starts_with(&stream)),
+        "the stream it went to: {run:?}"
+    );
+    let run = herald(&app, &["events", "show", "log-missing"], None).await;
+    assert_eq!(run.code, 3, "{run:?}");
+}
+
+#[tokio::test]
+async fn cli_lists_event_types_tenants_and_tokens() {
+    let app = spawn_app().await;
+
+    let run = herald(&app, &["event-types", "list"], None).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.lines()[0].starts_with("NAME"), "{run:?}");
+    assert!(
+        run.lines()
+            .iter()
+            .any(|l| l.starts_with("user.created ") && l.contains("built-in")),
+        "{run:?}"
+    );
+    let run = herald(
+        &app,
+        &["event-types", "list", "--category", "flow", "-q"],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let (_, flow) = app.get("/v1/event-types?category=flow").await;
+    let names: Vec<&str> = flow["event_types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(!names.is_empty());
+    assert_eq!(run.lines(), names);
+
+    let run = herald(&app, &["tenants", "list"], None).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.lines().iter().any(|l| l.starts_with("ten_default ")),
+        "{run:?}"
+    );
+
+    app.tenant_token("ten_default", &["read:events"]).await;
+    let run = herald(&app, &["tokens", "list", "--json"], None).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let (_, tokens) = app.get("/v1/tokens").await;
+    assert_eq!(run.json(), tokens);
+    let run = herald(&app, &["tokens", "list"], None).await;
+    assert!(run.stdout.contains("read:events"), "{run:?}");
+    let run = herald(&app, &["tokens", "list", "--platform"], None).await;
+    assert!(run.stdout.contains("(platform)"), "{run:?}");
+
+    // A tenant token may not list tenants: the API's 403, exit 1.
+    let token = app.tenant_token("ten_default", &["read:events"]).await;
+    let run = herald(&app, &["tenants", "list", "--token", &token], None).await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("herald: insufficient_scope: this token lacks the `manage:tenants` scope"),
+        "{run:?}"
+    );
+}
+
+#[tokio::test]
+async fn cli_prints_completion_scripts_for_each_shell() {
+    let app = spawn_app().await;
+    for shell in ["bash", "zsh", "fish"] {
+        let run = herald(&app, &["completions", shell], None).await;
+        assert_eq!(run.code, 0, "{run:?}");
+        assert!(
+            run.stdout.contains("redeliver-many") && run.stdout.contains("event-streams"),
+            "{shell}: {}",
+            &run.stdout[..200.min(run.stdout.len())]
+        );
+    }
+    let run = herald(&app, &["completions", "powershell-ish"], None).await;
+    assert_eq!(run.code, 2, "{run:?}");
+}
