@@ -5,7 +5,9 @@ use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{Map, Value, json};
 
 use super::Connection;
-use super::client::CliError;
+use std::io::IsTerminal;
+
+use super::client::{CliError, Client};
 use super::output::{self, Mode};
 
 #[derive(Args, Debug)]
@@ -93,9 +95,16 @@ pub struct RedeliverManyArgs {
     #[command(flatten)]
     filters: Filters,
     /// Count the matching deliveries without queueing them
-    #[arg(long)]
+    #[arg(long, conflicts_with = "wait")]
     dry_run: bool,
+    /// Then show the stream's backlog until it has drained (Ctrl-C stops waiting, not the
+    /// deliveries)
+    #[arg(long)]
+    wait: bool,
 }
+
+/// How often `--wait` reads the stream's backlog.
+const POLL: std::time::Duration = std::time::Duration::from_millis(500);
 
 pub async fn run(args: DeliveriesArgs) -> Result<(), CliError> {
     let client = args.connection.client()?;
@@ -297,5 +306,39 @@ pub async fn redeliver_many(args: RedeliverManyArgs) -> Result<(), CliError> {
             output::cell(&result["queued"])
         ),
     }
+    if args.wait {
+        wait_until_drained(&client, &args.stream).await?;
+    }
     Ok(())
+}
+
+/// Shows the stream's pending deliveries on stderr (one line rewritten in place on a
+/// terminal) until none is left.
+async fn wait_until_drained(client: &Client, stream: &str) -> Result<(), CliError> {
+    let terminal = std::io::stderr().is_terminal();
+    let mut last: Option<String> = None;
+    loop {
+        let backlog = client
+            .get(&["v1", "event-streams", stream, "backlog"], &[])
+            .await?;
+        let pending = backlog["pending"].as_u64().unwrap_or(0);
+        let line = match backlog["oldest_age_seconds"].as_u64() {
+            Some(age) if pending > 0 => format!("{pending} pending, the oldest due for {age} s"),
+            _ => format!("{pending} pending"),
+        };
+        if terminal {
+            eprint!("\r\x1b[2K{line}");
+        } else if last.as_deref() != Some(line.as_str()) {
+            eprintln!("{line}");
+        }
+        last = Some(line);
+        if pending == 0 {
+            if terminal {
+                eprintln!();
+            }
+            eprintln!("the backlog of {stream} has drained");
+            return Ok(());
+        }
+        tokio::time::sleep(POLL).await;
+    }
 }

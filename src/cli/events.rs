@@ -1,5 +1,5 @@
-//! `herald events list|show`: the tenant's audit log, every page or up to `--limit`, and one
-//! event with the streams it went to.
+//! `herald events list|show|erase`: the tenant's audit log, every page or up to `--limit`;
+//! one event with the streams it went to; erasing payloads (by ids or subject).
 
 use clap::{Args, Subcommand};
 use serde_json::json;
@@ -42,6 +42,19 @@ pub enum EventsCommand {
         /// Stop after this many events
         #[arg(long)]
         limit: Option<usize>,
+    },
+    /// Erase events' payloads down to `id`, `source`, `type` and `time` (their deliveries stay)
+    #[command(
+        after_help = "Examples:\n  herald events erase --event-ids evt_1,evt_2\n  herald events erase --subject u_123"
+    )]
+    #[command(group = clap::ArgGroup::new("which").required(true).args(["event_ids", "subject"]))]
+    Erase {
+        /// The events to erase, comma-separated
+        #[arg(long, value_delimiter = ',')]
+        event_ids: Vec<String>,
+        /// Every event with this subject (a user's data, on request)
+        #[arg(long)]
+        subject: Option<String>,
     },
     /// One event and its deliveries
     #[command(after_help = "Example:\n  herald events show evt_...")]
@@ -100,6 +113,21 @@ pub async fn run(args: EventsArgs) -> Result<(), CliError> {
                         .collect();
                     output::table(&["ID", "TYPE", "SOURCE", "SUBJECT", "TIME"], &rows);
                 }
+            }
+        }
+        EventsCommand::Erase { event_ids, subject } => {
+            let body = match subject {
+                Some(subject) => json!({ "subject": subject }),
+                None => json!({ "event_ids": event_ids }),
+            };
+            let result = client.post(&["v1", "events", "erase"], &body).await?;
+            match mode {
+                Mode::Json => output::json(&result),
+                Mode::Quiet => crate::outln!("{}", output::cell(&result["erased"])),
+                Mode::Table => crate::outln!(
+                    "erased {} event(s) down to id, source, type and time",
+                    output::cell(&result["erased"])
+                ),
             }
         }
         EventsCommand::Show { id, source } => {

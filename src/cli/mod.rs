@@ -83,11 +83,11 @@ pub enum Command {
     Redeliver(deliveries::RedeliverArgs),
     /// Queue a stream's matching deliveries again (or count them with --dry-run)
     RedeliverMany(deliveries::RedeliverManyArgs),
-    /// The audit log: events published to the tenant, and where each went
+    /// The audit log: events published to the tenant, where each went; erasure
     Events(events::EventsArgs),
-    /// The event type catalog
+    /// The event type catalog, and the tenant's own types
     EventTypes(admin::EventTypesArgs),
-    /// Tenants (platform tokens only)
+    /// Tenants (platform tokens with `manage:tenants` only)
     Tenants(admin::TenantsArgs),
     /// API tokens
     Tokens(admin::TokensArgs),

@@ -640,3 +640,195 @@ async fn cli_prints_completion_scripts_for_each_shell() {
     let run = herald(&app, &["completions", "powershell-ish"], None).await;
     assert_eq!(run.code, 2, "{run:?}");
 }
+
+#[tokio::test]
+async fn cli_redelivers_failed_deliveries_and_waits_until_the_backlog_drains() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    receiver.always(Reply::status(500));
+    let id = app
+        .create_stream(
+            &receiver.url,
+            &["user.created"],
+            json!({"retry_policy": {"max_attempts": 1}}),
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for i in 0..3 {
+        app.publish(json!({"type": "user.created", "id": format!("fail-{i}")}))
+            .await;
+    }
+    for i in 0..3 {
+        app.wait_for_delivery(&id, &format!("fail-{i}"), |d| d["status"] == "failed")
+            .await;
+    }
+
+    let run = herald(
+        &app,
+        &["redeliver-many", &id, "--status", "failed", "--dry-run"],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout
+            .contains("3 delivery(ies) match; nothing was queued"),
+        "{run:?}"
+    );
+    // --wait makes no sense with a dry run: a usage error.
+    let run = herald(&app, &["redeliver-many", &id, "--dry-run", "--wait"], None).await;
+    assert_eq!(run.code, 2, "{run:?}");
+
+    receiver.always(Reply::status(200));
+    let run = herald(
+        &app,
+        &["redeliver-many", &id, "--status", "failed", "--wait"],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout
+            .contains("3 delivery(ies) matched, 3 queued again"),
+        "{run:?}"
+    );
+    assert!(run.stderr.contains("0 pending"), "{run:?}");
+    assert!(
+        run.stderr
+            .contains(&format!("the backlog of {id} has drained")),
+        "{run:?}"
+    );
+    let run = herald(
+        &app,
+        &["deliveries", "list", &id, "--status", "succeeded", "-q"],
+        None,
+    )
+    .await;
+    assert_eq!(run.lines().len(), 3, "{run:?}");
+}
+
+#[tokio::test]
+async fn cli_creates_and_deletes_event_types_tenants_and_tokens() {
+    let app = spawn_app().await;
+
+    let run = herald(
+        &app,
+        &[
+            "event-types",
+            "create",
+            "invoice.paid",
+            "--description",
+            "An invoice was paid",
+            "--schema",
+            r#"{"type": "object", "required": ["invoice_id"]}"#,
+            "--sample-data",
+            r#"{"invoice_id": "inv_1"}"#,
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.field("name"), "invoice.paid");
+    assert_eq!(run.field("category"), "invoice");
+    // The schema now holds for publishing.
+    let run = herald(
+        &app,
+        &["publish", "--type", "invoice.paid", "--data", "{}"],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("invoice_id"), "{run:?}");
+    let run = herald(&app, &["event-types", "delete", "invoice.paid"], None).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout.contains("deleted event type invoice.paid"),
+        "{run:?}"
+    );
+    let run = herald(&app, &["event-types", "delete", "invoice.paid"], None).await;
+    assert_eq!(run.code, 3, "{run:?}");
+
+    let run = herald(
+        &app,
+        &["tenants", "create", "-n", "Acme", "--id", "ten_acme", "-q"],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.stdout.trim(), "ten_acme");
+
+    let run = herald(
+        &app,
+        &[
+            "tokens",
+            "create",
+            "-n",
+            "ci",
+            "--scopes",
+            "publish:events,read:events",
+            "--tenant",
+            "ten_acme",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.field("tenant"), "ten_acme");
+    assert_eq!(run.field("scopes"), "publish:events,read:events");
+    assert!(run.stderr.contains("shown only this once"), "{run:?}");
+    let token = run.field("token").to_owned();
+    let token_id = run.field("id").to_owned();
+    // The new token works, for its tenant only.
+    let (status, _) = app
+        .request_as(&token, reqwest::Method::GET, "/v1/events", None)
+        .await;
+    assert_eq!(status.as_u16(), 200);
+    let run = herald(
+        &app,
+        &["tokens", "delete", &token_id, "--tenant", "ten_acme"],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let (status, _) = app
+        .request_as(&token, reqwest::Method::GET, "/v1/events", None)
+        .await;
+    assert_eq!(status.as_u16(), 401);
+
+    // Deleting a tenant deletes everything it holds: only with --yes.
+    let run = herald(&app, &["tenants", "delete", "ten_acme"], None).await;
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("--yes"), "{run:?}");
+    let run = herald(&app, &["tenants", "delete", "ten_acme", "--yes"], None).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let run = herald(&app, &["tenants", "list", "-q"], None).await;
+    assert_eq!(run.stdout.trim(), "ten_default");
+}
+
+#[tokio::test]
+async fn cli_erases_events_by_id_and_by_subject() {
+    let app = spawn_app().await;
+    for (id, subject) in [("e-1", "u_1"), ("e-2", "u_2"), ("e-3", "u_2")] {
+        app.publish(json!({"type": "user.created", "id": id, "subject": subject, "data": {"user_id": subject}}))
+            .await;
+    }
+    let run = herald(&app, &["events", "erase"], None).await;
+    assert_eq!(run.code, 2, "one of --event-ids or --subject: {run:?}");
+
+    let run = herald(&app, &["events", "erase", "--event-ids", "e-1"], None).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("erased 1 event(s)"), "{run:?}");
+    let run = herald(
+        &app,
+        &["events", "erase", "--subject", "u_2", "--json"],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.json(), json!({"erased": 2}));
+    let run = herald(&app, &["events", "show", "e-2"], None).await;
+    assert_eq!(run.field("data"), "-");
+    assert!(run.field("erased").ends_with('Z'), "{run:?}");
+}
