@@ -1,6 +1,7 @@
 //! `herald streams` (alias `event-streams`): event streams with the Auth0 CLI's flags
 //! (`-n/--name`, `-t/--type`, `-s/--subscriptions`, `-c/--configuration`), their status
-//! (`enable`, `disable`, `pause`) and a test event sent now.
+//! (`enable`, `disable`, `pause`), their signing secret (`secret`, `rotate-secret`) and a test
+//! event sent now.
 
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{Map, Value, json};
@@ -146,6 +147,20 @@ pub enum StreamsCommand {
     /// Pause a stream: events queue up and are delivered once it is enabled
     #[command(after_help = "Example:\n  herald streams pause est_...")]
     Pause { id: String },
+    /// Show the stream's `whsec_` signing secret, for the receiver to verify signatures
+    #[command(after_help = "Example:\n  herald streams secret est_... -q > receiver.secret")]
+    Secret { id: String },
+    /// Replace the signing secret; the old one keeps signing beside it for a grace period
+    #[command(after_help = "Example:\n  herald streams rotate-secret est_... --grace-period 3600")]
+    RotateSecret {
+        id: String,
+        /// A `whsec_` secret to use [default: a new one]
+        #[arg(long)]
+        secret: Option<String>,
+        /// Seconds the current secret keeps signing [default: the server's setting]
+        #[arg(long, value_name = "SECONDS")]
+        grace_period: Option<u64>,
+    },
     /// Send a test event now and show what the destination answered
     #[command(after_help = "Example:\n  herald streams test est_... --event-type user.created")]
     Test {
@@ -285,6 +300,53 @@ pub async fn run(args: StreamsArgs) -> Result<(), CliError> {
             let body = json!({ "status": "paused" });
             let stream = client.patch(&["v1", "event-streams", &id], &body).await?;
             print_stream(mode, &stream);
+        }
+        StreamsCommand::Secret { id } => {
+            let secret = client
+                .get(&["v1", "event-streams", &id, "secret"], &[])
+                .await?;
+            match mode {
+                Mode::Json => output::json(&secret),
+                Mode::Quiet => crate::outln!("{}", output::cell(&secret["secret"])),
+                Mode::Table => {
+                    let mut pairs = vec![
+                        ("secret", output::cell(&secret["secret"])),
+                        ("created", output::cell(&secret["created_at"])),
+                    ];
+                    for previous in secret["previous"].as_array().into_iter().flatten() {
+                        pairs.push(("previous until", output::cell(&previous["expires_at"])));
+                    }
+                    output::fields(&pairs);
+                }
+            }
+        }
+        StreamsCommand::RotateSecret {
+            id,
+            secret,
+            grace_period,
+        } => {
+            let mut body = json!({});
+            if let Some(secret) = secret {
+                body["secret"] = json!(secret);
+            }
+            if let Some(seconds) = grace_period {
+                body["grace_period_seconds"] = json!(seconds);
+            }
+            let rotated = client
+                .post(&["v1", "event-streams", &id, "secret", "rotate"], &body)
+                .await?;
+            match mode {
+                Mode::Json => output::json(&rotated),
+                Mode::Quiet => crate::outln!("{}", output::cell(&rotated["secret"])),
+                Mode::Table => output::fields(&[
+                    ("secret", output::cell(&rotated["secret"])),
+                    ("created", output::cell(&rotated["created_at"])),
+                    (
+                        "previous until",
+                        output::cell(&rotated["previous_expires_at"]),
+                    ),
+                ]),
+            }
         }
         StreamsCommand::Test {
             id,

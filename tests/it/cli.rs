@@ -832,3 +832,39 @@ async fn cli_erases_events_by_id_and_by_subject() {
     assert_eq!(run.field("data"), "-");
     assert!(run.field("erased").ends_with('Z'), "{run:?}");
 }
+
+#[tokio::test]
+async fn cli_shows_and_rotates_a_streams_signing_secret() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let id = create_seed_stream(&app, &receiver).await;
+
+    let run = herald(&app, &["streams", "secret", &id, "-q"], None).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let first = run.stdout.trim().to_owned();
+    assert!(first.starts_with("whsec_"), "{run:?}");
+    let (_, secret) = app.get(&format!("/v1/event-streams/{id}/secret")).await;
+    assert_eq!(secret["secret"], first.as_str());
+
+    let run = herald(
+        &app,
+        &["streams", "rotate-secret", &id, "--grace-period", "60"],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let second = run.field("secret").to_owned();
+    assert!(second.starts_with("whsec_") && second != first, "{run:?}");
+    let run = herald(&app, &["streams", "secret", &id], None).await;
+    assert_eq!(run.field("secret"), second);
+    assert!(run.field("previous until").ends_with('Z'), "{run:?}");
+
+    // Signed with the secret the CLI printed.
+    app.publish(json!({"type": "user.created", "id": "signed-1"}))
+        .await;
+    let received = receiver.wait_for(1).await;
+    let verifier = standardwebhooks::Webhook::new(&second).unwrap();
+    verifier
+        .verify(&received[0].body, &received[0].headers)
+        .expect("the signature verifies with the printed secret");
+}
