@@ -1,7 +1,7 @@
 //! `herald publish`: one event from flags or a JSON file (an object, or an array for a
 //! batch), or NDJSON on stdin sent in batches of up to [`BATCH`] events.
 
-use std::io::BufRead;
+use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
 
 use clap::Args;
@@ -76,6 +76,11 @@ pub async fn run(args: PublishArgs) -> Result<(), CliError> {
     // NDJSON on stdin, a batch at a time: a batch the API refuses stops the run (the API
     // stores nothing of a refused batch; the batches before it are stored).
     let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        return Err(CliError::Usage(
+            "nothing to publish: give --type, -f FILE, or pipe NDJSON events into stdin".into(),
+        ));
+    }
     let mut batch: Vec<Value> = Vec::with_capacity(BATCH);
     let mut sent = 0usize;
     for (number, line) in stdin.lock().lines().enumerate() {

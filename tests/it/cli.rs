@@ -868,3 +868,55 @@ async fn cli_shows_and_rotates_a_streams_signing_secret() {
         .verify(&received[0].body, &received[0].headers)
         .expect("the signature verifies with the printed secret");
 }
+
+#[tokio::test]
+async fn cli_help_gives_an_example_for_every_command() {
+    let app = spawn_app().await;
+    let commands: &[&[&str]] = &[
+        &["streams", "create"],
+        &["streams", "list"],
+        &["streams", "show"],
+        &["streams", "update"],
+        &["streams", "delete"],
+        &["streams", "enable"],
+        &["streams", "disable"],
+        &["streams", "pause"],
+        &["streams", "secret"],
+        &["streams", "rotate-secret"],
+        &["streams", "test"],
+        &["publish"],
+        &["deliveries", "list"],
+        &["deliveries", "show"],
+        &["redeliver"],
+        &["redeliver-many"],
+        &["events", "list"],
+        &["events", "show"],
+        &["events", "erase"],
+        &["event-types", "list"],
+        &["event-types", "create"],
+        &["event-types", "delete"],
+        &["tenants", "list"],
+        &["tenants", "create"],
+        &["tenants", "delete"],
+        &["tokens", "list"],
+        &["tokens", "create"],
+        &["tokens", "delete"],
+        &["completions"],
+    ];
+    for command in commands {
+        let mut args = command.to_vec();
+        args.push("--help");
+        let run = herald(&app, &args, None).await;
+        assert_eq!(run.code, 0, "{command:?}: {run:?}");
+        assert!(
+            run.stdout.contains("Example")
+                && run
+                    .stdout
+                    .contains(&format!("herald {}", command.join(" "))),
+            "{command:?} --help has no example: {run:?}"
+        );
+        if command[0] != "completions" {
+            assert!(run.stdout.contains("--server"), "{command:?}: {run:?}");
+        }
+    }
+}
