@@ -8,7 +8,7 @@
 //!
 //! - [`client`]: requests, and the API's error body turned into an exit code and a hint.
 //! - [`output`]: tables, key/value blocks, JSON.
-//! - [`streams`], [`deliveries`], [`publish`], [`events`], [`admin`]: the commands.
+//! - [`streams`], [`deliveries`], [`publish`], [`stats`], [`events`], [`admin`]: the commands.
 //!
 //! `herald completions` lives in `main.rs`, next to the whole command tree it describes.
 
@@ -18,6 +18,7 @@ pub mod deliveries;
 pub mod events;
 pub mod output;
 pub mod publish;
+pub mod stats;
 pub mod streams;
 
 use std::process::ExitCode;
@@ -83,6 +84,8 @@ pub enum Command {
     Redeliver(deliveries::RedeliverArgs),
     /// Queue a stream's matching deliveries again (or count them with --dry-run)
     RedeliverMany(deliveries::RedeliverManyArgs),
+    /// A stream's outcomes, success rate and latency, in total, per event type and per hour
+    Stats(stats::StatsArgs),
     /// The audit log: events published to the tenant, where each went; erasure
     Events(events::EventsArgs),
     /// The event type catalog, and the tenant's own types
@@ -101,6 +104,7 @@ pub async fn run(command: Command) -> ExitCode {
         Command::Deliveries(args) => deliveries::run(args).await,
         Command::Redeliver(args) => deliveries::redeliver(args).await,
         Command::RedeliverMany(args) => deliveries::redeliver_many(args).await,
+        Command::Stats(args) => stats::run(args).await,
         Command::Events(args) => events::run(args).await,
         Command::EventTypes(args) => admin::event_types(args).await,
         Command::Tenants(args) => admin::tenants(args).await,

@@ -889,6 +889,7 @@ async fn cli_help_gives_an_example_for_every_command() {
         &["deliveries", "show"],
         &["redeliver"],
         &["redeliver-many"],
+        &["stats"],
         &["events", "list"],
         &["events", "show"],
         &["events", "erase"],
@@ -919,4 +920,52 @@ async fn cli_help_gives_an_example_for_every_command() {
             assert!(run.stdout.contains("--server"), "{command:?}: {run:?}");
         }
     }
+}
+
+#[tokio::test]
+async fn cli_shows_a_streams_stats_in_total_per_type_and_per_hour() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    receiver.script([Reply::status(400)]);
+    let id = create_seed_stream(&app, &receiver).await;
+    app.publish(json!({"type": "user.created", "id": "st-1"}))
+        .await;
+    app.wait_for_delivery(&id, "st-1", |d| d["status"] == "failed")
+        .await;
+    for i in 2..5 {
+        let event = format!("st-{i}");
+        app.publish(json!({"type": "user.created", "id": event}))
+            .await;
+        app.wait_for_delivery(&id, &event, |d| d["status"] == "succeeded")
+            .await;
+    }
+
+    let run = herald(&app, &["stats", &id], None).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.field("stream"), id);
+    assert_eq!(run.field("pending"), "0");
+    let total: Vec<&str> = run
+        .lines()
+        .into_iter()
+        .find(|l| l.starts_with("total "))
+        .unwrap_or_else(|| panic!("no total row: {run:?}"))
+        .split_whitespace()
+        .collect();
+    // total, succeeded, failed, attempts, failed attempts, success "75.0 %", ...
+    assert_eq!(
+        &total[..7],
+        ["total", "3", "1", "4", "1", "75.0", "%"],
+        "{run:?}"
+    );
+    assert!(
+        run.lines().iter().any(|l| l.starts_with("user.created ")),
+        "{run:?}"
+    );
+    assert!(run.stdout.contains("HOUR"), "{run:?}");
+
+    let run = herald(&app, &["stats", &id, "--json"], None).await;
+    let (_, stats) = app.get(&format!("/v1/event-streams/{id}/stats")).await;
+    assert_eq!(run.json()["total"], stats["total"]);
+    let run = herald(&app, &["stats", "est_missing"], None).await;
+    assert_eq!(run.code, 3, "{run:?}");
 }
