@@ -4,6 +4,8 @@
 //!
 //! # Layout
 //! - [`app`]: builds the parts from the configuration and runs them until shutdown.
+//! - [`cli`]: the client commands (`herald streams`, `publish`, `deliveries`, ...) that drive
+//!   a server through its API.
 //! - [`config`]: the layered configuration (embedded defaults, file, environment, flags).
 //! - [`api`]: the HTTP API, one module per resource, and its error type.
 //! - [`event`]: CloudEvents parsing and validation; the payload shapes receivers get.
@@ -28,6 +30,7 @@
 pub mod api;
 pub mod app;
 pub mod catalog;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod delivery;

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use herald::config::Overrides;
 use herald::secret::Cipher;
 use herald::store::postgres::PgStore;
@@ -61,6 +61,14 @@ enum Command {
         #[arg(long, env = "HERALD_SECRET_KEY", hide_env_values = true)]
         secret_key: Option<String>,
     },
+    #[command(flatten)]
+    Client(herald::cli::Command),
+    /// Print a shell completion script for `herald`.
+    #[command(after_help = "Example:\n  herald completions bash > /etc/bash_completion.d/herald")]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 fn main() -> ExitCode {
@@ -100,6 +108,13 @@ fn main() -> ExitCode {
         } => {
             Telemetry::logs(cli.log_format);
             runtime.block_on(migrate_store(&from, &to, secret_key.as_deref()))
+        }
+        Command::Client(command) => runtime.block_on(herald::cli::run(command)),
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "herald", &mut script);
+            herald::cli::output::write_all(&script);
+            ExitCode::SUCCESS
         }
     }
 }

@@ -4,6 +4,7 @@ mod audit;
 mod auth;
 mod aws;
 mod circuit;
+mod cli;
 mod cluster;
 mod crash;
 mod delivery;

@@ -1,0 +1,284 @@
+//! The HTTP client the commands share: one connection's server, token and tenant, requests
+//! built from path segments (each percent-encoded), and the API's error body turned into a
+//! [`CliError`] that knows its exit code and what to tell the user.
+
+use std::process::ExitCode;
+
+use reqwest::Method;
+use serde_json::Value;
+
+/// Why a command failed, and so how `herald` exits.
+#[derive(Debug)]
+pub enum CliError {
+    /// The API answered with an error body.
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+        details: Option<Value>,
+        request_id: Option<String>,
+    },
+    /// The server could not be reached, or answered something that is not Herald's API.
+    Transport(String),
+    /// Arguments clap could not check on its own (a file that does not parse, ...).
+    Usage(String),
+}
+
+impl CliError {
+    /// 1 for an API or transport error, 2 for a usage error, 3 for "not found".
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            CliError::Api { status: 404, .. } => ExitCode::from(3),
+            CliError::Api { .. } | CliError::Transport(_) => ExitCode::from(1),
+            CliError::Usage(_) => ExitCode::from(2),
+        }
+    }
+
+    /// The lines written to stderr: the API's `code` and `message`, then what to do about it.
+    pub fn report(&self) -> String {
+        match self {
+            CliError::Api {
+                status,
+                code,
+                message,
+                details,
+                request_id,
+            } => {
+                let mut out = format!("herald: {code}: {message} (HTTP {status})");
+                if let Some(details) = details {
+                    out.push_str(&format!("\n  details: {details}"));
+                }
+                let hint = match *status {
+                    401 => "pass a valid token with --token or HERALD_TOKEN".to_string(),
+                    403 => "use a token holding the scope this command needs (`herald serve` \
+                            prints the platform admin token at first start), or a tenant the \
+                            token may act on"
+                        .to_string(),
+                    404 => "check the id (each `list` command shows them, `herald streams \
+                            list` the streams), and --tenant when using a platform token"
+                        .to_string(),
+                    409 => "the request conflicts with the current state; look at it with \
+                            `show`, then retry"
+                        .to_string(),
+                    429 | 503 => {
+                        "the server is busy or limiting this token; retry shortly".to_string()
+                    }
+                    s if s >= 500 => format!(
+                        "the server's log holds the cause under request id {}",
+                        request_id.as_deref().unwrap_or("(none)")
+                    ),
+                    _ => {
+                        "fix the request as the message says; `--help` shows each flag".to_string()
+                    }
+                };
+                out.push_str(&format!("\n  hint: {hint}"));
+                out
+            }
+            CliError::Transport(message) => format!(
+                "herald: {message}\n  hint: check --server or HERALD_SERVER, and that `herald serve` runs there"
+            ),
+            CliError::Usage(message) => format!("herald: {message}"),
+        }
+    }
+}
+
+/// A body to send: its content type and bytes.
+pub struct Body {
+    pub content_type: &'static str,
+    pub bytes: Vec<u8>,
+}
+
+impl Body {
+    pub fn json(value: &Value) -> Body {
+        Body {
+            content_type: "application/json",
+            bytes: serde_json::to_vec(value).expect("a JSON value serializes"),
+        }
+    }
+}
+
+pub struct Client {
+    http: reqwest::Client,
+    server: url::Url,
+    token: Option<String>,
+    tenant: Option<String>,
+}
+
+impl Client {
+    pub fn new(
+        server: &str,
+        token: Option<String>,
+        tenant: Option<String>,
+    ) -> Result<Client, CliError> {
+        let server = url::Url::parse(server).map_err(|e| {
+            CliError::Usage(format!(
+                "--server `{server}` is not a URL ({e}); for example http://127.0.0.1:8470"
+            ))
+        })?;
+        if server.cannot_be_a_base() {
+            return Err(CliError::Usage(format!(
+                "--server `{server}` is not an http(s) URL"
+            )));
+        }
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("herald-cli/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| CliError::Transport(format!("starting the HTTP client: {e}")))?;
+        Ok(Client {
+            http,
+            server,
+            token: token.filter(|t| !t.is_empty()),
+            tenant: tenant.filter(|t| !t.is_empty()),
+        })
+    }
+
+    /// The URL of `segments` under the server's base URL, each segment percent-encoded.
+    fn url(&self, segments: &[&str], query: &[(&str, String)]) -> url::Url {
+        let mut url = self.server.clone();
+        url.path_segments_mut()
+            .expect("checked to be a base URL")
+            .pop_if_empty()
+            .extend(segments);
+        if !query.is_empty() {
+            url.query_pairs_mut()
+                .extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())));
+        }
+        url
+    }
+
+    /// Sends a request; answers the JSON body (`Null` for an empty one) of a 2xx answer.
+    pub async fn call(
+        &self,
+        method: Method,
+        segments: &[&str],
+        query: &[(&str, String)],
+        body: Option<Body>,
+    ) -> Result<Value, CliError> {
+        let url = self.url(segments, query);
+        let mut request = self.http.request(method, url.clone());
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(tenant) = &self.tenant {
+            request = request.header("herald-tenant", tenant);
+        }
+        if let Some(body) = body {
+            request = request
+                .header("content-type", body.content_type)
+                .body(body.bytes);
+        }
+        let response = request.send().await.map_err(|e| {
+            CliError::Transport(format!(
+                "could not reach {}: {}",
+                self.server,
+                error_chain(&e)
+            ))
+        })?;
+        let status = response.status().as_u16();
+        let request_id = response
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| CliError::Transport(format!("reading the answer of {url}: {e}")))?;
+        let value: Option<Value> = if bytes.is_empty() {
+            Some(Value::Null)
+        } else {
+            serde_json::from_slice(&bytes).ok()
+        };
+        if (200..300).contains(&status) {
+            return value.ok_or_else(|| {
+                CliError::Transport(format!(
+                    "{url} answered {status} with a body that is not JSON: is --server a Herald server?"
+                ))
+            });
+        }
+        let error = value.as_ref().map(|v| &v["error"]);
+        match error.and_then(|e| e["code"].as_str()) {
+            Some(code) => {
+                let error = error.expect("checked above");
+                Err(CliError::Api {
+                    status,
+                    code: code.to_owned(),
+                    message: error["message"].as_str().unwrap_or_default().to_owned(),
+                    details: error.get("details").filter(|d| !d.is_null()).cloned(),
+                    request_id,
+                })
+            }
+            None => Err(CliError::Transport(format!(
+                "{url} answered {status} without Herald's error body: is --server a Herald server?"
+            ))),
+        }
+    }
+
+    pub async fn get(
+        &self,
+        segments: &[&str],
+        query: &[(&str, String)],
+    ) -> Result<Value, CliError> {
+        self.call(Method::GET, segments, query, None).await
+    }
+
+    pub async fn post(&self, segments: &[&str], body: &Value) -> Result<Value, CliError> {
+        self.call(Method::POST, segments, &[], Some(Body::json(body)))
+            .await
+    }
+
+    pub async fn patch(&self, segments: &[&str], body: &Value) -> Result<Value, CliError> {
+        self.call(Method::PATCH, segments, &[], Some(Body::json(body)))
+            .await
+    }
+
+    pub async fn delete(&self, segments: &[&str]) -> Result<Value, CliError> {
+        self.call(Method::DELETE, segments, &[], None).await
+    }
+}
+
+impl Client {
+    /// Every item under `key` of a paged list, following the API's `next` cursor (passed as
+    /// `from`) until the last page or `limit` items; answers them and the cursor where it
+    /// stopped (`None` once the list is exhausted).
+    pub async fn all_pages(
+        &self,
+        segments: &[&str],
+        query: &[(&str, String)],
+        key: &str,
+        limit: Option<usize>,
+    ) -> Result<(Vec<Value>, Option<String>), CliError> {
+        let mut items: Vec<Value> = Vec::new();
+        let mut next: Option<String> = None;
+        loop {
+            let mut page_query = query.to_vec();
+            if let Some(cursor) = &next {
+                page_query.push(("from", cursor.clone()));
+            }
+            let page = self.get(segments, &page_query).await?;
+            items.extend(page[key].as_array().cloned().unwrap_or_default());
+            next = page["next"].as_str().map(str::to_owned);
+            if let Some(limit) = limit
+                && items.len() >= limit
+            {
+                items.truncate(limit);
+                return Ok((items, next));
+            }
+            if next.is_none() {
+                return Ok((items, None));
+            }
+        }
+    }
+}
+
+/// The error and its causes on one line (reqwest's own message leaves out the cause).
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
