@@ -289,7 +289,8 @@ pub async fn tokens(args: TokensArgs) -> Result<(), CliError> {
             let token = client.post(&["v1", "tokens"], &body).await?;
             match mode {
                 Mode::Json => output::json(&token),
-                Mode::Quiet => crate::outln!("{}", output::cell(&token["id"])),
+                // The secret, shown this once, is what a script needs.
+                Mode::Quiet => crate::outln!("{}", output::cell(&token["token"])),
                 Mode::Table => {
                     output::fields(&[
                         ("id", output::cell(&token["id"])),

@@ -115,13 +115,33 @@ impl Client {
                 "--server `{server}` is not a URL ({e}); for example http://127.0.0.1:8470"
             ))
         })?;
-        if server.cannot_be_a_base() {
+        if server.cannot_be_a_base() || !matches!(server.scheme(), "http" | "https") {
             return Err(CliError::Usage(format!(
                 "--server `{server}` is not an http(s) URL"
             )));
         }
+        let loopback = match server.host() {
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            Some(url::Host::Domain(name)) => name == "localhost",
+            None => false,
+        };
+        if server.scheme() == "http" && !loopback && token.as_deref().is_some_and(|t| !t.is_empty())
+        {
+            eprintln!(
+                "herald: warning: sending the token to {} over plain http; use https beyond this machine",
+                server.host_str().unwrap_or_default()
+            );
+        }
         let http = reqwest::Client::builder()
             .user_agent(concat!("herald-cli/", env!("CARGO_PKG_VERSION")))
+            // A server that accepts and never answers must not hang a command, but a bulk
+            // redelivery may take the server a while: bound the connection and each read.
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .read_timeout(std::time::Duration::from_secs(120))
+            // A redirect would carry the token and the body (credentials, events) elsewhere,
+            // or turn a POST into a GET that "succeeds" having stored nothing.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| CliError::Transport(format!("starting the HTTP client: {e}")))?;
         Ok(Client {
@@ -133,6 +153,8 @@ impl Client {
     }
 
     /// The URL of `segments` under the server's base URL, each segment percent-encoded.
+    /// `.` and `..` would be dropped from the path (`redeliver STREAM .` would become a bulk
+    /// redelivery): callers check ids with [`check_ids`] first.
     fn url(&self, segments: &[&str], query: &[(&str, String)]) -> url::Url {
         let mut url = self.server.clone();
         url.path_segments_mut()
@@ -154,6 +176,14 @@ impl Client {
         query: &[(&str, String)],
         body: Option<Body>,
     ) -> Result<Value, CliError> {
+        if let Some(bad) = segments
+            .iter()
+            .find(|s| s.is_empty() || **s == "." || **s == "..")
+        {
+            return Err(CliError::Usage(format!(
+                "`{bad}` cannot be used as an id here: the path would change its meaning"
+            )));
+        }
         let url = self.url(segments, query);
         let mut request = self.http.request(method, url.clone());
         if let Some(token) = &self.token {
@@ -175,6 +205,16 @@ impl Client {
             ))
         })?;
         let status = response.status().as_u16();
+        if (300..400).contains(&status) {
+            let location = response
+                .headers()
+                .get("location")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("nowhere");
+            return Err(CliError::Transport(format!(
+                "{url} answered {status}, a redirect to {location}; point --server at Herald itself"
+            )));
+        }
         let request_id = response
             .headers()
             .get("x-request-id")
@@ -250,14 +290,24 @@ impl Client {
     ) -> Result<(Vec<Value>, Option<String>), CliError> {
         let mut items: Vec<Value> = Vec::new();
         let mut next: Option<String> = None;
+        let mut seen = std::collections::HashSet::new();
         loop {
             let mut page_query = query.to_vec();
             if let Some(cursor) = &next {
                 page_query.push(("from", cursor.clone()));
             }
             let page = self.get(segments, &page_query).await?;
-            items.extend(page[key].as_array().cloned().unwrap_or_default());
+            let page_items = page[key].as_array().cloned().unwrap_or_default();
+            let empty = page_items.is_empty();
+            items.extend(page_items);
             next = page["next"].as_str().map(str::to_owned);
+            if let Some(cursor) = &next
+                && (empty || !seen.insert(cursor.clone()))
+            {
+                return Err(CliError::Transport(format!(
+                    "the server's paging does not advance (cursor `{cursor}` again, or an empty page with a next one); stopping"
+                )));
+            }
             if let Some(limit) = limit
                 && items.len() >= limit
             {

@@ -295,6 +295,7 @@ pub async fn redeliver_many(args: RedeliverManyArgs) -> Result<(), CliError> {
         .await?;
     match args.connection.mode() {
         Mode::Json => output::json(&result),
+        Mode::Quiet if args.dry_run => crate::outln!("{}", output::cell(&result["matched"])),
         Mode::Quiet => crate::outln!("{}", output::cell(&result["queued"])),
         Mode::Table if args.dry_run => crate::outln!(
             "{} delivery(ies) match; nothing was queued (dry run)",

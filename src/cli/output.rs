@@ -22,12 +22,22 @@ pub fn write_line(line: std::fmt::Arguments<'_>) {
     write_all(format!("{line}\n").as_bytes());
 }
 
-/// Writes bytes to stdout, ending the process quietly if the reader went away.
+/// Set once stdout's reader went away: later output is dropped.
+static STDOUT_CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Writes bytes to stdout. If the reader went away (`herald ... | head`), output stops but
+/// the command carries on: a publish or redelivery half done because nobody read its
+/// progress would lose work.
 pub fn write_all(bytes: &[u8]) {
+    use std::sync::atomic::Ordering;
+    if STDOUT_CLOSED.load(Ordering::Relaxed) {
+        return;
+    }
     let mut stdout = std::io::stdout().lock();
     if let Err(e) = stdout.write_all(bytes).and_then(|()| stdout.flush()) {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
-            std::process::exit(0);
+            STDOUT_CLOSED.store(true, Ordering::Relaxed);
+            return;
         }
         eprintln!("herald: writing to stdout: {e}");
         std::process::exit(1);

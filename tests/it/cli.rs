@@ -67,11 +67,18 @@ async fn herald(app: &TestApp, args: &[&str], stdin: Option<String>) -> Run {
             .stderr(Stdio::piped())
             .spawn()
             .expect("the herald binary starts");
-        if let Some(input) = stdin {
+        // Fed from a thread of its own: a child that writes a lot before it reads everything
+        // must not wait on a test that is still writing.
+        let feeder = stdin.map(|input| {
             let mut pipe = child.stdin.take().unwrap();
-            pipe.write_all(input.as_bytes()).unwrap();
-        }
+            std::thread::spawn(move || {
+                let _ = pipe.write_all(input.as_bytes());
+            })
+        });
         let output = child.wait_with_output().unwrap();
+        if let Some(feeder) = feeder {
+            feeder.join().unwrap();
+        }
         Run {
             code: output.status.code().expect("herald exited, not killed"),
             stdout: String::from_utf8(output.stdout).unwrap(),
@@ -968,4 +975,64 @@ async fn cli_shows_a_streams_stats_in_total_per_type_and_per_hour() {
     assert_eq!(run.json()["total"], stats["total"]);
     let run = herald(&app, &["stats", "est_missing"], None).await;
     assert_eq!(run.code, 3, "{run:?}");
+}
+
+/// What must not happen quietly: an id that would change the path (`.` would make
+/// `redeliver STREAM .` a bulk redelivery), a redirect (it would carry the token and the body
+/// elsewhere), and a new token's secret lost behind `-q`.
+#[tokio::test]
+async fn cli_refuses_path_changing_ids_and_redirects_and_prints_a_new_tokens_secret() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let stream = create_seed_stream(&app, &receiver).await;
+    for id in [".", ".."] {
+        let run = herald(&app, &["redeliver", &stream, id], None).await;
+        assert_eq!(run.code, 2, "{run:?}");
+        assert!(run.stderr.contains("cannot be used as an id"), "{run:?}");
+    }
+
+    // A server that redirects everything elsewhere.
+    let target = app.url("");
+    let redirect = axum::Router::new().fallback(move || {
+        let target = target.clone();
+        async move { axum::response::Redirect::temporary(&format!("{target}v1/event-streams")) }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, redirect).await });
+    let run = herald(
+        &app,
+        &["streams", "list", "--server", &format!("http://{addr}")],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("redirect"), "{run:?}");
+
+    let run = herald(
+        &app,
+        &[
+            "tokens",
+            "create",
+            "--name",
+            "ci",
+            "--scopes",
+            "read:events",
+            "--platform",
+            "-q",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let secret = run.stdout.trim();
+    assert!(secret.starts_with("hrd_"), "{run:?}");
+    let listed = app
+        .http
+        .get(app.url("/v1/events"))
+        .bearer_auth(secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), 200, "the printed secret works");
 }
