@@ -50,3 +50,16 @@ pub mod trace;
 
 pub use app::App;
 pub use config::Config;
+
+/// An error and its causes on one line: drivers' own messages leave the cause out ("error
+/// connecting to server" alone does not say that the connection was refused).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}

@@ -261,11 +261,9 @@ pub fn export_request(span: &tracing::Span, headers: &axum::http::HeaderMap) {
     }
 }
 
-/// The `traceparent` of the exported span being run (the attempt, inside a destination's
-/// send), when it is in `parent`'s trace: a receiver that continues it makes its spans
-/// children of Herald's exported one. `None` when spans are not exported.
-/// The current span's own context (an API request's span) while spans are exported: the trace
-/// an untraced publish's events then continue, so the request and its attempts share it.
+/// The current span's own context while spans are exported (`None` otherwise): an API
+/// request's span, whose trace an untraced publish's events then continue, or the attempt
+/// being sent.
 pub fn current_span_traceparent() -> Option<TraceParent> {
     if !exporting() {
         return None;
@@ -280,18 +278,11 @@ pub fn current_span_traceparent() -> Option<TraceParent> {
     })
 }
 
+/// The `traceparent` of the exported span being run (the attempt, inside a destination's
+/// send), when it is in `parent`'s trace: a receiver that continues it makes its spans
+/// children of Herald's exported one.
 pub fn current_traceparent(parent: &TraceParent) -> Option<TraceParent> {
-    if !exporting() {
-        return None;
-    }
-    let context = tracing::Span::current().context();
-    let span = context.span();
-    let own = span.span_context();
-    (own.is_valid() && own.trace_id().to_bytes() == parent.trace_id).then(|| TraceParent {
-        trace_id: parent.trace_id,
-        parent_id: own.span_id().to_bytes(),
-        flags: own.trace_flags().to_u8(),
-    })
+    current_span_traceparent().filter(|own| own.trace_id == parent.trace_id)
 }
 
 fn tracestate(event: &Event) -> Option<&str> {

@@ -88,18 +88,9 @@ impl TraceParent {
 
     /// The `traceparent` of a new span under this one (an attempt).
     pub fn child(&self) -> String {
-        let mut span_id = crate::ids::random_bytes::<8>();
-        span_id[7] |= (span_id == [0; 8]) as u8;
-        format!(
-            "00-{}-{}-{:02x}",
-            to_hex(&self.trace_id),
-            to_hex(&span_id),
-            self.flags
-        )
-    }
-
-    pub fn trace_id_hex(&self) -> String {
-        to_hex(&self.trace_id)
+        let mut parent_id = crate::ids::random_bytes::<8>();
+        parent_id[7] |= (parent_id == [0; 8]) as u8;
+        TraceParent { parent_id, ..*self }.to_string()
     }
 }
 

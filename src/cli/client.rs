@@ -201,7 +201,7 @@ impl Client {
             CliError::Transport(format!(
                 "could not reach {}: {}",
                 self.server,
-                error_chain(&e)
+                crate::error_chain(&e)
             ))
         })?;
         let status = response.status().as_u16();
@@ -319,16 +319,4 @@ impl Client {
             }
         }
     }
-}
-
-/// The error and its causes on one line (reqwest's own message leaves out the cause).
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut out = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
 }

@@ -24,9 +24,41 @@ pub fn subscribed(patterns: &[String], event_type: &str) -> bool {
     patterns.iter().any(|p| pattern_matches(p, event_type))
 }
 
+/// What a deferred publish writes in its `fanouts` row.
+pub struct Pending {
+    /// The new events, in publish order.
+    pub event_seqs: Vec<i64>,
+    pub first_seq: i64,
+    pub last_seq: i64,
+    /// The `streams` column (see [`encode_streams`]).
+    pub streams: String,
+}
+
+/// The pending fan-out of a publish whose new events (type and seq, in order) would create
+/// more deliveries than one commit takes; `None` when their deliveries are written at once.
+pub fn deferred(streams: &[Subscriber], new_events: &[(&str, i64)]) -> Option<Pending> {
+    let types = new_events.iter().map(|&(event_type, _)| event_type);
+    if !too_large(streams, types.clone()) {
+        return None;
+    }
+    let event_seqs: Vec<i64> = new_events.iter().map(|&(_, seq)| seq).collect();
+    Some(Pending {
+        first_seq: *event_seqs.iter().min()?,
+        last_seq: *event_seqs.iter().max()?,
+        event_seqs,
+        streams: encode_streams(streams, types),
+    })
+}
+
+/// The embedded store's `event_seqs` column (a JSON array).
+pub fn decode_event_seqs(column: &str) -> StoreResult<Vec<i64>> {
+    serde_json::from_str(column)
+        .map_err(|_| StoreError::Corrupt("fan-out column `event_seqs`".into()))
+}
+
 /// Whether publishing events of these types to `streams` creates more deliveries than one
 /// publish writes in its own commit.
-pub fn too_large<'a>(streams: &[Subscriber], event_types: impl Iterator<Item = &'a str>) -> bool {
+fn too_large<'a>(streams: &[Subscriber], event_types: impl Iterator<Item = &'a str>) -> bool {
     let mut deliveries = 0;
     for event_type in event_types {
         deliveries += streams
@@ -42,7 +74,7 @@ pub fn too_large<'a>(streams: &[Subscriber], event_types: impl Iterator<Item = &
 
 /// The `streams` column of a fan-out: the streams any of `event_types` goes to, as
 /// `[[id, [pattern, ...]], ...]`.
-pub fn encode_streams<'a>(
+fn encode_streams<'a>(
     streams: &[Subscriber],
     event_types: impl Iterator<Item = &'a str> + Clone,
 ) -> String {

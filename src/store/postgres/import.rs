@@ -350,8 +350,7 @@ async fn copy_fanouts(source: &rusqlite::Connection, tx: &impl GenericClient) ->
         })?
         .collect::<Result<_, _>>()?;
     for (tenant_id, event_seqs, first, last, streams, cursor, created_at) in &rows {
-        let seqs: Vec<i64> = serde_json::from_str(event_seqs)
-            .map_err(|_| StoreError::Corrupt("fan-out column `event_seqs`".into()))?;
+        let seqs = crate::store::fanout::decode_event_seqs(event_seqs)?;
         tx.execute(
             "INSERT INTO fanouts (tenant_id, event_seqs, first_seq, last_seq, streams, next, \
              next_stream, row_end, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",

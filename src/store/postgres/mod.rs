@@ -94,30 +94,20 @@ impl From<tokio_postgres::Error> for StoreError {
         }
         let io = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
         if e.is_closed() || io {
-            StoreError::Unavailable(describe(&e))
+            StoreError::Unavailable(crate::error_chain(&e))
         } else {
-            StoreError::Postgres(describe(&e))
+            StoreError::Postgres(crate::error_chain(&e))
         }
     }
-}
-
-/// The error with its causes, which the driver's own message leaves out ("error connecting
-/// to server" alone does not say that the connection was refused).
-fn describe(e: &tokio_postgres::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        text = format!("{text}: {cause}");
-        source = cause.source();
-    }
-    text
 }
 
 impl From<deadpool_postgres::PoolError> for StoreError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
         match e {
             // Opening a connection failed: whatever the cause, the database cannot be used.
-            deadpool_postgres::PoolError::Backend(e) => StoreError::Unavailable(describe(&e)),
+            deadpool_postgres::PoolError::Backend(e) => {
+                StoreError::Unavailable(crate::error_chain(&e))
+            }
             deadpool_postgres::PoolError::Timeout(_) => {
                 StoreError::Unavailable("no database connection could be had in time".into())
             }

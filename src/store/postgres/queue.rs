@@ -112,25 +112,29 @@ pub async fn publish(
             (event, seq)
         })
         .collect();
-    let new_types = || {
-        events
-            .iter()
-            .filter(|(_, seq)| seq.is_some())
-            .map(|(e, _)| e.event_type.as_str())
-    };
-    let deferred = fanout::too_large(&streams, new_types());
-    if deferred {
-        let seqs: Vec<i64> = events.iter().filter_map(|(_, seq)| *seq).collect();
+    let new_events: Vec<(&str, i64)> = events
+        .iter()
+        .filter_map(|(e, seq)| Some((e.event_type.as_str(), (*seq)?)))
+        .collect();
+    let pending = fanout::deferred(&streams, &new_events);
+    drop(new_events);
+    let deferred = pending.is_some();
+    if let Some(pending) = pending {
         let insert = tx
             .prepare_cached(
                 "INSERT INTO fanouts (tenant_id, event_seqs, first_seq, last_seq, streams, created_at) \
                  VALUES ($1, $2, $3, $4, $5, $6)",
             )
             .await?;
-        let (first, last) = (seqs.iter().min(), seqs.iter().max());
-        let streams = fanout::encode_streams(&streams, new_types());
-        tx.execute(&insert, &[&tenant_id, &seqs, &first, &last, &streams, &now])
-            .await?;
+        let params: [&(dyn ToSql + Sync); 6] = [
+            &tenant_id,
+            &pending.event_seqs,
+            &pending.first_seq,
+            &pending.last_seq,
+            &pending.streams,
+            &now,
+        ];
+        tx.execute(&insert, &params).await?;
     }
 
     let mut published = Vec::with_capacity(events.len());

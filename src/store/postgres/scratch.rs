@@ -5,7 +5,7 @@
 
 use tokio_postgres::NoTls;
 
-use super::{CONNECT_TIMEOUT, describe, redact_url};
+use super::{CONNECT_TIMEOUT, redact_url};
 
 /// A schema of its own on a PostgreSQL server; dropped with its tables on drop.
 pub struct Scratch {
@@ -30,7 +30,7 @@ impl Scratch {
             .map_err(|e| {
                 format!(
                     "PostgreSQL at {shown} refused to create a schema: {}",
-                    describe(&e)
+                    crate::error_chain(&e)
                 )
             })?;
         let separator = if base.contains('?') { '&' } else { '?' };
@@ -65,7 +65,7 @@ impl Drop for Scratch {
                              DROP SCHEMA IF EXISTS {schema} CASCADE"
                         ))
                         .await
-                        .map_err(|e| describe(&e)),
+                        .map_err(|e| crate::error_chain(&e)),
                     Err(e) => Err(e),
                 };
                 if let Err(e) = dropped {
@@ -80,9 +80,12 @@ impl Drop for Scratch {
 /// A connection to `url`, its driver running on the current runtime until the client is
 /// dropped.
 async fn connect(url: &str) -> Result<tokio_postgres::Client, String> {
-    let mut config: tokio_postgres::Config = url.parse().map_err(|e| describe(&e))?;
+    let mut config: tokio_postgres::Config = url.parse().map_err(|e| crate::error_chain(&e))?;
     config.connect_timeout(CONNECT_TIMEOUT);
-    let (client, connection) = config.connect(NoTls).await.map_err(|e| describe(&e))?;
+    let (client, connection) = config
+        .connect(NoTls)
+        .await
+        .map_err(|e| crate::error_chain(&e))?;
     tokio::spawn(connection);
     Ok(client)
 }

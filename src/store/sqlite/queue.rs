@@ -20,8 +20,7 @@ use crate::notices;
 use crate::store::fanout::{self, Cursor, Subscriber};
 use crate::store::{
     AttemptRecord, ClaimBatch, ClaimRequest, Claimed, DeliveryFilter, DeliveryStatus, FailingRun,
-    FannedOut, LATENCY_BOUNDS_MS, Published, RecordEffects, StoreError, StoreResult,
-    disable_reason,
+    FannedOut, LATENCY_BOUNDS_MS, Published, RecordEffects, StoreResult, disable_reason,
 };
 
 /// Stores `events` and a pending delivery for each stream subscribed to them that is enabled
@@ -79,25 +78,24 @@ pub fn publish(
         let seq = (rows == 1).then(|| conn.last_insert_rowid());
         inserted.push((event, seq));
     }
-    let new_types = || {
-        inserted
-            .iter()
-            .filter(|(_, seq)| seq.is_some())
-            .map(|(e, _)| e.event_type.as_str())
-    };
-    let deferred = fanout::too_large(&streams, new_types());
-    if deferred {
-        let seqs: Vec<i64> = inserted.iter().filter_map(|(_, seq)| *seq).collect();
+    let new_events: Vec<(&str, i64)> = inserted
+        .iter()
+        .filter_map(|(e, seq)| Some((e.event_type.as_str(), (*seq)?)))
+        .collect();
+    let pending = fanout::deferred(&streams, &new_events);
+    drop(new_events);
+    let deferred = pending.is_some();
+    if let Some(pending) = pending {
         conn.prepare_cached(
             "INSERT INTO fanouts (tenant_id, event_seqs, first_seq, last_seq, streams, created_at) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?
         .execute(params![
             tenant_id,
-            serde_json::to_string(&seqs).expect("numbers always serialize"),
-            seqs.iter().min(),
-            seqs.iter().max(),
-            fanout::encode_streams(&streams, new_types()),
+            serde_json::to_string(&pending.event_seqs).expect("numbers always serialize"),
+            pending.first_seq,
+            pending.last_seq,
+            pending.streams,
             now,
         ])?;
     }
@@ -192,8 +190,7 @@ pub fn fan_out(
     let Some((fanout, tenant_id, event_seqs, streams, cursor, created_at)) = row else {
         return Ok(None);
     };
-    let decoded = serde_json::from_str::<Vec<i64>>(&event_seqs)
-        .map_err(|_| StoreError::Corrupt("fan-out column `event_seqs`".into()))
+    let decoded = fanout::decode_event_seqs(&event_seqs)
         .and_then(|seqs| Ok((seqs, fanout::decode_streams(&streams)?)));
     let (event_seqs, streams) = match decoded {
         Ok(decoded) => decoded,
