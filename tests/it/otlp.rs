@@ -101,12 +101,42 @@ fn is_attempt(span: &Span) -> bool {
     span.name == "attempt"
 }
 
+/// Herald exporting its spans to `collector` every `delay_ms`, with a stream to `receiver`
+/// (whose id comes back too). `start_server` logs at `warn`: spans are exported whatever the
+/// log's level.
+async fn exporting_herald(
+    collector: &Collector,
+    receiver: &Receiver,
+    dir: &std::path::Path,
+    delay_ms: &str,
+) -> (Server, String) {
+    let server = start_server(
+        dir,
+        &[
+            ("HERALD_OTLP_ENDPOINT", &collector.url),
+            ("OTEL_BSP_SCHEDULE_DELAY", delay_ms),
+        ],
+    );
+    let stream_id = server
+        .create_stream(&reqwest::Client::new(), receiver)
+        .await;
+    (server, stream_id)
+}
+
+/// Publishes event `id` with the publisher's `traceparent`.
 async fn publish_traced(server: &Server, id: &str, request_id: &str) {
-    let response = reqwest::Client::new()
+    publish(server, id, request_id, Some(PUBLISHER)).await;
+}
+
+async fn publish(server: &Server, id: &str, request_id: &str, traceparent: Option<&str>) {
+    let mut request = reqwest::Client::new()
         .post(format!("{}/v1/events", server.base))
         .bearer_auth(ADMIN_TOKEN)
-        .header("traceparent", PUBLISHER)
-        .header("x-request-id", request_id)
+        .header("x-request-id", request_id);
+    if let Some(traceparent) = traceparent {
+        request = request.header("traceparent", traceparent);
+    }
+    let response = request
         .json(&json!({"id": id, "type": "user.created"}))
         .send()
         .await
@@ -119,17 +149,7 @@ async fn an_exported_attempt_continues_the_publishers_trace_and_parents_the_rece
     let collector = Collector::start().await;
     let receiver = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
-    // `start_server` logs at `warn`: spans are exported whatever the log's level.
-    let server = start_server(
-        dir.path(),
-        &[
-            ("HERALD_OTLP_ENDPOINT", &collector.url),
-            ("OTEL_BSP_SCHEDULE_DELAY", "50"),
-        ],
-    );
-    let stream_id = server
-        .create_stream(&reqwest::Client::new(), &receiver)
-        .await;
+    let (server, stream_id) = exporting_herald(&collector, &receiver, dir.path(), "50").await;
     publish_traced(&server, "exported", "req_exported").await;
 
     let received = receiver.wait_for(1).await;
@@ -187,16 +207,7 @@ async fn spans_still_batched_are_sent_at_a_graceful_stop() {
     let receiver = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
     // A batch due in an hour: only the stop can send it.
-    let server = start_server(
-        dir.path(),
-        &[
-            ("HERALD_OTLP_ENDPOINT", &collector.url),
-            ("OTEL_BSP_SCHEDULE_DELAY", "3600000"),
-        ],
-    );
-    server
-        .create_stream(&reqwest::Client::new(), &receiver)
-        .await;
+    let (server, _) = exporting_herald(&collector, &receiver, dir.path(), "3600000").await;
     publish_traced(&server, "last", "req_last").await;
     let received = receiver.wait_for(1).await;
     let sent = TraceParent::parse(received[0].header("traceparent").unwrap()).unwrap();
@@ -234,25 +245,8 @@ async fn an_untraced_publish_and_its_attempts_share_the_request_spans_trace() {
     let collector = Collector::start().await;
     let receiver = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let server = start_server(
-        dir.path(),
-        &[
-            ("HERALD_OTLP_ENDPOINT", &collector.url),
-            ("OTEL_BSP_SCHEDULE_DELAY", "50"),
-        ],
-    );
-    server
-        .create_stream(&reqwest::Client::new(), &receiver)
-        .await;
-    let response = reqwest::Client::new()
-        .post(format!("{}/v1/events", server.base))
-        .bearer_auth(ADMIN_TOKEN)
-        .header("x-request-id", "req_plain")
-        .json(&json!({"id": "plain", "type": "user.created"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 202);
+    let (server, _) = exporting_herald(&collector, &receiver, dir.path(), "50").await;
+    publish(&server, "plain", "req_plain", None).await;
     let received = receiver.wait_for(1).await;
     let sent = TraceParent::parse(received[0].header("traceparent").unwrap()).unwrap();
 
