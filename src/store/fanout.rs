@@ -36,12 +36,15 @@ pub struct Pending {
 
 /// The pending fan-out of a publish whose new events (type and seq, in order) would create
 /// more deliveries than one commit takes; `None` when their deliveries are written at once.
-pub fn deferred(streams: &[Subscriber], new_events: &[(&str, i64)]) -> Option<Pending> {
-    let types = new_events.iter().map(|&(event_type, _)| event_type);
+pub fn deferred<'a>(
+    streams: &[Subscriber],
+    new_events: impl Iterator<Item = (&'a str, i64)> + Clone,
+) -> Option<Pending> {
+    let types = new_events.clone().map(|(event_type, _)| event_type);
     if !too_large(streams, types.clone()) {
         return None;
     }
-    let event_seqs: Vec<i64> = new_events.iter().map(|&(_, seq)| seq).collect();
+    let event_seqs: Vec<i64> = new_events.map(|(_, seq)| seq).collect();
     Some(Pending {
         first_seq: *event_seqs.iter().min()?,
         last_seq: *event_seqs.iter().max()?,

@@ -112,12 +112,10 @@ pub async fn publish(
             (event, seq)
         })
         .collect();
-    let new_events: Vec<(&str, i64)> = events
+    let new_events = events
         .iter()
-        .filter_map(|(e, seq)| Some((e.event_type.as_str(), (*seq)?)))
-        .collect();
-    let pending = fanout::deferred(&streams, &new_events);
-    drop(new_events);
+        .filter_map(|(e, seq)| Some((e.event_type.as_str(), (*seq)?)));
+    let pending = fanout::deferred(&streams, new_events);
     let deferred = pending.is_some();
     if let Some(pending) = pending {
         let insert = tx

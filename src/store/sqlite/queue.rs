@@ -78,12 +78,10 @@ pub fn publish(
         let seq = (rows == 1).then(|| conn.last_insert_rowid());
         inserted.push((event, seq));
     }
-    let new_events: Vec<(&str, i64)> = inserted
+    let new_events = inserted
         .iter()
-        .filter_map(|(e, seq)| Some((e.event_type.as_str(), (*seq)?)))
-        .collect();
-    let pending = fanout::deferred(&streams, &new_events);
-    drop(new_events);
+        .filter_map(|(e, seq)| Some((e.event_type.as_str(), (*seq)?)));
+    let pending = fanout::deferred(&streams, new_events);
     let deferred = pending.is_some();
     if let Some(pending) = pending {
         conn.prepare_cached(
