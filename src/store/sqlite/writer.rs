@@ -18,6 +18,7 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
@@ -28,6 +29,11 @@ use crate::store::{StoreError, StoreResult};
 /// Most jobs committed together. Bounds the latency one commit adds to the first caller.
 const MAX_JOBS_PER_COMMIT: usize = 1024;
 const QUEUE_DEPTH: usize = 8192;
+/// A writer inside one commit for longer than this is stuck (a hung disk, a lock never given
+/// back): readiness then fails, so that a load balancer sends the node no more work. The
+/// longest legitimate commit (a group of `MAX_JOBS_PER_COMMIT`, a fan-out chunk) takes well
+/// under a second.
+const STALLED_AFTER: Duration = Duration::from_secs(30);
 
 /// Whether a job's commit must reach the disk before its caller hears of it.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -124,25 +130,65 @@ pub struct Writer {
     #[cfg_attr(not(test), allow(dead_code))]
     commits: Arc<AtomicU64>,
     metrics: CommitMetrics,
+    busy: Arc<Busy>,
+    stalled_after: Duration,
+}
+
+/// When the commit under way began, for readiness to tell a busy writer from a stuck one.
+struct Busy {
+    epoch: Instant,
+    /// Milliseconds from `epoch` to the start of the commit under way, plus one; 0 when idle.
+    since: AtomicU64,
+}
+
+impl Busy {
+    fn elapsed_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    /// How long the commit under way has run, if there is one.
+    fn current(&self) -> Option<Duration> {
+        match self.since.load(Ordering::Acquire) {
+            0 => None,
+            since => Some(Duration::from_millis(
+                self.elapsed_ms().saturating_sub(since),
+            )),
+        }
+    }
 }
 
 impl Writer {
     /// Starts the writer thread on `conn`, with `journal` following its transactions. The
     /// thread ends when every `Writer` is dropped.
     pub fn start(conn: Connection, journal: Arc<dyn Journal>) -> Writer {
+        Self::start_with_stall_limit(conn, journal, STALLED_AFTER)
+    }
+
+    fn start_with_stall_limit(
+        conn: Connection,
+        journal: Arc<dyn Journal>,
+        stalled_after: Duration,
+    ) -> Writer {
         let (queue, jobs) = mpsc::channel(QUEUE_DEPTH);
         let commits = Arc::new(AtomicU64::new(0));
         let counter = commits.clone();
         let metrics = CommitMetrics::default();
         let observed = metrics.clone();
+        let busy = Arc::new(Busy {
+            epoch: Instant::now(),
+            since: AtomicU64::new(0),
+        });
+        let marked = busy.clone();
         std::thread::Builder::new()
             .name("herald-sqlite-writer".into())
-            .spawn(move || run(conn, &*journal, jobs, &counter, &observed))
+            .spawn(move || run(conn, &*journal, jobs, &counter, &observed, &marked))
             .expect("spawning the store's writer thread");
         Writer {
             queue,
             commits,
             metrics,
+            busy,
+            stalled_after,
         }
     }
 
@@ -210,14 +256,21 @@ impl Writer {
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Whether the writer thread is still there to take work (for readiness): a thread that
-    /// died fails every write while reads still succeed. Checked without queueing anything,
-    /// so a long queue of writes does not make the store look down.
+    /// Whether the writer thread is still there to take work and not stuck in one commit
+    /// (for readiness): a thread that died or hangs fails or holds every write while reads
+    /// still succeed. Checked without queueing anything, so a long queue of writes does not
+    /// make the store look down.
     pub fn ping(&self) -> StoreResult<()> {
         if self.queue.is_closed() {
             return Err(StoreError::Closed);
         }
-        Ok(())
+        match self.busy.current() {
+            Some(busy) if busy >= self.stalled_after => Err(StoreError::Unavailable(format!(
+                "the store's writer has been inside one commit for {} ms",
+                busy.as_millis()
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// Commits everything queued so far, except background jobs (they fail with
@@ -254,6 +307,7 @@ fn run(
     mut queue: mpsc::Receiver<Message>,
     commits: &AtomicU64,
     metrics: &CommitMetrics,
+    busy: &Busy,
 ) {
     let mut waiting = Waiting {
         jobs: Vec::with_capacity(MAX_JOBS_PER_COMMIT),
@@ -274,13 +328,20 @@ fn run(
             }
         }
         if !waiting.jobs.is_empty() {
-            commit(&mut conn, journal, &mut waiting.jobs, commits, metrics);
+            commit(
+                &mut conn,
+                journal,
+                &mut waiting.jobs,
+                commits,
+                metrics,
+                busy,
+            );
         }
         // One background job between groups, and none once closing.
         if waiting.closer.is_none()
             && let Some(job) = waiting.background.pop_front()
         {
-            commit(&mut conn, journal, &mut vec![job], commits, metrics);
+            commit(&mut conn, journal, &mut vec![job], commits, metrics, busy);
         }
     }
     queue.close();
@@ -310,9 +371,12 @@ fn commit(
     jobs: &mut Vec<Box<dyn Job>>,
     commits: &AtomicU64,
     metrics: &CommitMetrics,
+    busy: &Busy,
 ) {
-    let started = std::time::Instant::now();
+    let started = Instant::now();
+    busy.since.store(busy.elapsed_ms(), Ordering::Release);
     let commit = commit_together(conn, journal, jobs);
+    busy.since.store(0, Ordering::Release);
     // Background jobs are not group commits: they would blur what these measure.
     if !jobs.iter().any(|job| job.background()) {
         metrics.committed(jobs.len(), started.elapsed());
@@ -529,6 +593,50 @@ mod tests {
         conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (v INTEGER UNIQUE);")
             .unwrap();
         (Writer::start(conn, Arc::new(())), dir)
+    }
+
+    /// Starts a job that holds the writer until `release` is sent, and waits until it runs.
+    async fn hold_writer(
+        writer: &Writer,
+    ) -> (std::sync::mpsc::Sender<()>, tokio::task::JoinHandle<()>) {
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let (running, started) = oneshot::channel();
+        let writer = writer.clone();
+        let job = tokio::spawn(async move {
+            writer
+                .write(move |_| {
+                    running.send(()).unwrap();
+                    held.recv().unwrap();
+                    Ok(())
+                })
+                .await
+                .unwrap()
+        });
+        started.await.unwrap();
+        (release, job)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_writer_stuck_in_one_commit_is_not_ready() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("w.sqlite3")).unwrap();
+        let writer = Writer::start_with_stall_limit(conn, Arc::new(()), Duration::ZERO);
+        writer.ping().unwrap();
+        let (release, job) = hold_writer(&writer).await;
+        let err = writer.ping().unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+        release.send(()).unwrap();
+        job.await.unwrap();
+        writer.ping().expect("ready again once the commit ends");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_writer_busy_for_less_than_the_limit_stays_ready() {
+        let (writer, _dir) = writer();
+        let (release, job) = hold_writer(&writer).await;
+        writer.ping().expect("a commit under way is not a stall");
+        release.send(()).unwrap();
+        job.await.unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
