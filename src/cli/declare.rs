@@ -1048,3 +1048,46 @@ fn field<T: serde::de::DeserializeOwned>(stream: &Value, key: &str) -> Result<T,
         ))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_are_whole_env_names() {
+        assert_eq!(reference("${env:BILLING_TOKEN}"), Some("BILLING_TOKEN"));
+        assert_eq!(reference("${env:_X1}"), Some("_X1"));
+        for not in [
+            "${env:}",
+            "${env:1X}",
+            "${env:A-B}",
+            "x${env:A}",
+            "${ENV:A}",
+            "$A",
+        ] {
+            assert_eq!(reference(not), None, "{not}");
+        }
+        assert_eq!(variable("to the bus", "TOKEN"), "TO_THE_BUS_TOKEN");
+        assert_eq!(variable("1st", "TOKEN"), "STREAM_1ST_TOKEN");
+    }
+
+    /// The README's example is a valid file whose secret is a reference.
+    #[test]
+    fn the_readme_example_parses() {
+        let readme = include_str!("../../README.md");
+        let start = readme
+            .find("```toml\n")
+            .expect("the README has a TOML example")
+            + 8;
+        let end = start + readme[start..].find("```").unwrap();
+        let file: File = toml::from_str(&readme[start..end]).unwrap();
+        assert_eq!(file.event_types.len(), 1);
+        let destination =
+            DeclaredDestination::parse(&file.streams[0].name, &file.streams[0].destination)
+                .unwrap();
+        assert_eq!(
+            destination.references.iter().collect::<Vec<_>>(),
+            ["BILLING_TOKEN"]
+        );
+    }
+}

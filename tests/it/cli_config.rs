@@ -387,6 +387,27 @@ async fn apply_makes_the_server_match_the_file_and_twice_is_a_no_op() {
         "{run:?}"
     );
 
+    // An event type cannot change in place: it is replaced.
+    std::fs::write(
+        &s.file,
+        std::fs::read_to_string(&s.file)
+            .unwrap()
+            .replace("An invoice was paid", "An invoice was settled"),
+    )
+    .unwrap();
+    let run = s.run(&rotated, &["plan", "-f", file, "-q"]).await;
+    assert_eq!(run.stdout, "replace event type invoice.paid\n", "{run:?}");
+    let run = s.run(&rotated, &["apply", "-f", file]).await;
+    assert!(
+        run.stdout.contains("replaced event type invoice.paid"),
+        "{run:?}"
+    );
+    let (_, types) = s.app.get("/v1/event-types").await;
+    assert!(
+        types.to_string().contains("An invoice was settled"),
+        "{types}"
+    );
+
     // --prune deletes what the file does not declare.
     let run = s.run(&rotated, &["apply", "-f", file, "--prune"]).await;
     assert_eq!(run.code, 0, "{run:?}");
@@ -534,4 +555,63 @@ async fn configuration_errors_say_what_to_fix_with_their_exit_codes() {
         .await;
     assert_eq!(run.code, 1, "{run:?}");
     assert!(run.stderr.contains("no.such.type"), "{run:?}");
+}
+
+/// Streams that shared a name before names were unique: `plan` names them and says what to
+/// rename, and refuses to guess which one the file means.
+#[tokio::test]
+async fn plan_reports_streams_that_share_a_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path(), &[]);
+    let http = reqwest::Client::new();
+    let receiver = Receiver::start().await;
+    let first = server.create_stream(&http, &receiver).await;
+    let second = server.create_stream(&http, &receiver).await;
+    // As written before the rule: straight into the store.
+    let conn = rusqlite::Connection::open(dir.path().join(herald::config::DATABASE_FILE)).unwrap();
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .unwrap();
+    conn.execute("UPDATE streams SET name = 'shared'", [])
+        .unwrap();
+
+    let config = dir.path().join("no-profiles.toml");
+    let env = [
+        ("HERALD_SERVER", server.base.as_str()),
+        ("HERALD_TOKEN", ADMIN_TOKEN),
+    ];
+    let empty = dir.path().join("empty.toml");
+    std::fs::write(&empty, "").unwrap();
+    let run = herald(&config, &env, &["plan", "-f", empty.to_str().unwrap()], "").await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout.contains(&format!(
+            "note: streams {first}, {second} share the name `shared`; names are unique now: \
+             rename all but one (for example `herald streams update {second} -n shared-2`)"
+        )),
+        "{run:?}"
+    );
+
+    let file = dir.path().join("herald.toml");
+    let declared = format!(
+        "[[streams]]\nname = \"shared\"\nsubscriptions = [\"*\"]\n\
+         destination = {{ type = \"webhook\", configuration = {{ webhook_endpoint = \"{}\" }} }}\n",
+        receiver.url
+    );
+    std::fs::write(&file, &declared).unwrap();
+    let run = herald(&config, &env, &["apply", "-f", file.to_str().unwrap()], "").await;
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr.contains("the server has 2 streams of this name"),
+        "{run:?}"
+    );
+
+    // With the id, the file means one of them; renaming the other ends the ambiguity.
+    std::fs::write(
+        &file,
+        format!("[[streams]]\nid = \"{first}\"\n{}", &declared[12..]),
+    )
+    .unwrap();
+    let run = herald(&config, &env, &["plan", "-f", file.to_str().unwrap()], "").await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("No changes"), "{run:?}");
 }
