@@ -460,6 +460,10 @@ async fn export_then_plan_shows_no_changes() {
         run.stdout.contains("write-only values not checked"),
         "{run:?}"
     );
+    let run = s.run(&[], &["plan", "-f", exported, "--json"]).await;
+    let plan: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(plan["changes"], json!([]), "{run:?}");
+    assert_eq!(plan["notes"].as_array().unwrap().len(), 3, "{run:?}");
 
     // With the values set, the server confirms them.
     let run = s
