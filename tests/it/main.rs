@@ -7,6 +7,7 @@ mod circuit;
 mod cli;
 mod cluster;
 mod crash;
+mod database_tls;
 mod delivery;
 mod event_types;
 mod eventbridge;
