@@ -1,11 +1,12 @@
 //! TLS to PostgreSQL, with rustls: the `sslmode` and `sslrootcert` options of a database URL
 //! and the connector every connection of the shared store uses (the pools, the notification
-//! connection, `herald migrate`). tokio-postgres understands only `disable`, `prefer` and
+//! connection, `herald migrate` and `migrate-store`). tokio-postgres understands only `disable`, `prefer` and
 //! `require` and verifies nothing itself, so these two options are taken out of the URL here
 //! and turned into a certificate verifier, with libpq's meanings:
 //!
 //! - `disable`: plain TCP.
-//! - `prefer` (the default): TLS when the server offers it, plain otherwise.
+//! - `prefer` (the default): TLS when the server offers it, plain otherwise. A handshake that
+//!   fails is an error, where libpq would try again in plain text.
 //! - `require`: TLS or no connection.
 //! - `verify-ca`: TLS, and the server's certificate chains to `sslrootcert`.
 //! - `verify-full`: as `verify-ca`, and the certificate is for the host connected to.
