@@ -43,15 +43,21 @@ fn base_url() -> String {
         .expect("this test needs HERALD_TEST_DATABASE_URL (it was set when the tests were built)")
 }
 
-/// `url` on `host` (by name or address), with `tls` added to its parameters.
+/// `url` on `host` (by name or address), with `tls` in place of its own TLS parameters.
 fn tls_url(url: &str, host: &str, tls: &str) -> String {
     let mut url = url::Url::parse(url).unwrap();
     url.set_host(Some(host)).unwrap();
-    let query = match url.query() {
-        Some(query) if !query.is_empty() => format!("{query}&{tls}"),
-        _ => tls.to_string(),
-    };
-    url.set_query(Some(&query));
+    let query: Vec<&str> = url
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|pair| {
+            !pair.is_empty() && !pair.starts_with("sslmode=") && !pair.starts_with("sslrootcert=")
+        })
+        .chain(tls.split('&').filter(|pair| !pair.is_empty()))
+        .collect();
+    let query = query.join("&");
+    url.set_query((!query.is_empty()).then_some(query.as_str()));
     url.to_string()
 }
 
