@@ -53,7 +53,7 @@ pub struct App {
     /// Absent on an API-only node.
     dispatcher: Option<Dispatcher>,
     /// The shared store's connection settings, to listen for other nodes' notifications.
-    listen: Option<tokio_postgres::Config>,
+    listen: Option<postgres::Target>,
     retention: Retention,
     connection_limits: ConnectionLimits,
     new_admin_token: Option<String>,

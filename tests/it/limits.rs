@@ -201,7 +201,9 @@ async fn each_token_is_rate_limited_and_platform_tokens_are_not_by_default() {
 async fn revoke_in_store(config: &herald::Config, token_id: &str) {
     match &config.database_url {
         Some(url) => {
-            let (client, connection) = tokio_postgres::connect(url.expose(), tokio_postgres::NoTls)
+            let (client, connection) = herald::store::postgres::parse_url(url.expose())
+                .unwrap()
+                .connect()
                 .await
                 .unwrap();
             tokio::spawn(connection);

@@ -8,6 +8,7 @@ mod cli;
 mod cli_config;
 mod cluster;
 mod crash;
+mod database_tls;
 mod delivery;
 mod event_types;
 mod eventbridge;

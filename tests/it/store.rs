@@ -125,7 +125,9 @@ async fn refuse_inserts(b: &Backend, table: &str, condition: &str) {
         .unwrap();
     }
     if let Some(database) = &b.database {
-        let (client, connection) = tokio_postgres::connect(&database.url, tokio_postgres::NoTls)
+        let (client, connection) = herald::store::postgres::parse_url(&database.url)
+            .unwrap()
+            .connect()
             .await
             .unwrap();
         tokio::spawn(connection);

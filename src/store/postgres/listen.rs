@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use tokio::sync::mpsc;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
-use super::{DUE_CHANNEL, STREAMS_CHANNEL};
+use super::{DUE_CHANNEL, STREAMS_CHANNEL, Target};
 
 /// Announces streams with due work to every node, a batch of them per notifying statement.
 pub(super) struct Announcer(mpsc::UnboundedSender<String>);
@@ -71,13 +71,13 @@ const RECONNECT_AFTER: Duration = Duration::from_secs(1);
 /// Listens until `shutdown`, reconnecting whenever the connection is lost, and passes every
 /// notification to `deliver`.
 pub async fn listen(
-    config: tokio_postgres::Config,
+    target: Target,
     deliver: impl Fn(Notice) + Send + 'static,
     shutdown: CancellationToken,
 ) {
     let mut reported = false;
     while !shutdown.is_cancelled() {
-        match listen_once(&config, &deliver, &shutdown, &mut reported).await {
+        match listen_once(&target, &deliver, &shutdown, &mut reported).await {
             Ok(()) => return,
             Err(e) if !reported => {
                 tracing::warn!(error = %e, "lost the notification connection; polling until it is back");
@@ -94,12 +94,12 @@ pub async fn listen(
 
 /// One connection's lifetime: `Ok` only when shut down.
 async fn listen_once(
-    config: &tokio_postgres::Config,
+    target: &Target,
     deliver: &impl Fn(Notice),
     shutdown: &CancellationToken,
     reported: &mut bool,
 ) -> Result<(), String> {
-    let (client, mut connection) = config.connect(NoTls).await.map_err(|e| e.to_string())?;
+    let (client, mut connection) = target.connect().await.map_err(|e| crate::error_chain(&e))?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     // The connection only makes progress while polled; its messages come out here.
     let driver = tokio::spawn(async move {

@@ -14,14 +14,15 @@ mod listen;
 mod log;
 mod queue;
 mod scratch;
+mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{NoTls, Row};
 
 pub use import::{ImportReport, import_sqlite};
 pub use listen::{Notice, listen};
@@ -117,12 +118,46 @@ impl From<deadpool_postgres::PoolError> for StoreError {
     }
 }
 
+/// Where a database is and how to reach it: tokio-postgres's settings and the TLS connector
+/// the URL's `sslmode` and `sslrootcert` call for. Every connection Herald opens is made from
+/// one of these.
+#[derive(Clone)]
+pub struct Target {
+    config: tokio_postgres::Config,
+    tls: tls::MakeRustls,
+}
+
+impl Target {
+    /// One connection, its driver left to the caller.
+    pub async fn connect(
+        &self,
+    ) -> Result<
+        (
+            tokio_postgres::Client,
+            tokio_postgres::Connection<
+                tokio_postgres::Socket,
+                tls::RustlsStream<tokio_postgres::Socket>,
+            >,
+        ),
+        tokio_postgres::Error,
+    > {
+        self.config.connect(self.tls.clone()).await
+    }
+}
+
 /// Parses a `postgres://` URL, with timeouts that make a lost database show quickly.
-pub fn parse_url(url: &str) -> StoreResult<tokio_postgres::Config> {
-    let mut config: tokio_postgres::Config = url.parse().map_err(|e| StoreError::Open {
+pub fn parse_url(url: &str) -> StoreResult<Target> {
+    let invalid = |reason: String| StoreError::Open {
         path: redact_url(url),
-        reason: format!("not a valid PostgreSQL URL: {e}"),
-    })?;
+        reason,
+    };
+    let options = tls::split_url(url).map_err(invalid)?;
+    let tls = options.connector().map_err(invalid)?;
+    let mut config: tokio_postgres::Config = options
+        .rest
+        .parse()
+        .map_err(|e| invalid(format!("not a valid PostgreSQL URL: {e}")))?;
+    config.ssl_mode(options.wire_mode());
     config
         .connect_timeout(CONNECT_TIMEOUT)
         .keepalives(true)
@@ -131,7 +166,7 @@ pub fn parse_url(url: &str) -> StoreResult<tokio_postgres::Config> {
     if config.get_application_name().is_none() {
         config.application_name("herald");
     }
-    Ok(config)
+    Ok(Target { config, tls })
 }
 
 fn pool(url: &str, max_connections: usize) -> StoreResult<Pool> {
@@ -140,7 +175,7 @@ fn pool(url: &str, max_connections: usize) -> StoreResult<Pool> {
 
 /// A pool whose connections start with these server `options` too.
 fn pool_with(url: &str, max_connections: usize, options: &str) -> StoreResult<Pool> {
-    let mut config = parse_url(url)?;
+    let Target { mut config, tls } = parse_url(url)?;
     let options = match config.get_options() {
         Some(given) => format!("{given} {options}"),
         None => options.to_string(),
@@ -148,7 +183,7 @@ fn pool_with(url: &str, max_connections: usize, options: &str) -> StoreResult<Po
     config.options(&options);
     let manager = Manager::from_config(
         config,
-        NoTls,
+        tls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },

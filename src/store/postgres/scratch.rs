@@ -3,9 +3,7 @@
 //! with a short-lived connection, handed out as a URL whose sessions work in it, and dropped
 //! with everything in it afterwards, also when the caller panics.
 
-use tokio_postgres::NoTls;
-
-use super::{CONNECT_TIMEOUT, redact_url};
+use super::{parse_url, redact_url};
 
 /// A schema of its own on a PostgreSQL server; dropped with its tables on drop.
 pub struct Scratch {
@@ -80,12 +78,9 @@ impl Drop for Scratch {
 /// A connection to `url`, its driver running on the current runtime until the client is
 /// dropped.
 async fn connect(url: &str) -> Result<tokio_postgres::Client, String> {
-    let mut config: tokio_postgres::Config = url.parse().map_err(|e| crate::error_chain(&e))?;
-    config.connect_timeout(CONNECT_TIMEOUT);
-    let (client, connection) = config
-        .connect(NoTls)
-        .await
-        .map_err(|e| crate::error_chain(&e))?;
+    // The same settings, TLS included, as Herald's own connections.
+    let target = parse_url(url).map_err(|e| e.to_string())?;
+    let (client, connection) = target.connect().await.map_err(|e| crate::error_chain(&e))?;
     tokio::spawn(connection);
     Ok(client)
 }
