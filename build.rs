@@ -2,6 +2,11 @@
 //! run then and are reported as ignored otherwise (Rust decides `#[ignore]` when it compiles);
 //! likewise `HERALD_TEST_PROMETHEUS_PYTHON` (a Python with PyPI `prometheus-client`) for the
 //! test that checks `/metrics` with that reference parser.
+//!
+//! The tests that run the projects `herald scaffold` writes need a toolchain prepared for
+//! each language: `HERALD_TEST_SCAFFOLD_NODE_MODULES` (a `node_modules` holding npm
+//! `standardwebhooks`), `HERALD_TEST_SCAFFOLD_PYTHON` (a Python with PyPI `standardwebhooks`)
+//! and `HERALD_TEST_SCAFFOLD_CARGO_TARGET` (a target directory for the generated Rust project).
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(herald_postgres_tests)");
@@ -13,5 +18,25 @@ fn main() {
     println!("cargo::rerun-if-env-changed=HERALD_TEST_PROMETHEUS_PYTHON");
     if std::env::var_os("HERALD_TEST_PROMETHEUS_PYTHON").is_some_and(|path| !path.is_empty()) {
         println!("cargo::rustc-cfg=herald_prometheus_parser_tests");
+    }
+    for (variable, cfg) in [
+        (
+            "HERALD_TEST_SCAFFOLD_NODE_MODULES",
+            "herald_scaffold_node_tests",
+        ),
+        (
+            "HERALD_TEST_SCAFFOLD_PYTHON",
+            "herald_scaffold_python_tests",
+        ),
+        (
+            "HERALD_TEST_SCAFFOLD_CARGO_TARGET",
+            "herald_scaffold_rust_tests",
+        ),
+    ] {
+        println!("cargo::rustc-check-cfg=cfg({cfg})");
+        println!("cargo::rerun-if-env-changed={variable}");
+        if std::env::var_os(variable).is_some_and(|value| !value.is_empty()) {
+            println!("cargo::rustc-cfg={cfg}");
+        }
     }
 }

@@ -22,6 +22,8 @@ pub enum CliError {
     Transport(String),
     /// Arguments clap could not check on its own (a file that does not parse, ...).
     Usage(String),
+    /// Something failed on this machine (a file that cannot be written).
+    Local(String),
 }
 
 impl CliError {
@@ -29,7 +31,7 @@ impl CliError {
     pub fn exit_code(&self) -> ExitCode {
         match self {
             CliError::Api { status: 404, .. } => ExitCode::from(3),
-            CliError::Api { .. } | CliError::Transport(_) => ExitCode::from(1),
+            CliError::Api { .. } | CliError::Transport(_) | CliError::Local(_) => ExitCode::from(1),
             CliError::Usage(_) => ExitCode::from(2),
         }
     }
@@ -77,7 +79,7 @@ impl CliError {
             CliError::Transport(message) => format!(
                 "herald: {message}\n  hint: check --server or HERALD_SERVER, and that `herald serve` runs there"
             ),
-            CliError::Usage(message) => format!("herald: {message}"),
+            CliError::Usage(message) | CliError::Local(message) => format!("herald: {message}"),
         }
     }
 }

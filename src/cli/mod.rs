@@ -7,17 +7,20 @@
 //! touches a store: everything goes through the same API and tokens as any other client.
 //!
 //! - [`client`]: requests, and the API's error body turned into an exit code and a hint.
-//! - [`output`]: tables, key/value blocks, JSON.
+//! - [`output`]: tables, key/value blocks, JSON; [`chart`]: the plain-text chart of `stats`.
 //! - [`streams`], [`deliveries`], [`publish`], [`stats`], [`events`], [`admin`]: the commands.
+//! - [`scaffold`]: a receiver project on disk; it needs no server.
 //!
 //! `herald completions` lives in `main.rs`, next to the whole command tree it describes.
 
 pub mod admin;
+pub mod chart;
 pub mod client;
 pub mod deliveries;
 pub mod events;
 pub mod output;
 pub mod publish;
+pub mod scaffold;
 pub mod stats;
 pub mod streams;
 
@@ -94,6 +97,8 @@ pub enum Command {
     Tenants(admin::TenantsArgs),
     /// API tokens
     Tokens(admin::TokensArgs),
+    /// Write a receiver project (Node, Python or Rust) for chosen event types, with its tests
+    Scaffold(scaffold::ScaffoldArgs),
 }
 
 /// Runs a client command and answers the process's exit code; errors go to stderr.
@@ -109,6 +114,7 @@ pub async fn run(command: Command) -> ExitCode {
         Command::EventTypes(args) => admin::event_types(args).await,
         Command::Tenants(args) => admin::tenants(args).await,
         Command::Tokens(args) => admin::tokens(args).await,
+        Command::Scaffold(args) => scaffold::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

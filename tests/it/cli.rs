@@ -977,6 +977,63 @@ async fn cli_shows_a_streams_stats_in_total_per_type_and_per_hour() {
     assert_eq!(run.code, 3, "{run:?}");
 }
 
+#[tokio::test]
+async fn cli_stats_draws_the_hourly_chart_on_request_and_never_into_json() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    receiver.script([Reply::status(400)]);
+    let id = create_seed_stream(&app, &receiver).await;
+    app.publish(json!({"type": "user.created", "id": "ch-1"}))
+        .await;
+    app.wait_for_delivery(&id, "ch-1", |d| d["status"] == "failed")
+        .await;
+    // Two hours later: an hour without deliveries between the two drawn.
+    app.clock.advance(std::time::Duration::from_secs(2 * 3600));
+    for i in 2..4 {
+        let event = format!("ch-{i}");
+        app.publish(json!({"type": "user.created", "id": event}))
+            .await;
+        app.wait_for_delivery(&id, &event, |d| d["status"] == "succeeded")
+            .await;
+    }
+
+    // Not a terminal: the tables alone.
+    let run = herald(&app, &["stats", &id], None).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("HOUR"), "{run:?}");
+    assert!(!run.stdout.contains("success rate:"), "{run:?}");
+
+    let run = herald(&app, &["stats", &id, "--chart"], None).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let chart: Vec<&str> = run
+        .lines()
+        .into_iter()
+        .skip_while(|l| !l.starts_with("HOUR (UTC)"))
+        .collect();
+    assert_eq!(chart.len(), 4, "a header, two hours, a gap: {run:?}");
+    assert!(chart[0].contains("success rate: # per 5 %"), "{run:?}");
+    assert!(
+        chart[1].contains("[....................]   0.0 %"),
+        "{run:?}"
+    );
+    assert!(
+        chart[1].ends_with("ms"),
+        "the failed delivery's latency: {run:?}"
+    );
+    assert!(chart[2].contains("(1 hour without deliveries)"), "{run:?}");
+    assert!(
+        chart[3].contains("[####################] 100.0 %"),
+        "{run:?}"
+    );
+    assert!(chart[3].contains(" ms"), "{run:?}");
+
+    let run = herald(&app, &["stats", &id, "--chart", "--json"], None).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.json()["total"]["succeeded"], 2);
+    let run = herald(&app, &["stats", &id, "--chart", "-q"], None).await;
+    assert_eq!(run.lines(), [id.as_str()]);
+}
+
 /// What must not happen quietly: an id that would change the path (`.` would make
 /// `redeliver STREAM .` a bulk redelivery), a redirect (it would carry the token and the body
 /// elsewhere), and a new token's secret lost behind `-q`.
