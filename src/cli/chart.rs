@@ -105,9 +105,7 @@ fn hour_label(hour: &str) -> String {
 
 /// Hours since the epoch, to see which hours lie between two shown.
 fn hour_number(hour: &str) -> Option<i64> {
-    let at =
-        time::OffsetDateTime::parse(hour, &time::format_description::well_known::Rfc3339).ok()?;
-    Some(at.unix_timestamp().div_euclid(3600))
+    crate::event::parse_time(hour).map(|ms| ms.div_euclid(3_600_000))
 }
 
 #[cfg(test)]

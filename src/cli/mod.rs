@@ -125,6 +125,15 @@ pub async fn run(command: Command) -> ExitCode {
     }
 }
 
+/// Checks a time flag (`--date-from`...) here, as the server would, so a typo is a usage
+/// error (exit 2) rather than the API's 400; the text goes on unchanged.
+pub fn rfc3339(text: &str) -> Result<String, String> {
+    match crate::event::parse_time(text) {
+        Some(_) => Ok(text.to_owned()),
+        None => Err("not an RFC 3339 time; for example 2026-11-29T18:00:00Z".into()),
+    }
+}
+
 /// Parses a flag's JSON value (clap names the flag in its error, and exits with 2).
 pub fn json_value(text: &str) -> Result<Value, String> {
     serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))

@@ -16,10 +16,10 @@ pub struct StatsArgs {
     pub connection: Connection,
     stream: String,
     /// Start of the range (RFC 3339) [default: 24 hours before --date-to]
-    #[arg(long, value_name = "TIME")]
+    #[arg(long, value_name = "TIME", value_parser = super::rfc3339)]
     date_from: Option<String>,
     /// End of the range (RFC 3339) [default: now]
-    #[arg(long, value_name = "TIME")]
+    #[arg(long, value_name = "TIME", value_parser = super::rfc3339)]
     date_to: Option<String>,
     /// Draw the per-hour chart even when stdout is not a terminal (never with --json or -q)
     #[arg(long)]

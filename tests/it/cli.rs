@@ -1034,6 +1034,61 @@ async fn cli_stats_draws_the_hourly_chart_on_request_and_never_into_json() {
     assert_eq!(run.lines(), [id.as_str()]);
 }
 
+/// Server text that holds terminal control sequences is shown escaped, never obeyed.
+#[tokio::test]
+async fn cli_tables_show_control_characters_escaped() {
+    let app = spawn_app().await;
+    let subject = "\u{1b}]0;owned\u{7}\u{1b}[2Ju_9\r";
+    app.publish(json!({"type": "user.created", "id": "esc-1", "subject": subject}))
+        .await;
+    for args in [&["events", "list"][..], &["events", "show", "esc-1"]] {
+        let run = herald(&app, args, None).await;
+        assert_eq!(run.code, 0, "{run:?}");
+        assert!(!run.stdout.contains('\u{1b}'), "{args:?}: {run:?}");
+        assert!(!run.stdout.contains('\r'), "{args:?}: {run:?}");
+        assert!(
+            run.stdout.contains("\\u{1b}]0;owned\\u{7}\\u{1b}[2Ju_9\\r"),
+            "{args:?}: {run:?}"
+        );
+    }
+    // --json is the API's JSON, where the characters are escaped by JSON itself.
+    let run = herald(&app, &["events", "show", "esc-1", "--json"], None).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        !run.stdout.contains('\u{1b}') && run.stdout.contains("\\u001b]0;owned"),
+        "{run:?}"
+    );
+}
+
+/// A time flag that is not RFC 3339 is a usage error, found before any request.
+#[tokio::test]
+async fn cli_refuses_a_malformed_time_flag_with_exit_2() {
+    let app = spawn_app().await;
+    for args in [
+        &["stats", "est_x", "--date-from", "yesterday"][..],
+        &[
+            "deliveries",
+            "list",
+            "est_x",
+            "--date-to",
+            "2026-13-01T00:00:00Z",
+        ],
+        &["redeliver-many", "est_x", "--date-from", "2026-11-29"],
+        &["events", "list", "--date-from", "29/11/2026"],
+    ] {
+        let run = herald(&app, args, None).await;
+        assert_eq!(run.code, 2, "{args:?}: {run:?}");
+        assert!(run.stderr.contains("RFC 3339"), "{args:?}: {run:?}");
+    }
+    let run = herald(
+        &app,
+        &["events", "list", "--date-from", "2026-11-29T00:00:00+01:00"],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 0, "{run:?}");
+}
+
 /// What must not happen quietly: an id that would change the path (`.` would make
 /// `redeliver STREAM .` a bulk redelivery), a redirect (it would carry the token and the body
 /// elsewhere), and a new token's secret lost behind `-q`.
