@@ -1060,6 +1060,76 @@ async fn cli_tables_show_control_characters_escaped() {
     );
 }
 
+/// Stdin batches are cut by size as well as by count, so a server with a small
+/// `max_request_bytes` takes them all; a batch refused mid-stream says what was stored.
+#[tokio::test]
+async fn cli_publish_sizes_batches_by_bytes_and_says_what_a_refusal_left_stored() {
+    let app = spawn_app_with(|config| config.max_request_bytes = 4096).await;
+    let padding = "x".repeat(250);
+    let line = |i: usize, kind: &str| {
+        format!(
+            "{}\n",
+            json!({"type": kind, "id": format!("sized-{i}"), "data": {"padding": padding}})
+        )
+    };
+    // 40 events of about 300 bytes: 12 KB, three times what the server accepts at once.
+    let input: String = (0..40).map(|i| line(i, "user.created")).collect();
+    let run = herald(
+        &app,
+        &["publish", "--max-batch-bytes", "4096"],
+        Some(input.clone()),
+    )
+    .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let headers = run.lines().iter().filter(|l| l.starts_with("ID ")).count();
+    assert!(
+        (3..=4).contains(&headers),
+        "batches of at most 4096 bytes: {run:?}"
+    );
+    let stored = run
+        .lines()
+        .iter()
+        .filter(|l| l.starts_with("sized-"))
+        .count();
+    assert_eq!(stored, 40, "{run:?}");
+    // By count alone, the one batch of 40 would be refused as too large.
+    let run = herald(
+        &app,
+        &["publish", "--max-batch-bytes", "1000000"],
+        Some(input),
+    )
+    .await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("payload_too_large"), "{run:?}");
+
+    // Batches of two; the second holds an invalid event, so it is refused whole.
+    let input: String = (100..105)
+        .map(|i| {
+            line(
+                i,
+                if i == 102 {
+                    "Not A Type"
+                } else {
+                    "user.created"
+                },
+            )
+        })
+        .collect();
+    let run = herald(&app, &["publish", "--max-batch-bytes", "700"], Some(input)).await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains(
+            "2 events from stdin were stored before this batch of 2 (stdin lines 3 to 4); \
+             none of them was stored"
+        ),
+        "{run:?}"
+    );
+    let (status, _) = app.get("/v1/events/sized-101").await;
+    assert_eq!(status, reqwest::StatusCode::OK);
+    let (status, _) = app.get("/v1/events/sized-103").await;
+    assert_eq!(status, reqwest::StatusCode::NOT_FOUND);
+}
+
 /// A time flag that is not RFC 3339 is a usage error, found before any request.
 #[tokio::test]
 async fn cli_refuses_a_malformed_time_flag_with_exit_2() {
