@@ -251,6 +251,9 @@ fn the_rust_receiver_passes_its_own_tests() {
         Command::new(env!("CARGO"))
             .args(["test", "--offline", "--quiet"])
             .env("CARGO_TARGET_DIR", target)
+            // A throwaway build: no debug info or incremental state to write and keep.
+            .env("CARGO_PROFILE_DEV_DEBUG", "false")
+            .env("CARGO_INCREMENTAL", "0")
             .env_remove("RUSTFLAGS")
             .current_dir(&project),
     );

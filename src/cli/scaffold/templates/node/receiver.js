@@ -125,7 +125,13 @@ if (require.main === module) {
     console.error("HERALD_WEBHOOK_SECRET is not set: use the stream's secret (`herald streams secret STREAM -q`)");
     process.exit(1);
   }
-  const server = createReceiver({ secret });
+  let server;
+  try {
+    server = createReceiver({ secret });
+  } catch (error) {
+    console.error(`HERALD_WEBHOOK_SECRET is not a whsec_ secret: ${error.message}`);
+    process.exit(1);
+  }
   const port = Number(process.env.PORT ?? 3000);
   const host = process.env.HOST ?? "127.0.0.1";
   server.listen(port, host, () => {

@@ -46,7 +46,10 @@ class Receiver(ThreadingHTTPServer):
 class _Delivery(BaseHTTPRequestHandler):
     def do_POST(self):
         server = self.server
-        length = int(self.headers.get("content-length") or 0)
+        try:
+            length = int(self.headers.get("content-length") or 0)
+        except ValueError:
+            return self.reply(400, {"error": "the content-length header is not a number"})
         if length > MAX_BODY_BYTES:
             return self.reply(413, {"error": f"the body is larger than {MAX_BODY_BYTES} bytes"})
         body = self.rfile.read(length)
@@ -130,7 +133,12 @@ def main():
         sys.exit("HERALD_WEBHOOK_SECRET is not set: use the stream's secret (`herald streams secret STREAM -q`)")
     host = os.environ.get("HOST", "127.0.0.1")
     port = int(os.environ.get("PORT", "3000"))
-    server = Receiver((host, port), secret)
+    try:
+        server = Receiver((host, port), secret)
+    except OSError as error:
+        sys.exit(f"cannot listen on {host}:{port}: {error}")
+    except Exception as error:  # the library's own errors for a secret it cannot decode
+        sys.exit(f"HERALD_WEBHOOK_SECRET is not a whsec_ secret: {error}")
     print(f"listening on http://{server.server_address[0]}:{server.server_address[1]}", flush=True)
     try:
         server.serve_forever()
