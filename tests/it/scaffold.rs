@@ -282,10 +282,7 @@ impl Drop for Running {
     not(herald_scaffold_python_tests),
     ignore = "needs HERALD_TEST_SCAFFOLD_PYTHON"
 )]
-async fn herald_delivers_to_a_running_generated_receiver_and_its_handlers_run() {
-    use std::io::{BufRead, BufReader};
-    use std::process::Stdio;
-
+async fn herald_delivers_to_a_running_generated_python_receiver_and_its_handlers_run() {
     let python = prepared(
         "HERALD_TEST_SCAFFOLD_PYTHON",
         option_env!("HERALD_TEST_SCAFFOLD_PYTHON"),
@@ -293,15 +290,46 @@ async fn herald_delivers_to_a_running_generated_receiver_and_its_handlers_run() 
     let dir = tempfile::tempdir().unwrap();
     let project = dir.path().join("receiver");
     generate("python", "user.created,flow.run.finished", &project);
+    let mut command = Command::new(python);
+    command
+        .arg("receiver.py")
+        .env("PYTHONDONTWRITEBYTECODE", "1");
+    delivers_end_to_end(&project, command).await;
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(herald_scaffold_node_tests),
+    ignore = "needs HERALD_TEST_SCAFFOLD_NODE_MODULES"
+)]
+async fn herald_delivers_to_a_running_generated_node_receiver_and_its_handlers_run() {
+    let modules = prepared(
+        "HERALD_TEST_SCAFFOLD_NODE_MODULES",
+        option_env!("HERALD_TEST_SCAFFOLD_NODE_MODULES"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path().join("receiver");
+    generate("node", "user.created,flow.run.finished", &project);
+    std::os::unix::fs::symlink(&modules, project.join("node_modules")).unwrap();
+    let mut command = Command::new("node");
+    command.arg("receiver.js");
+    delivers_end_to_end(&project, command).await;
+}
+
+/// Starts the generated receiver in `project` with `command`, points a real Herald at it, and
+/// checks from the delivery records that the receiver verified each delivery, ran the right
+/// handler (the failed-run branch included), answered a redelivery as a duplicate, and
+/// refused a stream whose secret it does not hold.
+async fn delivers_end_to_end(project: &Path, mut command: Command) {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
 
     let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-    let mut child = Command::new(python)
-        .arg("receiver.py")
+    let mut child = command
         .env("HERALD_WEBHOOK_SECRET", secret)
         .env("HOST", "127.0.0.1")
         .env("PORT", "0")
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .current_dir(&project)
+        .current_dir(project)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
