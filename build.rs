@@ -6,6 +6,11 @@
 //! The tests of TLS to PostgreSQL also need the certificate the server presents (or the one
 //! that signed it): `HERALD_TEST_DATABASE_ROOT_CERT`, or by default Debian's self-signed
 //! `ssl-cert-snakeoil.pem`, which a Debian PostgreSQL serves unless configured otherwise.
+//!
+//! The tests that run the projects `herald scaffold` writes need a toolchain prepared for
+//! each language: `HERALD_TEST_SCAFFOLD_NODE_MODULES` (a `node_modules` holding npm
+//! `standardwebhooks`), `HERALD_TEST_SCAFFOLD_PYTHON` (a Python with PyPI `standardwebhooks`)
+//! and `HERALD_TEST_SCAFFOLD_CARGO_TARGET` (a target directory for the generated Rust project).
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(herald_postgres_tests)");
@@ -31,6 +36,26 @@ fn main() {
         && (root_cert.is_some() || snakeoil)
     {
         println!("cargo::rustc-cfg=herald_postgres_tls_tests");
+    }
+    for (variable, cfg) in [
+        (
+            "HERALD_TEST_SCAFFOLD_NODE_MODULES",
+            "herald_scaffold_node_tests",
+        ),
+        (
+            "HERALD_TEST_SCAFFOLD_PYTHON",
+            "herald_scaffold_python_tests",
+        ),
+        (
+            "HERALD_TEST_SCAFFOLD_CARGO_TARGET",
+            "herald_scaffold_rust_tests",
+        ),
+    ] {
+        println!("cargo::rustc-check-cfg=cfg({cfg})");
+        println!("cargo::rerun-if-env-changed={variable}");
+        if std::env::var_os(variable).is_some_and(|value| !value.is_empty()) {
+            println!("cargo::rustc-cfg={cfg}");
+        }
     }
 }
 

@@ -24,6 +24,8 @@ pub enum CliError {
     Usage(String),
     /// Something named locally (a profile) does not exist.
     NotFound(String),
+    /// Something failed on this machine (a file that cannot be written).
+    Local(String),
 }
 
 impl CliError {
@@ -31,7 +33,7 @@ impl CliError {
     pub fn exit_code(&self) -> ExitCode {
         match self {
             CliError::Api { status: 404, .. } => ExitCode::from(3),
-            CliError::Api { .. } | CliError::Transport(_) => ExitCode::from(1),
+            CliError::Api { .. } | CliError::Transport(_) | CliError::Local(_) => ExitCode::from(1),
             CliError::Usage(_) => ExitCode::from(2),
             CliError::NotFound(_) => ExitCode::from(3),
         }
@@ -80,7 +82,9 @@ impl CliError {
             CliError::Transport(message) => format!(
                 "herald: {message}\n  hint: check --server or HERALD_SERVER, and that `herald serve` runs there"
             ),
-            CliError::Usage(message) | CliError::NotFound(message) => format!("herald: {message}"),
+            CliError::Usage(message) | CliError::NotFound(message) | CliError::Local(message) => {
+                format!("herald: {message}")
+            }
         }
     }
 }

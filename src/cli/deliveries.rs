@@ -47,10 +47,10 @@ pub struct Filters {
     #[arg(long, value_delimiter = ',')]
     event_type: Vec<String>,
     /// Only deliveries at or after this RFC 3339 time
-    #[arg(long, value_name = "TIME")]
+    #[arg(long, value_name = "TIME", value_parser = super::rfc3339)]
     date_from: Option<String>,
     /// Only deliveries at or before this RFC 3339 time
-    #[arg(long, value_name = "TIME")]
+    #[arg(long, value_name = "TIME", value_parser = super::rfc3339)]
     date_to: Option<String>,
 }
 

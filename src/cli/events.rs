@@ -34,10 +34,10 @@ pub enum EventsCommand {
         #[arg(long)]
         user_id: Option<String>,
         /// Only events at or after this RFC 3339 time
-        #[arg(long, value_name = "TIME")]
+        #[arg(long, value_name = "TIME", value_parser = super::rfc3339)]
         date_from: Option<String>,
         /// Only events at or before this RFC 3339 time
-        #[arg(long, value_name = "TIME")]
+        #[arg(long, value_name = "TIME", value_parser = super::rfc3339)]
         date_to: Option<String>,
         /// Stop after this many events
         #[arg(long)]

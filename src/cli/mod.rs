@@ -7,14 +7,16 @@
 //! touches a store: everything goes through the same API and tokens as any other client.
 //!
 //! - [`client`]: requests, and the API's error body turned into an exit code and a hint.
-//! - [`output`]: tables, key/value blocks, JSON.
+//! - [`output`]: tables, key/value blocks, JSON; [`chart`]: the plain-text chart of `stats`.
 //! - [`streams`], [`deliveries`], [`publish`], [`stats`], [`events`], [`admin`]: the commands.
 //! - [`profiles`]: `login`/`logout`, and the saved profile a connection falls back on.
 //! - [`declare`]: configuration as code (`plan`, `apply`, `export`).
+//! - [`scaffold`]: a receiver project on disk; it needs no server.
 //!
 //! `herald completions` lives in `main.rs`, next to the whole command tree it describes.
 
 pub mod admin;
+pub mod chart;
 pub mod client;
 pub mod declare;
 pub mod deliveries;
@@ -22,6 +24,7 @@ pub mod events;
 pub mod output;
 pub mod profiles;
 pub mod publish;
+pub mod scaffold;
 pub mod stats;
 pub mod streams;
 
@@ -108,6 +111,8 @@ pub enum Command {
     Apply(declare::ApplyArgs),
     /// Write the server's event types and streams as a configuration file
     Export(declare::ExportArgs),
+    /// Write a receiver project (Node, Python or Rust) for chosen event types, with its tests
+    Scaffold(scaffold::ScaffoldArgs),
 }
 
 /// Runs a client command and answers the process's exit code; errors go to stderr.
@@ -128,6 +133,7 @@ pub async fn run(command: Command) -> ExitCode {
         Command::Plan(args) => declare::plan(args).await,
         Command::Apply(args) => declare::apply(args).await,
         Command::Export(args) => declare::export(args).await,
+        Command::Scaffold(args) => scaffold::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -135,6 +141,15 @@ pub async fn run(command: Command) -> ExitCode {
             eprintln!("{}", error.report());
             error.exit_code()
         }
+    }
+}
+
+/// Checks a time flag (`--date-from`...) here, as the server would, so a typo is a usage
+/// error (exit 2) rather than the API's 400; the text goes on unchanged.
+pub fn rfc3339(text: &str) -> Result<String, String> {
+    match crate::event::parse_time(text) {
+        Some(_) => Ok(text.to_owned()),
+        None => Err("not an RFC 3339 time; for example 2026-11-29T18:00:00Z".into()),
     }
 }
 

@@ -59,8 +59,36 @@ pub fn json(value: &Value) {
     );
 }
 
-/// Prints rows under headers, columns padded to their widest cell.
+/// Text from the server made safe for a terminal: control characters (an escape sequence
+/// that would move the cursor or retitle the window, a carriage return that would hide what
+/// came before) are shown escaped (`\u{1b}`, `\r`), never passed through.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out.into()
+}
+
+/// Prints rows under headers, columns padded to their widest cell; cells are made
+/// [`printable`] first.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| {
+            row.iter()
+                .map(|cell| printable(cell).into_owned())
+                .collect()
+        })
+        .collect();
+    let rows = &rows;
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
@@ -84,11 +112,11 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) {
     }
 }
 
-/// Prints `key  value` lines, keys aligned.
+/// Prints `key  value` lines, keys aligned, values made [`printable`].
 pub fn fields(pairs: &[(&str, String)]) {
     let width = pairs.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     for (key, value) in pairs {
-        crate::outln!("{key:<width$}  {value}");
+        crate::outln!("{key:<width$}  {}", printable(value));
     }
 }
 
@@ -113,5 +141,19 @@ pub fn excerpt(text: &str, max: usize) -> String {
         let mut cut: String = flat.chars().take(max).collect();
         cut.push('…');
         cut
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_shown_escaped() {
+        assert_eq!(printable("plain, ünïcode"), "plain, ünïcode");
+        assert_eq!(
+            printable("\u{1b}]0;owned\u{7}a\rb\nc"),
+            "\\u{1b}]0;owned\\u{7}a\\rb\\nc"
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! `herald publish`: one event from flags or a JSON file (an object, or an array for a
-//! batch), or NDJSON on stdin sent in batches of up to [`BATCH`] events.
+//! batch), or NDJSON on stdin sent in batches of up to [`BATCH`] events and
+//! `--max-batch-bytes` bytes.
 
 use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
@@ -14,6 +15,9 @@ use super::{Connection, json_value};
 
 /// Events a stdin batch carries (the API takes up to 1,000 a request).
 pub const BATCH: usize = 100;
+
+/// The server's default `max_request_bytes`.
+const SERVER_MAX_REQUEST_BYTES: u64 = 16 * 1024 * 1024;
 
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:\n  \
@@ -41,6 +45,11 @@ pub struct PublishArgs {
     /// A file holding one event (a JSON object) or a batch (an array)
     #[arg(short = 'f', long, value_name = "FILE")]
     file: Option<PathBuf>,
+    /// Largest stdin batch, in bytes: the server's `max_request_bytes` when it is not the
+    /// default (an event larger than this goes alone)
+    #[arg(long, value_name = "BYTES", default_value_t = SERVER_MAX_REQUEST_BYTES,
+          value_parser = clap::value_parser!(u64).range(2..))]
+    max_batch_bytes: u64,
 }
 
 pub async fn run(args: PublishArgs) -> Result<(), CliError> {
@@ -81,7 +90,7 @@ pub async fn run(args: PublishArgs) -> Result<(), CliError> {
             "nothing to publish: give --type, -f FILE, or pipe NDJSON events into stdin".into(),
         ));
     }
-    let mut batch: Vec<Value> = Vec::with_capacity(BATCH);
+    let mut batch = Batch::default();
     let mut sent = 0usize;
     for (number, line) in stdin.lock().lines().enumerate() {
         let line = line.map_err(|e| CliError::Usage(format!("reading stdin: {e}")))?;
@@ -95,13 +104,17 @@ pub async fn run(args: PublishArgs) -> Result<(), CliError> {
                 sent
             ))
         })?;
-        batch.push(event);
-        if batch.len() == BATCH {
-            sent += publish_batch(&client, mode, std::mem::take(&mut batch)).await?;
+        let event = serde_json::to_string(&event).expect("a JSON value serializes");
+        if !batch.fits(&event, args.max_batch_bytes) {
+            sent += publish_batch(&client, mode, std::mem::take(&mut batch), sent).await?;
+        }
+        batch.push(event, number + 1);
+        if batch.events.len() == BATCH {
+            sent += publish_batch(&client, mode, std::mem::take(&mut batch), sent).await?;
         }
     }
-    if !batch.is_empty() {
-        sent += publish_batch(&client, mode, batch).await?;
+    if !batch.events.is_empty() {
+        sent += publish_batch(&client, mode, batch, sent).await?;
     }
     if sent == 0 {
         return Err(CliError::Usage(
@@ -111,21 +124,81 @@ pub async fn run(args: PublishArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-async fn publish_batch(client: &Client, mode: Mode, batch: Vec<Value>) -> Result<usize, CliError> {
-    let n = batch.len();
-    let result = send(client, &Value::Array(batch)).await?;
+/// Events read from stdin for one request, kept as the JSON text they are sent as.
+#[derive(Default)]
+struct Batch {
+    events: Vec<String>,
+    /// The request body's size so far: `[`, the events, the commas between them, `]`.
+    bytes: usize,
+    first_line: usize,
+    last_line: usize,
+}
+
+impl Batch {
+    /// Whether `event` can join without the body growing past `max` bytes; an empty batch
+    /// takes any event, so one larger than `max` goes alone and the server decides.
+    fn fits(&self, event: &str, max: u64) -> bool {
+        self.events.is_empty() || (self.bytes + 1 + event.len()) as u64 <= max
+    }
+
+    fn push(&mut self, event: String, line: usize) {
+        self.bytes += if self.events.is_empty() { 2 } else { 1 } + event.len();
+        if self.events.is_empty() {
+            self.first_line = line;
+        }
+        self.last_line = line;
+        self.events.push(event);
+    }
+}
+
+/// Sends a batch; if it fails, says on stderr what was stored before it and what was not,
+/// so the rest can be sent again from the right line.
+async fn publish_batch(
+    client: &Client,
+    mode: Mode,
+    batch: Batch,
+    sent_before: usize,
+) -> Result<usize, CliError> {
+    let n = batch.events.len();
+    let body = format!("[{}]", batch.events.join(","));
+    let result = match send_bytes(client, true, body.into_bytes()).await {
+        Ok(result) => result,
+        Err(error) => {
+            let fate = match error {
+                CliError::Api { .. } => "none of them was stored",
+                _ => {
+                    "whether they were stored is unknown (sending them again is safe: an event \
+                      id already stored is answered as a duplicate)"
+                }
+            };
+            eprintln!(
+                "herald: {sent_before} event{} from stdin {} stored before this batch of {n} \
+                 (stdin lines {} to {}); {fate}",
+                if sent_before == 1 { "" } else { "s" },
+                if sent_before == 1 { "was" } else { "were" },
+                batch.first_line,
+                batch.last_line,
+            );
+            return Err(error);
+        }
+    };
     print(mode, &result);
     Ok(n)
 }
 
 /// Sends one event (an object) or a batch (an array) with the matching content type.
 async fn send(client: &Client, body: &Value) -> Result<Value, CliError> {
-    let content_type = if body.is_array() {
+    let bytes = serde_json::to_vec(body).expect("a JSON value serializes");
+    send_bytes(client, body.is_array(), bytes).await
+}
+
+/// Sends a JSON body already serialized: a batch (an array) or one event.
+async fn send_bytes(client: &Client, batch: bool, bytes: Vec<u8>) -> Result<Value, CliError> {
+    let content_type = if batch {
         "application/cloudevents-batch+json"
     } else {
         "application/cloudevents+json"
     };
-    let bytes = serde_json::to_vec(body).expect("a JSON value serializes");
     client
         .call(
             Method::POST,

@@ -1,6 +1,6 @@
 //! `herald stats STREAM`: a stream's outcomes, success rate and latency percentiles over a
-//! range, in total, per event type and per hour, as tables (the terminal chart of the issue
-//! is not drawn yet).
+//! range, in total, per event type and per hour, as tables; on a terminal (or with `--chart`)
+//! a chart of each hour's success rate and latency under them (see [`super::chart`]).
 
 use clap::Args;
 use serde_json::Value;
@@ -16,11 +16,14 @@ pub struct StatsArgs {
     pub connection: Connection,
     stream: String,
     /// Start of the range (RFC 3339) [default: 24 hours before --date-to]
-    #[arg(long, value_name = "TIME")]
+    #[arg(long, value_name = "TIME", value_parser = super::rfc3339)]
     date_from: Option<String>,
     /// End of the range (RFC 3339) [default: now]
-    #[arg(long, value_name = "TIME")]
+    #[arg(long, value_name = "TIME", value_parser = super::rfc3339)]
     date_to: Option<String>,
+    /// Draw the per-hour chart even when stdout is not a terminal (never with --json or -q)
+    #[arg(long)]
+    chart: bool,
 }
 
 pub async fn run(args: StatsArgs) -> Result<(), CliError> {
@@ -64,6 +67,16 @@ pub async fn run(args: StatsArgs) -> Result<(), CliError> {
             if !hours.is_empty() {
                 crate::outln!();
                 table(&["HOUR", "SUCCEEDED", "FAILED"], &hours);
+            }
+            let by_hour = stats["by_hour"].as_array().map_or(&[][..], Vec::as_slice);
+            if args.chart || std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                let chart = super::chart::hourly(by_hour);
+                if !chart.is_empty() {
+                    crate::outln!();
+                }
+                for line in chart {
+                    crate::outln!("{line}");
+                }
             }
         }
     }

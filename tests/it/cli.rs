@@ -984,6 +984,188 @@ async fn cli_shows_a_streams_stats_in_total_per_type_and_per_hour() {
     assert_eq!(run.code, 3, "{run:?}");
 }
 
+#[tokio::test]
+async fn cli_stats_draws_the_hourly_chart_on_request_and_never_into_json() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    receiver.script([Reply::status(400)]);
+    let id = create_seed_stream(&app, &receiver).await;
+    app.publish(json!({"type": "user.created", "id": "ch-1"}))
+        .await;
+    app.wait_for_delivery(&id, "ch-1", |d| d["status"] == "failed")
+        .await;
+    // Two hours later: an hour without deliveries between the two drawn.
+    app.clock.advance(std::time::Duration::from_secs(2 * 3600));
+    for i in 2..4 {
+        let event = format!("ch-{i}");
+        app.publish(json!({"type": "user.created", "id": event}))
+            .await;
+        app.wait_for_delivery(&id, &event, |d| d["status"] == "succeeded")
+            .await;
+    }
+
+    // Not a terminal: the tables alone.
+    let run = herald(&app, &["stats", &id], None).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("HOUR"), "{run:?}");
+    assert!(!run.stdout.contains("success rate:"), "{run:?}");
+
+    let run = herald(&app, &["stats", &id, "--chart"], None).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let chart: Vec<&str> = run
+        .lines()
+        .into_iter()
+        .skip_while(|l| !l.starts_with("HOUR (UTC)"))
+        .collect();
+    assert_eq!(chart.len(), 4, "a header, two hours, a gap: {run:?}");
+    assert!(chart[0].contains("success rate: # per 5 %"), "{run:?}");
+    assert!(
+        chart[1].contains("[....................]   0.0 %"),
+        "{run:?}"
+    );
+    assert!(
+        chart[1].ends_with("ms"),
+        "the failed delivery's latency: {run:?}"
+    );
+    assert!(chart[2].contains("(1 hour without deliveries)"), "{run:?}");
+    assert!(
+        chart[3].contains("[####################] 100.0 %"),
+        "{run:?}"
+    );
+    assert!(chart[3].contains(" ms"), "{run:?}");
+
+    let run = herald(&app, &["stats", &id, "--chart", "--json"], None).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.json()["total"]["succeeded"], 2);
+    let run = herald(&app, &["stats", &id, "--chart", "-q"], None).await;
+    assert_eq!(run.lines(), [id.as_str()]);
+}
+
+/// Server text that holds terminal control sequences is shown escaped, never obeyed.
+#[tokio::test]
+async fn cli_tables_show_control_characters_escaped() {
+    let app = spawn_app().await;
+    let subject = "\u{1b}]0;owned\u{7}\u{1b}[2Ju_9\r";
+    app.publish(json!({"type": "user.created", "id": "esc-1", "subject": subject}))
+        .await;
+    for args in [&["events", "list"][..], &["events", "show", "esc-1"]] {
+        let run = herald(&app, args, None).await;
+        assert_eq!(run.code, 0, "{run:?}");
+        assert!(!run.stdout.contains('\u{1b}'), "{args:?}: {run:?}");
+        assert!(!run.stdout.contains('\r'), "{args:?}: {run:?}");
+        assert!(
+            run.stdout.contains("\\u{1b}]0;owned\\u{7}\\u{1b}[2Ju_9\\r"),
+            "{args:?}: {run:?}"
+        );
+    }
+    // --json is the API's JSON, where the characters are escaped by JSON itself.
+    let run = herald(&app, &["events", "show", "esc-1", "--json"], None).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        !run.stdout.contains('\u{1b}') && run.stdout.contains("\\u001b]0;owned"),
+        "{run:?}"
+    );
+}
+
+/// Stdin batches are cut by size as well as by count, so a server with a small
+/// `max_request_bytes` takes them all; a batch refused mid-stream says what was stored.
+#[tokio::test]
+async fn cli_publish_sizes_batches_by_bytes_and_says_what_a_refusal_left_stored() {
+    let app = spawn_app_with(|config| config.max_request_bytes = 4096).await;
+    let padding = "x".repeat(250);
+    let line = |i: usize, kind: &str| {
+        format!(
+            "{}\n",
+            json!({"type": kind, "id": format!("sized-{i}"), "data": {"padding": padding}})
+        )
+    };
+    // 40 events of about 300 bytes: 12 KB, three times what the server accepts at once.
+    let input: String = (0..40).map(|i| line(i, "user.created")).collect();
+    let run = herald(
+        &app,
+        &["publish", "--max-batch-bytes", "4096"],
+        Some(input.clone()),
+    )
+    .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let headers = run.lines().iter().filter(|l| l.starts_with("ID ")).count();
+    assert!(
+        (3..=4).contains(&headers),
+        "batches of at most 4096 bytes: {run:?}"
+    );
+    let stored = run
+        .lines()
+        .iter()
+        .filter(|l| l.starts_with("sized-"))
+        .count();
+    assert_eq!(stored, 40, "{run:?}");
+    // By count alone, the one batch of 40 would be refused as too large.
+    let run = herald(
+        &app,
+        &["publish", "--max-batch-bytes", "1000000"],
+        Some(input),
+    )
+    .await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("payload_too_large"), "{run:?}");
+
+    // Batches of two; the second holds an invalid event, so it is refused whole.
+    let input: String = (100..105)
+        .map(|i| {
+            line(
+                i,
+                if i == 102 {
+                    "Not A Type"
+                } else {
+                    "user.created"
+                },
+            )
+        })
+        .collect();
+    let run = herald(&app, &["publish", "--max-batch-bytes", "700"], Some(input)).await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains(
+            "2 events from stdin were stored before this batch of 2 (stdin lines 3 to 4); \
+             none of them was stored"
+        ),
+        "{run:?}"
+    );
+    let (status, _) = app.get("/v1/events/sized-101").await;
+    assert_eq!(status, reqwest::StatusCode::OK);
+    let (status, _) = app.get("/v1/events/sized-103").await;
+    assert_eq!(status, reqwest::StatusCode::NOT_FOUND);
+}
+
+/// A time flag that is not RFC 3339 is a usage error, found before any request.
+#[tokio::test]
+async fn cli_refuses_a_malformed_time_flag_with_exit_2() {
+    let app = spawn_app().await;
+    for args in [
+        &["stats", "est_x", "--date-from", "yesterday"][..],
+        &[
+            "deliveries",
+            "list",
+            "est_x",
+            "--date-to",
+            "2026-13-01T00:00:00Z",
+        ],
+        &["redeliver-many", "est_x", "--date-from", "2026-11-29"],
+        &["events", "list", "--date-from", "29/11/2026"],
+    ] {
+        let run = herald(&app, args, None).await;
+        assert_eq!(run.code, 2, "{args:?}: {run:?}");
+        assert!(run.stderr.contains("RFC 3339"), "{args:?}: {run:?}");
+    }
+    let run = herald(
+        &app,
+        &["events", "list", "--date-from", "2026-11-29T00:00:00+01:00"],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 0, "{run:?}");
+}
+
 /// What must not happen quietly: an id that would change the path (`.` would make
 /// `redeliver STREAM .` a bulk redelivery), a redirect (it would carry the token and the body
 /// elsewhere), and a new token's secret lost behind `-q`.

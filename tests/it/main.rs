@@ -25,6 +25,7 @@ mod outage;
 mod proxy;
 mod publish;
 mod retries;
+mod scaffold;
 mod store;
 mod streams;
 mod tracing;
