@@ -13,6 +13,7 @@ mod eventbridge;
 mod fairness;
 mod guard;
 mod helpers;
+mod keys;
 mod limits;
 mod logs;
 mod metrics;
