@@ -3,6 +3,7 @@
 mod audit;
 mod auth;
 mod aws;
+mod backup;
 mod circuit;
 mod cli;
 mod cluster;
