@@ -327,11 +327,12 @@ fn backup(data_dir: &Path, to: &Path, force: bool) -> ExitCode {
     match herald::store::sqlite::backup(&db, to, force) {
         Ok(copied) => {
             println!(
-                "Wrote {} ({} bytes, schema version {}, {} events).\nThe secret key is not in it: \
+                "Wrote {} ({} bytes in {} steps, schema version {}, {} events).\nThe secret key is not in it: \
                  keep {} (or your `secret_key`) safe separately; without it the copy's stream \
                  secrets cannot be opened.",
                 to.display(),
                 copied.bytes,
+                copied.steps,
                 copied.schema_version,
                 copied.events,
                 data_dir.join(herald::config::KEY_FILE).display()

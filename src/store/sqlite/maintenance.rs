@@ -213,13 +213,17 @@ pub enum BackupError {
     Database(#[from] rusqlite::Error),
 }
 
-/// Pages copied per step of a backup or restore (4 MiB of 4 KiB pages).
-const PAGES_PER_STEP: std::os::raw::c_int = 1024;
+/// Pages copied per step of a backup or restore (256 KiB of 4 KiB pages): between steps the
+/// process's other connections get their turn.
+const PAGES_PER_STEP: std::os::raw::c_int = 64;
 
 /// What a backup or restore copied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Copied {
     pub bytes: u64,
+    /// Steps of `PAGES_PER_STEP` pages the copy took; more than its size needs means it
+    /// started over.
+    pub steps: u64,
     pub schema_version: usize,
     pub events: u64,
 }
@@ -240,13 +244,14 @@ pub fn backup(db: &Path, to: &Path, force: bool) -> Result<Copied, BackupError> 
     let snapshot = source.transaction()?;
     let (schema_version, events) = herald_store(&snapshot, db)?;
     let partial = with_suffix(to, ".partial");
-    copy_into(&snapshot, &partial)?;
+    let steps = copy_into(&snapshot, &partial)?;
     snapshot.finish()?;
     std::fs::rename(&partial, to)
         .map_err(io(format!("could not move the copy to {}", to.display())))?;
     sync_dir(to)?;
     Ok(Copied {
         bytes: file_len(to)?,
+        steps,
         schema_version,
         events,
     })
@@ -278,7 +283,7 @@ pub fn restore(from: &Path, data_dir: &Path, force: bool) -> Result<Copied, Back
         return Err(BackupError::Occupied(data_dir.display().to_string()));
     }
     let partial = with_suffix(&db, ".restoring");
-    copy_into(&source, &partial)?;
+    let steps = copy_into(&source, &partial)?;
     // A write-ahead log left by the replaced store would be applied to the restored one.
     for stale in [with_suffix(&db, "-wal"), with_suffix(&db, "-shm")] {
         match std::fs::remove_file(&stale) {
@@ -293,6 +298,7 @@ pub fn restore(from: &Path, data_dir: &Path, force: bool) -> Result<Copied, Back
     sync_dir(&db)?;
     Ok(Copied {
         bytes: file_len(&db)?,
+        steps,
         schema_version,
         events,
     })
@@ -330,7 +336,7 @@ fn herald_store(conn: &Connection, path: &Path) -> Result<(usize, u64), BackupEr
 }
 
 /// Copies `source` (as its open transaction sees it) into a new file at `to`, in steps.
-fn copy_into(source: &Connection, to: &Path) -> Result<(), BackupError> {
+fn copy_into(source: &Connection, to: &Path) -> Result<u64, BackupError> {
     match std::fs::remove_file(to) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             return Err(io(format!("could not remove {}", to.display()))(e));
@@ -338,12 +344,13 @@ fn copy_into(source: &Connection, to: &Path) -> Result<(), BackupError> {
         _ => {}
     }
     let mut target = Connection::open(to)?;
+    let mut steps = 0;
     {
         let copy = rusqlite::backup::Backup::new(source, &mut target)?;
         loop {
+            steps += 1;
             match copy.step(PAGES_PER_STEP)? {
                 rusqlite::backup::StepResult::Done => break,
-                // Between steps, the other connections of this process get their turn.
                 _ => std::thread::yield_now(),
             }
         }
@@ -353,7 +360,8 @@ fn copy_into(source: &Connection, to: &Path) -> Result<(), BackupError> {
     target.close().map_err(|(_, e)| e)?;
     std::fs::File::open(to)
         .and_then(|file| file.sync_all())
-        .map_err(io(format!("could not write {}", to.display())))
+        .map_err(io(format!("could not write {}", to.display())))?;
+    Ok(steps)
 }
 
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
