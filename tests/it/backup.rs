@@ -260,6 +260,21 @@ async fn backup_and_restore_refuse_what_would_lose_data() {
         text(&occupied.stderr)
     );
 
+    let forced = herald(&[
+        "restore",
+        "--from",
+        path(&file),
+        "--data-dir",
+        path(dir.path()),
+        "--force",
+    ])
+    .await;
+    assert!(forced.status.success(), "{}", text(&forced.stderr));
+    let app = embedded_node(dir.path()).await;
+    let (status, body) = app.get("/v1/event-streams").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    drop(app.stop().await);
+
     // Only a Herald store of a schema this version knows.
     let target = tempfile::tempdir().unwrap();
     let not_sqlite = dir.path().join("notes.txt");
