@@ -125,6 +125,14 @@ async fn a_backup_under_load_holds_every_acknowledged_event_and_delivers_after_r
         steps >= 4 && steps <= size.div_ceil(pages_per_step) + 1,
         "{size} bytes in {steps} steps"
     );
+    // One file that stands alone, openable read-only.
+    assert!(!dir.path().join("backup.sqlite3-wal").exists());
+    let mode: String =
+        rusqlite::Connection::open_with_flags(&file, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap()
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+    assert_eq!(mode, "delete");
     // The server kept acknowledging while the copy ran and after.
     while acknowledged.lock().unwrap().len() < during_backup + 100 {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;

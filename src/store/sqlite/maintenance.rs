@@ -355,8 +355,9 @@ fn copy_into(source: &Connection, to: &Path) -> Result<u64, BackupError> {
             }
         }
     }
-    // The copy is in WAL mode, as its source: fold the log into the file so it stands alone.
-    target.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    // The copy came in WAL mode, as its source; in rollback mode it is one file that opens
+    // anywhere, even read-only. `herald serve` puts it back in WAL mode.
+    target.pragma_update_and_check(None, "journal_mode", "DELETE", |_| Ok(()))?;
     target.close().map_err(|(_, e)| e)?;
     std::fs::File::open(to)
         .and_then(|file| file.sync_all())
