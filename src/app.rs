@@ -18,7 +18,6 @@ use crate::destinations::{DestinationPolicy, Destinations};
 use crate::metrics::{Metrics, MetricsOptions};
 use crate::net::ssrf::AddressPolicy;
 use crate::retention::{self, Retention};
-use crate::secret::Cipher;
 use crate::server::{self, ConnectionLimits};
 use crate::store::postgres::{self, Notice, PgStore};
 use crate::store::sqlite::SqliteStore;
@@ -65,10 +64,7 @@ impl App {
             path: config.data_dir.display().to_string(),
             source,
         })?;
-        let cipher = match &config.secret_key {
-            Some(key) => Cipher::from_base64(key.expose())?,
-            None => Cipher::load_or_create(&config.data_dir.join("secret.key"))?,
-        };
+        let cipher = config.cipher(true)?;
         let now = clock.now_ms();
         let mut commits = None;
         let (store, listen): (Arc<dyn Store>, _) = match &config.database_url {

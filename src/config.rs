@@ -11,10 +11,12 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::secret::Secret;
+use crate::secret::{Cipher, CipherError, Secret};
 
 /// The embedded store's file in the data directory.
 pub const DATABASE_FILE: &str = "herald.sqlite3";
+/// The embedded store's secret key, in its data directory, when `secret_key` is unset.
+pub const KEY_FILE: &str = "secret.key";
 
 pub const DEFAULT_CONFIG: &str = include_str!("../config/herald.default.toml");
 
@@ -44,6 +46,9 @@ pub struct Config {
     pub egress_proxy: Option<String>,
     pub admin_token: Option<Secret>,
     pub secret_key: Option<Secret>,
+    /// Keys secrets may still be sealed with while the secret key is rotated.
+    #[serde(default, deserialize_with = "secret_list")]
+    pub previous_secret_keys: Vec<Secret>,
     pub delivery_timeout_seconds: u64,
     /// Unset: the delivery timeout plus 45 s.
     pub delivery_lease_seconds: Option<u64>,
@@ -324,6 +329,31 @@ impl Config {
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join(DATABASE_FILE)
     }
+
+    /// The node's secret key (`secret_key`, else the data directory's key file, made on first
+    /// start when `create`), able to open what the `previous_secret_keys` sealed too.
+    pub fn cipher(&self, create: bool) -> Result<Cipher, CipherError> {
+        let key = match &self.secret_key {
+            Some(key) => {
+                Cipher::from_base64(key.expose()).map_err(|_| CipherError::BadSetting {
+                    setting: "secret_key".into(),
+                })?
+            }
+            None if create => Cipher::load_or_create(&self.data_dir.join(KEY_FILE))?,
+            None => Cipher::load(&self.data_dir.join(KEY_FILE))?,
+        };
+        let previous = self
+            .previous_secret_keys
+            .iter()
+            .enumerate()
+            .map(|(i, key)| {
+                Cipher::from_base64(key.expose()).map_err(|_| CipherError::BadSetting {
+                    setting: format!("previous_secret_keys (key {})", i + 1),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(key.with_previous(previous))
+    }
 }
 
 fn is_postgres_url(url: &str) -> bool {
@@ -338,6 +368,26 @@ fn known_keys() -> Vec<String> {
         .filter_map(|line| line.split_once(" = ").map(|(key, _)| key.to_string()))
         .filter(|key| key.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
         .collect()
+}
+
+/// Accepts `["k1", "k2"]` or `"k1,k2"` (environment).
+fn secret_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Secret>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        List(Vec<String>),
+        Joined(String),
+    }
+    let items = match Raw::deserialize(deserializer)? {
+        Raw::List(items) => items,
+        Raw::Joined(joined) => joined.split(',').map(str::to_string).collect(),
+    };
+    Ok(items
+        .iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .map(Secret::new)
+        .collect())
 }
 
 /// Accepts `["10.0.0.0/8", "127.0.0.1/32"]` or `"10.0.0.0/8,127.0.0.1/32"` (environment).

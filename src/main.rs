@@ -61,6 +61,44 @@ enum Command {
         #[arg(long, env = "HERALD_SECRET_KEY", hide_env_values = true)]
         secret_key: Option<String>,
     },
+    /// Re-seal every stream secret and destination credential with the configured
+    /// `secret_key`, which becomes the store's current key; the key the store used until now
+    /// must be in `previous_secret_keys`. Runs beside the nodes; safe to run again.
+    #[command(
+        after_help = "Example (the same configuration as the nodes):\n  HERALD_SECRET_KEY=<new> HERALD_PREVIOUS_SECRET_KEYS=<old> herald rotate-secret-key --database-url postgres://..."
+    )]
+    RotateSecretKey {
+        /// Configuration file [default: ./herald.toml, if present]
+        #[arg(long, env = "HERALD_CONFIG")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
+    /// Copy the embedded store into FILE, consistently, while Herald runs on it. The secret
+    /// key is not in the copy: keep `<data-dir>/secret.key` (or `secret_key`) safe separately.
+    Backup {
+        /// Data directory of the embedded store
+        #[arg(long, env = "HERALD_DATA_DIR", default_value = "./herald-data")]
+        data_dir: PathBuf,
+        /// The file to write
+        #[arg(long)]
+        to: PathBuf,
+        /// Replace FILE if it exists
+        #[arg(long)]
+        force: bool,
+    },
+    /// Make a backup the store of a data directory (Herald must not be running on it).
+    Restore {
+        /// A file written by `herald backup`
+        #[arg(long)]
+        from: PathBuf,
+        /// Data directory to restore into
+        #[arg(long, env = "HERALD_DATA_DIR", default_value = "./herald-data")]
+        data_dir: PathBuf,
+        /// Replace the store the data directory holds (it is lost)
+        #[arg(long)]
+        force: bool,
+    },
     #[command(flatten)]
     Client(herald::cli::Command),
     /// Print a shell completion script for `herald`.
@@ -109,6 +147,26 @@ fn main() -> ExitCode {
             Telemetry::logs(cli.log_format);
             runtime.block_on(migrate_store(&from, &to, secret_key.as_deref()))
         }
+        Command::RotateSecretKey { config, overrides } => {
+            Telemetry::logs(cli.log_format);
+            match Config::load(config, &overrides) {
+                Ok(config) => runtime.block_on(rotate_secret_key(config)),
+                Err(e) => {
+                    eprintln!("herald: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Backup {
+            data_dir,
+            to,
+            force,
+        } => backup(&data_dir, &to, force),
+        Command::Restore {
+            from,
+            data_dir,
+            force,
+        } => restore(&from, &data_dir, force),
         Command::Client(command) => runtime.block_on(herald::cli::run(command)),
         Command::Completions { shell } => {
             let mut script = Vec::new();
@@ -206,6 +264,115 @@ async fn migrate_store(from: &Path, to: &str, secret_key: Option<&str>) -> ExitC
             eprintln!("herald: nothing was copied: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+async fn rotate_secret_key(config: Config) -> ExitCode {
+    let cipher = match config.cipher(false) {
+        Ok(cipher) => cipher,
+        Err(e) => {
+            eprintln!("herald: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rotated = match &config.database_url {
+        Some(url) => match PgStore::connect(url.expose(), cipher, 2).await {
+            Ok(store) => store.rotate_secret_key(None).await,
+            Err(e) => Err(e),
+        },
+        None => {
+            let path = config.database_path();
+            tokio::task::spawn_blocking(move || {
+                herald::store::sqlite::rotate_secret_key(&path, &cipher, None)
+            })
+            .await
+            .expect("the rotation does not panic")
+        }
+    };
+    match rotated {
+        Ok(report) => {
+            if report.recorded {
+                println!(
+                    "The store's current secret key is now `secret_key`: every node seals with it."
+                );
+            } else {
+                println!(
+                    "The store's current secret key already was `secret_key` (an earlier run recorded it)."
+                );
+            }
+            println!(
+                "Re-sealed {} stream destination(s) and {} stream secret(s); every secret is now sealed \
+                 with the new key.\nOnce every node runs with the new `secret_key`, remove the old key \
+                 from `previous_secret_keys`.",
+                report.destinations, report.stream_secrets
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e @ herald::store::StoreError::Open { .. }) => {
+            eprintln!(
+                "herald: {e}\nTo rotate, set `secret_key` to the new key and put the key the store \
+                 uses now in `previous_secret_keys` (HERALD_PREVIOUS_SECRET_KEYS)."
+            );
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("herald: the rotation stopped; run it again to finish: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn backup(data_dir: &Path, to: &Path, force: bool) -> ExitCode {
+    let db = data_dir.join(herald::config::DATABASE_FILE);
+    match herald::store::sqlite::backup(&db, to, force) {
+        Ok(copied) => {
+            println!(
+                "Wrote {} ({} bytes in {} steps, schema version {}, {} events).\nThe secret key is not in it: \
+                 keep {} (or your `secret_key`) safe separately; without it the copy's stream \
+                 secrets cannot be opened.",
+                to.display(),
+                copied.bytes,
+                copied.steps,
+                copied.schema_version,
+                copied.events,
+                data_dir.join(herald::config::KEY_FILE).display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => backup_failed(e),
+    }
+}
+
+fn restore(from: &Path, data_dir: &Path, force: bool) -> ExitCode {
+    match herald::store::sqlite::restore(from, data_dir, force) {
+        Ok(copied) => {
+            println!(
+                "Restored {} into {} ({} events, schema version {}).",
+                from.display(),
+                data_dir.display(),
+                copied.events,
+                copied.schema_version
+            );
+            let key_file = data_dir.join(herald::config::KEY_FILE);
+            if !key_file.exists() {
+                println!(
+                    "Before `herald serve`, put the secret key the store was using in {} (or \
+                     set `secret_key`): the restored secrets open with it alone.",
+                    key_file.display()
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => backup_failed(e),
+    }
+}
+
+fn backup_failed(e: herald::store::sqlite::BackupError) -> ExitCode {
+    use herald::store::sqlite::BackupError;
+    eprintln!("herald: {e}");
+    match e {
+        BackupError::Io { .. } | BackupError::Database(_) => ExitCode::FAILURE,
+        _ => ExitCode::from(2),
     }
 }
 

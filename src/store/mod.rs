@@ -11,6 +11,7 @@
 
 pub mod columns;
 pub mod fanout;
+pub mod keys;
 pub mod postgres;
 pub mod sqlite;
 

@@ -3,6 +3,7 @@
 mod audit;
 mod auth;
 mod aws;
+mod backup;
 mod circuit;
 mod cli;
 mod cli_config;
@@ -15,6 +16,7 @@ mod eventbridge;
 mod fairness;
 mod guard;
 mod helpers;
+mod keys;
 mod limits;
 mod logs;
 mod metrics;

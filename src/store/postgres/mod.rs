@@ -275,29 +275,139 @@ impl PgStore {
         ran
     }
 
+    /// Checks that this node holds the store's current secret key, recording it on first use.
     async fn check_key(&self) -> StoreResult<()> {
-        const KNOWN: &[u8] = b"herald key check";
         let client = self.pool.get().await?;
-        client
-            .execute(
-                "INSERT INTO settings (name, value) VALUES ('key_check', $1) ON CONFLICT DO NOTHING",
-                &[&self.cipher.encrypt(KNOWN)],
+        let check = "SELECT value FROM settings WHERE name = 'key_check'";
+        if client.query_opt(check, &[]).await?.is_none() {
+            let existing: Option<Vec<u8>> = client
+                .query_opt("SELECT destination FROM streams LIMIT 1", &[])
+                .await?
+                .map(|row| row.get(0));
+            let initial = keys::initial_key(&self.cipher, existing.as_deref())?;
+            client
+                .execute(
+                    "INSERT INTO settings (name, value) VALUES ('key_check', $1) ON CONFLICT DO NOTHING",
+                    &[&initial],
+                )
+                .await?;
+        }
+        let sealed: Vec<u8> = client.query_one(check, &[]).await?.get(0);
+        let retired: Option<Vec<u8>> = client
+            .query_opt(
+                "SELECT value FROM settings WHERE name = 'retired_key_check'",
+                &[],
             )
+            .await?
+            .map(|row| row.get(0));
+        keys::current_key(&self.cipher, &sealed, retired.as_deref(), "the database")?;
+        Ok(())
+    }
+
+    /// The cipher to seal with inside `tx`: the store's current key, read under a share lock,
+    /// so a rotation recording a new key waits for this transaction (see `store::keys`).
+    async fn sealing(&self, tx: &deadpool_postgres::Transaction<'_>) -> StoreResult<Cipher> {
+        let stmt = tx
+            .prepare_cached("SELECT value FROM settings WHERE name = 'key_check' FOR SHARE")
             .await?;
-        let sealed: Vec<u8> = client
-            .query_one("SELECT value FROM settings WHERE name = 'key_check'", &[])
+        let check: Vec<u8> = tx.query_one(&stmt, &[]).await?.get(0);
+        Ok(self.cipher.current_for(&check)?)
+    }
+
+    /// Records this node's `secret_key` as the store's current key, then re-seals every value
+    /// sealed with another key, in batches. Safe to run again after an interruption.
+    /// `batches` bounds the re-sealing transactions of this run (`None`: until done); a run
+    /// stopped early, by it or by a crash, is finished by running again.
+    pub async fn rotate_secret_key(&self, batches: Option<usize>) -> StoreResult<keys::Rotation> {
+        let mut report = keys::Rotation::default();
+        let mut budget = batches.unwrap_or(usize::MAX);
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let check: Vec<u8> = tx
+            .query_one(
+                "SELECT value FROM settings WHERE name = 'key_check' FOR UPDATE",
+                &[],
+            )
             .await?
             .get(0);
-        match self.cipher.decrypt(&sealed) {
-            Ok(plain) if plain == KNOWN => Ok(()),
-            _ => Err(StoreError::Open {
-                path: "the database".into(),
-                reason: "its secrets were sealed with a different secret key: every node must \
-                         use the same `secret_key` (HERALD_SECRET_KEY), the one the first node \
-                         used"
-                    .into(),
-            }),
+        if !self.cipher.seals(&check) {
+            tx.execute(
+                "INSERT INTO settings (name, value) VALUES ('retired_key_check', $1) \
+                 ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
+                &[&check],
+            )
+            .await?;
+            tx.execute(
+                "UPDATE settings SET value = $1 WHERE name = 'key_check'",
+                &[&self.cipher.seal_check()],
+            )
+            .await?;
+            report.recorded = true;
         }
+        tx.commit().await?;
+        let batch = keys::ROTATION_BATCH as i64;
+        let mut after = (String::new(), String::new());
+        loop {
+            if budget == 0 {
+                return Ok(report);
+            }
+            budget -= 1;
+            let tx = client.transaction().await?;
+            let rows = tx
+                .query(
+                    "SELECT tenant_id, id, destination FROM streams WHERE (tenant_id, id) > ($1, $2) \
+                     ORDER BY tenant_id, id LIMIT $3 FOR UPDATE",
+                    &[&after.0, &after.1, &batch],
+                )
+                .await?;
+            let Some(last) = rows.last() else { break };
+            after = (last.get(0), last.get(1));
+            for row in &rows {
+                let sealed: Vec<u8> = row.get(2);
+                if let Some(resealed) = keys::reseal(&self.cipher, &sealed)? {
+                    let (tenant_id, id): (String, String) = (row.get(0), row.get(1));
+                    tx.execute(
+                        "UPDATE streams SET destination = $3 WHERE tenant_id = $1 AND id = $2",
+                        &[&tenant_id, &id, &resealed],
+                    )
+                    .await?;
+                    report.destinations += 1;
+                }
+            }
+            tx.commit().await?;
+        }
+        let mut after = 0_i64;
+        loop {
+            if budget == 0 {
+                return Ok(report);
+            }
+            budget -= 1;
+            let tx = client.transaction().await?;
+            let rows = tx
+                .query(
+                    "SELECT seq, secret FROM stream_secrets WHERE seq > $1 ORDER BY seq LIMIT $2 \
+                     FOR UPDATE",
+                    &[&after, &batch],
+                )
+                .await?;
+            let Some(last) = rows.last() else { break };
+            after = last.get(0);
+            for row in &rows {
+                let sealed: Vec<u8> = row.get(1);
+                if let Some(resealed) = keys::reseal(&self.cipher, &sealed)? {
+                    let seq: i64 = row.get(0);
+                    tx.execute(
+                        "UPDATE stream_secrets SET secret = $2 WHERE seq = $1",
+                        &[&seq, &resealed],
+                    )
+                    .await?;
+                    report.stream_secrets += 1;
+                }
+            }
+            tx.commit().await?;
+        }
+        report.finished = true;
+        Ok(report)
     }
 
     async fn client(&self) -> StoreResult<deadpool_postgres::Object> {
@@ -688,11 +798,11 @@ impl Store for PgStore {
     }
 
     async fn create_stream(&self, stream: Stream, secret: Option<StreamSecret>) -> StoreResult<()> {
-        let (subscriptions, destination, retry_policy) =
-            columns::encode_stream(&stream, &self.cipher);
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         name_free(&tx, &stream.tenant_id, &stream.id, &stream.name).await?;
+        let cipher = self.sealing(&tx).await?;
+        let (subscriptions, destination, retry_policy) = columns::encode_stream(&stream, &cipher);
         tx.execute(
             &format!(
                 "INSERT INTO streams ({STREAM_COLUMNS}, destination_type) \
@@ -724,7 +834,7 @@ impl Store for PgStore {
                 &[
                     &stream.tenant_id,
                     &stream.id,
-                    &self.cipher.encrypt(secret.secret.expose().as_bytes()),
+                    &cipher.encrypt(secret.secret.expose().as_bytes()),
                     &secret.created_at,
                 ],
             )
@@ -766,11 +876,11 @@ impl Store for PgStore {
 
     async fn update_stream(&self, update: StreamUpdate) -> StoreResult<Option<Vec<Published>>> {
         let stream = &update.stream;
-        let (subscriptions, destination, retry_policy) =
-            columns::encode_stream(stream, &self.cipher);
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         name_free(&tx, &stream.tenant_id, &stream.id, &stream.name).await?;
+        let cipher = self.sealing(&tx).await?;
+        let (subscriptions, destination, retry_policy) = columns::encode_stream(stream, &cipher);
         let changed = tx
             .execute(
                 "UPDATE streams SET name = $3, status = $4, status_reason = $5, subscriptions = $6, \
@@ -901,6 +1011,7 @@ impl Store for PgStore {
             tx.rollback().await?;
             return Ok(false);
         }
+        let cipher = self.sealing(&tx).await?;
         // Secrets already expiring keep their earlier expiry.
         tx.execute(
             "UPDATE stream_secrets SET expires_at = LEAST(COALESCE(expires_at, $3), $3) \
@@ -914,7 +1025,7 @@ impl Store for PgStore {
             &[
                 &tenant_id,
                 &stream_id,
-                &self.cipher.encrypt(secret.secret.expose().as_bytes()),
+                &cipher.encrypt(secret.secret.expose().as_bytes()),
                 &secret.created_at,
             ],
         )

@@ -7,8 +7,11 @@
 //! `writer`); reads use their own connections.
 
 mod log;
+mod maintenance;
 mod queue;
 mod writer;
+
+pub use maintenance::{BackupError, backup, restore, rotate_secret_key};
 
 use std::path::Path;
 use std::sync::Arc;
@@ -29,6 +32,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("003_failing_streams.sql"),
     include_str!("004_fanouts.sql"),
     include_str!("005_stream_names.sql"),
+    include_str!("006_settings.sql"),
 ];
 
 /// Rows one job of a bulk administrative write (a redelivery, an erasure by subject, a
@@ -67,6 +71,7 @@ impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and brings its schema up to date.
     pub fn open(path: &Path, cipher: Cipher) -> StoreResult<SqliteStore> {
         let (lock, conn) = open_locked(path)?;
+        maintenance::check_key(&conn, &cipher, path)?;
         // FULL: the WAL is fsynced at every commit, so an acknowledged write survives power
         // loss. The writer lowers it for lazy batches (see `writer::Durability`).
         conn.pragma_update(None, "synchronous", "FULL")?;
@@ -666,6 +671,7 @@ impl Store for SqliteStore {
         self.writer
             .write(move |conn| {
                 name_free(conn, &stream.tenant_id, &stream.id, &stream.name)?;
+                let cipher = maintenance::sealing(conn, &cipher)?;
                 let (subscriptions, destination, retry_policy) = columns::encode_stream(&stream, &cipher);
                 conn.execute(
                     &format!(
@@ -745,6 +751,7 @@ impl Store for SqliteStore {
             .write(move |conn| {
                 let stream = &update.stream;
                 name_free(conn, &stream.tenant_id, &stream.id, &stream.name)?;
+                let cipher = maintenance::sealing(conn, &cipher)?;
                 let (subscriptions, destination, retry_policy) = columns::encode_stream(stream, &cipher);
                 let changed = conn.execute(
                     "UPDATE streams SET name = ?3, status = ?4, status_reason = ?5, subscriptions = ?6, \
@@ -868,6 +875,7 @@ impl Store for SqliteStore {
                 if !exists {
                     return Ok(false);
                 }
+                let cipher = maintenance::sealing(conn, &cipher)?;
                 // Secrets already expiring keep their earlier expiry.
                 conn.execute(
                     "UPDATE stream_secrets SET expires_at = MIN(COALESCE(expires_at, ?3), ?3) \
