@@ -14,6 +14,7 @@ mod fairness;
 mod guard;
 mod helpers;
 mod limits;
+mod log_stream;
 mod logs;
 mod metrics;
 mod openapi;
