@@ -8,7 +8,8 @@
 //!
 //! - [`client`]: requests, and the API's error body turned into an exit code and a hint.
 //! - [`output`]: tables, key/value blocks, JSON.
-//! - [`streams`], [`deliveries`], [`publish`], [`stats`], [`events`], [`admin`]: the commands.
+//! - [`streams`], [`deliveries`], [`publish`], [`stats`], [`events`] (with [`tail`]),
+//!   [`admin`]: the commands.
 //!
 //! `herald completions` lives in `main.rs`, next to the whole command tree it describes.
 
@@ -20,6 +21,7 @@ pub mod output;
 pub mod publish;
 pub mod stats;
 pub mod streams;
+pub mod tail;
 
 use std::process::ExitCode;
 

@@ -3,9 +3,12 @@
 //! is gone. Run on both stores (CI runs the API tests again on PostgreSQL); two real nodes
 //! publishing at once on PostgreSQL are in `two_nodes_publishing_at_once_are_read_once_each`.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
+use std::io::BufRead;
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
+use herald::cli::tail::{SseMessage, SseParser};
 use herald::clock::Clock;
 use serde_json::{Value, json};
 
@@ -14,7 +17,8 @@ use crate::helpers::*;
 /// A client of the SSE stream, reading messages as `EventSource` would.
 pub struct SseClient {
     response: reqwest::Response,
-    buffer: String,
+    parser: SseParser,
+    ready: VecDeque<SseMessage>,
 }
 
 /// One message: its id (the offset) and its data.
@@ -38,7 +42,8 @@ impl SseClient {
         );
         SseClient {
             response,
-            buffer: String::new(),
+            parser: SseParser::default(),
+            ready: VecDeque::new(),
         }
     }
 
@@ -61,23 +66,11 @@ impl SseClient {
     pub async fn next(&mut self) -> Message {
         tokio::time::timeout(PATIENCE, async {
             loop {
-                if let Some(end) = self.buffer.find("\n\n") {
-                    let block: String = self.buffer.drain(..end + 2).collect();
-                    let (mut id, mut data) = (None, String::new());
-                    for line in block.lines() {
-                        if let Some(v) = line.strip_prefix("id:") {
-                            id = Some(v.trim_start().to_string());
-                        } else if let Some(v) = line.strip_prefix("data:") {
-                            data.push_str(v.trim_start());
-                        }
-                    }
-                    if let Some(id) = id {
-                        return Message {
-                            id,
-                            data: serde_json::from_str(&data).unwrap(),
-                        };
-                    }
-                    continue;
+                if let Some(message) = self.ready.pop_front() {
+                    return Message {
+                        id: message.id.expect("every message has an offset"),
+                        data: serde_json::from_str(&message.data).unwrap(),
+                    };
                 }
                 let chunk = self
                     .response
@@ -85,7 +78,7 @@ impl SseClient {
                     .await
                     .unwrap()
                     .expect("the stream ended");
-                self.buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+                self.ready.extend(self.parser.feed(&chunk));
             }
         })
         .await
@@ -347,4 +340,124 @@ async fn two_nodes_publishing_at_once_are_read_once_each() {
     assert_eq!(seen.len(), acknowledged.len(), "every acknowledged event");
     assert!(seen.iter().all(|id| acknowledged.contains(id)));
     drop(nodes);
+}
+
+/// `herald events tail --json` against a real server that is killed and started again on the
+/// same address and data: the command reconnects on its own and prints every event once, in
+/// order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_resumes_across_a_server_restart_without_gaps_or_repeats() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut server = start_server(dir.path(), &[("HERALD_LISTEN", &listen)]);
+    let base = server.base.clone();
+    let mut tail = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args([
+            "events",
+            "tail",
+            "--json",
+            "--from-timestamp",
+            "2000-01-01T00:00:00Z",
+        ])
+        .env("HERALD_SERVER", &base)
+        .env("HERALD_TOKEN", ADMIN_TOKEN)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the herald binary starts");
+    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    let stdout = tail.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if lines_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut printed = Vec::new();
+    let http = reqwest::Client::new();
+    let publish = |id: String| {
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            let sent = http
+                .post(format!("{base}/v1/events"))
+                .bearer_auth(ADMIN_TOKEN)
+                .json(&event(&id, "user.created"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(sent.status(), 202);
+        }
+    };
+    for i in 0..10 {
+        publish(format!("e{i}")).await;
+    }
+    read_lines(&mut lines, &mut printed, 10).await;
+    // Killed: the connection breaks without an end.
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    drop(server);
+    let server = start_server(dir.path(), &[("HERALD_LISTEN", &listen)]);
+    assert_eq!(server.base, base, "the same address");
+    for i in 10..20 {
+        publish(format!("e{i}")).await;
+    }
+    read_lines(&mut lines, &mut printed, 10).await;
+    publish("sentinel".into()).await;
+    read_lines(&mut lines, &mut printed, 1).await;
+    let _ = tail.kill();
+    let _ = tail.wait();
+    let mut expected: Vec<String> = (0..20).map(|i| format!("e{i}")).collect();
+    expected.push("sentinel".into());
+    assert_eq!(printed, expected, "every event once, in order");
+}
+
+/// Reads `n` lines `tail --json` printed, keeping each event's id.
+async fn read_lines(
+    lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    printed: &mut Vec<String>,
+    n: usize,
+) {
+    for _ in 0..n {
+        let line = tokio::time::timeout(PATIENCE, lines.recv())
+            .await
+            .expect("tail printed the event")
+            .expect("tail is running");
+        let value: Value = serde_json::from_str(&line).unwrap();
+        assert!(value["offset"].is_string(), "{line}");
+        printed.push(value["event"]["id"].as_str().unwrap().to_string());
+    }
+}
+
+#[tokio::test]
+async fn tail_refuses_an_offset_it_cannot_resume_from() {
+    let app = spawn_app().await;
+    for (args, code, says) in [
+        (vec!["--from", "0-999999"], 1, "offset_expired"),
+        (vec!["--from", "yesterday"], 2, "is not an offset"),
+    ] {
+        let output = tokio::task::spawn_blocking({
+            let base = app.url("");
+            move || {
+                Command::new(env!("CARGO_BIN_EXE_herald"))
+                    .args(["events", "tail"])
+                    .args(&args)
+                    .env("HERALD_SERVER", base)
+                    .env("HERALD_TOKEN", ADMIN_TOKEN)
+                    .output()
+                    .unwrap()
+            }
+        })
+        .await
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(code), "{stderr}");
+        assert!(stderr.contains(says), "{stderr}");
+    }
 }
