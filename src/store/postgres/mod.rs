@@ -39,7 +39,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("002_destination_kinds.sql"),
     include_str!("003_failing_streams.sql"),
     include_str!("004_fanouts.sql"),
-    include_str!("005_event_log.sql"),
+    include_str!("006_event_log.sql"),
 ];
 
 /// Channels of the notifications this store sends.

@@ -1,4 +1,4 @@
--- Version 5: the event log as its readers see it (`GET /v1/events/stream`). Transactions on
+-- Version 6: the event log as its readers see it (`GET /v1/events/stream`). Transactions on
 -- several nodes commit in another order than the one in which they took their `seq`s, so a
 -- reader that resumed after the highest `seq` it saw could skip an event committed later
 -- with a lower one. Each event keeps the id of the transaction that inserted it, and readers
