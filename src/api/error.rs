@@ -67,6 +67,18 @@ impl ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
+        if let StoreError::NameTaken(id) = &err {
+            // The caller's mistake, not the store's: no failure to log or count.
+            return Self::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                format!(
+                    "the stream `{id}` has this name; stream names are unique per tenant: \
+                     choose another, or rename that stream first"
+                ),
+            )
+            .with_details(serde_json::json!({ "stream_id": id }));
+        }
         tracing::error!(error = %err, "store failure while serving a request");
         let kind = crate::metrics::store_error_kind(&err);
         let mut api = match err {

@@ -26,8 +26,18 @@ pub struct ApiLimits {
     /// Stream tests, per stream id and per token id.
     pub stream_tests: RateLimiter,
     pub token_tests: RateLimiter,
+    /// Destination checks (`.../destination/check`), per stream id and per token id: each
+    /// answers whether a candidate value is the stored one, so they are few.
+    pub destination_checks: RateLimiter,
+    pub token_destination_checks: RateLimiter,
     pub quotas: Quotas,
 }
+
+/// Destination checks a stream may be asked in a minute: enough for `herald apply` at every
+/// deploy, far too few to guess a credential by trying values.
+pub const DESTINATION_CHECKS_PER_MINUTE: u32 = 10;
+/// ... and a token, across streams.
+pub const DESTINATION_CHECKS_PER_MINUTE_PER_TOKEN: u32 = 120;
 
 impl ApiLimits {
     pub fn from_config(config: &Config) -> ApiLimits {
@@ -46,6 +56,10 @@ impl ApiLimits {
             rate_limit_platform_tokens: config.rate_limit_platform_tokens,
             stream_tests: RateLimiter::new(per_minute(config.stream_tests_per_minute)),
             token_tests: RateLimiter::new(per_minute(config.stream_tests_per_minute_per_token)),
+            destination_checks: RateLimiter::new(per_minute(DESTINATION_CHECKS_PER_MINUTE)),
+            token_destination_checks: RateLimiter::new(per_minute(
+                DESTINATION_CHECKS_PER_MINUTE_PER_TOKEN,
+            )),
             quotas: Quotas {
                 streams: config.max_streams_per_tenant,
                 event_types: config.max_event_types_per_tenant,

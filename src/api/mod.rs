@@ -259,6 +259,10 @@ pub fn router(state: AppState) -> Router {
             post(deliveries::redeliver_event),
         )
         .route("/v1/event-streams/{id}/test", post(streams::test))
+        .route(
+            "/v1/event-streams/{id}/destination/check",
+            post(streams::check_destination),
+        )
         .route("/v1/deliveries/{id}", get(deliveries::show))
         .route("/v1/tenants", post(tenants::create).get(tenants::list))
         .route(

@@ -1,6 +1,7 @@
 //! `/v1/event-streams`: create, list, show, update and delete streams, read or rotate a
-//! stream's secret (a webhook's signing secret), and test a stream's destination. Shapes follow
-//! Auth0's Management API; credentials are write-only.
+//! stream's secret (a webhook's signing secret), test a stream's destination, and check a
+//! candidate destination against the stored one. Shapes follow Auth0's Management API;
+//! credentials are write-only. Names are unique per tenant (409 `conflict`).
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -541,4 +542,55 @@ pub async fn test(
         body["detail"] = Value::Object(detail);
     }
     Ok(Json(body))
+}
+
+/// `POST /v1/event-streams/{id}/destination/check`: whether a destination, credentials
+/// included, is the one the stream has, so a client can tell whether write-only values changed
+/// without reading them. The answer is one boolean for the whole destination, never a value or
+/// a digest of one. Both sides are compared as HMAC-SHA256 tags under a random key of the
+/// request, in constant time. Checks are rate limited per stream and per token (see
+/// [`DESTINATION_CHECKS_PER_MINUTE`](super::limits::DESTINATION_CHECKS_PER_MINUTE)) and need
+/// `update:event_streams`, which can replace those credentials anyway.
+pub async fn check_destination(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(mut candidate): JsonBody<Destination>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Scope::UpdateEventStreams)?;
+    let stream = load(&state, &caller, &id).await?;
+    let now = state.clock.now_ms();
+    let limits = &state.limits;
+    limits
+        .destination_checks
+        .take(&stream.id, now)
+        .map_err(|wait| {
+            rate_limited(
+                "this stream's destination has been checked as many times as it may in a minute",
+                wait,
+            )
+        })?;
+    if let Err(wait) = limits.token_destination_checks.take(&caller.token.id, now) {
+        limits.destination_checks.give_back(&stream.id);
+        return Err(rate_limited(
+            "this token has checked as many destinations as it may in a minute",
+            wait,
+        ));
+    }
+    // A signing secret is not part of the configuration the stream keeps.
+    candidate.take_stream_secret().map_err(ApiError::invalid)?;
+    let encode = |destination: &Destination| {
+        serde_json::to_vec(destination).expect("a destination serializes")
+    };
+    let key = ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &ring::rand::SystemRandom::new())
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "no randomness",
+            )
+        })?;
+    let stored = ring::hmac::sign(&key, &encode(&stream.destination));
+    let matches = ring::hmac::verify(&key, &encode(&candidate), stored.as_ref()).is_ok();
+    Ok(Json(json!({ "matches": matches })))
 }

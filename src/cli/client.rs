@@ -22,6 +22,8 @@ pub enum CliError {
     Transport(String),
     /// Arguments clap could not check on its own (a file that does not parse, ...).
     Usage(String),
+    /// Something named locally (a profile) does not exist.
+    NotFound(String),
 }
 
 impl CliError {
@@ -31,6 +33,7 @@ impl CliError {
             CliError::Api { status: 404, .. } => ExitCode::from(3),
             CliError::Api { .. } | CliError::Transport(_) => ExitCode::from(1),
             CliError::Usage(_) => ExitCode::from(2),
+            CliError::NotFound(_) => ExitCode::from(3),
         }
     }
 
@@ -77,7 +80,7 @@ impl CliError {
             CliError::Transport(message) => format!(
                 "herald: {message}\n  hint: check --server or HERALD_SERVER, and that `herald serve` runs there"
             ),
-            CliError::Usage(message) => format!("herald: {message}"),
+            CliError::Usage(message) | CliError::NotFound(message) => format!("herald: {message}"),
         }
     }
 }

@@ -10,14 +10,18 @@
 //! - [`output`]: tables, key/value blocks, JSON.
 //! - [`streams`], [`deliveries`], [`publish`], [`stats`], [`events`] (with [`tail`]),
 //!   [`admin`]: the commands.
+//! - [`profiles`]: `login`/`logout`, and the saved profile a connection falls back on.
+//! - [`declare`]: configuration as code (`plan`, `apply`, `export`).
 //!
 //! `herald completions` lives in `main.rs`, next to the whole command tree it describes.
 
 pub mod admin;
 pub mod client;
+pub mod declare;
 pub mod deliveries;
 pub mod events;
 pub mod output;
+pub mod profiles;
 pub mod publish;
 pub mod stats;
 pub mod streams;
@@ -34,20 +38,19 @@ use output::Mode;
 /// Where the server is and who is asking; accepted by every client command.
 #[derive(Args, Clone, Debug)]
 pub struct Connection {
-    /// The server's base URL
-    #[arg(
-        long,
-        env = "HERALD_SERVER",
-        default_value = "http://127.0.0.1:8470",
-        global = true
-    )]
-    pub server: String,
+    /// The server's base URL [default: the profile's, else http://127.0.0.1:8470]
+    #[arg(long, env = "HERALD_SERVER", global = true)]
+    pub server: Option<String>,
     /// The API token (`hrd_...`) sent as `Authorization: Bearer`
     #[arg(long, env = "HERALD_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
     /// The tenant a platform token acts on, sent as the `Herald-Tenant` header
     #[arg(long, env = "HERALD_TENANT", global = true)]
     pub tenant: Option<String>,
+    /// The saved profile (`herald login`) that fills in what the flags and environment leave
+    /// out [default: `default`]
+    #[arg(long, env = "HERALD_PROFILE", global = true)]
+    pub profile: Option<String>,
     /// Print the API's JSON unchanged, for scripts
     #[arg(long, global = true, conflicts_with = "quiet")]
     pub json: bool,
@@ -68,7 +71,8 @@ impl Connection {
     }
 
     fn client(&self) -> Result<Client, CliError> {
-        Client::new(&self.server, self.token.clone(), self.tenant.clone())
+        let (server, token, tenant) = profiles::resolve(self)?;
+        Client::new(&server, token, tenant)
     }
 }
 
@@ -96,6 +100,16 @@ pub enum Command {
     Tenants(admin::TenantsArgs),
     /// API tokens
     Tokens(admin::TokensArgs),
+    /// Check a server, token and tenant, and save them as a profile (`--token -` reads stdin)
+    Login(profiles::LoginArgs),
+    /// Forget a saved profile and its token
+    Logout(profiles::LogoutArgs),
+    /// Show what `apply` would change to make the server match a configuration file
+    Plan(declare::PlanArgs),
+    /// Make the server's event types and streams match a configuration file
+    Apply(declare::ApplyArgs),
+    /// Write the server's event types and streams as a configuration file
+    Export(declare::ExportArgs),
 }
 
 /// Runs a client command and answers the process's exit code; errors go to stderr.
@@ -111,6 +125,11 @@ pub async fn run(command: Command) -> ExitCode {
         Command::EventTypes(args) => admin::event_types(args).await,
         Command::Tenants(args) => admin::tenants(args).await,
         Command::Tokens(args) => admin::tokens(args).await,
+        Command::Login(args) => profiles::login(args).await,
+        Command::Logout(args) => profiles::logout(args).await,
+        Command::Plan(args) => declare::plan(args).await,
+        Command::Apply(args) => declare::apply(args).await,
+        Command::Export(args) => declare::export(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -157,6 +157,7 @@ pub fn store_error_kind(error: &StoreError) -> &'static str {
         StoreError::Corrupt(_) => "corrupt",
         StoreError::Commit(_) => "commit",
         StoreError::Closed => "closed",
+        StoreError::NameTaken(_) => "name_taken",
     }
 }
 

@@ -72,6 +72,10 @@ pub enum StoreError {
     Commit(String),
     #[error("the store is shutting down")]
     Closed,
+    /// Another stream of the tenant has the name a stream was to be created with or given:
+    /// names are unique per tenant (its id).
+    #[error("a stream named like this exists: {0}")]
+    NameTaken(String),
 }
 
 /// The isolation unit: every other row belongs to exactly one tenant.

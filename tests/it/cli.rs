@@ -2,6 +2,7 @@
 //! real receiver, asserting on what it prints and how it exits.
 
 use std::io::Write;
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use serde_json::{Value, json};
@@ -58,6 +59,12 @@ async fn herald(app: &TestApp, args: &[&str], stdin: Option<String>) -> Run {
             .env("HERALD_SERVER", server)
             .env("HERALD_TOKEN", ADMIN_TOKEN)
             .env_remove("HERALD_TENANT")
+            // No saved profile of whoever runs the tests fills in a tenant.
+            .env(
+                "HERALD_CONFIG",
+                Path::new(env!("CARGO_TARGET_TMPDIR")).join("no-profile.toml"),
+            )
+            .env_remove("HERALD_PROFILE")
             .stdin(if stdin.is_some() {
                 Stdio::piped()
             } else {

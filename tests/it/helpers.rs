@@ -214,7 +214,7 @@ impl TestApp {
     /// Creates a webhook stream to `url` subscribed to `types`, with extra fields merged in.
     pub async fn create_stream(&self, url: &str, types: &[&str], extra: Value) -> Value {
         let mut body = json!({
-            "name": "test stream",
+            "name": unique_stream_name("test stream"),
             "subscriptions": types.iter().map(|t| json!({"event_type": t})).collect::<Vec<_>>(),
             "destination": {"type": "webhook", "configuration": {"webhook_endpoint": url}},
         });
@@ -528,7 +528,7 @@ impl Server {
             .post(format!("{}/v1/event-streams", self.base))
             .bearer_auth(ADMIN_TOKEN)
             .json(&json!({
-                "name": "everything",
+                "name": unique_stream_name("everything"),
                 "subscriptions": [{"event_type": "*"}],
                 "destination": {"type": "webhook", "configuration": {"webhook_endpoint": receiver.url}}
             }))
@@ -541,4 +541,12 @@ impl Server {
             .unwrap()
             .to_string()
     }
+}
+
+/// `base` and a number no other call in this process gave: stream names are unique per
+/// tenant, and tests create several streams.
+pub fn unique_stream_name(base: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{base} {n}")
 }

@@ -5,6 +5,7 @@ mod auth;
 mod aws;
 mod circuit;
 mod cli;
+mod cli_config;
 mod cluster;
 mod crash;
 mod delivery;

@@ -13,8 +13,8 @@ use herald::store::postgres::PgStore;
 use herald::store::sqlite::SqliteStore;
 use herald::store::{
     AttemptRecord, ClaimRequest, DeliveryFilter, DeliveryStatus, Erase, EventFilter, FannedOut,
-    LogPosition, LogStart, MAX_INLINE_DELIVERIES, Store, StreamUpdate, Swept, Tenant, Token,
-    hash_token,
+    LogPosition, LogStart, MAX_INLINE_DELIVERIES, Store, StoreError, StreamUpdate, Swept, Tenant,
+    Token, hash_token,
 };
 use herald::stream::{ContentMode, PayloadFormat, RetryPolicy, Stream, StreamStatus, Subscription};
 use serde_json::value::RawValue;
@@ -69,6 +69,7 @@ conformance!(
     any_destination_kind_round_trips_with_its_content_settings_and_attempt_detail,
     a_large_fan_out_is_created_in_chunks_for_the_streams_subscribed_at_its_publish,
     a_fan_out_wider_than_a_chunk_gives_each_stream_every_event_once,
+    stream_names_are_unique_per_tenant_and_earlier_duplicates_keep_working,
     the_event_log_is_read_in_order_from_any_start_and_per_tenant,
 );
 
@@ -2206,5 +2207,83 @@ async fn the_postgres_log_never_serves_past_an_open_transaction() {
         ids,
         ["late", "early"],
         "the older transaction's event comes first"
+    );
+}
+
+/// Runs `sql` on the backend's database directly, as data written before a rule existed.
+async fn execute_sql(b: &Backend, sql: &str) {
+    if let Some(dir) = &b.dir {
+        let conn = rusqlite::Connection::open(dir.path().join("store.sqlite3")).unwrap();
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .unwrap();
+        conn.execute_batch(sql).unwrap();
+    }
+    if let Some(database) = &b.database {
+        let (client, connection) = tokio_postgres::connect(&database.url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        client.batch_execute(sql).await.unwrap();
+    }
+}
+
+async fn stream_names_are_unique_per_tenant_and_earlier_duplicates_keep_working(b: Backend) {
+    let store = &*b.store;
+    for id in ["est_one", "est_two"] {
+        stream(store, "ten_a", id, "*", StreamStatus::Enabled).await;
+    }
+    let mut copy = store.get_stream("ten_a", "est_one").await.unwrap().unwrap();
+    copy.id = "est_copy".into();
+    let taken = store.create_stream(copy.clone(), None).await;
+    assert!(
+        matches!(&taken, Err(StoreError::NameTaken(id)) if id == "est_one"),
+        "{}: {taken:?}",
+        b.name
+    );
+    assert!(
+        store
+            .get_stream("ten_a", "est_copy")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Another tenant may use the name.
+    copy.tenant_id = "ten_b".into();
+    store.create_stream(copy, None).await.unwrap();
+
+    let update = |stream: Stream| StreamUpdate {
+        stream,
+        skip_backlog: false,
+        notices: Vec::new(),
+    };
+    let mut two = store.get_stream("ten_a", "est_two").await.unwrap().unwrap();
+    two.name = "est_one".into();
+    let renamed = store.update_stream(update(two.clone())).await;
+    assert!(
+        matches!(&renamed, Err(StoreError::NameTaken(id)) if id == "est_one"),
+        "{}: {renamed:?}",
+        b.name
+    );
+    let kept = store.get_stream("ten_a", "est_two").await.unwrap().unwrap();
+    assert_eq!(kept.name, "est_two");
+
+    // Streams that shared a name before names were unique keep working until renamed.
+    execute_sql(
+        &b,
+        "UPDATE streams SET name = 'est_one' WHERE id = 'est_two'",
+    )
+    .await;
+    two.status = StreamStatus::Paused;
+    store
+        .update_stream(update(two.clone()))
+        .await
+        .unwrap()
+        .unwrap();
+    two.name = "est_three".into();
+    store.update_stream(update(two)).await.unwrap().unwrap();
+    let three = store.get_stream("ten_a", "est_two").await.unwrap().unwrap();
+    assert_eq!(
+        (three.name.as_str(), three.status),
+        ("est_three", StreamStatus::Paused)
     );
 }

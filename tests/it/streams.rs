@@ -295,3 +295,121 @@ async fn a_stream_that_becomes_a_webhook_gets_a_signing_secret() {
         "the old one does not sign again"
     );
 }
+
+#[tokio::test]
+async fn stream_names_are_unique_per_tenant() {
+    let app = spawn_app().await;
+    let body = |name: &str| {
+        json!({
+            "name": name, "subscriptions": [{"event_type": "user.created"}],
+            "destination": {"type": "webhook", "configuration": {"webhook_endpoint": "https://example.com/a"}}
+        })
+    };
+    let (_, first) = app.post("/v1/event-streams", &body("billing")).await;
+    let (status, error) = app.post("/v1/event-streams", &body("billing")).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{error}");
+    assert_eq!(error["error"]["code"], "conflict");
+    assert_eq!(error["error"]["details"]["stream_id"], first["id"]);
+    let (_, listed) = app.get("/v1/event-streams").await;
+    assert_eq!(listed.as_array().unwrap().len(), 1, "nothing half-created");
+
+    let (status, second) = app.post("/v1/event-streams", &body("crm")).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let second = second["id"].as_str().unwrap();
+    let (status, error) = app
+        .patch(
+            &format!("/v1/event-streams/{second}"),
+            &json!({"name": "billing"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{error}");
+    let (_, kept) = app.get(&format!("/v1/event-streams/{second}")).await;
+    assert_eq!(kept["name"], "crm");
+    // Keeping its own name while changing something else is no conflict.
+    let (status, _) = app
+        .patch(
+            &format!("/v1/event-streams/{second}"),
+            &json!({"name": "crm", "status": "paused"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_destination_is_checked_against_the_stored_one_without_revealing_it() {
+    let app = spawn_app().await;
+    let webhook = |token: &str| {
+        json!({"type": "webhook", "configuration": {
+            "webhook_endpoint": "https://example.com/hook",
+            "webhook_authorization": {"method": "bearer", "token": token}}})
+    };
+    let (_, stream) = app
+        .post(
+            "/v1/event-streams",
+            &json!({"name": "checked", "subscriptions": [{"event_type": "user.created"}],
+                    "destination": webhook("tok-1")}),
+        )
+        .await;
+    let check = format!(
+        "/v1/event-streams/{}/destination/check",
+        stream["id"].as_str().unwrap()
+    );
+    let (status, answer) = app.post(&check, &webhook("tok-1")).await;
+    assert_eq!((status, answer), (StatusCode::OK, json!({"matches": true})));
+    let (_, answer) = app.post(&check, &webhook("tok-2")).await;
+    assert_eq!(answer, json!({"matches": false}));
+    let mut other_url = webhook("tok-1");
+    other_url["configuration"]["webhook_endpoint"] = json!("https://example.com/other");
+    let (_, answer) = app.post(&check, &other_url).await;
+    assert_eq!(answer, json!({"matches": false}));
+    let (status, error) = app.post(&check, &json!({"type": "webhook"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+
+    // AWS keys are write-only too.
+    let bus = |secret: &str| {
+        json!({"type": "eventbridge", "configuration": {
+            "aws_account_id": "123456789012", "aws_region": "us-east-1",
+            "aws_access_key_id": "AKIA", "aws_secret_access_key": secret}})
+    };
+    let (_, on_bus) = app
+        .post(
+            "/v1/event-streams",
+            &json!({"name": "bus", "subscriptions": [{"event_type": "user.created"}],
+                    "destination": bus("s-1")}),
+        )
+        .await;
+    let bus_check = format!(
+        "/v1/event-streams/{}/destination/check",
+        on_bus["id"].as_str().unwrap()
+    );
+    let (_, answer) = app.post(&bus_check, &bus("s-1")).await;
+    assert_eq!(answer, json!({"matches": true}));
+    let (_, answer) = app.post(&bus_check, &bus("s-2")).await;
+    assert_eq!(answer, json!({"matches": false}));
+
+    // Few checks a minute per stream: no way to guess a credential by trying values.
+    for _ in 3..10 {
+        let (status, _) = app.post(&check, &webhook("guess")).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let (status, error) = app.post(&check, &webhook("guess")).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{error}");
+    assert_eq!(error["error"]["code"], "rate_limited");
+    let (status, _) = app.post(&bus_check, &bus("s-1")).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "another stream has its own allowance"
+    );
+    app.clock.advance(std::time::Duration::from_secs(60));
+    let (status, _) = app.post(&check, &webhook("tok-1")).await;
+    assert_eq!(status, StatusCode::OK);
+
+    let (status, _) = app
+        .post(
+            "/v1/event-streams/est_missing/destination/check",
+            &webhook("x"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

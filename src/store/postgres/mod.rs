@@ -39,6 +39,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("002_destination_kinds.sql"),
     include_str!("003_failing_streams.sql"),
     include_str!("004_fanouts.sql"),
+    include_str!("005_stream_names.sql"),
     include_str!("006_event_log.sql"),
 ];
 
@@ -658,6 +659,7 @@ impl Store for PgStore {
             columns::encode_stream(&stream, &self.cipher);
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
+        name_free(&tx, &stream.tenant_id, &stream.id, &stream.name).await?;
         tx.execute(
             &format!(
                 "INSERT INTO streams ({STREAM_COLUMNS}, destination_type) \
@@ -735,6 +737,7 @@ impl Store for PgStore {
             columns::encode_stream(stream, &self.cipher);
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
+        name_free(&tx, &stream.tenant_id, &stream.id, &stream.name).await?;
         let changed = tx
             .execute(
                 "UPDATE streams SET name = $3, status = $4, status_reason = $5, subscriptions = $6, \
@@ -1137,5 +1140,35 @@ impl Store for PgStore {
         let swept = log::sweep(&tx, events_before, bodies_before, limit).await?;
         tx.commit().await?;
         Ok(swept)
+    }
+}
+
+/// Fails with [`StoreError::NameTaken`] when another stream of the tenant has `name` and
+/// stream `id` does not have it already (streams that shared a name before names were
+/// unique keep it until renamed). A transaction-scoped lock per tenant makes the check and
+/// the write that follows one step for concurrent creates and renames.
+async fn name_free(
+    tx: &impl GenericClient,
+    tenant_id: &str,
+    id: &str,
+    name: &str,
+) -> StoreResult<()> {
+    let key = format!("herald.stream_names:{tenant_id}");
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+        &[&key],
+    )
+    .await?;
+    let taken = tx
+        .query_opt(
+            "SELECT o.id FROM streams o WHERE o.tenant_id = $1 AND o.name = $3 AND o.id <> $2 \
+             AND NOT EXISTS (SELECT 1 FROM streams s WHERE s.tenant_id = $1 AND s.id = $2 \
+             AND s.name = $3) ORDER BY o.created_at, o.id LIMIT 1",
+            &[&tenant_id, &id, &name],
+        )
+        .await?;
+    match taken {
+        Some(row) => Err(StoreError::NameTaken(row.get(0))),
+        None => Ok(()),
     }
 }

@@ -28,6 +28,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("002_destination_kinds.sql"),
     include_str!("003_failing_streams.sql"),
     include_str!("004_fanouts.sql"),
+    include_str!("005_stream_names.sql"),
 ];
 
 /// Rows one job of a bulk administrative write (a redelivery, an erasure by subject, a
@@ -180,6 +181,25 @@ impl writer::Journal for LeaseJournal {
 
 fn lock(leases: &std::sync::Mutex<queue::Leases>) -> std::sync::MutexGuard<'_, queue::Leases> {
     leases.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Fails with [`StoreError::NameTaken`] when another stream of the tenant has `name` and
+/// stream `id` does not have it already (streams that shared a name before names were
+/// unique keep it until renamed). The single writer makes check and write one step.
+fn name_free(conn: &Connection, tenant_id: &str, id: &str, name: &str) -> StoreResult<()> {
+    let taken: Option<String> = conn
+        .query_row(
+            "SELECT o.id FROM streams o WHERE o.tenant_id = ?1 AND o.name = ?3 AND o.id <> ?2 \
+             AND NOT EXISTS (SELECT 1 FROM streams s WHERE s.tenant_id = ?1 AND s.id = ?2 \
+             AND s.name = ?3) ORDER BY o.created_at, o.id LIMIT 1",
+            params![tenant_id, id, name],
+            |row| row.get(0),
+        )
+        .optional()?;
+    match taken {
+        Some(other) => Err(StoreError::NameTaken(other)),
+        None => Ok(()),
+    }
 }
 
 fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
@@ -645,6 +665,7 @@ impl Store for SqliteStore {
         let cipher = self.cipher.clone();
         self.writer
             .write(move |conn| {
+                name_free(conn, &stream.tenant_id, &stream.id, &stream.name)?;
                 let (subscriptions, destination, retry_policy) = columns::encode_stream(&stream, &cipher);
                 conn.execute(
                     &format!(
@@ -723,6 +744,7 @@ impl Store for SqliteStore {
         self.writer
             .write(move |conn| {
                 let stream = &update.stream;
+                name_free(conn, &stream.tenant_id, &stream.id, &stream.name)?;
                 let (subscriptions, destination, retry_policy) = columns::encode_stream(stream, &cipher);
                 let changed = conn.execute(
                     "UPDATE streams SET name = ?3, status = ?4, status_reason = ?5, subscriptions = ?6, \
