@@ -114,14 +114,16 @@ fn retryable(error: &CliError) -> bool {
     match error {
         CliError::Transport(_) => true,
         CliError::Api { status, .. } => matches!(status, 429 | 502 | 503 | 504),
-        CliError::Usage(_) => false,
+        CliError::Usage(_) | CliError::NotFound(_) => false,
     }
 }
 
 fn brief(error: &CliError) -> String {
     match error {
         CliError::Api { code, message, .. } => format!("{code}: {message}"),
-        CliError::Transport(message) | CliError::Usage(message) => message.clone(),
+        CliError::Transport(message) | CliError::Usage(message) | CliError::NotFound(message) => {
+            message.clone()
+        }
     }
 }
 
