@@ -71,9 +71,9 @@ impl App {
             Some(url) => {
                 let store =
                     PgStore::connect(url.expose(), cipher, config.database_max_connections).await?;
-                let listen = config
-                    .role
-                    .delivers()
+                // Nodes that deliver hear of due work; nodes that serve the API, of new
+                // events for the event log's readers.
+                let listen = (config.role.delivers() || config.role.serves_api())
                     .then(|| postgres::parse_url(url.expose()));
                 (Arc::new(store), listen.transpose()?)
             }
@@ -163,6 +163,8 @@ impl App {
             max_request_bytes: config.max_request_bytes,
             limits: Arc::new(api::limits::ApiLimits::from_config(&config)),
             metrics,
+            log_signal: Arc::default(),
+            shutdown: CancellationToken::new(),
         };
         Ok(App {
             listener,
@@ -226,10 +228,20 @@ impl App {
                 shutdown.clone(),
             ));
         }
+        {
+            // Responses that never end on their own (the event log's readers) end with the
+            // server.
+            let (stopping, stopped) = (shutdown.clone(), self.state.shutdown.clone());
+            tasks.spawn(async move {
+                stopping.cancelled().await;
+                stopped.cancel();
+            });
+        }
         if let Some(config) = self.listen {
-            let signal = self.state.signal.clone();
+            let (signal, log_signal) = (self.state.signal.clone(), self.state.log_signal.clone());
             let wake = move |notice| match notice {
                 Notice::Due(stream_id) => signal.wake([&stream_id]),
+                Notice::Events(tenant_id) => log_signal.notify(&tenant_id),
                 Notice::StreamsChanged => signal.streams_changed(),
             };
             tasks.spawn(postgres::listen(config, wake, shutdown.clone()));

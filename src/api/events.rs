@@ -127,15 +127,17 @@ pub async fn publish(
     // On a node that delivers from the embedded store, the new deliveries come back leased and
     // go straight to its dispatcher, which saves a claim. The publish runs as its own task so that a client hanging up cannot stop the
     // hand-over half-way (leases it never received would only lapse, later).
-    let (store, signal, tenant) = (
+    let (store, signal, log_signal, tenant) = (
         state.store.clone(),
         state.signal.clone(),
+        state.log_signal.clone(),
         caller.tenant_id.clone(),
     );
     let lease_until = state.delivery_lease_ms.map(|ms| now + ms);
     let published = tokio::spawn(async move {
         let mut published = store.publish(&tenant, events, now, lease_until).await?;
         crate::metrics::EventMetrics::published(&counters, &published);
+        log_signal.notify(&tenant);
         if published.iter().any(|p| p.deferred) {
             signal.fan_out_pending();
         }
@@ -254,7 +256,7 @@ fn is_batch(headers: &HeaderMap) -> Result<bool, ApiError> {
 /// An event of the log as the API shows it: the CloudEvent, and when Herald received it. One
 /// that cannot be rendered (stored before today's limits) is shown by its attributes alone and
 /// flagged, rather than failing the whole listing.
-fn logged_view(logged: &LoggedEvent) -> Value {
+pub(super) fn logged_view(logged: &LoggedEvent) -> Value {
     let mut v: Value = match serde_json::from_slice(&logged.event.to_cloudevent()) {
         Ok(v) => v,
         Err(e) => {

@@ -7,6 +7,7 @@ mod error;
 mod event_types;
 mod events;
 pub mod limits;
+pub mod log_stream;
 mod metrics;
 mod stats;
 mod streams;
@@ -49,6 +50,10 @@ pub struct AppState {
     pub max_request_bytes: usize,
     pub limits: Arc<limits::ApiLimits>,
     pub metrics: Arc<Metrics>,
+    /// Wakes the event log's readers (`GET /v1/events/stream`).
+    pub log_signal: Arc<log_stream::LogSignal>,
+    /// Cancelled when the server stops, to end responses that would never end on their own.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// Health, readiness and metrics, which every node serves.
@@ -221,6 +226,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/events", post(events::publish).get(events::list))
         .route("/v1/events/erase", post(events::erase))
+        .route("/v1/events/stream", get(log_stream::stream))
         .route("/v1/events/{id}", get(events::show))
         .route("/v1/event-streams/{id}/stats", get(stats::stream_stats))
         .route(

@@ -183,6 +183,32 @@ impl Client {
         query: &[(&str, String)],
         body: Option<Body>,
     ) -> Result<Value, CliError> {
+        let (url, response) = self.send(method, segments, query, body, &[]).await?;
+        let status = response.status().as_u16();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| CliError::Transport(format!("reading the answer of {url}: {e}")))?;
+        if bytes.is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_slice(&bytes).map_err(|_| {
+            CliError::Transport(format!(
+                "{url} answered {status} with a body that is not JSON: is --server a Herald server?"
+            ))
+        })
+    }
+
+    /// Sends a request with extra `headers`; answers the response of a 2xx answer, unread
+    /// (a stream of events), and turns any other answer into its error.
+    pub async fn send(
+        &self,
+        method: Method,
+        segments: &[&str],
+        query: &[(&str, String)],
+        body: Option<Body>,
+        headers: &[(&str, &str)],
+    ) -> Result<(url::Url, reqwest::Response), CliError> {
         if let Some(bad) = segments
             .iter()
             .find(|s| s.is_empty() || **s == "." || **s == "..")
@@ -198,6 +224,9 @@ impl Client {
         }
         if let Some(tenant) = &self.tenant {
             request = request.header("herald-tenant", tenant);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
         }
         if let Some(body) = body {
             request = request
@@ -222,6 +251,9 @@ impl Client {
                 "{url} answered {status}, a redirect to {location}; point --server at Herald itself"
             )));
         }
+        if (200..300).contains(&status) {
+            return Ok((url, response));
+        }
         let request_id = response
             .headers()
             .get("x-request-id")
@@ -231,18 +263,7 @@ impl Client {
             .bytes()
             .await
             .map_err(|e| CliError::Transport(format!("reading the answer of {url}: {e}")))?;
-        let value: Option<Value> = if bytes.is_empty() {
-            Some(Value::Null)
-        } else {
-            serde_json::from_slice(&bytes).ok()
-        };
-        if (200..300).contains(&status) {
-            return value.ok_or_else(|| {
-                CliError::Transport(format!(
-                    "{url} answered {status} with a body that is not JSON: is --server a Herald server?"
-                ))
-            });
-        }
+        let value: Option<Value> = serde_json::from_slice(&bytes).ok();
         let error = value.as_ref().map(|v| &v["error"]);
         match error.and_then(|e| e["code"].as_str()) {
             Some(code) => {

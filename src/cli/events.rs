@@ -1,5 +1,6 @@
-//! `herald events list|show|erase`: the tenant's audit log, every page or up to `--limit`;
-//! one event with the streams it went to; erasing payloads (by ids or subject).
+//! `herald events list|show|erase|tail`: the tenant's audit log, every page or up to
+//! `--limit`; one event with the streams it went to; erasing payloads (by ids or subject);
+//! following the log as it grows (see [`super::tail`]).
 
 use clap::{Args, Subcommand};
 use serde_json::json;
@@ -55,6 +56,22 @@ pub enum EventsCommand {
         /// Every event with this subject (a user's data, on request)
         #[arg(long)]
         subject: Option<String>,
+    },
+    /// Print events as they are published, until interrupted; resumes after a dropped
+    /// connection without skipping or repeating one
+    #[command(
+        after_help = "Examples:\n  herald events tail\n  herald events tail --type 'user.*' --type flow.run.finished\n  herald events tail --from-timestamp 2026-01-01T00:00:00Z --json\n\nWith --json, each line is {\"offset\": ..., \"event\": {...}}; --from takes an offset to start after."
+    )]
+    Tail {
+        /// Only events of this type or pattern (`user.*`); repeat for several
+        #[arg(long = "type", value_name = "TYPE")]
+        types: Vec<String>,
+        /// Start after this offset (an `offset` printed with --json)
+        #[arg(long, value_name = "OFFSET", conflicts_with = "from_timestamp")]
+        from: Option<String>,
+        /// Start at the first event received at or after this RFC 3339 time
+        #[arg(long, value_name = "TIME")]
+        from_timestamp: Option<String>,
     },
     /// One event and its deliveries
     #[command(after_help = "Example:\n  herald events show evt_...")]
@@ -129,6 +146,24 @@ pub async fn run(args: EventsArgs) -> Result<(), CliError> {
                     output::cell(&result["erased"])
                 ),
             }
+        }
+        EventsCommand::Tail {
+            types,
+            from,
+            from_timestamp,
+        } => {
+            if let Some(offset) = &from
+                && crate::store::LogPosition::parse(offset).is_none()
+            {
+                return Err(CliError::Usage(format!(
+                    "--from `{offset}` is not an offset; give one `herald events tail --json` printed"
+                )));
+            }
+            let start = super::tail::Start {
+                from,
+                from_timestamp,
+            };
+            super::tail::run(&client, mode, &types, start).await?;
         }
         EventsCommand::Show { id, source } => {
             let query: Vec<(&str, String)> = source.map(|s| ("source", s)).into_iter().collect();

@@ -8,7 +8,8 @@
 //!
 //! - [`client`]: requests, and the API's error body turned into an exit code and a hint.
 //! - [`output`]: tables, key/value blocks, JSON; [`chart`]: the plain-text chart of `stats`.
-//! - [`streams`], [`deliveries`], [`publish`], [`stats`], [`events`], [`admin`]: the commands.
+//! - [`streams`], [`deliveries`], [`publish`], [`stats`], [`events`] (with [`tail`]),
+//!   [`admin`]: the commands.
 //! - [`profiles`]: `login`/`logout`, and the saved profile a connection falls back on.
 //! - [`declare`]: configuration as code (`plan`, `apply`, `export`).
 //! - [`scaffold`]: a receiver project on disk; it needs no server.
@@ -27,6 +28,7 @@ pub mod publish;
 pub mod scaffold;
 pub mod stats;
 pub mod streams;
+pub mod tail;
 
 use std::process::ExitCode;
 

@@ -44,6 +44,11 @@ pub fn write_all(bytes: &[u8]) {
     }
 }
 
+/// Whether stdout's reader went away: a command that only prints (`events tail`) stops.
+pub fn stdout_closed() -> bool {
+    STDOUT_CLOSED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     Table,
@@ -57,6 +62,11 @@ pub fn json(value: &Value) {
         "{}",
         serde_json::to_string_pretty(value).expect("a JSON value serializes")
     );
+}
+
+/// Prints JSON on one line (NDJSON, for output that goes on as it comes).
+pub fn json_line(value: &Value) {
+    crate::outln!("{value}");
 }
 
 /// Text from the server made safe for a terminal: control characters (an escape sequence

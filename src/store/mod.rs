@@ -484,6 +484,49 @@ pub struct LoggedEvent {
     pub erased_at: Option<Millis>,
 }
 
+/// A place in a tenant's event log, as readers of the log see it: after the events of the
+/// transactions numbered below `xid`, and after event `seq` of transaction `xid`. The embedded
+/// store commits one writer's transactions in the order of their `seq`, so its `xid` is
+/// always 0; on PostgreSQL, transactions commit in another order than the one in which they
+/// took their `seq`s, and the log is ordered by transaction id first (see
+/// `postgres::log::read_log`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct LogPosition {
+    pub xid: i64,
+    pub seq: i64,
+}
+
+impl LogPosition {
+    /// The offset clients see: opaque to them, parsed back by `parse`.
+    pub fn encode(self) -> String {
+        format!("{}-{}", self.xid, self.seq)
+    }
+
+    pub fn parse(offset: &str) -> Option<LogPosition> {
+        let (xid, seq) = offset.split_once('-')?;
+        let digits =
+            |s: &str| !s.is_empty() && s.len() <= 19 && s.bytes().all(|b| b.is_ascii_digit());
+        if !digits(xid) || !digits(seq) {
+            return None;
+        }
+        Some(LogPosition {
+            xid: xid.parse().ok()?,
+            seq: seq.parse().ok()?,
+        })
+    }
+}
+
+/// Where a reader of the event log starts.
+#[derive(Debug, Clone, Copy)]
+pub enum LogStart {
+    /// After an event it has seen (its offset).
+    After(LogPosition),
+    /// At the first event received at or after this time.
+    ReceivedFrom(Millis),
+    /// After the last event visible now: only what comes next.
+    End,
+}
+
 /// Which events' payloads to erase.
 #[derive(Debug, Clone)]
 pub enum Erase {
@@ -715,6 +758,23 @@ pub trait Store: Send + Sync + 'static {
     /// the attempts' outcomes stay. A delivery still pending sends what is left. Returns how
     /// many events were erased.
     async fn erase(&self, tenant_id: &str, what: Erase, now: Millis) -> StoreResult<u64>;
+    /// The position a reader of the tenant's event log starts from; `None` when `start` is
+    /// an event no longer in the log (removed by retention, or never the tenant's), so the
+    /// reader cannot know what it missed.
+    async fn log_position(
+        &self,
+        tenant_id: &str,
+        start: LogStart,
+    ) -> StoreResult<Option<LogPosition>>;
+    /// Up to `take` events of the tenant's log after `after`, in log order, each with its
+    /// position. Only events that no reader can later find before them are returned: a
+    /// reader that resumes after the last one never skips an event committed late.
+    async fn read_log(
+        &self,
+        tenant_id: &str,
+        after: LogPosition,
+        take: usize,
+    ) -> StoreResult<Vec<(LogPosition, LoggedEvent)>>;
     /// Retention, across tenants: deletes up to `limit` events received before
     /// `events_before` that have nothing pending (with their deliveries, attempts and
     /// rollups), and drops response bodies of attempts made before `bodies_before`.

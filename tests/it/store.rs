@@ -13,7 +13,8 @@ use herald::store::postgres::PgStore;
 use herald::store::sqlite::SqliteStore;
 use herald::store::{
     AttemptRecord, ClaimRequest, DeliveryFilter, DeliveryStatus, Erase, EventFilter, FannedOut,
-    MAX_INLINE_DELIVERIES, Store, StoreError, StreamUpdate, Swept, Tenant, Token, hash_token,
+    LogPosition, LogStart, MAX_INLINE_DELIVERIES, Store, StoreError, StreamUpdate, Swept, Tenant,
+    Token, hash_token,
 };
 use herald::stream::{ContentMode, PayloadFormat, RetryPolicy, Stream, StreamStatus, Subscription};
 use serde_json::value::RawValue;
@@ -69,6 +70,7 @@ conformance!(
     a_large_fan_out_is_created_in_chunks_for_the_streams_subscribed_at_its_publish,
     a_fan_out_wider_than_a_chunk_gives_each_stream_every_event_once,
     stream_names_are_unique_per_tenant_and_earlier_duplicates_keep_working,
+    the_event_log_is_read_in_order_from_any_start_and_per_tenant,
 );
 
 struct Backend {
@@ -2010,6 +2012,203 @@ async fn bulk_writes_let_publishes_through_between_chunks() {
     assert!(
         count("SELECT COUNT(*) FROM events WHERE tenant_id = 'ten_b'") >= 3,
         "every publish in between was written"
+    );
+}
+
+/// Event ids read from the tenant's log after `after`, in log order, with the last position:
+/// read until at least `want` have come. On PostgreSQL a read may lag while other tests'
+/// transactions are open (the log serves nothing past the oldest open one), hence the wait.
+async fn read_ids(
+    store: &dyn Store,
+    tenant: &str,
+    after: LogPosition,
+    want: usize,
+) -> (Vec<String>, LogPosition) {
+    let deadline = tokio::time::Instant::now() + crate::helpers::PATIENCE;
+    let mut ids = Vec::new();
+    let mut position = after;
+    loop {
+        let events = store.read_log(tenant, position, 2).await.unwrap();
+        if events.is_empty() {
+            if ids.len() >= want || tokio::time::Instant::now() > deadline {
+                return (ids, position);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        for (at, logged) in events {
+            assert!(at > position, "positions only grow");
+            position = at;
+            ids.push(logged.event.id);
+        }
+    }
+}
+
+/// The event log's readers (`GET /v1/events/stream`): every start, in order, tenant by tenant,
+/// and an offset that is not in the log anymore (or never was the tenant's) is refused.
+async fn the_event_log_is_read_in_order_from_any_start_and_per_tenant(b: Backend) {
+    let store = &*b.store;
+    let name = b.name;
+    let end = |tenant: &'static str| async move {
+        store
+            .log_position(tenant, LogStart::End)
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    let empty = end("ten_a").await;
+    assert_eq!(
+        read_ids(store, "ten_a", empty, 0).await.0,
+        Vec::<String>::new(),
+        "{name}"
+    );
+    store
+        .publish(
+            "ten_a",
+            vec![event("a1", "user.created"), event("a2", "user.deleted")],
+            NOW,
+            None,
+        )
+        .await
+        .unwrap();
+    store
+        .publish("ten_b", vec![event("b1", "user.created")], NOW + 1, None)
+        .await
+        .unwrap();
+    store
+        .publish("ten_a", vec![event("a3", "user.created")], NOW + 2, None)
+        .await
+        .unwrap();
+    let (ids, last) = read_ids(store, "ten_a", empty, 3).await;
+    assert_eq!(ids, ["a1", "a2", "a3"], "{name}: from the end before them");
+    assert_eq!(read_ids(store, "ten_b", empty, 1).await.0, ["b1"], "{name}");
+
+    // Resuming after each event gives exactly what follows it.
+    let first = store.read_log("ten_a", empty, 1).await.unwrap();
+    let (after_a1, _) = first[0];
+    let resumed = store
+        .log_position("ten_a", LogStart::After(after_a1))
+        .await
+        .unwrap()
+        .expect("a1 is in the log");
+    assert_eq!(
+        read_ids(store, "ten_a", resumed, 2).await.0,
+        ["a2", "a3"],
+        "{name}"
+    );
+    assert_eq!(
+        LogPosition::parse(&after_a1.encode()),
+        Some(after_a1),
+        "{name}: offsets parse back"
+    );
+
+    // From the end: only what comes next.
+    let now_end = end("ten_a").await;
+    assert_eq!(
+        read_ids(store, "ten_a", now_end, 0).await.0,
+        Vec::<String>::new(),
+        "{name}"
+    );
+    store
+        .publish("ten_a", vec![event("a4", "user.created")], NOW + 3, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        read_ids(store, "ten_a", now_end, 1).await.0,
+        ["a4"],
+        "{name}"
+    );
+    assert_eq!(read_ids(store, "ten_a", last, 1).await.0, ["a4"], "{name}");
+
+    // From a time: the first event received at or after it.
+    let from = store
+        .log_position("ten_a", LogStart::ReceivedFrom(NOW + 2))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        read_ids(store, "ten_a", from, 2).await.0,
+        ["a3", "a4"],
+        "{name}"
+    );
+    let later = store
+        .log_position("ten_a", LogStart::ReceivedFrom(NOW + 60_000))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        read_ids(store, "ten_a", later, 0).await.0,
+        Vec::<String>::new(),
+        "{name}"
+    );
+
+    // Another tenant's offset is not a place in this tenant's log.
+    let b_events = store.read_log("ten_b", empty, 10).await.unwrap();
+    let (b_position, _) = b_events[0];
+    assert_eq!(
+        store
+            .log_position("ten_a", LogStart::After(b_position))
+            .await
+            .unwrap(),
+        None,
+        "{name}"
+    );
+    // Nor is an event retention removed.
+    store.sweep(Some(NOW + 1), None, 100).await.unwrap();
+    assert_eq!(
+        store
+            .log_position("ten_a", LogStart::After(after_a1))
+            .await
+            .unwrap(),
+        None,
+        "{name}: a1 was swept"
+    );
+}
+
+/// On PostgreSQL, transactions commit in another order than the one in which they took their
+/// sequence numbers. The log holds back what an open transaction could still precede: an
+/// event published while an older transaction is open is not read until that one ends, and
+/// then the older transaction's event comes first.
+#[tokio::test]
+#[cfg_attr(not(herald_postgres_tests), ignore = "needs HERALD_TEST_DATABASE_URL")]
+async fn the_postgres_log_never_serves_past_an_open_transaction() {
+    let b = postgres().await;
+    let store = &*b.store;
+    let start = store
+        .log_position("ten_a", LogStart::End)
+        .await
+        .unwrap()
+        .unwrap();
+    let database = b.database.as_ref().unwrap();
+    let (mut client, connection) = tokio_postgres::connect(&database.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    // An older transaction takes its id and its seq first, and stays open.
+    let late = client.transaction().await.unwrap();
+    late.execute(
+        "INSERT INTO events (tenant_id, id, source, type, time, data, received_at) \
+         VALUES ('ten_a', 'late', '/test', 'user.created', $1, '{}', $1)",
+        &[&NOW],
+    )
+    .await
+    .unwrap();
+    store
+        .publish("ten_a", vec![event("early", "user.created")], NOW, None)
+        .await
+        .unwrap();
+    let (ids, position) = read_ids(store, "ten_a", start, 0).await;
+    assert_eq!(
+        ids,
+        Vec::<String>::new(),
+        "nothing is served past the open transaction"
+    );
+    assert_eq!(position, start);
+    late.commit().await.unwrap();
+    let (ids, _) = read_ids(store, "ten_a", start, 2).await;
+    assert_eq!(
+        ids,
+        ["late", "early"],
+        "the older transaction's event comes first"
     );
 }
 

@@ -1,5 +1,6 @@
 //! Wake-ups between nodes: the store announces streams whose deliveries became due without a
-//! lease (published, released, redelivered) and changes to stream definitions, and one
+//! lease (published, released, redelivered), tenants with new events in their log (for its
+//! readers), and changes to stream definitions, and one
 //! dedicated connection per node `LISTEN`s for them. A notification is only a hint: a node
 //! also polls, and after any reconnection it treats everything as changed, so nothing sent
 //! while it was not listening is missed for longer than one poll.
@@ -15,25 +16,27 @@ use tokio::sync::mpsc;
 use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
-use super::{DUE_CHANNEL, STREAMS_CHANNEL, Target};
+use super::{DUE_CHANNEL, EVENTS_CHANNEL, STREAMS_CHANNEL, Target};
 
-/// Announces streams with due work to every node, a batch of them per notifying statement.
-pub(super) struct Announcer(mpsc::UnboundedSender<String>);
+/// Announces streams with due work and tenants with new events to every node, a batch of
+/// them per notifying statement.
+pub(super) struct Announcer(mpsc::UnboundedSender<(&'static str, String)>);
 
 impl Announcer {
     /// Starts the announcing task; it ends when the announcer is dropped.
     pub fn start(pool: Pool) -> Announcer {
-        let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<(&'static str, String)>();
         tokio::spawn(async move {
-            let mut streams = Vec::new();
-            while rx.recv_many(&mut streams, 1024).await > 0 {
-                streams.sort_unstable();
-                streams.dedup();
-                if let Err(e) = announce(&pool, &streams).await {
-                    // Other nodes find the work at their next poll.
+            let mut batch = Vec::new();
+            while rx.recv_many(&mut batch, 1024).await > 0 {
+                batch.sort_unstable();
+                batch.dedup();
+                if let Err(e) = announce(&pool, &batch).await {
+                    // Other nodes find the work, and the log's readers the events, at their
+                    // next poll.
                     tracing::debug!(error = %e, "could not announce due work");
                 }
-                streams.clear();
+                batch.clear();
             }
         });
         Announcer(tx)
@@ -41,17 +44,24 @@ impl Announcer {
 
     pub fn due(&self, streams: impl IntoIterator<Item = String>) {
         for stream in streams {
-            let _ = self.0.send(stream);
+            let _ = self.0.send((DUE_CHANNEL, stream));
         }
+    }
+
+    /// The tenant's event log has new events.
+    pub fn events(&self, tenant_id: &str) {
+        let _ = self.0.send((EVENTS_CHANNEL, tenant_id.to_string()));
     }
 }
 
-async fn announce(pool: &Pool, streams: &[String]) -> super::StoreResult<()> {
+async fn announce(pool: &Pool, batch: &[(&'static str, String)]) -> super::StoreResult<()> {
+    let (channels, payloads): (Vec<&str>, Vec<&str>) =
+        batch.iter().map(|(c, p)| (*c, p.as_str())).unzip();
     pool.get()
         .await?
         .execute(
-            "SELECT pg_notify($1, s) FROM unnest($2::text[]) AS s",
-            &[&DUE_CHANNEL, &streams],
+            "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS u(c, p)",
+            &[&channels, &payloads],
         )
         .await?;
     Ok(())
@@ -62,6 +72,8 @@ async fn announce(pool: &Pool, streams: &[String]) -> super::StoreResult<()> {
 pub enum Notice {
     /// This stream has deliveries due now.
     Due(String),
+    /// This tenant's event log has new events.
+    Events(String),
     /// Stream definitions changed, or notifications may have been missed: reload them all.
     StreamsChanged,
 }
@@ -117,7 +129,9 @@ async fn listen_once(
         }
     });
     client
-        .batch_execute(&format!("LISTEN {DUE_CHANNEL}; LISTEN {STREAMS_CHANNEL}"))
+        .batch_execute(&format!(
+            "LISTEN {DUE_CHANNEL}; LISTEN {STREAMS_CHANNEL}; LISTEN {EVENTS_CHANNEL}"
+        ))
         .await
         .map_err(|e| e.to_string())?;
     if std::mem::take(reported) {
@@ -133,6 +147,7 @@ async fn listen_once(
             }
             message = rx.recv() => match message {
                 Some(n) if n.channel() == DUE_CHANNEL => deliver(Notice::Due(n.payload().to_string())),
+                Some(n) if n.channel() == EVENTS_CHANNEL => deliver(Notice::Events(n.payload().to_string())),
                 Some(_) => deliver(Notice::StreamsChanged),
                 None => break,
             }

@@ -7,19 +7,24 @@ use tokio_postgres::Row;
 use super::{EVENT_COLUMNS, Params, event_from_row, refs};
 use crate::clock::Millis;
 use crate::store::{
-    ERASED_EVENT, Erase, EventFilter, KEPT_BY_PENDING_WORK, LATENCY_BOUNDS_MS, LoggedEvent, Page,
-    StatsRow, StoreResult, Swept,
+    ERASED_EVENT, Erase, EventFilter, KEPT_BY_PENDING_WORK, LATENCY_BOUNDS_MS, LogPosition,
+    LogStart, LoggedEvent, Page, StatsRow, StoreResult, Swept,
 };
 
 const LOGGED_COLUMNS: &str = "e.seq, e.received_at, e.erased_at";
 
 fn logged_from_row(row: &Row) -> StoreResult<(i64, LoggedEvent)> {
+    logged_from_row_at(row, 0)
+}
+
+/// The logged columns starting at column `at`.
+fn logged_from_row_at(row: &Row, at: usize) -> StoreResult<(i64, LoggedEvent)> {
     Ok((
-        row.get(0),
+        row.get(at),
         LoggedEvent {
-            received_at: row.get(1),
-            erased_at: row.get(2),
-            event: event_from_row(row, 3)?,
+            received_at: row.get(at + 1),
+            erased_at: row.get(at + 2),
+            event: event_from_row(row, at + 3)?,
         },
     ))
 }
@@ -69,6 +74,79 @@ pub async fn list_events(
         )
         .await?;
     Page::from_newest(rows.iter().map(logged_from_row), take)
+}
+
+/// The oldest transaction still open anywhere in the database: every transaction below it
+/// has committed or rolled back, so its events are in the log for good.
+const HORIZON: &str = "pg_snapshot_xmin(pg_current_snapshot())::text::bigint";
+
+pub async fn log_position(
+    client: &impl GenericClient,
+    tenant_id: &str,
+    start: LogStart,
+) -> StoreResult<Option<LogPosition>> {
+    let position = |row: &Row| LogPosition {
+        xid: row.get(0),
+        seq: row.get(1),
+    };
+    Ok(match start {
+        LogStart::After(after) => {
+            let stmt = client
+                .prepare_cached(
+                    "SELECT 1 FROM events WHERE tenant_id = $1 AND xid = $2 AND seq = $3",
+                )
+                .await?;
+            let found = client
+                .query_opt(&stmt, &[&tenant_id, &after.xid, &after.seq])
+                .await?;
+            found.map(|_| after)
+        }
+        LogStart::ReceivedFrom(time) => {
+            let stmt = client
+                .prepare_cached(&format!(
+                    "SELECT xid, seq - 1 FROM events WHERE tenant_id = $1 AND received_at >= $2 \
+                     AND xid < {HORIZON} ORDER BY xid, seq LIMIT 1"
+                ))
+                .await?;
+            match client.query_opt(&stmt, &[&tenant_id, &time]).await? {
+                Some(row) => Some(position(&row)),
+                None => Box::pin(log_position(client, tenant_id, LogStart::End)).await?,
+            }
+        }
+        // Before every transaction still open: what they commit is still to come.
+        LogStart::End => {
+            let row = client
+                .query_one(&format!("SELECT {HORIZON}, 0::bigint"), &[])
+                .await?;
+            Some(position(&row))
+        }
+    })
+}
+
+pub async fn read_log(
+    client: &impl GenericClient,
+    tenant_id: &str,
+    after: LogPosition,
+    take: usize,
+) -> StoreResult<Vec<(LogPosition, LoggedEvent)>> {
+    // One statement, so the horizon and the rows come from the same snapshot.
+    let stmt = client
+        .prepare_cached(&format!(
+            "SELECT e.xid, {LOGGED_COLUMNS}, {EVENT_COLUMNS} FROM events e \
+             WHERE e.tenant_id = $1 AND (e.xid, e.seq) > ($2, $3) AND e.xid < {HORIZON} \
+             ORDER BY e.xid, e.seq LIMIT $4"
+        ))
+        .await?;
+    let rows = client
+        .query(&stmt, &[&tenant_id, &after.xid, &after.seq, &(take as i64)])
+        .await?;
+    rows.iter()
+        .map(|row| {
+            let xid: i64 = row.get(0);
+            let (seq, logged) = logged_from_row_at(row, 1)?;
+            Ok((LogPosition { xid, seq }, logged))
+        })
+        .collect()
 }
 
 pub async fn get_event(

@@ -41,11 +41,13 @@ const MIGRATIONS: &[&str] = &[
     include_str!("003_failing_streams.sql"),
     include_str!("004_fanouts.sql"),
     include_str!("005_stream_names.sql"),
+    include_str!("006_event_log.sql"),
 ];
 
 /// Channels of the notifications this store sends.
 const DUE_CHANNEL: &str = "herald_due";
 const STREAMS_CHANNEL: &str = "herald_streams";
+const EVENTS_CHANNEL: &str = "herald_events";
 
 /// How long a call waits for a connection, or for a new one to open, before the database
 /// counts as unreachable.
@@ -1061,6 +1063,9 @@ impl Store for PgStore {
         let published = queue::publish(&tx, lease_until, tenant_id, events, now, &mut due).await?;
         tx.commit().await?;
         self.announcer.due(due);
+        if !published.is_empty() {
+            self.announcer.events(tenant_id);
+        }
         Ok(published)
     }
 
@@ -1234,6 +1239,23 @@ impl Store for PgStore {
         take: usize,
     ) -> StoreResult<Page<LoggedEvent>> {
         log::list_events(&self.client().await?, tenant_id, &filter, before, take).await
+    }
+
+    async fn log_position(
+        &self,
+        tenant_id: &str,
+        start: LogStart,
+    ) -> StoreResult<Option<LogPosition>> {
+        log::log_position(&self.client().await?, tenant_id, start).await
+    }
+
+    async fn read_log(
+        &self,
+        tenant_id: &str,
+        after: LogPosition,
+        take: usize,
+    ) -> StoreResult<Vec<(LogPosition, LoggedEvent)>> {
+        log::read_log(&self.client().await?, tenant_id, after, take).await
     }
 
     async fn get_event(

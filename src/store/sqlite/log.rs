@@ -7,8 +7,8 @@ use rusqlite::{Connection, Row, params, params_from_iter};
 use super::{EVENT_COLUMNS, event_from_row};
 use crate::clock::Millis;
 use crate::store::{
-    ERASED_EVENT, Erase, EventFilter, KEPT_BY_PENDING_WORK, LATENCY_BOUNDS_MS, LoggedEvent, Page,
-    StatsRow, StoreResult, Swept,
+    ERASED_EVENT, Erase, EventFilter, KEPT_BY_PENDING_WORK, LATENCY_BOUNDS_MS, LogPosition,
+    LogStart, LoggedEvent, Page, StatsRow, StoreResult, Swept,
 };
 
 const LOGGED_COLUMNS: &str = "e.seq, e.received_at, e.erased_at";
@@ -62,6 +62,57 @@ pub fn list_events(
     ))?;
     let mut rows = stmt.query(params_from_iter(values))?;
     Page::from_newest(super::read_rows(&mut rows, logged_from_row), take)
+}
+
+/// One writer commits the embedded store's transactions in the order of their `seq`s, and
+/// readers see whole commits: the log is ordered by `seq` alone, and every event a reader can
+/// see is in its final place.
+pub fn log_position(
+    conn: &Connection,
+    tenant_id: &str,
+    start: LogStart,
+) -> StoreResult<Option<LogPosition>> {
+    let at = |seq: i64| Some(LogPosition { xid: 0, seq });
+    Ok(match start {
+        LogStart::After(position) => {
+            let found = conn
+                .prepare_cached("SELECT 1 FROM events WHERE tenant_id = ?1 AND seq = ?2")?
+                .exists(params![tenant_id, position.seq])?;
+            (found && position.xid == 0).then_some(position)
+        }
+        LogStart::ReceivedFrom(time) => {
+            let first: Option<i64> = conn
+                .prepare_cached(
+                    "SELECT MIN(seq) FROM events WHERE tenant_id = ?1 AND received_at >= ?2",
+                )?
+                .query_row(params![tenant_id, time], |row| row.get(0))?;
+            match first {
+                Some(seq) => at(seq - 1),
+                None => log_position(conn, tenant_id, LogStart::End)?,
+            }
+        }
+        // The tenant's own newest event, not the store's: row ids freed by deleting another
+        // tenant's newest events are taken again by the next insert.
+        LogStart::End => at(conn
+            .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM events WHERE tenant_id = ?1")?
+            .query_row(params![tenant_id], |row| row.get(0))?),
+    })
+}
+
+pub fn read_log(
+    conn: &Connection,
+    tenant_id: &str,
+    after: LogPosition,
+    take: usize,
+) -> StoreResult<Vec<(LogPosition, LoggedEvent)>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {LOGGED_COLUMNS}, {EVENT_COLUMNS} FROM events e \
+         WHERE e.tenant_id = ?1 AND e.seq > ?2 ORDER BY e.seq LIMIT ?3"
+    ))?;
+    let mut rows = stmt.query(params![tenant_id, after.seq, take as i64])?;
+    super::read_rows(&mut rows, logged_from_row)
+        .map(|row| row.map(|(seq, logged)| (LogPosition { xid: 0, seq }, logged)))
+        .collect()
 }
 
 pub fn get_event(

@@ -1134,6 +1134,29 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn log_position(
+        &self,
+        tenant_id: &str,
+        start: LogStart,
+    ) -> StoreResult<Option<LogPosition>> {
+        let tenant_id = tenant_id.to_string();
+        self.readers
+            .read(move |conn| log::log_position(conn, &tenant_id, start))
+            .await
+    }
+
+    async fn read_log(
+        &self,
+        tenant_id: &str,
+        after: LogPosition,
+        take: usize,
+    ) -> StoreResult<Vec<(LogPosition, LoggedEvent)>> {
+        let tenant_id = tenant_id.to_string();
+        self.readers
+            .read(move |conn| log::read_log(conn, &tenant_id, after, take))
+            .await
+    }
+
     async fn get_event(
         &self,
         tenant_id: &str,

@@ -1,0 +1,249 @@
+//! `GET /v1/events/stream`: the tenant's event log as Server-Sent Events, the pull
+//! alternative to a push stream. Each message's `id` is the event's offset in the log, opaque
+//! to the client; `Last-Event-ID` (what an `EventSource` sends when it reconnects) or
+//! `?from=` resumes right after it, `?from_timestamp=` starts at a time, `?event_type=`
+//! (repeatable, patterns as in subscriptions) filters. The store serves only events that
+//! nothing committed later can precede (`Store::read_log`), so a reader that resumes after
+//! the last offset it saw misses nothing and sees nothing twice.
+//!
+//! Readers wait on a [`LogSignal`] (this node's publishes and, on PostgreSQL, other nodes'
+//! notifications) and poll besides, since a signal is only a hint.
+
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::auth::{Caller, Scope};
+use super::error::ApiError;
+use super::{AppState, parse_time_param};
+use crate::catalog;
+use crate::store::{LogPosition, LogStart, LoggedEvent, Store};
+
+/// Events read from the store at a time.
+const READ_BATCH: usize = 100;
+/// How often a reader with nothing new looks again without a signal: on PostgreSQL, an event
+/// becomes readable when the oldest open transaction ends, which nothing announces.
+const POLL: Duration = Duration::from_secs(1);
+/// A comment line this often keeps proxies from closing an idle connection.
+const HEARTBEAT: Duration = Duration::from_secs(15);
+/// Most `event_type` filters one reader may give.
+const MAX_FILTERS: usize = 50;
+
+/// Wakes the readers of a tenant's event log when it has new events.
+#[derive(Default)]
+pub struct LogSignal {
+    tenants: Mutex<HashMap<String, watch::Sender<()>>>,
+}
+
+impl LogSignal {
+    /// The tenant's log has new events. Costs a map lookup when nobody reads it.
+    pub fn notify(&self, tenant_id: &str) {
+        let mut tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(sender) = tenants.get(tenant_id) {
+            if sender.receiver_count() == 0 {
+                tenants.remove(tenant_id);
+            } else {
+                sender.send_replace(());
+            }
+        }
+    }
+
+    fn subscribe(&self, tenant_id: &str) -> watch::Receiver<()> {
+        let mut tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+        tenants
+            .entry(tenant_id.to_string())
+            .or_insert_with(|| watch::channel(()).0)
+            .subscribe()
+    }
+}
+
+/// `GET /v1/events/stream`.
+pub async fn stream(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Sse<impl futures_util::Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    caller.require(Scope::ReadEvents)?;
+    let request = StreamRequest::parse(&headers, query.as_deref().unwrap_or(""))?;
+    let tenant_id = caller.tenant_id.clone();
+    let start = state
+        .store
+        .log_position(&tenant_id, request.start)
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::GONE,
+                "offset_expired",
+                "the offset is no longer in the event log (its event was removed by retention, \
+                 or the offset is not this tenant's): start again with `from_timestamp`, or \
+                 with no offset for new events only",
+            )
+        })?;
+    let reader = Reader {
+        store: state.store.clone(),
+        tenant_id: tenant_id.clone(),
+        patterns: request.patterns,
+        position: start,
+        buffer: VecDeque::new(),
+        wake: state.log_signal.subscribe(&tenant_id),
+        signal: state.log_signal.clone(),
+        shutdown: state.shutdown.clone(),
+        failing: false,
+    };
+    let events = futures_util::stream::unfold(reader, |mut reader| async move {
+        let event = reader.next().await?;
+        Some((Ok(event), reader))
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(HEARTBEAT).text("heartbeat")))
+}
+
+struct StreamRequest {
+    start: LogStart,
+    patterns: Vec<String>,
+}
+
+impl StreamRequest {
+    fn parse(headers: &HeaderMap, query: &str) -> Result<StreamRequest, ApiError> {
+        let mut from = None;
+        let mut from_timestamp = None;
+        let mut patterns = Vec::new();
+        for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+            match &*key {
+                "from" => from = Some(value.into_owned()),
+                "from_timestamp" => from_timestamp = Some(value.into_owned()),
+                "event_type" => {
+                    if !catalog::is_valid_pattern(&value) {
+                        return Err(ApiError::invalid(format!(
+                            "`event_type` must be an event type or a pattern such as `user.*`, \
+                             got `{value}`"
+                        )));
+                    }
+                    patterns.push(value.into_owned());
+                }
+                other => {
+                    return Err(ApiError::invalid(format!(
+                        "unknown query parameter `{other}`: this route takes `from`, \
+                         `from_timestamp` and `event_type`"
+                    )));
+                }
+            }
+        }
+        if patterns.len() > MAX_FILTERS {
+            return Err(ApiError::invalid(format!(
+                "at most {MAX_FILTERS} `event_type` filters"
+            )));
+        }
+        let last_event_id = match headers.get("last-event-id") {
+            Some(v) => Some(
+                v.to_str()
+                    .map_err(|_| ApiError::invalid("`Last-Event-ID` must be an offset"))?
+                    .to_string(),
+            ),
+            None => None,
+        };
+        let offset = |field: &str, v: &str| {
+            LogPosition::parse(v).ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_offset",
+                    format!(
+                        "`{field}` must be an offset this stream sent as a message id, got `{v}`"
+                    ),
+                )
+            })
+        };
+        // A reconnecting EventSource sends Last-Event-ID and the URL it started with: the
+        // header is the newer place.
+        let start = match (last_event_id, from, from_timestamp) {
+            (Some(id), _, _) => LogStart::After(offset("Last-Event-ID", &id)?),
+            (None, Some(_), Some(_)) => {
+                return Err(ApiError::invalid(
+                    "give `from` or `from_timestamp`, not both",
+                ));
+            }
+            (None, Some(from), None) => LogStart::After(offset("from", &from)?),
+            (None, None, Some(time)) => {
+                LogStart::ReceivedFrom(parse_time_param("from_timestamp", &time)?)
+            }
+            (None, None, None) => LogStart::End,
+        };
+        Ok(StreamRequest { start, patterns })
+    }
+}
+
+/// One client's place in the log, and what it has read but not yet sent.
+struct Reader {
+    store: Arc<dyn Store>,
+    tenant_id: String,
+    patterns: Vec<String>,
+    position: LogPosition,
+    buffer: VecDeque<(LogPosition, LoggedEvent)>,
+    wake: watch::Receiver<()>,
+    signal: Arc<LogSignal>,
+    shutdown: CancellationToken,
+    /// The last read failed; logged once until one succeeds.
+    failing: bool,
+}
+
+impl Reader {
+    /// The next message, waiting for one; `None` ends the response (the server is stopping).
+    async fn next(&mut self) -> Option<SseEvent> {
+        loop {
+            while let Some((position, logged)) = self.buffer.pop_front() {
+                if self.wanted(&logged.event.event_type) {
+                    return Some(
+                        SseEvent::default()
+                            .id(position.encode())
+                            .data(super::events::logged_view(&logged).to_string()),
+                    );
+                }
+            }
+            // Marked seen before reading, so a signal during the read is not lost.
+            self.wake.borrow_and_update();
+            match self
+                .store
+                .read_log(&self.tenant_id, self.position, READ_BATCH)
+                .await
+            {
+                Ok(events) if !events.is_empty() => {
+                    self.failing = false;
+                    self.position = events.last().map(|(p, _)| *p).unwrap_or(self.position);
+                    self.buffer.extend(events);
+                    continue;
+                }
+                Ok(_) => self.failing = false,
+                Err(e) => {
+                    if !std::mem::replace(&mut self.failing, true) {
+                        tracing::warn!(tenant = %self.tenant_id, error = %e, "cannot read the event log for a reader; retrying");
+                    }
+                }
+            }
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return None,
+                changed = self.wake.changed() => {
+                    // Only a signal being replaced drops its sender: poll meanwhile.
+                    if changed.is_err() {
+                        tokio::time::sleep(POLL).await;
+                        self.wake = self.signal.subscribe(&self.tenant_id);
+                    }
+                }
+                _ = tokio::time::sleep(POLL) => {}
+            }
+        }
+    }
+
+    fn wanted(&self, event_type: &str) -> bool {
+        self.patterns.is_empty()
+            || self
+                .patterns
+                .iter()
+                .any(|p| catalog::pattern_matches(p, event_type))
+    }
+}
