@@ -29,6 +29,7 @@ pub use scratch::Scratch;
 
 use super::columns::{self, EventRow, StreamRow};
 use super::*;
+use crate::crashpoint;
 use crate::catalog::EventType;
 use crate::secret::{Cipher, Secret};
 
@@ -910,7 +911,9 @@ impl Store for PgStore {
         let tx = client.transaction().await?;
         let mut due = Vec::new();
         let published = queue::publish(&tx, lease_until, tenant_id, events, now, &mut due).await?;
+        crashpoint::hit(crashpoint::POSTGRES_PUBLISH_BEFORE_COMMIT);
         tx.commit().await?;
+        crashpoint::hit(crashpoint::POSTGRES_PUBLISH_AFTER_COMMIT);
         self.announcer.due(due);
         Ok(published)
     }
@@ -948,7 +951,9 @@ impl Store for PgStore {
         let tx = client.transaction().await?;
         let mut due = Vec::new();
         let effects = queue::record(&tx, attempts, now, &mut due).await?;
+        crashpoint::hit(crashpoint::POSTGRES_RECORD_BEFORE_COMMIT);
         tx.commit().await?;
+        crashpoint::hit(crashpoint::POSTGRES_RECORD_AFTER_COMMIT);
         self.announcer.due(due);
         Ok(effects)
     }

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::crashpoint;
 use crate::metrics::CommitMetrics;
 use crate::store::{StoreError, StoreResult};
 
@@ -336,6 +337,7 @@ fn commit_together(
 ) -> Result<(), String> {
     match run_in_transaction(conn, journal, jobs) {
         Ok(()) => {
+            crashpoint::hit(crashpoint::SQLITE_AFTER_COMMIT);
             journal.committed();
             Ok(())
         }
@@ -371,6 +373,7 @@ fn run_in_transaction(
     if let [job] = jobs {
         journal.begin_job();
         if job.run(conn) {
+            crashpoint::hit(crashpoint::SQLITE_BEFORE_COMMIT);
             return exec("COMMIT");
         }
         exec("ROLLBACK")?;
@@ -385,7 +388,9 @@ fn run_in_transaction(
             journal.undo_job();
         }
         exec("RELEASE job")?;
+        crashpoint::hit(crashpoint::SQLITE_BETWEEN_JOBS);
     }
+    crashpoint::hit(crashpoint::SQLITE_BEFORE_COMMIT);
     exec("COMMIT")
 }
 
