@@ -201,10 +201,6 @@ fn env_number(name: &str, default: u64) -> u64 {
 
 /// Runs the seeds on `backend`, `PARALLEL_RUNS` at a time, and reports every failing seed.
 async fn crash_runs(backend: Backend, default_runs: u64) {
-    assert!(
-        cfg!(debug_assertions),
-        "crash points exist only in debug builds: run this test without --release"
-    );
     let first = env_number("HERALD_CRASH_FIRST_SEED", 0);
     let runs = env_number("HERALD_CRASH_RUNS", default_runs);
     let started = std::time::Instant::now();
@@ -314,8 +310,9 @@ async fn crash_run(backend: Backend, seed: u64) -> Run {
                 publishers.spawn(async move {
                     let mut sent = Vec::new();
                     for r in 0..REQUESTS {
-                        let ids: Vec<String> =
-                            (0..sizes.upto(3)).map(|e| format!("p{p}-{r}-{e}")).collect();
+                        let ids: Vec<String> = (0..sizes.upto(3))
+                            .map(|e| format!("p{p}-{r}-{e}"))
+                            .collect();
                         let acked = publish(&http, &base, &ids).await;
                         sent.push((ids, acked));
                         if acked.is_none() {
@@ -360,7 +357,11 @@ async fn crash_run(backend: Backend, seed: u64) -> Run {
                 None => "killed",
                 Some(status) => {
                     assert_eq!(status.signal(), Some(6), "{context}: {status}");
-                    if cut_short { "publishing" } else { "delivering" }
+                    if cut_short {
+                        "publishing"
+                    } else {
+                        "delivering"
+                    }
                 }
             }
         }
@@ -372,7 +373,12 @@ async fn crash_run(backend: Backend, seed: u64) -> Run {
         .unwrap_or_else(|status| panic!("{context}: the store did not reopen: {status}"));
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
-        let backlog = get(&http, &server.base, &format!("/v1/event-streams/{stream}/backlog")).await;
+        let backlog = get(
+            &http,
+            &server.base,
+            &format!("/v1/event-streams/{stream}/backlog"),
+        )
+        .await;
         if backlog["pending"] == 0 {
             break;
         }
@@ -386,14 +392,20 @@ async fn crash_run(backend: Backend, seed: u64) -> Run {
     let delivered = delivered_ids(&receiver);
 
     let missing: Vec<_> = acknowledged.difference(&stored).collect();
-    assert!(missing.is_empty(), "{context}: acknowledged but not stored: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "{context}: acknowledged but not stored: {missing:?}"
+    );
     let undelivered: Vec<_> = stored.difference(&delivered).collect();
     assert!(
         undelivered.is_empty(),
         "{context}: stored (and the backlog drained) but never delivered: {undelivered:?}"
     );
     let phantom: Vec<_> = delivered.difference(&stored).collect();
-    assert!(phantom.is_empty(), "{context}: delivered but not stored: {phantom:?}");
+    assert!(
+        phantom.is_empty(),
+        "{context}: delivered but not stored: {phantom:?}"
+    );
     for ids in &requests {
         let kept = ids.iter().filter(|id| stored.contains(*id)).count();
         assert!(
@@ -429,7 +441,9 @@ async fn publish(http: &reqwest::Client, base: &str, ids: &[String]) -> Option<b
         .iter()
         .map(|id| json!({"id": id, "source": "/crash", "type": "user.created"}))
         .collect();
-    let request = http.post(format!("{base}/v1/events")).bearer_auth(ADMIN_TOKEN);
+    let request = http
+        .post(format!("{base}/v1/events"))
+        .bearer_auth(ADMIN_TOKEN);
     let request = match events.as_slice() {
         [one] => request.json(one),
         _ => request
@@ -475,12 +489,19 @@ fn delivered_ids(receiver: &Receiver) -> HashSet<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(debug_assertions),
+    ignore = "crash points exist only in debug builds"
+)]
 async fn crash_points_on_sqlite_lose_nothing_acknowledged() {
     crash_runs(Backend::Sqlite, 50).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(herald_postgres_tests), ignore = "needs HERALD_TEST_DATABASE_URL")]
+#[cfg_attr(
+    any(not(herald_postgres_tests), not(debug_assertions)),
+    ignore = "needs HERALD_TEST_DATABASE_URL, and a debug build (crash points)"
+)]
 async fn crash_points_on_postgres_lose_nothing_acknowledged() {
     crash_runs(Backend::Postgres, 16).await;
 }

@@ -56,10 +56,38 @@ fn corpus_lines(file: &str) -> Vec<Vec<u8>> {
 
 /// Tokens spliced into seeds: what parsers branch on.
 const JSON_TOKENS: &[&str] = &[
-    "{", "}", "[", "]", "\"", "\\", ",", ":", "null", "true", "0", "-1.5e300", "1e999",
-    "\"\\u0000\"", "\"\\ud800\"", "\"type\"", "\"data\"", "\"data_base64\"", "\"id\"", "\"time\"",
-    "\"source\"", "\"specversion\"", "\"user.created\"", "\"1.0\"", "\"2025-01-29T18:08:43Z\"",
-    "\"tenant\"", "\"subject\"", " ", "\u{e9}", "\u{1f600}", "[[[[[[[[", "]]]]]]]]",
+    "{",
+    "}",
+    "[",
+    "]",
+    "\"",
+    "\\",
+    ",",
+    ":",
+    "null",
+    "true",
+    "0",
+    "-1.5e300",
+    "1e999",
+    "\"\\u0000\"",
+    "\"\\ud800\"",
+    "\"type\"",
+    "\"data\"",
+    "\"data_base64\"",
+    "\"id\"",
+    "\"time\"",
+    "\"source\"",
+    "\"specversion\"",
+    "\"user.created\"",
+    "\"1.0\"",
+    "\"2025-01-29T18:08:43Z\"",
+    "\"tenant\"",
+    "\"subject\"",
+    " ",
+    "\u{e9}",
+    "\u{1f600}",
+    "[[[[[[[[",
+    "]]]]]]]]",
 ];
 
 /// One edit of a seed; positions are taken modulo its length.
@@ -235,8 +263,16 @@ fn event_body() -> impl Strategy<Value = Value> {
         prop::collection::btree_map(
             "[a-z0-9]{1,20}".prop_filter("not a core attribute", |n| {
                 ![
-                    "specversion", "id", "source", "type", "time", "subject", "data",
-                    "datacontenttype", "dataschema", "tenant",
+                    "specversion",
+                    "id",
+                    "source",
+                    "type",
+                    "time",
+                    "subject",
+                    "data",
+                    "datacontenttype",
+                    "dataschema",
+                    "tenant",
                 ]
                 .contains(&n.as_str())
             }),
@@ -358,12 +394,11 @@ proptest! {
 fn traceparent_model(text: &str) -> Option<TraceParent> {
     let fields: Vec<&str> = text.trim().split('-').collect();
     let hex = |s: &str, n: usize| {
-        (s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
-            .then(|| {
-                (0..n / 2)
-                    .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap())
-                    .collect::<Vec<u8>>()
-            })
+        (s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))).then(|| {
+            (0..n / 2)
+                .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap())
+                .collect::<Vec<u8>>()
+        })
     };
     if fields.len() < 4 {
         return None;
@@ -397,15 +432,28 @@ fn traceparent_like() -> impl Strategy<Value = String> {
             1 => "[0-9a-f]{0,40}",
         ]
     };
-    (field(2), field(32), field(16), field(2), prop::option::of("-?[a-z0-9-]{0,8}"), "[ \t]{0,2}")
-        .prop_map(|(v, t, p, f, rest, pad)| format!("{pad}{v}-{t}-{p}-{f}{}{pad}", rest.unwrap_or_default()))
+    (
+        field(2),
+        field(32),
+        field(16),
+        field(2),
+        prop::option::of("-?[a-z0-9-]{0,8}"),
+        "[ \t]{0,2}",
+    )
+        .prop_map(|(v, t, p, f, rest, pad)| {
+            format!("{pad}{v}-{t}-{p}-{f}{}{pad}", rest.unwrap_or_default())
+        })
 }
 
 #[test]
 fn every_traceparent_seed_agrees_with_the_model() {
     for seed in corpus_lines("traceparent.txt") {
         let text = String::from_utf8(seed).unwrap();
-        assert_eq!(TraceParent::parse(&text), traceparent_model(&text), "{text:?}");
+        assert_eq!(
+            TraceParent::parse(&text),
+            traceparent_model(&text),
+            "{text:?}"
+        );
     }
 }
 
@@ -504,7 +552,8 @@ fn load_config(text: &[u8]) -> Result<herald::Config, String> {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("herald.toml");
     std::fs::write(&file, text).unwrap();
-    herald::Config::load(Some(file), &herald::config::Overrides::default()).map_err(|e| e.to_string())
+    herald::Config::load(Some(file), &herald::config::Overrides::default())
+        .map_err(|e| e.to_string())
 }
 
 fn config_seeds() -> Vec<Vec<u8>> {
@@ -564,8 +613,12 @@ proptest! {
 
 fn secret() -> impl Strategy<Value = String> {
     use base64::Engine as _;
-    prop::collection::vec(any::<u8>(), 24..=64)
-        .prop_map(|bytes| format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(bytes)))
+    prop::collection::vec(any::<u8>(), 24..=64).prop_map(|bytes| {
+        format!(
+            "whsec_{}",
+            base64::engine::general_purpose::STANDARD.encode(bytes)
+        )
+    })
 }
 
 fn headers(id: &str, timestamp: i64, signature: &str) -> HeaderMap {
@@ -666,7 +719,9 @@ mod api {
     }
 
     fn query(times: Vec<&'static str>) -> impl Strategy<Value = Query> {
-        let words = |pool: Vec<&'static str>| prop::option::of(prop::collection::vec(prop::sample::select(pool), 0..4));
+        let words = |pool: Vec<&'static str>| {
+            prop::option::of(prop::collection::vec(prop::sample::select(pool), 0..4))
+        };
         let mut statuses: Vec<&'static str> = STATUSES.to_vec();
         statuses.extend(["", " pending ", "PENDING", "done"]);
         let mut types: Vec<&'static str> = TYPES.to_vec();
@@ -691,7 +746,13 @@ mod api {
     fn model(query: &Query, events: &[(String, &str, i64)]) -> Result<BTreeSet<String>, ()> {
         let split = |list: &Option<Vec<&str>>| -> Vec<String> {
             list.iter()
-                .flat_map(|words| words.join(",").split(',').map(|w| w.trim().to_string()).collect::<Vec<_>>())
+                .flat_map(|words| {
+                    words
+                        .join(",")
+                        .split(',')
+                        .map(|w| w.trim().to_string())
+                        .collect::<Vec<_>>()
+                })
                 .filter(|w| !w.is_empty())
                 .collect()
         };
@@ -701,7 +762,8 @@ mod api {
         }
         let types = split(&query.event_types);
         let date = |d: Option<&str>| -> Result<Option<i64>, ()> {
-            d.map(|d| herald::event::parse_time(d).ok_or(())).transpose()
+            d.map(|d| herald::event::parse_time(d).ok_or(()))
+                .transpose()
         };
         let (from, to) = (date(query.date_from)?, date(query.date_to)?);
         if let (Some(f), Some(t)) = (from, to)
@@ -726,7 +788,11 @@ mod api {
             let app = spawn_app().await;
             // Paused: its deliveries stay pending, so the model knows every status.
             let stream = app
-                .create_stream("http://127.0.0.1:9/hook", &["*"], json!({"status": "paused"}))
+                .create_stream(
+                    "http://127.0.0.1:9/hook",
+                    &["*"],
+                    json!({"status": "paused"}),
+                )
                 .await["id"]
                 .as_str()
                 .unwrap()
@@ -754,7 +820,10 @@ mod api {
                 let mut add = |name: &str, value: &str| {
                     url.push_str(&format!(
                         "&{name}={}",
-                        percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC)
+                        percent_encoding::utf8_percent_encode(
+                            value,
+                            percent_encoding::NON_ALPHANUMERIC
+                        )
                     ));
                 };
                 if let Some(s) = &query.statuses {

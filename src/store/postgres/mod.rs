@@ -29,8 +29,8 @@ pub use scratch::Scratch;
 
 use super::columns::{self, EventRow, StreamRow};
 use super::*;
-use crate::crashpoint;
 use crate::catalog::EventType;
+use crate::crashpoint;
 use crate::secret::{Cipher, Secret};
 
 /// Schema migrations, applied in order inside one transaction each; `schema_migrations`
