@@ -18,7 +18,8 @@ pub const POINTS: &[&str] = &[
     POSTGRES_RECORD_AFTER_COMMIT,
 ];
 
-/// The SQLite writer, after a job of a group ran in its savepoint and before the next.
+/// The SQLite writer, in a group of several jobs, after each job's savepoint is released
+/// (before the next job, or the `COMMIT` after the last).
 pub const SQLITE_BETWEEN_JOBS: &str = "sqlite.between_jobs";
 /// The SQLite writer, every job of a group run, before `COMMIT`.
 pub const SQLITE_BEFORE_COMMIT: &str = "sqlite.before_commit";
