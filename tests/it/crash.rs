@@ -413,6 +413,15 @@ async fn crash_run(backend: Backend, seed: u64) -> Run {
             "{context}: a batch was stored in part: {kept} of {ids:?}"
         );
     }
+    if let Backend::Sqlite = backend {
+        drop(server); // kill -9 once more: the file must still be sound
+        let conn =
+            rusqlite::Connection::open(dir.path().join(herald::config::DATABASE_FILE)).unwrap();
+        let check: String = conn
+            .query_row("PRAGMA integrity_check", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(check, "ok", "{context}: the database file is damaged");
+    }
     Run {
         point,
         stage,
