@@ -861,3 +861,57 @@ mod api {
             .unwrap();
     }
 }
+
+// ---- Tenant schemas for `data` ------------------------------------------------------------
+
+#[test]
+fn every_schema_seed_compiles_and_points_into_every_data_seed() {
+    let mut refusals = 0;
+    for schema in corpus("schemas") {
+        let schema: Value = serde_json::from_slice(&schema).unwrap();
+        let compiled = herald::catalog::schema::Schema::compile(&schema)
+            .unwrap_or_else(|e| panic!("{schema}: {e}"));
+        for data in corpus("schema-data") {
+            let data: Value = serde_json::from_slice(&data).unwrap();
+            if let Err(e) = compiled.validate(&data) {
+                refusals += 1;
+                assert!(
+                    data.pointer(&e.path).is_some(),
+                    "{:?} is not in {data}",
+                    e.path
+                );
+            }
+        }
+    }
+    assert!(refusals > 0, "no seed is refused: the paths go unchecked");
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Any schema text compiles or is refused with a reason, and a compiled schema judges any
+    /// `data`, pointing a refusal at a place that exists in it.
+    #[test]
+    fn schemas_compile_or_explain_and_point_into_data(
+        schema in mutated(corpus("schemas")),
+        data in prop_oneof![
+            json_value(),
+            // Data close to what the seed schemas want, so refusals point deep into it.
+            mutated(corpus("schema-data"))
+                .prop_map(|b| serde_json::from_slice::<Value>(&b).unwrap_or(Value::Null)),
+        ],
+    ) {
+        let Ok(schema) = serde_json::from_slice::<Value>(&schema) else {
+            return Ok(());
+        };
+        match herald::catalog::schema::Schema::compile(&schema) {
+            Err(reason) => prop_assert!(!reason.trim().is_empty()),
+            Ok(compiled) => {
+                if let Err(e) = compiled.validate(&data) {
+                    prop_assert!(data.pointer(&e.path).is_some(), "{:?} is not in {}", e.path, data);
+                    prop_assert!(!e.message.is_empty());
+                }
+            }
+        }
+    }
+}
