@@ -1,7 +1,7 @@
 //! Property tests of everything that parses outside input, and of the signer: publish bodies
 //! and CloudEvents attributes, the JSON depth limit, timestamps, `traceparent`, subscription
-//! patterns, the configuration file, and Standard Webhooks signatures against the reference
-//! crate's verifier.
+//! patterns, delivery filters (through the API), tenant schemas for `data`, the configuration
+//! file, and Standard Webhooks signatures against the reference crate's signer and verifier.
 //!
 //! Inputs come from generators and from the seed corpus in `tests/corpus/`: each seed is
 //! checked as it is, then mutated (bytes flipped, cut, repeated, JSON tokens spliced in) so
