@@ -24,6 +24,7 @@
 //! - [`metrics`]: what `/metrics` serves, and the counters the other parts keep for it.
 //! - [`trace`]: the W3C trace context every attempt carries, continuing its publish's trace.
 //! - [`telemetry`]: where logs and spans go: stderr, and optionally an OTLP collector.
+//! - [`crashpoint`]: where the crash-injection test makes a debug build die abruptly.
 //! - [`secret`], [`ids`], [`clock`]: secrets at rest (and the per-stream secrets a
 //!   destination kind keeps), identifiers, injectable time.
 
@@ -33,6 +34,7 @@ pub mod catalog;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod crashpoint;
 pub mod delivery;
 pub mod destinations;
 pub mod event;

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Signal;
 use crate::clock::{Clock, Millis};
+use crate::crashpoint;
 use crate::metrics::{Metrics, StoreCaller};
 use crate::store::{AttemptRecord, DeliveryStatus, RecordEffects, Store, StoreError};
 
@@ -139,7 +140,11 @@ async fn record(
     let clock = &*recording.clock;
     let mut retries = 0;
     loop {
+        crashpoint::hit(crashpoint::RECORDER_BEFORE_RECORD);
         let result = recording.store.record(batch.to_vec(), clock.now_ms()).await;
+        if result.is_ok() {
+            crashpoint::hit(crashpoint::RECORDER_AFTER_RECORD);
+        }
         if let Err(e) = &result {
             recording.metrics.store_error(StoreCaller::Recorder, e);
         }

@@ -490,6 +490,15 @@ impl Drop for Server {
 
 /// Starts the `herald` binary on `data_dir` with the test settings, plus `env` (which wins).
 pub fn start_server(data_dir: &std::path::Path, env: &[(&str, &str)]) -> Server {
+    try_start_server(data_dir, env)
+        .unwrap_or_else(|status| panic!("herald exited with {status} before listening"))
+}
+
+/// Like `start_server`, but a process that exits before it listens gives its exit status.
+pub fn try_start_server(
+    data_dir: &std::path::Path,
+    env: &[(&str, &str)],
+) -> Result<Server, std::process::ExitStatus> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
         .arg("serve")
         .env("HERALD_LISTEN", "127.0.0.1:0")
@@ -508,17 +517,18 @@ pub fn start_server(data_dir: &std::path::Path, env: &[(&str, &str)]) -> Server 
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
     let base = loop {
-        let line = lines
-            .next()
-            .expect("herald printed its address before exiting")
-            .unwrap();
-        if let Some(url) = line.strip_prefix("herald listening on ") {
-            break url.to_string();
+        match lines.next() {
+            Some(line) => {
+                if let Some(url) = line.unwrap().strip_prefix("herald listening on ") {
+                    break url.to_string();
+                }
+            }
+            None => return Err(child.wait().unwrap()),
         }
     };
     // Keep draining stdout so the child never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    Server { child, base }
+    Ok(Server { child, base })
 }
 
 impl Server {

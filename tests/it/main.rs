@@ -25,6 +25,7 @@ mod openapi;
 mod operations;
 mod otlp;
 mod outage;
+mod properties;
 mod proxy;
 mod publish;
 mod retries;

@@ -31,6 +31,7 @@ pub use scratch::Scratch;
 use super::columns::{self, EventRow, StreamRow};
 use super::*;
 use crate::catalog::EventType;
+use crate::crashpoint;
 use crate::secret::{Cipher, Secret};
 
 /// Schema migrations, applied in order inside one transaction each; `schema_migrations`
@@ -1061,7 +1062,9 @@ impl Store for PgStore {
         let tx = client.transaction().await?;
         let mut due = Vec::new();
         let published = queue::publish(&tx, lease_until, tenant_id, events, now, &mut due).await?;
+        crashpoint::hit(crashpoint::POSTGRES_PUBLISH_BEFORE_COMMIT);
         tx.commit().await?;
+        crashpoint::hit(crashpoint::POSTGRES_PUBLISH_AFTER_COMMIT);
         self.announcer.due(due);
         if !published.is_empty() {
             self.announcer.events(tenant_id);
@@ -1102,7 +1105,9 @@ impl Store for PgStore {
         let tx = client.transaction().await?;
         let mut due = Vec::new();
         let effects = queue::record(&tx, attempts, now, &mut due).await?;
+        crashpoint::hit(crashpoint::POSTGRES_RECORD_BEFORE_COMMIT);
         tx.commit().await?;
+        crashpoint::hit(crashpoint::POSTGRES_RECORD_AFTER_COMMIT);
         self.announcer.due(due);
         Ok(effects)
     }

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::crashpoint;
 use crate::metrics::CommitMetrics;
 use crate::store::{StoreError, StoreResult};
 
@@ -400,6 +401,7 @@ fn commit_together(
 ) -> Result<(), String> {
     match run_in_transaction(conn, journal, jobs) {
         Ok(()) => {
+            crashpoint::hit(crashpoint::SQLITE_AFTER_COMMIT);
             journal.committed();
             Ok(())
         }
@@ -435,6 +437,7 @@ fn run_in_transaction(
     if let [job] = jobs {
         journal.begin_job();
         if job.run(conn) {
+            crashpoint::hit(crashpoint::SQLITE_BEFORE_COMMIT);
             return exec("COMMIT");
         }
         exec("ROLLBACK")?;
@@ -449,7 +452,9 @@ fn run_in_transaction(
             journal.undo_job();
         }
         exec("RELEASE job")?;
+        crashpoint::hit(crashpoint::SQLITE_BETWEEN_JOBS);
     }
+    crashpoint::hit(crashpoint::SQLITE_BEFORE_COMMIT);
     exec("COMMIT")
 }
 
