@@ -125,8 +125,11 @@ impl Herald {
 
     /// [`Herald::stream`] for another tenant.
     pub async fn stream_in(&self, tenant: &str, url: &str, event_type: &str) -> String {
+        // Stream names are unique per tenant.
+        static STREAMS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STREAMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let body = json!({
-            "name": "bench",
+            "name": format!("bench-{n}"),
             "subscriptions": [{"event_type": event_type}],
             "destination": {"type": "webhook", "configuration": {"webhook_endpoint": url}},
             "max_consecutive_failures": 0,
