@@ -163,7 +163,8 @@ impl App {
             max_request_bytes: config.max_request_bytes,
             limits: Arc::new(api::limits::ApiLimits::from_config(&config)),
             metrics,
-            log_signal: Arc::default(),
+            log_signal: Arc::new(api::log_stream::LogSignal::new(config.max_connections / 2)),
+            event_retention_days: config.event_retention_days,
             shutdown: CancellationToken::new(),
         };
         Ok(App {

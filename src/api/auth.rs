@@ -34,12 +34,16 @@ struct CachedTokens {
 
 impl TokenCache {
     /// On the injected clock, so tests decide when entries lapse.
-    const TTL_MS: Millis = 5_000;
+    pub const TTL_MS: Millis = 5_000;
     /// Known tokens are rows in the store, so this is reached only by very many of them.
     const MAX_KNOWN: usize = 100_000;
     const MAX_UNKNOWN: usize = 10_000;
 
-    async fn find(&self, state: &AppState, hash: TokenHash) -> StoreResult<Option<Token>> {
+    pub(super) async fn find(
+        &self,
+        state: &AppState,
+        hash: TokenHash,
+    ) -> StoreResult<Option<Token>> {
         let now = state.clock.now_ms();
         let fresh = |at: Millis| now.saturating_sub(at) < Self::TTL_MS;
         {

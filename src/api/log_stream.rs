@@ -7,7 +7,10 @@
 //! the last offset it saw misses nothing and sees nothing twice.
 //!
 //! Readers wait on a [`LogSignal`] (this node's publishes and, on PostgreSQL, other nodes'
-//! notifications) and poll besides, since a signal is only a hint.
+//! notifications) and poll besides, since a signal is only a hint. A response never ends on
+//! its own, so each is bounded apart from requests: a node serves at most half its
+//! `max_connections` readers and a tenant `MAX_READERS_PER_TENANT`, each reader re-checks
+//! its token as often as the token cache would, and it ends with the server.
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
@@ -18,16 +21,22 @@ use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
-use super::auth::{Caller, Scope};
+use super::auth::{Caller, Scope, TokenCache};
 use super::error::ApiError;
 use super::{AppState, parse_time_param};
 use crate::catalog;
-use crate::store::{LogPosition, LogStart, LoggedEvent, Store};
+use crate::clock::Millis;
+use crate::store::{LogPosition, LogStart, LoggedEvent, TokenHash, hash_token};
 
-/// Events read from the store at a time.
-const READ_BATCH: usize = 100;
+/// Events read from the store at a time: what one reader holds in memory at most.
+const READ_BATCH: usize = 50;
+/// Readers woken by a publish wait this long before reading, so a busy tenant's publishes
+/// cost each reader one query per interval, not one per publish.
+const COALESCE: Duration = Duration::from_millis(50);
+/// Readers one tenant may have open on a node.
+pub const MAX_READERS_PER_TENANT: usize = 20;
+const DAY_MS: Millis = 86_400_000;
 /// How often a reader with nothing new looks again without a signal: on PostgreSQL, an event
 /// becomes readable when the oldest open transaction ends, which nothing announces.
 const POLL: Duration = Duration::from_secs(1);
@@ -36,13 +45,24 @@ const HEARTBEAT: Duration = Duration::from_secs(15);
 /// Most `event_type` filters one reader may give.
 const MAX_FILTERS: usize = 50;
 
-/// Wakes the readers of a tenant's event log when it has new events.
-#[derive(Default)]
+/// Wakes the readers of a tenant's event log when it has new events, and counts the readers
+/// open on this node.
 pub struct LogSignal {
     tenants: Mutex<HashMap<String, watch::Sender<()>>>,
+    readers: Mutex<HashMap<String, usize>>,
+    max_readers: usize,
 }
 
 impl LogSignal {
+    /// At most `max_readers` readers open on this node.
+    pub fn new(max_readers: usize) -> LogSignal {
+        LogSignal {
+            tenants: Mutex::default(),
+            readers: Mutex::default(),
+            max_readers: max_readers.max(1),
+        }
+    }
+
     /// The tenant's log has new events. Costs a map lookup when nobody reads it.
     pub fn notify(&self, tenant_id: &str) {
         let mut tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
@@ -62,6 +82,58 @@ impl LogSignal {
             .or_insert_with(|| watch::channel(()).0)
             .subscribe()
     }
+
+    /// A place for one more reader of the tenant's log, given back when dropped.
+    fn admit(self: &Arc<Self>, tenant_id: &str) -> Result<ReaderPermit, ApiError> {
+        let mut readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
+        if readers.values().sum::<usize>() >= self.max_readers {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_readers",
+                "this node serves as many event log readers as it may (half of \
+                 max_connections); retry after the time in Retry-After, or on another node",
+            )
+            .with_retry_after(5));
+        }
+        let open = readers.entry(tenant_id.to_string()).or_default();
+        if *open >= MAX_READERS_PER_TENANT {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_readers",
+                format!(
+                    "the tenant has {MAX_READERS_PER_TENANT} event log readers open on this \
+                     node, the most it may: close one, or share one stream between consumers"
+                ),
+            )
+            .with_retry_after(5));
+        }
+        *open += 1;
+        Ok(ReaderPermit {
+            signal: self.clone(),
+            tenant_id: tenant_id.to_string(),
+        })
+    }
+}
+
+struct ReaderPermit {
+    signal: Arc<LogSignal>,
+    tenant_id: String,
+}
+
+impl Drop for ReaderPermit {
+    fn drop(&mut self) {
+        let mut readers = self
+            .signal
+            .readers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(open) = readers.get_mut(&self.tenant_id) {
+            *open -= 1;
+            if *open == 0 {
+                readers.remove(&self.tenant_id);
+            }
+        }
+    }
 }
 
 /// `GET /v1/events/stream`.
@@ -72,8 +144,18 @@ pub async fn stream(
     RawQuery(query): RawQuery,
 ) -> Result<Sse<impl futures_util::Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     caller.require(Scope::ReadEvents)?;
-    let request = StreamRequest::parse(&headers, query.as_deref().unwrap_or(""))?;
+    let mut request = StreamRequest::parse(&headers, query.as_deref().unwrap_or(""))?;
     let tenant_id = caller.tenant_id.clone();
+    let permit = state.log_signal.admit(&tenant_id)?;
+    // Retention removes events received before its cutoff, so an offset older than that may
+    // have lost what followed it, even when its own event was kept (a pending delivery keeps
+    // an event).
+    if let LogStart::After { received_since, .. } = &mut request.start
+        && state.event_retention_days > 0
+    {
+        *received_since =
+            Some(state.clock.now_ms() - state.event_retention_days as Millis * DAY_MS);
+    }
     let start = state
         .store
         .log_position(&tenant_id, request.start)
@@ -82,27 +164,42 @@ pub async fn stream(
             ApiError::new(
                 StatusCode::GONE,
                 "offset_expired",
-                "the offset is no longer in the event log (its event was removed by retention, \
-                 or the offset is not this tenant's): start again with `from_timestamp`, or \
-                 with no offset for new events only",
+                "the offset is no longer in the event log (it is older than the retention \
+                 period, or its event was removed, or the offset is not this tenant's): start \
+                 again with `from_timestamp`, or with no offset for new events only",
             )
         })?;
     let reader = Reader {
-        store: state.store.clone(),
         tenant_id: tenant_id.clone(),
         patterns: request.patterns,
         position: start,
         buffer: VecDeque::new(),
         wake: state.log_signal.subscribe(&tenant_id),
-        signal: state.log_signal.clone(),
-        shutdown: state.shutdown.clone(),
+        token: token_hash(&headers),
+        platform: caller.is_platform(),
+        checked_at: state.clock.now_ms(),
+        state,
         failing: false,
+        _permit: permit,
     };
     let events = futures_util::stream::unfold(reader, |mut reader| async move {
         let event = reader.next().await?;
         Some((Ok(event), reader))
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(HEARTBEAT).text("heartbeat")))
+}
+
+/// The hash of the bearer token the `Caller` extractor accepted.
+fn token_hash(headers: &HeaderMap) -> Option<TokenHash> {
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let secret = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))?
+        .trim();
+    Some(hash_token(secret))
 }
 
 struct StreamRequest {
@@ -162,13 +259,19 @@ impl StreamRequest {
         // A reconnecting EventSource sends Last-Event-ID and the URL it started with: the
         // header is the newer place.
         let start = match (last_event_id, from, from_timestamp) {
-            (Some(id), _, _) => LogStart::After(offset("Last-Event-ID", &id)?),
+            (Some(id), _, _) => LogStart::After {
+                position: offset("Last-Event-ID", &id)?,
+                received_since: None,
+            },
             (None, Some(_), Some(_)) => {
                 return Err(ApiError::invalid(
                     "give `from` or `from_timestamp`, not both",
                 ));
             }
-            (None, Some(from), None) => LogStart::After(offset("from", &from)?),
+            (None, Some(from), None) => LogStart::After {
+                position: offset("from", &from)?,
+                received_since: None,
+            },
             (None, None, Some(time)) => {
                 LogStart::ReceivedFrom(parse_time_param("from_timestamp", &time)?)
             }
@@ -180,22 +283,30 @@ impl StreamRequest {
 
 /// One client's place in the log, and what it has read but not yet sent.
 struct Reader {
-    store: Arc<dyn Store>,
+    state: AppState,
     tenant_id: String,
     patterns: Vec<String>,
     position: LogPosition,
     buffer: VecDeque<(LogPosition, LoggedEvent)>,
     wake: watch::Receiver<()>,
-    signal: Arc<LogSignal>,
-    shutdown: CancellationToken,
+    /// The caller's token, checked again every `TokenCache::TTL_MS`: revoking it (or, for a
+    /// platform token, deleting the tenant) ends the stream as it ends any other request.
+    token: Option<TokenHash>,
+    platform: bool,
+    checked_at: Millis,
     /// The last read failed; logged once until one succeeds.
     failing: bool,
+    _permit: ReaderPermit,
 }
 
 impl Reader {
-    /// The next message, waiting for one; `None` ends the response (the server is stopping).
+    /// The next message, waiting for one; `None` ends the response (the server is stopping,
+    /// or the caller may no longer read).
     async fn next(&mut self) -> Option<SseEvent> {
         loop {
+            if self.state.shutdown.is_cancelled() || !self.still_allowed().await {
+                return None;
+            }
             while let Some((position, logged)) = self.buffer.pop_front() {
                 if self.wanted(&logged.event.event_type) {
                     return Some(
@@ -208,6 +319,7 @@ impl Reader {
             // Marked seen before reading, so a signal during the read is not lost.
             self.wake.borrow_and_update();
             match self
+                .state
                 .store
                 .read_log(&self.tenant_id, self.position, READ_BATCH)
                 .await
@@ -226,17 +338,42 @@ impl Reader {
                 }
             }
             tokio::select! {
-                _ = self.shutdown.cancelled() => return None,
+                _ = self.state.shutdown.cancelled() => return None,
                 changed = self.wake.changed() => {
-                    // Only a signal being replaced drops its sender: poll meanwhile.
-                    if changed.is_err() {
+                    if changed.is_ok() {
+                        tokio::time::sleep(COALESCE).await;
+                    } else {
+                        // Only a signal being replaced drops its sender: poll meanwhile.
                         tokio::time::sleep(POLL).await;
-                        self.wake = self.signal.subscribe(&self.tenant_id);
+                        self.wake = self.state.log_signal.subscribe(&self.tenant_id);
                     }
                 }
                 _ = tokio::time::sleep(POLL) => {}
             }
         }
+    }
+
+    /// Whether the caller's token (and, for a platform token, the tenant) still stands,
+    /// asked once per `TokenCache::TTL_MS` on the injected clock.
+    async fn still_allowed(&mut self) -> bool {
+        let now = self.state.clock.now_ms();
+        if now - self.checked_at < TokenCache::TTL_MS {
+            return true;
+        }
+        self.checked_at = now;
+        let Some(hash) = self.token else {
+            return false;
+        };
+        match self.state.tokens.find(&self.state, hash).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return false,
+            // The store is down: keep serving what it gives until it answers again.
+            Err(_) => return true,
+        }
+        if self.platform {
+            return !matches!(self.state.store.get_tenant(&self.tenant_id).await, Ok(None));
+        }
+        true
     }
 
     fn wanted(&self, event_type: &str) -> bool {

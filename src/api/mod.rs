@@ -50,8 +50,11 @@ pub struct AppState {
     pub max_request_bytes: usize,
     pub limits: Arc<limits::ApiLimits>,
     pub metrics: Arc<Metrics>,
-    /// Wakes the event log's readers (`GET /v1/events/stream`).
+    /// Wakes the event log's readers (`GET /v1/events/stream`) and counts them.
     pub log_signal: Arc<log_stream::LogSignal>,
+    /// Events older than this many days are removed (0: kept forever); an offset older than
+    /// that is expired.
+    pub event_retention_days: u64,
     /// Cancelled when the server stops, to end responses that would never end on their own.
     pub shutdown: tokio_util::sync::CancellationToken,
 }

@@ -27,6 +27,10 @@ pub async fn run(
     start: Start,
 ) -> Result<(), CliError> {
     let mut last_offset: Option<String> = start.from.clone();
+    // Started at the end, a reconnection before the first event resumes from the time of
+    // the first connection (the server's clock, from its `Date`), so nothing published while
+    // disconnected is missed.
+    let mut from_timestamp = start.from_timestamp.clone();
     let mut backoff = Duration::from_secs(1);
     if mode == Mode::Table {
         crate::outln!("{:<24}  {:<28}  {:<28}  SUBJECT", "RECEIVED", "TYPE", "ID");
@@ -35,7 +39,7 @@ pub async fn run(
         let mut query: Vec<(&str, String)> =
             types.iter().map(|t| ("event_type", t.clone())).collect();
         let mut headers = Vec::new();
-        match (&last_offset, &start.from_timestamp) {
+        match (&last_offset, &from_timestamp) {
             // Resuming: after the last event printed, as an EventSource would.
             (Some(offset), _) => headers.push(("last-event-id", offset.as_str())),
             (None, Some(time)) => query.push(("from_timestamp", time.clone())),
@@ -60,18 +64,35 @@ pub async fn run(
             }
             Err(e) => return Err(e),
         };
-        if backoff > Duration::from_secs(1) {
-            eprintln!("herald: connected again; resuming");
+        if from_timestamp.is_none()
+            && last_offset.is_none()
+            && let Some(date) = response
+                .headers()
+                .get("date")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| httpdate::parse_http_date(v).ok())
+        {
+            let ms = date
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0);
+            from_timestamp = Some(crate::event::format_time(ms));
         }
-        backoff = Duration::from_secs(1);
         let mut parser = SseParser::default();
         let mut response = response;
+        let mut received = false;
         let ended = loop {
             match response.chunk().await {
                 Ok(Some(bytes)) => {
+                    // Backing off again only once a connection has carried something: a
+                    // proxy that accepts and closes at once must not make this spin.
+                    if !std::mem::replace(&mut received, true) && backoff > Duration::from_secs(1) {
+                        eprintln!("herald: connected again; resuming");
+                        backoff = Duration::from_secs(1);
+                    }
                     for message in parser.feed(&bytes) {
                         print(mode, &message);
-                        if let Some(id) = message.id {
+                        if let Some(id) = message.id.filter(|id| !id.is_empty()) {
                             last_offset = Some(id);
                         }
                     }
@@ -83,7 +104,9 @@ pub async fn run(
                 Err(e) => break format!("the stream broke: {}", crate::error_chain(&e)),
             }
         };
-        eprintln!("herald: {ended}; reconnecting");
+        eprintln!("herald: {ended}; reconnecting in {} s", backoff.as_secs());
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 
@@ -177,7 +200,10 @@ impl SseParser {
 
     fn line(&mut self, line: &str) -> Option<SseMessage> {
         if line.is_empty() {
-            let data = self.data.take()?;
+            let Some(data) = self.data.take() else {
+                self.event = None;
+                return None;
+            };
             return Some(SseMessage {
                 id: self.id.clone(),
                 event: self.event.take(),

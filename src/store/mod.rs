@@ -519,8 +519,12 @@ impl LogPosition {
 /// Where a reader of the event log starts.
 #[derive(Debug, Clone, Copy)]
 pub enum LogStart {
-    /// After an event it has seen (its offset).
-    After(LogPosition),
+    /// After an event it has seen (its offset). With `received_since`, an event received
+    /// before it counts as gone: retention may have removed what followed it.
+    After {
+        position: LogPosition,
+        received_since: Option<Millis>,
+    },
     /// At the first event received at or after this time.
     ReceivedFrom(Millis),
     /// After the last event visible now: only what comes next.
@@ -549,6 +553,11 @@ pub struct Swept {
     pub events: u64,
     pub bodies: u64,
 }
+
+/// Retention never removes the store's newest event (`e`): the embedded store's `seq` is a
+/// row id, which SQLite hands out again once the highest one is gone, and the event log's
+/// offsets must never repeat. The same rule in both stores, so they keep the same events.
+pub const NOT_NEWEST: &str = "e.seq < (SELECT MAX(seq) FROM events)";
 
 /// The retention rule, the same SQL in both stores: an old event (`e`) is kept while one of
 /// its deliveries is pending to a stream that still exists, or while its fan-out is. A

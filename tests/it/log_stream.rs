@@ -189,6 +189,8 @@ async fn an_offset_removed_by_retention_is_gone() {
     app.publish(event("kept-briefly", "user.created")).await;
     let offset = reader.next().await.id;
     drop(reader);
+    // Retention keeps the store's newest event: this one is newer.
+    app.publish(event("later", "user.created")).await;
     app.clock
         .advance(std::time::Duration::from_secs(2 * 86_400));
     let deadline = tokio::time::Instant::now() + PATIENCE;
@@ -460,4 +462,119 @@ async fn tail_refuses_an_offset_it_cannot_resume_from() {
         assert_eq!(output.status.code(), Some(code), "{stderr}");
         assert!(stderr.contains(says), "{stderr}");
     }
+}
+
+impl SseClient {
+    /// Expects the server to end the stream, with no message before the end.
+    pub async fn expect_end(&mut self) {
+        tokio::time::timeout(PATIENCE, async {
+            loop {
+                if let Some(message) = self.ready.pop_front() {
+                    panic!("a message instead of the end: {message:?}");
+                }
+                match self.response.chunk().await {
+                    Ok(Some(chunk)) => self.ready.extend(self.parser.feed(&chunk)),
+                    Ok(None) | Err(_) => return,
+                }
+            }
+        })
+        .await
+        .expect("the stream ends within the test's patience")
+    }
+}
+
+/// A token revoked while its stream is open stops receiving events, as any request with it
+/// would stop being answered: within the token cache's lifetime.
+#[tokio::test]
+async fn a_revoked_token_ends_its_stream() {
+    let app = spawn_app().await;
+    let base = app.url("");
+    let response = app
+        .http
+        .post(app.url("/v1/tokens"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"name": "reader", "scopes": ["read:events"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let created: Value = response.json().await.unwrap();
+    let token = created["token"].as_str().unwrap();
+    let mut reader = SseClient::open(&base, token, "", None).await;
+    app.publish(event("before", "user.created")).await;
+    assert_eq!(reader.next().await.data["id"], "before");
+
+    let (status, _) = app
+        .delete(&format!("/v1/tokens/{}", created["id"].as_str().unwrap()))
+        .await;
+    assert!(status.is_success(), "{status}");
+    app.clock.advance(std::time::Duration::from_secs(6));
+    app.publish(event("after", "user.created")).await;
+    reader.expect_end().await;
+}
+
+/// An offset older than the retention period is expired even when its own event was kept
+/// (a pending delivery keeps an event): retention may have removed what came after it.
+#[tokio::test]
+async fn an_offset_older_than_retention_is_gone_even_when_its_event_was_kept() {
+    let app = spawn_app_with(|c| c.event_retention_days = 1).await;
+    let base = app.url("");
+    let receiver = Receiver::start().await;
+    let stream = app
+        .create_stream(&receiver.url, &["user.created"], json!({}))
+        .await;
+    let (status, _) = app
+        .patch(
+            &format!("/v1/event-streams/{}", stream["id"].as_str().unwrap()),
+            &json!({"status": "paused"}),
+        )
+        .await;
+    assert!(status.is_success());
+    let mut reader = SseClient::open(&base, ADMIN_TOKEN, "", None).await;
+    app.publish(event("gone", "flow.run.finished")).await;
+    app.publish(event("kept", "user.created")).await;
+    assert_eq!(reader.next().await.data["id"], "gone");
+    let kept = reader.next().await;
+    assert_eq!(kept.data["id"], "kept");
+    drop(reader);
+    app.clock
+        .advance(std::time::Duration::from_secs(2 * 86_400));
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while app.get("/v1/events/gone").await.0 != 404 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "retention never ran"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        app.get("/v1/events/kept").await.0,
+        200,
+        "a pending delivery keeps it"
+    );
+    let response = SseClient::request(&base, ADMIN_TOKEN, "", Some(&kept.id)).await;
+    assert_eq!(response.status(), 410);
+}
+
+/// A stream never ends on its own, so a tenant may hold only so many open on a node.
+#[tokio::test]
+async fn a_tenant_may_hold_only_so_many_readers() {
+    let app = spawn_app().await;
+    let base = app.url("");
+    let mut open = Vec::new();
+    for _ in 0..herald::api::log_stream::MAX_READERS_PER_TENANT {
+        open.push(SseClient::open(&base, ADMIN_TOKEN, "", None).await);
+    }
+    let response = SseClient::request(&base, ADMIN_TOKEN, "", None).await;
+    assert_eq!(response.status(), 429);
+    assert!(response.headers().contains_key("retry-after"));
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_many_readers");
+    // Another tenant is not held back by this one.
+    let (status, _) = app
+        .post("/v1/tenants", &json!({"id": "ten_other", "name": "other"}))
+        .await;
+    assert_eq!(status, 201);
+    let other = app.tenant_token("ten_other", &["read:events"]).await;
+    SseClient::open(&base, &other, "", None).await;
 }

@@ -71,6 +71,7 @@ conformance!(
     a_fan_out_wider_than_a_chunk_gives_each_stream_every_event_once,
     stream_names_are_unique_per_tenant_and_earlier_duplicates_keep_working,
     the_event_log_is_read_in_order_from_any_start_and_per_tenant,
+    retention_keeps_the_newest_event_so_log_offsets_never_repeat,
 );
 
 struct Backend {
@@ -672,6 +673,16 @@ async fn the_audit_log_filters_pages_erases_and_sweeps(b: Backend) {
     assert_eq!(p1.erased_at, Some(NOW + 5), "{name}");
     assert!(p1.event.extensions.is_empty(), "{name}");
 
+    // Retention keeps the store's newest event whatever its age: this one is newer.
+    store
+        .publish(
+            "ten_b",
+            vec![event("newest", "role.created")],
+            NOW + 10,
+            None,
+        )
+        .await
+        .unwrap();
     // p1 and p2 have deliveries pending: only p3 (no stream) may be swept now.
     let swept = store.sweep(Some(NOW + 1), None, 100).await.unwrap();
     assert_eq!(swept.events, 1, "{name}");
@@ -1459,6 +1470,11 @@ async fn retention_keeps_events_only_for_streams_that_still_exist(b: Backend) {
     assert_eq!(queued, Some(1), "{name}");
     let orphan = store.event_deliveries("ten_a", "orphan").await.unwrap();
     assert_eq!(orphan[0].status, DeliveryStatus::Pending, "{name}");
+    // Retention keeps the store's newest event whatever its age.
+    store
+        .publish("ten_a", vec![event("newer", "role.created")], NOW + 5, None)
+        .await
+        .unwrap();
 
     let swept = store.sweep(Some(NOW + 1), None, 100).await.unwrap();
     assert_eq!(swept.events, 1, "{name}");
@@ -2086,7 +2102,13 @@ async fn the_event_log_is_read_in_order_from_any_start_and_per_tenant(b: Backend
     let first = store.read_log("ten_a", empty, 1).await.unwrap();
     let (after_a1, _) = first[0];
     let resumed = store
-        .log_position("ten_a", LogStart::After(after_a1))
+        .log_position(
+            "ten_a",
+            LogStart::After {
+                position: after_a1,
+                received_since: None,
+            },
+        )
         .await
         .unwrap()
         .expect("a1 is in the log");
@@ -2094,6 +2116,20 @@ async fn the_event_log_is_read_in_order_from_any_start_and_per_tenant(b: Backend
         read_ids(store, "ten_a", resumed, 2).await.0,
         ["a2", "a3"],
         "{name}"
+    );
+    assert_eq!(
+        store
+            .log_position(
+                "ten_a",
+                LogStart::After {
+                    position: after_a1,
+                    received_since: Some(NOW + 1),
+                },
+            )
+            .await
+            .unwrap(),
+        None,
+        "{name}: received before the retention cutoff"
     );
     assert_eq!(
         LogPosition::parse(&after_a1.encode()),
@@ -2146,7 +2182,13 @@ async fn the_event_log_is_read_in_order_from_any_start_and_per_tenant(b: Backend
     let (b_position, _) = b_events[0];
     assert_eq!(
         store
-            .log_position("ten_a", LogStart::After(b_position))
+            .log_position(
+                "ten_a",
+                LogStart::After {
+                    position: b_position,
+                    received_since: None,
+                }
+            )
             .await
             .unwrap(),
         None,
@@ -2156,7 +2198,13 @@ async fn the_event_log_is_read_in_order_from_any_start_and_per_tenant(b: Backend
     store.sweep(Some(NOW + 1), None, 100).await.unwrap();
     assert_eq!(
         store
-            .log_position("ten_a", LogStart::After(after_a1))
+            .log_position(
+                "ten_a",
+                LogStart::After {
+                    position: after_a1,
+                    received_since: None,
+                }
+            )
             .await
             .unwrap(),
         None,
@@ -2288,4 +2336,36 @@ async fn stream_names_are_unique_per_tenant_and_earlier_duplicates_keep_working(
         (three.name.as_str(), three.status),
         ("est_three", StreamStatus::Paused)
     );
+}
+
+/// Retention keeps the store's newest event, whatever its age: on the embedded store `seq`
+/// is a row id, which SQLite would hand out again once the highest one is gone, and a reader
+/// placed after it would then skip the events that took its number.
+async fn retention_keeps_the_newest_event_so_log_offsets_never_repeat(b: Backend) {
+    let store = &*b.store;
+    let name = b.name;
+    let start = store
+        .log_position("ten_a", LogStart::End)
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .publish(
+            "ten_a",
+            vec![event("a1", "user.created"), event("a2", "user.created")],
+            NOW,
+            None,
+        )
+        .await
+        .unwrap();
+    let (ids, last) = read_ids(store, "ten_a", start, 2).await;
+    assert_eq!(ids, ["a1", "a2"], "{name}");
+    let swept = store.sweep(Some(NOW + 1), None, 100).await.unwrap();
+    assert_eq!(swept.events, 1, "{name}: a1 only");
+    store
+        .publish("ten_a", vec![event("a3", "user.created")], NOW + 2, None)
+        .await
+        .unwrap();
+    let (ids, _) = read_ids(store, "ten_a", last, 1).await;
+    assert_eq!(ids, ["a3"], "{name}");
 }

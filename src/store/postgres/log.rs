@@ -8,7 +8,7 @@ use super::{EVENT_COLUMNS, Params, event_from_row, refs};
 use crate::clock::Millis;
 use crate::store::{
     ERASED_EVENT, Erase, EventFilter, KEPT_BY_PENDING_WORK, LATENCY_BOUNDS_MS, LogPosition,
-    LogStart, LoggedEvent, Page, StatsRow, StoreResult, Swept,
+    LogStart, LoggedEvent, NOT_NEWEST, Page, StatsRow, StoreResult, Swept,
 };
 
 const LOGGED_COLUMNS: &str = "e.seq, e.received_at, e.erased_at";
@@ -90,28 +90,36 @@ pub async fn log_position(
         seq: row.get(1),
     };
     Ok(match start {
-        LogStart::After(after) => {
+        LogStart::After {
+            position: after,
+            received_since,
+        } => {
             let stmt = client
                 .prepare_cached(
-                    "SELECT 1 FROM events WHERE tenant_id = $1 AND xid = $2 AND seq = $3",
+                    "SELECT 1 FROM events WHERE tenant_id = $1 AND xid = $2 AND seq = $3 \
+                     AND received_at >= $4",
                 )
                 .await?;
+            let since = received_since.unwrap_or(i64::MIN);
             let found = client
-                .query_opt(&stmt, &[&tenant_id, &after.xid, &after.seq])
+                .query_opt(&stmt, &[&tenant_id, &after.xid, &after.seq, &since])
                 .await?;
             found.map(|_| after)
         }
+        // The first visible event received since then, or else the end, from one snapshot:
+        // computed in two statements, the horizon could pass events in between.
         LogStart::ReceivedFrom(time) => {
             let stmt = client
                 .prepare_cached(&format!(
-                    "SELECT xid, seq - 1 FROM events WHERE tenant_id = $1 AND received_at >= $2 \
-                     AND xid < {HORIZON} ORDER BY xid, seq LIMIT 1"
+                    "WITH h AS (SELECT {HORIZON} AS x) \
+                     SELECT COALESCE(e.xid, h.x), COALESCE(e.seq - 1, 0) FROM h LEFT JOIN LATERAL \
+                     (SELECT xid, seq FROM events WHERE tenant_id = $1 AND received_at >= $2 \
+                      AND xid < h.x ORDER BY xid, seq LIMIT 1) e ON true"
                 ))
                 .await?;
-            match client.query_opt(&stmt, &[&tenant_id, &time]).await? {
-                Some(row) => Some(position(&row)),
-                None => Box::pin(log_position(client, tenant_id, LogStart::End)).await?,
-            }
+            Some(position(
+                &client.query_one(&stmt, &[&tenant_id, &time]).await?,
+            ))
         }
         // Before every transaction still open: what they commit is still to come.
         LogStart::End => {
@@ -230,7 +238,7 @@ pub async fn sweep(
             .query(
                 &format!(
                     "SELECT e.seq, e.tenant_id FROM events e WHERE e.received_at < $1 \
-                     AND NOT {KEPT_BY_PENDING_WORK} ORDER BY e.seq LIMIT $2"
+                     AND NOT {KEPT_BY_PENDING_WORK} AND {NOT_NEWEST} ORDER BY e.seq LIMIT $2"
                 ),
                 &[&cutoff, &(limit as i64)],
             )

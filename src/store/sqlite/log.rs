@@ -8,7 +8,7 @@ use super::{EVENT_COLUMNS, event_from_row};
 use crate::clock::Millis;
 use crate::store::{
     ERASED_EVENT, Erase, EventFilter, KEPT_BY_PENDING_WORK, LATENCY_BOUNDS_MS, LogPosition,
-    LogStart, LoggedEvent, Page, StatsRow, StoreResult, Swept,
+    LogStart, LoggedEvent, NOT_NEWEST, Page, StatsRow, StoreResult, Swept,
 };
 
 const LOGGED_COLUMNS: &str = "e.seq, e.received_at, e.erased_at";
@@ -74,23 +74,30 @@ pub fn log_position(
 ) -> StoreResult<Option<LogPosition>> {
     let at = |seq: i64| Some(LogPosition { xid: 0, seq });
     Ok(match start {
-        LogStart::After(position) => {
+        LogStart::After {
+            position,
+            received_since,
+        } => {
             let found = conn
-                .prepare_cached("SELECT 1 FROM events WHERE tenant_id = ?1 AND seq = ?2")?
-                .exists(params![tenant_id, position.seq])?;
+                .prepare_cached(
+                    "SELECT 1 FROM events WHERE tenant_id = ?1 AND seq = ?2 AND received_at >= ?3",
+                )?
+                .exists(params![
+                    tenant_id,
+                    position.seq,
+                    received_since.unwrap_or(i64::MIN)
+                ])?;
             (found && position.xid == 0).then_some(position)
         }
-        LogStart::ReceivedFrom(time) => {
-            let first: Option<i64> = conn
-                .prepare_cached(
-                    "SELECT MIN(seq) FROM events WHERE tenant_id = ?1 AND received_at >= ?2",
-                )?
-                .query_row(params![tenant_id, time], |row| row.get(0))?;
-            match first {
-                Some(seq) => at(seq - 1),
-                None => log_position(conn, tenant_id, LogStart::End)?,
-            }
-        }
+        // The first event received since then, or else the end, in one statement (one
+        // snapshot): in two, an event committed in between would be skipped.
+        LogStart::ReceivedFrom(time) => at(conn
+            .prepare_cached(
+                "SELECT COALESCE( \
+                 (SELECT MIN(seq) - 1 FROM events WHERE tenant_id = ?1 AND received_at >= ?2), \
+                 (SELECT COALESCE(MAX(seq), 0) FROM events WHERE tenant_id = ?1))",
+            )?
+            .query_row(params![tenant_id, time], |row| row.get(0))?),
         // The tenant's own newest event, not the store's: row ids freed by deleting another
         // tenant's newest events are taken again by the next insert.
         LogStart::End => at(conn
@@ -180,7 +187,7 @@ pub fn sweep(
         let old: Vec<(i64, String)> = conn
             .prepare_cached(&format!(
                 "SELECT e.seq, e.tenant_id FROM events e WHERE e.received_at < ?1 \
-                 AND NOT {KEPT_BY_PENDING_WORK} ORDER BY e.seq LIMIT ?2"
+                 AND NOT {KEPT_BY_PENDING_WORK} AND {NOT_NEWEST} ORDER BY e.seq LIMIT ?2"
             ))?
             .query_map(params![cutoff, limit as i64], |r| {
                 Ok((r.get(0)?, r.get(1)?))
