@@ -343,6 +343,9 @@ fn copy_into(source: &Connection, to: &Path) -> Result<u64, BackupError> {
         }
         _ => {}
     }
+    // Created private before SQLite opens it: the copy holds event payloads, token hashes and
+    // sealed secrets.
+    create_private(to)?;
     let mut target = Connection::open(to)?;
     let mut steps = 0;
     {
@@ -365,6 +368,18 @@ fn copy_into(source: &Connection, to: &Path) -> Result<u64, BackupError> {
     Ok(steps)
 }
 
+/// Creates the empty file `path`, readable by its owner alone.
+fn create_private(path: &Path) -> Result<(), BackupError> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
+        .open(path)
+        .map(drop)
+        .map_err(io(format!("could not create {}", path.display())))
+}
+
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(suffix);
@@ -380,7 +395,12 @@ fn file_len(path: &Path) -> Result<u64, BackupError> {
 /// Makes a rename into `path`'s directory durable.
 fn sync_dir(path: &Path) -> Result<(), BackupError> {
     #[cfg(unix)]
-    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+    {
+        // A bare file name's parent is "": the working directory.
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
         std::fs::File::open(dir)
             .and_then(|dir| dir.sync_all())
             .map_err(io(format!("could not sync {}", dir.display())))?;
