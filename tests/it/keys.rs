@@ -349,3 +349,78 @@ async fn bad_key_input_gets_a_clear_error() {
     let (status, _) = app.get("/v1/event-streams").await;
     assert_eq!(status, StatusCode::OK);
 }
+
+const THIRD: &str = "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=";
+
+/// An earlier rotation recorded the new key but re-sealed nothing; a rotation to a third key
+/// without the oldest key among the previous ones refuses before recording anything, and the
+/// nodes keep working.
+async fn a_rotation_missing_a_key_changes_nothing(database: Option<Scratch>) {
+    let database = database.as_ref();
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start().await;
+    let app = node(dir.path(), database, OLD, &[]).await;
+    let stream = stream_to(&app, &receiver, "token-1").await;
+    app.stop().await;
+    rotate_partly(dir.path(), database, 0).await;
+
+    let refused = rotate(dir.path(), database, THIRD, &[NEW]).await;
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused.stderr));
+    assert!(
+        text(&refused.stderr).contains("opens with none of the configured keys"),
+        "{}",
+        text(&refused.stderr)
+    );
+    // The store's current key is still NEW: a node with it (and OLD for the values not yet
+    // re-sealed) serves, and finishing the rotation with the right keys works.
+    let app = node(dir.path(), database, NEW, &[OLD]).await;
+    let (status, body) = app.get(&format!("/v1/event-streams/{stream}/secret")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    app.stop().await;
+    let done = rotate(dir.path(), database, NEW, &[OLD]).await;
+    assert!(done.status.success(), "{}", text(&done.stderr));
+}
+
+#[tokio::test]
+async fn a_rotation_of_the_embedded_store_missing_a_key_changes_nothing() {
+    a_rotation_missing_a_key_changes_nothing(None).await;
+}
+
+#[tokio::test]
+#[cfg_attr(not(herald_postgres_tests), ignore = "needs HERALD_TEST_DATABASE_URL")]
+async fn a_rotation_of_postgres_missing_a_key_changes_nothing() {
+    a_rotation_missing_a_key_changes_nothing(Some(postgres_database().await)).await;
+}
+
+/// Two rotations at once to different keys: the one whose store handle checked the key before
+/// the other recorded its key is refused when it comes to record, instead of recording its key
+/// over one it does not hold.
+#[tokio::test]
+#[cfg_attr(not(herald_postgres_tests), ignore = "needs HERALD_TEST_DATABASE_URL")]
+async fn a_rotation_refuses_to_record_over_a_key_it_does_not_hold() {
+    let database = postgres_database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = node(dir.path(), Some(&database), OLD, &[]).await;
+    app.stop().await;
+    let cipher = |key: &str| {
+        Cipher::from_base64(key)
+            .unwrap()
+            .with_previous([Cipher::from_base64(OLD).unwrap()])
+    };
+    // Both connect (and check the key) while OLD is current.
+    let first = PgStore::connect(&database.url, cipher(NEW), 2)
+        .await
+        .unwrap();
+    let second = PgStore::connect(&database.url, cipher(THIRD), 2)
+        .await
+        .unwrap();
+    first.rotate_secret_key(None).await.unwrap();
+    let refused = second.rotate_secret_key(None).await.unwrap_err();
+    assert!(
+        refused.to_string().contains("secret key was rotated"),
+        "{refused}"
+    );
+    // NEW is still the current key.
+    let app = node(dir.path(), Some(&database), NEW, &[]).await;
+    app.stop().await;
+}

@@ -108,6 +108,22 @@ pub fn rotate_secret_key(
     // Waits out the server's commits, which are short.
     conn.busy_timeout(std::time::Duration::from_secs(30))?;
     check_key(&conn, cipher, path)?;
+    // Every value must open before anything is recorded: with a key missing, the run refuses
+    // and changes nothing. Values sealed after this pass are sealed with the current key,
+    // which the recording transaction checks this run holds.
+    {
+        let mut values = conn.prepare(
+            "SELECT destination FROM streams UNION ALL SELECT secret FROM stream_secrets",
+        )?;
+        let mut rows = values.query([])?;
+        while let Some(row) = rows.next()? {
+            keys::opens(
+                cipher,
+                &row.get::<_, Vec<u8>>(0)?,
+                &path.display().to_string(),
+            )?;
+        }
+    }
     let mut report = Rotation::default();
     let mut budget = batches.unwrap_or(usize::MAX);
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -115,6 +131,20 @@ pub fn rotate_secret_key(
         "SELECT value FROM settings WHERE name = 'key_check'",
         [],
         |r| r.get(0),
+    )?;
+    // Checked again under the write lock: another rotation may have recorded a key since.
+    let retired: Option<Vec<u8>> = tx
+        .query_row(
+            "SELECT value FROM settings WHERE name = 'retired_key_check'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    keys::current_key(
+        cipher,
+        &check,
+        retired.as_deref(),
+        &path.display().to_string(),
     )?;
     if !cipher.seals(&check) {
         tx.execute(
