@@ -424,3 +424,58 @@ async fn a_rotation_refuses_to_record_over_a_key_it_does_not_hold() {
     let app = node(dir.path(), Some(&database), NEW, &[]).await;
     app.stop().await;
 }
+
+/// `herald migrate-store` of an embedded store whose key was rotated: with the previous key it
+/// is refused and writes nothing, naming what to pass; with the current key the PostgreSQL
+/// store records that key (and the retired one), and its nodes deliver with the credentials.
+#[tokio::test]
+#[cfg_attr(not(herald_postgres_tests), ignore = "needs HERALD_TEST_DATABASE_URL")]
+async fn migrating_a_rotated_embedded_store_needs_its_current_key() {
+    let database = postgres_database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start().await;
+    let app = node(dir.path(), None, OLD, &[]).await;
+    let stream = stream_to(&app, &receiver, "token-1").await;
+    app.stop().await;
+    let rotation = rotate(dir.path(), None, NEW, &[OLD]).await;
+    assert!(rotation.status.success(), "{}", text(&rotation.stderr));
+
+    let migrate = |key: &'static str| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
+        command
+            .args(["migrate-store", "--from"])
+            .arg(dir.path())
+            .args(["--to", &database.url, "--secret-key", key])
+            .env_remove("HERALD_SECRET_KEY");
+        tokio::task::spawn_blocking(move || command.output().unwrap())
+    };
+    let refused = migrate(OLD).await.unwrap();
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused.stderr));
+    assert!(
+        text(&refused.stderr).contains("was rotated")
+            && text(&refused.stderr).contains("--secret-key"),
+        "{}",
+        text(&refused.stderr)
+    );
+    let copied = migrate(NEW).await.unwrap();
+    assert!(copied.status.success(), "{}", text(&copied.stderr));
+
+    let fresh = tempfile::tempdir().unwrap();
+    let app = node(fresh.path(), Some(&database), NEW, &[]).await;
+    publish(&app, "moved").await;
+    receiver.wait_for(1).await;
+    assert_signed_with_credentials(&app, &receiver, &stream, "token-1").await;
+    app.stop().await;
+    let old_only = tempfile::tempdir().unwrap();
+    let refused = herald::App::build(
+        node_config(old_only.path(), Some(&database), OLD, &[]),
+        std::sync::Arc::new(herald::clock::ManualClock::default()),
+    )
+    .await
+    .err()
+    .expect("a node with only the previous key is refused");
+    assert!(
+        refused.to_string().contains("secret key was rotated"),
+        "{refused}"
+    );
+}

@@ -24,7 +24,7 @@ use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMe
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
-pub use import::{ImportReport, import_sqlite};
+pub use import::{ImportReport, check_source_key, import_sqlite};
 pub use listen::{Notice, listen};
 pub use scratch::Scratch;
 
