@@ -237,6 +237,12 @@ async fn migrate_store(from: &Path, to: &str, secret_key: Option<&str>) -> ExitC
             return ExitCode::from(2);
         }
     };
+    // Refused before the target records a key.
+    let sqlite = from.join(herald::config::DATABASE_FILE);
+    if let Err(e) = herald::store::postgres::check_source_key(&sqlite, &cipher) {
+        eprintln!("herald: nothing was copied: {e}");
+        return ExitCode::from(2);
+    }
     let target = match PgStore::connect(to, cipher, 2).await {
         Ok(store) => store,
         Err(e) => {
@@ -244,7 +250,6 @@ async fn migrate_store(from: &Path, to: &str, secret_key: Option<&str>) -> ExitC
             return ExitCode::FAILURE;
         }
     };
-    let sqlite = from.join(herald::config::DATABASE_FILE);
     match herald::store::postgres::import_sqlite(&sqlite, &target).await {
         Ok(report) => {
             println!("copied into {}:", herald::store::postgres::redact_url(to));

@@ -30,11 +30,14 @@ pub struct ApiLimits {
     /// answers whether a candidate value is the stored one, so they are few.
     pub destination_checks: RateLimiter,
     pub token_destination_checks: RateLimiter,
+    pub destination_mismatches: Mismatches,
     pub quotas: Quotas,
 }
 
 /// Destination checks a stream may be asked in a minute: enough for `herald apply` at every
-/// deploy, far too few to guess a credential by trying values.
+/// deploy. It bounds guessing to 14,400 values a day per stream and node: enough to find a
+/// short or dictionary password, nothing against a long random one. Hence also
+/// [`MAX_CONSECUTIVE_MISMATCHES`] and a log line for every mismatch.
 pub const DESTINATION_CHECKS_PER_MINUTE: u32 = 10;
 /// ... and a token, across streams.
 pub const DESTINATION_CHECKS_PER_MINUTE_PER_TOKEN: u32 = 120;
@@ -60,6 +63,7 @@ impl ApiLimits {
             token_destination_checks: RateLimiter::new(per_minute(
                 DESTINATION_CHECKS_PER_MINUTE_PER_TOKEN,
             )),
+            destination_mismatches: Mismatches::default(),
             quotas: Quotas {
                 streams: config.max_streams_per_tenant,
                 event_types: config.max_event_types_per_tenant,
@@ -198,6 +202,61 @@ impl RateLimiter {
         if let Some(bucket) = buckets.get_mut(key) {
             bucket.tokens = (bucket.tokens + 1.0).min(self.rate.burst);
         }
+    }
+}
+
+/// Mismatched destination checks in a row after which a stream's destination is no longer
+/// checked until it changes: `herald apply` mismatches once per change, a guesser every time.
+pub const MAX_CONSECUTIVE_MISMATCHES: u32 = 20;
+
+/// Consecutive mismatched destination checks per stream, in this node's memory (a restart
+/// clears them). Each count belongs to the destination it was made against, known by a tag
+/// under a key of this process, so any update of the destination, on any node, starts over.
+pub struct Mismatches {
+    key: ring::hmac::Key,
+    streams: Mutex<HashMap<String, (Vec<u8>, u32)>>,
+}
+
+impl Default for Mismatches {
+    fn default() -> Self {
+        let mut key = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
+            .expect("the system has randomness");
+        Mismatches {
+            key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key),
+            streams: Mutex::default(),
+        }
+    }
+}
+
+impl Mismatches {
+    /// The tag of a stream's stored destination (its serialized form).
+    pub fn tag(&self, destination: &[u8]) -> Vec<u8> {
+        ring::hmac::sign(&self.key, destination).as_ref().to_vec()
+    }
+
+    /// Whether `stream`, with the destination tagged `tag`, may be checked again.
+    pub fn allowed(&self, stream: &str, tag: &[u8]) -> bool {
+        let streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        streams
+            .get(stream)
+            .is_none_or(|(at, count)| at != tag || *count < MAX_CONSECUTIVE_MISMATCHES)
+    }
+
+    /// Records a check's outcome: a match clears the count, a mismatch adds one.
+    pub fn record(&self, stream: &str, tag: &[u8], matched: bool) {
+        let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        if matched {
+            streams.remove(stream);
+            return;
+        }
+        let entry = streams
+            .entry(stream.to_string())
+            .or_insert_with(|| (tag.to_vec(), 0));
+        if entry.0 != tag {
+            *entry = (tag.to_vec(), 0);
+        }
+        entry.1 += 1;
     }
 }
 

@@ -549,8 +549,10 @@ pub async fn test(
 /// without reading them. The answer is one boolean for the whole destination, never a value or
 /// a digest of one. Both sides are compared as HMAC-SHA256 tags under a random key of the
 /// request, in constant time. Checks are rate limited per stream and per token (see
-/// [`DESTINATION_CHECKS_PER_MINUTE`](super::limits::DESTINATION_CHECKS_PER_MINUTE)) and need
-/// `update:event_streams`, which can replace those credentials anyway.
+/// [`DESTINATION_CHECKS_PER_MINUTE`](super::limits::DESTINATION_CHECKS_PER_MINUTE)), stop
+/// after [`MAX_CONSECUTIVE_MISMATCHES`](super::limits::MAX_CONSECUTIVE_MISMATCHES) mismatches
+/// in a row, are logged when they mismatch, and need `update:event_streams`, which can replace
+/// those credentials anyway.
 pub async fn check_destination(
     State(state): State<AppState>,
     caller: Caller,
@@ -561,6 +563,26 @@ pub async fn check_destination(
     let stream = load(&state, &caller, &id).await?;
     let now = state.clock.now_ms();
     let limits = &state.limits;
+    let encode = |destination: &Destination| {
+        serde_json::to_vec(destination).expect("a destination serializes")
+    };
+    let stored_tag = limits
+        .destination_mismatches
+        .tag(&encode(&stream.destination));
+    if !limits
+        .destination_mismatches
+        .allowed(&stream.id, &stored_tag)
+    {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "destination_checks_locked",
+            format!(
+                "this stream's destination did not match {} checks in a row; it is not checked \
+                 again until it is updated (PATCH the stream with the destination it should have)",
+                super::limits::MAX_CONSECUTIVE_MISMATCHES
+            ),
+        ));
+    }
     limits
         .destination_checks
         .take(&stream.id, now)
@@ -579,9 +601,6 @@ pub async fn check_destination(
     }
     // A signing secret is not part of the configuration the stream keeps.
     candidate.take_stream_secret().map_err(ApiError::invalid)?;
-    let encode = |destination: &Destination| {
-        serde_json::to_vec(destination).expect("a destination serializes")
-    };
     let key = ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &ring::rand::SystemRandom::new())
         .map_err(|_| {
             ApiError::new(
@@ -592,5 +611,16 @@ pub async fn check_destination(
         })?;
     let stored = ring::hmac::sign(&key, &encode(&stream.destination));
     let matches = ring::hmac::verify(&key, &encode(&candidate), stored.as_ref()).is_ok();
+    limits
+        .destination_mismatches
+        .record(&stream.id, &stored_tag, matches);
+    if !matches {
+        // Never the values: which stream and token, so repeated guessing shows in the logs.
+        tracing::info!(
+            stream_id = %stream.id,
+            token_id = %caller.token.id,
+            "a destination check did not match the stream's destination"
+        );
+    }
     Ok(Json(json!({ "matches": matches })))
 }

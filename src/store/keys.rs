@@ -67,6 +67,21 @@ pub fn initial_key(cipher: &Cipher, existing: Option<&[u8]>) -> StoreResult<Vec<
     }
 }
 
+/// Whether the configured keys open `sealed`: the rotation checks every value before it
+/// records anything, so a key missing from `previous_secret_keys` changes nothing.
+pub fn opens(cipher: &Cipher, sealed: &[u8], store: &str) -> StoreResult<()> {
+    if cipher.seals(sealed) || cipher.decrypt(sealed).is_ok() {
+        return Ok(());
+    }
+    Err(StoreError::Open {
+        path: store.into(),
+        reason: "a stored secret opens with none of the configured keys (an earlier rotation \
+                 may not have finished): add the key it was sealed with to \
+                 `previous_secret_keys`; nothing was changed"
+            .into(),
+    })
+}
+
 /// The rotation's work on one sealed value: `None` if already sealed with the new key.
 pub fn reseal(cipher: &Cipher, sealed: &[u8]) -> StoreResult<Option<Vec<u8>>> {
     if cipher.seals(sealed) {

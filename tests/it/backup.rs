@@ -377,3 +377,45 @@ async fn a_store_restored_without_its_secret_key_says_so() {
     let (status, streams) = app.get("/v1/event-streams").await;
     assert_eq!(status, StatusCode::OK, "{streams}");
 }
+
+/// A backup holds event payloads, token hashes and sealed secrets: the copy, and the store a
+/// restore makes of it, are readable by their owner alone. A bare file name is a file in the
+/// working directory.
+#[tokio::test]
+async fn backups_and_restored_stores_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let app = embedded_node(dir.path()).await;
+    let out = tempfile::tempdir().unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
+    command
+        .args([
+            "backup",
+            "--data-dir",
+            path(dir.path()),
+            "--to",
+            "copy.sqlite3",
+        ])
+        .current_dir(out.path())
+        .env_remove("HERALD_DATA_DIR");
+    let backup = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    assert!(backup.status.success(), "{}", text(&backup.stderr));
+    drop(app.stop().await);
+    let file = out.path().join("copy.sqlite3");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&file), 0o600);
+
+    let restored = tempfile::tempdir().unwrap();
+    let restore = herald(&[
+        "restore",
+        "--from",
+        path(&file),
+        "--data-dir",
+        path(restored.path()),
+    ])
+    .await;
+    assert!(restore.status.success(), "{}", text(&restore.stderr));
+    assert_eq!(mode(&restored.path().join(DATABASE_FILE)), 0o600);
+}

@@ -349,3 +349,133 @@ async fn bad_key_input_gets_a_clear_error() {
     let (status, _) = app.get("/v1/event-streams").await;
     assert_eq!(status, StatusCode::OK);
 }
+
+const THIRD: &str = "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=";
+
+/// An earlier rotation recorded the new key but re-sealed nothing; a rotation to a third key
+/// without the oldest key among the previous ones refuses before recording anything, and the
+/// nodes keep working.
+async fn a_rotation_missing_a_key_changes_nothing(database: Option<Scratch>) {
+    let database = database.as_ref();
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start().await;
+    let app = node(dir.path(), database, OLD, &[]).await;
+    let stream = stream_to(&app, &receiver, "token-1").await;
+    app.stop().await;
+    rotate_partly(dir.path(), database, 0).await;
+
+    let refused = rotate(dir.path(), database, THIRD, &[NEW]).await;
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused.stderr));
+    assert!(
+        text(&refused.stderr).contains("opens with none of the configured keys"),
+        "{}",
+        text(&refused.stderr)
+    );
+    // The store's current key is still NEW: a node with it (and OLD for the values not yet
+    // re-sealed) serves, and finishing the rotation with the right keys works.
+    let app = node(dir.path(), database, NEW, &[OLD]).await;
+    let (status, body) = app.get(&format!("/v1/event-streams/{stream}/secret")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    app.stop().await;
+    let done = rotate(dir.path(), database, NEW, &[OLD]).await;
+    assert!(done.status.success(), "{}", text(&done.stderr));
+}
+
+#[tokio::test]
+async fn a_rotation_of_the_embedded_store_missing_a_key_changes_nothing() {
+    a_rotation_missing_a_key_changes_nothing(None).await;
+}
+
+#[tokio::test]
+#[cfg_attr(not(herald_postgres_tests), ignore = "needs HERALD_TEST_DATABASE_URL")]
+async fn a_rotation_of_postgres_missing_a_key_changes_nothing() {
+    a_rotation_missing_a_key_changes_nothing(Some(postgres_database().await)).await;
+}
+
+/// Two rotations at once to different keys: the one whose store handle checked the key before
+/// the other recorded its key is refused when it comes to record, instead of recording its key
+/// over one it does not hold.
+#[tokio::test]
+#[cfg_attr(not(herald_postgres_tests), ignore = "needs HERALD_TEST_DATABASE_URL")]
+async fn a_rotation_refuses_to_record_over_a_key_it_does_not_hold() {
+    let database = postgres_database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = node(dir.path(), Some(&database), OLD, &[]).await;
+    app.stop().await;
+    let cipher = |key: &str| {
+        Cipher::from_base64(key)
+            .unwrap()
+            .with_previous([Cipher::from_base64(OLD).unwrap()])
+    };
+    // Both connect (and check the key) while OLD is current.
+    let first = PgStore::connect(&database.url, cipher(NEW), 2)
+        .await
+        .unwrap();
+    let second = PgStore::connect(&database.url, cipher(THIRD), 2)
+        .await
+        .unwrap();
+    first.rotate_secret_key(None).await.unwrap();
+    let refused = second.rotate_secret_key(None).await.unwrap_err();
+    assert!(
+        refused.to_string().contains("secret key was rotated"),
+        "{refused}"
+    );
+    // NEW is still the current key.
+    let app = node(dir.path(), Some(&database), NEW, &[]).await;
+    app.stop().await;
+}
+
+/// `herald migrate-store` of an embedded store whose key was rotated: with the previous key it
+/// is refused and writes nothing, naming what to pass; with the current key the PostgreSQL
+/// store records that key (and the retired one), and its nodes deliver with the credentials.
+#[tokio::test]
+#[cfg_attr(not(herald_postgres_tests), ignore = "needs HERALD_TEST_DATABASE_URL")]
+async fn migrating_a_rotated_embedded_store_needs_its_current_key() {
+    let database = postgres_database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start().await;
+    let app = node(dir.path(), None, OLD, &[]).await;
+    let stream = stream_to(&app, &receiver, "token-1").await;
+    app.stop().await;
+    let rotation = rotate(dir.path(), None, NEW, &[OLD]).await;
+    assert!(rotation.status.success(), "{}", text(&rotation.stderr));
+
+    let migrate = |key: &'static str| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
+        command
+            .args(["migrate-store", "--from"])
+            .arg(dir.path())
+            .args(["--to", &database.url, "--secret-key", key])
+            .env_remove("HERALD_SECRET_KEY");
+        tokio::task::spawn_blocking(move || command.output().unwrap())
+    };
+    let refused = migrate(OLD).await.unwrap();
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused.stderr));
+    assert!(
+        text(&refused.stderr).contains("was rotated")
+            && text(&refused.stderr).contains("--secret-key"),
+        "{}",
+        text(&refused.stderr)
+    );
+    let copied = migrate(NEW).await.unwrap();
+    assert!(copied.status.success(), "{}", text(&copied.stderr));
+
+    let fresh = tempfile::tempdir().unwrap();
+    let app = node(fresh.path(), Some(&database), NEW, &[]).await;
+    publish(&app, "moved").await;
+    receiver.wait_for(1).await;
+    assert_signed_with_credentials(&app, &receiver, &stream, "token-1").await;
+    app.stop().await;
+    let old_only = tempfile::tempdir().unwrap();
+    let refused = herald::App::build(
+        node_config(old_only.path(), Some(&database), OLD, &[]),
+        std::sync::Arc::new(herald::clock::ManualClock::default()),
+    )
+    .await
+    .err()
+    .expect("a node with only the previous key is refused");
+    assert!(
+        refused.to_string().contains("secret key was rotated"),
+        "{refused}"
+    );
+}

@@ -413,3 +413,54 @@ async fn a_destination_is_checked_against_the_stored_one_without_revealing_it() 
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+/// Guessing a destination's credential: after 20 mismatched checks in a row (however slowly)
+/// the stream is not checked again, even with the right value, until its destination is
+/// updated; a match clears the count.
+#[tokio::test]
+async fn destination_checks_stop_after_many_mismatches_in_a_row() {
+    let app = spawn_app().await;
+    let webhook = |token: &str| {
+        json!({"type": "webhook", "configuration": {
+            "webhook_endpoint": "https://example.com/hook",
+            "webhook_authorization": {"method": "bearer", "token": token}}})
+    };
+    let (_, stream) = app
+        .post(
+            "/v1/event-streams",
+            &json!({"name": "guessed", "subscriptions": [{"event_type": "user.created"}],
+                    "destination": webhook("tok-1")}),
+        )
+        .await;
+    let id = stream["id"].as_str().unwrap();
+    let check = format!("/v1/event-streams/{id}/destination/check");
+    let guess = |n: usize| webhook(&format!("guess-{n}"));
+    for n in 0..19 {
+        let (status, answer) = app.post(&check, &guess(n)).await;
+        assert_eq!(
+            (status, answer),
+            (StatusCode::OK, json!({"matches": false}))
+        );
+        app.clock.advance(std::time::Duration::from_secs(10));
+    }
+    let (_, answer) = app.post(&check, &webhook("tok-1")).await;
+    assert_eq!(answer, json!({"matches": true}), "a match clears the count");
+    for n in 0..20 {
+        let (status, _) = app.post(&check, &guess(n)).await;
+        assert_eq!(status, StatusCode::OK);
+        app.clock.advance(std::time::Duration::from_secs(10));
+    }
+    let (status, error) = app.post(&check, &webhook("tok-1")).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{error}");
+    assert_eq!(error["error"]["code"], "destination_checks_locked");
+
+    let (status, updated) = app
+        .patch(
+            &format!("/v1/event-streams/{id}"),
+            &json!({"destination": webhook("tok-2")}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{updated}");
+    let (status, answer) = app.post(&check, &webhook("tok-2")).await;
+    assert_eq!((status, answer), (StatusCode::OK, json!({"matches": true})));
+}

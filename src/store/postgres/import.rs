@@ -10,6 +10,7 @@ use rusqlite::types::Value;
 use tokio_postgres::types::ToSql;
 
 use super::{Params, PgStore, refs};
+use crate::secret::Cipher;
 use crate::store::{StoreError, StoreResult};
 
 /// How a column is typed: its values are sent as an array of this type (integers as
@@ -181,12 +182,70 @@ pub struct ImportReport {
     pub tables: Vec<(&'static str, u64)>,
 }
 
+/// Checks, before anything is written to the target, that `cipher`'s key is the current key
+/// of the embedded store at `sqlite_path` and seals every secret in it.
+pub fn check_source_key(sqlite_path: &Path, cipher: &Cipher) -> StoreResult<()> {
+    let source = crate::store::sqlite::open_for_export(sqlite_path)?;
+    source_key_checks(source.conn(), cipher, sqlite_path).map(drop)
+}
+
+/// The embedded store's key-check rows, once `cipher`'s first key is known to be its current
+/// key and to seal every secret in it (the copy keeps the secrets sealed as they are).
+fn source_key_checks(
+    source: &rusqlite::Connection,
+    cipher: &Cipher,
+    path: &Path,
+) -> StoreResult<Vec<(String, Vec<u8>)>> {
+    let refuse = |reason: &str| StoreError::Open {
+        path: path.display().to_string(),
+        reason: reason.into(),
+    };
+    let rows: Vec<(String, Vec<u8>)> = source
+        .prepare(
+            "SELECT name, value FROM settings WHERE name IN ('key_check', 'retired_key_check')",
+        )?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let get = |name: &str| rows.iter().find(|(n, _)| n == name).map(|(_, v)| v);
+    let other_key = "its secrets are sealed with another secret key: pass the key its server \
+                     runs with (`secret_key`, or the secret.key of the data directory it came \
+                     from) with --secret-key";
+    match get("key_check") {
+        Some(check) if cipher.seals(check) => {}
+        Some(_) if get("retired_key_check").is_some_and(|retired| cipher.seals(retired)) => {
+            return Err(refuse(
+                "its secret key was rotated (`herald rotate-secret-key`) and the key given is \
+                 the previous one: pass the current one, the `secret_key` its server runs with, \
+                 with --secret-key",
+            ));
+        }
+        Some(_) => return Err(refuse(other_key)),
+        // A store from before key checks: its secrets say which key it uses.
+        None => {}
+    }
+    let mut values = source
+        .prepare("SELECT destination FROM streams UNION ALL SELECT secret FROM stream_secrets")?;
+    let mut values = values.query([])?;
+    while let Some(row) = values.next()? {
+        if !cipher.seals(&row.get::<_, Vec<u8>>(0)?) {
+            return Err(refuse(if rows.is_empty() {
+                other_key
+            } else {
+                "some of its secrets are still sealed with a previous key (a rotation did not \
+                 finish): run `herald rotate-secret-key` on it first"
+            }));
+        }
+    }
+    Ok(rows)
+}
+
 /// Copies the embedded store at `sqlite_path` into `target`, which must hold no streams,
 /// events or deliveries yet (tenants and tokens already there, such as the default tenant a
 /// first start creates, are kept). The embedded store is locked for the copy, so no Herald
 /// may be running on it.
 pub async fn import_sqlite(sqlite_path: &Path, target: &PgStore) -> StoreResult<ImportReport> {
     let source = crate::store::sqlite::open_for_export(sqlite_path)?;
+    let key_checks = source_key_checks(source.conn(), &target.cipher, sqlite_path)?;
     let mut client = target.client().await?;
     let tx = client.transaction().await?;
     // No node may write while the copy runs: the keys it keeps must stay free.
@@ -249,6 +308,16 @@ pub async fn import_sqlite(sqlite_path: &Path, target: &PgStore) -> StoreResult<
                  COALESCE((SELECT MAX(seq) FROM {table}), 0) + 1, false)"
             ),
             &[],
+        )
+        .await?;
+    }
+    // The target holds no streams, so no secret: the embedded store's record of its keys
+    // (the current one and, after a rotation, the one it replaced) becomes the target's.
+    for (name, value) in &key_checks {
+        tx.execute(
+            "INSERT INTO settings (name, value) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
+            &[name, value],
         )
         .await?;
     }

@@ -24,7 +24,7 @@ use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMe
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
-pub use import::{ImportReport, import_sqlite};
+pub use import::{ImportReport, check_source_key, import_sqlite};
 pub use listen::{Notice, listen};
 pub use scratch::Scratch;
 
@@ -325,6 +325,7 @@ impl PgStore {
         let mut report = keys::Rotation::default();
         let mut budget = batches.unwrap_or(usize::MAX);
         let mut client = self.client().await?;
+        self.check_every_value_opens(&client).await?;
         let tx = client.transaction().await?;
         let check: Vec<u8> = tx
             .query_one(
@@ -333,6 +334,15 @@ impl PgStore {
             )
             .await?
             .get(0);
+        // Checked again under the lock: another rotation may have recorded a key since.
+        let retired: Option<Vec<u8>> = tx
+            .query_opt(
+                "SELECT value FROM settings WHERE name = 'retired_key_check'",
+                &[],
+            )
+            .await?
+            .map(|row| row.get(0));
+        keys::current_key(&self.cipher, &check, retired.as_deref(), "the database")?;
         if !self.cipher.seals(&check) {
             tx.execute(
                 "INSERT INTO settings (name, value) VALUES ('retired_key_check', $1) \
@@ -411,6 +421,43 @@ impl PgStore {
         }
         report.finished = true;
         Ok(report)
+    }
+
+    /// Refuses, before a rotation records anything, when a sealed value opens with none of
+    /// the configured keys. Values sealed after this pass are sealed with the current key,
+    /// which the rotation checks it holds under its lock.
+    async fn check_every_value_opens(&self, client: &deadpool_postgres::Object) -> StoreResult<()> {
+        let batch = keys::ROTATION_BATCH as i64;
+        let mut after = (String::new(), String::new());
+        loop {
+            let rows = client
+                .query(
+                    "SELECT tenant_id, id, destination FROM streams WHERE (tenant_id, id) > ($1, $2) \
+                     ORDER BY tenant_id, id LIMIT $3",
+                    &[&after.0, &after.1, &batch],
+                )
+                .await?;
+            let Some(last) = rows.last() else { break };
+            after = (last.get(0), last.get(1));
+            for row in &rows {
+                keys::opens(&self.cipher, &row.get::<_, Vec<u8>>(2), "the database")?;
+            }
+        }
+        let mut after = 0_i64;
+        loop {
+            let rows = client
+                .query(
+                    "SELECT seq, secret FROM stream_secrets WHERE seq > $1 ORDER BY seq LIMIT $2",
+                    &[&after, &batch],
+                )
+                .await?;
+            let Some(last) = rows.last() else { break };
+            after = last.get(0);
+            for row in &rows {
+                keys::opens(&self.cipher, &row.get::<_, Vec<u8>>(1), "the database")?;
+            }
+        }
+        Ok(())
     }
 
     async fn client(&self) -> StoreResult<deadpool_postgres::Object> {

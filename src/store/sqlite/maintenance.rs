@@ -108,6 +108,22 @@ pub fn rotate_secret_key(
     // Waits out the server's commits, which are short.
     conn.busy_timeout(std::time::Duration::from_secs(30))?;
     check_key(&conn, cipher, path)?;
+    // Every value must open before anything is recorded: with a key missing, the run refuses
+    // and changes nothing. Values sealed after this pass are sealed with the current key,
+    // which the recording transaction checks this run holds.
+    {
+        let mut values = conn.prepare(
+            "SELECT destination FROM streams UNION ALL SELECT secret FROM stream_secrets",
+        )?;
+        let mut rows = values.query([])?;
+        while let Some(row) = rows.next()? {
+            keys::opens(
+                cipher,
+                &row.get::<_, Vec<u8>>(0)?,
+                &path.display().to_string(),
+            )?;
+        }
+    }
     let mut report = Rotation::default();
     let mut budget = batches.unwrap_or(usize::MAX);
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -115,6 +131,20 @@ pub fn rotate_secret_key(
         "SELECT value FROM settings WHERE name = 'key_check'",
         [],
         |r| r.get(0),
+    )?;
+    // Checked again under the write lock: another rotation may have recorded a key since.
+    let retired: Option<Vec<u8>> = tx
+        .query_row(
+            "SELECT value FROM settings WHERE name = 'retired_key_check'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    keys::current_key(
+        cipher,
+        &check,
+        retired.as_deref(),
+        &path.display().to_string(),
     )?;
     if !cipher.seals(&check) {
         tx.execute(
@@ -343,6 +373,9 @@ fn copy_into(source: &Connection, to: &Path) -> Result<u64, BackupError> {
         }
         _ => {}
     }
+    // Created private before SQLite opens it: the copy holds event payloads, token hashes and
+    // sealed secrets.
+    create_private(to)?;
     let mut target = Connection::open(to)?;
     let mut steps = 0;
     {
@@ -365,6 +398,18 @@ fn copy_into(source: &Connection, to: &Path) -> Result<u64, BackupError> {
     Ok(steps)
 }
 
+/// Creates the empty file `path`, readable by its owner alone.
+fn create_private(path: &Path) -> Result<(), BackupError> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
+        .open(path)
+        .map(drop)
+        .map_err(io(format!("could not create {}", path.display())))
+}
+
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(suffix);
@@ -380,7 +425,12 @@ fn file_len(path: &Path) -> Result<u64, BackupError> {
 /// Makes a rename into `path`'s directory durable.
 fn sync_dir(path: &Path) -> Result<(), BackupError> {
     #[cfg(unix)]
-    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+    {
+        // A bare file name's parent is "": the working directory.
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
         std::fs::File::open(dir)
             .and_then(|dir| dir.sync_all())
             .map_err(io(format!("could not sync {}", dir.display())))?;
