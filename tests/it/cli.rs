@@ -5,48 +5,9 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::helpers::*;
-
-/// What one run of `herald` printed, and its exit code.
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl std::fmt::Debug for Run {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit {}\n--- stdout\n{}--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
-
-impl Run {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("{e}: {self:?}"))
-    }
-
-    fn lines(&self) -> Vec<&str> {
-        self.stdout.lines().collect()
-    }
-
-    /// The value of a `key  value` line of a key/value block.
-    fn field(&self, key: &str) -> &str {
-        self.stdout
-            .lines()
-            .find_map(|line| {
-                line.strip_prefix(key)
-                    .filter(|rest| rest.starts_with("  "))
-                    .map(str::trim)
-            })
-            .unwrap_or_else(|| panic!("no `{key}` line: {self:?}"))
-    }
-}
 
 /// Runs `herald args...` against `app` as the platform admin, feeding `stdin` if given. The
 /// process runs on a blocking thread so the in-process server keeps serving.

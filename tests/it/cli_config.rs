@@ -9,22 +9,6 @@ use serde_json::json;
 
 use crate::helpers::*;
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl std::fmt::Debug for Run {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit {}\n--- stdout\n{}--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
-
 /// Runs `herald args...` with exactly the `env` given beside `HERALD_CONFIG` (no server,
 /// token, tenant or profile inherited), feeding `stdin`.
 async fn herald(config: &Path, env: &[(&str, &str)], args: &[&str], stdin: &str) -> Run {

@@ -560,3 +560,42 @@ pub fn unique_stream_name(base: &str) -> String {
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     format!("{base} {n}")
 }
+
+/// What one run of `herald` printed, and its exit code.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+impl Run {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("{e}: {self:?}"))
+    }
+
+    pub fn lines(&self) -> Vec<&str> {
+        self.stdout.lines().collect()
+    }
+
+    /// The value of a `key  value` line of a key/value block.
+    pub fn field(&self, key: &str) -> &str {
+        self.stdout
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix(key)
+                    .filter(|rest| rest.starts_with("  "))
+                    .map(str::trim)
+            })
+            .unwrap_or_else(|| panic!("no `{key}` line: {self:?}"))
+    }
+}
