@@ -370,8 +370,9 @@ fn known_keys() -> Vec<String> {
         .collect()
 }
 
-/// Accepts `["k1", "k2"]` or `"k1,k2"` (environment).
-fn secret_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Secret>, D::Error> {
+/// A list given as `["a", "b"]` (a file) or `"a,b"` (the environment), items trimmed and
+/// empty ones dropped.
+fn string_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Raw {
@@ -386,26 +387,22 @@ fn secret_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Secret>
         .iter()
         .map(|s| s.trim())
         .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect())
+}
+
+/// Accepts `["k1", "k2"]` or `"k1,k2"` (environment).
+fn secret_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Secret>, D::Error> {
+    Ok(string_list(deserializer)?
+        .into_iter()
         .map(Secret::new)
         .collect())
 }
 
 /// Accepts `["10.0.0.0/8", "127.0.0.1/32"]` or `"10.0.0.0/8,127.0.0.1/32"` (environment).
 fn cidr_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<IpNet>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        List(Vec<String>),
-        Joined(String),
-    }
-    let items = match Raw::deserialize(deserializer)? {
-        Raw::List(items) => items,
-        Raw::Joined(joined) => joined.split(',').map(str::to_string).collect(),
-    };
-    items
+    string_list(deserializer)?
         .iter()
-        .map(|s| s.trim())
-        .filter(|s| !s.is_empty())
         .map(|s| {
             s.parse::<IpNet>()
                 .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))

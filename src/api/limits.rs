@@ -219,11 +219,8 @@ pub struct Mismatches {
 
 impl Default for Mismatches {
     fn default() -> Self {
-        let mut key = [0u8; 32];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
-            .expect("the system has randomness");
         Mismatches {
-            key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key),
+            key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &crate::ids::random_bytes::<32>()),
             streams: Mutex::default(),
         }
     }

@@ -339,15 +339,8 @@ impl Reader {
             }
             tokio::select! {
                 _ = self.state.shutdown.cancelled() => return None,
-                changed = self.wake.changed() => {
-                    if changed.is_ok() {
-                        tokio::time::sleep(COALESCE).await;
-                    } else {
-                        // Only a signal being replaced drops its sender: poll meanwhile.
-                        tokio::time::sleep(POLL).await;
-                        self.wake = self.state.log_signal.subscribe(&self.tenant_id);
-                    }
-                }
+                // The sender stays in the map while this reader holds its receiver.
+                _ = self.wake.changed() => tokio::time::sleep(COALESCE).await,
                 _ = tokio::time::sleep(POLL) => {}
             }
         }

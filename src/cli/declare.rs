@@ -242,6 +242,8 @@ fn map_references(
 struct DeclaredDestination {
     /// As the file has it: `{type, configuration}`, references unresolved.
     raw: Value,
+    /// Parsed, with placeholders for its references.
+    parsed: Destination,
     /// As the API would show it.
     public: Value,
     /// The references it holds, by variable name.
@@ -282,6 +284,7 @@ impl DeclaredDestination {
         }
         Ok(DeclaredDestination {
             raw: raw.clone(),
+            parsed: destination,
             public,
             references,
         })
@@ -312,15 +315,13 @@ impl DeclaredDestination {
 
 /// A declared stream, as the API would show it (the fields the file manages).
 fn desired_stream(decl: &StreamDecl, destination: &DeclaredDestination) -> Value {
-    let parsed: Destination = serde_json::from_value(placeholder_destination(&destination.raw))
-        .expect("parsed once already");
     let format = decl.payload_format.unwrap_or_default();
     let mut view = json!({
         "name": decl.name,
         "subscriptions": decl.subscriptions,
         "destination": destination.public,
         "payload_format": format,
-        "content_mode": parsed.encoding(format, decl.content_mode).mode,
+        "content_mode": destination.parsed.encoding(format, decl.content_mode).mode,
         "retry_policy": decl.retry_policy.clone().unwrap_or_default(),
         "max_consecutive_failures": decl
             .max_consecutive_failures
@@ -333,12 +334,6 @@ fn desired_stream(decl: &StreamDecl, destination: &DeclaredDestination) -> Value
         view["status"] = json!(status);
     }
     view
-}
-
-fn placeholder_destination(raw: &Value) -> Value {
-    let mut value = raw.clone();
-    let _ = map_references(&mut value, &mut |_| Ok("placeholder".to_owned()));
-    value
 }
 
 /// A server's stream as the file would declare it, restricted to the keys of `like`.

@@ -296,13 +296,7 @@ impl PgStore {
                 .await?;
         }
         let sealed: Vec<u8> = client.query_one(check, &[]).await?.get(0);
-        let retired: Option<Vec<u8>> = client
-            .query_opt(
-                "SELECT value FROM settings WHERE name = 'retired_key_check'",
-                &[],
-            )
-            .await?
-            .map(|row| row.get(0));
+        let retired = retired_key_check(&client).await?;
         keys::current_key(&self.cipher, &sealed, retired.as_deref(), "the database")?;
         Ok(())
     }
@@ -335,13 +329,7 @@ impl PgStore {
             .await?
             .get(0);
         // Checked again under the lock: another rotation may have recorded a key since.
-        let retired: Option<Vec<u8>> = tx
-            .query_opt(
-                "SELECT value FROM settings WHERE name = 'retired_key_check'",
-                &[],
-            )
-            .await?
-            .map(|row| row.get(0));
+        let retired = retired_key_check(&tx).await?;
         keys::current_key(&self.cipher, &check, retired.as_deref(), "the database")?;
         if !self.cipher.seals(&check) {
             tx.execute(
@@ -1339,6 +1327,17 @@ impl Store for PgStore {
         tx.commit().await?;
         Ok(swept)
     }
+}
+
+/// The key check of the key the last rotation replaced, if any (see `store::keys`).
+async fn retired_key_check(client: &impl GenericClient) -> StoreResult<Option<Vec<u8>>> {
+    Ok(client
+        .query_opt(
+            "SELECT value FROM settings WHERE name = 'retired_key_check'",
+            &[],
+        )
+        .await?
+        .map(|row| row.get(0)))
 }
 
 /// Fails with [`StoreError::NameTaken`] when another stream of the tenant has `name` and
