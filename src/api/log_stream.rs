@@ -1,10 +1,10 @@
 //! `GET /v1/events/stream`: the tenant's event log as Server-Sent Events, the pull
 //! alternative to a push stream. Each message's `id` is the event's offset in the log, opaque
 //! to the client; `Last-Event-ID` (what an `EventSource` sends when it reconnects) or
-//! `?from=` resumes right after it, `?from_timestamp=` starts at a time, `?event_type=`
-//! (repeatable, patterns as in subscriptions) filters. The store serves only events that
-//! nothing committed later can precede (`Store::read_log`), so a reader that resumes after
-//! the last offset it saw misses nothing and sees nothing twice.
+//! `?from=` resumes right after it, `?from_timestamp=` serves the events received since a
+//! time, `?event_type=` (repeatable, patterns as in subscriptions) filters. The store serves
+//! only events that nothing committed later can precede (`Store::read_log`), so a reader that
+//! resumes after the last offset it saw misses nothing and sees nothing twice.
 //!
 //! Readers wait on a [`LogSignal`] (this node's publishes and, on PostgreSQL, other nodes'
 //! notifications) and poll besides, since a signal is only a hint. A response never ends on
@@ -27,6 +27,7 @@ use super::error::ApiError;
 use super::{AppState, parse_time_param};
 use crate::catalog;
 use crate::clock::Millis;
+use crate::metrics::log::{LogMetrics, OpenReader, ReaderCap};
 use crate::store::{LogPosition, LogStart, LoggedEvent, TokenHash, hash_token};
 
 /// Events read from the store at a time: what one reader holds in memory at most.
@@ -83,10 +84,16 @@ impl LogSignal {
             .subscribe()
     }
 
-    /// A place for one more reader of the tenant's log, given back when dropped.
-    fn admit(self: &Arc<Self>, tenant_id: &str) -> Result<ReaderPermit, ApiError> {
+    /// A place for one more reader of the tenant's log, given back when dropped; a refusal
+    /// is counted in `metrics`.
+    fn admit(
+        self: &Arc<Self>,
+        tenant_id: &str,
+        metrics: &LogMetrics,
+    ) -> Result<ReaderPermit, ApiError> {
         let mut readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
         if readers.values().sum::<usize>() >= self.max_readers {
+            metrics.refused(ReaderCap::Node);
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "too_many_readers",
@@ -97,6 +104,7 @@ impl LogSignal {
         }
         let open = readers.entry(tenant_id.to_string()).or_default();
         if *open >= MAX_READERS_PER_TENANT {
+            metrics.refused(ReaderCap::Tenant);
             return Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "too_many_readers",
@@ -111,6 +119,7 @@ impl LogSignal {
         Ok(ReaderPermit {
             signal: self.clone(),
             tenant_id: tenant_id.to_string(),
+            _counted: metrics.opened(),
         })
     }
 }
@@ -118,6 +127,7 @@ impl LogSignal {
 struct ReaderPermit {
     signal: Arc<LogSignal>,
     tenant_id: String,
+    _counted: OpenReader,
 }
 
 impl Drop for ReaderPermit {
@@ -146,7 +156,7 @@ pub async fn stream(
     caller.require(Scope::ReadEvents)?;
     let mut request = StreamRequest::parse(&headers, query.as_deref().unwrap_or(""))?;
     let tenant_id = caller.tenant_id.clone();
-    let permit = state.log_signal.admit(&tenant_id)?;
+    let permit = state.log_signal.admit(&tenant_id, &state.metrics.log)?;
     // Retention removes events received before its cutoff, so an offset older than that may
     // have lost what followed it, even when its own event was kept (a pending delivery keeps
     // an event).
@@ -156,6 +166,10 @@ pub async fn stream(
         *received_since =
             Some(state.clock.now_ms() - state.event_retention_days as Millis * DAY_MS);
     }
+    let received_since = match request.start {
+        LogStart::ReceivedFrom(time) => Some(time),
+        _ => None,
+    };
     let start = state
         .store
         .log_position(&tenant_id, request.start)
@@ -173,6 +187,7 @@ pub async fn stream(
         tenant_id: tenant_id.clone(),
         patterns: request.patterns,
         position: start,
+        received_since,
         buffer: VecDeque::new(),
         wake: state.log_signal.subscribe(&tenant_id),
         token: token_hash(&headers),
@@ -287,6 +302,11 @@ struct Reader {
     tenant_id: String,
     patterns: Vec<String>,
     position: LogPosition,
+    /// Started at a time: events received before it are skipped wherever they fall. On
+    /// PostgreSQL the start is the first visible event received since then, and events of
+    /// transactions still open at that moment come after it in the log whenever they were
+    /// received.
+    received_since: Option<Millis>,
     buffer: VecDeque<(LogPosition, LoggedEvent)>,
     wake: watch::Receiver<()>,
     /// The caller's token, checked again every `TokenCache::TTL_MS`: revoking it (or, for a
@@ -308,7 +328,8 @@ impl Reader {
                 return None;
             }
             while let Some((position, logged)) = self.buffer.pop_front() {
-                if self.wanted(&logged.event.event_type) {
+                if self.wanted(&logged) {
+                    self.state.metrics.log.served();
                     return Some(
                         SseEvent::default()
                             .id(position.encode())
@@ -369,11 +390,14 @@ impl Reader {
         true
     }
 
-    fn wanted(&self, event_type: &str) -> bool {
-        self.patterns.is_empty()
-            || self
-                .patterns
-                .iter()
-                .any(|p| catalog::pattern_matches(p, event_type))
+    fn wanted(&self, logged: &LoggedEvent) -> bool {
+        let event_type = &logged.event.event_type;
+        self.received_since
+            .is_none_or(|since| logged.received_at >= since)
+            && (self.patterns.is_empty()
+                || self
+                    .patterns
+                    .iter()
+                    .any(|p| catalog::pattern_matches(p, event_type)))
     }
 }

@@ -1,8 +1,9 @@
 //! Herald's metrics, served by `GET /metrics` in the Prometheus text format (or OpenMetrics,
 //! when the scraper asks for it). One [`Metrics`] per app, built at start with every family
-//! registered, is shared by the parts that count: the API's middleware ([`http`]) and publish
-//! handler, the dispatcher and its recorder, retention, and the embedded store's writer
-//! ([`CommitMetrics`]). The backlog is read from the store when scraped ([`backlog`]).
+//! registered, is shared by the parts that count: the API's middleware ([`http`]), publish
+//! handler and event log readers ([`log`]), the dispatcher and its recorder, retention, and
+//! the embedded store's writer ([`CommitMetrics`]). The backlog is read from the store when
+//! scraped ([`backlog`]).
 //!
 //! Counting stays off the hot path's bill: counters and gauges are atomics, and the handles
 //! of the common label sets are resolved once (per event category at start, per destination
@@ -13,6 +14,7 @@
 
 pub mod backlog;
 pub mod http;
+pub mod log;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -42,6 +44,7 @@ pub struct Metrics {
     pub events: EventMetrics,
     pub delivery: DeliveryMetrics,
     pub backlog: Arc<backlog::BacklogMetrics>,
+    pub log: log::LogMetrics,
     store_errors: Family<StoreErrorLabels, Counter>,
 }
 
@@ -63,6 +66,7 @@ impl Metrics {
         let http = http::HttpMetrics::register(&mut registry);
         let events = EventMetrics::register(&mut registry, options.catalog);
         let delivery = DeliveryMetrics::register(&mut registry);
+        let log = log::LogMetrics::register(&mut registry);
         if let Some(slots) = options.dispatcher_slots {
             let capacity = Gauge::<i64>::default();
             capacity.set(slots as i64);
@@ -89,6 +93,7 @@ impl Metrics {
             events,
             delivery,
             backlog,
+            log,
             store_errors,
         }
     }

@@ -2,15 +2,26 @@
 //! without gaps or repeats, filtered, per tenant, and refused with 410 once an offset's event
 //! is gone. Run on both stores (CI runs the API tests again on PostgreSQL); two real nodes
 //! publishing at once on PostgreSQL are in `two_nodes_publishing_at_once_are_read_once_each`.
+//!
+//! `herald events tail` runs as a process against `herald serve` processes, each test on
+//! the store it picks: resumed across a restart on both stores, across a proxy that drops
+//! its connections in front of two PostgreSQL nodes, from the server's time when it was
+//! dropped before any event, and backing off when connections end empty.
 
 use std::collections::{HashSet, VecDeque};
 use std::io::BufRead;
-use std::process::{Command, Stdio};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use herald::cli::tail::{SseMessage, SseParser};
 use herald::clock::Clock;
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio_util::sync::CancellationToken;
 
 use crate::helpers::*;
 
@@ -151,6 +162,44 @@ async fn a_reader_filters_by_type_and_starts_from_a_time() {
         "not `old`, before the time; not `flow`"
     );
     assert_eq!(reader.next().await.data["id"], "deleted");
+}
+
+/// On PostgreSQL an event joins the log once every older transaction has ended. A reader
+/// that starts at a time while another transaction on the server is open starts before the
+/// events that transaction holds back, whenever they were received: those received before
+/// the time are skipped, not served.
+#[tokio::test]
+#[cfg_attr(not(herald_postgres_tests), ignore = "needs HERALD_TEST_DATABASE_URL")]
+async fn a_reader_from_a_time_skips_earlier_events_an_open_transaction_held_back() {
+    let database = postgres_database().await;
+    let app = spawn_app_with(|c| {
+        c.database_url = Some(herald::secret::Secret::new(database.url.clone()));
+    })
+    .await;
+    let base = app.url("");
+    let (other, connection) = tokio_postgres::connect(&database.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    other
+        .batch_execute("BEGIN; SELECT pg_current_xact_id()")
+        .await
+        .unwrap();
+    app.publish(event("old", "user.created")).await;
+    app.clock.advance(Duration::from_secs(60));
+    let from = herald::event::format_time(app.clock.now_ms());
+    app.publish(event("new", "user.created")).await;
+    let query = format!(
+        "?from_timestamp={}",
+        url::form_urlencoded::byte_serialize(from.as_bytes()).collect::<String>()
+    );
+    let mut reader = SseClient::open(&base, ADMIN_TOKEN, &query, None).await;
+    other.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(
+        reader.next().await.data["id"],
+        "new",
+        "not `old`, before the time"
+    );
 }
 
 #[tokio::test]
@@ -344,11 +393,265 @@ async fn two_nodes_publishing_at_once_are_read_once_each() {
     drop(nodes);
 }
 
+/// A `herald events tail --json` process, its printed lines as they come.
+struct Tail {
+    child: Child,
+    stdout: UnboundedReceiver<String>,
+    stderr: UnboundedReceiver<String>,
+}
+
+impl Tail {
+    fn start(server: &str, args: &[&str]) -> Tail {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["events", "tail", "--json"])
+            .args(args)
+            .env("HERALD_SERVER", server)
+            .env("HERALD_TOKEN", ADMIN_TOKEN)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the herald binary starts");
+        let stdout = lines_of(child.stdout.take().unwrap());
+        let stderr = lines_of(child.stderr.take().unwrap());
+        Tail {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// The ids of the events printed up to and including `last`.
+    async fn events_until(&mut self, last: &str) -> Vec<String> {
+        let mut printed = Vec::new();
+        while printed.last().is_none_or(|id| id != last) {
+            printed.push(self.next_event().await);
+        }
+        printed
+    }
+
+    /// The id of the next event printed.
+    async fn next_event(&mut self) -> String {
+        let line = tokio::time::timeout(PATIENCE, self.stdout.recv())
+            .await
+            .expect("tail printed an event within the test's patience")
+            .expect("tail is running");
+        let value: Value = serde_json::from_str(&line).unwrap();
+        assert!(value["offset"].is_string(), "{line}");
+        value["event"]["id"].as_str().unwrap().to_string()
+    }
+
+    /// The delay, in seconds, of the next reconnection tail announces.
+    async fn next_reconnection(&mut self) -> u64 {
+        let mut other = Vec::new();
+        loop {
+            let line = tokio::time::timeout(PATIENCE, self.stderr.recv())
+                .await
+                .unwrap_or_else(|_| panic!("tail did not reconnect; it said {other:?}"))
+                .expect("tail is running");
+            match line.split_once("; reconnecting in ") {
+                Some((_, after)) => return after.trim_end_matches(" s").parse().unwrap(),
+                None => other.push(line),
+            }
+        }
+    }
+}
+
+impl Drop for Tail {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The lines a child writes to `pipe`, read on a thread of their own.
+fn lines_of(pipe: impl std::io::Read + Send + 'static) -> UnboundedReceiver<String> {
+    let (lines_tx, lines) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(pipe).lines() {
+            let Ok(line) = line else { return };
+            if lines_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    lines
+}
+
+async fn publish_to(base: &str, id: &str) {
+    let sent = reqwest::Client::new()
+        .post(format!("{base}/v1/events"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&event(id, "user.created"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 202, "{id}");
+}
+
+/// What the proxy does with a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Relay {
+    /// Forwards both ways until cut.
+    Through,
+    /// Closes it at once, as a server that is down would.
+    Refuse,
+    /// Forwards the request and the head of the answer, then closes it: the stream ends
+    /// before any event.
+    HeadOnly,
+}
+
+/// A TCP proxy on port 0 in front of Herald nodes (the `n`th connection goes to node
+/// `n % nodes`), that a test cuts to drop `tail`'s connection without either end meaning to.
+struct CutProxy {
+    url: String,
+    state: Arc<Mutex<ProxyState>>,
+    /// Connections whose answer started to reach the client.
+    answered: tokio::sync::watch::Receiver<usize>,
+}
+
+struct ProxyState {
+    relay: Relay,
+    /// Cancelled to close every connection open.
+    live: CancellationToken,
+    /// When each connection was accepted.
+    accepted: Vec<Instant>,
+}
+
+impl CutProxy {
+    async fn start(nodes: &[&str]) -> CutProxy {
+        let nodes: Vec<SocketAddr> = nodes
+            .iter()
+            .map(|base| base.trim_start_matches("http://").parse().unwrap())
+            .collect();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let state = Arc::new(Mutex::new(ProxyState {
+            relay: Relay::Through,
+            live: CancellationToken::new(),
+            accepted: Vec::new(),
+        }));
+        let (answered_tx, answered) = tokio::sync::watch::channel(0);
+        let shared = state.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let (relay, cut, n) = {
+                    let mut state = shared.lock().unwrap();
+                    state.accepted.push(Instant::now());
+                    (state.relay, state.live.clone(), state.accepted.len() - 1)
+                };
+                if relay == Relay::Refuse {
+                    continue; // Dropped: the connection closes.
+                }
+                let node = nodes[n % nodes.len()];
+                let answered = answered_tx.clone();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = relay_one(client, node, relay, answered) => {}
+                        _ = cut.cancelled() => {}
+                    }
+                });
+            }
+        });
+        CutProxy {
+            url,
+            state,
+            answered,
+        }
+    }
+
+    fn relay(&self, relay: Relay) {
+        self.state.lock().unwrap().relay = relay;
+    }
+
+    /// Closes every connection open.
+    fn cut(&self) {
+        let mut state = self.state.lock().unwrap();
+        state.live.cancel();
+        state.live = CancellationToken::new();
+    }
+
+    fn accepted(&self) -> Vec<Instant> {
+        self.state.lock().unwrap().accepted.clone()
+    }
+
+    /// Waits until `n` connections in all have had an answer start to reach the client.
+    async fn wait_answered(&self, n: usize) {
+        let mut answered = self.answered.clone();
+        tokio::time::timeout(PATIENCE, answered.wait_for(|a| *a >= n))
+            .await
+            .expect("the connection was answered within the test's patience")
+            .unwrap();
+    }
+}
+
+async fn relay_one(
+    mut client: TcpStream,
+    node: SocketAddr,
+    relay: Relay,
+    answered: tokio::sync::watch::Sender<usize>,
+) {
+    let Ok(mut server) = TcpStream::connect(node).await else {
+        return;
+    };
+    let (mut from_client, mut to_client) = client.split();
+    let (mut from_server, mut to_server) = server.split();
+    let down = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut head = Vec::new();
+        let mut first = true;
+        loop {
+            let n = from_server.read(&mut buf).await?;
+            if n == 0 {
+                return Ok::<_, std::io::Error>(());
+            }
+            let mut chunk = &buf[..n];
+            let mut done = false;
+            if relay == Relay::HeadOnly {
+                let before = head.len();
+                head.extend_from_slice(chunk);
+                if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                    chunk = &buf[..end + 4 - before];
+                    done = true;
+                }
+            }
+            to_client.write_all(chunk).await?;
+            if std::mem::take(&mut first) {
+                answered.send_modify(|a| *a += 1);
+            }
+            if done {
+                return Ok(());
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::io::copy(&mut from_client, &mut to_server) => {}
+        _ = down => {}
+    }
+}
+
 /// `herald events tail --json` against a real server that is killed and started again on the
 /// same address and data: the command reconnects on its own and prints every event once, in
-/// order.
+/// order. On the embedded store here, on PostgreSQL below.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tail_resumes_across_a_server_restart_without_gaps_or_repeats() {
+    tail_across_a_restart(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(herald_postgres_tests), ignore = "needs HERALD_TEST_DATABASE_URL")]
+async fn tail_resumes_across_a_server_restart_on_postgres() {
+    let database = postgres_database().await;
+    tail_across_a_restart(&[
+        ("HERALD_DATABASE_URL", &database.url),
+        ("HERALD_SECRET_KEY", SECRET_KEY),
+    ])
+    .await;
+}
+
+/// The secret key of the PostgreSQL nodes in these tests, the same on each.
+const SECRET_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+async fn tail_across_a_restart(env: &[(&str, &str)]) {
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -356,85 +659,157 @@ async fn tail_resumes_across_a_server_restart_without_gaps_or_repeats() {
         .unwrap()
         .port();
     let listen = format!("127.0.0.1:{port}");
-    let mut server = start_server(dir.path(), &[("HERALD_LISTEN", &listen)]);
+    let env: Vec<(&str, &str)> = env
+        .iter()
+        .copied()
+        .chain([("HERALD_LISTEN", listen.as_str())])
+        .collect();
+    let mut server = start_server(dir.path(), &env);
     let base = server.base.clone();
-    let mut tail = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args([
-            "events",
-            "tail",
-            "--json",
-            "--from-timestamp",
-            "2000-01-01T00:00:00Z",
-        ])
-        .env("HERALD_SERVER", &base)
-        .env("HERALD_TOKEN", ADMIN_TOKEN)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the herald binary starts");
-    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
-    let stdout = tail.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { return };
-            if lines_tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    let mut printed = Vec::new();
-    let http = reqwest::Client::new();
-    let publish = |id: String| {
-        let (http, base) = (http.clone(), base.clone());
-        async move {
-            let sent = http
-                .post(format!("{base}/v1/events"))
-                .bearer_auth(ADMIN_TOKEN)
-                .json(&event(&id, "user.created"))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(sent.status(), 202);
-        }
-    };
+    let mut tail = Tail::start(&base, &["--from-timestamp", "2000-01-01T00:00:00Z"]);
     for i in 0..10 {
-        publish(format!("e{i}")).await;
+        publish_to(&base, &format!("e{i}")).await;
     }
-    read_lines(&mut lines, &mut printed, 10).await;
+    let mut printed = Vec::new();
+    for _ in 0..10 {
+        printed.push(tail.next_event().await);
+    }
     // Killed: the connection breaks without an end.
     server.child.kill().unwrap();
     server.child.wait().unwrap();
     drop(server);
-    let server = start_server(dir.path(), &[("HERALD_LISTEN", &listen)]);
+    let server = start_server(dir.path(), &env);
     assert_eq!(server.base, base, "the same address");
     for i in 10..20 {
-        publish(format!("e{i}")).await;
+        publish_to(&base, &format!("e{i}")).await;
     }
-    read_lines(&mut lines, &mut printed, 10).await;
-    publish("sentinel".into()).await;
-    read_lines(&mut lines, &mut printed, 1).await;
-    let _ = tail.kill();
-    let _ = tail.wait();
+    publish_to(&base, "sentinel").await;
+    printed.extend(tail.events_until("sentinel").await);
     let mut expected: Vec<String> = (0..20).map(|i| format!("e{i}")).collect();
     expected.push("sentinel".into());
     assert_eq!(printed, expected, "every event once, in order");
 }
 
-/// Reads `n` lines `tail --json` printed, keeping each event's id.
-async fn read_lines(
-    lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
-    printed: &mut Vec<String>,
-    n: usize,
-) {
-    for _ in 0..n {
-        let line = tokio::time::timeout(PATIENCE, lines.recv())
-            .await
-            .expect("tail printed the event")
-            .expect("tail is running");
-        let value: Value = serde_json::from_str(&line).unwrap();
-        assert!(value["offset"].is_string(), "{line}");
-        printed.push(value["event"]["id"].as_str().unwrap().to_string());
+/// Started at the end (no `--from`), `tail` whose connection drops before any event arrives
+/// resumes from the time of its first connection, the server's `Date`: what was published
+/// while it was away is printed, once, rather than skipped by starting at the end again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_started_at_the_end_keeps_what_was_published_while_it_was_away() {
+    let dir = tempfile::tempdir().unwrap();
+    // A server process, on the system clock that `Date` reads too.
+    let server = start_server(dir.path(), &[]);
+    let proxy = CutProxy::start(&[&server.base]).await;
+    let mut tail = Tail::start(&proxy.url, &[]);
+    // The first answer's head, and its `Date`, reached tail: drop it, and keep it away.
+    proxy.wait_answered(1).await;
+    proxy.relay(Relay::Refuse);
+    proxy.cut();
+    for i in 0..5 {
+        publish_to(&server.base, &format!("away{i}")).await;
     }
+    proxy.relay(Relay::Through);
+    proxy.wait_answered(2).await;
+    publish_to(&server.base, "back").await;
+    let printed = tail.events_until("back").await;
+    assert_eq!(
+        printed,
+        ["away0", "away1", "away2", "away3", "away4", "back"],
+        "every event since tail started, once"
+    );
+}
+
+/// A connection that ends before it carries anything (here a proxy that passes the answer's
+/// head and closes) does not reset the backoff: tail waits longer each time, as it would
+/// for a server it cannot reach, rather than reconnecting every second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_backs_off_after_connections_that_end_before_any_event() {
+    let app = spawn_app().await;
+    let proxy = CutProxy::start(&[&app.url("")]).await;
+    proxy.relay(Relay::HeadOnly);
+    let mut tail = Tail::start(&proxy.url, &[]);
+    let mut delays = Vec::new();
+    for _ in 0..3 {
+        delays.push(tail.next_reconnection().await);
+    }
+    assert_eq!(delays, [1, 2, 4], "each announced wait doubles");
+    // And each was waited: no connection came sooner than announced.
+    let accepted = proxy.accepted();
+    assert!(accepted.len() >= 3, "{accepted:?}");
+    for (i, pair) in accepted.windows(2).enumerate().take(delays.len()) {
+        let between = pair[1] - pair[0];
+        assert!(
+            between >= Duration::from_secs(delays[i]),
+            "connection {} came {between:?} after the one before, announced {} s",
+            i + 2,
+            delays[i]
+        );
+    }
+}
+
+/// `tail` through a proxy in front of two PostgreSQL nodes, while four publishers spread
+/// over both publish at once; the proxy drops tail's connection now and then, and each
+/// reconnection goes to the other node. Every acknowledged event is printed exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(herald_postgres_tests), ignore = "needs HERALD_TEST_DATABASE_URL")]
+async fn tail_across_two_nodes_publishing_at_once_prints_every_event_once() {
+    const PER_PUBLISHER: usize = 100;
+    let database = postgres_database().await;
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let nodes: Vec<Server> = dirs
+        .iter()
+        .map(|dir| {
+            start_server(
+                dir.path(),
+                &[
+                    ("HERALD_DATABASE_URL", &database.url),
+                    ("HERALD_SECRET_KEY", SECRET_KEY),
+                ],
+            )
+        })
+        .collect();
+    let bases: Vec<String> = nodes.iter().map(|n| n.base.clone()).collect();
+    let proxy = CutProxy::start(&[&bases[0], &bases[1]]).await;
+    let mut tail = Tail::start(&proxy.url, &["--from-timestamp", "2000-01-01T00:00:00Z"]);
+
+    let acknowledged = Arc::new(Mutex::new(HashSet::new()));
+    let mut publishers = Vec::new();
+    for p in 0..4 {
+        let (base, acknowledged) = (bases[p % 2].clone(), acknowledged.clone());
+        publishers.push(tokio::spawn(async move {
+            for i in 0..PER_PUBLISHER {
+                let id = format!("p{p}-{i}");
+                publish_to(&base, &id).await;
+                acknowledged.lock().unwrap().insert(id);
+            }
+        }));
+    }
+    let mut printed = Vec::new();
+    for cut_at in [50, 150, 250, 350] {
+        while printed.len() < cut_at {
+            printed.push(tail.next_event().await);
+        }
+        proxy.cut();
+    }
+    for publisher in publishers {
+        publisher.await.unwrap();
+    }
+    publish_to(&bases[1], "sentinel").await;
+    printed.extend(tail.events_until("sentinel").await);
+    printed.pop();
+    let unique: HashSet<&String> = printed.iter().collect();
+    assert_eq!(unique.len(), printed.len(), "no event twice");
+    let acknowledged = acknowledged.lock().unwrap();
+    assert_eq!(
+        printed.len(),
+        acknowledged.len(),
+        "every acknowledged event"
+    );
+    assert!(printed.iter().all(|id| acknowledged.contains(id)));
+    assert!(
+        proxy.accepted().len() >= 5,
+        "tail reconnected after each cut"
+    );
+    drop(nodes);
 }
 
 #[tokio::test]

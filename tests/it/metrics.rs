@@ -323,6 +323,98 @@ async fn a_hung_endpoint_shows_as_slots_in_use_and_a_backlog_that_ages() {
     );
 }
 
+/// The event log's readers: those open on the node, the events sent to them (each reader's
+/// copy), and the readers refused for the tenant's cap and for the node's.
+#[tokio::test]
+async fn event_log_readers_are_counted_open_served_and_refused() {
+    use crate::log_stream::SseClient;
+    // Four readers on the node: half of max_connections.
+    let app = spawn_app_with(|c| c.max_connections = 8).await;
+    let base = app.url("");
+    let readers = |scraped: &Scrape| scraped.get("herald_event_log_readers", &[]);
+    let served = |scraped: &Scrape| scraped.get("herald_event_log_events_served_total", &[]);
+    let refused = |scraped: &Scrape, limit| {
+        scraped.get(
+            "herald_event_log_readers_refused_total",
+            &[("limit", limit)],
+        )
+    };
+    let before = scrape(&app).await;
+    assert_eq!(readers(&before), Some(0.0), "{}", before.text);
+    assert_eq!(served(&before), Some(0.0));
+    assert_eq!(refused(&before, "node"), Some(0.0));
+    assert_eq!(refused(&before, "tenant"), Some(0.0));
+
+    let mut all = SseClient::open(&base, ADMIN_TOKEN, "", None).await;
+    let mut users = SseClient::open(&base, ADMIN_TOKEN, "?event_type=user.*", None).await;
+    for (id, event_type) in [
+        ("u1", "user.created"),
+        ("f1", "flow.run.finished"),
+        ("u2", "user.deleted"),
+    ] {
+        app.publish(json!({"id": id, "type": event_type})).await;
+    }
+    for id in ["u1", "f1", "u2"] {
+        assert_eq!(all.next().await.data["id"], id);
+    }
+    for id in ["u1", "u2"] {
+        assert_eq!(users.next().await.data["id"], id);
+    }
+    let scraped = scrape(&app).await;
+    assert_eq!(readers(&scraped), Some(2.0), "{}", scraped.text);
+    assert_eq!(
+        served(&scraped),
+        Some(5.0),
+        "what a filter holds back is not served"
+    );
+
+    // A reader whose client went away is noticed at its next message.
+    drop(users);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    for n in 0.. {
+        let id = format!("more{n}");
+        app.publish(json!({"id": id, "type": "user.created"})).await;
+        assert_eq!(all.next().await.data["id"], id.as_str());
+        if readers(&scrape(&app).await) == Some(1.0) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the reader stayed counted"
+        );
+    }
+
+    // The node's cap: four readers, and another is refused; then the tenant's cap, on
+    // a node of its own.
+    let _more: Vec<SseClient> = futures_util::future::join_all(
+        (0..3).map(|_| SseClient::open(&base, ADMIN_TOKEN, "", None)),
+    )
+    .await;
+    let response = SseClient::request(&base, ADMIN_TOKEN, "", None).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let scraped = scrape(&app).await;
+    assert_eq!(readers(&scraped), Some(4.0), "{}", scraped.text);
+    assert_eq!(refused(&scraped, "node"), Some(1.0));
+    assert_eq!(refused(&scraped, "tenant"), Some(0.0));
+
+    let app = spawn_app().await;
+    let base = app.url("");
+    let _open: Vec<SseClient> = futures_util::future::join_all(
+        (0..herald::api::log_stream::MAX_READERS_PER_TENANT)
+            .map(|_| SseClient::open(&base, ADMIN_TOKEN, "", None)),
+    )
+    .await;
+    let response = SseClient::request(&base, ADMIN_TOKEN, "", None).await;
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    let scraped = scrape(&app).await;
+    assert_eq!(
+        readers(&scraped),
+        Some(herald::api::log_stream::MAX_READERS_PER_TENANT as f64)
+    );
+    assert_eq!(refused(&scraped, "tenant"), Some(1.0), "{}", scraped.text);
+    assert_eq!(refused(&scraped, "node"), Some(0.0));
+}
+
 #[tokio::test]
 async fn metrics_need_a_platform_token_with_read_metrics_or_the_metrics_listener() {
     let app = spawn_app_with(|c| c.metrics_listen = Some("127.0.0.1:0".parse().unwrap())).await;
@@ -506,6 +598,9 @@ async fn the_scrape_passes_the_reference_parsers() {
             ("herald_backlog_oldest_due_age_seconds", "gauge"),
             ("herald_stream_backlog_deliveries", "gauge"),
             ("herald_stream_backlog_oldest_due_age_seconds", "gauge"),
+            ("herald_event_log_readers", "gauge"),
+            ("herald_event_log_events_served", "counter"),
+            ("herald_event_log_readers_refused", "counter"),
         ];
         if embedded() {
             expected.push(("herald_store_group_commit_jobs", "histogram"));

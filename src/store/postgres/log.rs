@@ -108,13 +108,18 @@ pub async fn log_position(
         }
         // The first visible event received since then, or else the end, from one snapshot:
         // computed in two statements, the horizon could pass events in between.
+        // `xid + 0` keeps the planner off walking `events_by_log` in order until a row
+        // matches: it expects matches spread over the log, but they are all at its end, so
+        // a recent time would read the tenant's whole log. Through `events_by_received` the
+        // search reads the events since then, which the reader goes on to read anyway (the
+        // generic plan of the cached statement does too).
         LogStart::ReceivedFrom(time) => {
             let stmt = client
                 .prepare_cached(&format!(
                     "WITH h AS (SELECT {HORIZON} AS x) \
                      SELECT COALESCE(e.xid, h.x), COALESCE(e.seq - 1, 0) FROM h LEFT JOIN LATERAL \
                      (SELECT xid, seq FROM events WHERE tenant_id = $1 AND received_at >= $2 \
-                      AND xid < h.x ORDER BY xid, seq LIMIT 1) e ON true"
+                      AND xid < h.x ORDER BY xid + 0, seq LIMIT 1) e ON true"
                 ))
                 .await?;
             Some(position(

@@ -43,6 +43,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("004_fanouts.sql"),
     include_str!("005_stream_names.sql"),
     include_str!("006_event_log.sql"),
+    include_str!("008_events_by_received.sql"),
 ];
 
 /// Channels of the notifications this store sends.

@@ -33,6 +33,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("004_fanouts.sql"),
     include_str!("005_stream_names.sql"),
     include_str!("006_settings.sql"),
+    include_str!("008_events_by_received.sql"),
 ];
 
 /// Rows one job of a bulk administrative write (a redelivery, an erasure by subject, a
