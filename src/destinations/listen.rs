@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use super::webhook::{self, Envelope};
-use super::{ErrorKind, Message, RESPONSE_EXCERPT_BYTES, Report, StreamContext};
+use super::{ErrorKind, Message, Outcome, RESPONSE_EXCERPT_BYTES, Report, StreamContext};
 use crate::clock::Millis;
 
 /// Longest `forward_to` shown on the stream.
@@ -311,8 +311,14 @@ fn report(result: ForwardResult, now: Millis) -> Report {
             .retry_after
             .as_deref()
             .and_then(|v| super::http::parse_retry_after(v, now));
+        // A local `410 Gone` ends that delivery, not the session: a developer's handler
+        // may answer anything while it is being written.
+        let outcome = match webhook::classify(status, retry_after, now) {
+            Outcome::DisableStream { .. } => Outcome::GiveUp,
+            outcome => outcome,
+        };
         return Report {
-            outcome: webhook::classify(status, retry_after, now),
+            outcome,
             duration,
             response_status: Some(status.as_u16()),
             response_body: Some(truncate(
@@ -357,7 +363,6 @@ fn truncate(mut text: String, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::destinations::Outcome;
 
     fn result(status: Option<u16>, error: Option<(&str, &str)>) -> ForwardResult {
         ForwardResult {
@@ -390,6 +395,11 @@ mod tests {
             }
         );
         assert_eq!(report(result(Some(400), None), 0).outcome, Outcome::GiveUp);
+        assert_eq!(
+            report(result(Some(410), None), 0).outcome,
+            Outcome::GiveUp,
+            "a local 410 never disables the session"
+        );
         let impossible = report(result(Some(1000), None), 0);
         assert_eq!(impossible.error.unwrap().kind, ErrorKind::Io);
     }
