@@ -224,7 +224,8 @@ impl Listener<'_> {
                         _ => return Err(error),
                     }
                 }
-                Err(e) => crate::error_chain(&e),
+                // Its text already holds its cause.
+                Err(e) => e.to_string(),
             };
             let since = *down_since.get_or_insert_with(Instant::now);
             if since.elapsed() > GRACE {
@@ -270,14 +271,14 @@ impl Listener<'_> {
                     },
                     Some(Ok(Message::Close(frame))) => return Ended::Closed(frame),
                     Some(Ok(_)) => {}
-                    Some(Err(e)) => return Ended::Dropped(crate::error_chain(&e)),
+                    Some(Err(e)) => return Ended::Dropped(e.to_string()),
                     None => return Ended::Dropped("the server closed the connection".into()),
                 },
                 Some(result) = finished.recv() => {
                     let text = serde_json::to_string(&FromListener::Result(result))
                         .expect("a result serialises");
                     if let Err(e) = sink.send(Message::Text(text.into())).await {
-                        return Ended::Dropped(crate::error_chain(&e));
+                        return Ended::Dropped(e.to_string());
                     }
                 }
             }
