@@ -160,6 +160,7 @@ impl App {
             // store each lease is a row update, and nodes claim in batches instead.
             delivery_lease_ms: (config.role.delivers() && config.database_url.is_none())
                 .then_some(lease.as_millis() as i64),
+            delivers: config.role.delivers(),
             max_request_bytes: config.max_request_bytes,
             limits: Arc::new(api::limits::ApiLimits::from_config(&config)),
             metrics,
@@ -229,6 +230,13 @@ impl App {
                 shutdown.clone(),
             ));
         }
+        tasks.spawn(api::listen::reap(
+            self.state.store.clone(),
+            self.state.clock.clone(),
+            self.state.signal.clone(),
+            self.state.destinations.listeners.clone(),
+            shutdown.clone(),
+        ));
         {
             // Responses that never end on their own (the event log's readers) end with the
             // server.

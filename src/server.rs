@@ -62,7 +62,11 @@ pub async fn serve(
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(TokioTimer::new())
                 .header_read_timeout(limits.header_read_timeout);
-            let mut connection = pin!(http.serve_connection(TokioIo::new(stream), service));
+            // Upgrades: `herald listen`'s WebSocket.
+            let mut connection = pin!(
+                http.serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades()
+            );
             let ended = tokio::select! {
                 ended = connection.as_mut() => ended,
                 () = shutdown.cancelled() => {

@@ -129,6 +129,8 @@ pub struct Stream {
     pub disable_after_failing_seconds: u64,
     pub created_at: i64,
     pub updated_at: i64,
+    /// A temporary stream (a `herald listen` session's) is deleted once past this.
+    pub expires_at: Option<i64>,
 }
 
 impl Stream {
@@ -161,10 +163,24 @@ pub fn validate(
     catalog: &Catalog,
     policy: &DestinationPolicy,
 ) -> Result<(), String> {
-    let (name, subscriptions) = (&stream.name, &stream.subscriptions);
+    let name = &stream.name;
     if name.trim().is_empty() || name.len() > MAX_NAME_LEN {
         return Err(format!("`name` must be 1 to {MAX_NAME_LEN} characters"));
     }
+    validate_subscriptions(&stream.subscriptions, catalog)?;
+    stream.destination.validate(policy)?;
+    stream.encoding().validate(
+        stream.destination.kind(),
+        stream.destination.content_modes(),
+    )?;
+    stream.retry_policy.validate()
+}
+
+/// Checks a stream's subscriptions against the tenant's catalog.
+pub fn validate_subscriptions(
+    subscriptions: &[Subscription],
+    catalog: &Catalog,
+) -> Result<(), String> {
     if subscriptions.is_empty() || subscriptions.len() > MAX_SUBSCRIPTIONS {
         return Err(format!(
             "`subscriptions` must hold 1 to {MAX_SUBSCRIPTIONS} entries such as {{\"event_type\": \"user.created\"}}"
@@ -184,10 +200,5 @@ pub fn validate(
             ));
         }
     }
-    stream.destination.validate(policy)?;
-    stream.encoding().validate(
-        stream.destination.kind(),
-        stream.destination.content_modes(),
-    )?;
-    stream.retry_policy.validate()
+    Ok(())
 }

@@ -227,17 +227,12 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let header = parts.headers.get(AUTHORIZATION).ok_or_else(|| {
-            ApiError::unauthorized("missing `Authorization: Bearer <token>` header")
-        })?;
-        let secret = header
-            .to_str()
-            .ok()
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
+        if !parts.headers.contains_key(AUTHORIZATION) {
+            return Err(ApiError::unauthorized(
+                "missing `Authorization: Bearer <token>` header",
+            ));
+        }
+        let secret = bearer(&parts.headers)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| {
                 ApiError::unauthorized("the `Authorization` header must be `Bearer <token>`")
@@ -288,4 +283,58 @@ impl FromRequestParts<AppState> for Caller {
         }
         Ok(caller)
     }
+}
+
+/// A long-lived answer's check that its caller may still be served (the event log's
+/// readers, `herald listen`'s connection): the token, and for a platform token the tenant it
+/// acts on, asked again once per `TokenCache::TTL_MS` on the injected clock, so revoking the
+/// token ends the answer as it ends any other request.
+pub struct TokenWatch {
+    token: Option<TokenHash>,
+    tenant_id: String,
+    platform: bool,
+    checked_at: Millis,
+}
+
+impl TokenWatch {
+    pub fn new(caller: &Caller, headers: &axum::http::HeaderMap, now: Millis) -> TokenWatch {
+        TokenWatch {
+            token: bearer(headers).map(hash_token),
+            tenant_id: caller.tenant_id.clone(),
+            platform: caller.is_platform(),
+            checked_at: now,
+        }
+    }
+
+    /// Whether the caller still stands; a store that cannot answer does not end it.
+    pub async fn still_allowed(&mut self, state: &AppState) -> bool {
+        let now = state.clock.now_ms();
+        if now - self.checked_at < TokenCache::TTL_MS {
+            return true;
+        }
+        self.checked_at = now;
+        let Some(hash) = self.token else {
+            return false;
+        };
+        match state.tokens.find(state, hash).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return false,
+            Err(_) => return true,
+        }
+        if self.platform {
+            return !matches!(state.store.get_tenant(&self.tenant_id).await, Ok(None));
+        }
+        true
+    }
+}
+
+/// The bearer token of a request's `Authorization` header.
+fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    Some(
+        value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))?
+            .trim(),
+    )
 }

@@ -22,13 +22,13 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use tokio::sync::watch;
 
-use super::auth::{Caller, Scope, TokenCache};
+use super::auth::{Caller, Scope, TokenWatch};
 use super::error::ApiError;
 use super::{AppState, parse_time_param};
 use crate::catalog;
 use crate::clock::Millis;
 use crate::metrics::log::{LogMetrics, OpenReader, ReaderCap};
-use crate::store::{LogPosition, LogStart, LoggedEvent, TokenHash, hash_token};
+use crate::store::{LogPosition, LogStart, LoggedEvent};
 
 /// Events read from the store at a time: what one reader holds in memory at most.
 const READ_BATCH: usize = 50;
@@ -190,9 +190,7 @@ pub async fn stream(
         received_since,
         buffer: VecDeque::new(),
         wake: state.log_signal.subscribe(&tenant_id),
-        token: token_hash(&headers),
-        platform: caller.is_platform(),
-        checked_at: state.clock.now_ms(),
+        caller: TokenWatch::new(&caller, &headers, state.clock.now_ms()),
         state,
         failing: false,
         _permit: permit,
@@ -202,19 +200,6 @@ pub async fn stream(
         Some((Ok(event), reader))
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(HEARTBEAT).text("heartbeat")))
-}
-
-/// The hash of the bearer token the `Caller` extractor accepted.
-fn token_hash(headers: &HeaderMap) -> Option<TokenHash> {
-    let value = headers
-        .get(axum::http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?;
-    let secret = value
-        .strip_prefix("Bearer ")
-        .or_else(|| value.strip_prefix("bearer "))?
-        .trim();
-    Some(hash_token(secret))
 }
 
 struct StreamRequest {
@@ -309,11 +294,9 @@ struct Reader {
     received_since: Option<Millis>,
     buffer: VecDeque<(LogPosition, LoggedEvent)>,
     wake: watch::Receiver<()>,
-    /// The caller's token, checked again every `TokenCache::TTL_MS`: revoking it (or, for a
-    /// platform token, deleting the tenant) ends the stream as it ends any other request.
-    token: Option<TokenHash>,
-    platform: bool,
-    checked_at: Millis,
+    /// Revoking the caller's token (or, for a platform token, deleting the tenant) ends the
+    /// stream as it ends any other request.
+    caller: TokenWatch,
     /// The last read failed; logged once until one succeeds.
     failing: bool,
     _permit: ReaderPermit,
@@ -324,7 +307,7 @@ impl Reader {
     /// or the caller may no longer read).
     async fn next(&mut self) -> Option<SseEvent> {
         loop {
-            if self.state.shutdown.is_cancelled() || !self.still_allowed().await {
+            if self.state.shutdown.is_cancelled() || !self.caller.still_allowed(&self.state).await {
                 return None;
             }
             while let Some((position, logged)) = self.buffer.pop_front() {
@@ -365,29 +348,6 @@ impl Reader {
                 _ = tokio::time::sleep(POLL) => {}
             }
         }
-    }
-
-    /// Whether the caller's token (and, for a platform token, the tenant) still stands,
-    /// asked once per `TokenCache::TTL_MS` on the injected clock.
-    async fn still_allowed(&mut self) -> bool {
-        let now = self.state.clock.now_ms();
-        if now - self.checked_at < TokenCache::TTL_MS {
-            return true;
-        }
-        self.checked_at = now;
-        let Some(hash) = self.token else {
-            return false;
-        };
-        match self.state.tokens.find(&self.state, hash).await {
-            Ok(Some(_)) => {}
-            Ok(None) => return false,
-            // The store is down: keep serving what it gives until it answers again.
-            Err(_) => return true,
-        }
-        if self.platform {
-            return !matches!(self.state.store.get_tenant(&self.tenant_id).await, Ok(None));
-        }
-        true
     }
 
     fn wanted(&self, logged: &LoggedEvent) -> bool {

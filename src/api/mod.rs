@@ -7,6 +7,7 @@ mod error;
 mod event_types;
 mod events;
 pub mod limits;
+pub mod listen;
 pub mod log_stream;
 mod metrics;
 mod stats;
@@ -47,6 +48,8 @@ pub struct AppState {
     /// when publishes leave new deliveries to be claimed (a node that does not deliver, or
     /// a shared store).
     pub delivery_lease_ms: Option<i64>,
+    /// This node runs a dispatcher (role `all` or `worker`).
+    pub delivers: bool,
     pub max_request_bytes: usize,
     pub limits: Arc<limits::ApiLimits>,
     pub metrics: Arc<Metrics>,
@@ -274,6 +277,12 @@ pub fn router(state: AppState) -> Router {
                 .patch(tenants::update)
                 .delete(tenants::delete),
         )
+        .route("/v1/listen-sessions", post(listen::create))
+        .route(
+            "/v1/listen-sessions/{id}",
+            axum::routing::delete(listen::delete),
+        )
+        .route("/v1/listen-sessions/{id}/connect", get(listen::connect))
         .route("/v1/tokens", post(tokens::create).get(tokens::list))
         .route("/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
         .fallback(not_found)

@@ -145,6 +145,7 @@ pub async fn create(
             .unwrap_or(stream::DEFAULT_DISABLE_AFTER_FAILING_SECONDS),
         created_at: now,
         updated_at: now,
+        expires_at: None,
     };
     check(&state, &stream).await?;
     let count = state.store.list_streams(&caller.tenant_id).await?.len();

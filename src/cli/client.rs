@@ -263,25 +263,78 @@ impl Client {
             .bytes()
             .await
             .map_err(|e| CliError::Transport(format!("reading the answer of {url}: {e}")))?;
-        let value: Option<Value> = serde_json::from_slice(&bytes).ok();
-        let error = value.as_ref().map(|v| &v["error"]);
-        match error.and_then(|e| e["code"].as_str()) {
-            Some(code) => {
-                let error = error.expect("checked above");
-                Err(CliError::Api {
-                    status,
-                    code: code.to_owned(),
-                    message: error["message"].as_str().unwrap_or_default().to_owned(),
-                    details: error.get("details").filter(|d| !d.is_null()).cloned(),
-                    request_id,
-                })
-            }
-            None => Err(CliError::Transport(format!(
-                "{url} answered {status} without Herald's error body: is --server a Herald server?"
-            ))),
-        }
+        Err(api_error(&url, status, request_id, &bytes))
     }
 
+    /// The opening request of a WebSocket to `segments` (`ws://`, or `wss://` for an https
+    /// server), with the token and tenant.
+    pub fn websocket_request(
+        &self,
+        segments: &[&str],
+    ) -> Result<tokio_tungstenite::tungstenite::handshake::client::Request, CliError> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        use tokio_tungstenite::tungstenite::http::HeaderValue;
+        let mut url = self.url(segments, &[]);
+        let scheme = if url.scheme() == "https" { "wss" } else { "ws" };
+        url.set_scheme(scheme)
+            .expect("http(s) and ws(s) are both special schemes");
+        let mut request = url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| CliError::Usage(format!("--server `{}`: {e}", self.server)))?;
+        let header = |value: String| {
+            HeaderValue::from_str(&value).map_err(|_| {
+                CliError::Usage(
+                    "the token or tenant holds characters not allowed in a header".into(),
+                )
+            })
+        };
+        if let Some(token) = &self.token {
+            request
+                .headers_mut()
+                .insert("authorization", header(format!("Bearer {token}"))?);
+        }
+        if let Some(tenant) = &self.tenant {
+            request
+                .headers_mut()
+                .insert("herald-tenant", header(tenant.clone())?);
+        }
+        request.headers_mut().insert(
+            "user-agent",
+            header(concat!("herald-cli/", env!("CARGO_PKG_VERSION")).to_string())?,
+        );
+        Ok(request)
+    }
+}
+
+/// The error a non-2xx answer stands for: the API's error body, or a transport error when
+/// the answer is not Herald's.
+pub fn api_error(
+    url: &url::Url,
+    status: u16,
+    request_id: Option<String>,
+    bytes: &[u8],
+) -> CliError {
+    let value: Option<Value> = serde_json::from_slice(bytes).ok();
+    let error = value.as_ref().map(|v| &v["error"]);
+    match error.and_then(|e| e["code"].as_str()) {
+        Some(code) => {
+            let error = error.expect("checked above");
+            CliError::Api {
+                status,
+                code: code.to_owned(),
+                message: error["message"].as_str().unwrap_or_default().to_owned(),
+                details: error.get("details").filter(|d| !d.is_null()).cloned(),
+                request_id,
+            }
+        }
+        None => CliError::Transport(format!(
+            "{url} answered {status} without Herald's error body: is --server a Herald server?"
+        )),
+    }
+}
+
+impl Client {
     pub async fn get(
         &self,
         segments: &[&str],

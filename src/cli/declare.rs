@@ -488,8 +488,7 @@ async fn make_plan(client: &Client, file: &File, args: &FileArgs) -> Result<Plan
     }
 
     // Streams.
-    let listed = client.get(&["v1", "event-streams"], &[]).await?;
-    let streams: Vec<Value> = listed.as_array().cloned().unwrap_or_default();
+    let streams = declarable_streams(client.get(&["v1", "event-streams"], &[]).await?);
     let mut by_name: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
     for stream in &streams {
         by_name
@@ -982,6 +981,18 @@ fn exported_destination(stream: &Value) -> Value {
     destination
 }
 
+/// The streams a file declares: all but `herald listen` sessions' own, which come and go
+/// with the command.
+fn declarable_streams(listed: Value) -> Vec<Value> {
+    let Value::Array(streams) = listed else {
+        return Vec::new();
+    };
+    streams
+        .into_iter()
+        .filter(|s| s["destination"]["type"] != json!("listen"))
+        .collect()
+}
+
 pub async fn export(args: ExportArgs) -> Result<(), CliError> {
     let client = args.connection.client()?;
     let catalog = client.get(&["v1", "event-types"], &[]).await?;
@@ -1000,8 +1011,7 @@ pub async fn export(args: ExportArgs) -> Result<(), CliError> {
             name,
         });
     }
-    let listed = client.get(&["v1", "event-streams"], &[]).await?;
-    for stream in listed.as_array().into_iter().flatten() {
+    for stream in &declarable_streams(client.get(&["v1", "event-streams"], &[]).await?) {
         file.streams.push(StreamDecl {
             id: None,
             name: output::cell(&stream["name"]),

@@ -10,6 +10,7 @@
 //! - [`output`]: tables, key/value blocks, JSON; [`chart`]: the plain-text chart of `stats`.
 //! - [`streams`], [`deliveries`], [`publish`], [`stats`], [`events`] (with [`tail`]),
 //!   [`admin`]: the commands.
+//! - [`listen`]: deliveries forwarded to a local URL over a connection to the server.
 //! - [`profiles`]: `login`/`logout`, and the saved profile a connection falls back on.
 //! - [`declare`]: configuration as code (`plan`, `apply`, `export`).
 //! - [`scaffold`]: a receiver project on disk; it needs no server.
@@ -22,6 +23,7 @@ pub mod client;
 pub mod declare;
 pub mod deliveries;
 pub mod events;
+pub mod listen;
 pub mod output;
 pub mod profiles;
 pub mod publish;
@@ -115,6 +117,8 @@ pub enum Command {
     Export(declare::ExportArgs),
     /// Write a receiver project (Node, Python or Rust) for chosen event types, with its tests
     Scaffold(scaffold::ScaffoldArgs),
+    /// Forward deliveries of chosen event types to a local URL, signed, until Ctrl-C
+    Listen(listen::ListenArgs),
 }
 
 /// Runs a client command and answers the process's exit code; errors go to stderr.
@@ -136,6 +140,7 @@ pub async fn run(command: Command) -> ExitCode {
         Command::Apply(args) => declare::apply(args).await,
         Command::Export(args) => declare::export(args).await,
         Command::Scaffold(args) => scaffold::run(args),
+        Command::Listen(args) => listen::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

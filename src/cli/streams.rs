@@ -447,11 +447,15 @@ fn subscriptions(stream: &Value) -> String {
         .unwrap_or_default()
 }
 
-/// Where a stream delivers: the webhook's URL, or the EventBridge bus.
+/// Where a stream delivers: the webhook's URL, the EventBridge bus, or where a listen
+/// session forwards to.
 fn target(stream: &Value) -> String {
     let config = &stream["destination"]["configuration"];
     if let Some(url) = config["webhook_endpoint"].as_str() {
         return url.to_owned();
+    }
+    if let Some(url) = config["forward_to"].as_str() {
+        return format!("herald listen -> {url}");
     }
     if config["aws_account_id"].is_string() {
         return format!(

@@ -487,6 +487,12 @@ impl Dispatcher {
         let now = self.clock.now_ms();
         let mut next = HashMap::with_capacity(streams.len());
         for stream in streams {
+            if !self
+                .destinations
+                .sends_here(&stream.id, &stream.destination)
+            {
+                continue;
+            }
             let secrets = match self.store.secrets_for(&stream, now).await {
                 Ok(secrets) => secrets,
                 Err(e) => {

@@ -22,6 +22,7 @@ pub mod aws;
 pub mod encoding;
 pub mod eventbridge;
 pub mod http;
+pub mod listen;
 pub mod webhook;
 
 use std::time::Duration;
@@ -47,6 +48,8 @@ pub use encoding::{ContentMode, Encoding, PayloadFormat};
 pub enum Destination {
     Webhook(webhook::WebhookConfig),
     Eventbridge(eventbridge::EventBridgeConfig),
+    /// A `herald listen` session's stream, made by `POST /v1/listen-sessions` only.
+    Listen(listen::ListenConfig),
 }
 
 /// Operator rules that a destination's configuration must follow.
@@ -66,6 +69,7 @@ impl Destination {
         match self {
             Destination::Webhook(_) => "webhook",
             Destination::Eventbridge(_) => "eventbridge",
+            Destination::Listen(_) => "listen",
         }
     }
 
@@ -73,6 +77,10 @@ impl Destination {
         match self {
             Destination::Webhook(config) => config.validate(policy),
             Destination::Eventbridge(config) => config.validate(policy),
+            Destination::Listen(_) => Err(
+                "`listen` destinations are made by `herald listen` (`POST /v1/listen-sessions`), not set on a stream"
+                    .into(),
+            ),
         }
     }
 
@@ -81,6 +89,7 @@ impl Destination {
         let configuration = match self {
             Destination::Webhook(config) => config.public_view(),
             Destination::Eventbridge(config) => config.public_view(),
+            Destination::Listen(config) => config.public_view(),
         };
         serde_json::json!({ "type": self.kind(), "configuration": configuration })
     }
@@ -88,7 +97,9 @@ impl Destination {
     /// The CloudEvents content modes this kind can send, its default first.
     pub fn content_modes(&self) -> &'static [ContentMode] {
         match self {
-            Destination::Webhook(_) => &[ContentMode::Structured, ContentMode::Binary],
+            Destination::Webhook(_) | Destination::Listen(_) => {
+                &[ContentMode::Structured, ContentMode::Binary]
+            }
             Destination::Eventbridge(_) => &[ContentMode::Structured],
         }
     }
@@ -103,7 +114,7 @@ impl Destination {
 
     /// Whether this kind keeps a rotating [`StreamSecret`] (a webhook's signing secret).
     pub fn uses_stream_secret(&self) -> bool {
-        matches!(self, Destination::Webhook(_))
+        matches!(self, Destination::Webhook(_) | Destination::Listen(_))
     }
 
     /// Takes out of the configuration the stream secret a caller chose on create, checked.
@@ -111,14 +122,16 @@ impl Destination {
     pub fn take_stream_secret(&mut self) -> Result<Option<Secret>, String> {
         match self {
             Destination::Webhook(config) => config.take_signing_secret(),
-            Destination::Eventbridge(_) => Ok(None),
+            Destination::Eventbridge(_) | Destination::Listen(_) => Ok(None),
         }
     }
 
     /// Checks a stream secret for this kind (a rotation's chosen secret).
     pub fn check_stream_secret(&self, secret: &Secret) -> Result<(), String> {
         match self {
-            Destination::Webhook(_) => webhook::signing::SigningKey::parse(secret).map(|_| ()),
+            Destination::Webhook(_) | Destination::Listen(_) => {
+                webhook::signing::SigningKey::parse(secret).map(|_| ())
+            }
             Destination::Eventbridge(_) => {
                 Err("`eventbridge` destinations keep no stream secret".into())
             }
@@ -143,6 +156,7 @@ impl Destination {
             Destination::Eventbridge(config) => Client::Eventbridge(
                 eventbridge::EventBridgeClient::build(config, &stream, shared)?,
             ),
+            Destination::Listen(_) => Client::Listen(listen::ListenClient::build(&stream, shared)),
         })
     }
 }
@@ -157,12 +171,13 @@ pub struct StreamContext<'a> {
     pub secrets: &'a [StreamSecret],
 }
 
-/// What every client of every stream shares: the guarded outbound HTTP client and the
-/// operator's rules. Cheap to clone.
+/// What every client of every stream shares: the guarded outbound HTTP client, the
+/// operator's rules, and the `herald listen` sessions connected to this node. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Destinations {
     pub egress: http::Egress,
     pub policy: DestinationPolicy,
+    pub listeners: std::sync::Arc<listen::Listeners>,
 }
 
 impl Destinations {
@@ -170,6 +185,7 @@ impl Destinations {
         Destinations {
             egress: http::Egress::new(addresses, timeout),
             policy,
+            listeners: Default::default(),
         }
     }
 
@@ -183,6 +199,16 @@ impl Destinations {
         Destinations {
             egress: http::Egress::through_proxy(addresses, timeout, proxy),
             policy,
+            listeners: Default::default(),
+        }
+    }
+
+    /// Whether this node sends a stream's deliveries: every node does, except for a listen
+    /// session, which only the node its `herald listen` is connected to serves.
+    pub fn sends_here(&self, stream_id: &str, destination: &Destination) -> bool {
+        match destination {
+            Destination::Listen(_) => self.listeners.is_connected(stream_id),
+            _ => true,
         }
     }
 }
@@ -194,6 +220,7 @@ impl Destinations {
 pub enum Client {
     Webhook(webhook::WebhookClient),
     Eventbridge(eventbridge::EventBridgeClient),
+    Listen(listen::ListenClient),
 }
 
 /// One due delivery handed to a client.
@@ -211,6 +238,7 @@ impl Client {
         match self {
             Client::Webhook(_) => 1,
             Client::Eventbridge(_) => eventbridge::MAX_ENTRIES,
+            Client::Listen(_) => 1,
         }
     }
 
@@ -220,6 +248,7 @@ impl Client {
         let reports = match self {
             Client::Webhook(client) => client.send(batch, now).await,
             Client::Eventbridge(client) => client.send(batch, now).await,
+            Client::Listen(client) => client.send(batch, now).await,
         };
         debug_assert_eq!(reports.len(), batch.len());
         reports

@@ -28,6 +28,7 @@ pub struct StreamRow {
     pub updated_at: Millis,
     pub max_consecutive_failures: i64,
     pub disable_after_failing_seconds: i64,
+    pub expires_at: Option<Millis>,
 }
 
 impl StreamRow {
@@ -62,6 +63,7 @@ impl StreamRow {
                 .map_err(|_| corrupt("max_consecutive_failures"))?,
             disable_after_failing_seconds: u64::try_from(self.disable_after_failing_seconds)
                 .map_err(|_| corrupt("disable_after_failing_seconds"))?,
+            expires_at: self.expires_at,
         })
     }
 }

@@ -632,6 +632,17 @@ pub trait Store: Send + Sync + 'static {
     async fn update_stream(&self, update: StreamUpdate) -> StoreResult<Option<Vec<Published>>>;
     /// Deletes the stream and cancels its pending deliveries; false if it does not exist.
     async fn delete_stream(&self, tenant_id: &str, id: &str, now: Millis) -> StoreResult<bool>;
+    /// Moves a temporary stream's expiry to `expires_at` (a connected `herald listen` keeps
+    /// it ahead); false if no temporary stream has that id. Not a change of the stream's
+    /// definition: nobody is told.
+    async fn extend_stream(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        expires_at: Millis,
+    ) -> StoreResult<bool>;
+    /// Temporary streams whose expiry is at or before `now`, as (tenant, stream) ids.
+    async fn expired_streams(&self, now: Millis) -> StoreResult<Vec<(String, String)>>;
     /// The stream's secrets still valid at `now`, newest first (what they are for is the
     /// destination kind's business).
     async fn stream_secrets(

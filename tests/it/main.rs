@@ -18,6 +18,7 @@ mod guard;
 mod helpers;
 mod keys;
 mod limits;
+mod listen;
 mod log_stream;
 mod logs;
 mod metrics;

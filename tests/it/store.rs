@@ -193,6 +193,7 @@ async fn stream(store: &dyn Store, tenant: &str, id: &str, pattern: &str, status
         disable_after_failing_seconds: 0,
         created_at: NOW,
         updated_at: NOW,
+        expires_at: None,
     };
     let secret = StreamSecret {
         secret: Secret::new(herald::ids::signing_secret()),
@@ -1237,6 +1238,7 @@ async fn any_destination_kind_round_trips_with_its_content_settings_and_attempt_
         disable_after_failing_seconds: 0,
         created_at: NOW,
         updated_at: NOW,
+        expires_at: None,
     };
     store.create_stream(bus, None).await.unwrap();
     let got = store.get_stream("ten_a", "est_bus").await.unwrap().unwrap();

@@ -196,50 +196,33 @@ pub struct WebhookClient {
     egress: Egress,
     url: Url,
     authorization: Option<(HeaderName, HeaderValue)>,
+    envelope: Envelope,
+}
+
+/// What makes a delivery a Standard Webhooks request whatever carries it: the body in the
+/// stream's encoding and the headers (`webhook-id`, `-timestamp`, `-signature`, the
+/// CloudEvents and trace headers). `herald listen` forwards the same requests.
+#[derive(Debug)]
+pub struct Envelope {
     /// Every key still valid when the client was built, with when it stops signing.
     keys: Vec<(SigningKey, Option<Millis>)>,
     encoding: Encoding,
 }
 
-impl WebhookClient {
-    pub fn build(
-        config: &WebhookConfig,
-        stream: &StreamContext<'_>,
-        shared: &Destinations,
-    ) -> Result<WebhookClient, String> {
-        let url = Url::parse(&config.webhook_endpoint)
-            .map_err(|e| format!("`webhook_endpoint` is not a valid URL: {e}"))?;
-        let keys = stream
-            .secrets
-            .iter()
-            .filter_map(|s| SigningKey::parse(&s.secret).ok().map(|k| (k, s.expires_at)))
-            .collect();
-        Ok(WebhookClient {
-            egress: shared.egress.clone(),
-            url,
-            authorization: config
-                .webhook_authorization
-                .as_ref()
-                .and_then(WebhookAuthorization::header),
-            keys,
+impl Envelope {
+    pub fn new(stream: &StreamContext<'_>) -> Envelope {
+        Envelope {
+            keys: stream
+                .secrets
+                .iter()
+                .filter_map(|s| SigningKey::parse(&s.secret).ok().map(|k| (k, s.expires_at)))
+                .collect(),
             encoding: stream.encoding,
-        })
+        }
     }
 
-    /// Webhooks take one event per request: each message is its own POST.
-    pub async fn send(&self, batch: &[Message<'_>], now: Millis) -> Vec<Report> {
-        let mut reports = Vec::with_capacity(batch.len());
-        for message in batch {
-            reports.push(self.post(message, now).await);
-        }
-        reports
-    }
-
-    async fn post(&self, message: &Message<'_>, now: Millis) -> Report {
-        let started = Instant::now();
-        if let Err(blocked) = self.egress.check_destination(&self.url).await {
-            return Report::failed(blocked.kind, blocked.message, started.elapsed());
-        }
+    /// The request's headers and body for an attempt made at `now`.
+    pub fn request(&self, message: &Message<'_>, now: Millis) -> (HeaderMap, Vec<u8>) {
         let encoded = self.encoding.encode(message.event);
         let timestamp = now.div_euclid(1000);
         let mut headers = HeaderMap::with_capacity(8 + encoded.attributes.len());
@@ -278,6 +261,51 @@ impl WebhookClient {
         {
             headers.insert(crate::trace::TRACESTATE, value);
         }
+        (headers, encoded.body)
+    }
+
+    fn keys_at(&self, now: Millis) -> impl Iterator<Item = &SigningKey> {
+        self.keys
+            .iter()
+            .filter(move |(_, expires)| expires.is_none_or(|at| at > now))
+            .map(|(key, _)| key)
+    }
+}
+
+impl WebhookClient {
+    pub fn build(
+        config: &WebhookConfig,
+        stream: &StreamContext<'_>,
+        shared: &Destinations,
+    ) -> Result<WebhookClient, String> {
+        let url = Url::parse(&config.webhook_endpoint)
+            .map_err(|e| format!("`webhook_endpoint` is not a valid URL: {e}"))?;
+        Ok(WebhookClient {
+            egress: shared.egress.clone(),
+            url,
+            authorization: config
+                .webhook_authorization
+                .as_ref()
+                .and_then(WebhookAuthorization::header),
+            envelope: Envelope::new(stream),
+        })
+    }
+
+    /// Webhooks take one event per request: each message is its own POST.
+    pub async fn send(&self, batch: &[Message<'_>], now: Millis) -> Vec<Report> {
+        let mut reports = Vec::with_capacity(batch.len());
+        for message in batch {
+            reports.push(self.post(message, now).await);
+        }
+        reports
+    }
+
+    async fn post(&self, message: &Message<'_>, now: Millis) -> Report {
+        let started = Instant::now();
+        if let Err(blocked) = self.egress.check_destination(&self.url).await {
+            return Report::failed(blocked.kind, blocked.message, started.elapsed());
+        }
+        let (mut headers, body) = self.envelope.request(message, now);
         if let Some((name, value)) = &self.authorization {
             headers.insert(name.clone(), value.clone());
         }
@@ -287,7 +315,7 @@ impl WebhookClient {
             .http
             .post(self.url.clone())
             .headers(headers)
-            .body(encoded.body)
+            .body(body)
             .send()
             .await;
         let response = match result {
@@ -308,13 +336,6 @@ impl WebhookClient {
             error: body_error,
             detail: None,
         }
-    }
-
-    fn keys_at(&self, now: Millis) -> impl Iterator<Item = &SigningKey> {
-        self.keys
-            .iter()
-            .filter(move |(_, expires)| expires.is_none_or(|at| at > now))
-            .map(|(key, _)| key)
     }
 }
 

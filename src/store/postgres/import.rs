@@ -63,6 +63,7 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("failing_since", Int),
             ("created_at", Int),
             ("updated_at", Int),
+            ("expires_at", Int),
         ],
     ),
     (

@@ -43,6 +43,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("004_fanouts.sql"),
     include_str!("005_stream_names.sql"),
     include_str!("006_event_log.sql"),
+    include_str!("007_temporary_streams.sql"),
     include_str!("008_events_by_received.sql"),
 ];
 
@@ -496,7 +497,7 @@ fn token_from_row(row: &Row) -> StoreResult<Token> {
 
 const STREAM_COLUMNS: &str = "tenant_id, id, name, status, status_reason, subscriptions, \
      destination, payload_format, retry_policy, created_at, updated_at, max_consecutive_failures, \
-     content_mode, disable_after_failing_seconds";
+     content_mode, disable_after_failing_seconds, expires_at";
 
 fn stream_from_row(row: &Row, cipher: &Cipher) -> StoreResult<Stream> {
     StreamRow {
@@ -514,6 +515,7 @@ fn stream_from_row(row: &Row, cipher: &Cipher) -> StoreResult<Stream> {
         max_consecutive_failures: row.get(11),
         content_mode: row.get(12),
         disable_after_failing_seconds: row.get(13),
+        expires_at: row.get(14),
     }
     .decode(cipher)
 }
@@ -845,7 +847,7 @@ impl Store for PgStore {
         tx.execute(
             &format!(
                 "INSERT INTO streams ({STREAM_COLUMNS}, destination_type) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
             ),
             &[
                 &stream.tenant_id,
@@ -862,6 +864,7 @@ impl Store for PgStore {
                 &(stream.max_consecutive_failures as i64),
                 &stream.content_mode.map(|m| m.as_str()),
                 &(stream.disable_after_failing_seconds as i64),
+                &stream.expires_at,
                 &stream.destination.kind(),
             ],
         )
@@ -999,6 +1002,34 @@ impl Store for PgStore {
         notify_streams_changed(&tx).await?;
         tx.commit().await?;
         Ok(deleted == 1)
+    }
+
+    async fn extend_stream(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        expires_at: Millis,
+    ) -> StoreResult<bool> {
+        let client = self.client().await?;
+        let changed = client
+            .execute(
+                "UPDATE streams SET expires_at = $3 \
+                 WHERE tenant_id = $1 AND id = $2 AND expires_at IS NOT NULL",
+                &[&tenant_id, &id, &expires_at],
+            )
+            .await?;
+        Ok(changed == 1)
+    }
+
+    async fn expired_streams(&self, now: Millis) -> StoreResult<Vec<(String, String)>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT tenant_id, id FROM streams WHERE expires_at <= $1",
+                &[&now],
+            )
+            .await?;
+        Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
     }
 
     async fn stream_secrets(

@@ -33,6 +33,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("004_fanouts.sql"),
     include_str!("005_stream_names.sql"),
     include_str!("006_settings.sql"),
+    include_str!("007_temporary_streams.sql"),
     include_str!("008_events_by_received.sql"),
 ];
 
@@ -260,7 +261,7 @@ fn forget_leases_of_tenant(
 
 const STREAM_COLUMNS: &str = "tenant_id, id, name, status, status_reason, subscriptions, \
      destination, payload_format, retry_policy, created_at, updated_at, max_consecutive_failures, \
-     content_mode, disable_after_failing_seconds";
+     content_mode, disable_after_failing_seconds, expires_at";
 
 fn stream_from_row(row: &Row, cipher: &Cipher) -> StoreResult<Stream> {
     StreamRow {
@@ -278,6 +279,7 @@ fn stream_from_row(row: &Row, cipher: &Cipher) -> StoreResult<Stream> {
         max_consecutive_failures: row.get(11)?,
         content_mode: row.get(12)?,
         disable_after_failing_seconds: row.get(13)?,
+        expires_at: row.get(14)?,
     }
     .decode(cipher)
 }
@@ -677,7 +679,7 @@ impl Store for SqliteStore {
                 conn.execute(
                     &format!(
                         "INSERT INTO streams ({STREAM_COLUMNS}, destination_type) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
                     ),
                     params![
                         stream.tenant_id,
@@ -694,6 +696,7 @@ impl Store for SqliteStore {
                         stream.max_consecutive_failures,
                         stream.content_mode.map(|m| m.as_str()),
                         stream.disable_after_failing_seconds as i64,
+                        stream.expires_at,
                         stream.destination.kind(),
                     ],
                 )?;
@@ -815,6 +818,36 @@ impl Store for SqliteStore {
                     params![tenant_id, id, now],
                 )?;
                 Ok(deleted == 1)
+            })
+            .await
+    }
+
+    async fn extend_stream(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        expires_at: Millis,
+    ) -> StoreResult<bool> {
+        let (tenant_id, id) = (tenant_id.to_string(), id.to_string());
+        self.writer
+            .write(move |conn| {
+                let changed = conn.execute(
+                    "UPDATE streams SET expires_at = ?3 \
+                     WHERE tenant_id = ?1 AND id = ?2 AND expires_at IS NOT NULL",
+                    params![tenant_id, id, expires_at],
+                )?;
+                Ok(changed == 1)
+            })
+            .await
+    }
+
+    async fn expired_streams(&self, now: Millis) -> StoreResult<Vec<(String, String)>> {
+        self.readers
+            .read(move |conn| {
+                let mut stmt = conn
+                    .prepare_cached("SELECT tenant_id, id FROM streams WHERE expires_at <= ?1")?;
+                let rows = stmt.query_map(params![now], |row| Ok((row.get(0)?, row.get(1)?)))?;
+                Ok(rows.collect::<Result<_, _>>()?)
             })
             .await
     }
