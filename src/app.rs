@@ -19,6 +19,9 @@ use crate::metrics::{Metrics, MetricsOptions};
 use crate::net::ssrf::AddressPolicy;
 use crate::retention::{self, Retention};
 use crate::server::{self, ConnectionLimits};
+use crate::service::Service;
+use crate::service::limits::{Quotas, Rates};
+use crate::service::log::LogSignal;
 use crate::store::postgres::{self, Notice, PgStore};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, Tenant, Token, hash_token};
@@ -147,7 +150,7 @@ impl App {
                 metrics.clone(),
             )
         });
-        let state = AppState {
+        let service = Service {
             store,
             destinations,
             tokens: Arc::default(),
@@ -160,10 +163,15 @@ impl App {
             // store each lease is a row update, and nodes claim in batches instead.
             delivery_lease_ms: (config.role.delivers() && config.database_url.is_none())
                 .then_some(lease.as_millis() as i64),
+            metrics,
+            log_signal: Arc::new(LogSignal::new(config.max_connections / 2)),
+            quotas: Quotas::from_config(&config),
+            rates: Arc::new(Rates::from_config(&config)),
+        };
+        let state = AppState {
+            service,
             max_request_bytes: config.max_request_bytes,
             limits: Arc::new(api::limits::ApiLimits::from_config(&config)),
-            metrics,
-            log_signal: Arc::new(api::log_stream::LogSignal::new(config.max_connections / 2)),
             event_retention_days: config.event_retention_days,
             shutdown: CancellationToken::new(),
         };

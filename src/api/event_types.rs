@@ -7,10 +7,10 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::limits::Quotas;
 use super::{ApiError, ApiQuery, AppState, Caller, JsonBody, Scope};
 use crate::catalog::schema::Schema;
 use crate::catalog::{EventType, is_valid_type_name};
+use crate::service::limits::Quotas;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -128,7 +128,7 @@ pub async fn create(
     };
     let count = state.store.list_event_types(&caller.tenant_id).await?.len();
     Quotas::check(
-        state.limits.quotas.event_types,
+        state.quotas.event_types,
         count,
         "custom event types",
         "max_event_types_per_tenant",

@@ -9,13 +9,14 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::limits::{Quotas, rate_limited};
+use super::limits::rate_limited;
 use super::{ApiError, AppState, Caller, JsonBody, OptionalJsonBody, Scope};
 use crate::destinations::{Destination, Message, Outcome};
 use crate::event::format_time;
 use crate::ids;
 use crate::notices;
 use crate::secret::{Secret, StreamSecret};
+use crate::service::limits::Quotas;
 use crate::store::StreamUpdate;
 use crate::stream::{
     self, ContentMode, PayloadFormat, RetryPolicy, Stream, StreamStatus, Subscription,
@@ -149,7 +150,7 @@ pub async fn create(
     check(&state, &stream).await?;
     let count = state.store.list_streams(&caller.tenant_id).await?.len();
     Quotas::check(
-        state.limits.quotas.streams,
+        state.quotas.streams,
         count,
         "event streams",
         "max_streams_per_tenant",
@@ -456,7 +457,7 @@ pub async fn test(
     // A test sends at once, outside the dispatcher's limits, and shows the caller the
     // answer: bounded per token and per stream so it cannot be used to hammer an endpoint.
     let now = state.clock.now_ms();
-    let limits = &state.limits;
+    let limits = &state.rates;
     limits.stream_tests.take(&stream.id, now).map_err(|wait| {
         rate_limited(
             "this stream has been sent as many test events as it may in a minute \
@@ -549,8 +550,8 @@ pub async fn test(
 /// without reading them. The answer is one boolean for the whole destination, never a value or
 /// a digest of one. Both sides are compared as HMAC-SHA256 tags under a random key of the
 /// request, in constant time. Checks are rate limited per stream and per token (see
-/// [`DESTINATION_CHECKS_PER_MINUTE`](super::limits::DESTINATION_CHECKS_PER_MINUTE)), stop
-/// after [`MAX_CONSECUTIVE_MISMATCHES`](super::limits::MAX_CONSECUTIVE_MISMATCHES) mismatches
+/// [`DESTINATION_CHECKS_PER_MINUTE`](crate::service::limits::DESTINATION_CHECKS_PER_MINUTE)), stop
+/// after [`MAX_CONSECUTIVE_MISMATCHES`](crate::service::limits::MAX_CONSECUTIVE_MISMATCHES) mismatches
 /// in a row, are logged when they mismatch, and need `update:event_streams`, which can replace
 /// those credentials anyway.
 pub async fn check_destination(
@@ -562,7 +563,7 @@ pub async fn check_destination(
     caller.require(Scope::UpdateEventStreams)?;
     let stream = load(&state, &caller, &id).await?;
     let now = state.clock.now_ms();
-    let limits = &state.limits;
+    let limits = &state.rates;
     let encode = |destination: &Destination| {
         serde_json::to_vec(destination).expect("a destination serializes")
     };
@@ -579,7 +580,7 @@ pub async fn check_destination(
             format!(
                 "this stream's destination did not match {} checks in a row; it is not checked \
                  again until it is updated (PATCH the stream with the destination it should have)",
-                super::limits::MAX_CONSECUTIVE_MISMATCHES
+                crate::service::limits::MAX_CONSECUTIVE_MISMATCHES
             ),
         ));
     }
