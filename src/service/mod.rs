@@ -10,6 +10,7 @@
 
 mod caller;
 mod error;
+pub mod event_types;
 pub mod limits;
 pub mod log;
 pub mod tenants;
