@@ -13,6 +13,7 @@ mod error;
 pub mod event_types;
 pub mod limits;
 pub mod log;
+pub mod streams;
 pub mod tenants;
 pub mod tokens;
 
