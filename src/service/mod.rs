@@ -9,10 +9,12 @@
 //! any other front end calls the same functions, so the rules live once.
 
 mod caller;
+pub mod deliveries;
 mod error;
 pub mod event_types;
 pub mod limits;
 pub mod log;
+pub mod stats;
 pub mod streams;
 pub mod tenants;
 pub mod tokens;
@@ -74,4 +76,9 @@ pub fn parse_time(field: &str, value: &str) -> Result<Millis, Error> {
             "`{field}` must be an RFC 3339 time such as 2025-01-29T18:08:43Z, got `{value}`"
         ))
     })
+}
+
+/// An optional time given as `field`.
+fn parse_optional_time(field: &str, value: Option<&str>) -> Result<Option<Millis>, Error> {
+    value.map(|v| parse_time(field, v)).transpose()
 }
