@@ -119,19 +119,6 @@ pub fn guarded(router: Router) -> Router {
         .layer(SetRequestIdLayer::new(x_request_id, NewRequestId))
 }
 
-/// Runs `work` to its end even if the request is dropped (the client went away, the request
-/// timed out): a bulk write goes to the store in chunks, and it and what must follow it
-/// (waking the dispatcher) are not left half-done.
-pub(crate) async fn to_completion<T: Send + 'static>(
-    work: impl std::future::Future<Output = Result<T, ApiError>> + Send + 'static,
-) -> Result<T, ApiError> {
-    match tokio::spawn(work).await {
-        Ok(result) => result,
-        // A panic stays a panic, for the catch-panic layer to answer.
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
-    }
-}
-
 /// A span per request, so every line logged while answering it names the request (its id,
 /// method and path; never the query string, which may carry a secret). At debug level: an
 /// enabled span costs every request a few microseconds of formatting, measurable on

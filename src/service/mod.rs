@@ -12,6 +12,7 @@ mod caller;
 pub mod deliveries;
 mod error;
 pub mod event_types;
+pub mod events;
 pub mod limits;
 pub mod log;
 pub mod stats;
