@@ -19,6 +19,9 @@ use crate::metrics::{Metrics, MetricsOptions};
 use crate::net::ssrf::AddressPolicy;
 use crate::retention::{self, Retention};
 use crate::server::{self, ConnectionLimits};
+use crate::service::Service;
+use crate::service::limits::{Quotas, Rates};
+use crate::service::log::LogSignal;
 use crate::store::postgres::{self, Notice, PgStore};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, Tenant, Token, hash_token};
@@ -147,7 +150,7 @@ impl App {
                 metrics.clone(),
             )
         });
-        let state = AppState {
+        let service = Service {
             store,
             destinations,
             tokens: Arc::default(),
@@ -161,10 +164,15 @@ impl App {
             delivery_lease_ms: (config.role.delivers() && config.database_url.is_none())
                 .then_some(lease.as_millis() as i64),
             delivers: config.role.delivers(),
+            metrics,
+            log_signal: Arc::new(LogSignal::new(config.max_connections / 2)),
+            quotas: Quotas::from_config(&config),
+            rates: Arc::new(Rates::from_config(&config)),
+        };
+        let state = AppState {
+            service,
             max_request_bytes: config.max_request_bytes,
             limits: Arc::new(api::limits::ApiLimits::from_config(&config)),
-            metrics,
-            log_signal: Arc::new(api::log_stream::LogSignal::new(config.max_connections / 2)),
             event_retention_days: config.event_retention_days,
             shutdown: CancellationToken::new(),
         };
@@ -230,11 +238,10 @@ impl App {
                 shutdown.clone(),
             ));
         }
-        tasks.spawn(api::listen::reap(
+        tasks.spawn(crate::service::listen::reap(
             self.state.store.clone(),
             self.state.clock.clone(),
             self.state.signal.clone(),
-            self.state.destinations.listeners.clone(),
             shutdown.clone(),
         ));
         {

@@ -8,6 +8,8 @@
 //!   a server through its API.
 //! - [`config`]: the layered configuration (embedded defaults, file, environment, flags).
 //! - [`api`]: the HTTP API, one module per resource, and its error type.
+//! - [`service`]: the operations the API (and any other front end) calls, one module per
+//!   noun: scope and tenant checks, validation, quotas and the other rules, then the store.
 //! - [`event`]: CloudEvents parsing and validation; the payload shapes receivers get.
 //! - [`catalog`]: the built-in event types and subscription patterns.
 //! - [`stream`]: event streams: subscriptions, retry policy, content settings, validation.
@@ -45,6 +47,7 @@ pub mod notices;
 pub mod retention;
 pub mod secret;
 pub mod server;
+pub mod service;
 pub mod store;
 pub mod stream;
 pub mod telemetry;

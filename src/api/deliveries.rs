@@ -1,5 +1,6 @@
 //! Deliveries: list a stream's deliveries with filters and cursor paging, inspect one with
-//! every attempt, and redeliver one event or every delivery matching a filter.
+//! every attempt, and redeliver one event or every delivery matching a filter (see
+//! `crate::service::deliveries`).
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -7,12 +8,10 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{
-    ApiError, ApiQuery, AppState, Caller, OptionalJsonBody, Scope, paging, parse_time_param,
-};
+use super::{ApiError, ApiQuery, Caller, OptionalJsonBody, Scope, paging};
 use crate::event::format_time;
-use crate::store::{DeliveryFilter, DeliveryStatus, DeliveryView};
-use crate::stream::StreamStatus;
+use crate::service::{Service, deliveries};
+use crate::store::DeliveryView;
 
 pub fn view(d: &DeliveryView) -> Value {
     let mut v = json!({
@@ -60,63 +59,6 @@ pub fn view(d: &DeliveryView) -> Value {
     v
 }
 
-/// The filters shared by listing and bulk redelivery, as they arrive.
-struct FilterInput {
-    statuses: Vec<String>,
-    event_types: Vec<String>,
-    date_from: Option<String>,
-    date_to: Option<String>,
-}
-
-/// Most event types one filter may name: each is a bound value of the query.
-const MAX_FILTER_TYPES: usize = 100;
-
-impl FilterInput {
-    fn parse(mut self) -> Result<DeliveryFilter, ApiError> {
-        self.event_types.sort_unstable();
-        self.event_types.dedup();
-        if self.event_types.len() > MAX_FILTER_TYPES {
-            return Err(ApiError::invalid(format!(
-                "`event_types` names {} types; a filter may name at most {MAX_FILTER_TYPES}",
-                self.event_types.len()
-            )));
-        }
-        let mut statuses: Vec<DeliveryStatus> = self
-            .statuses
-            .iter()
-            .map(|s| {
-                DeliveryStatus::parse(s).ok_or_else(|| {
-                    ApiError::invalid(format!(
-                        "`{s}` is not a delivery status: use pending, succeeded, failed or cancelled"
-                    ))
-                })
-            })
-            .collect::<Result<_, _>>()?;
-        // Repeats add nothing but bound values.
-        statuses.sort_unstable_by_key(|s| s.as_str());
-        statuses.dedup();
-        let date_from = self
-            .date_from
-            .map(|v| parse_time_param("date_from", &v))
-            .transpose()?;
-        let date_to = self
-            .date_to
-            .map(|v| parse_time_param("date_to", &v))
-            .transpose()?;
-        if let (Some(from), Some(to)) = (date_from, date_to)
-            && from > to
-        {
-            return Err(ApiError::invalid("`date_from` is after `date_to`"));
-        }
-        Ok(DeliveryFilter {
-            statuses,
-            event_types: self.event_types,
-            date_from,
-            date_to,
-        })
-    }
-}
-
 /// List parameters: lists are comma-separated (`statuses=failed,pending`).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -141,38 +83,22 @@ fn split(list: Option<String>) -> Vec<String> {
     .unwrap_or_default()
 }
 
-async fn load_stream(
-    state: &AppState,
-    caller: &Caller,
-    id: &str,
-) -> Result<crate::stream::Stream, ApiError> {
-    state
-        .store
-        .get_stream(&caller.tenant_id, id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("event stream", id))
-}
-
 pub async fn list(
-    State(state): State<AppState>,
+    State(service): State<Service>,
     caller: Caller,
     Path(stream_id): Path<String>,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
+    // Before the cursor is read: a token without the scope hears so whatever it sent.
     caller.require(Scope::ReadEventDeliveries)?;
     let (take, before) = paging(query.take, query.from.as_deref())?;
-    let filter = FilterInput {
+    let filter = deliveries::Filter {
         statuses: split(query.statuses),
         event_types: split(query.event_types),
         date_from: query.date_from,
         date_to: query.date_to,
-    }
-    .parse()?;
-    load_stream(&state, &caller, &stream_id).await?;
-    let page = state
-        .store
-        .list_deliveries(&caller.tenant_id, &stream_id, filter, before, take)
-        .await?;
+    };
+    let page = deliveries::list(&service, &caller, &stream_id, filter, take, before).await?;
     Ok(Json(json!({
         "deliveries": page.items.iter().map(view).collect::<Vec<_>>(),
         "next": page.next.map(|n| n.to_string()),
@@ -180,67 +106,28 @@ pub async fn list(
 }
 
 pub async fn show(
-    State(state): State<AppState>,
+    State(service): State<Service>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    caller.require(Scope::ReadEventDeliveries)?;
-    let delivery = state
-        .store
-        .get_delivery(&caller.tenant_id, &id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("delivery", &id))?;
-    Ok(Json(view(&delivery)))
+    Ok(Json(view(&deliveries::get(&service, &caller, &id).await?)))
 }
 
 pub async fn for_event(
-    State(state): State<AppState>,
+    State(service): State<Service>,
     caller: Caller,
     Path((stream_id, event_id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    caller.require(Scope::ReadEventDeliveries)?;
-    let deliveries = state
-        .store
-        .event_deliveries(&caller.tenant_id, &event_id)
-        .await?;
-    let matching: Vec<Value> = deliveries
-        .iter()
-        .filter(|d| d.stream_id == stream_id)
-        .map(view)
-        .collect();
-    if matching.is_empty() {
-        return Err(ApiError::not_found("delivery of event", &event_id));
-    }
-    Ok(Json(Value::Array(matching)))
-}
-
-/// Redelivery needs a stream that sends: a disabled one would only pile the work up.
-async fn sending_stream(state: &AppState, caller: &Caller, id: &str) -> Result<(), ApiError> {
-    let stream = load_stream(state, caller, id).await?;
-    if stream.status == StreamStatus::Disabled {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "stream_disabled",
-            "the stream is disabled: enable it before redelivering to it",
-        ));
-    }
-    Ok(())
+    let matching = deliveries::for_event(&service, &caller, &stream_id, &event_id).await?;
+    Ok(Json(Value::Array(matching.iter().map(view).collect())))
 }
 
 pub async fn redeliver_event(
-    State(state): State<AppState>,
+    State(service): State<Service>,
     caller: Caller,
     Path((stream_id, event_id)): Path<(String, String)>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    caller.require(Scope::UpdateEventDeliveries)?;
-    sending_stream(&state, &caller, &stream_id).await?;
-    let now = state.clock.now_ms();
-    let queued = state
-        .store
-        .redeliver_event(&caller.tenant_id, &stream_id, &event_id, now)
-        .await?
-        .ok_or_else(|| ApiError::not_found("event", &event_id))?;
-    state.signal.wake([&stream_id]);
+    let queued = deliveries::redeliver_event(&service, &caller, &stream_id, &event_id).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "queued": queued }))))
 }
 
@@ -258,58 +145,40 @@ pub struct BulkRedeliver {
 }
 
 pub async fn redeliver(
-    State(state): State<AppState>,
+    State(service): State<Service>,
     caller: Caller,
     Path(stream_id): Path<String>,
     OptionalJsonBody(request): OptionalJsonBody<BulkRedeliver>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    caller.require(Scope::UpdateEventDeliveries)?;
-    let filter = FilterInput {
+    let filter = deliveries::Filter {
         statuses: request.statuses,
         event_types: request.event_types,
         date_from: request.date_from,
         date_to: request.date_to,
-    }
-    .parse()?;
-    sending_stream(&state, &caller, &stream_id).await?;
-    let now = state.clock.now_ms();
-    let dry_run = request.dry_run;
-    let (tenant_id, stream) = (caller.tenant_id.clone(), stream_id.clone());
-    let count = super::to_completion(async move {
-        let count = state
-            .store
-            .redeliver(&tenant_id, &stream, filter, dry_run, now)
-            .await?;
-        if !dry_run {
-            state.signal.wake([&stream]);
-        }
-        Ok(count)
-    })
-    .await?;
-    let (status, queued) = if request.dry_run {
-        (StatusCode::OK, 0)
+    };
+    let done =
+        deliveries::redeliver(&service, &caller, &stream_id, filter, request.dry_run).await?;
+    let status = if done.dry_run {
+        StatusCode::OK
     } else {
-        (StatusCode::ACCEPTED, count)
+        StatusCode::ACCEPTED
     };
     Ok((
         status,
-        Json(json!({ "matched": count, "queued": queued, "dry_run": request.dry_run })),
+        Json(json!({ "matched": done.matched, "queued": done.queued, "dry_run": done.dry_run })),
     ))
 }
 
 /// `GET /v1/event-streams/{id}/backlog`: how many deliveries wait, and since when.
 pub async fn backlog(
-    State(state): State<AppState>,
+    State(service): State<Service>,
     caller: Caller,
     Path(stream_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    caller.require(Scope::ReadEventDeliveries)?;
-    load_stream(&state, &caller, &stream_id).await?;
-    let backlog = state.store.backlog(&caller.tenant_id, &stream_id).await?;
-    let now = state.clock.now_ms();
+    let backlog = deliveries::backlog(&service, &caller, &stream_id).await?;
     Ok(Json(json!({
         "pending": backlog.pending,
-        "oldest_pending_at": backlog.oldest_created_at.map(format_time),
-        "oldest_age_seconds": backlog.oldest_created_at.map(|at| (now - at).max(0) / 1000),
+        "oldest_pending_at": backlog.oldest_pending_at.map(format_time),
+        "oldest_age_seconds": backlog.oldest_age_seconds,
     })))
 }

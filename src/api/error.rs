@@ -1,12 +1,15 @@
 //! The one error type of the HTTP API. Every error answers with a status and the body
 //! `{"error": {"code": "...", "message": "...", "details": {...}}}`; `code` is stable for
-//! machines, `message` is for people, `details` (when present) holds specifics. Internal failures answer an opaque 500 and the cause goes to the log only.
+//! machines, `message` is for people, `details` (when present) holds specifics. Internal
+//! failures answer an opaque 500 and the cause goes to the log only. The operations' errors
+//! (`crate::service::Error`) keep their message; here each case gets its status and code.
 
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use crate::event::EventError;
+use crate::service;
 use crate::store::StoreError;
 
 #[derive(Debug)]
@@ -67,17 +70,9 @@ impl ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
-        if let StoreError::NameTaken(id) = &err {
+        if let StoreError::NameTaken(id) = err {
             // The caller's mistake, not the store's: no failure to log or count.
-            return Self::new(
-                StatusCode::CONFLICT,
-                "conflict",
-                format!(
-                    "the stream `{id}` has this name; stream names are unique per tenant: \
-                     choose another, or rename that stream first"
-                ),
-            )
-            .with_details(serde_json::json!({ "stream_id": id }));
+            return service::Error::NameTaken(id).into();
         }
         tracing::error!(error = %err, "store failure while serving a request");
         let kind = crate::metrics::store_error_kind(&err);
@@ -101,6 +96,62 @@ impl From<StoreError> for ApiError {
         };
         api.store_error = Some(kind);
         api
+    }
+}
+
+impl From<service::Error> for ApiError {
+    fn from(err: service::Error) -> Self {
+        use service::Error as E;
+        let message = err.to_string();
+        match err {
+            E::Store(err) => err.into(),
+            E::Event(err) => err.into(),
+            E::Invalid(_) => Self::invalid(message),
+            E::NotFound { .. } => Self::new(StatusCode::NOT_FOUND, "not_found", message),
+            E::MissingScope(_) | E::Forbidden(_) => {
+                Self::new(StatusCode::FORBIDDEN, "insufficient_scope", message)
+            }
+            E::WrongTenant => Self::new(StatusCode::FORBIDDEN, "wrong_tenant", message),
+            E::UnknownTenant(_) => Self::new(StatusCode::NOT_FOUND, "unknown_tenant", message),
+            E::QuotaExceeded { limit, setting, .. } => {
+                Self::new(StatusCode::FORBIDDEN, "quota_exceeded", message)
+                    .with_details(serde_json::json!({ "limit": limit, "setting": setting }))
+            }
+            E::RateLimited { retry_after, .. } => {
+                Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
+                    .with_retry_after(retry_after)
+            }
+            E::DestinationChecksLocked => Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "destination_checks_locked",
+                message,
+            ),
+            E::Conflict(_) => Self::new(StatusCode::CONFLICT, "conflict", message),
+            E::NameTaken(id) => Self::new(StatusCode::CONFLICT, "conflict", message)
+                .with_details(serde_json::json!({ "stream_id": id })),
+            E::StreamDisabled => Self::new(StatusCode::CONFLICT, "stream_disabled", message),
+            E::DefaultTenant => Self::new(StatusCode::CONFLICT, "default_tenant", message),
+            E::NoStreamSecret(_) => Self::bad_request("no_stream_secret", message),
+            E::UnknownEventType(_) => Self::bad_request("unknown_event_type", message),
+            E::InvalidData { error, .. } => Self::bad_request("invalid_data", message)
+                .with_details(serde_json::json!({ "path": error.path })),
+            E::DestinationUnavailable(_) => Self::bad_request("destination_unavailable", message),
+            E::ListenSessionLimit => {
+                Self::new(StatusCode::CONFLICT, "listen_session_limit", message)
+            }
+            E::ListenUnavailable => Self::new(StatusCode::CONFLICT, "listen_unavailable", message),
+            E::NodeReadersFull => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "too_many_readers", message)
+                    .with_retry_after(5)
+            }
+            E::TenantReadersFull => {
+                Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_readers", message)
+                    .with_retry_after(5)
+            }
+            E::Internal(_) => {
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message)
+            }
+        }
     }
 }
 

@@ -12,9 +12,8 @@
 //! `max_connections` readers and a tenant `MAX_READERS_PER_TENANT`, each reader re-checks
 //! its token as often as the token cache would, and it ends with the server.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{RawQuery, State};
@@ -27,7 +26,8 @@ use super::error::ApiError;
 use super::{AppState, parse_time_param};
 use crate::catalog;
 use crate::clock::Millis;
-use crate::metrics::log::{LogMetrics, OpenReader, ReaderCap};
+use crate::service::log::ReaderPermit;
+pub use crate::service::log::{LogSignal, MAX_READERS_PER_TENANT};
 use crate::store::{LogPosition, LogStart, LoggedEvent};
 
 /// Events read from the store at a time: what one reader holds in memory at most.
@@ -35,8 +35,6 @@ const READ_BATCH: usize = 50;
 /// Readers woken by a publish wait this long before reading, so a busy tenant's publishes
 /// cost each reader one query per interval, not one per publish.
 const COALESCE: Duration = Duration::from_millis(50);
-/// Readers one tenant may have open on a node.
-pub const MAX_READERS_PER_TENANT: usize = 20;
 const DAY_MS: Millis = 86_400_000;
 /// How often a reader with nothing new looks again without a signal: on PostgreSQL, an event
 /// becomes readable when the oldest open transaction ends, which nothing announces.
@@ -45,106 +43,6 @@ const POLL: Duration = Duration::from_secs(1);
 const HEARTBEAT: Duration = Duration::from_secs(15);
 /// Most `event_type` filters one reader may give.
 const MAX_FILTERS: usize = 50;
-
-/// Wakes the readers of a tenant's event log when it has new events, and counts the readers
-/// open on this node.
-pub struct LogSignal {
-    tenants: Mutex<HashMap<String, watch::Sender<()>>>,
-    readers: Mutex<HashMap<String, usize>>,
-    max_readers: usize,
-}
-
-impl LogSignal {
-    /// At most `max_readers` readers open on this node.
-    pub fn new(max_readers: usize) -> LogSignal {
-        LogSignal {
-            tenants: Mutex::default(),
-            readers: Mutex::default(),
-            max_readers: max_readers.max(1),
-        }
-    }
-
-    /// The tenant's log has new events. Costs a map lookup when nobody reads it.
-    pub fn notify(&self, tenant_id: &str) {
-        let mut tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(sender) = tenants.get(tenant_id) {
-            if sender.receiver_count() == 0 {
-                tenants.remove(tenant_id);
-            } else {
-                sender.send_replace(());
-            }
-        }
-    }
-
-    fn subscribe(&self, tenant_id: &str) -> watch::Receiver<()> {
-        let mut tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
-        tenants
-            .entry(tenant_id.to_string())
-            .or_insert_with(|| watch::channel(()).0)
-            .subscribe()
-    }
-
-    /// A place for one more reader of the tenant's log, given back when dropped; a refusal
-    /// is counted in `metrics`.
-    fn admit(
-        self: &Arc<Self>,
-        tenant_id: &str,
-        metrics: &LogMetrics,
-    ) -> Result<ReaderPermit, ApiError> {
-        let mut readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
-        if readers.values().sum::<usize>() >= self.max_readers {
-            metrics.refused(ReaderCap::Node);
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "too_many_readers",
-                "this node serves as many event log readers as it may (half of \
-                 max_connections); retry after the time in Retry-After, or on another node",
-            )
-            .with_retry_after(5));
-        }
-        let open = readers.entry(tenant_id.to_string()).or_default();
-        if *open >= MAX_READERS_PER_TENANT {
-            metrics.refused(ReaderCap::Tenant);
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_readers",
-                format!(
-                    "the tenant has {MAX_READERS_PER_TENANT} event log readers open on this \
-                     node, the most it may: close one, or share one stream between consumers"
-                ),
-            )
-            .with_retry_after(5));
-        }
-        *open += 1;
-        Ok(ReaderPermit {
-            signal: self.clone(),
-            tenant_id: tenant_id.to_string(),
-            _counted: metrics.opened(),
-        })
-    }
-}
-
-struct ReaderPermit {
-    signal: Arc<LogSignal>,
-    tenant_id: String,
-    _counted: OpenReader,
-}
-
-impl Drop for ReaderPermit {
-    fn drop(&mut self) {
-        let mut readers = self
-            .signal
-            .readers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(open) = readers.get_mut(&self.tenant_id) {
-            *open -= 1;
-            if *open == 0 {
-                readers.remove(&self.tenant_id);
-            }
-        }
-    }
-}
 
 /// `GET /v1/events/stream`.
 pub async fn stream(
@@ -190,7 +88,11 @@ pub async fn stream(
         received_since,
         buffer: VecDeque::new(),
         wake: state.log_signal.subscribe(&tenant_id),
-        caller: TokenWatch::new(&caller, &headers, state.clock.now_ms()),
+        caller: TokenWatch::new(
+            &caller,
+            super::auth::token_hash(&headers),
+            state.clock.now_ms(),
+        ),
         state,
         failing: false,
         _permit: permit,

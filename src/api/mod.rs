@@ -1,5 +1,6 @@
 //! The HTTP API: routes, shared state and request parsing. Handlers live in one module per
-//! resource; they validate input into domain types, call the store, and shape responses.
+//! resource; they read the request, call the operation in `crate::service` that applies the
+//! rules, and shape the response.
 
 mod auth;
 mod deliveries;
@@ -26,40 +27,36 @@ use serde::de::DeserializeOwned;
 pub use auth::{Caller, DEFAULT_TENANT, Scope, TokenCache};
 pub use error::ApiError;
 
-use crate::catalog::registry::Registry;
-use crate::clock::Clock;
-use crate::delivery::Signal;
-use crate::destinations::{DestinationPolicy, Destinations};
 use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::service::Service;
 
-/// What every handler can reach.
+/// What every handler can reach: the operations' [`Service`] (which `AppState` derefs to, so
+/// `state.store`, `state.clock` read through), and what only HTTP needs.
 #[derive(Clone)]
 pub struct AppState {
-    pub store: Arc<dyn Store>,
-    pub destinations: Destinations,
-    pub tokens: Arc<TokenCache>,
-    pub catalogs: Arc<Registry>,
-    pub clock: Arc<dyn Clock>,
-    pub signal: Arc<Signal>,
-    pub destination_policy: DestinationPolicy,
-    pub secret_rotation_grace_ms: i64,
-    /// How long a delivery leased at publish stays leased (the dispatcher's lease); `None`
-    /// when publishes leave new deliveries to be claimed (a node that does not deliver, or
-    /// a shared store).
-    pub delivery_lease_ms: Option<i64>,
-    /// This node runs a dispatcher (role `all` or `worker`).
-    pub delivers: bool,
+    pub service: Service,
     pub max_request_bytes: usize,
+    /// Admission and per-token request rates; the operations' own limits are the service's.
     pub limits: Arc<limits::ApiLimits>,
-    pub metrics: Arc<Metrics>,
-    /// Wakes the event log's readers (`GET /v1/events/stream`) and counts them.
-    pub log_signal: Arc<log_stream::LogSignal>,
     /// Events older than this many days are removed (0: kept forever); an offset older than
     /// that is expired.
     pub event_retention_days: u64,
     /// Cancelled when the server stops, to end responses that would never end on their own.
     pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Service;
+
+    fn deref(&self) -> &Service {
+        &self.service
+    }
+}
+
+impl axum::extract::FromRef<AppState> for Service {
+    fn from_ref(state: &AppState) -> Service {
+        state.service.clone()
+    }
 }
 
 /// Health, readiness and metrics, which every node serves.
@@ -121,19 +118,6 @@ pub fn guarded(router: Router) -> Router {
     router
         .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
         .layer(SetRequestIdLayer::new(x_request_id, NewRequestId))
-}
-
-/// Runs `work` to its end even if the request is dropped (the client went away, the request
-/// timed out): a bulk write goes to the store in chunks, and it and what must follow it
-/// (waking the dispatcher) are not left half-done.
-pub(crate) async fn to_completion<T: Send + 'static>(
-    work: impl std::future::Future<Output = Result<T, ApiError>> + Send + 'static,
-) -> Result<T, ApiError> {
-    match tokio::spawn(work).await {
-        Ok(result) => result,
-        // A panic stays a panic, for the catch-panic layer to answer.
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
-    }
 }
 
 /// A span per request, so every line logged while answering it names the request (its id,
@@ -448,11 +432,7 @@ pub fn paging(take: Option<usize>, from: Option<&str>) -> Result<(usize, Option<
 
 /// Parses an RFC 3339 time parameter named `field`.
 pub fn parse_time_param(field: &str, value: &str) -> Result<crate::clock::Millis, ApiError> {
-    crate::event::parse_time(value).ok_or_else(|| {
-        ApiError::invalid(format!(
-            "`{field}` must be an RFC 3339 time such as 2025-01-29T18:08:43Z, got `{value}`"
-        ))
-    })
+    Ok(crate::service::parse_time(field, value)?)
 }
 
 /// Turns the body-limit rejection into the API's error shape.

@@ -22,8 +22,12 @@ use crate::destinations::listen::{Forward, ForwardError, ForwardResult, FromList
 
 /// How long the server keeps a session whose connection dropped (`api::listen::GRACE_MS`):
 /// reconnecting is pointless after it.
-const GRACE: Duration = Duration::from_millis(crate::api::listen::GRACE_MS as u64);
+const GRACE: Duration = Duration::from_millis(crate::service::listen::GRACE_MS as u64);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// The server pings every 20 s: a connection silent for longer than two pings and a margin
+/// is dead (a laptop that slept, a network that changed), however open it looks.
+const SILENCE: Duration = Duration::from_secs(50);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Args, Debug)]
 #[command(
@@ -165,7 +169,16 @@ impl Listener<'_> {
             let request =
                 self.client
                     .websocket_request(&["v1", "listen-sessions", self.id, "connect"])?;
-            let why = match tokio_tungstenite::connect_async(request).await {
+            let connected =
+                tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(request))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(tungstenite::Error::Io(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "the server did not answer within 10 s",
+                        )))
+                    });
+            let why = match connected {
                 Ok((socket, _)) => {
                     if self.mode == Mode::Table {
                         crate::outln!(
@@ -255,7 +268,12 @@ impl Listener<'_> {
         let (results, mut finished) = mpsc::unbounded_channel::<ForwardResult>();
         loop {
             tokio::select! {
-                message = incoming.next() => match message {
+                message = tokio::time::timeout(SILENCE, incoming.next()) => match message {
+                    Err(_) => return Ended::Dropped(format!(
+                        "nothing heard from the server for {} s",
+                        SILENCE.as_secs()
+                    )),
+                    Ok(message) => match message {
                     Some(Ok(Message::Text(text))) => match serde_json::from_str::<ToListener>(&text) {
                         Ok(ToListener::Delivery(forward)) => {
                             let (local, url, mode, results) =
@@ -273,6 +291,7 @@ impl Listener<'_> {
                     Some(Ok(_)) => {}
                     Some(Err(e)) => return Ended::Dropped(e.to_string()),
                     None => return Ended::Dropped("the server closed the connection".into()),
+                    },
                 },
                 Some(result) = finished.recv() => {
                     let text = serde_json::to_string(&FromListener::Result(result))

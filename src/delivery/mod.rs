@@ -213,6 +213,9 @@ struct Done {
     feedback: Feedback,
     /// Some delivery of the request was delivered: the endpoint is up, whatever the rest did.
     delivered_any: bool,
+    /// Leases of deliveries the destination did not send (`Outcome::NotSent`), to give back
+    /// unattempted.
+    not_sent: Vec<(i64, i64)>,
 }
 
 /// What every attempt needs; shared by the dispatcher and its attempt tasks.
@@ -402,6 +405,7 @@ impl Dispatcher {
             for key in done.keys {
                 self.leases.remove(&key);
             }
+            self.leases.extend(done.not_sent);
         }
         // Leases set aside (too short to start under, or paused by a circuit) are given back
         // with the rest.
@@ -833,6 +837,8 @@ impl Dispatcher {
         for key in &done.keys {
             self.leases.remove(key);
         }
+        // Given back with the leases set aside, at the next turn of the loop.
+        self.paused.extend(done.not_sent.iter().copied());
         if let Some(slot) = self.streams.get_mut(&done.stream_id) {
             slot.limit.observe(done.feedback, slot.in_flight);
             // A batch partly refused (an EventBridge entry throttled) still shows the
@@ -976,8 +982,13 @@ async fn attempt(shared: &Shared, active: &ActiveStream, batch: Vec<Claimed>) ->
         retry_at: None,
         feedback: Feedback::Neutral,
         delivered_any: false,
+        not_sent: Vec::new(),
     };
     for (i, (claimed, report)) in batch.into_iter().zip(reports).enumerate() {
+        if report.outcome == Outcome::NotSent {
+            done.not_sent.push((claimed.key, claimed.lease));
+            continue;
+        }
         let attempt_number = claimed.attempts + 1;
         let (status, next_attempt_at) = retry::next_step(
             &stream.retry_policy,
@@ -1002,6 +1013,8 @@ async fn attempt(shared: &Shared, active: &ActiveStream, batch: Vec<Claimed>) ->
                 done.delivered_any = true;
                 (false, None)
             }
+            // Given back above, never recorded.
+            Outcome::NotSent => (false, None),
             Outcome::Retry { .. } => {
                 let unreachable = report.error.as_ref().is_some_and(|e| {
                     matches!(

@@ -30,6 +30,8 @@ pub fn next_step(
 ) -> (DeliveryStatus, Option<Millis>) {
     match outcome {
         Outcome::Delivered => (DeliveryStatus::Succeeded, None),
+        // Never recorded (the dispatcher gives the delivery back); should it be, nothing changes.
+        Outcome::NotSent => (DeliveryStatus::Pending, Some(now)),
         Outcome::GiveUp | Outcome::DisableStream { .. } => (DeliveryStatus::Failed, None),
         Outcome::Retry { .. } if attempts_made >= policy.max_attempts => {
             (DeliveryStatus::Failed, None)

@@ -19,6 +19,7 @@ use base64::Engine as _;
 use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use super::webhook::{self, Envelope};
 use super::{ErrorKind, Message, Outcome, RESPONSE_EXCERPT_BYTES, Report, StreamContext};
@@ -132,13 +133,24 @@ pub struct Listeners {
     connected: Mutex<HashMap<String, Arc<Connection>>>,
 }
 
-/// One connected listener: what is waiting to be written to it, and the attempts waiting
-/// for its results.
+/// One connected listener: what is waiting to be written to it, the attempts waiting for
+/// its results, and whether this node ended it.
 #[derive(Debug)]
 pub struct Connection {
     outbox: mpsc::Sender<Forward>,
     pending: Mutex<HashMap<u64, oneshot::Sender<ForwardResult>>>,
     next_id: AtomicU64,
+    ended: CancellationToken,
+    why: std::sync::OnceLock<Ended>,
+}
+
+/// Why this node ended a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// A newer connection of the session took its place.
+    Replaced,
+    /// The session was ended (`DELETE`).
+    SessionEnded,
 }
 
 impl Listeners {
@@ -150,14 +162,23 @@ impl Listeners {
             outbox,
             pending: Mutex::default(),
             next_id: AtomicU64::new(1),
+            ended: CancellationToken::new(),
+            why: std::sync::OnceLock::new(),
         });
         let replaced = self
             .lock()
             .insert(stream_id.to_string(), connection.clone());
         if let Some(replaced) = replaced {
-            replaced.fail_pending();
+            replaced.end(Ended::Replaced);
         }
         (connection, receiver)
+    }
+
+    /// Ends the session's connection here, if it has one: it closes at once.
+    pub fn end(&self, stream_id: &str) {
+        if let Some(connection) = self.lock().remove(stream_id) {
+            connection.end(Ended::SessionEnded);
+        }
     }
 
     /// Disconnects `connection`, unless a newer one replaced it. Attempts still waiting on it
@@ -194,6 +215,26 @@ impl Listeners {
 }
 
 impl Connection {
+    /// Resolves once this node ends the connection; [`Connection::why`] then says why.
+    pub async fn ended(&self) {
+        self.ended.cancelled().await
+    }
+
+    pub fn why(&self) -> Option<Ended> {
+        self.why.get().copied()
+    }
+
+    /// Attempts waiting for a result.
+    pub fn pending_count(&self) -> usize {
+        self.pending().len()
+    }
+
+    fn end(&self, why: Ended) {
+        let _ = self.why.set(why);
+        self.fail_pending();
+        self.ended.cancel();
+    }
+
     /// Hands a listener's result to the attempt waiting for it. False if none waits (an
     /// unknown id, a repeat, or an attempt that already timed out).
     pub fn complete(&self, result: ForwardResult) -> bool {
@@ -242,12 +283,18 @@ impl ListenClient {
 
     async fn forward(&self, message: &Message<'_>, now: Millis) -> Report {
         let started = Instant::now();
-        let Some(connection) = self.listeners.get(&self.stream_id) else {
-            return Report::failed(
+        // The listener just left (the dispatcher has yet to let the stream go): nothing is
+        // sent, and the attempt is not counted.
+        let not_sent = || Report {
+            outcome: Outcome::NotSent,
+            ..Report::failed(
                 ErrorKind::Connect,
-                "no `herald listen` is connected to this session",
+                "no `herald listen` is connected",
                 started.elapsed(),
-            );
+            )
+        };
+        let Some(connection) = self.listeners.get(&self.stream_id) else {
+            return not_sent();
         };
         let (headers, body) = self.envelope.request(message, now);
         let forward_id = connection.next_id.fetch_add(1, Ordering::Relaxed);
@@ -267,20 +314,19 @@ impl ListenClient {
         };
         let (waiting, result) = oneshot::channel();
         connection.pending().insert(forward_id, waiting);
-        let handed = tokio::time::timeout(self.timeout, async {
-            connection
-                .outbox
-                .send(forward)
-                .await
-                .map_err(|_| "the `herald listen` connection closed")?;
-            result
-                .await
-                .map_err(|_| "the `herald listen` connection closed before the local URL answered")
-        })
-        .await;
-        match handed {
-            Ok(Ok(result)) => report(result, now),
-            Ok(Err(closed)) => Report::failed(ErrorKind::Connect, closed, started.elapsed()),
+        let queued = tokio::time::timeout(self.timeout, connection.outbox.send(forward)).await;
+        if !matches!(queued, Ok(Ok(()))) {
+            connection.pending().remove(&forward_id);
+            return not_sent();
+        }
+        let remaining = self.timeout.saturating_sub(started.elapsed());
+        match tokio::time::timeout(remaining, result).await {
+            Ok(Ok(result)) => report(result, now, started.elapsed()),
+            Ok(Err(_)) => Report::failed(
+                ErrorKind::Connect,
+                "the `herald listen` connection closed before the local URL answered",
+                started.elapsed(),
+            ),
             Err(_) => {
                 connection.pending().remove(&forward_id);
                 Report::failed(
@@ -297,8 +343,9 @@ impl ListenClient {
 }
 
 /// The attempt's record from what the listener reported, judged as a webhook's answer is.
-fn report(result: ForwardResult, now: Millis) -> Report {
-    let duration = Duration::from_millis(result.duration_ms);
+/// The listener's own duration is taken up to what the server waited (`elapsed`).
+fn report(result: ForwardResult, now: Millis, elapsed: Duration) -> Report {
+    let duration = Duration::from_millis(result.duration_ms).min(elapsed);
     if let Some(status) = result.status {
         let Ok(status) = StatusCode::from_u16(status) else {
             return Report::failed(
@@ -364,6 +411,10 @@ fn truncate(mut text: String, max: usize) -> String {
 mod tests {
     use super::*;
 
+    fn report_of(result: ForwardResult, now: Millis) -> Report {
+        report(result, now, Duration::from_secs(1))
+    }
+
     fn result(status: Option<u16>, error: Option<(&str, &str)>) -> ForwardResult {
         ForwardResult {
             forward_id: 1,
@@ -380,44 +431,55 @@ mod tests {
 
     #[test]
     fn a_reported_answer_is_judged_as_a_webhook_answer() {
-        let ok = report(result(Some(204), None), 0);
+        let ok = report_of(result(Some(204), None), 0);
         assert_eq!(ok.outcome, Outcome::Delivered);
         assert_eq!(ok.response_status, Some(204));
         assert_eq!(ok.duration, Duration::from_millis(12));
         let body = ok.response_body.unwrap();
         assert!(body.len() <= RESPONSE_EXCERPT_BYTES && body.starts_with('é'));
 
-        let busy = report(result(Some(503), None), 0);
+        let busy = report_of(result(Some(503), None), 0);
         assert_eq!(
             busy.outcome,
             Outcome::Retry {
                 after: Some(Duration::from_secs(30))
             }
         );
-        assert_eq!(report(result(Some(400), None), 0).outcome, Outcome::GiveUp);
         assert_eq!(
-            report(result(Some(410), None), 0).outcome,
+            report_of(result(Some(400), None), 0).outcome,
+            Outcome::GiveUp
+        );
+        assert_eq!(
+            report_of(result(Some(410), None), 0).outcome,
             Outcome::GiveUp,
             "a local 410 never disables the session"
         );
-        let impossible = report(result(Some(1000), None), 0);
+        let impossible = report_of(result(Some(1000), None), 0);
         assert_eq!(impossible.error.unwrap().kind, ErrorKind::Io);
     }
 
     #[test]
     fn a_reported_failure_keeps_its_kind() {
-        let refused = report(result(None, Some(("connect", "connection refused"))), 0);
+        let refused = report_of(result(None, Some(("connect", "connection refused"))), 0);
         assert_eq!(refused.outcome, Outcome::Retry { after: None });
         let error = refused.error.unwrap();
         assert_eq!(
             (error.kind, error.message.as_str()),
             (ErrorKind::Connect, "connection refused")
         );
-        let odd = report(result(None, Some(("weird", &"x".repeat(5000)))), 0);
+        let odd = report_of(result(None, Some(("weird", &"x".repeat(5000)))), 0);
         let error = odd.error.unwrap();
         assert_eq!(error.kind, ErrorKind::Io);
         assert_eq!(error.message.len(), MAX_ERROR_LEN);
-        assert!(report(result(None, None), 0).error.is_some());
+        assert!(report_of(result(None, None), 0).error.is_some());
+    }
+
+    #[test]
+    fn a_listener_cannot_claim_more_time_than_the_server_waited() {
+        let mut claimed = result(Some(200), None);
+        claimed.duration_ms = u64::MAX;
+        let report = report(claimed, 0, Duration::from_millis(40));
+        assert_eq!(report.duration, Duration::from_millis(40));
     }
 
     #[test]
@@ -437,9 +499,13 @@ mod tests {
         let (first, _rx1) = listeners.attach("est_1");
         let (waiting, result_rx) = oneshot::channel();
         first.pending().insert(7, waiting);
-        // A reconnection replaces the first connection: its waiting attempt fails at once.
+        // A reconnection replaces the first connection: it is ended, its waiting attempt
+        // fails at once.
         let (second, _rx2) = listeners.attach("est_1");
         assert!(result_rx.await.is_err());
+        first.ended().await;
+        assert_eq!(first.why(), Some(Ended::Replaced));
+        assert_eq!(second.why(), None);
         assert!(!first.complete(result(Some(200), None)));
         // The old connection's end leaves the new one connected.
         assert!(!listeners.detach("est_1", &first));
@@ -454,5 +520,53 @@ mod tests {
         );
         assert!(listeners.detach("est_1", &second));
         assert!(!listeners.is_connected("est_1"));
+        // Ending a session ends its connection here.
+        let (third, _rx3) = listeners.attach("est_1");
+        listeners.end("est_1");
+        third.ended().await;
+        assert_eq!(third.why(), Some(Ended::SessionEnded));
+        assert!(!listeners.is_connected("est_1"));
+    }
+
+    #[tokio::test]
+    async fn a_delivery_without_a_connection_is_not_sent_nor_counted() {
+        let shared = super::super::Destinations::new(
+            crate::net::ssrf::AddressPolicy::new(Vec::new()),
+            Duration::from_secs(5),
+            Default::default(),
+        );
+        let secrets = [crate::secret::StreamSecret {
+            secret: crate::secret::Secret::new(crate::ids::signing_secret()),
+            created_at: 0,
+            expires_at: None,
+        }];
+        let context = StreamContext {
+            tenant_id: "ten_1",
+            stream_id: "est_1",
+            encoding: super::super::Encoding {
+                format: super::super::PayloadFormat::Cloudevents,
+                mode: super::super::ContentMode::Structured,
+            },
+            secrets: &secrets,
+        };
+        let client = ListenClient::build(&context, &shared);
+        let event = crate::event::Event {
+            id: "evt_1".into(),
+            source: "/t".into(),
+            event_type: "user.created".into(),
+            time: 0,
+            subject: None,
+            datacontenttype: None,
+            dataschema: None,
+            data: serde_json::value::RawValue::from_string("null".into()).unwrap(),
+            extensions: serde_json::Map::new(),
+        };
+        let message = Message {
+            id: "dlv_1",
+            tenant_id: "ten_1",
+            event: &event,
+        };
+        let reports = client.send(&[message], 0).await;
+        assert_eq!(reports[0].outcome, Outcome::NotSent);
     }
 }

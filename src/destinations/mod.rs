@@ -281,6 +281,9 @@ pub enum Outcome {
     DisableStream {
         reason: String,
     },
+    /// Nothing was sent: the destination could not take it now (a `herald listen` session
+    /// whose connection just left). The delivery goes back unattempted, as if never claimed.
+    NotSent,
 }
 
 /// The kind of failure when no answer came back, or a refusal before or after sending.

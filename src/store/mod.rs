@@ -570,6 +570,17 @@ pub(crate) const KEPT_BY_PENDING_WORK: &str = "(EXISTS (SELECT 1 FROM deliveries
      OR EXISTS (SELECT 1 FROM fanouts f WHERE f.tenant_id = e.tenant_id \
      AND e.seq BETWEEN f.first_seq AND f.last_seq))";
 
+/// What touching a listen session's stream found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holding {
+    /// The holder still holds it; its expiry moved.
+    Held,
+    /// Another connection holds it now.
+    Taken,
+    /// It no longer exists.
+    Gone,
+}
+
 /// A change to a stream's definition and what comes with it, committed together.
 #[derive(Debug, Clone)]
 pub struct StreamUpdate {
@@ -632,17 +643,27 @@ pub trait Store: Send + Sync + 'static {
     async fn update_stream(&self, update: StreamUpdate) -> StoreResult<Option<Vec<Published>>>;
     /// Deletes the stream and cancels its pending deliveries; false if it does not exist.
     async fn delete_stream(&self, tenant_id: &str, id: &str, now: Millis) -> StoreResult<bool>;
-    /// Moves a temporary stream's expiry to `expires_at` (a connected `herald listen` keeps
-    /// it ahead); false if no temporary stream has that id. Not a change of the stream's
-    /// definition: nobody is told.
-    async fn extend_stream(
+    /// Makes `holder` (one `herald listen` connection) the holder of a listen session's
+    /// stream, and moves its expiry to `expires_at`; false if no session has that id. Not a
+    /// change of the stream's definition: nobody is told.
+    async fn hold_stream(
         &self,
         tenant_id: &str,
         id: &str,
+        holder: &str,
         expires_at: Millis,
     ) -> StoreResult<bool>;
-    /// Temporary streams whose expiry is at or before `now`, as (tenant, stream) ids.
-    async fn expired_streams(&self, now: Millis) -> StoreResult<Vec<(String, String)>>;
+    /// Moves the session's expiry while `holder` still holds it.
+    async fn touch_stream(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        holder: &str,
+        expires_at: Millis,
+    ) -> StoreResult<Holding>;
+    /// Deletes the sessions whose expiry is at or before `now`, as `delete_stream` does, and
+    /// answers their (tenant, stream) ids.
+    async fn delete_expired_streams(&self, now: Millis) -> StoreResult<Vec<(String, String)>>;
     /// The stream's secrets still valid at `now`, newest first (what they are for is the
     /// destination kind's business).
     async fn stream_secrets(

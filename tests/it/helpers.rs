@@ -99,6 +99,11 @@ impl TestApp {
         format!("http://{}{path}", self.addr)
     }
 
+    /// The server's data directory (the embedded store's, unless on PostgreSQL).
+    pub fn data_dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
     /// Shuts the server down gracefully and hands back its data directory.
     pub async fn stop(mut self) -> tempfile::TempDir {
         self.shutdown.cancel();

@@ -343,6 +343,25 @@ impl Socket {
     }
 }
 
+impl Socket {
+    /// Waits for the server's close frame: its code and reason.
+    async fn closed(&mut self) -> (u16, String) {
+        loop {
+            match tokio::time::timeout(PATIENCE, self.socket.next())
+                .await
+                .expect("the server closes the connection")
+            {
+                Some(Ok(Message::Close(Some(frame)))) => {
+                    return (u16::from(frame.code), frame.reason.to_string());
+                }
+                Some(Ok(Message::Close(None))) => return (1005, String::new()),
+                Some(Ok(_)) => continue,
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        }
+    }
+}
+
 /// The delivery's request as a receiver would get it, for the signature check.
 fn as_received(delivery: &Value) -> Received {
     use base64::Engine as _;
@@ -412,8 +431,14 @@ async fn a_session_waits_for_its_listener_for_the_grace_period_only() {
     let delivery = socket.delivery().await;
     assert_eq!(delivery["event_id"], "evt-while-away");
     socket.answer(&delivery, 200).await;
-    app.wait_for_delivery(&id, "evt-while-away", |d| d["status"] == "succeeded")
+    let delivered = app
+        .wait_for_delivery(&id, "evt-while-away", |d| d["status"] == "succeeded")
         .await;
+    assert_eq!(
+        delivered["attempts"].as_array().unwrap().len(),
+        1,
+        "nothing is counted while the listener is away: {delivered}"
+    );
 
     // A connection keeps the session alive past its first expiry, answering pings.
     for _ in 0..2 {
@@ -652,4 +677,146 @@ async fn with_two_nodes_the_listeners_node_delivers() {
             "{delivery}"
         );
     }
+}
+
+/// A session's stream belongs to its command: the stream API may not change it; ending it,
+/// by DELETE or by deleting its stream, closes its connection at once; a newer connection
+/// replaces an older one, which is closed with a reason; a revoked token ends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_ends_and_is_replaced_as_its_command_expects() {
+    let app = spawn_app().await;
+    let open = || async {
+        open_session(
+            &app,
+            json!({"event_types": ["user.created"], "forward_to": "http://localhost:3000/x"}),
+        )
+        .await["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let id = open().await;
+    let (status, body) = app
+        .patch(
+            &format!("/v1/event-streams/{id}"),
+            &json!({"status": "paused"}),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("herald listen"),
+        "{body}"
+    );
+    let (status, body) = app
+        .post(&format!("/v1/event-streams/{id}/secret/rotate"), &json!({}))
+        .await;
+    assert_eq!(status, 409, "{body}");
+
+    // A newer connection replaces the first, which hears why.
+    let mut first = Socket::connect(&app, &id).await;
+    let mut second = Socket::connect(&app, &id).await;
+    let (code, reason) = first.closed().await;
+    assert_eq!(code, 1008);
+    assert!(reason.contains("newer connection"), "{reason}");
+    app.publish(event("evt-second", "user.created")).await;
+    let delivery = second.delivery().await;
+    assert_eq!(delivery["event_id"], "evt-second");
+    second.answer(&delivery, 200).await;
+    app.wait_for_delivery(&id, "evt-second", |d| d["status"] == "succeeded")
+        .await;
+
+    // DELETE closes the connection now.
+    let (status, _) = app.delete(&format!("/v1/listen-sessions/{id}")).await;
+    assert_eq!(status, 204);
+    assert_eq!(
+        second.closed().await,
+        (1000, "the session has ended".to_string())
+    );
+
+    // So does deleting its stream.
+    let id = open().await;
+    let mut socket = Socket::connect(&app, &id).await;
+    let (status, _) = app.delete(&format!("/v1/event-streams/{id}")).await;
+    assert_eq!(status, 204);
+    assert_eq!(socket.closed().await.0, 1000);
+
+    // A revoked token ends its connection at the next check.
+    let (status, created) = app
+        .post(
+            "/v1/tokens",
+            &json!({"name": "listen", "scopes": ["create:event_streams"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let token = created["token"].as_str().unwrap();
+    let (status, session) = app
+        .request_as(
+            token,
+            reqwest::Method::POST,
+            "/v1/listen-sessions",
+            Some((
+                "application/json",
+                serde_json::to_vec(
+                    &json!({"event_types": ["user.created"], "forward_to": "http://localhost:3000/x"}),
+                )
+                .unwrap(),
+            )),
+        )
+        .await;
+    assert_eq!(status, 201, "{session}");
+    let id = session["id"].as_str().unwrap();
+    let (mut socket, _) = tokio_tungstenite::connect_async(connect_request(&app, id, token))
+        .await
+        .unwrap();
+    let (status, _) = app
+        .delete(&format!("/v1/tokens/{}", created["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(status, 204);
+    app.clock.advance(Duration::from_secs(21));
+    let closed = loop {
+        match tokio::time::timeout(PATIENCE, socket.next()).await.unwrap() {
+            Some(Ok(Message::Close(frame))) => break frame.unwrap(),
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(u16::from(closed.code), 1008);
+    assert!(closed.reason.contains("no longer valid"), "{closed:?}");
+}
+
+/// A server that stops while the listener is answering waits for the answer: the attempt
+/// is recorded with the local status, not as a broken connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_server_waits_for_the_listeners_answers() {
+    // The embedded store, whose data outlives the process for the look after the restart.
+    let app = spawn_app_with(|c| c.database_url = None).await;
+    let session = open_session(
+        &app,
+        json!({"event_types": ["user.created"], "forward_to": "http://localhost:3000/x"}),
+    )
+    .await;
+    let id = session["id"].as_str().unwrap().to_string();
+    let mut socket = Socket::connect(&app, &id).await;
+    app.publish(event("evt-stopping", "user.created")).await;
+    let delivery = socket.delivery().await;
+    let data_dir = app.data_dir().to_path_buf();
+    let stopped = tokio::spawn(app.stop());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!stopped.is_finished(), "the server waits for the answer");
+    socket.answer(&delivery, 200).await;
+    assert_eq!(socket.closed().await.0, 1001);
+    let dir = stopped.await.unwrap();
+    let app = spawn_app_with(|c| {
+        c.database_url = None;
+        c.data_dir = data_dir;
+    })
+    .await;
+    let found = app
+        .wait_for_delivery(&id, "evt-stopping", |d| d["status"] == "succeeded")
+        .await;
+    assert_eq!(found["attempts"][0]["response_status"], 200, "{found}");
+    drop(dir);
 }

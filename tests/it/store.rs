@@ -13,8 +13,8 @@ use herald::store::postgres::PgStore;
 use herald::store::sqlite::SqliteStore;
 use herald::store::{
     AttemptRecord, ClaimRequest, DeliveryFilter, DeliveryStatus, Erase, EventFilter, FannedOut,
-    LogPosition, LogStart, MAX_INLINE_DELIVERIES, Store, StoreError, StreamUpdate, Swept, Tenant,
-    Token, hash_token,
+    Holding, LogPosition, LogStart, MAX_INLINE_DELIVERIES, Store, StoreError, StreamUpdate, Swept,
+    Tenant, Token, hash_token,
 };
 use herald::stream::{ContentMode, PayloadFormat, RetryPolicy, Stream, StreamStatus, Subscription};
 use serde_json::value::RawValue;
@@ -72,6 +72,7 @@ conformance!(
     stream_names_are_unique_per_tenant_and_earlier_duplicates_keep_working,
     the_event_log_is_read_in_order_from_any_start_and_per_tenant,
     retention_keeps_the_newest_event_so_log_offsets_never_repeat,
+    a_listen_session_is_held_by_one_connection_and_deleted_once_expired,
 );
 
 struct Backend {
@@ -2370,4 +2371,136 @@ async fn retention_keeps_the_newest_event_so_log_offsets_never_repeat(b: Backend
         .unwrap();
     let (ids, _) = read_ids(store, "ten_a", last, 1).await;
     assert_eq!(ids, ["a3"], "{name}");
+}
+
+/// A listen session's stream: one connection holds it at a time and keeps its expiry ahead;
+/// past the expiry it is deleted with what it had pending, and only sessions are.
+async fn a_listen_session_is_held_by_one_connection_and_deleted_once_expired(b: Backend) {
+    let store = &*b.store;
+    let mut session = Stream {
+        tenant_id: "ten_a".into(),
+        id: "est_session".into(),
+        name: "herald listen est_session".into(),
+        status: StreamStatus::Enabled,
+        status_reason: None,
+        subscriptions: vec![Subscription {
+            event_type: "*".into(),
+        }],
+        destination: Destination::Listen(herald::destinations::listen::ListenConfig {
+            forward_to: "http://localhost:3000/hook".into(),
+        }),
+        payload_format: PayloadFormat::Cloudevents,
+        content_mode: None,
+        retry_policy: RetryPolicy::default(),
+        max_consecutive_failures: 0,
+        disable_after_failing_seconds: 0,
+        created_at: NOW,
+        updated_at: NOW,
+        expires_at: Some(NOW + 60_000),
+    };
+    store.create_stream(session.clone(), None).await.unwrap();
+    // A plain stream, even one given an expiry, is never a session.
+    stream(store, "ten_a", "est_plain", "*", StreamStatus::Enabled).await;
+    assert!(
+        !store
+            .hold_stream("ten_a", "est_plain", "c1", NOW)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .hold_stream("ten_b", "est_session", "c1", NOW)
+            .await
+            .unwrap(),
+        "{}",
+        b.name
+    );
+
+    assert!(
+        store
+            .hold_stream("ten_a", "est_session", "c1", NOW + 60_000)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store
+            .touch_stream("ten_a", "est_session", "c1", NOW + 80_000)
+            .await
+            .unwrap(),
+        Holding::Held
+    );
+    // A second connection takes it; the first learns so at its next touch.
+    assert!(
+        store
+            .hold_stream("ten_a", "est_session", "c2", NOW + 90_000)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store
+            .touch_stream("ten_a", "est_session", "c1", NOW + 100_000)
+            .await
+            .unwrap(),
+        Holding::Taken
+    );
+    assert_eq!(
+        store
+            .get_stream("ten_a", "est_session")
+            .await
+            .unwrap()
+            .unwrap()
+            .expires_at,
+        Some(NOW + 90_000),
+        "a taken session's expiry is its new holder's"
+    );
+    store
+        .publish("ten_a", vec![event("e1", "user.created")], NOW, None)
+        .await
+        .unwrap();
+    fan_out_all(store).await;
+    assert_eq!(
+        store.backlog("ten_a", "est_session").await.unwrap().pending,
+        1
+    );
+    assert!(
+        store
+            .delete_expired_streams(NOW + 89_999)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store.delete_expired_streams(NOW + 90_000).await.unwrap(),
+        vec![("ten_a".to_string(), "est_session".to_string())]
+    );
+    assert!(
+        store
+            .get_stream("ten_a", "est_session")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .get_stream("ten_a", "est_plain")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(
+        store
+            .touch_stream("ten_a", "est_session", "c2", NOW + 120_000)
+            .await
+            .unwrap(),
+        Holding::Gone
+    );
+    let backlogs = store.backlogs().await.unwrap();
+    assert!(
+        backlogs.iter().all(|b| b.stream_id != "est_session"),
+        "what it had pending went with it: {backlogs:?}"
+    );
+    // Created again with an expiry in the past: gone at the next sweep.
+    session.expires_at = Some(NOW);
+    store.create_stream(session, None).await.unwrap();
+    assert_eq!(store.delete_expired_streams(NOW).await.unwrap().len(), 1);
 }

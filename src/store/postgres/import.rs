@@ -64,6 +64,7 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("created_at", Int),
             ("updated_at", Int),
             ("expires_at", Int),
+            ("held_by", Text),
         ],
     ),
     (

@@ -495,6 +495,34 @@ fn token_from_row(row: &Row) -> StoreResult<Token> {
     })
 }
 
+/// Deletes a stream, its secrets, and cancels its pending deliveries; false if it did not
+/// exist.
+async fn delete_stream_rows(
+    tx: &deadpool_postgres::Transaction<'_>,
+    tenant_id: &str,
+    id: &str,
+    now: Millis,
+) -> StoreResult<bool> {
+    let deleted = tx
+        .execute(
+            "DELETE FROM streams WHERE tenant_id = $1 AND id = $2",
+            &[&tenant_id, &id],
+        )
+        .await?;
+    tx.execute(
+        "DELETE FROM stream_secrets WHERE tenant_id = $1 AND stream_id = $2",
+        &[&tenant_id, &id],
+    )
+    .await?;
+    tx.execute(
+        "UPDATE deliveries SET status = 'cancelled', due_at = NULL, lease_until = NULL, \
+         updated_at = $3 WHERE tenant_id = $1 AND stream_id = $2 AND status = 'pending'",
+        &[&tenant_id, &id, &now],
+    )
+    .await?;
+    Ok(deleted == 1)
+}
+
 const STREAM_COLUMNS: &str = "tenant_id, id, name, status, status_reason, subscriptions, \
      destination, payload_format, retry_policy, created_at, updated_at, max_consecutive_failures, \
      content_mode, disable_after_failing_seconds, expires_at";
@@ -982,54 +1010,82 @@ impl Store for PgStore {
     async fn delete_stream(&self, tenant_id: &str, id: &str, now: Millis) -> StoreResult<bool> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        let deleted = tx
-            .execute(
-                "DELETE FROM streams WHERE tenant_id = $1 AND id = $2",
-                &[&tenant_id, &id],
-            )
-            .await?;
-        tx.execute(
-            "DELETE FROM stream_secrets WHERE tenant_id = $1 AND stream_id = $2",
-            &[&tenant_id, &id],
-        )
-        .await?;
-        tx.execute(
-            "UPDATE deliveries SET status = 'cancelled', due_at = NULL, lease_until = NULL, \
-             updated_at = $3 WHERE tenant_id = $1 AND stream_id = $2 AND status = 'pending'",
-            &[&tenant_id, &id, &now],
-        )
-        .await?;
+        let deleted = delete_stream_rows(&tx, tenant_id, id, now).await?;
         notify_streams_changed(&tx).await?;
         tx.commit().await?;
-        Ok(deleted == 1)
+        Ok(deleted)
     }
 
-    async fn extend_stream(
+    async fn hold_stream(
         &self,
         tenant_id: &str,
         id: &str,
+        holder: &str,
         expires_at: Millis,
     ) -> StoreResult<bool> {
         let client = self.client().await?;
         let changed = client
             .execute(
-                "UPDATE streams SET expires_at = $3 \
-                 WHERE tenant_id = $1 AND id = $2 AND expires_at IS NOT NULL",
-                &[&tenant_id, &id, &expires_at],
+                "UPDATE streams SET held_by = $3, expires_at = $4 \
+                 WHERE tenant_id = $1 AND id = $2 AND destination_type = 'listen'",
+                &[&tenant_id, &id, &holder, &expires_at],
             )
             .await?;
         Ok(changed == 1)
     }
 
-    async fn expired_streams(&self, now: Millis) -> StoreResult<Vec<(String, String)>> {
+    async fn touch_stream(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        holder: &str,
+        expires_at: Millis,
+    ) -> StoreResult<Holding> {
         let client = self.client().await?;
-        let rows = client
+        let row = client
+            .query_opt(
+                "WITH touched AS ( \
+                     UPDATE streams SET expires_at = $4 \
+                     WHERE tenant_id = $1 AND id = $2 AND destination_type = 'listen' \
+                       AND held_by = $3 \
+                     RETURNING 1) \
+                 SELECT EXISTS (SELECT 1 FROM touched), EXISTS ( \
+                     SELECT 1 FROM streams \
+                     WHERE tenant_id = $1 AND id = $2 AND destination_type = 'listen')",
+                &[&tenant_id, &id, &holder, &expires_at],
+            )
+            .await?;
+        Ok(
+            match row.map(|r| (r.get::<_, bool>(0), r.get::<_, bool>(1))) {
+                Some((true, _)) => Holding::Held,
+                Some((false, true)) => Holding::Taken,
+                _ => Holding::Gone,
+            },
+        )
+    }
+
+    async fn delete_expired_streams(&self, now: Millis) -> StoreResult<Vec<(String, String)>> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        // Locked and checked again, so a session its listener revived meanwhile stays.
+        let rows = tx
             .query(
-                "SELECT tenant_id, id FROM streams WHERE expires_at <= $1",
+                "SELECT tenant_id, id FROM streams \
+                 WHERE destination_type = 'listen' AND expires_at <= $1 \
+                 FOR UPDATE SKIP LOCKED",
                 &[&now],
             )
             .await?;
-        Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+        let expired: Vec<(String, String)> =
+            rows.iter().map(|row| (row.get(0), row.get(1))).collect();
+        for (tenant_id, id) in &expired {
+            delete_stream_rows(&tx, tenant_id, id, now).await?;
+        }
+        if !expired.is_empty() {
+            notify_streams_changed(&tx).await?;
+        }
+        tx.commit().await?;
+        Ok(expired)
     }
 
     async fn stream_secrets(

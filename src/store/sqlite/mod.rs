@@ -259,6 +259,30 @@ fn forget_leases_of_tenant(
     Ok(())
 }
 
+/// Deletes a stream, its secrets, and cancels its pending deliveries; false if it did not
+/// exist.
+fn delete_stream_rows(
+    conn: &Connection,
+    tenant_id: &str,
+    id: &str,
+    now: Millis,
+) -> StoreResult<bool> {
+    let deleted = conn.execute(
+        "DELETE FROM streams WHERE tenant_id = ?1 AND id = ?2",
+        params![tenant_id, id],
+    )?;
+    conn.execute(
+        "DELETE FROM stream_secrets WHERE tenant_id = ?1 AND stream_id = ?2",
+        params![tenant_id, id],
+    )?;
+    conn.execute(
+        "UPDATE deliveries SET status = 'cancelled', due_at = NULL, updated_at = ?3 \
+         WHERE tenant_id = ?1 AND stream_id = ?2 AND status = 'pending'",
+        params![tenant_id, id, now],
+    )?;
+    Ok(deleted == 1)
+}
+
 const STREAM_COLUMNS: &str = "tenant_id, id, name, status, status_reason, subscriptions, \
      destination, payload_format, retry_policy, created_at, updated_at, max_consecutive_failures, \
      content_mode, disable_after_failing_seconds, expires_at";
@@ -803,51 +827,80 @@ impl Store for SqliteStore {
     async fn delete_stream(&self, tenant_id: &str, id: &str, now: Millis) -> StoreResult<bool> {
         let (tenant_id, id) = (tenant_id.to_string(), id.to_string());
         self.writer
-            .write(move |conn| {
-                let deleted = conn.execute(
-                    "DELETE FROM streams WHERE tenant_id = ?1 AND id = ?2",
-                    params![tenant_id, id],
-                )?;
-                conn.execute(
-                    "DELETE FROM stream_secrets WHERE tenant_id = ?1 AND stream_id = ?2",
-                    params![tenant_id, id],
-                )?;
-                conn.execute(
-                    "UPDATE deliveries SET status = 'cancelled', due_at = NULL, updated_at = ?3 \
-                     WHERE tenant_id = ?1 AND stream_id = ?2 AND status = 'pending'",
-                    params![tenant_id, id, now],
-                )?;
-                Ok(deleted == 1)
-            })
+            .write(move |conn| delete_stream_rows(conn, &tenant_id, &id, now))
             .await
     }
 
-    async fn extend_stream(
+    async fn hold_stream(
         &self,
         tenant_id: &str,
         id: &str,
+        holder: &str,
         expires_at: Millis,
     ) -> StoreResult<bool> {
-        let (tenant_id, id) = (tenant_id.to_string(), id.to_string());
+        let (tenant_id, id, holder) = (tenant_id.to_string(), id.to_string(), holder.to_string());
         self.writer
             .write(move |conn| {
                 let changed = conn.execute(
-                    "UPDATE streams SET expires_at = ?3 \
-                     WHERE tenant_id = ?1 AND id = ?2 AND expires_at IS NOT NULL",
-                    params![tenant_id, id, expires_at],
+                    "UPDATE streams SET held_by = ?3, expires_at = ?4 \
+                     WHERE tenant_id = ?1 AND id = ?2 AND destination_type = 'listen'",
+                    params![tenant_id, id, holder, expires_at],
                 )?;
                 Ok(changed == 1)
             })
             .await
     }
 
-    async fn expired_streams(&self, now: Millis) -> StoreResult<Vec<(String, String)>> {
-        self.readers
-            .read(move |conn| {
-                let mut stmt = conn
-                    .prepare_cached("SELECT tenant_id, id FROM streams WHERE expires_at <= ?1")?;
-                let rows = stmt.query_map(params![now], |row| Ok((row.get(0)?, row.get(1)?)))?;
-                Ok(rows.collect::<Result<_, _>>()?)
+    async fn touch_stream(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        holder: &str,
+        expires_at: Millis,
+    ) -> StoreResult<Holding> {
+        let (tenant_id, id, holder) = (tenant_id.to_string(), id.to_string(), holder.to_string());
+        // Soft state, pushed again within seconds: not worth an fsync of its own.
+        self.writer
+            .write_lazy(move |conn| {
+                let held_by: Option<Option<String>> = conn
+                    .query_row(
+                        "SELECT held_by FROM streams \
+                         WHERE tenant_id = ?1 AND id = ?2 AND destination_type = 'listen'",
+                        params![tenant_id, id],
+                        |row| row.get(0),
+                    )
+                    .optional()?;
+                Ok(match held_by {
+                    None => Holding::Gone,
+                    Some(by) if by.as_deref() != Some(holder.as_str()) => Holding::Taken,
+                    Some(_) => {
+                        conn.execute(
+                            "UPDATE streams SET expires_at = ?3 WHERE tenant_id = ?1 AND id = ?2",
+                            params![tenant_id, id, expires_at],
+                        )?;
+                        Holding::Held
+                    }
+                })
+            })
+            .await
+    }
+
+    async fn delete_expired_streams(&self, now: Millis) -> StoreResult<Vec<(String, String)>> {
+        self.writer
+            .write(move |conn| {
+                let expired: Vec<(String, String)> = {
+                    let mut stmt = conn.prepare_cached(
+                        "SELECT tenant_id, id FROM streams \
+                         WHERE destination_type = 'listen' AND expires_at <= ?1",
+                    )?;
+                    let rows =
+                        stmt.query_map(params![now], |row| Ok((row.get(0)?, row.get(1)?)))?;
+                    rows.collect::<Result<_, _>>()?
+                };
+                for (tenant_id, id) in &expired {
+                    delete_stream_rows(conn, tenant_id, id, now)?;
+                }
+                Ok(expired)
             })
             .await
     }
