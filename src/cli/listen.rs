@@ -23,6 +23,9 @@ use crate::destinations::listen::{Forward, ForwardError, ForwardResult, FromList
 /// How long the server keeps a session whose connection dropped (`api::listen::GRACE_MS`):
 /// reconnecting is pointless after it.
 const GRACE: Duration = Duration::from_millis(crate::service::listen::GRACE_MS as u64);
+/// The longest a session outlives its command when the command could not end it: the grace
+/// period, the touch interval and the reaper's.
+const LEFT_TO_SERVER: Duration = Duration::from_secs(95);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// The server pings every 20 s: a connection silent for longer than two pings and a margin
 /// is dead (a laptop that slept, a network that changed), however open it looks.
@@ -112,14 +115,25 @@ pub async fn run(args: ListenArgs) -> Result<(), CliError> {
         ended = listener.run() => ended,
         () = interrupted() => Ok(()),
     };
-    // Whatever ended it, the session goes with the command.
-    match client.delete(&["v1", "listen-sessions", &id]).await {
-        Ok(_) | Err(CliError::Api { status: 404, .. }) => {}
-        Err(e) => eprintln!(
-            "herald: could not end the session ({}); the server ends it within {} s",
-            e.report().lines().next().unwrap_or_default(),
-            GRACE.as_secs()
-        ),
+    // Whatever ended it, the session goes with the command; a second Ctrl-C, or a server
+    // that does not answer, leaves it to the server.
+    let later = || {
+        eprintln!(
+            "herald: the session was not ended here; the server ends it within {} s",
+            LEFT_TO_SERVER.as_secs()
+        )
+    };
+    let path = ["v1", "listen-sessions", id.as_str()];
+    tokio::select! {
+        deleted = tokio::time::timeout(CONNECT_TIMEOUT, client.delete(&path)) => match deleted {
+            Ok(Ok(_) | Err(CliError::Api { status: 404, .. })) => {}
+            Ok(Err(e)) => {
+                eprintln!("herald: {}", e.report().lines().next().unwrap_or_default());
+                later();
+            }
+            Err(_) => later(),
+        },
+        () = interrupted() => later(),
     }
     if mode == Mode::Table && ended.is_ok() {
         crate::outln!("Session {id} ended");
