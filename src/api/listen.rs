@@ -131,6 +131,8 @@ const REPLACED: Closing = Closing {
 async fn serve(state: AppState, stream: Stream, mut caller: TokenWatch, mut socket: WebSocket) {
     let holder = crate::ids::random_base62(22);
     let (tenant_id, id) = (stream.tenant_id.as_str(), stream.id.as_str());
+    let listeners = state.destinations.listeners.clone();
+    let taking = listeners.taking().await;
     match state
         .store
         .hold_stream(tenant_id, id, &holder, state.clock.now_ms() + AHEAD_MS)
@@ -150,8 +152,8 @@ async fn serve(state: AppState, stream: Stream, mut caller: TokenWatch, mut sock
             .await;
         }
     }
-    let listeners = state.destinations.listeners.clone();
     let (connection, mut outbox) = listeners.attach(id);
+    drop(taking);
     state.signal.streams_changed();
     tracing::info!(stream = %id, tenant = %tenant_id, "herald listen connected");
     // Pings sent since the listener was last heard from. Counted, not timed: a clock that

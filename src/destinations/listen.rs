@@ -131,6 +131,9 @@ pub struct ForwardError {
 #[derive(Debug, Default)]
 pub struct Listeners {
     connected: Mutex<HashMap<String, Arc<Connection>>>,
+    /// Held while a connection takes its session (in the store, then here), so two
+    /// connections of one session on this node take it in the same order in both places.
+    taking: tokio::sync::Mutex<()>,
 }
 
 /// One connected listener: what is waiting to be written to it, the attempts waiting for
@@ -194,6 +197,12 @@ impl Listeners {
         drop(connected);
         connection.fail_pending();
         current
+    }
+
+    /// One connection at a time takes its session: hold the guard across the store's
+    /// `hold_stream` and [`Listeners::attach`].
+    pub async fn taking(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.taking.lock().await
     }
 
     pub fn is_connected(&self, stream_id: &str) -> bool {

@@ -589,19 +589,9 @@ async fn listen_sessions_refuse_what_they_cannot_serve() {
         .send(Message::Text("{\"type\": \"gossip\"}".into()))
         .await
         .unwrap();
-    let closed = loop {
-        match tokio::time::timeout(PATIENCE, socket.socket.next())
-            .await
-            .unwrap()
-        {
-            Some(Ok(Message::Close(frame))) => break frame,
-            Some(Ok(_)) => continue,
-            other => panic!("expected a close frame, got {other:?}"),
-        }
-    };
-    let frame = closed.expect("a reason");
-    assert_eq!(u16::from(frame.code), 1008);
-    assert!(frame.reason.contains("cannot read"), "{frame:?}");
+    let (code, reason) = socket.closed().await;
+    assert_eq!(code, 1008);
+    assert!(reason.contains("cannot read"), "{reason}");
 
     // At most ten sessions per tenant.
     for _ in 1..10 {
@@ -715,8 +705,12 @@ async fn a_session_ends_and_is_replaced_as_its_command_expects() {
         .await;
     assert_eq!(status, 409, "{body}");
 
-    // A newer connection replaces the first, which hears why.
+    // A newer connection replaces the first, which hears why. The first is known to hold
+    // the session once a delivery came over it.
     let mut first = Socket::connect(&app, &id).await;
+    app.publish(event("evt-first", "user.created")).await;
+    let delivery = first.delivery().await;
+    first.answer(&delivery, 200).await;
     let mut second = Socket::connect(&app, &id).await;
     let (code, reason) = first.closed().await;
     assert_eq!(code, 1008);
@@ -768,23 +762,18 @@ async fn a_session_ends_and_is_replaced_as_its_command_expects() {
         .await;
     assert_eq!(status, 201, "{session}");
     let id = session["id"].as_str().unwrap();
-    let (mut socket, _) = tokio_tungstenite::connect_async(connect_request(&app, id, token))
+    let (socket, _) = tokio_tungstenite::connect_async(connect_request(&app, id, token))
         .await
         .unwrap();
+    let mut socket = Socket { socket };
     let (status, _) = app
         .delete(&format!("/v1/tokens/{}", created["id"].as_str().unwrap()))
         .await;
     assert_eq!(status, 204);
     app.clock.advance(Duration::from_secs(21));
-    let closed = loop {
-        match tokio::time::timeout(PATIENCE, socket.next()).await.unwrap() {
-            Some(Ok(Message::Close(frame))) => break frame.unwrap(),
-            Some(Ok(_)) => continue,
-            other => panic!("expected a close frame, got {other:?}"),
-        }
-    };
-    assert_eq!(u16::from(closed.code), 1008);
-    assert!(closed.reason.contains("no longer valid"), "{closed:?}");
+    let (code, reason) = socket.closed().await;
+    assert_eq!(code, 1008);
+    assert!(reason.contains("no longer valid"), "{reason}");
 }
 
 /// A server that stops while the listener is answering waits for the answer: the attempt
