@@ -212,9 +212,9 @@ impl Listener<'_> {
                             let (code, reason) = frame
                                 .map(|f| (u16::from(f.code), f.reason.to_string()))
                                 .unwrap_or((1005, String::new()));
-                            // Going away: the server restarts; reconnect. Anything else is
-                            // final.
-                            if code != 1001 {
+                            // Going away (the server restarts) or a server error: reconnect.
+                            // Anything else is final.
+                            if code != 1001 && code != 1011 {
                                 return Err(CliError::Local(format!(
                                     "the server ended the connection: {reason} (code {code})"
                                 )));
