@@ -8,6 +8,7 @@
 //!   a server through its API.
 //! - [`config`]: the layered configuration (embedded defaults, file, environment, flags).
 //! - [`api`]: the HTTP API, one module per resource, and its error type.
+//! - [`console`]: the web console at `/`: sign-in sessions, CSRF-checked forms, pages.
 //! - [`service`]: the operations the API (and any other front end) calls, one module per
 //!   noun: scope and tenant checks, validation, quotas and the other rules, then the store.
 //! - [`event`]: CloudEvents parsing and validation; the payload shapes receivers get.
@@ -36,6 +37,7 @@ pub mod catalog;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod crashpoint;
 pub mod delivery;
 pub mod destinations;

@@ -269,6 +269,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/listen-sessions/{id}/connect", get(listen::connect))
         .route("/v1/tokens", post(tokens::create).get(tokens::list))
         .route("/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
+        .merge(crate::console::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(body_limit)

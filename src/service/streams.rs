@@ -385,6 +385,26 @@ pub async fn secrets(
     })
 }
 
+/// Whether the stream has a signing secret in force, for a view that says so without showing
+/// it: `read:event_streams`. False for a kind that keeps none.
+pub async fn has_signing_secret(
+    service: &Service,
+    caller: &Caller,
+    id: &str,
+) -> Result<bool, Error> {
+    caller.require(Scope::ReadEventStreams)?;
+    let stream = load(service, caller, id).await?;
+    if !stream.destination.uses_stream_secret() {
+        return Ok(false);
+    }
+    let now = service.clock.now_ms();
+    Ok(!service
+        .store
+        .stream_secrets(&caller.tenant_id, id, now)
+        .await?
+        .is_empty())
+}
+
 /// Gives the stream a new signing secret (generated unless chosen); the current one keeps
 /// signing beside it for the grace period (the operator's default unless chosen).
 pub async fn rotate_secret(

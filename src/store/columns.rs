@@ -5,7 +5,7 @@
 
 use serde_json::value::RawValue;
 
-use super::{DeliveryStatus, StoreError, StoreResult};
+use super::{DeliveryStatus, StoreError, StoreResult, TokenHash};
 use crate::clock::Millis;
 use crate::destinations::Destination;
 use crate::event::Event;
@@ -96,6 +96,13 @@ pub fn encode_scopes(scopes: &[String]) -> String {
 
 pub fn decode_scopes(scopes: &str) -> StoreResult<Vec<String>> {
     serde_json::from_str(scopes).map_err(|_| StoreError::Corrupt("token column `scopes`".into()))
+}
+
+/// A stored SHA-256 hash (of a token or a console session's id).
+pub fn token_hash(bytes: &[u8]) -> StoreResult<TokenHash> {
+    bytes
+        .try_into()
+        .map_err(|_| StoreError::Corrupt("a stored hash is not 32 bytes".into()))
 }
 
 /// An event's columns as stored, before decoding.

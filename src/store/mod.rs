@@ -30,10 +30,11 @@ pub const LATENCY_BOUNDS_MS: [i64; 14] = [
 
 /// The tables whose rows belong to a tenant, in the order deleting a tenant empties them
 /// (the `tenants` row itself goes last).
-pub(crate) const TENANT_TABLES: [&str; 9] = [
+pub(crate) const TENANT_TABLES: [&str; 10] = [
     // First: a chunk of a pending fan-out could otherwise create deliveries after they
     // were deleted (on PostgreSQL it holds the row; deleting it waits for the chunk).
     "fanouts",
+    "console_sessions",
     "event_types",
     "stream_stats",
     "attempts",
@@ -106,6 +107,20 @@ pub fn hash_token(secret: &str) -> TokenHash {
         .as_ref()
         .try_into()
         .expect("a SHA-256 digest is 32 bytes")
+}
+
+/// A web console session as stored: found by the hash of its id (the browser's cookie holds
+/// the id, the store never does), serving only while the token it was opened with is valid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleSession {
+    pub hash: TokenHash,
+    /// The hash of the API token the session was opened with.
+    pub token_hash: TokenHash,
+    /// The token's tenant; `None` for a platform token.
+    pub tenant_id: Option<String>,
+    pub created_at: Millis,
+    /// When it ends unless used again before: the earlier of its idle and absolute ends.
+    pub expires_at: Millis,
 }
 
 /// The outcome of publishing one event.
@@ -621,6 +636,23 @@ pub trait Store: Send + Sync + 'static {
         id: &str,
         now: Millis,
     ) -> StoreResult<bool>;
+
+    // Web console sessions.
+    /// Stores a new session.
+    async fn create_console_session(&self, session: ConsoleSession) -> StoreResult<()>;
+    /// The session with this id hash and the token it was opened with, while that token is
+    /// valid (not revoked, not replaced by another secret); expired or not.
+    async fn find_console_session(
+        &self,
+        hash: TokenHash,
+    ) -> StoreResult<Option<(ConsoleSession, Token)>>;
+    /// Moves the session's end; false if it no longer exists.
+    async fn touch_console_session(&self, hash: TokenHash, expires_at: Millis)
+    -> StoreResult<bool>;
+    /// Deletes the session; false if it did not exist.
+    async fn delete_console_session(&self, hash: TokenHash) -> StoreResult<bool>;
+    /// Deletes every session that ended at or before `now`; answers how many.
+    async fn delete_expired_console_sessions(&self, now: Millis) -> StoreResult<u64>;
 
     // A tenant's own event types.
     /// Inserts the type; false if the tenant has one of that name.

@@ -8,6 +8,7 @@ mod circuit;
 mod cli;
 mod cli_config;
 mod cluster;
+mod console;
 mod crash;
 mod database_tls;
 mod delivery;

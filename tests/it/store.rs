@@ -12,9 +12,9 @@ use herald::secret::{Cipher, Secret, StreamSecret};
 use herald::store::postgres::PgStore;
 use herald::store::sqlite::SqliteStore;
 use herald::store::{
-    AttemptRecord, ClaimRequest, DeliveryFilter, DeliveryStatus, Erase, EventFilter, FannedOut,
-    Holding, LogPosition, LogStart, MAX_INLINE_DELIVERIES, Store, StoreError, StreamUpdate, Swept,
-    Tenant, Token, hash_token,
+    AttemptRecord, ClaimRequest, ConsoleSession, DeliveryFilter, DeliveryStatus, Erase,
+    EventFilter, FannedOut, Holding, LogPosition, LogStart, MAX_INLINE_DELIVERIES, Store,
+    StoreError, StreamUpdate, Swept, Tenant, Token, hash_token,
 };
 use herald::stream::{ContentMode, PayloadFormat, RetryPolicy, Stream, StreamStatus, Subscription};
 use serde_json::value::RawValue;
@@ -73,6 +73,7 @@ conformance!(
     the_event_log_is_read_in_order_from_any_start_and_per_tenant,
     retention_keeps_the_newest_event_so_log_offsets_never_repeat,
     a_listen_session_is_held_by_one_connection_and_deleted_once_expired,
+    console_sessions_serve_while_their_token_is_valid_and_end_with_it,
 );
 
 struct Backend {
@@ -2503,4 +2504,162 @@ async fn a_listen_session_is_held_by_one_connection_and_deleted_once_expired(b: 
     session.expires_at = Some(NOW);
     store.create_stream(session, None).await.unwrap();
     assert_eq!(store.delete_expired_streams(NOW).await.unwrap().len(), 1);
+}
+
+async fn console_sessions_serve_while_their_token_is_valid_and_end_with_it(b: Backend) {
+    let store = &*b.store;
+    let name = b.name;
+    let token = |id: &str, tenant: Option<&str>| Token {
+        id: id.into(),
+        tenant_id: tenant.map(String::from),
+        name: id.into(),
+        scopes: vec!["read:event_streams".into()],
+        created_at: NOW,
+    };
+    store
+        .put_token(token("tok_p", None), hash_token("platform"))
+        .await
+        .unwrap();
+    store
+        .put_token(token("tok_a", Some("ten_a")), hash_token("tenant a"))
+        .await
+        .unwrap();
+    store
+        .put_token(token("tok_b", Some("ten_b")), hash_token("tenant b"))
+        .await
+        .unwrap();
+    let session = |id: &str, token: &str, tenant: Option<&str>, expires_at: i64| ConsoleSession {
+        hash: hash_token(id),
+        token_hash: hash_token(token),
+        tenant_id: tenant.map(String::from),
+        created_at: NOW,
+        expires_at,
+    };
+    let platform = session("hcs_p", "platform", None, NOW + 1_000);
+    for s in [
+        platform.clone(),
+        session("hcs_a", "tenant a", Some("ten_a"), NOW + 2_000),
+        session("hcs_short", "tenant a", Some("ten_a"), NOW + 500),
+        session("hcs_b", "tenant b", Some("ten_b"), NOW + 2_000),
+    ] {
+        store.create_console_session(s).await.unwrap();
+    }
+
+    let (found, found_token) = store
+        .find_console_session(hash_token("hcs_p"))
+        .await
+        .unwrap()
+        .expect("the session");
+    assert_eq!(found, platform, "{name}");
+    assert_eq!(
+        (found_token.id.as_str(), found_token.tenant_id),
+        ("tok_p", None),
+        "{name}"
+    );
+    let (_, tenant_token) = store
+        .find_console_session(hash_token("hcs_a"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(tenant_token.tenant_id.as_deref(), Some("ten_a"), "{name}");
+    assert!(
+        store
+            .find_console_session(hash_token("hcs_unknown"))
+            .await
+            .unwrap()
+            .is_none(),
+        "{name}"
+    );
+
+    // Its end moves; an unknown session has none to move.
+    assert!(
+        store
+            .touch_console_session(hash_token("hcs_p"), NOW + 5_000)
+            .await
+            .unwrap()
+    );
+    let (touched, _) = store
+        .find_console_session(hash_token("hcs_p"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(touched.expires_at, NOW + 5_000, "{name}");
+    assert!(
+        !store
+            .touch_console_session(hash_token("hcs_unknown"), NOW)
+            .await
+            .unwrap(),
+        "{name}"
+    );
+
+    // Ended sessions are cleared, and only those.
+    assert_eq!(
+        store
+            .delete_expired_console_sessions(NOW + 500)
+            .await
+            .unwrap(),
+        1,
+        "{name}"
+    );
+    assert!(
+        !store
+            .delete_console_session(hash_token("hcs_short"))
+            .await
+            .unwrap(),
+        "{name}: already cleared"
+    );
+
+    // A revoked token's sessions no longer serve.
+    assert!(
+        store
+            .revoke_token(Some("ten_a"), "tok_a", NOW)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .find_console_session(hash_token("hcs_a"))
+            .await
+            .unwrap()
+            .is_none(),
+        "{name}"
+    );
+    // Neither do those of a token given another secret (a configured admin token changed).
+    store
+        .put_token(token("tok_p", None), hash_token("platform, renewed"))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .find_console_session(hash_token("hcs_p"))
+            .await
+            .unwrap()
+            .is_none(),
+        "{name}"
+    );
+
+    // Deleting a tenant deletes its tokens' sessions.
+    assert!(store.delete_tenant("ten_b").await.unwrap());
+    assert!(
+        !store
+            .delete_console_session(hash_token("hcs_b"))
+            .await
+            .unwrap(),
+        "{name}"
+    );
+    // Signing out deletes the session, once.
+    assert!(
+        store
+            .delete_console_session(hash_token("hcs_p"))
+            .await
+            .unwrap(),
+        "{name}"
+    );
+    assert!(
+        !store
+            .delete_console_session(hash_token("hcs_p"))
+            .await
+            .unwrap(),
+        "{name}"
+    );
 }

@@ -45,6 +45,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("006_event_log.sql"),
     include_str!("007_temporary_streams.sql"),
     include_str!("008_events_by_received.sql"),
+    include_str!("009_console_sessions.sql"),
 ];
 
 /// Channels of the notifications this store sends.
@@ -800,6 +801,93 @@ impl Store for PgStore {
             )
             .await?;
         Ok(revoked == 1)
+    }
+
+    async fn create_console_session(&self, session: ConsoleSession) -> StoreResult<()> {
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO console_sessions (hash, token_hash, tenant_id, created_at, \
+                 expires_at) VALUES ($1, $2, $3, $4, $5)",
+                &[
+                    &session.hash.as_slice(),
+                    &session.token_hash.as_slice(),
+                    &session.tenant_id,
+                    &session.created_at,
+                    &session.expires_at,
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn find_console_session(
+        &self,
+        hash: TokenHash,
+    ) -> StoreResult<Option<(ConsoleSession, Token)>> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT t.id, t.tenant_id, t.name, t.scopes, t.created_at, s.token_hash, \
+                 s.tenant_id, s.created_at, s.expires_at FROM console_sessions s \
+                 JOIN api_tokens t ON t.hash = s.token_hash AND t.revoked_at IS NULL \
+                 WHERE s.hash = $1",
+            )
+            .await?;
+        let Some(row) = client.query_opt(&stmt, &[&hash.as_slice()]).await? else {
+            return Ok(None);
+        };
+        let token = token_from_row(&row)?;
+        let session = ConsoleSession {
+            hash,
+            token_hash: columns::token_hash(row.get(5))?,
+            tenant_id: row.get(6),
+            created_at: row.get(7),
+            expires_at: row.get(8),
+        };
+        Ok(Some((session, token)))
+    }
+
+    async fn touch_console_session(
+        &self,
+        hash: TokenHash,
+        expires_at: Millis,
+    ) -> StoreResult<bool> {
+        // Soft state: a touch lost in a crash only ends the session sooner.
+        let touched = self
+            .lazy
+            .get()
+            .await?
+            .execute(
+                "UPDATE console_sessions SET expires_at = $2 WHERE hash = $1",
+                &[&hash.as_slice(), &expires_at],
+            )
+            .await?;
+        Ok(touched == 1)
+    }
+
+    async fn delete_console_session(&self, hash: TokenHash) -> StoreResult<bool> {
+        let deleted = self
+            .client()
+            .await?
+            .execute(
+                "DELETE FROM console_sessions WHERE hash = $1",
+                &[&hash.as_slice()],
+            )
+            .await?;
+        Ok(deleted == 1)
+    }
+
+    async fn delete_expired_console_sessions(&self, now: Millis) -> StoreResult<u64> {
+        Ok(self
+            .lazy
+            .get()
+            .await?
+            .execute(
+                "DELETE FROM console_sessions WHERE expires_at <= $1",
+                &[&now],
+            )
+            .await?)
     }
 
     async fn create_event_type(

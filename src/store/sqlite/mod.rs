@@ -35,6 +35,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("006_settings.sql"),
     include_str!("007_temporary_streams.sql"),
     include_str!("008_events_by_received.sql"),
+    include_str!("009_console_sessions.sql"),
 ];
 
 /// Rows one job of a bulk administrative write (a redelivery, an erasure by subject, a
@@ -624,6 +625,93 @@ impl Store for SqliteStore {
                      WHERE tenant_id IS ?1 AND id = ?2 AND revoked_at IS NULL",
                     params![tenant_id, id, now],
                 )? == 1)
+            })
+            .await
+    }
+
+    async fn create_console_session(&self, session: ConsoleSession) -> StoreResult<()> {
+        self.writer
+            .write(move |conn| {
+                conn.execute(
+                    "INSERT INTO console_sessions (hash, token_hash, tenant_id, created_at, \
+                     expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![
+                        session.hash.as_slice(),
+                        session.token_hash.as_slice(),
+                        session.tenant_id,
+                        session.created_at,
+                        session.expires_at
+                    ],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn find_console_session(
+        &self,
+        hash: TokenHash,
+    ) -> StoreResult<Option<(ConsoleSession, Token)>> {
+        self.readers
+            .read(move |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT t.id, t.tenant_id, t.name, t.scopes, t.created_at, s.token_hash, \
+                     s.tenant_id, s.created_at, s.expires_at FROM console_sessions s \
+                     JOIN api_tokens t ON t.hash = s.token_hash AND t.revoked_at IS NULL \
+                     WHERE s.hash = ?1",
+                )?;
+                let mut rows = stmt.query(params![hash.as_slice()])?;
+                let Some(row) = rows.next()? else {
+                    return Ok(None);
+                };
+                let token = token_from_row(row)?;
+                let token_hash: Vec<u8> = row.get(5)?;
+                let session = ConsoleSession {
+                    hash,
+                    token_hash: columns::token_hash(&token_hash)?,
+                    tenant_id: row.get(6)?,
+                    created_at: row.get(7)?,
+                    expires_at: row.get(8)?,
+                };
+                Ok(Some((session, token)))
+            })
+            .await
+    }
+
+    async fn touch_console_session(
+        &self,
+        hash: TokenHash,
+        expires_at: Millis,
+    ) -> StoreResult<bool> {
+        // Soft state: a touch lost in a crash only ends the session sooner.
+        self.writer
+            .write_lazy(move |conn| {
+                Ok(conn.execute(
+                    "UPDATE console_sessions SET expires_at = ?2 WHERE hash = ?1",
+                    params![hash.as_slice(), expires_at],
+                )? == 1)
+            })
+            .await
+    }
+
+    async fn delete_console_session(&self, hash: TokenHash) -> StoreResult<bool> {
+        self.writer
+            .write(move |conn| {
+                Ok(conn.execute(
+                    "DELETE FROM console_sessions WHERE hash = ?1",
+                    params![hash.as_slice()],
+                )? == 1)
+            })
+            .await
+    }
+
+    async fn delete_expired_console_sessions(&self, now: Millis) -> StoreResult<u64> {
+        self.writer
+            .write_lazy(move |conn| {
+                Ok(conn.execute(
+                    "DELETE FROM console_sessions WHERE expires_at <= ?1",
+                    params![now],
+                )? as u64)
             })
             .await
     }

@@ -1,0 +1,244 @@
+//! The web console, served at `/` on the API's listener: server-rendered pages for a
+//! platform's or a tenant's admins, who sign in with an API token. This module owns what is
+//! HTTP and HTML about it: the session cookie and the CSRF token of every form (`session`),
+//! the pages (`pages`, maud templates, which escape every value they interpolate), the
+//! stylesheet embedded in the binary, and the security headers on every answer. The rules
+//! (scopes, tenants, what a change does) are `crate::service`'s, called exactly as the API
+//! calls them.
+//!
+//! Pages name their tenant in the path (`/tenants/{tenant}/streams`), so a platform admin
+//! switches tenant by following a link, and a tenant token asking for another tenant's page
+//! gets a 404.
+
+mod pages;
+mod session;
+mod streams;
+mod tenants;
+
+use std::sync::LazyLock;
+
+use axum::Router;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use maud::Markup;
+
+use crate::api::{ApiError, AppState};
+use crate::service;
+
+/// The console's routes, for the API's router to merge: they get its request ids, admission
+/// control, body limit and metrics.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/", get(home))
+        .route(
+            "/sign-in",
+            get(session::sign_in_page).post(session::sign_in),
+        )
+        .route("/sign-out", post(session::sign_out))
+        .route("/tenants", get(tenants::list))
+        .route("/switch-tenant", get(tenants::switch))
+        .route("/tenants/{tenant}/streams", get(streams::list))
+        .route("/tenants/{tenant}/streams/{id}", get(streams::show))
+        .route(
+            "/tenants/{tenant}/streams/{id}/status",
+            post(streams::set_status),
+        )
+        .route(STYLESHEET_PATH, get(stylesheet))
+        .layer(axum::middleware::map_response(protect))
+}
+
+/// `/`: the signed-in caller's streams, or the sign-in page.
+async fn home(signed: Option<session::Signed>) -> Response {
+    match signed {
+        Some(signed) => see_other(&paths::streams(&signed.caller.tenant_id)),
+        None => see_other("/sign-in"),
+    }
+}
+
+/// What the browser may do with a console page: load the console's own stylesheet (no
+/// script at all, no inline style), submit forms to the console, and nothing else; no
+/// framing, no sniffing, no referrer beyond the console.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'self'; img-src 'self'; \
+     form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// Sets the security headers on every console answer, errors and redirects included; pages
+/// are not cached (they show a tenant's data), unless the handler said otherwise.
+async fn protect(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    response
+}
+
+/// The stylesheet's path; its ETag lets a browser keep it until Herald is upgraded.
+pub(crate) const STYLESHEET_PATH: &str = "/assets/console.css";
+const STYLESHEET: &str = include_str!("console.css");
+
+static STYLESHEET_ETAG: LazyLock<String> = LazyLock::new(|| {
+    let digest = ring::digest::digest(&ring::digest::SHA256, STYLESHEET.as_bytes());
+    let hex: String = digest.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("\"{hex}\"")
+});
+
+async fn stylesheet(headers: HeaderMap) -> Response {
+    let etag = STYLESHEET_ETAG.as_str();
+    let cache = [
+        (header::ETAG, etag.to_string()),
+        (header::CACHE_CONTROL, "no-cache".to_string()),
+    ];
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .is_some_and(|v| v.as_bytes() == etag.as_bytes())
+    {
+        return (StatusCode::NOT_MODIFIED, cache).into_response();
+    }
+    (
+        cache,
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8".to_string())],
+        STYLESHEET,
+    )
+        .into_response()
+}
+
+/// A page as an answer.
+fn html(status: StatusCode, page: Markup) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        page.into_string(),
+    )
+        .into_response()
+}
+
+/// After a form: the page to show next, fetched with GET.
+fn see_other(path: &str) -> Response {
+    Redirect::to(path).into_response()
+}
+
+/// Why a console request was not served, answered as a page a person can act on.
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    /// No session, or it ended: to the sign-in page (clearing the cookie, if one was sent).
+    SignIn {
+        clear_cookie: Option<&'static str>,
+    },
+    /// Another tenant's page, or one that does not exist: a tenant token learns nothing
+    /// about other tenants.
+    NotFound,
+    /// A form without this session's CSRF token.
+    Forgery,
+    /// A body that is not the form this route takes.
+    BadForm(String),
+    Service(service::Error),
+}
+
+impl From<service::Error> for Refusal {
+    fn from(err: service::Error) -> Self {
+        match err {
+            service::Error::WrongTenant | service::Error::UnknownTenant(_) => Refusal::NotFound,
+            err => Refusal::Service(err),
+        }
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        match self {
+            Refusal::SignIn { clear_cookie } => {
+                let mut response = see_other("/sign-in");
+                if let Some(name) = clear_cookie {
+                    session::clear_cookie(response.headers_mut(), name);
+                }
+                response
+            }
+            Refusal::NotFound => html(
+                StatusCode::NOT_FOUND,
+                pages::problem(
+                    "Not found",
+                    "There is no such page, or this token may not see it.",
+                    "Go back to your streams.",
+                ),
+            ),
+            Refusal::Forgery => html(
+                StatusCode::FORBIDDEN,
+                pages::problem(
+                    "This form cannot be accepted",
+                    "It was not sent from a page of this console session: it may come from an \
+                     older session, or from another site. Nothing was changed.",
+                    "Reload the page you came from and submit the form again.",
+                ),
+            ),
+            Refusal::BadForm(why) => html(
+                StatusCode::BAD_REQUEST,
+                pages::problem(
+                    "This form could not be read",
+                    &why,
+                    "Reload the page and submit the form again.",
+                ),
+            ),
+            Refusal::Service(err) => {
+                // The API's status for each refusal, and its words (opaque for a failure
+                // inside Herald, whose cause goes to the log).
+                let api = ApiError::from(err);
+                let status = api.status;
+                let title = status.canonical_reason().unwrap_or("Error");
+                let mut response = html(
+                    status,
+                    pages::problem(title, &api.message, "Go back to your streams."),
+                );
+                if let Some(kind) = api.store_error {
+                    response
+                        .extensions_mut()
+                        .insert(crate::metrics::StoreFailure(kind));
+                }
+                response
+            }
+        }
+    }
+}
+
+/// The console's paths, with each id encoded as one path segment.
+mod paths {
+    use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+
+    /// Everything but unreserved characters.
+    const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+
+    fn segment(s: &str) -> impl std::fmt::Display + '_ {
+        utf8_percent_encode(s, SEGMENT)
+    }
+
+    pub fn streams(tenant: &str) -> String {
+        format!("/tenants/{}/streams", segment(tenant))
+    }
+
+    pub fn stream(tenant: &str, id: &str) -> String {
+        format!("/tenants/{}/streams/{}", segment(tenant), segment(id))
+    }
+
+    pub fn stream_status(tenant: &str, id: &str) -> String {
+        format!("{}/status", stream(tenant, id))
+    }
+}
