@@ -784,11 +784,13 @@ async fn tail_across_two_nodes_publishing_at_once_prints_every_event_once() {
         }));
     }
     let mut printed = Vec::new();
-    for cut_at in [50, 150, 250, 350] {
+    for (cuts, cut_at) in [50, 150, 250, 350].into_iter().enumerate() {
         while printed.len() < cut_at {
             printed.push(tail.next_event().await);
         }
+        // Each cut drops a live connection: the next cut waits for tail to be back.
         proxy.cut();
+        proxy.wait_answered(cuts + 2).await;
     }
     for publisher in publishers {
         publisher.await.unwrap();
