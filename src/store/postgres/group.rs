@@ -1,10 +1,11 @@
 //! Group commit for publishes: concurrent publish calls on a node share one transaction and
-//! one commit, as the embedded store's do. One task does the writing. A call that finds it
-//! idle is written at once, alone, so a lone publish waits for nothing; calls that arrive
-//! while a commit is in flight queue up and go together in the next one, up to
-//! [`MAX_REQUESTS`] calls or about [`MAX_EVENTS`] events. The commit waits for the WAL flush
-//! as the server is configured to (Herald never turns `synchronous_commit` off here), and
-//! nobody is answered before it.
+//! one commit, as the embedded store's do. One task gathers the calls into groups, and up to
+//! [`WRITERS`] groups are written at once (while one waits for its commit, the next is
+//! written). A call that finds a writer idle is written at once, alone, so a lone publish
+//! waits for nothing; calls that arrive while every writer is busy queue up and go together
+//! in the next group, up to [`MAX_REQUESTS`] calls or about [`MAX_EVENTS`] events. The commit
+//! waits for the WAL flush as the server is configured to (Herald never turns
+//! `synchronous_commit` off here), and nobody is answered before it.
 //!
 //! A group is written with the statements of a single publish, each carrying every call's
 //! rows. Should they fail for anything but a lost database, the group is written again in one
@@ -16,7 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use deadpool_postgres::Pool;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::listen::Announcer;
 use super::queue::{self, PublishRequest};
@@ -29,6 +30,10 @@ pub const MAX_REQUESTS: usize = 256;
 /// A group takes no further call once it holds this many events.
 pub const MAX_EVENTS: usize = 5_000;
 const QUEUE_DEPTH: usize = 4_096;
+/// Groups written at once. More than one lets the next group be written while one waits for
+/// its commit; on two cores shared with the server, two writers made smaller groups and no
+/// more publishes a second (the server's CPU is the bound), so one it is.
+pub const WRITERS: usize = 1;
 
 type Answer = StoreResult<Vec<Published>>;
 
@@ -75,7 +80,15 @@ async fn write(
     metrics: CommitMetrics,
     waiting: Arc<AtomicUsize>,
 ) {
-    while let Some(first) = calls.recv().await {
+    let writers = Arc::new(Semaphore::new(WRITERS));
+    loop {
+        // A group is gathered only once a writer is free to take it.
+        let Ok(writer) = writers.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = calls.recv().await else {
+            return;
+        };
         let mut events = first.request.events.len();
         let mut group = vec![first];
         while group.len() < MAX_REQUESTS && events < MAX_EVENTS {
@@ -84,15 +97,20 @@ async fn write(
             group.push(next);
         }
         waiting.fetch_sub(group.len(), Ordering::SeqCst);
-        let started = Instant::now();
-        let (requests, replies): (Vec<_>, Vec<_>) =
-            group.into_iter().map(|c| (c.request, c.reply)).unzip();
-        let answers = commit(&pool, &announcer, &requests).await;
-        metrics.committed(requests.len(), started.elapsed());
-        for (reply, answer) in replies.into_iter().zip(answers) {
-            // The caller may have gone away (a dropped request); its events are committed anyway.
-            let _ = reply.send(answer);
-        }
+        let (pool, announcer, metrics) = (pool.clone(), announcer.clone(), metrics.clone());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let (requests, replies): (Vec<_>, Vec<_>) =
+                group.into_iter().map(|c| (c.request, c.reply)).unzip();
+            let answers = commit(&pool, &announcer, &requests).await;
+            drop(writer);
+            metrics.committed(requests.len(), started.elapsed());
+            for (reply, answer) in replies.into_iter().zip(answers) {
+                // The caller may have gone away (a dropped request); its events are committed
+                // anyway.
+                let _ = reply.send(answer);
+            }
+        });
     }
 }
 

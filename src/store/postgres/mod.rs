@@ -26,6 +26,9 @@ use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMe
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
+/// Publish groups written at once; the group commit test occupies each.
+#[doc(hidden)]
+pub use group::WRITERS as PUBLISH_WRITERS;
 pub use import::{ImportReport, check_source_key, import_sqlite};
 pub use listen::{Notice, listen};
 pub use scratch::Scratch;
