@@ -1,9 +1,9 @@
 //! Group commit for publishes: concurrent publish calls on a node share one transaction and
-//! one commit, as the embedded store's do. One task gathers the calls into groups, and up to
-//! [`WRITERS`] groups are written at once (while one waits for its commit, the next is
-//! written). A call that finds a writer idle is written at once, alone, so a lone publish
-//! waits for nothing; calls that arrive while every writer is busy queue up and go together
-//! in the next group, up to [`MAX_REQUESTS`] calls or about [`MAX_EVENTS`] events. The commit
+//! one commit, as the embedded store's do. One task gathers the calls into groups and hands
+//! each to a free writer ([`WRITERS`] of them; one, as measured). A call that finds a writer
+//! idle is written at once, alone, so a lone publish waits for nothing; calls that arrive
+//! while every writer is busy queue up and go together in the next group, up to
+//! [`MAX_REQUESTS`] calls or about [`MAX_EVENTS`] events. The commit
 //! waits for the WAL flush as the server is configured to (Herald never turns
 //! `synchronous_commit` off here), and nobody is answered before it.
 //!
@@ -31,8 +31,8 @@ pub const MAX_REQUESTS: usize = 256;
 pub const MAX_EVENTS: usize = 5_000;
 const QUEUE_DEPTH: usize = 4_096;
 /// Groups written at once. More than one lets the next group be written while one waits for
-/// its commit; on two cores shared with the server, two writers made smaller groups and no
-/// more publishes a second (the server's CPU is the bound), so one it is.
+/// its commit; on two cores shared with the server, two writers made smaller groups at more
+/// CPU per publish and no more publishes a second (CPU is the bound there), so one it is.
 pub const WRITERS: usize = 1;
 
 type Answer = StoreResult<Vec<Published>>;
@@ -67,7 +67,8 @@ impl GroupCommit {
         answer.await.unwrap_or(Err(StoreError::Closed))
     }
 
-    /// Calls queued for the next group, not yet taken by the writer.
+    /// Calls queued for the next group, not yet taken by a writer (for tests: a call dropped
+    /// while the queue is full stays counted).
     pub fn waiting(&self) -> usize {
         self.waiting.load(Ordering::SeqCst)
     }
