@@ -69,11 +69,12 @@ impl App {
         })?;
         let cipher = config.cipher(true)?;
         let now = clock.now_ms();
-        let mut commits = None;
+        let commits;
         let (store, listen): (Arc<dyn Store>, _) = match &config.database_url {
             Some(url) => {
                 let store =
                     PgStore::connect(url.expose(), cipher, config.database_max_connections).await?;
+                commits = Some(store.commit_metrics());
                 // Nodes that deliver hear of due work; nodes that serve the API, of new
                 // events for the event log's readers.
                 let listen = (config.role.delivers() || config.role.serves_api())

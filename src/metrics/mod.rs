@@ -2,7 +2,7 @@
 //! when the scraper asks for it). One [`Metrics`] per app, built at start with every family
 //! registered, is shared by the parts that count: the API's middleware ([`http`]), publish
 //! handler and event log readers ([`log`]), the dispatcher and its recorder, retention, and
-//! the embedded store's writer ([`CommitMetrics`]). The backlog is read from the store when
+//! the store's group commits ([`CommitMetrics`]). The backlog is read from the store when
 //! scraped ([`backlog`]).
 //!
 //! Counting stays off the hot path's bill: counters and gauges are atomics, and the handles
@@ -52,7 +52,7 @@ pub struct Metrics {
 pub struct MetricsOptions<'a> {
     /// The built-in catalog: its categories are the values of `category`.
     pub catalog: &'a Catalog,
-    /// The embedded store's group commits; `None` on the shared store, which has none.
+    /// The store's group commits of publishes (every write, on the embedded store).
     pub commits: Option<CommitMetrics>,
     /// The dispatcher's slots; `None` on a node that does not deliver.
     pub dispatcher_slots: Option<usize>,
@@ -422,8 +422,9 @@ impl Drop for SlotInUse {
     }
 }
 
-/// The embedded store's group commits: how many jobs each carried and how long each took,
-/// fsync included. Kept by the writer thread; registered by the app.
+/// The store's group commits: how many jobs each carried and how long each took, fsync
+/// included. Kept by the embedded store's writer thread (every write) or the shared store's
+/// publish writer (publishes); registered by the app.
 #[derive(Clone)]
 pub struct CommitMetrics {
     jobs: Histogram,
@@ -459,12 +460,12 @@ impl CommitMetrics {
     fn register(self, registry: &mut Registry) {
         registry.register(
             "store_group_commit_jobs",
-            "Writes committed together by one group commit of the embedded store",
+            "Writes committed together by one group commit of the store",
             self.jobs,
         );
         registry.register_with_unit(
             "store_group_commit_duration",
-            "How long the embedded store's group commits took, the transaction and its fsync",
+            "How long the store's group commits took, the transaction and its fsync",
             Unit::Seconds,
             self.duration,
         );

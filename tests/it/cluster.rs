@@ -391,3 +391,122 @@ fn a_node_with_another_secret_key_is_refused() {
         String::from_utf8_lossy(&other.stderr)
     );
 }
+
+/// The sum of a metric's samples named exactly `name` in a Prometheus text scrape.
+fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .filter_map(|value| value.trim().parse::<f64>().ok())
+        .sum()
+}
+
+/// Two nodes take single-event publishes at once, each event published to both of them at
+/// about the same moment, so that concurrent publishes share group commits on each node and
+/// race each other across the nodes. Every event is stored once, with one delivery, and
+/// exactly one of its two publishes is answered as new: nothing acknowledged is lost, and
+/// no publish is taken twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(herald_postgres_tests), ignore = "needs HERALD_TEST_DATABASE_URL")]
+async fn two_nodes_publishing_at_once_lose_nothing_and_store_nothing_twice() {
+    let database = postgres_database().await;
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let nodes: Vec<Server> = dirs
+        .iter()
+        .map(|dir| start_node(&database, dir.path(), "all"))
+        .collect();
+    let bases: Vec<String> = nodes.iter().map(|n| n.base.clone()).collect();
+    let receiver = Receiver::start().await;
+    let http = reqwest::Client::new();
+    nodes[0].create_stream(&http, &receiver).await;
+
+    // Request 2k publishes event k to node 0, request 2k + 1 the same event to node 1.
+    const EVENTS: usize = 1_000;
+    const PUBLISHERS: usize = 32;
+    let next = Arc::new(AtomicUsize::new(0));
+    let fresh = Arc::new(Mutex::new(HashMap::<String, usize>::new()));
+    let mut publishers = Vec::new();
+    for _ in 0..PUBLISHERS {
+        let (http, bases, next, fresh) = (http.clone(), bases.clone(), next.clone(), fresh.clone());
+        publishers.push(tokio::spawn(async move {
+            loop {
+                let request = next.fetch_add(1, Ordering::SeqCst);
+                if request >= 2 * EVENTS {
+                    return;
+                }
+                let id = format!("evt-{}", request / 2);
+                let response = http
+                    .post(format!("{}/v1/events", bases[request % 2]))
+                    .bearer_auth(ADMIN_TOKEN)
+                    .json(&json!({"id": id, "source": "/two-nodes", "type": "user.created"}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 202, "publishing {id}");
+                let body: Value = response.json().await.unwrap();
+                let new = body["duplicate"] == json!(false);
+                *fresh.lock().unwrap().entry(id).or_default() += usize::from(new);
+            }
+        }));
+    }
+    for p in publishers {
+        p.await.unwrap();
+    }
+    let fresh = fresh.lock().unwrap().clone();
+    assert_eq!(fresh.len(), EVENTS);
+    let twice: Vec<_> = fresh.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(
+        twice.is_empty(),
+        "events not answered as new exactly once: {twice:?}"
+    );
+
+    let (client, connection) = tokio_postgres::connect(&database.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let row = client
+        .query_one(
+            "SELECT (SELECT COUNT(*) FROM events WHERE source = '/two-nodes'), \
+             (SELECT COUNT(DISTINCT id) FROM events WHERE source = '/two-nodes'), \
+             (SELECT COUNT(*) FROM deliveries d JOIN events e ON e.seq = d.event_seq \
+              WHERE e.source = '/two-nodes')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (stored, distinct, deliveries): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(
+        (stored, distinct, deliveries),
+        (EVENTS as i64, EVENTS as i64, EVENTS as i64),
+        "events stored, distinct events, deliveries"
+    );
+    receiver
+        .wait_until("every event", |received| {
+            received
+                .iter()
+                .map(|r| r.json()["id"].as_str().unwrap().to_string())
+                .collect::<HashSet<_>>()
+                .len()
+                == EVENTS
+        })
+        .await;
+
+    // The publishes did share commits: some group held more than one.
+    let (mut commits, mut jobs) = (0.0, 0.0);
+    for base in &bases {
+        let text = http
+            .get(format!("{base}/metrics"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        commits += metric_sum(&text, "herald_store_group_commit_jobs_count");
+        jobs += metric_sum(&text, "herald_store_group_commit_jobs_sum");
+    }
+    assert!(
+        jobs >= 2.0 * EVENTS as f64 && commits < jobs,
+        "{jobs} publishes in {commits} commits"
+    );
+}

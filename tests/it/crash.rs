@@ -136,8 +136,9 @@ fn hits_up_to(point: &str) -> u64 {
         crashpoint::SQLITE_BETWEEN_JOBS => 24,
         crashpoint::SQLITE_BEFORE_COMMIT | crashpoint::SQLITE_AFTER_COMMIT => 60,
         crashpoint::RECORDER_BEFORE_RECORD | crashpoint::RECORDER_AFTER_RECORD => 12,
+        // Concurrent publishes share a commit, and pass these once per group.
         crashpoint::POSTGRES_PUBLISH_BEFORE_COMMIT | crashpoint::POSTGRES_PUBLISH_AFTER_COMMIT => {
-            40
+            24
         }
         _ => 12,
     }

@@ -117,11 +117,6 @@ pub async fn scrape(app: &TestApp) -> Scrape {
     Scrape::parse(response.text().await.unwrap())
 }
 
-/// Whether the app runs on the embedded store (which alone has group commits).
-fn embedded() -> bool {
-    std::env::var("HERALD_TEST_APP_DATABASE").as_deref() != Ok("postgres")
-}
-
 #[tokio::test]
 async fn delivery_counters_move_by_exactly_what_was_delivered() {
     let app = spawn_app().await;
@@ -246,11 +241,10 @@ async fn delivery_counters_move_by_exactly_what_was_delivered() {
         ),
         Some(0.0)
     );
-    if embedded() {
-        let commits = after.sum("herald_store_group_commit_jobs_count", &[]);
-        let jobs = after.sum("herald_store_group_commit_jobs_sum", &[]);
-        assert!(commits > 0.0 && jobs >= commits, "{}", after.text);
-    }
+    // Both stores commit publishes in groups.
+    let commits = after.sum("herald_store_group_commit_jobs_count", &[]);
+    let jobs = after.sum("herald_store_group_commit_jobs_sum", &[]);
+    assert!(commits > 0.0 && jobs >= commits, "{}", after.text);
 }
 
 /// Requests that hang at the receiver hold their tenant's slots, and what waits behind them
@@ -601,11 +595,9 @@ async fn the_scrape_passes_the_reference_parsers() {
             ("herald_event_log_readers", "gauge"),
             ("herald_event_log_events_served", "counter"),
             ("herald_event_log_readers_refused", "counter"),
+            ("herald_store_group_commit_jobs", "histogram"),
+            ("herald_store_group_commit_duration_seconds", "histogram"),
         ];
-        if embedded() {
-            expected.push(("herald_store_group_commit_jobs", "histogram"));
-            expected.push(("herald_store_group_commit_duration_seconds", "histogram"));
-        }
         expected.sort();
 
         for (format, accept) in [

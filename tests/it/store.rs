@@ -2663,3 +2663,138 @@ async fn console_sessions_serve_while_their_token_is_valid_and_end_with_it(b: Ba
         "{name}"
     );
 }
+
+/// Waits until `done` holds, polling the store, for at most the suite's patience.
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + crate::helpers::PATIENCE;
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+}
+
+/// On PostgreSQL, publishes that arrive while every writer is busy share the next commit. A
+/// publish in such a group that fails (here: a row the database refuses) fails alone, as it
+/// would have alone: its whole batch is rolled back and it gets the error, while the others
+/// in the group are stored, with their deliveries, in one transaction.
+#[tokio::test]
+#[cfg_attr(not(herald_postgres_tests), ignore = "needs HERALD_TEST_DATABASE_URL")]
+async fn a_failing_publish_fails_alone_in_its_group_commit() {
+    let database = postgres_database().await;
+    let pg = Arc::new(
+        PgStore::connect(&database.url, Cipher::from_base64(KEY).unwrap(), 4)
+            .await
+            .expect("the PostgreSQL store opens"),
+    );
+    let b = with_tenants(Backend {
+        name: "postgres",
+        store: pg.clone(),
+        dir: None,
+        database: Some(database),
+    })
+    .await;
+    let store = &*b.store;
+    stream(store, "ten_a", "est_a", "user.*", StreamStatus::Enabled).await;
+    stream(store, "ten_b", "est_b", "user.*", StreamStatus::Enabled).await;
+    refuse_inserts(&b, "events", "NEW.id = 'poison'").await;
+
+    // Holds the first publish's insert, so the others queue behind its commit.
+    let (mut client, connection) =
+        tokio_postgres::connect(&b.database.as_ref().unwrap().url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let lock = client.transaction().await.unwrap();
+    lock.batch_execute("LOCK TABLE events IN EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let publish = |tenant: &'static str, ids: &'static [&'static str]| {
+        let store = b.store.clone();
+        tokio::spawn(async move {
+            let events = ids.iter().map(|id| event(id, "user.created")).collect();
+            store.publish(tenant, events, NOW, None).await
+        })
+    };
+    // One publish per writer, each held by the lock.
+    const FIRST: [&[&str]; 4] = [&["first-0"], &["first-1"], &["first-2"], &["first-3"]];
+    let writers = herald::store::postgres::PUBLISH_WRITERS;
+    assert!(writers <= FIRST.len());
+    let blocked = "SELECT COUNT(*) FROM pg_locks WHERE NOT granted \
+                   AND relation = 'events'::regclass";
+    let mut firsts = Vec::new();
+    for (n, ids) in FIRST.into_iter().take(writers).enumerate() {
+        firsts.push(publish("ten_a", ids));
+        let deadline = tokio::time::Instant::now() + crate::helpers::PATIENCE;
+        while lock.query_one(blocked, &[]).await.unwrap().get::<_, i64>(0) <= n as i64 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "publish {n} never reached the table"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+    let group = [
+        publish("ten_a", &["a1", "a2"]),
+        publish("ten_a", &["ok-beside-poison", "poison"]),
+        publish("ten_b", &["b1"]),
+        publish("ten_a", &["a1"]),
+    ];
+    until("the group is queued", || pg.publishes_waiting() == 4).await;
+    lock.commit().await.unwrap();
+
+    for first in firsts {
+        assert!(!first.await.unwrap().unwrap()[0].duplicate);
+    }
+    let [a, poison, b1, again] = group;
+    let a = a.await.unwrap().unwrap();
+    let poison = poison.await.unwrap();
+    let b1 = b1.await.unwrap().unwrap();
+    let again = again.await.unwrap().unwrap();
+    assert!(poison.is_err(), "the refused publish fails: {poison:?}");
+    assert_eq!(
+        a.iter().map(|p| p.duplicate).collect::<Vec<_>>(),
+        [false, false]
+    );
+    assert_eq!(a[0].streams, ["est_a"]);
+    assert_eq!(b1[0].streams, ["est_b"]);
+    assert!(!b1[0].duplicate);
+    assert!(
+        again[0].duplicate,
+        "a repeat later in the group is a duplicate"
+    );
+    assert!(
+        store
+            .get_event("ten_a", "ok-beside-poison", None)
+            .await
+            .unwrap()
+            .is_none(),
+        "the failed publish stored nothing of its batch"
+    );
+
+    // The others were committed together, in one transaction after the first's.
+    let rows = client
+        .query(
+            "SELECT id, xid, (SELECT COUNT(*) FROM deliveries d WHERE d.tenant_id = e.tenant_id \
+             AND d.event_seq = e.seq) FROM events e ORDER BY seq",
+            &[],
+        )
+        .await
+        .unwrap();
+    let stored: Vec<(String, i64, i64)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let (firsts, group): (Vec<_>, Vec<_>) = stored
+        .iter()
+        .partition(|(id, _, _)| id.starts_with("first-"));
+    assert_eq!(firsts.len(), writers);
+    let ids: Vec<&str> = group.iter().map(|(id, _, _)| id.as_str()).collect();
+    assert_eq!(ids, ["a1", "a2", "b1"]);
+    assert!(stored.iter().all(|(_, _, deliveries)| *deliveries == 1));
+    let xids: std::collections::HashSet<i64> = group.iter().map(|(_, x, _)| *x).collect();
+    assert_eq!(xids.len(), 1, "one commit for the group: {stored:?}");
+    assert!(
+        firsts.iter().all(|(_, x, _)| !xids.contains(x)),
+        "the first publishes went alone: {stored:?}"
+    );
+}

@@ -1,10 +1,11 @@
 //! `herald-bench`: Herald's benchmark. Starts Herald (the `herald` binary built beside this
-//! one) on a temporary embedded store at full durability (S7: on PostgreSQL, in a schema of
-//! its own), its own receivers on loopback, and its own publishers; runs the scenarios of
-//! BENCHMARKS.md; prints a table and, with `--json`, writes the figures for machines.
+//! one) on a temporary embedded store at full durability (S7, S9: on PostgreSQL, in a schema
+//! of its own, with `--nodes` Herald processes), its own receivers on loopback, and its own
+//! publishers; runs the scenarios of BENCHMARKS.md; prints a table and, with `--json`, writes
+//! the figures for machines.
 //!
-//! S7 uses the PostgreSQL server at `HERALD_BENCH_DATABASE_URL`
-//! (default `postgres://postgres@127.0.0.1:5432/test`) and is skipped when it is unreachable.
+//! S7 and S9 use the PostgreSQL server at `HERALD_BENCH_DATABASE_URL`
+//! (default `postgres://postgres@127.0.0.1:5432/test`) and are skipped when it is unreachable.
 //! S11 takes a receiver down for a minute under a backlog (a few seconds with `--quick`).
 //! S10 puts events on EventBridge as moto serves it (`HERALD_BENCH_MOTO_SERVER`, else
 //! `moto_server` on the `PATH`) and is skipped without it.
@@ -12,6 +13,7 @@
 //! Build and run in release mode: `cargo build --release && target/release/herald-bench`.
 
 mod moto;
+mod postgres;
 mod receiver;
 mod scenarios;
 mod target;
@@ -31,13 +33,16 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "Measure Herald: throughput, latency, CPU and memory."
 )]
 struct Args {
-    /// Scenarios to run, comma-separated (S1..S8, S10..S12).
+    /// Scenarios to run, comma-separated (S1..S12).
     #[arg(
         long,
-        default_value = "S1,S2,S3,S4,S5,S6,S7,S8,S10,S11,S12",
+        default_value = "S1,S2,S3,S4,S5,S6,S7,S8,S9,S10,S11,S12",
         value_delimiter = ','
     )]
     scenarios: Vec<String>,
+    /// Herald processes on the same database in S7 and S9, the publishers spread over them.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
+    nodes: u16,
     /// A tiny run that checks the harness works; its figures mean nothing.
     #[arg(long)]
     quick: bool,
@@ -78,10 +83,13 @@ fn main() {
             outcomes.push(report(scenarios::s6(size).await));
         }
         if wanted("S7") {
-            outcomes.push(report(scenarios::s7(size).await));
+            outcomes.push(report(postgres::s7(size, args.nodes.into()).await));
         }
         if wanted("S8") {
             outcomes.push(report(scenarios::s8(size, s3_p99).await));
+        }
+        if wanted("S9") {
+            outcomes.push(report(postgres::s9(size, args.nodes.into()).await));
         }
         if wanted("S10") {
             outcomes.push(report(scenarios::s10(size).await));
@@ -121,7 +129,7 @@ fn print_table(outcomes: &[Outcome], quick: bool) {
     let opt =
         |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
     println!(
-        "{:<4} {:>10} {:>12} {:>10} {:>6} {:>22} {:>22} {:>9} {:>8} {:>5}",
+        "{:<4} {:>10} {:>12} {:>10} {:>6} {:>22} {:>22} {:>9} {:>9} {:>8} {:>5}",
         "",
         "events/s",
         "deliveries/s",
@@ -130,12 +138,13 @@ fn print_table(outcomes: &[Outcome], quick: bool) {
         "latency p50/p99/p99.9",
         "ack p50/p99/p99.9",
         "cpu us/d",
+        "db us/d",
         "rss MiB",
         "met"
     );
     for o in outcomes {
         println!(
-            "{:<4} {:>10.0} {:>12.0} {:>10} {:>6} {:>22} {:>22} {:>9.1} {:>8.1} {:>5}",
+            "{:<4} {:>10.0} {:>12.0} {:>10} {:>6} {:>22} {:>22} {:>9.1} {:>9} {:>8.1} {:>5}",
             o.scenario,
             o.events_per_s,
             o.deliveries_per_s,
@@ -144,6 +153,7 @@ fn print_table(outcomes: &[Outcome], quick: bool) {
             ms(o.latency_ms),
             ms(o.ack_latency_ms),
             o.cpu_us_per_delivery,
+            opt(o.server_cpu_us_per_delivery, 1),
             o.peak_rss_mib,
             o.met.map_or("-", |m| if m { "yes" } else { "NO" }),
         );

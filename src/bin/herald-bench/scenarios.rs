@@ -1,4 +1,4 @@
-//! The scenarios, S1 to S8 and S10 to S12. Each starts its own Herald process, its own receivers and its own
+//! The scenarios, S1 to S6, S8 and S10 to S12 (S7 and S9, on PostgreSQL, are in `postgres`). Each starts its own Herald process, its own receivers and its own
 //! publishers, drives the load, and reports what it measured. Throughput scenarios first
 //! measure the bare rate: Herald's own webhook client posting the same bodies straight to the
 //! same kind of receiver with the same concurrency, so the ratio holds where absolute numbers
@@ -15,7 +15,6 @@ use herald::destinations::{
 };
 use herald::net::ssrf::AddressPolicy;
 use herald::secret::{Secret, StreamSecret};
-use herald::store::postgres::{Scratch, redact_url};
 use serde_json::{Value, json};
 
 use crate::moto::Moto;
@@ -23,7 +22,7 @@ use crate::receiver::{self, Behaviour, Clock, Receipts};
 use crate::target::{Herald, wait_until};
 
 /// Herald's default concurrency for one stream, which the bare rate uses too.
-const PER_STREAM: usize = 32;
+pub const PER_STREAM: usize = 32;
 
 /// How big a run is.
 #[derive(Clone, Copy, Debug)]
@@ -73,7 +72,12 @@ pub struct Outcome {
     pub ratio_to_bare: Option<f64>,
     pub latency_ms: Option<Percentiles>,
     pub ack_latency_ms: Option<Percentiles>,
+    /// Herald's CPU per delivery, every node's.
     pub cpu_us_per_delivery: f64,
+    /// The database server's CPU per delivery (S7, S9), when it could be read.
+    pub server_cpu_us_per_delivery: Option<f64>,
+    /// Herald processes (S7, S9 with `--nodes`).
+    pub nodes: usize,
     pub peak_rss_mib: f64,
     pub target: &'static str,
     pub met: Option<bool>,
@@ -147,10 +151,31 @@ async fn publish_batches(
     concurrency: usize,
     event_type: &str,
 ) {
+    publish_batches_to(
+        std::slice::from_ref(herald),
+        clock,
+        range,
+        batch,
+        concurrency,
+        event_type,
+    )
+    .await
+}
+
+/// [`publish_batches`] with the publishers spread over `nodes` (round-robin).
+pub async fn publish_batches_to(
+    nodes: &[Herald],
+    clock: &Arc<Clock>,
+    range: std::ops::Range<usize>,
+    batch: usize,
+    concurrency: usize,
+    event_type: &str,
+) {
     let next = Arc::new(AtomicUsize::new(range.start));
     let end = range.end;
     let mut tasks = Vec::new();
-    for _ in 0..concurrency {
+    for i in 0..concurrency {
+        let herald = &nodes[i % nodes.len()];
         let (next, clock, http, base) = (
             next.clone(),
             clock.clone(),
@@ -181,7 +206,7 @@ async fn publish_batches(
 
 /// Herald's webhook client posting `requests` bodies straight to a receiver, `concurrency` at
 /// a time: the ceiling for the delivery scenarios.
-async fn bare_rate(requests: usize, concurrency: usize) -> f64 {
+pub async fn bare_rate(requests: usize, concurrency: usize) -> f64 {
     let clock = Clock::new(0);
     let receipts = Arc::new(Receipts::default());
     let url = receiver::start(Behaviour::Ok, clock, receipts.clone()).await;
@@ -321,18 +346,36 @@ async fn throughput(
 /// S2: single-event publishes from 64 concurrent publishers.
 pub async fn s2(size: Size) -> Outcome {
     let herald = Herald::start(&[]);
+    let mut out = single_publishes(std::slice::from_ref(&herald), size).await;
+    out.scenario = "S2";
+    out.description = "single-event publish, 64 concurrent publishers".into();
+    out.target = ">= 10,000 events/s acknowledged, ack p99 <= 20 ms";
+    out.met =
+        Some(out.events_per_s >= 10_000.0 && out.ack_latency_ms.is_some_and(|p| p.p99 <= 20.0));
+    out.note = "deliveries (fan-out 1) run during the publishing".into();
+    out
+}
+
+/// Single-event publishes from 64 concurrent publishers spread over `nodes` for
+/// `size.seconds`, fan-out 1, then waits for every acknowledged event to be delivered.
+/// `events_per_s` is the acknowledged rate over the publishing; `deliveries_per_s` the
+/// delivered rate, to the last receipt.
+pub async fn single_publishes(nodes: &[Herald], size: Size) -> Outcome {
     let capacity = 2_000_000;
     let clock = Clock::new(capacity);
     let receipts = Arc::new(Receipts::default());
     let url = receiver::start(Behaviour::Ok, clock.clone(), receipts.clone()).await;
-    herald.stream(&url, "flow.run.finished").await;
-    let cpu = herald.cpu_seconds();
+    nodes[0].stream(&url, "flow.run.finished").await;
+    let cpu_of = |nodes: &[Herald]| nodes.iter().map(Herald::cpu_seconds).sum::<f64>();
+    let cpu = cpu_of(nodes);
     let next = Arc::new(AtomicUsize::new(0));
     let acks = Arc::new(std::sync::Mutex::new(Vec::new()));
     let deadline = Instant::now() + Duration::from_secs_f64(size.seconds);
     let started = Instant::now();
+    let started_us = clock.now_us();
     let mut tasks = Vec::new();
-    for _ in 0..64 {
+    for i in 0..64 {
+        let herald = &nodes[i % nodes.len()];
         let (next, clock, acks, http, base) = (
             next.clone(),
             clock.clone(),
@@ -364,17 +407,26 @@ pub async fn s2(size: Size) -> Outcome {
         receipts.count.load(Ordering::Relaxed) >= acked as u64
     })
     .await;
-    let mut out = delivery_outcome(&herald, &receipts, cpu, published, seconds);
-    out.scenario = "S2";
-    out.description = "single-event publish, 64 concurrent publishers".into();
-    out.events = acked as u64;
-    out.events_per_s = acked as f64 / seconds;
-    out.ack_latency_ms = percentiles(&mut ack);
-    out.target = ">= 10,000 events/s acknowledged, ack p99 <= 20 ms";
-    out.met =
-        Some(out.events_per_s >= 10_000.0 && out.ack_latency_ms.is_some_and(|p| p.p99 <= 20.0));
-    out.note = "deliveries (fan-out 1) run during the publishing".into();
-    out
+    let deliveries = receipts.count.load(Ordering::Relaxed);
+    let delivering = (receipts
+        .last_us
+        .load(Ordering::Relaxed)
+        .saturating_sub(started_us)) as f64
+        / 1e6;
+    let mut latencies = std::mem::take(&mut *receipts.latencies_us.lock().unwrap());
+    Outcome {
+        events: acked as u64,
+        deliveries,
+        seconds,
+        events_per_s: acked as f64 / seconds,
+        deliveries_per_s: deliveries as f64 / delivering.max(seconds),
+        latency_ms: percentiles(&mut latencies),
+        ack_latency_ms: percentiles(&mut ack),
+        cpu_us_per_delivery: (cpu_of(nodes) - cpu) * 1e6 / deliveries.max(1) as f64,
+        peak_rss_mib: nodes.iter().map(Herald::peak_rss_mib).fold(0.0, f64::max),
+        note: format!("{published} published"),
+        ..Outcome::default()
+    }
 }
 
 /// Publishes `rate` events a second for `seconds`, spread over `types` round-robin.
@@ -653,43 +705,6 @@ pub async fn s6(size: Size) -> Outcome {
         note: format!("small backlog drained at {small_rate:.0}/s"),
         ..Outcome::default()
     }
-}
-
-/// The server S7 uses when `HERALD_BENCH_DATABASE_URL` is unset.
-const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
-
-/// S7: S1 with Herald on PostgreSQL (in a schema of its own) instead of the embedded store;
-/// skipped when the server cannot be reached.
-pub async fn s7(size: Size) -> Outcome {
-    let url = std::env::var("HERALD_BENCH_DATABASE_URL")
-        .unwrap_or_else(|_| DEFAULT_DATABASE_URL.to_string());
-    let description = "S1 on PostgreSQL (fan-out 1, batch publish)".to_string();
-    const GOAL: Goal = Goal {
-        target: ">= 10,000 deliveries/s",
-        reached: |out| out.deliveries_per_s >= 10_000.0,
-    };
-    // Declared before Herald starts, so it is dropped after Herald is gone.
-    let scratch = match Scratch::create(&url, "herald_bench").await {
-        Ok(scratch) => scratch,
-        Err(reason) => {
-            return Outcome {
-                scenario: "S7",
-                description,
-                target: GOAL.target,
-                note: format!("skipped: {reason}"),
-                ..Outcome::default()
-            };
-        }
-    };
-    let env = [("HERALD_DATABASE_URL", scratch.url.clone())];
-    let mut out = throughput(size, 1, size.batch_events, &env, GOAL).await;
-    out.scenario = "S7";
-    out.description = description;
-    out.note = format!(
-        "PostgreSQL at {}; Herald's CPU only, not the server's",
-        redact_url(&url)
-    );
-    out
 }
 
 /// S10: the batching path. Events to an EventBridge stream against moto (no authentication),

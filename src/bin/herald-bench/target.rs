@@ -143,19 +143,7 @@ impl Herald {
 
     /// CPU seconds used so far, user and system, all threads.
     pub fn cpu_seconds(&self) -> f64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
-        // Fields after the command name, which is in parentheses and may hold spaces.
-        let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        // utime and stime are fields 14 and 15 of stat; 12 and 13 after the name and state.
-        (ticks(11) + ticks(12)) / clock_ticks_per_second()
+        cpu_seconds(self.pid()).unwrap_or(0.0)
     }
 
     /// Peak resident set size in MiB.
@@ -168,6 +156,18 @@ impl Herald {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
             .map_or(0.0, |kb| kb / 1024.0)
     }
+}
+
+/// CPU seconds process `pid` has used so far, user and system, all threads; `None` when it
+/// cannot be read (gone, or not on this machine).
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest)?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
+    // utime and stime are fields 14 and 15 of stat; 12 and 13 after the name and state.
+    Some((ticks(11)? + ticks(12)?) / clock_ticks_per_second())
 }
 
 /// `getconf CLK_TCK`; 100 on every Linux this runs on, asked anyway.

@@ -20,6 +20,7 @@ use super::{DUE_CHANNEL, EVENTS_CHANNEL, STREAMS_CHANNEL, Target};
 
 /// Announces streams with due work and tenants with new events to every node, a batch of
 /// them per notifying statement.
+#[derive(Clone)]
 pub(super) struct Announcer(mpsc::UnboundedSender<(&'static str, String)>);
 
 impl Announcer {

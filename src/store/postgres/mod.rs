@@ -3,12 +3,14 @@
 //! (several processes share the queue), so a claim is an `UPDATE` of up to a batch of rows
 //! picked with `FOR UPDATE SKIP LOCKED`, and every outcome is fenced by the lease generation
 //! it was attempted under. Changes other nodes must hear of (new due work, changed streams)
-//! are sent with `NOTIFY` in the same transaction; see `listen`.
+//! are sent with `NOTIFY` in the same transaction; see `listen`. Concurrent publishes share
+//! one transaction and one commit; see `group`.
 //!
 //! Connections come from a small pool with short timeouts: when the database is unreachable,
 //! calls fail fast with [`StoreError::Unavailable`] and succeed again once it is back,
 //! without a restart.
 
+mod group;
 mod import;
 mod listen;
 mod log;
@@ -24,6 +26,9 @@ use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMe
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
+/// Publish groups written at once; the group commit test occupies each.
+#[doc(hidden)]
+pub use group::WRITERS as PUBLISH_WRITERS;
 pub use import::{ImportReport, check_source_key, import_sqlite};
 pub use listen::{Notice, listen};
 pub use scratch::Scratch;
@@ -70,6 +75,9 @@ pub struct PgStore {
     lazy: Pool,
     announcer: listen::Announcer,
     cipher: Arc<Cipher>,
+    /// Publishes, committed in groups.
+    publishes: group::GroupCommit,
+    commit_metrics: crate::metrics::CommitMetrics,
 }
 
 /// Connections in the lazy pool: the dispatcher claims, the recorder records, releases and
@@ -256,11 +264,20 @@ impl PgStore {
             LAZY_CONNECTIONS,
             &format!("{SESSION_LIMITS} -c synchronous_commit=off"),
         )?;
+        let pool = pool(url, max_connections)?;
+        let announcer = listen::Announcer::start(lazy.clone());
+        let commit_metrics = crate::metrics::CommitMetrics::default();
         let store = PgStore {
-            pool: pool(url, max_connections)?,
-            announcer: listen::Announcer::start(lazy.clone()),
+            publishes: group::GroupCommit::start(
+                pool.clone(),
+                announcer.clone(),
+                commit_metrics.clone(),
+            ),
+            pool,
+            announcer,
             lazy,
             cipher: Arc::new(cipher),
+            commit_metrics,
         };
         migrate(&store.pool).await.map_err(|e| StoreError::Open {
             path: redact_url(url),
@@ -449,6 +466,17 @@ impl PgStore {
             }
         }
         Ok(())
+    }
+
+    /// The group commits of publishes, for the metrics.
+    pub fn commit_metrics(&self) -> crate::metrics::CommitMetrics {
+        self.commit_metrics.clone()
+    }
+
+    /// Publish calls queued for the next group commit, not yet being written.
+    #[doc(hidden)]
+    pub fn publishes_waiting(&self) -> usize {
+        self.publishes.waiting()
     }
 
     async fn client(&self) -> StoreResult<deadpool_postgres::Object> {
@@ -1269,18 +1297,14 @@ impl Store for PgStore {
         now: Millis,
         lease_until: Option<Millis>,
     ) -> StoreResult<Vec<Published>> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        let mut due = Vec::new();
-        let published = queue::publish(&tx, lease_until, tenant_id, events, now, &mut due).await?;
-        crashpoint::hit(crashpoint::POSTGRES_PUBLISH_BEFORE_COMMIT);
-        tx.commit().await?;
-        crashpoint::hit(crashpoint::POSTGRES_PUBLISH_AFTER_COMMIT);
-        self.announcer.due(due);
-        if !published.is_empty() {
-            self.announcer.events(tenant_id);
-        }
-        Ok(published)
+        self.publishes
+            .publish(queue::PublishRequest {
+                tenant_id: tenant_id.to_string(),
+                events,
+                now,
+                lease_until,
+            })
+            .await
     }
 
     async fn fan_out(

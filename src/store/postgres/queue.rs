@@ -23,6 +23,15 @@ use crate::store::{
     disable_reason,
 };
 
+/// One publish call: a tenant's events, when they arrived, and whether the caller leases the
+/// deliveries to enabled streams (until when).
+pub struct PublishRequest {
+    pub tenant_id: String,
+    pub events: Vec<Event>,
+    pub now: Millis,
+    pub lease_until: Option<Millis>,
+}
+
 /// Stores `events` and a pending delivery for each stream subscribed to them that is enabled
 /// or paused. With `lease_until`, the deliveries to enabled streams are leased to the caller
 /// and returned; the streams of the others are added to `due`, for every node to hear of.
@@ -35,26 +44,54 @@ pub async fn publish(
     now: Millis,
     due: &mut Vec<String>,
 ) -> StoreResult<Vec<Published>> {
+    let request = PublishRequest {
+        tenant_id: tenant_id.to_string(),
+        events,
+        now,
+        lease_until,
+    };
+    let mut published = publish_all(tx, std::slice::from_ref(&request), due).await?;
+    Ok(published.pop().unwrap_or_default())
+}
+
+/// [`publish`] for several requests at once, with the same statements as one (a group
+/// commit's): each request's events are stored and fanned out as if it were alone, in
+/// order, so a request that repeats an event of an earlier one in the group gets a duplicate.
+/// Gives each request's results, in order.
+pub async fn publish_all(
+    tx: &impl GenericClient,
+    requests: &[PublishRequest],
+    due: &mut Vec<String>,
+) -> StoreResult<Vec<Vec<Published>>> {
     let select = tx
         .prepare_cached(
-            "SELECT id, subscriptions, status = 'enabled' FROM streams \
-             WHERE tenant_id = $1 AND status IN ('enabled', 'paused')",
+            "SELECT tenant_id, id, subscriptions, status = 'enabled' FROM streams \
+             WHERE tenant_id = ANY($1) AND status IN ('enabled', 'paused')",
         )
         .await?;
+    let mut tenants: Vec<&str> = requests.iter().map(|r| r.tenant_id.as_str()).collect();
+    tenants.sort_unstable();
+    tenants.dedup();
 
-    // One array per column.
-    let contexts: Vec<_> = events.iter().map(columns::event_context).collect();
-    let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
-    let sources: Vec<&str> = events.iter().map(|e| e.source.as_str()).collect();
-    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
-    let times: Vec<Millis> = events.iter().map(|e| e.time).collect();
-    let subjects: Vec<Option<&str>> = events.iter().map(|e| e.subject.as_deref()).collect();
-    let contenttypes: Vec<Option<&str>> = events
+    // One array per column, every request's events in order.
+    let events = || requests.iter().flat_map(|r| r.events.iter());
+    let contexts: Vec<_> = events().map(columns::event_context).collect();
+    let event_tenants: Vec<&str> = requests
         .iter()
-        .map(|e| e.datacontenttype.as_deref())
+        .flat_map(|r| r.events.iter().map(|_| r.tenant_id.as_str()))
         .collect();
-    let schemas: Vec<Option<&str>> = events.iter().map(|e| e.dataschema.as_deref()).collect();
-    let datas: Vec<&str> = events.iter().map(|e| e.data.get()).collect();
+    let received: Vec<Millis> = requests
+        .iter()
+        .flat_map(|r| r.events.iter().map(|_| r.now))
+        .collect();
+    let ids: Vec<&str> = events().map(|e| e.id.as_str()).collect();
+    let sources: Vec<&str> = events().map(|e| e.source.as_str()).collect();
+    let types: Vec<&str> = events().map(|e| e.event_type.as_str()).collect();
+    let times: Vec<Millis> = events().map(|e| e.time).collect();
+    let subjects: Vec<Option<&str>> = events().map(|e| e.subject.as_deref()).collect();
+    let contenttypes: Vec<Option<&str>> = events().map(|e| e.datacontenttype.as_deref()).collect();
+    let schemas: Vec<Option<&str>> = events().map(|e| e.dataschema.as_deref()).collect();
+    let datas: Vec<&str> = events().map(|e| e.data.get()).collect();
     let extensions: Vec<Option<&str>> = contexts.iter().map(|c| c.0.as_deref()).collect();
     let projectids: Vec<Option<&str>> = contexts.iter().map(|c| c.1.as_deref()).collect();
     let userids: Vec<Option<&str>> = contexts.iter().map(|c| c.2.as_deref()).collect();
@@ -62,18 +99,19 @@ pub async fn publish(
         .prepare_cached(
             "INSERT INTO events (tenant_id, id, source, type, time, subject, datacontenttype, \
              dataschema, data, extensions, projectid, userid, received_at) \
-             SELECT $1, u.id, u.source, u.type, u.time, u.subject, u.datacontenttype, \
-             u.dataschema, u.data, u.extensions, u.projectid, u.userid, $13 \
-             FROM unnest($2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], \
-             $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[]) WITH ORDINALITY \
-             AS u(id, source, type, time, subject, datacontenttype, dataschema, data, extensions, \
-             projectid, userid, n) ORDER BY u.n \
-             ON CONFLICT (tenant_id, source, id) DO NOTHING RETURNING seq, source, id",
+             SELECT u.tenant_id, u.id, u.source, u.type, u.time, u.subject, u.datacontenttype, \
+             u.dataschema, u.data, u.extensions, u.projectid, u.userid, u.received_at \
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], \
+             $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], \
+             $13::bigint[]) WITH ORDINALITY \
+             AS u(tenant_id, id, source, type, time, subject, datacontenttype, dataschema, data, \
+             extensions, projectid, userid, received_at, n) ORDER BY u.n \
+             ON CONFLICT (tenant_id, source, id) DO NOTHING RETURNING seq, tenant_id, source, id",
         )
         .await?;
-    let select_params: [&(dyn ToSql + Sync); 1] = [&tenant_id];
+    let select_params: [&(dyn ToSql + Sync); 1] = [&tenants];
     let insert_params: [&(dyn ToSql + Sync); 13] = [
-        &tenant_id,
+        &event_tenants,
         &ids,
         &sources,
         &types,
@@ -85,110 +123,124 @@ pub async fn publish(
         &extensions,
         &projectids,
         &userids,
-        &now,
+        &received,
     ];
     // Sent together: the connection pipelines them.
     let (stream_rows, rows) = tokio::try_join!(
         tx.query(&select, &select_params),
         tx.query(&insert, &insert_params)
     )?;
-    let mut streams = Vec::new();
+    let mut streams: HashMap<String, Vec<Subscriber>> = HashMap::new();
     for row in stream_rows {
-        streams.push(Subscriber {
-            id: row.get(0),
-            patterns: columns::decode_patterns(row.get(1))?,
-            enabled: row.get(2),
+        streams.entry(row.get(0)).or_default().push(Subscriber {
+            id: row.get(1),
+            patterns: columns::decode_patterns(row.get(2))?,
+            enabled: row.get(3),
         });
     }
-    // A repeat within the batch is inserted once: the first occurrence takes the row.
-    let mut inserted: HashMap<(String, String), i64> = rows
+    // A repeat within the group is inserted once: the first occurrence takes the row.
+    let mut inserted: HashMap<(String, String, String), i64> = rows
         .iter()
-        .map(|r| ((r.get(1), r.get(2)), r.get(0)))
+        .map(|r| ((r.get(1), r.get(2), r.get(3)), r.get(0)))
         .collect();
-    let events: Vec<(Event, Option<i64>)> = events
-        .into_iter()
-        .map(|event| {
-            let seq = inserted.remove(&(event.source.clone(), event.id.clone()));
-            (event, seq)
-        })
-        .collect();
-    let new_events = events
-        .iter()
-        .filter_map(|(e, seq)| Some((e.event_type.as_str(), (*seq)?)));
-    let pending = fanout::deferred(&streams, new_events);
-    let deferred = pending.is_some();
-    if let Some(pending) = pending {
-        let insert = tx
-            .prepare_cached(
-                "INSERT INTO fanouts (tenant_id, event_seqs, first_seq, last_seq, streams, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .await?;
-        let params: [&(dyn ToSql + Sync); 6] = [
-            &tenant_id,
-            &pending.event_seqs,
-            &pending.first_seq,
-            &pending.last_seq,
-            &pending.streams,
-            &now,
-        ];
-        tx.execute(&insert, &params).await?;
-    }
 
-    let mut published = Vec::with_capacity(events.len());
+    let no_streams = Vec::new();
     let mut new_deliveries = NewDeliveries::default();
-    for (event, seq) in events {
-        let mut result = Published {
-            id: event.id.clone(),
-            source: event.source.clone(),
-            duplicate: seq.is_none(),
-            streams: Vec::new(),
-            leased: Vec::new(),
-            deferred: deferred && seq.is_some(),
-        };
-        if let Some(event_seq) = seq {
-            let mut shared: Option<Arc<Event>> = None;
-            for stream in &streams {
-                if !fanout::subscribed(&stream.patterns, &event.event_type) {
-                    continue;
-                }
-                result.streams.push(stream.id.clone());
-                if deferred {
-                    continue;
-                }
-                let lease = lease_until.filter(|_| stream.enabled);
-                let delivery_id = crate::ids::delivery_id(now);
-                new_deliveries.push(
-                    delivery_id.clone(),
-                    &stream.id,
-                    event_seq,
-                    &event.event_type,
-                    lease,
-                );
-                if let Some(lease_until) = lease {
-                    // One copy of the event, however many streams it goes to.
-                    let shared = shared.get_or_insert_with(|| Arc::new(event.clone()));
-                    result.leased.push(Claimed {
-                        key: 0, // Set once the row exists.
-                        lease: 1,
-                        lease_until,
-                        id: delivery_id,
-                        tenant_id: tenant_id.to_string(),
-                        stream_id: stream.id.clone(),
-                        attempts: 0,
-                        event: shared.clone(),
-                    });
+    let mut results = Vec::with_capacity(requests.len());
+    for request in requests {
+        let tenant_id = request.tenant_id.as_str();
+        let streams = streams.get(tenant_id).unwrap_or(&no_streams);
+        let seqs: Vec<Option<i64>> = request
+            .events
+            .iter()
+            .map(|e| inserted.remove(&(tenant_id.to_string(), e.source.clone(), e.id.clone())))
+            .collect();
+        let new_events = request
+            .events
+            .iter()
+            .zip(&seqs)
+            .filter_map(|(e, seq)| Some((e.event_type.as_str(), (*seq)?)));
+        let pending = fanout::deferred(streams, new_events);
+        let deferred = pending.is_some();
+        if let Some(pending) = pending {
+            let insert = tx
+                .prepare_cached(
+                    "INSERT INTO fanouts (tenant_id, event_seqs, first_seq, last_seq, streams, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .await?;
+            let params: [&(dyn ToSql + Sync); 6] = [
+                &tenant_id,
+                &pending.event_seqs,
+                &pending.first_seq,
+                &pending.last_seq,
+                &pending.streams,
+                &request.now,
+            ];
+            tx.execute(&insert, &params).await?;
+        }
+
+        let mut published = Vec::with_capacity(request.events.len());
+        for (event, seq) in request.events.iter().zip(seqs) {
+            let mut result = Published {
+                id: event.id.clone(),
+                source: event.source.clone(),
+                duplicate: seq.is_none(),
+                streams: Vec::new(),
+                leased: Vec::new(),
+                deferred: deferred && seq.is_some(),
+            };
+            if let Some(event_seq) = seq {
+                let mut shared: Option<Arc<Event>> = None;
+                for stream in streams {
+                    if !fanout::subscribed(&stream.patterns, &event.event_type) {
+                        continue;
+                    }
+                    result.streams.push(stream.id.clone());
+                    if deferred {
+                        continue;
+                    }
+                    let lease = request.lease_until.filter(|_| stream.enabled);
+                    let delivery_id = crate::ids::delivery_id(request.now);
+                    new_deliveries.push(
+                        tenant_id,
+                        delivery_id.clone(),
+                        &stream.id,
+                        event_seq,
+                        &event.event_type,
+                        lease,
+                        request.now,
+                    );
+                    if let Some(lease_until) = lease {
+                        // One copy of the event, however many streams it goes to.
+                        let shared = shared.get_or_insert_with(|| Arc::new(event.clone()));
+                        result.leased.push(Claimed {
+                            key: 0, // Set once the row exists.
+                            lease: 1,
+                            lease_until,
+                            id: delivery_id,
+                            tenant_id: tenant_id.to_string(),
+                            stream_id: stream.id.clone(),
+                            attempts: 0,
+                            event: shared.clone(),
+                        });
+                    }
                 }
             }
+            published.push(result);
         }
-        published.push(result);
+        results.push(published);
     }
-    let seqs = new_deliveries.insert(tx, tenant_id, now).await?;
-    for claimed in published.iter_mut().flat_map(|p| p.leased.iter_mut()) {
-        claimed.key = seqs[&claimed.id];
+    let seqs = new_deliveries.insert(tx).await?;
+    for claimed in results
+        .iter_mut()
+        .flatten()
+        .flat_map(|p| p.leased.iter_mut())
+    {
+        claimed.key = seqs[&(claimed.tenant_id.clone(), claimed.id.clone())];
     }
     due.extend(new_deliveries.unleased);
-    Ok(published)
+    Ok(results)
 }
 
 /// Creates the next chunk of a pending fan-out (about `limit` deliveries): of the first
@@ -262,11 +314,13 @@ pub async fn fan_out(
         for (stream_id, patterns) in streams {
             if existing.contains(stream_id) && fanout::subscribed(patterns, event_type) {
                 let id = crate::ids::delivery_id(now);
-                new_deliveries.push(id, stream_id, *event_seq, event_type, None);
+                new_deliveries.push(
+                    &tenant_id, id, stream_id, *event_seq, event_type, None, created_at,
+                );
             }
         }
     }
-    new_deliveries.insert(tx, &tenant_id, created_at).await?;
+    new_deliveries.insert(tx).await?;
     match after {
         None => {
             tx.execute("DELETE FROM fanouts WHERE seq = $1", &[&fanout])
@@ -318,45 +372,47 @@ pub async fn skip_pending_fan_outs(
     Ok(())
 }
 
-/// Deliveries to insert with one statement.
+/// Deliveries to insert with one statement, of one tenant or several.
 #[derive(Default)]
 struct NewDeliveries {
+    tenants: Vec<String>,
     ids: Vec<String>,
     streams: Vec<String>,
     event_seqs: Vec<i64>,
     event_types: Vec<String>,
     lease_untils: Vec<Option<Millis>>,
+    created_ats: Vec<Millis>,
     /// Streams with deliveries nobody leased: other nodes are told.
     unleased: Vec<String>,
 }
 
 impl NewDeliveries {
+    #[allow(clippy::too_many_arguments)]
     fn push(
         &mut self,
+        tenant_id: &str,
         id: String,
         stream_id: &str,
         event_seq: i64,
         event_type: &str,
         lease_until: Option<Millis>,
+        now: Millis,
     ) {
+        self.tenants.push(tenant_id.to_string());
         self.ids.push(id);
         self.streams.push(stream_id.to_string());
         self.event_seqs.push(event_seq);
         self.event_types.push(event_type.to_string());
         self.lease_untils.push(lease_until);
+        self.created_ats.push(now);
         if lease_until.is_none() {
             self.unleased.push(stream_id.to_string());
         }
     }
 
-    /// Inserts them; gives each new delivery's row key by delivery id. Existing (event,
-    /// stream) pairs are left alone.
-    async fn insert(
-        &self,
-        tx: &impl GenericClient,
-        tenant_id: &str,
-        now: Millis,
-    ) -> StoreResult<HashMap<String, i64>> {
+    /// Inserts them; gives each new delivery's row key by (tenant, delivery id). Existing
+    /// (event, stream) pairs are left alone.
+    async fn insert(&self, tx: &impl GenericClient) -> StoreResult<HashMap<(String, String), i64>> {
         if self.ids.is_empty() {
             return Ok(HashMap::new());
         }
@@ -364,29 +420,33 @@ impl NewDeliveries {
             .prepare_cached(
                 "INSERT INTO deliveries (tenant_id, id, stream_id, event_seq, event_type, status, \
                  due_at, lease, lease_until, created_at, updated_at) \
-                 SELECT $1, u.id, u.stream_id, u.event_seq, u.event_type, 'pending', \
-                 COALESCE(u.lease_until, $2), (u.lease_until IS NOT NULL)::int, u.lease_until, \
-                 $2, $2 \
-                 FROM unnest($3::text[], $4::text[], $5::bigint[], $6::text[], $7::bigint[]) \
-                 AS u(id, stream_id, event_seq, event_type, lease_until) \
-                 ON CONFLICT (tenant_id, event_seq, stream_id) DO NOTHING RETURNING id, seq",
+                 SELECT u.tenant_id, u.id, u.stream_id, u.event_seq, u.event_type, 'pending', \
+                 COALESCE(u.lease_until, u.created_at), (u.lease_until IS NOT NULL)::int, \
+                 u.lease_until, u.created_at, u.created_at \
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], \
+                 $6::bigint[], $7::bigint[]) \
+                 AS u(tenant_id, id, stream_id, event_seq, event_type, lease_until, created_at) \
+                 ON CONFLICT (tenant_id, event_seq, stream_id) DO NOTHING RETURNING tenant_id, id, seq",
             )
             .await?;
         let rows = tx
             .query(
                 &insert,
                 &[
-                    &tenant_id,
-                    &now,
+                    &self.tenants,
                     &self.ids,
                     &self.streams,
                     &self.event_seqs,
                     &self.event_types,
                     &self.lease_untils,
+                    &self.created_ats,
                 ],
             )
             .await?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        Ok(rows
+            .iter()
+            .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+            .collect())
     }
 }
 
@@ -869,14 +929,16 @@ pub async fn redeliver_event(
     let mut new = NewDeliveries::default();
     for row in &events {
         new.push(
+            tenant_id,
             crate::ids::delivery_id(now),
             stream_id,
             row.get(0),
             row.get(1),
             None,
+            now,
         );
     }
-    let created = new.insert(tx, tenant_id, now).await?.len() as u64;
+    let created = new.insert(tx).await?.len() as u64;
     let requeued = tx
         .execute(
             &format!(

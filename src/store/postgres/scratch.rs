@@ -42,6 +42,11 @@ impl Scratch {
             url,
         })
     }
+
+    /// The schema's name, which is also the `application_name` of every session in it.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
 }
 
 impl Drop for Scratch {
