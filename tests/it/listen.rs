@@ -766,6 +766,12 @@ async fn a_session_ends_and_is_replaced_as_its_command_expects() {
         .await
         .unwrap();
     let mut socket = Socket { socket };
+    // The connection is known to be served (its touches timed from now) once a delivery
+    // came over it.
+    app.publish(event("evt-before-revoke", "user.created"))
+        .await;
+    let delivery = socket.delivery().await;
+    socket.answer(&delivery, 200).await;
     let (status, _) = app
         .delete(&format!("/v1/tokens/{}", created["id"].as_str().unwrap()))
         .await;
