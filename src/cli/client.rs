@@ -310,7 +310,7 @@ impl Client {
 /// The error a non-2xx answer stands for: the API's error body, or a transport error when
 /// the answer is not Herald's.
 pub fn api_error(
-    url: &url::Url,
+    url: &dyn std::fmt::Display,
     status: u16,
     request_id: Option<String>,
     bytes: &[u8],

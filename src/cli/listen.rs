@@ -183,6 +183,8 @@ impl Listener<'_> {
             let request =
                 self.client
                     .websocket_request(&["v1", "listen-sessions", self.id, "connect"])?;
+            // Named in the error of a refused opening.
+            let url = request.uri().clone();
             let connected =
                 tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(request))
                     .await
@@ -226,7 +228,6 @@ impl Listener<'_> {
                 }
                 Err(tungstenite::Error::Http(response)) => {
                     let status = response.status().as_u16();
-                    let url = self.client.websocket_url(self.id);
                     let error = api_error(
                         &url,
                         status,
@@ -316,16 +317,6 @@ impl Listener<'_> {
                 }
             }
         }
-    }
-}
-
-impl Client {
-    /// The session's WebSocket URL, for messages.
-    fn websocket_url(&self, id: &str) -> url::Url {
-        self.websocket_request(&["v1", "listen-sessions", id, "connect"])
-            .ok()
-            .and_then(|r| url::Url::parse(&r.uri().to_string()).ok())
-            .unwrap_or_else(|| url::Url::parse("ws://herald").expect("a valid URL"))
     }
 }
 

@@ -209,11 +209,6 @@ impl Listeners {
         self.lock().contains_key(stream_id)
     }
 
-    /// Sessions connected here.
-    pub fn count(&self) -> usize {
-        self.lock().len()
-    }
-
     fn get(&self, stream_id: &str) -> Option<Arc<Connection>> {
         self.lock().get(stream_id).cloned()
     }
