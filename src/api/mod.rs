@@ -248,6 +248,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/event-streams/{id}/redeliver/{event_id}",
             post(deliveries::redeliver_event),
         )
+        .route("/v1/event-streams/test", post(streams::test_unsaved))
         .route("/v1/event-streams/{id}/test", post(streams::test))
         .route(
             "/v1/event-streams/{id}/destination/check",

@@ -202,6 +202,42 @@ pub async fn test(
         data: request.data,
     };
     let sent = streams::test(&service, &caller, &id, request).await?;
+    Ok(Json(test_answer(sent)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnsavedTestRequest {
+    destination: Destination,
+    #[serde(default)]
+    payload_format: PayloadFormat,
+    content_mode: Option<ContentMode>,
+    event_type: String,
+    data: Option<Value>,
+}
+
+/// `POST /v1/event-streams/test`: sends a test event to a destination that is not saved yet,
+/// answering as the saved stream's test does. Nothing is stored.
+pub async fn test_unsaved(
+    State(service): State<Service>,
+    caller: Caller,
+    JsonBody(request): JsonBody<UnsavedTestRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let request = streams::UnsavedTest {
+        destination: request.destination,
+        payload_format: request.payload_format,
+        content_mode: request.content_mode,
+        event: streams::TestEvent {
+            event_type: request.event_type,
+            data: request.data,
+        },
+    };
+    let sent = streams::test_unsaved(&service, &caller, request).await?;
+    Ok(Json(test_answer(sent)))
+}
+
+/// A test's attempt as the API answers it.
+fn test_answer(sent: streams::TestSent) -> Value {
     let report = sent.report;
     let error = report
         .error
@@ -219,7 +255,7 @@ pub async fn test(
     if let Some(detail) = report.detail {
         body["detail"] = Value::Object(detail);
     }
-    Ok(Json(body))
+    body
 }
 
 /// `POST /v1/event-streams/{id}/destination/check`: whether a destination, credentials

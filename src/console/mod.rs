@@ -10,6 +10,7 @@
 //! switches tenant by following a link, and a tenant token asking for another tenant's page
 //! gets a 404.
 
+mod new_stream;
 mod pages;
 mod session;
 mod streams;
@@ -39,12 +40,17 @@ pub fn router() -> Router<AppState> {
         .route("/tenants", get(tenants::list))
         .route("/switch-tenant", get(tenants::switch))
         .route("/tenants/{tenant}/streams", get(streams::list))
+        .route(
+            "/tenants/{tenant}/streams/new",
+            get(new_stream::page).post(new_stream::submit),
+        )
         .route("/tenants/{tenant}/streams/{id}", get(streams::show))
         .route(
             "/tenants/{tenant}/streams/{id}/status",
             post(streams::set_status),
         )
         .route(STYLESHEET_PATH, get(stylesheet))
+        .route(SCRIPT_PATH, get(script))
         .layer(axum::middleware::map_response(protect))
 }
 
@@ -56,11 +62,12 @@ async fn home(signed: Option<session::Signed>) -> Response {
     }
 }
 
-/// What the browser may do with a console page: load the console's own stylesheet (no
-/// script at all, no inline style), submit forms to the console, and nothing else; no
-/// framing, no sniffing, no referrer beyond the console.
-const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'self'; img-src 'self'; \
-     form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+/// What the browser may do with a console page: load the console's own stylesheet and
+/// script (no inline script or style, no other origin), fetch console pages, submit forms to
+/// the console, and nothing else; no framing, no sniffing, no referrer beyond the console.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
+     connect-src 'self'; style-src 'self'; img-src 'self'; form-action 'self'; \
+     frame-ancestors 'none'; base-uri 'none'";
 
 /// Sets the security headers on every console answer, errors and redirects included; pages
 /// are not cached (they show a tenant's data), unless the handler said otherwise.
@@ -85,21 +92,50 @@ async fn protect(mut response: Response) -> Response {
     response
 }
 
-/// The stylesheet's path; its ETag lets a browser keep it until Herald is upgraded.
+/// The console's own assets, embedded in the binary; their ETags let a browser keep them
+/// until Herald is upgraded.
 pub(crate) const STYLESHEET_PATH: &str = "/assets/console.css";
-const STYLESHEET: &str = include_str!("console.css");
+pub(crate) const SCRIPT_PATH: &str = "/assets/console.js";
 
-static STYLESHEET_ETAG: LazyLock<String> = LazyLock::new(|| {
-    let digest = ring::digest::digest(&ring::digest::SHA256, STYLESHEET.as_bytes());
+struct Asset {
+    body: &'static str,
+    content_type: &'static str,
+    etag: LazyLock<String>,
+}
+
+/// A strong ETag: the first 8 bytes of the content's SHA-256.
+fn etag_of(body: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, body.as_bytes());
     let hex: String = digest.as_ref()[..8]
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
     format!("\"{hex}\"")
-});
+}
+
+static STYLESHEET: Asset = Asset {
+    body: include_str!("console.css"),
+    content_type: "text/css; charset=utf-8",
+    etag: LazyLock::new(|| etag_of(include_str!("console.css"))),
+};
+
+/// Progressive enhancement only: every page works without it.
+static SCRIPT: Asset = Asset {
+    body: include_str!("console.js"),
+    content_type: "text/javascript; charset=utf-8",
+    etag: LazyLock::new(|| etag_of(include_str!("console.js"))),
+};
 
 async fn stylesheet(headers: HeaderMap) -> Response {
-    let etag = STYLESHEET_ETAG.as_str();
+    serve_asset(&STYLESHEET, &headers)
+}
+
+async fn script(headers: HeaderMap) -> Response {
+    serve_asset(&SCRIPT, &headers)
+}
+
+fn serve_asset(asset: &Asset, headers: &HeaderMap) -> Response {
+    let etag = asset.etag.as_str();
     let cache = [
         (header::ETAG, etag.to_string()),
         (header::CACHE_CONTROL, "no-cache".to_string()),
@@ -112,8 +148,8 @@ async fn stylesheet(headers: HeaderMap) -> Response {
     }
     (
         cache,
-        [(header::CONTENT_TYPE, "text/css; charset=utf-8".to_string())],
-        STYLESHEET,
+        [(header::CONTENT_TYPE, asset.content_type.to_string())],
+        asset.body,
     )
         .into_response()
 }
@@ -232,6 +268,10 @@ mod paths {
 
     pub fn streams(tenant: &str) -> String {
         format!("/tenants/{}/streams", segment(tenant))
+    }
+
+    pub fn new_stream(tenant: &str) -> String {
+        format!("{}/new", streams(tenant))
     }
 
     pub fn stream(tenant: &str, id: &str) -> String {

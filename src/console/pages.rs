@@ -5,7 +5,7 @@
 
 use maud::{DOCTYPE, Markup, html};
 
-use super::{STYLESHEET_PATH, paths};
+use super::{SCRIPT_PATH, STYLESHEET_PATH, paths};
 use crate::clock::Millis;
 use crate::event::format_time;
 use crate::store::Tenant;
@@ -38,13 +38,14 @@ fn document(title: &str, body: Markup) -> Markup {
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · Herald" }
                 link rel="stylesheet" href=(STYLESHEET_PATH);
+                script src=(SCRIPT_PATH) defer {}
             }
             body { (body) }
         }
     }
 }
 
-fn layout(title: &str, frame: &Frame, section: Section, content: Markup) -> Markup {
+pub(super) fn layout(title: &str, frame: &Frame, section: Section, content: Markup) -> Markup {
     let current = |s: Section| (s == section).then_some("page");
     document(
         title,
@@ -148,10 +149,15 @@ pub fn streams(frame: &Frame, rows: &[StreamRow]) -> Markup {
         frame,
         Section::Streams,
         html! {
-            h1 { "Event streams" }
+            div.heading {
+                h1 { "Event streams" }
+                a.button href=(paths::new_stream(&frame.tenant_id)) data-dialog="new-destination" {
+                    "New destination"
+                }
+            }
             @if rows.is_empty() {
                 p.empty {
-                    "This tenant has no event streams yet. Create one with "
+                    "This tenant has no event streams yet. Create one with New destination, "
                     code { "herald streams create" } " or " code { "POST /v1/event-streams" } "."
                 }
             } @else {

@@ -35,7 +35,7 @@ pub(super) async fn list(
         let backlog = backlog(&service, &caller, &stream.id).await?;
         rows.push(StreamRow {
             kind: stream.destination.kind(),
-            target: target(&stream.destination),
+            target: stream.destination.target(),
             id: stream.id,
             name: stream.name,
             status: stream.status,
@@ -174,18 +174,6 @@ async fn backlog(service: &Service, caller: &Caller, id: &str) -> Result<Backlog
         Ok(backlog) => Ok(Ok(backlog)),
         Err(e @ service::Error::MissingScope(_)) => Ok(Err(e.to_string())),
         Err(e) => Err(e.into()),
-    }
-}
-
-/// Where a destination sends, in one line.
-fn target(destination: &Destination) -> String {
-    match destination {
-        Destination::Webhook(config) => config.webhook_endpoint.clone(),
-        Destination::Eventbridge(config) => format!(
-            "arn:aws:events:{}:{}:event-bus/{}",
-            config.aws_region, config.aws_account_id, config.event_bus_name
-        ),
-        Destination::Listen(config) => config.forward_to.clone(),
     }
 }
 

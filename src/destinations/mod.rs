@@ -84,6 +84,19 @@ impl Destination {
         }
     }
 
+    /// Where the destination sends, in one line: a webhook's URL, an event bus's ARN, the
+    /// URL a `herald listen` session forwards to.
+    pub fn target(&self) -> String {
+        match self {
+            Destination::Webhook(config) => config.webhook_endpoint.clone(),
+            Destination::Eventbridge(config) => format!(
+                "arn:aws:events:{}:{}:event-bus/{}",
+                config.aws_region, config.aws_account_id, config.event_bus_name
+            ),
+            Destination::Listen(config) => config.forward_to.clone(),
+        }
+    }
+
     /// The configuration as the API shows it: every secret left out.
     pub fn public_view(&self) -> Value {
         let configuration = match self {

@@ -93,6 +93,15 @@ pub struct TestEvent {
     pub data: Option<Value>,
 }
 
+/// A destination to try before it is saved, with the content settings the stream will have.
+pub struct UnsavedTest {
+    /// May carry a signing secret to sign with; a fresh one is used otherwise.
+    pub destination: Destination,
+    pub payload_format: PayloadFormat,
+    pub content_mode: Option<ContentMode>,
+    pub event: TestEvent,
+}
+
 /// What a test send did: the event and delivery ids it carried, and its attempt.
 pub struct TestSent {
     pub event_id: String,
@@ -484,25 +493,102 @@ pub async fn test(
 ) -> Result<TestSent, Error> {
     caller.require(Scope::UpdateEventStreams)?;
     let stream = load(service, caller, id).await?;
+    take_test_allowance(service, caller, &stream.id)?;
+    let now = service.clock.now_ms();
+    let secrets = service.store.secrets_for(&stream, now).await?;
+    send_test(service, caller, &stream, &secrets, request).await
+}
+
+/// Sends a test event to a destination that is not saved yet (the console's New destination
+/// dialog, a script checking an endpoint before creating its stream), with the same checks,
+/// SSRF guard and rate limits as [`test`]: the allowance is per destination target instead
+/// of per stream. A webhook is signed with the secret given in the destination, or with a
+/// fresh one that is not kept. Nothing is stored.
+pub async fn test_unsaved(
+    service: &Service,
+    caller: &Caller,
+    request: UnsavedTest,
+) -> Result<TestSent, Error> {
+    caller.require(Scope::CreateEventStreams)?;
+    let mut destination = request.destination;
+    let given_secret = destination.take_stream_secret().map_err(Error::Invalid)?;
+    destination
+        .validate(&service.destination_policy)
+        .map_err(Error::Invalid)?;
+    let now = service.clock.now_ms();
+    let stream = Stream {
+        tenant_id: caller.tenant_id.clone(),
+        id: format!("unsaved-{}", ids::stream_id()),
+        name: String::new(),
+        status: StreamStatus::Enabled,
+        status_reason: None,
+        subscriptions: Vec::new(),
+        payload_format: request.payload_format,
+        content_mode: request.content_mode,
+        retry_policy: RetryPolicy::default(),
+        max_consecutive_failures: stream::DEFAULT_MAX_CONSECUTIVE_FAILURES,
+        disable_after_failing_seconds: stream::DEFAULT_DISABLE_AFTER_FAILING_SECONDS,
+        created_at: now,
+        updated_at: now,
+        expires_at: None,
+        destination,
+    };
+    stream
+        .encoding()
+        .validate(stream.destination.kind(), stream.destination.content_modes())
+        .map_err(Error::Invalid)?;
+    let target = format!(
+        "unsaved:{}:{}",
+        stream.destination.kind(),
+        stream.destination.target()
+    );
+    take_test_allowance(service, caller, &target)?;
+    let secrets: Vec<StreamSecret> = if stream.destination.uses_stream_secret() {
+        vec![StreamSecret {
+            secret: given_secret.unwrap_or_else(|| stream.destination.new_stream_secret()),
+            created_at: now,
+            expires_at: None,
+        }]
+    } else {
+        Vec::new()
+    };
+    send_test(service, caller, &stream, &secrets, request.event).await
+}
+
+/// Takes one test from the allowances of `target` (a stream, or an unsaved destination) and
+/// of the caller's token.
+fn take_test_allowance(service: &Service, caller: &Caller, target: &str) -> Result<(), Error> {
     let now = service.clock.now_ms();
     let rates = &service.rates;
     rates
         .stream_tests
-        .take(&stream.id, now)
+        .take(target, now)
         .map_err(|retry_after| Error::RateLimited {
-            what: "this stream has been sent as many test events as it may in a minute \
+            what: "this destination has been sent as many test events as it may in a minute \
                    (stream_tests_per_minute)",
             retry_after,
         })?;
     if let Err(retry_after) = rates.token_tests.take(&caller.token.id, now) {
-        // Not sent: the stream keeps its allowance.
-        rates.stream_tests.give_back(&stream.id);
+        // Not sent: the destination keeps its allowance.
+        rates.stream_tests.give_back(target);
         return Err(Error::RateLimited {
             what: "this token has sent as many test events as it may in a minute \
                    (stream_tests_per_minute_per_token)",
             retry_after,
         });
     }
+    Ok(())
+}
+
+/// Builds the test event (the catalog's sample unless data is given, checked against the
+/// type's schema) and sends it once through the stream's client.
+async fn send_test(
+    service: &Service,
+    caller: &Caller,
+    stream: &Stream,
+    secrets: &[StreamSecret],
+    request: TestEvent,
+) -> Result<TestSent, Error> {
     let catalog = service
         .catalogs
         .for_tenant(&*service.store, &caller.tenant_id)
@@ -535,8 +621,7 @@ pub async fn test(
         data,
         extensions,
     };
-    let secrets = service.store.secrets_for(&stream, now).await?;
-    let context = stream.client_context(&secrets);
+    let context = stream.client_context(secrets);
     let client = stream
         .destination
         .build(context, &service.destinations)
