@@ -109,7 +109,11 @@ impl DestinationForm {
         };
         let value = match self.kind() {
             "webhook" => {
-                require(&self.webhook_url, Field::WebhookUrl, "the URL to send events to");
+                require(
+                    &self.webhook_url,
+                    Field::WebhookUrl,
+                    "the URL to send events to",
+                );
                 let authorization = match self.auth_method() {
                     "none" => None,
                     "bearer" => {
@@ -149,7 +153,11 @@ impl DestinationForm {
                 json!({ "type": "webhook", "configuration": configuration })
             }
             "eventbridge" => {
-                require(&self.aws_account_id, Field::Eventbridge, "the AWS account ID");
+                require(
+                    &self.aws_account_id,
+                    Field::Eventbridge,
+                    "the AWS account ID",
+                );
                 require(&self.aws_region, Field::Eventbridge, "the AWS region");
                 let key_id = self.aws_access_key_id.trim();
                 if key_id.is_empty() != self.aws_secret_access_key.is_empty() {
@@ -187,8 +195,12 @@ impl DestinationForm {
         if !problems.is_empty() {
             return Err(problems);
         }
-        serde_json::from_value(value)
-            .map_err(|e| vec![Problem::new(Field::Form, format!("This destination cannot be read: {e}."))])
+        serde_json::from_value(value).map_err(|e| {
+            vec![Problem::new(
+                Field::Form,
+                format!("This destination cannot be read: {e}."),
+            )]
+        })
     }
 }
 
@@ -268,7 +280,11 @@ impl Problem {
             ("`aws_region`", "the AWS region", Field::Eventbridge),
             ("`event_bus_name`", "the event bus name", Field::Eventbridge),
             ("`endpoint_url`", "the endpoint URL", Field::Eventbridge),
-            ("`aws_access_key_id`", "the access key ID", Field::Eventbridge),
+            (
+                "`aws_access_key_id`",
+                "the access key ID",
+                Field::Eventbridge,
+            ),
             ("`subscriptions`", "the events", Field::Events),
             ("subscription ", "the event ", Field::Events),
         ];
@@ -391,7 +407,9 @@ async fn test(
         response_status: report.response_status,
         duration_ms: report.duration.as_millis(),
         response_body: report.response_body,
-        error: report.error.map(|e| format!("{}: {}", e.kind.as_str(), e.message)),
+        error: report
+            .error
+            .map(|e| format!("{}: {}", e.kind.as_str(), e.message)),
     })
 }
 
@@ -402,7 +420,10 @@ async fn create(
 ) -> Result<String, Vec<Problem>> {
     let mut problems = Vec::new();
     if form.name.trim().is_empty() {
-        problems.push(Problem::new(Field::Name, "Enter a name for the stream.".into()));
+        problems.push(Problem::new(
+            Field::Name,
+            "Enter a name for the stream.".into(),
+        ));
     }
     if form.events.is_empty() {
         problems.push(Problem::new(

@@ -535,7 +535,10 @@ pub async fn test_unsaved(
     };
     stream
         .encoding()
-        .validate(stream.destination.kind(), stream.destination.content_modes())
+        .validate(
+            stream.destination.kind(),
+            stream.destination.content_modes(),
+        )
         .map_err(Error::Invalid)?;
     let target = format!(
         "unsaved:{}:{}",

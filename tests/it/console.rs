@@ -18,14 +18,14 @@ const CSP: &str = "default-src 'none'; script-src 'self'; connect-src 'self'; \
      base-uri 'none'";
 
 /// A browser: its own cookie jar, redirects left to the test.
-struct Browser {
-    http: reqwest::Client,
+pub(crate) struct Browser {
+    pub http: reqwest::Client,
     jar: Arc<reqwest::cookie::Jar>,
-    base: String,
+    pub base: String,
 }
 
 impl Browser {
-    fn new(app: &TestApp) -> Browser {
+    pub(crate) fn new(app: &TestApp) -> Browser {
         let jar = Arc::new(reqwest::cookie::Jar::default());
         let http = reqwest::Client::builder()
             .cookie_provider(jar.clone())
@@ -39,7 +39,7 @@ impl Browser {
         }
     }
 
-    async fn get(&self, path: &str) -> Page {
+    pub(crate) async fn get(&self, path: &str) -> Page {
         Page::read(
             self.http
                 .get(format!("{}{path}", self.base))
@@ -50,7 +50,7 @@ impl Browser {
         .await
     }
 
-    async fn post(&self, path: &str, form: &[(&str, &str)]) -> Page {
+    pub(crate) async fn post(&self, path: &str, form: &[(&str, &str)]) -> Page {
         Page::read(
             self.http
                 .post(format!("{}{path}", self.base))
@@ -63,7 +63,7 @@ impl Browser {
     }
 
     /// Opens the sign-in page and submits `token` with the form's CSRF token.
-    async fn sign_in(&self, token: &str) -> Page {
+    pub(crate) async fn sign_in(&self, token: &str) -> Page {
         let form = self.get("/sign-in").await;
         assert_eq!(form.status, StatusCode::OK, "{}", form.body);
         let csrf = form.hidden("csrf");
@@ -72,7 +72,7 @@ impl Browser {
     }
 
     /// Signs in and follows the redirect to the first page.
-    async fn signed_in(app: &TestApp, token: &str) -> Browser {
+    pub(crate) async fn signed_in(app: &TestApp, token: &str) -> Browser {
         let browser = Browser::new(app);
         let answer = browser.sign_in(token).await;
         assert_eq!(answer.status, StatusCode::SEE_OTHER, "{}", answer.body);
@@ -80,7 +80,7 @@ impl Browser {
     }
 
     /// The session cookie the browser holds, as it would send it.
-    fn cookies(&self) -> String {
+    pub(crate) fn cookies(&self) -> String {
         self.jar
             .cookies(&self.base.parse().unwrap())
             .map(|v| v.to_str().unwrap().to_string())
@@ -88,21 +88,21 @@ impl Browser {
     }
 
     /// The CSRF token of the forms on `path`.
-    async fn csrf(&self, path: &str) -> String {
+    pub(crate) async fn csrf(&self, path: &str) -> String {
         let page = self.get(path).await;
         assert_eq!(page.status, StatusCode::OK, "{}", page.body);
         page.hidden("csrf")
     }
 }
 
-struct Page {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: String,
+pub(crate) struct Page {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
 }
 
 impl Page {
-    async fn read(response: reqwest::Response) -> Page {
+    pub(crate) async fn read(response: reqwest::Response) -> Page {
         Page {
             status: response.status(),
             headers: response.headers().clone(),
@@ -110,14 +110,14 @@ impl Page {
         }
     }
 
-    fn location(&self) -> &str {
+    pub(crate) fn location(&self) -> &str {
         self.headers
             .get(LOCATION)
             .map(|v| v.to_str().unwrap())
             .unwrap_or_else(|| panic!("no location in a {} answer", self.status))
     }
 
-    fn set_cookies(&self) -> Vec<&str> {
+    pub(crate) fn set_cookies(&self) -> Vec<&str> {
         self.headers
             .get_all(SET_COOKIE)
             .iter()
@@ -126,7 +126,7 @@ impl Page {
     }
 
     /// The value of the first hidden field named `name`.
-    fn hidden(&self, name: &str) -> String {
+    pub(crate) fn hidden(&self, name: &str) -> String {
         let marker = format!("name=\"{name}\" value=\"");
         let start = self
             .body
@@ -138,13 +138,17 @@ impl Page {
     }
 
     /// Whether the answer sends the browser to sign in.
-    fn to_sign_in(&self) -> bool {
+    pub(crate) fn to_sign_in(&self) -> bool {
         self.status == StatusCode::SEE_OTHER && self.location() == "/sign-in"
     }
 }
 
 /// A tenant, and a token of it with `scopes`: (its id, its secret).
-async fn tenant_with_token(app: &TestApp, tenant: &str, scopes: &[&str]) -> (String, String) {
+pub(crate) async fn tenant_with_token(
+    app: &TestApp,
+    tenant: &str,
+    scopes: &[&str],
+) -> (String, String) {
     let (status, body) = app
         .post("/v1/tenants", &json!({"id": tenant, "name": tenant}))
         .await;
@@ -155,7 +159,7 @@ async fn tenant_with_token(app: &TestApp, tenant: &str, scopes: &[&str]) -> (Str
     token_of(app, tenant, scopes).await
 }
 
-async fn token_of(app: &TestApp, tenant: &str, scopes: &[&str]) -> (String, String) {
+pub(crate) async fn token_of(app: &TestApp, tenant: &str, scopes: &[&str]) -> (String, String) {
     let response = app
         .http
         .post(app.url("/v1/tokens"))
@@ -175,7 +179,7 @@ async fn token_of(app: &TestApp, tenant: &str, scopes: &[&str]) -> (String, Stri
 
 /// A webhook stream named `name` in `tenant`; its id. Nothing is sent unless an event is
 /// published to it.
-async fn stream_in(app: &TestApp, tenant: &str, name: &str) -> String {
+pub(crate) async fn stream_in(app: &TestApp, tenant: &str, name: &str) -> String {
     let response = app
         .http
         .post(app.url("/v1/event-streams"))
@@ -597,7 +601,11 @@ async fn names_render_as_text() {
             "{path}: {}",
             page.body
         );
-        assert!(!page.body.contains("<script>alert"), "{path}: {}", page.body);
+        assert!(
+            !page.body.contains("<script>alert"),
+            "{path}: {}",
+            page.body
+        );
         assert!(!page.body.contains("<img"), "{path}: {}", page.body);
     }
     let tenants = browser.get("/tenants").await;
@@ -692,7 +700,11 @@ async fn every_console_answer_carries_the_security_headers() {
             "{what}"
         );
         // No page relies on what the policy forbids: its one script is the console's own file.
-        let scripts: Vec<&str> = answer.body.match_indices("<script").map(|(i, _)| &answer.body[i..]).collect();
+        let scripts: Vec<&str> = answer
+            .body
+            .match_indices("<script")
+            .map(|(i, _)| &answer.body[i..])
+            .collect();
         for script in scripts {
             assert!(
                 script.starts_with(r#"<script src="/assets/console.js" defer></script>"#),

@@ -23,6 +23,7 @@ mod listen;
 mod log_stream;
 mod logs;
 mod metrics;
+mod new_destination;
 mod openapi;
 mod operations;
 mod otlp;
