@@ -11,6 +11,9 @@
 //! each language: `HERALD_TEST_SCAFFOLD_NODE_MODULES` (a `node_modules` holding npm
 //! `standardwebhooks`), `HERALD_TEST_SCAFFOLD_PYTHON` (a Python with PyPI `standardwebhooks`)
 //! and `HERALD_TEST_SCAFFOLD_CARGO_TARGET` (a target directory for the generated Rust project).
+//!
+//! The console's browser test needs `HERALD_TEST_BROWSER_NODE_MODULES` (a `node_modules`
+//! holding npm `playwright-core`, which drives the machine's Chromium).
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(herald_postgres_tests)");
@@ -49,6 +52,10 @@ fn main() {
         (
             "HERALD_TEST_SCAFFOLD_CARGO_TARGET",
             "herald_scaffold_rust_tests",
+        ),
+        (
+            "HERALD_TEST_BROWSER_NODE_MODULES",
+            "herald_browser_tests",
         ),
     ] {
         println!("cargo::rustc-check-cfg=cfg({cfg})");

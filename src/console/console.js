@@ -79,13 +79,14 @@
       form.addEventListener("submit", (event) => {
         event.preventDefault();
         const body = new URLSearchParams(new FormData(form, event.submitter));
-        fetch(form.action, { method: "POST", body, credentials: "same-origin" })
+        fetch(form.getAttribute("action"), { method: "POST", body, credentials: "same-origin" })
           .then((answer) => {
             if (answer.redirected) {
               window.location.assign(answer.url);
               return;
             }
             return answer.text().then((html) => {
+              if (mainOf(html).length === 0) throw new Error("not a console page");
               fill(dialog, html);
               const news = dialog.querySelector("[role=alert], #test-result");
               if (news) {

@@ -51,6 +51,7 @@ pub fn router() -> Router<AppState> {
         )
         .route(STYLESHEET_PATH, get(stylesheet))
         .route(SCRIPT_PATH, get(script))
+        .route(ICON_PATH, get(icon))
         .layer(axum::middleware::map_response(protect))
 }
 
@@ -96,6 +97,7 @@ async fn protect(mut response: Response) -> Response {
 /// until Herald is upgraded.
 pub(crate) const STYLESHEET_PATH: &str = "/assets/console.css";
 pub(crate) const SCRIPT_PATH: &str = "/assets/console.js";
+pub(crate) const ICON_PATH: &str = "/assets/favicon.svg";
 
 struct Asset {
     body: &'static str,
@@ -125,6 +127,16 @@ static SCRIPT: Asset = Asset {
     content_type: "text/javascript; charset=utf-8",
     etag: LazyLock::new(|| etag_of(include_str!("console.js"))),
 };
+
+static ICON: Asset = Asset {
+    body: include_str!("favicon.svg"),
+    content_type: "image/svg+xml",
+    etag: LazyLock::new(|| etag_of(include_str!("favicon.svg"))),
+};
+
+async fn icon(headers: HeaderMap) -> Response {
+    serve_asset(&ICON, &headers)
+}
 
 async fn stylesheet(headers: HeaderMap) -> Response {
     serve_asset(&STYLESHEET, &headers)

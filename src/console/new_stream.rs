@@ -32,7 +32,9 @@ const SHOWN_BODY_CHARS: usize = 2_000;
 #[derive(Default)]
 struct DestinationForm {
     csrf: String,
-    action: String,
+    /// Which button sent the form: `test` or `create`. (Not `action`, which would shadow
+    /// the form element's own `action` in scripts.)
+    intent: String,
     name: String,
     kind: String,
     webhook_url: String,
@@ -61,7 +63,7 @@ impl DestinationForm {
             let value = value.into_owned();
             match key.as_ref() {
                 "csrf" => form.csrf = value,
-                "action" => form.action = value,
+                "intent" => form.intent = value,
                 "name" => form.name = value,
                 "kind" => form.kind = value,
                 "webhook_url" => form.webhook_url = value,
@@ -336,8 +338,8 @@ pub(super) async fn page(
     render(&service, &signed, &caller, &form, &[], None, StatusCode::OK).await
 }
 
-/// `POST /tenants/{tenant}/streams/new`: `action=test` tries the destination as typed,
-/// `action=create` makes the stream and opens its page.
+/// `POST /tenants/{tenant}/streams/new`: `intent=test` tries the destination as typed,
+/// `intent=create` makes the stream and opens its page.
 pub(super) async fn submit(
     State(service): State<Service>,
     signed: Signed,
@@ -347,7 +349,7 @@ pub(super) async fn submit(
     let form = DestinationForm::parse(&body);
     signed.check_csrf(&form.csrf)?;
     let caller = signed.on_tenant(&service, &tenant).await?;
-    let (problems, test) = match form.action.as_str() {
+    let (problems, test) = match form.intent.as_str() {
         "test" => match test(&service, &caller, &form).await {
             Ok(test) => (Vec::new(), Some(test)),
             Err(problems) => (problems, None),
@@ -688,7 +690,7 @@ fn content(
                         }
                     }
                 }
-                button.secondary type="submit" name="action" value="test" {
+                button.secondary type="submit" name="intent" value="test" {
                     span.for-webhook { "Test webhook" }
                     span.for-eventbridge { "Test destination" }
                 }
@@ -697,7 +699,7 @@ fn content(
             }
 
             div.actions {
-                button type="submit" name="action" value="create" { "Create" }
+                button type="submit" name="intent" value="create" { "Create" }
                 a href=(paths::streams(&frame.tenant_id)) { "Cancel" }
             }
         }

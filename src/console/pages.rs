@@ -5,7 +5,7 @@
 
 use maud::{DOCTYPE, Markup, html};
 
-use super::{SCRIPT_PATH, STYLESHEET_PATH, paths};
+use super::{ICON_PATH, SCRIPT_PATH, STYLESHEET_PATH, paths};
 use crate::clock::Millis;
 use crate::event::format_time;
 use crate::store::Tenant;
@@ -37,6 +37,7 @@ fn document(title: &str, body: Markup) -> Markup {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · Herald" }
+                link rel="icon" href=(ICON_PATH) type="image/svg+xml";
                 link rel="stylesheet" href=(STYLESHEET_PATH);
                 script src=(SCRIPT_PATH) defer {}
             }

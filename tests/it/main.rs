@@ -4,6 +4,7 @@ mod audit;
 mod auth;
 mod aws;
 mod backup;
+mod browser;
 mod circuit;
 mod cli;
 mod cli_config;

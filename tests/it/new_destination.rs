@@ -202,7 +202,7 @@ async fn unsaved_tests_are_rate_limited_per_destination_and_per_token() {
 const NEW: &str = "/tenants/ten_default/streams/new";
 
 /// The form's fields for a bearer-authenticated webhook to `url` subscribed to `events`.
-fn form<'a>(csrf: &'a str, url: &'a str, action: &'a str) -> Vec<(&'a str, &'a str)> {
+fn form<'a>(csrf: &'a str, url: &'a str, intent: &'a str) -> Vec<(&'a str, &'a str)> {
     vec![
         ("csrf", csrf),
         ("name", "Audit to Slack"),
@@ -213,7 +213,7 @@ fn form<'a>(csrf: &'a str, url: &'a str, action: &'a str) -> Vec<(&'a str, &'a s
         ("event", "user.created"),
         ("event", "user.deleted"),
         ("test_event_type", ""),
-        ("action", action),
+        ("intent", intent),
     ]
 }
 
@@ -353,7 +353,7 @@ async fn refusals_appear_beside_their_fields_and_nothing_typed_is_lost() {
                 ("kind", "webhook"),
                 ("webhook_url", "https://hooks.example.com/in"),
                 ("auth_method", "none"),
-                ("action", "create"),
+                ("intent", "create"),
             ],
         )
         .await;
@@ -395,7 +395,7 @@ async fn refusals_appear_beside_their_fields_and_nothing_typed_is_lost() {
             &[
                 ("csrf", csrf.as_str()),
                 ("webhook_url", "https://hooks.example.com/in"),
-                ("action", "test"),
+                ("intent", "test"),
             ],
         )
         .await;
