@@ -10,8 +10,11 @@
 //! switches tenant by following a link, and a tenant token asking for another tenant's page
 //! gets a 404.
 
+mod charts;
 mod pages;
 mod session;
+mod signing;
+mod stream_charts;
 mod streams;
 mod tenants;
 
@@ -43,6 +46,14 @@ pub fn router() -> Router<AppState> {
         .route(
             "/tenants/{tenant}/streams/{id}/status",
             post(streams::set_status),
+        )
+        .route(
+            "/tenants/{tenant}/streams/{id}/secret",
+            post(signing::reveal),
+        )
+        .route(
+            "/tenants/{tenant}/streams/{id}/secret/rotate",
+            post(signing::rotate),
         )
         .route(STYLESHEET_PATH, get(stylesheet))
         .layer(axum::middleware::map_response(protect))
@@ -240,5 +251,13 @@ mod paths {
 
     pub fn stream_status(tenant: &str, id: &str) -> String {
         format!("{}/status", stream(tenant, id))
+    }
+
+    pub fn stream_secret(tenant: &str, id: &str) -> String {
+        format!("{}/secret", stream(tenant, id))
+    }
+
+    pub fn stream_secret_rotate(tenant: &str, id: &str) -> String {
+        format!("{}/secret/rotate", stream(tenant, id))
     }
 }
