@@ -119,7 +119,12 @@ fn runs(points: &[Option<(f64, f64)>]) -> Vec<String> {
 /// A line chart of `chart`'s series per hour, with its axes, and a legend when it has more
 /// than one series.
 pub fn hour_chart(chart: &HourChart) -> Markup {
-    let slots = chart.series.iter().map(|s| s.points.len()).max().unwrap_or(0);
+    let slots = chart
+        .series
+        .iter()
+        .map(|s| s.points.len())
+        .max()
+        .unwrap_or(0);
     let plot_width = WIDTH - LEFT - RIGHT;
     let plot_height = HEIGHT - TOP - BOTTOM;
     let largest = chart
@@ -150,7 +155,11 @@ pub fn hour_chart(chart: &HourChart) -> Markup {
         .collect();
     let title_id = format!("{}-title", chart.id);
     let description_id = format!("{}-description", chart.id);
-    let empty = largest == 0.0 && chart.series.iter().all(|s| s.points.iter().all(Option::is_none));
+    let empty = largest == 0.0
+        && chart
+            .series
+            .iter()
+            .all(|s| s.points.iter().all(Option::is_none));
     html! {
         figure.chart {
             svg id=(chart.id) role="img" viewBox={ "0 0 " (WIDTH) " " (HEIGHT) }

@@ -181,7 +181,11 @@ fn charts_of(stats: &StreamStats, range: Range) -> Markup {
         let Some(totals) = totals else { continue };
         let figures: Vec<String> = quantiles
             .iter()
-            .filter_map(|(q, name)| totals.latency_ms(*q).map(|v| format!("{name} {}", millis(v))))
+            .filter_map(|(q, name)| {
+                totals
+                    .latency_ms(*q)
+                    .map(|v| format!("{name} {}", millis(v)))
+            })
             .collect();
         if !figures.is_empty() {
             latency_words.push(format!(

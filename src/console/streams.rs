@@ -44,8 +44,14 @@ pub(super) async fn list(
         .map(|stream| StreamRow {
             kind: stream.destination.kind(),
             target: target(&stream.destination),
-            backlog: activity.as_ref().map(|a| a.backlog(&stream.id)).map_err(Clone::clone),
-            recent: activity.as_ref().map(|a| a.by_hour(&stream.id)).map_err(Clone::clone),
+            backlog: activity
+                .as_ref()
+                .map(|a| a.backlog(&stream.id))
+                .map_err(Clone::clone),
+            recent: activity
+                .as_ref()
+                .map(|a| a.by_hour(&stream.id))
+                .map_err(Clone::clone),
             id: stream.id,
             name: stream.name,
             status: stream.status,
@@ -156,9 +162,10 @@ pub(super) async fn stream_page(
 ) -> Result<Response, Refusal> {
     let stream = streams::get(service, caller, id).await?;
     let csrf = signed.csrf();
-    let signing = stream.destination.uses_stream_secret().then(|| {
-        signing::section(service, caller, &csrf, id, &extras.signing)
-    });
+    let signing = stream
+        .destination
+        .uses_stream_secret()
+        .then(|| signing::section(service, caller, &csrf, id, &extras.signing));
     let charts = stream_charts::section(
         service,
         caller,

@@ -4,10 +4,10 @@
 
 use std::collections::BTreeMap;
 
+use super::deliveries;
 use super::streams::load as load_stream;
 use super::{Caller, Error, Scope, Service, parse_time};
 use crate::clock::Millis;
-use super::deliveries;
 use crate::store::{Backlog, HourOutcomes, LATENCY_BOUNDS_MS, StatsRow, StreamActivity};
 
 const HOUR_MS: Millis = 3_600_000;

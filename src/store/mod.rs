@@ -441,18 +441,15 @@ pub struct HourOutcomes {
     pub failed: u64,
 }
 
-/// The pending deliveries of each of a tenant's streams (`$1`), through the index of pending
-/// deliveries; the same text serves both stores.
-pub(crate) const TENANT_BACKLOGS: &str = "SELECT stream_id, COUNT(*), MIN(created_at) \
-     FROM deliveries WHERE tenant_id = $1 AND status = 'pending' GROUP BY stream_id";
-
-/// The outcomes per hour of each of a tenant's streams (`$1`) from `$2` to `$3`. Starting
-/// from the streams lets each one's rollups be read by their key (tenant, stream, hour), so
-/// older hours are never scanned; rollups of deleted streams are left out.
+/// The outcomes per hour of each of a tenant's streams (`$1`) from `$2` to `$3`, on either
+/// store. Walking the streams first reads each one's rollups by their key (tenant, stream,
+/// hour), so older hours are never scanned (`CROSS JOIN` keeps SQLite, which has no
+/// statistics to plan with, to that order); rollups of deleted streams are left out.
 pub(crate) const TENANT_HOURS: &str = "SELECT st.stream_id, st.hour, \
      CAST(SUM(st.succeeded) AS BIGINT), CAST(SUM(st.failed) AS BIGINT) \
-     FROM streams s JOIN stream_stats st ON st.tenant_id = s.tenant_id AND st.stream_id = s.id \
-     WHERE s.tenant_id = $1 AND st.hour >= $2 AND st.hour < $3 \
+     FROM streams s CROSS JOIN stream_stats st \
+     WHERE s.tenant_id = $1 AND st.tenant_id = s.tenant_id AND st.stream_id = s.id \
+     AND st.hour >= $2 AND st.hour < $3 \
      GROUP BY st.stream_id, st.hour ORDER BY st.stream_id, st.hour";
 
 /// The pending deliveries of one enabled stream, for the metrics endpoint.

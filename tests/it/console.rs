@@ -143,7 +143,11 @@ impl Page {
 }
 
 /// A tenant, and a token of it with `scopes`: (its id, its secret).
-pub(crate) async fn tenant_with_token(app: &TestApp, tenant: &str, scopes: &[&str]) -> (String, String) {
+pub(crate) async fn tenant_with_token(
+    app: &TestApp,
+    tenant: &str,
+    scopes: &[&str],
+) -> (String, String) {
     let (status, body) = app
         .post("/v1/tenants", &json!({"id": tenant, "name": tenant}))
         .await;

@@ -87,8 +87,7 @@ async fn deliver(
     status: &str,
 ) {
     receiver.script([reply]);
-    app.publish(json!({"id": id, "type": "user.created"}))
-        .await;
+    app.publish(json!({"id": id, "type": "user.created"})).await;
     app.wait_for_delivery(stream, id, |d| d["status"] == status)
         .await;
 }
@@ -104,10 +103,26 @@ async fn the_list_and_the_charts_show_the_success_rate_and_latency_of_real_deliv
     let second = first + HOUR_MS;
 
     // The first hour: one success, one failure. The second: two successes, one slow.
-    deliver(&app, &receiver, &stream, "e1", Reply::status(200), "succeeded").await;
+    deliver(
+        &app,
+        &receiver,
+        &stream,
+        "e1",
+        Reply::status(200),
+        "succeeded",
+    )
+    .await;
     deliver(&app, &receiver, &stream, "e2", Reply::status(400), "failed").await;
     app.clock.advance(HOUR);
-    deliver(&app, &receiver, &stream, "e3", Reply::status(200), "succeeded").await;
+    deliver(
+        &app,
+        &receiver,
+        &stream,
+        "e3",
+        Reply::status(200),
+        "succeeded",
+    )
+    .await;
     // The receiver holds this answer back: an attempt between 500 ms and 1 s.
     let slow = Reply::status(200).delayed(Duration::from_millis(650));
     deliver(&app, &receiver, &stream, "e4", slow, "succeeded").await;
@@ -122,10 +137,16 @@ async fn the_list_and_the_charts_show_the_success_rate_and_latency_of_real_deliv
         cells.contains(&format!("aria-label=\"{figures}\"")),
         "{cells}"
     );
-    assert!(cells.contains(&format!("<title>{figures}</title>")), "{cells}");
+    assert!(
+        cells.contains(&format!("<title>{figures}</title>")),
+        "{cells}"
+    );
     assert!(cells.contains("<span class=\"rate\">75%</span>"), "{cells}");
     let cells = row(&list, &waiting);
-    assert!(cells.contains("<td class=\"num\">4"), "four pending: {cells}");
+    assert!(
+        cells.contains("<td class=\"num\">4"),
+        "four pending: {cells}"
+    );
     assert!(
         cells.contains("No deliveries finished in the last 24 hours"),
         "{cells}"
@@ -148,7 +169,10 @@ async fn the_list_and_the_charts_show_the_success_rate_and_latency_of_real_deliv
             utc(second)
         )
     );
-    assert!(page.body.contains(&format!("<title>{}: 50% (1 of 2)</title>", utc(first))));
+    assert!(
+        page.body
+            .contains(&format!("<title>{}: 50% (1 of 2)</title>", utc(first)))
+    );
     for label in ["Hour (UTC)", "Success rate", "Latency (ms)"] {
         assert!(page.body.contains(&format!(">{label}</text>")), "{label}");
     }
@@ -176,7 +200,8 @@ async fn the_list_and_the_charts_show_the_success_rate_and_latency_of_real_deliv
     // In the second hour one attempt of two took 500 ms to 1 s: its p95 and p99 fall in that
     // bucket, at 90% and 98% of it.
     assert!(
-        latency.contains(&format!("{}: p50 ", utc(second))) && latency.ends_with(", p95 950 ms, p99 990 ms."),
+        latency.contains(&format!("{}: p50 ", utc(second)))
+            && latency.ends_with(", p95 950 ms, p99 990 ms."),
         "{latency}"
     );
     assert!(
@@ -220,7 +245,11 @@ async fn the_list_and_the_charts_show_the_success_rate_and_latency_of_real_deliv
             dated(second)
         )
     );
-    assert!(week.body.contains("<option value=\"7d\" selected>"), "{}", week.body);
+    assert!(
+        week.body.contains("<option value=\"7d\" selected>"),
+        "{}",
+        week.body
+    );
 
     // A range the selector does not offer is named beside it; the last 24 hours are shown.
     let odd = browser.get(&format!("{path}?range=forever")).await;
@@ -259,8 +288,24 @@ async fn a_list_of_two_hundred_streams_renders_each_with_its_figures() {
         ids.push(body["id"].as_str().unwrap().to_string());
     }
     let busy = stream_to(&app, &receiver, json!({})).await;
-    deliver(&app, &receiver, &busy, "e1", Reply::status(200), "succeeded").await;
-    deliver(&app, &receiver, &busy, "e2", Reply::status(200), "succeeded").await;
+    deliver(
+        &app,
+        &receiver,
+        &busy,
+        "e1",
+        Reply::status(200),
+        "succeeded",
+    )
+    .await;
+    deliver(
+        &app,
+        &receiver,
+        &busy,
+        "e2",
+        Reply::status(200),
+        "succeeded",
+    )
+    .await;
 
     let browser = Browser::signed_in(&app, ADMIN_TOKEN).await;
     let list = browser.get(STREAMS).await;
@@ -269,9 +314,18 @@ async fn a_list_of_two_hundred_streams_renders_each_with_its_figures() {
     assert_eq!(tbody.matches("<tr>").count(), 201);
     for (i, id) in ids.iter().enumerate() {
         let cells = row(&list, id);
-        assert!(cells.contains(&format!(">stream number {i:03}</a>")), "{cells}");
-        assert!(cells.contains("<td class=\"num\">2"), "two pending: {cells}");
-        assert!(cells.contains("No deliveries finished in the last 24 hours"), "{cells}");
+        assert!(
+            cells.contains(&format!(">stream number {i:03}</a>")),
+            "{cells}"
+        );
+        assert!(
+            cells.contains("<td class=\"num\">2"),
+            "two pending: {cells}"
+        );
+        assert!(
+            cells.contains("No deliveries finished in the last 24 hours"),
+            "{cells}"
+        );
     }
     assert!(
         row(&list, &busy).contains(
@@ -288,7 +342,15 @@ async fn a_stream_name_with_markup_renders_as_text_beside_its_figures() {
     let receiver = Receiver::start().await;
     let script = "<script>alert(1)</script>";
     let stream = stream_to(&app, &receiver, json!({"name": script})).await;
-    deliver(&app, &receiver, &stream, "e1", Reply::status(200), "succeeded").await;
+    deliver(
+        &app,
+        &receiver,
+        &stream,
+        "e1",
+        Reply::status(200),
+        "succeeded",
+    )
+    .await;
 
     let browser = Browser::signed_in(&app, ADMIN_TOKEN).await;
     let list = browser.get(STREAMS).await;
@@ -297,7 +359,10 @@ async fn a_stream_name_with_markup_renders_as_text_beside_its_figures() {
         cells.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
         "{cells}"
     );
-    assert!(cells.contains("100% (1 of 1 finished deliveries succeeded)"), "{cells}");
+    assert!(
+        cells.contains("100% (1 of 1 finished deliveries succeeded)"),
+        "{cells}"
+    );
     assert!(!list.body.contains("<script"), "{}", list.body);
 }
 
@@ -368,7 +433,11 @@ async fn the_signing_secret_is_revealed_on_demand_and_a_rotation_signs_the_next_
         "{}",
         odd.body
     );
-    assert!(odd.body.contains("signing-error"), "beside the form: {}", odd.body);
+    assert!(
+        odd.body.contains("signing-error"),
+        "beside the form: {}",
+        odd.body
+    );
     assert_eq!(api_secret(&app, "ten_default", &stream).await, secret);
 
     let rotated = browser

@@ -831,7 +831,11 @@ async fn a_tenants_activity_gives_each_streams_backlog_and_hourly_outcomes_at_on
                 let by_id = |e: &str| claimed.iter().find(|c| c.event.id == e).unwrap();
                 records.push(outcome(by_id("a1"), DeliveryStatus::Succeeded, None));
                 records.push(outcome(by_id("a2"), DeliveryStatus::Failed, None));
-                records.push(outcome(by_id("a3"), DeliveryStatus::Pending, Some(NOW + 10_000)));
+                records.push(outcome(
+                    by_id("a3"),
+                    DeliveryStatus::Pending,
+                    Some(NOW + 10_000),
+                ));
             }
             "est_two" => {
                 for (c, at) in claimed.iter().zip([NOW + HOUR, NOW - 3 * HOUR]) {
@@ -853,7 +857,10 @@ async fn a_tenants_activity_gives_each_streams_backlog_and_hourly_outcomes_at_on
         .claim(request("ten_a", "est_two", 10), NOW, NOW + 60_000)
         .await
         .unwrap();
-    assert!(two.iter().all(|b| b.deliveries.is_empty()), "{name}: still leased");
+    assert!(
+        two.iter().all(|b| b.deliveries.is_empty()),
+        "{name}: still leased"
+    );
     assert!(store.delete_stream("ten_a", "est_gone", NOW).await.unwrap());
 
     let activity = store

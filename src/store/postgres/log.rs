@@ -8,8 +8,8 @@ use super::{EVENT_COLUMNS, Params, event_from_row, refs};
 use crate::clock::Millis;
 use crate::store::{
     Backlog, ERASED_EVENT, Erase, EventFilter, HourOutcomes, KEPT_BY_PENDING_WORK,
-    LATENCY_BOUNDS_MS, LogPosition, LogStart, LoggedEvent, NOT_NEWEST, Page, StatsRow,
-    StoreResult, StreamActivity, Swept, TENANT_BACKLOGS, TENANT_HOURS,
+    LATENCY_BOUNDS_MS, LogPosition, LogStart, LoggedEvent, NOT_NEWEST, Page, StatsRow, StoreResult,
+    StreamActivity, Swept, TENANT_HOURS,
 };
 
 const LOGGED_COLUMNS: &str = "e.seq, e.received_at, e.erased_at";
@@ -321,6 +321,11 @@ pub async fn stats(
         })
         .collect())
 }
+
+/// The pending deliveries of each of a tenant's streams, through the index of pending
+/// deliveries.
+const TENANT_BACKLOGS: &str = "SELECT stream_id, COUNT(*), MIN(created_at) \
+     FROM deliveries WHERE tenant_id = $1 AND status = 'pending' GROUP BY stream_id";
 
 pub async fn stream_activity(
     client: &impl GenericClient,
