@@ -16,7 +16,7 @@ const HOUR_MS: Millis = 3_600_000;
 // The drawing area of an hourly chart, in SVG user units; the stylesheet scales it to fit.
 const WIDTH: f64 = 640.0;
 const HEIGHT: f64 = 240.0;
-const LEFT: f64 = 64.0;
+const LEFT: f64 = 78.0;
 const RIGHT: f64 = 12.0;
 const TOP: f64 = 14.0;
 const BOTTOM: f64 = 44.0;
@@ -185,9 +185,11 @@ pub fn hour_chart(chart: &HourChart) -> Markup {
                             text-anchor="middle" { (text) }
                     }
                     text.label x=(coordinate(LEFT + plot_width / 2.0)) y=(coordinate(HEIGHT - 4.0))
-                        text-anchor="middle" { "Hour (UTC)" }
+                        text-anchor="middle" {
+                        @if dated { "Day (UTC), a point per hour" } @else { "Hour (UTC)" }
+                    }
                     text.label x="0" y="0" text-anchor="middle"
-                        transform={ "translate(14 " (coordinate(TOP + plot_height / 2.0)) ") rotate(-90)" } {
+                        transform={ "translate(12 " (coordinate(TOP + plot_height / 2.0)) ") rotate(-90)" } {
                         (chart.y_label)
                     }
                 }

@@ -98,7 +98,7 @@ pub(super) fn section(
                                 button type="submit" { "Reveal signing secret" }
                             }
                         }
-                        form method="post" action=(paths::stream_secret_rotate(&caller.tenant_id, id)) {
+                        form.rotate method="post" action=(paths::stream_secret_rotate(&caller.tenant_id, id)) {
                             input type="hidden" name="csrf" value=(csrf);
                             label for="grace" { "Keep the current secret signing for" }
                             select #grace name="grace"
