@@ -10,9 +10,12 @@
 //! switches tenant by following a link, and a tenant token asking for another tenant's page
 //! gets a 404.
 
+mod charts;
 mod new_stream;
 mod pages;
 mod session;
+mod signing;
+mod stream_charts;
 mod streams;
 mod tenants;
 
@@ -48,6 +51,14 @@ pub fn router() -> Router<AppState> {
         .route(
             "/tenants/{tenant}/streams/{id}/status",
             post(streams::set_status),
+        )
+        .route(
+            "/tenants/{tenant}/streams/{id}/secret",
+            post(signing::reveal),
+        )
+        .route(
+            "/tenants/{tenant}/streams/{id}/secret/rotate",
+            post(signing::rotate),
         )
         .route(STYLESHEET_PATH, get(stylesheet))
         .route(SCRIPT_PATH, get(script))
@@ -292,5 +303,13 @@ mod paths {
 
     pub fn stream_status(tenant: &str, id: &str) -> String {
         format!("{}/status", stream(tenant, id))
+    }
+
+    pub fn stream_secret(tenant: &str, id: &str) -> String {
+        format!("{}/secret", stream(tenant, id))
+    }
+
+    pub fn stream_secret_rotate(tenant: &str, id: &str) -> String {
+        format!("{}/secret/rotate", stream(tenant, id))
     }
 }

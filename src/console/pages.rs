@@ -5,7 +5,7 @@
 
 use maud::{DOCTYPE, Markup, html};
 
-use super::{ICON_PATH, SCRIPT_PATH, STYLESHEET_PATH, paths};
+use super::{ICON_PATH, SCRIPT_PATH, STYLESHEET_PATH, charts, paths};
 use crate::clock::Millis;
 use crate::event::format_time;
 use crate::store::Tenant;
@@ -142,6 +142,7 @@ pub struct StreamRow {
     pub status: StreamStatus,
     pub status_reason: Option<String>,
     pub backlog: BacklogView,
+    pub recent: charts::RecentView,
 }
 
 pub fn streams(frame: &Frame, rows: &[StreamRow]) -> Markup {
@@ -171,6 +172,7 @@ pub fn streams(frame: &Frame, rows: &[StreamRow]) -> Markup {
                                 th.wide scope="col" { "Target" }
                                 th scope="col" { "Status" }
                                 th.num scope="col" { "Backlog" }
+                                th scope="col" { "Success, 24 h" }
                             }
                         }
                         tbody {
@@ -190,6 +192,7 @@ pub fn streams(frame: &Frame, rows: &[StreamRow]) -> Markup {
                                         }
                                     }
                                     td.num { (backlog_cell(&row.backlog)) }
+                                    td.success { (charts::recent_success(&row.recent)) }
                                 }
                             }
                         }
@@ -250,6 +253,10 @@ pub struct StreamPage {
     pub deliveries: Result<Vec<crate::store::DeliveryView>, String>,
     /// Why the last status change was refused, shown beside its forms.
     pub status_error: Option<String>,
+    /// The signing secret's section, for a destination that is signed with one.
+    pub signing: Option<Markup>,
+    /// Its charts' section.
+    pub charts: Markup,
 }
 
 pub fn stream(frame: &Frame, page: &StreamPage) -> Markup {
@@ -344,6 +351,8 @@ pub fn stream(frame: &Frame, page: &StreamPage) -> Markup {
                 }
             }
 
+            @if let Some(signing) = &page.signing { (signing) }
+
             section aria-labelledby="backlog-heading" {
                 h2 #backlog-heading { "Backlog" }
                 @match &page.backlog {
@@ -359,6 +368,8 @@ pub fn stream(frame: &Frame, page: &StreamPage) -> Markup {
                     Err(why) => { p.muted { (why) } }
                 }
             }
+
+            (page.charts)
 
             section aria-labelledby="deliveries-heading" {
                 h2 #deliveries-heading { "Recent deliveries" }

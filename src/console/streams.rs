@@ -4,7 +4,7 @@
 
 use axum::Form;
 use axum::extract::rejection::FormRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Deserialize;
@@ -12,12 +12,14 @@ use serde_json::Value;
 
 use super::pages::{self, BacklogView, StreamPage, StreamRow};
 use super::session::{Signed, bad_form};
+use super::signing::{self, SigningState};
+use super::stream_charts::{self, Chosen, RangeQuery};
 use super::{Refusal, html, paths, see_other};
 use crate::api::ApiError;
 use crate::destinations::Destination;
 use crate::event::format_time;
 use crate::service::streams::{BacklogChoice, StreamChanges};
-use crate::service::{self, Caller, Service, deliveries, streams};
+use crate::service::{self, Caller, Service, deliveries, stats, streams};
 use crate::stream::{Stream, StreamStatus};
 
 /// Deliveries a stream's page shows.
@@ -30,19 +32,32 @@ pub(super) async fn list(
     Path(tenant): Path<String>,
 ) -> Result<Response, Refusal> {
     let caller = signed.on_tenant(&service, &tenant).await?;
-    let mut rows = Vec::new();
-    for stream in streams::list(&service, &caller).await? {
-        let backlog = backlog(&service, &caller, &stream.id).await?;
-        rows.push(StreamRow {
+    let streams = streams::list(&service, &caller).await?;
+    // One read for every stream's backlog and outcomes, however many streams there are.
+    let activity = match stats::recent_activity(&service, &caller).await {
+        Ok(activity) => Ok(activity),
+        Err(e @ service::Error::MissingScope(_)) => Err(e.to_string()),
+        Err(e) => return Err(e.into()),
+    };
+    let rows = streams
+        .into_iter()
+        .map(|stream| StreamRow {
             kind: stream.destination.kind(),
             target: stream.destination.target(),
+            backlog: activity
+                .as_ref()
+                .map(|a| a.backlog(&stream.id))
+                .map_err(Clone::clone),
+            recent: activity
+                .as_ref()
+                .map(|a| a.by_hour(&stream.id))
+                .map_err(Clone::clone),
             id: stream.id,
             name: stream.name,
             status: stream.status,
             status_reason: stream.status_reason,
-            backlog,
-        });
-    }
+        })
+        .collect::<Vec<_>>();
     let frame = signed.frame(&service, &caller.tenant_id).await;
     Ok(html(StatusCode::OK, pages::streams(&frame, &rows)))
 }
@@ -52,9 +67,14 @@ pub(super) async fn show(
     State(service): State<Service>,
     signed: Signed,
     Path((tenant, id)): Path<(String, String)>,
+    Query(query): Query<RangeQuery>,
 ) -> Result<Response, Refusal> {
     let caller = signed.on_tenant(&service, &tenant).await?;
-    stream_page(&service, &signed, &caller, &id, StatusCode::OK, None).await
+    let extras = Extras {
+        range: query.chosen(),
+        ..Extras::default()
+    };
+    stream_page(&service, &signed, &caller, &id, StatusCode::OK, extras).await
 }
 
 #[derive(Deserialize)]
@@ -93,7 +113,11 @@ pub(super) async fn set_status(
         Err(e) => {
             let message = e.to_string();
             let status = ApiError::from(e).status;
-            stream_page(&service, &signed, &caller, &id, status, Some(message)).await
+            let extras = Extras {
+                status_error: Some(message),
+                ..Extras::default()
+            };
+            stream_page(&service, &signed, &caller, &id, status, extras).await
         }
     }
 }
@@ -118,15 +142,38 @@ fn status_change(
     Ok((status, backlog))
 }
 
-async fn stream_page(
+/// What a stream's page shows beyond the stream itself: the answer to a form, the charts'
+/// range.
+#[derive(Default)]
+pub(super) struct Extras {
+    /// Why the last status change was refused.
+    pub status_error: Option<String>,
+    pub signing: SigningState,
+    pub range: Chosen,
+}
+
+pub(super) async fn stream_page(
     service: &Service,
     signed: &Signed,
     caller: &Caller,
     id: &str,
     status: StatusCode,
-    status_error: Option<String>,
+    extras: Extras,
 ) -> Result<Response, Refusal> {
     let stream = streams::get(service, caller, id).await?;
+    let csrf = signed.csrf();
+    let signing = stream
+        .destination
+        .uses_stream_secret()
+        .then(|| signing::section(service, caller, &csrf, id, &extras.signing));
+    let charts = stream_charts::section(
+        service,
+        caller,
+        id,
+        &paths::stream(&caller.tenant_id, id),
+        &extras.range,
+    )
+    .await?;
     let mut secrets = destination_secrets(&stream.destination);
     if stream.destination.uses_stream_secret() {
         let set = streams::has_signing_secret(service, caller, id).await?;
@@ -162,7 +209,9 @@ async fn stream_page(
         name: stream.name,
         status: stream.status,
         status_reason: stream.status_reason,
-        status_error,
+        status_error: extras.status_error,
+        signing,
+        charts,
     };
     let frame = signed.frame(service, &caller.tenant_id).await;
     Ok(html(status, pages::stream(&frame, &page)))

@@ -1,12 +1,14 @@
 //! A stream's delivery outcomes and latency over a range of hours, in total, per event type
-//! and per hour, read from the hourly rollups (never from the attempts), with its backlog.
+//! and per hour, read from the hourly rollups (never from the attempts), with its backlog;
+//! and the same outcomes for all of a tenant's streams at once, for a list of them.
 
 use std::collections::BTreeMap;
 
+use super::deliveries;
 use super::streams::load as load_stream;
 use super::{Caller, Error, Scope, Service, parse_time};
 use crate::clock::Millis;
-use crate::store::{Backlog, LATENCY_BOUNDS_MS, StatsRow};
+use crate::store::{Backlog, HourOutcomes, LATENCY_BOUNDS_MS, StatsRow, StreamActivity};
 
 const HOUR_MS: Millis = 3_600_000;
 /// The longest range one request may ask for.
@@ -146,6 +148,74 @@ pub async fn stream_stats(
         by_event_type,
         by_hour,
         backlog,
+    })
+}
+
+/// Every stream of a tenant's backlog and finished deliveries per hour over the last 24
+/// hours (from the hour holding that time through now, as `stream_stats` counts), read in
+/// one go however many streams there are.
+#[derive(Debug, Clone)]
+pub struct RecentActivity {
+    /// The start of the first hour.
+    pub first_hour: Millis,
+    pub now: Millis,
+    activity: StreamActivity,
+}
+
+impl RecentActivity {
+    /// How many hours the range spans.
+    pub fn hours(&self) -> usize {
+        ((self.now - self.first_hour) / HOUR_MS + 1) as usize
+    }
+
+    pub fn backlog(&self, stream_id: &str) -> deliveries::Backlog {
+        let backlog = self
+            .activity
+            .backlogs
+            .get(stream_id)
+            .copied()
+            .unwrap_or_default();
+        deliveries::Backlog {
+            pending: backlog.pending,
+            oldest_pending_at: backlog.oldest_created_at,
+            oldest_age_seconds: backlog
+                .oldest_created_at
+                .map(|at| (self.now - at).max(0) / 1000),
+        }
+    }
+
+    /// The stream's outcomes in each hour of the range, in order (zero where none).
+    pub fn by_hour(&self, stream_id: &str) -> Vec<HourOutcomes> {
+        let mut hours: Vec<HourOutcomes> = (0..self.hours())
+            .map(|i| HourOutcomes {
+                hour: self.first_hour + i as Millis * HOUR_MS,
+                succeeded: 0,
+                failed: 0,
+            })
+            .collect();
+        for outcome in self.activity.hours.get(stream_id).into_iter().flatten() {
+            let i = ((outcome.hour - self.first_hour) / HOUR_MS) as usize;
+            if let Some(slot) = hours.get_mut(i) {
+                *slot = *outcome;
+            }
+        }
+        hours
+    }
+}
+
+/// The caller's tenant's streams' recent activity: `read:event_deliveries`.
+pub async fn recent_activity(service: &Service, caller: &Caller) -> Result<RecentActivity, Error> {
+    caller.require(Scope::ReadEventDeliveries)?;
+    let now = service.clock.now_ms();
+    let first_hour = (now - 24 * HOUR_MS).div_euclid(HOUR_MS) * HOUR_MS;
+    let activity = service
+        .store
+        .stream_activity(&caller.tenant_id, first_hour, now + 1)
+        .await?;
+    Ok(RecentActivity {
+        first_hour,
+        now,
+        activity,
     })
 }
 

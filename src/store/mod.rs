@@ -408,7 +408,7 @@ impl<T> Page<T> {
 }
 
 /// A stream's undelivered work.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Backlog {
     pub pending: u64,
     pub oldest_created_at: Option<Millis>,
@@ -422,6 +422,35 @@ pub(crate) const BACKLOGS: &str = "SELECT b.tenant_id, b.stream_id, b.pending, b
            FROM deliveries WHERE status = 'pending' GROUP BY tenant_id, stream_id) b \
      JOIN streams s ON s.tenant_id = b.tenant_id AND s.id = b.stream_id \
      WHERE s.status = 'enabled'";
+
+/// What a list of a tenant's streams shows of each: its backlog, and its finished deliveries
+/// per hour (summed over event types). One call per list, not one per stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamActivity {
+    /// Pending deliveries of each stream that has some, keyed by stream id.
+    pub backlogs: std::collections::HashMap<String, Backlog>,
+    /// Per stream with outcomes in the range, its hours in order.
+    pub hours: std::collections::HashMap<String, Vec<HourOutcomes>>,
+}
+
+/// One hour of one stream's finished deliveries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HourOutcomes {
+    pub hour: Millis,
+    pub succeeded: u64,
+    pub failed: u64,
+}
+
+/// The outcomes per hour of each of a tenant's streams (`$1`) from `$2` to `$3`, on either
+/// store. Walking the streams first reads each one's rollups by their key (tenant, stream,
+/// hour), so older hours are never scanned (`CROSS JOIN` keeps SQLite, which has no
+/// statistics to plan with, to that order); rollups of deleted streams are left out.
+pub(crate) const TENANT_HOURS: &str = "SELECT st.stream_id, st.hour, \
+     CAST(SUM(st.succeeded) AS BIGINT), CAST(SUM(st.failed) AS BIGINT) \
+     FROM streams s CROSS JOIN stream_stats st \
+     WHERE s.tenant_id = $1 AND st.tenant_id = s.tenant_id AND st.stream_id = s.id \
+     AND st.hour >= $2 AND st.hour < $3 \
+     GROUP BY st.stream_id, st.hour ORDER BY st.stream_id, st.hour";
 
 /// The pending deliveries of one enabled stream, for the metrics endpoint.
 #[derive(Debug, Clone)]
@@ -801,6 +830,14 @@ pub trait Store: Send + Sync + 'static {
     /// Every enabled stream with pending deliveries, across tenants: how many, and the
     /// earliest due time (for the metrics endpoint; one scan of the pending deliveries).
     async fn backlogs(&self) -> StoreResult<Vec<StreamBacklog>>;
+    /// Every stream of the tenant's backlog, and outcomes per hour from `from` (inclusive) to
+    /// `to` (exclusive).
+    async fn stream_activity(
+        &self,
+        tenant_id: &str,
+        from: Millis,
+        to: Millis,
+    ) -> StoreResult<StreamActivity>;
     /// The hourly rollups of a stream from `from` (inclusive) to `to` (exclusive).
     async fn stats(
         &self,

@@ -60,6 +60,7 @@ conformance!(
     a_rotated_secret_signs_beside_the_new_one_until_it_expires,
     the_audit_log_filters_pages_erases_and_sweeps,
     statistics_and_backlog_follow_recorded_attempts,
+    a_tenants_activity_gives_each_streams_backlog_and_hourly_outcomes_at_once,
     backlogs_count_the_pending_deliveries_of_enabled_streams_across_tenants,
     skipping_a_backlog_or_deleting_a_stream_cancels_what_is_pending,
     tokens_are_found_by_hash_listed_per_tenant_and_revoked,
@@ -787,6 +788,127 @@ async fn statistics_and_backlog_follow_recorded_attempts(b: Backend) {
             .unwrap()
             .is_empty()
     );
+}
+
+/// What a list of a tenant's streams shows, read at once: each stream's backlog and its
+/// finished deliveries per hour (summed over event types), within the range only, and
+/// nothing of another tenant's streams or of a deleted one.
+async fn a_tenants_activity_gives_each_streams_backlog_and_hourly_outcomes_at_once(b: Backend) {
+    let store = &*b.store;
+    let name = b.name;
+    const HOUR: i64 = 3_600_000;
+    let hour = NOW - NOW % HOUR;
+    for id in ["est_one", "est_two", "est_gone"] {
+        stream(store, "ten_a", id, "*", StreamStatus::Enabled).await;
+    }
+    stream(store, "ten_b", "est_other", "*", StreamStatus::Enabled).await;
+    let events = vec![
+        event("a1", "user.created"),
+        event("a2", "order.paid"),
+        event("a3", "user.created"),
+    ];
+    store.publish("ten_a", events, NOW, None).await.unwrap();
+    let events = vec![event("b1", "user.created")];
+    store.publish("ten_b", events, NOW, None).await.unwrap();
+
+    // est_one: a success and a failure of two event types in one hour, one still pending;
+    // est_two: a success an hour later and one two hours before the range; est_gone and
+    // ten_b's stream: outcomes that must not show.
+    let mut records = Vec::new();
+    for (tenant, id) in [
+        ("ten_a", "est_one"),
+        ("ten_a", "est_two"),
+        ("ten_a", "est_gone"),
+        ("ten_b", "est_other"),
+    ] {
+        let batch = store
+            .claim(request(tenant, id, 10), NOW, NOW + 60_000)
+            .await
+            .unwrap();
+        let claimed = &batch[0].deliveries;
+        match id {
+            "est_one" => {
+                let by_id = |e: &str| claimed.iter().find(|c| c.event.id == e).unwrap();
+                records.push(outcome(by_id("a1"), DeliveryStatus::Succeeded, None));
+                records.push(outcome(by_id("a2"), DeliveryStatus::Failed, None));
+                records.push(outcome(
+                    by_id("a3"),
+                    DeliveryStatus::Pending,
+                    Some(NOW + 10_000),
+                ));
+            }
+            "est_two" => {
+                for (c, at) in claimed.iter().zip([NOW + HOUR, NOW - 3 * HOUR]) {
+                    let mut record = outcome(c, DeliveryStatus::Succeeded, None);
+                    record.attempted_at = at;
+                    records.push(record);
+                }
+                // Its third event stays pending: the lease is let go below.
+            }
+            _ => {
+                for c in claimed {
+                    records.push(outcome(c, DeliveryStatus::Failed, None));
+                }
+            }
+        }
+    }
+    store.record(records, NOW).await.unwrap();
+    let two = store
+        .claim(request("ten_a", "est_two", 10), NOW, NOW + 60_000)
+        .await
+        .unwrap();
+    assert!(
+        two.iter().all(|b| b.deliveries.is_empty()),
+        "{name}: still leased"
+    );
+    assert!(store.delete_stream("ten_a", "est_gone", NOW).await.unwrap());
+
+    let activity = store
+        .stream_activity("ten_a", hour - HOUR, hour + 2 * HOUR)
+        .await
+        .unwrap();
+    let mut backlogs: Vec<_> = activity
+        .backlogs
+        .iter()
+        .map(|(id, b)| (id.as_str(), b.pending, b.oldest_created_at))
+        .collect();
+    backlogs.sort();
+    assert_eq!(
+        backlogs,
+        [("est_one", 1, Some(NOW)), ("est_two", 1, Some(NOW))],
+        "{name}"
+    );
+    let mut hours: Vec<_> = activity
+        .hours
+        .iter()
+        .map(|(id, hours)| {
+            let hours: Vec<_> = hours
+                .iter()
+                .map(|h| (h.hour, h.succeeded, h.failed))
+                .collect();
+            (id.as_str(), hours)
+        })
+        .collect();
+    hours.sort();
+    assert_eq!(
+        hours,
+        [
+            ("est_one", vec![(hour, 1, 1)]),
+            ("est_two", vec![(hour + HOUR, 1, 0)]),
+        ],
+        "{name}: summed over event types, in range, of existing streams of the tenant"
+    );
+
+    let other = store
+        .stream_activity("ten_b", hour - HOUR, hour + 2 * HOUR)
+        .await
+        .unwrap();
+    assert_eq!(
+        other.hours.get("est_other").map(|h| h.len()),
+        Some(1),
+        "{name}"
+    );
+    assert!(other.backlogs.is_empty(), "{name}");
 }
 
 /// What the metrics report as the backlog: per enabled stream, every tenant's.

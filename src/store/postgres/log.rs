@@ -7,8 +7,9 @@ use tokio_postgres::Row;
 use super::{EVENT_COLUMNS, Params, event_from_row, refs};
 use crate::clock::Millis;
 use crate::store::{
-    ERASED_EVENT, Erase, EventFilter, KEPT_BY_PENDING_WORK, LATENCY_BOUNDS_MS, LogPosition,
-    LogStart, LoggedEvent, NOT_NEWEST, Page, StatsRow, StoreResult, Swept,
+    Backlog, ERASED_EVENT, Erase, EventFilter, HourOutcomes, KEPT_BY_PENDING_WORK,
+    LATENCY_BOUNDS_MS, LogPosition, LogStart, LoggedEvent, NOT_NEWEST, Page, StatsRow, StoreResult,
+    StreamActivity, Swept, TENANT_HOURS,
 };
 
 const LOGGED_COLUMNS: &str = "e.seq, e.received_at, e.erased_at";
@@ -319,4 +320,41 @@ pub async fn stats(
                 .collect(),
         })
         .collect())
+}
+
+/// The pending deliveries of each of a tenant's streams, through the index of pending
+/// deliveries.
+const TENANT_BACKLOGS: &str = "SELECT stream_id, COUNT(*), MIN(created_at) \
+     FROM deliveries WHERE tenant_id = $1 AND status = 'pending' GROUP BY stream_id";
+
+pub async fn stream_activity(
+    client: &impl GenericClient,
+    tenant_id: &str,
+    from: Millis,
+    to: Millis,
+) -> StoreResult<StreamActivity> {
+    let mut activity = StreamActivity::default();
+    let stmt = client.prepare_cached(TENANT_BACKLOGS).await?;
+    for r in client.query(&stmt, &[&tenant_id]).await? {
+        activity.backlogs.insert(
+            r.get(0),
+            Backlog {
+                pending: r.get::<_, i64>(1) as u64,
+                oldest_created_at: r.get(2),
+            },
+        );
+    }
+    let stmt = client.prepare_cached(TENANT_HOURS).await?;
+    for r in client.query(&stmt, &[&tenant_id, &from, &to]).await? {
+        activity
+            .hours
+            .entry(r.get(0))
+            .or_default()
+            .push(HourOutcomes {
+                hour: r.get(1),
+                succeeded: r.get::<_, i64>(2) as u64,
+                failed: r.get::<_, i64>(3) as u64,
+            });
+    }
+    Ok(activity)
 }

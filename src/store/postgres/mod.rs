@@ -1461,6 +1461,15 @@ impl Store for PgStore {
             .collect())
     }
 
+    async fn stream_activity(
+        &self,
+        tenant_id: &str,
+        from: Millis,
+        to: Millis,
+    ) -> StoreResult<StreamActivity> {
+        log::stream_activity(&self.client().await?, tenant_id, from, to).await
+    }
+
     async fn stats(
         &self,
         tenant_id: &str,

@@ -7,8 +7,9 @@ use rusqlite::{Connection, Row, params, params_from_iter};
 use super::{EVENT_COLUMNS, event_from_row};
 use crate::clock::Millis;
 use crate::store::{
-    ERASED_EVENT, Erase, EventFilter, KEPT_BY_PENDING_WORK, LATENCY_BOUNDS_MS, LogPosition,
-    LogStart, LoggedEvent, NOT_NEWEST, Page, StatsRow, StoreResult, Swept,
+    Backlog, ERASED_EVENT, Erase, EventFilter, HourOutcomes, KEPT_BY_PENDING_WORK,
+    LATENCY_BOUNDS_MS, LogPosition, LogStart, LoggedEvent, NOT_NEWEST, Page, StatsRow, StoreResult,
+    StreamActivity, Swept, TENANT_HOURS,
 };
 
 const LOGGED_COLUMNS: &str = "e.seq, e.received_at, e.erased_at";
@@ -251,4 +252,45 @@ pub fn stats(
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The pending deliveries of each of a tenant's streams. Named, the index of pending
+/// deliveries is read rather than every delivery of the tenant, which SQLite (without
+/// statistics) would otherwise pick.
+const TENANT_BACKLOGS: &str = "SELECT stream_id, COUNT(*), MIN(created_at) \
+     FROM deliveries INDEXED BY deliveries_due \
+     WHERE tenant_id = ?1 AND status = 'pending' GROUP BY stream_id";
+
+pub fn stream_activity(
+    conn: &Connection,
+    tenant_id: &str,
+    from: Millis,
+    to: Millis,
+) -> StoreResult<StreamActivity> {
+    let mut activity = StreamActivity::default();
+    let mut stmt = conn.prepare_cached(TENANT_BACKLOGS)?;
+    let mut rows = stmt.query(params![tenant_id])?;
+    while let Some(r) = rows.next()? {
+        activity.backlogs.insert(
+            r.get(0)?,
+            Backlog {
+                pending: r.get::<_, i64>(1)? as u64,
+                oldest_created_at: r.get(2)?,
+            },
+        );
+    }
+    let mut stmt = conn.prepare_cached(TENANT_HOURS)?;
+    let mut rows = stmt.query(params![tenant_id, from, to])?;
+    while let Some(r) = rows.next()? {
+        activity
+            .hours
+            .entry(r.get(0)?)
+            .or_default()
+            .push(HourOutcomes {
+                hour: r.get(1)?,
+                succeeded: r.get::<_, i64>(2)? as u64,
+                failed: r.get::<_, i64>(3)? as u64,
+            });
+    }
+    Ok(activity)
 }

@@ -1283,6 +1283,18 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn stream_activity(
+        &self,
+        tenant_id: &str,
+        from: Millis,
+        to: Millis,
+    ) -> StoreResult<StreamActivity> {
+        let tenant_id = tenant_id.to_string();
+        self.readers
+            .read(move |conn| log::stream_activity(conn, &tenant_id, from, to))
+            .await
+    }
+
     async fn stats(
         &self,
         tenant_id: &str,
