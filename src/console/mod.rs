@@ -10,10 +10,17 @@
 //! switches tenant by following a link, and a tenant token asking for another tenant's page
 //! gets a 404.
 
+mod event_log;
+mod event_types;
+mod links;
 mod pages;
 mod session;
 mod streams;
 mod tenants;
+mod tokens;
+
+pub(crate) use links::link_path;
+pub(crate) use session::over_tls;
 
 use std::sync::LazyLock;
 
@@ -36,7 +43,23 @@ pub fn router() -> Router<AppState> {
             get(session::sign_in_page).post(session::sign_in),
         )
         .route("/sign-out", post(session::sign_out))
-        .route("/tenants", get(tenants::list))
+        .route("/tenants", get(tenants::list).post(tenants::create))
+        .route("/tenants/{tenant}/rename", post(tenants::rename))
+        .route("/console-link/{secret}", get(links::show).post(links::open))
+        .route("/tokens", get(tokens::platform).post(tokens::create_platform))
+        .route("/tokens/{id}/revoke", post(tokens::revoke_platform))
+        .route(
+            "/tenants/{tenant}/tokens",
+            get(tokens::list).post(tokens::create),
+        )
+        .route("/tenants/{tenant}/tokens/{id}/revoke", post(tokens::revoke))
+        .route("/tenants/{tenant}/events", get(event_log::list))
+        .route("/tenants/{tenant}/events/{id}", get(event_log::show))
+        .route(
+            "/tenants/{tenant}/events/{id}/erase",
+            get(event_log::confirm_erase).post(event_log::erase),
+        )
+        .route("/tenants/{tenant}/event-types", get(event_types::list))
         .route("/switch-tenant", get(tenants::switch))
         .route("/tenants/{tenant}/streams", get(streams::list))
         .route("/tenants/{tenant}/streams/{id}", get(streams::show))
@@ -240,5 +263,55 @@ mod paths {
 
     pub fn stream_status(tenant: &str, id: &str) -> String {
         format!("{}/status", stream(tenant, id))
+    }
+
+    /// A query string's value.
+    pub fn query(s: &str) -> impl std::fmt::Display + '_ {
+        utf8_percent_encode(s, NON_ALPHANUMERIC)
+    }
+
+    pub fn tenant_rename(tenant: &str) -> String {
+        format!("/tenants/{}/rename", segment(tenant))
+    }
+
+    pub fn tokens(tenant: &str) -> String {
+        format!("/tenants/{}/tokens", segment(tenant))
+    }
+
+    pub fn token_revoke(tenant: &str, id: &str) -> String {
+        format!("{}/{}/revoke", tokens(tenant), segment(id))
+    }
+
+    pub const PLATFORM_TOKENS: &str = "/tokens";
+
+    pub fn platform_token_revoke(id: &str) -> String {
+        format!("{PLATFORM_TOKENS}/{}/revoke", segment(id))
+    }
+
+    pub fn events(tenant: &str) -> String {
+        format!("/tenants/{}/events", segment(tenant))
+    }
+
+    /// An event of the log; its source tells it from another source's event of that id.
+    pub fn event(tenant: &str, id: &str, source: &str) -> String {
+        format!(
+            "{}/{}?source={}",
+            events(tenant),
+            segment(id),
+            query(source)
+        )
+    }
+
+    pub fn event_erase(tenant: &str, id: &str, source: &str) -> String {
+        format!(
+            "{}/{}/erase?source={}",
+            events(tenant),
+            segment(id),
+            query(source)
+        )
+    }
+
+    pub fn event_types(tenant: &str) -> String {
+        format!("/tenants/{}/event-types", segment(tenant))
     }
 }
