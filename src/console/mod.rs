@@ -292,23 +292,27 @@ mod paths {
         format!("/tenants/{}/events", segment(tenant))
     }
 
-    /// An event of the log; its source tells it from another source's event of that id.
+    /// An event of the log; its source (when known) tells it from another source's event
+    /// of that id.
     pub fn event(tenant: &str, id: &str, source: &str) -> String {
-        format!(
-            "{}/{}?source={}",
-            events(tenant),
-            segment(id),
-            query(source)
-        )
+        format!("{}/{}{}", events(tenant), segment(id), source_query(source))
     }
 
     pub fn event_erase(tenant: &str, id: &str, source: &str) -> String {
         format!(
-            "{}/{}/erase?source={}",
+            "{}/{}/erase{}",
             events(tenant),
             segment(id),
-            query(source)
+            source_query(source)
         )
+    }
+
+    fn source_query(source: &str) -> String {
+        if source.is_empty() {
+            String::new()
+        } else {
+            format!("?source={}", query(source))
+        }
     }
 
     pub fn event_types(tenant: &str) -> String {
