@@ -174,7 +174,16 @@ pub(super) async fn confirm_erase(
 ) -> Result<Response, Refusal> {
     let caller = signed.on_tenant(&service, &tenant).await?;
     let Query(source) = source.map_err(bad_query)?;
-    erase_page(&service, &signed, &caller, &id, source, StatusCode::OK, None).await
+    erase_page(
+        &service,
+        &signed,
+        &caller,
+        &id,
+        source,
+        StatusCode::OK,
+        None,
+    )
+    .await
 }
 
 /// `POST /tenants/{tenant}/events/{id}/erase`: erases the event's data (every event of that
@@ -203,7 +212,16 @@ pub(super) async fn erase(
         Err(e @ (service::Error::MissingScope(_) | service::Error::Invalid(_))) => {
             let message = e.to_string();
             let status = ApiError::from(e).status;
-            erase_page(&service, &signed, &caller, &id, source, status, Some(message)).await
+            erase_page(
+                &service,
+                &signed,
+                &caller,
+                &id,
+                source,
+                status,
+                Some(message),
+            )
+            .await
         }
         Err(e) => Err(e.into()),
     }

@@ -46,7 +46,10 @@ pub fn router() -> Router<AppState> {
         .route("/tenants", get(tenants::list).post(tenants::create))
         .route("/tenants/{tenant}/rename", post(tenants::rename))
         .route("/console-link/{secret}", get(links::show).post(links::open))
-        .route("/tokens", get(tokens::platform).post(tokens::create_platform))
+        .route(
+            "/tokens",
+            get(tokens::platform).post(tokens::create_platform),
+        )
         .route("/tokens/{id}/revoke", post(tokens::revoke_platform))
         .route(
             "/tenants/{tenant}/tokens",

@@ -63,7 +63,15 @@ pub(super) async fn list(
 ) -> Result<Response, Refusal> {
     let caller = signed.on_tenant(&service, &tenant).await?;
     let owner = Owner::Tenant(&caller.tenant_id);
-    tokens_page(&service, &signed, &caller, owner, TokenForm::default(), StatusCode::OK).await
+    tokens_page(
+        &service,
+        &signed,
+        &caller,
+        owner,
+        TokenForm::default(),
+        StatusCode::OK,
+    )
+    .await
 }
 
 /// `GET /tokens`: the platform's tokens.
@@ -194,7 +202,10 @@ async fn tokens_page(
 ) -> Result<Response, Refusal> {
     let list = tokens::list(service, caller, owner.platform()).await?;
     let frame = signed.frame(service, &caller.tenant_id).await;
-    Ok(page(status, tokens_markup(&frame, caller, owner, &list, &form)))
+    Ok(page(
+        status,
+        tokens_markup(&frame, caller, owner, &list, &form),
+    ))
 }
 
 /// The scopes a token made by `caller` for `owner` may hold: those the caller holds, and

@@ -679,8 +679,11 @@ pub trait Store: Send + Sync + 'static {
     async fn create_console_link(&self, link: ConsoleLink) -> StoreResult<()>;
     /// The sign-in link with this secret hash, if it has not been opened and has not ended
     /// at `now`; it stays.
-    async fn find_console_link(&self, hash: TokenHash, now: Millis)
-    -> StoreResult<Option<ConsoleLink>>;
+    async fn find_console_link(
+        &self,
+        hash: TokenHash,
+        now: Millis,
+    ) -> StoreResult<Option<ConsoleLink>>;
     /// Takes the sign-in link with this secret hash, in one statement: of any number of
     /// calls for one link, on any nodes, at most one gets it, and only before it ends.
     async fn consume_console_link(

@@ -130,7 +130,12 @@ async fn a_sign_in_link_signs_in_once_and_a_second_use_is_refused() {
     };
     assert_eq!(signed.status, StatusCode::SEE_OTHER, "{}", signed.body);
     assert_eq!(signed.location(), "/tenants/ten_acme/streams");
-    assert!(refused_link(&refused), "{} {}", refused.status, refused.body);
+    assert!(
+        refused_link(&refused),
+        "{} {}",
+        refused.status,
+        refused.body
+    );
 
     // The session is the tenant's, under the name the link gave it.
     let streams = winner.get("/tenants/ten_acme/streams").await;
@@ -162,7 +167,9 @@ async fn a_sign_in_link_signs_in_once_and_a_second_use_is_refused() {
     assert_eq!(page.status, StatusCode::OK);
     app.clock.advance(Duration::from_secs(60));
     let csrf = page.hidden("csrf");
-    assert!(refused_link(&browser.post(&short, &[("csrf", &csrf)]).await));
+    assert!(refused_link(
+        &browser.post(&short, &[("csrf", &csrf)]).await
+    ));
     assert!(browser.get("/tenants/ten_acme/streams").await.to_sign_in());
 }
 
@@ -174,10 +181,34 @@ async fn a_link_cannot_grant_more_than_the_token_that_issues_it() {
     let (_, portal) = platform_token(&app, &["manage:tenants", "read:event_streams"]).await;
 
     let refusals = [
-        (&portal, "ten_acme", json!({"scopes": ["update:event_streams"]}), 403, "does not hold"),
-        (&portal, "ten_acme", json!({"scopes": ["manage:tenants"]}), 400, "platform scope"),
-        (&portal, "ten_acme", json!({"scopes": ["nope"]}), 400, "is not a scope"),
-        (&portal, "ten_acme", json!({"scopes": []}), 400, "at least one"),
+        (
+            &portal,
+            "ten_acme",
+            json!({"scopes": ["update:event_streams"]}),
+            403,
+            "does not hold",
+        ),
+        (
+            &portal,
+            "ten_acme",
+            json!({"scopes": ["manage:tenants"]}),
+            400,
+            "platform scope",
+        ),
+        (
+            &portal,
+            "ten_acme",
+            json!({"scopes": ["nope"]}),
+            400,
+            "is not a scope",
+        ),
+        (
+            &portal,
+            "ten_acme",
+            json!({"scopes": []}),
+            400,
+            "at least one",
+        ),
         (
             &portal,
             "ten_acme",
@@ -185,7 +216,13 @@ async fn a_link_cannot_grant_more_than_the_token_that_issues_it() {
             400,
             "expires_in_seconds",
         ),
-        (&portal, "ten_nope", json!({"scopes": ["read:event_streams"]}), 404, "ten_nope"),
+        (
+            &portal,
+            "ten_nope",
+            json!({"scopes": ["read:event_streams"]}),
+            404,
+            "ten_nope",
+        ),
         (
             &tenant_token,
             "ten_acme",
@@ -229,7 +266,10 @@ async fn a_link_cannot_grant_more_than_the_token_that_issues_it() {
         "{}",
         refused.body
     );
-    assert_eq!(api_stream(&app, "ten_acme", &stream).await["status"], "enabled");
+    assert_eq!(
+        api_stream(&app, "ten_acme", &stream).await["status"],
+        "enabled"
+    );
     // Nor does it reach the tenant's tokens.
     assert_eq!(
         browser.get("/tenants/ten_acme/tokens").await.status,
@@ -349,11 +389,17 @@ async fn a_tenant_token_sees_only_its_own_tokens_and_never_the_tenants_page() {
         assert!(!page.body.contains("ten_b"), "{path}: {}", page.body);
     }
     let refused = browser
-        .post("/tenants", &[("name", "Mine"), ("id", "ten_mine"), ("csrf", &csrf)])
+        .post(
+            "/tenants",
+            &[("name", "Mine"), ("id", "ten_mine"), ("csrf", &csrf)],
+        )
         .await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN);
     let refused = browser
-        .post("/tenants/ten_b/rename", &[("name", "Taken"), ("csrf", &csrf)])
+        .post(
+            "/tenants/ten_b/rename",
+            &[("name", "Taken"), ("csrf", &csrf)],
+        )
         .await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN);
     let (_, tenants) = app.get("/v1/tenants").await;
@@ -363,7 +409,10 @@ async fn a_tenant_token_sees_only_its_own_tokens_and_never_the_tenants_page() {
         .iter()
         .map(|t| t["name"].as_str().unwrap())
         .collect();
-    assert!(!names.contains(&"Mine") && !names.contains(&"Taken"), "{names:?}");
+    assert!(
+        !names.contains(&"Mine") && !names.contains(&"Taken"),
+        "{names:?}"
+    );
 }
 
 /// The secret on a "Token created" page.
@@ -388,7 +437,10 @@ async fn a_new_tokens_secret_is_shown_once_and_works_against_the_api() {
 
     // Refused forms come back with what was typed and the reason beside its field.
     let no_name = browser
-        .post(path, &[("name", " "), ("scope", "read:events"), ("csrf", &csrf)])
+        .post(
+            path,
+            &[("name", " "), ("scope", "read:events"), ("csrf", &csrf)],
+        )
         .await;
     assert_eq!(no_name.status, StatusCode::BAD_REQUEST);
     assert!(
@@ -399,9 +451,7 @@ async fn a_new_tokens_secret_is_shown_once_and_works_against_the_api() {
         no_name.body
     );
     assert!(
-        no_name
-            .body
-            .contains("value=\"read:events\" checked>"),
+        no_name.body.contains("value=\"read:events\" checked>"),
         "the ticked scope stays ticked: {}",
         no_name.body
     );
@@ -448,7 +498,11 @@ async fn a_new_tokens_secret_is_shown_once_and_works_against_the_api() {
         .request_as(&secret, reqwest::Method::GET, "/v1/events", None)
         .await;
     assert_eq!(status, StatusCode::OK, "{listed}");
-    assert_eq!(listed["events"].as_array().map(Vec::len), Some(1), "{listed}");
+    assert_eq!(
+        listed["events"].as_array().map(Vec::len),
+        Some(1),
+        "{listed}"
+    );
 
     // The list names it; no page shows its secret again.
     let list = browser.get(path).await;
@@ -458,7 +512,13 @@ async fn a_new_tokens_secret_is_shown_once_and_works_against_the_api() {
         .request_as(&secret, reqwest::Method::GET, "/v1/tokens", None)
         .await;
     assert!(!tokens.to_string().contains(&secret));
-    assert!(!browser.get("/tenants/ten_acme/streams").await.body.contains(&secret));
+    assert!(
+        !browser
+            .get("/tenants/ten_acme/streams")
+            .await
+            .body
+            .contains(&secret)
+    );
 }
 
 #[tokio::test]
@@ -468,7 +528,11 @@ async fn revoking_a_token_in_the_console_ends_its_sessions() {
     let user = Browser::signed_in(&app, &token).await;
     let admin = Browser::signed_in(&app, ADMIN_TOKEN).await;
     let list = admin.get("/tenants/ten_acme/tokens").await;
-    assert!(list.body.contains("<summary>Revoke</summary>"), "{}", list.body);
+    assert!(
+        list.body.contains("<summary>Revoke</summary>"),
+        "{}",
+        list.body
+    );
     let action = format!("/tenants/ten_acme/tokens/{id}/revoke");
     assert!(list.body.contains(&format!("action=\"{action}\"")));
     let csrf = list.hidden("csrf");
@@ -488,7 +552,13 @@ async fn revoking_a_token_in_the_console_ends_its_sessions() {
         .request_as(&token, reqwest::Method::GET, "/v1/event-streams", None)
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    assert!(!admin.get("/tenants/ten_acme/tokens").await.body.contains(&id));
+    assert!(
+        !admin
+            .get("/tenants/ten_acme/tokens")
+            .await
+            .body
+            .contains(&id)
+    );
     // Revoking it again finds nothing.
     assert_eq!(
         admin.post(&action, &[("csrf", &csrf)]).await.status,
@@ -501,11 +571,17 @@ async fn a_platform_admin_creates_and_renames_tenants() {
     let app = spawn_app().await;
     let browser = Browser::signed_in(&app, ADMIN_TOKEN).await;
     let page = browser.get("/tenants").await;
-    assert!(page.body.contains("<label for=\"tenant-name\">Name</label>"));
+    assert!(
+        page.body
+            .contains("<label for=\"tenant-name\">Name</label>")
+    );
     let csrf = page.hidden("csrf");
 
     let created = browser
-        .post("/tenants", &[("name", "Acme"), ("id", "ten_acme"), ("csrf", &csrf)])
+        .post(
+            "/tenants",
+            &[("name", "Acme"), ("id", "ten_acme"), ("csrf", &csrf)],
+        )
         .await;
     assert_eq!(created.status, StatusCode::SEE_OTHER, "{}", created.body);
     assert_eq!(created.location(), "/tenants/ten_acme/streams");
@@ -514,7 +590,10 @@ async fn a_platform_admin_creates_and_renames_tenants() {
 
     // The same id again: refused beside the ID field, with both values kept.
     let taken = browser
-        .post("/tenants", &[("name", "Acme two"), ("id", "ten_acme"), ("csrf", &csrf)])
+        .post(
+            "/tenants",
+            &[("name", "Acme two"), ("id", "ten_acme"), ("csrf", &csrf)],
+        )
         .await;
     assert_eq!(taken.status, StatusCode::CONFLICT);
     assert!(
@@ -526,23 +605,36 @@ async fn a_platform_admin_creates_and_renames_tenants() {
     );
     assert!(taken.body.contains("value=\"Acme two\""));
     let bad = browser
-        .post("/tenants", &[("name", "Bad"), ("id", "acme!"), ("csrf", &csrf)])
+        .post(
+            "/tenants",
+            &[("name", "Bad"), ("id", "acme!"), ("csrf", &csrf)],
+        )
         .await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
     assert!(bad.body.contains("id=\"tenant-id-error\""));
     assert!(bad.body.contains("value=\"acme!\""));
 
     let renamed = browser
-        .post("/tenants/ten_acme/rename", &[("name", "Acme Corp"), ("csrf", &csrf)])
+        .post(
+            "/tenants/ten_acme/rename",
+            &[("name", "Acme Corp"), ("csrf", &csrf)],
+        )
         .await;
     assert_eq!(renamed.status, StatusCode::SEE_OTHER, "{}", renamed.body);
     let (_, tenant) = app.get("/v1/tenants/ten_acme").await;
     assert_eq!(tenant["name"], "Acme Corp");
     let empty = browser
-        .post("/tenants/ten_acme/rename", &[("name", "  "), ("csrf", &csrf)])
+        .post(
+            "/tenants/ten_acme/rename",
+            &[("name", "  "), ("csrf", &csrf)],
+        )
         .await;
     assert_eq!(empty.status, StatusCode::BAD_REQUEST);
-    assert!(empty.body.contains("<details class=\"confirm\" open>"), "{}", empty.body);
+    assert!(
+        empty.body.contains("<details class=\"confirm\" open>"),
+        "{}",
+        empty.body
+    );
     assert!(empty.body.contains("role=\"alert\">`name` must be"));
     let forged = browser
         .post("/tenants/ten_acme/rename", &[("name", "Forged")])
@@ -632,7 +724,11 @@ async fn the_event_log_filters_and_erases_an_event_after_asking() {
     let csrf = reader.csrf(&kept_erase).await;
     let refused = reader.post(&kept_erase, &[("csrf", &csrf)]).await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN);
-    assert!(refused.body.contains("lacks the `update:event_deliveries` scope"));
+    assert!(
+        refused
+            .body
+            .contains("lacks the `update:event_deliveries` scope")
+    );
     let (_, other) = app
         .get(&format!("/v1/events/{}", kept["id"].as_str().unwrap()))
         .await;
@@ -656,8 +752,10 @@ async fn hostile_event_types_and_data_render_as_text() {
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let event = app
-        .publish(json!({"type": "evil.markup", "subject": "<img src=x onerror=alert(4)>",
-            "data": {"html": "</code></pre><script>alert(5)</script>"}}))
+        .publish(
+            json!({"type": "evil.markup", "subject": "<img src=x onerror=alert(4)>",
+            "data": {"html": "</code></pre><script>alert(5)</script>"}}),
+        )
         .await;
     let id = event["id"].as_str().unwrap();
     let browser = Browser::signed_in(&app, ADMIN_TOKEN).await;
@@ -668,12 +766,22 @@ async fn hostile_event_types_and_data_render_as_text() {
     assert!(types.body.contains("user.created"), "the catalog too");
     assert!(types.body.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
     assert!(types.body.contains("&lt;b&gt;category&lt;/b&gt;"));
-    assert!(types.body.contains("&lt;/pre&gt;&lt;img src=x onerror=alert(2)&gt;"));
+    assert!(
+        types
+            .body
+            .contains("&lt;/pre&gt;&lt;img src=x onerror=alert(2)&gt;")
+    );
     assert!(types.body.contains("&lt;script&gt;alert(3)&lt;/script&gt;"));
 
     let log = browser.get("/tenants/ten_default/events").await;
-    let shown = browser.get(&format!("/tenants/ten_default/events/{id}")).await;
-    assert!(shown.body.contains("&lt;/code&gt;&lt;/pre&gt;&lt;script&gt;alert(5)"));
+    let shown = browser
+        .get(&format!("/tenants/ten_default/events/{id}"))
+        .await;
+    assert!(
+        shown
+            .body
+            .contains("&lt;/code&gt;&lt;/pre&gt;&lt;script&gt;alert(5)")
+    );
     for (what, page) in [("types", &types), ("log", &log), ("event", &shown)] {
         assert_eq!(page.status, StatusCode::OK, "{what}");
         assert!(!page.body.contains("<script"), "{what}: {}", page.body);

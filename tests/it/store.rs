@@ -12,8 +12,8 @@ use herald::secret::{Cipher, Secret, StreamSecret};
 use herald::store::postgres::PgStore;
 use herald::store::sqlite::SqliteStore;
 use herald::store::{
-    AttemptRecord, ClaimRequest, ConsoleLink, ConsoleSession, DeliveryFilter, DeliveryStatus, Erase,
-    EventFilter, FannedOut, Holding, LogPosition, LogStart, MAX_INLINE_DELIVERIES, Store,
+    AttemptRecord, ClaimRequest, ConsoleLink, ConsoleSession, DeliveryFilter, DeliveryStatus,
+    Erase, EventFilter, FannedOut, Holding, LogPosition, LogStart, MAX_INLINE_DELIVERIES, Store,
     StoreError, StreamUpdate, Swept, Tenant, Token, hash_token,
 };
 use herald::stream::{ContentMode, PayloadFormat, RetryPolicy, Stream, StreamStatus, Subscription};
@@ -2667,9 +2667,7 @@ async fn console_sessions_serve_while_their_token_is_valid_and_end_with_it(b: Ba
     );
 }
 
-async fn a_console_link_is_taken_once_before_it_ends_and_its_sessions_keep_its_grant(
-    b: Backend,
-) {
+async fn a_console_link_is_taken_once_before_it_ends_and_its_sessions_keep_its_grant(b: Backend) {
     let store = &b.store;
     let name = b.name;
     store
