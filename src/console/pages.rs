@@ -436,12 +436,12 @@ pub fn tenants(frame: &Frame, tenants: &[Tenant], forms: &TenantForms) -> Markup
         html! {
             h1 { "Tenants" }
             div.scroll {
-                table {
+                table.tenants {
                     thead {
                         tr {
                             th scope="col" { "Name" }
                             th scope="col" { "ID" }
-                            th scope="col" { "Created" }
+                            th.wide scope="col" { "Created" }
                             th scope="col" { span.visually-hidden { "Actions" } }
                         }
                     }
@@ -452,8 +452,8 @@ pub fn tenants(frame: &Frame, tenants: &[Tenant], forms: &TenantForms) -> Markup
                                 td.name {
                                     a href=(paths::streams(&tenant.id)) title=(tenant.name) { (tenant.name) }
                                 }
-                                td { code { (tenant.id) } }
-                                td { (time(tenant.created_at)) }
+                                td { code.id { (tenant.id) } }
+                                td.wide { (time(tenant.created_at)) }
                                 td {
                                     details.confirm open[refused.is_some()] {
                                         summary { "Rename" }

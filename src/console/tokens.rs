@@ -262,7 +262,7 @@ fn tokens_markup(
                         thead {
                             tr {
                                 th scope="col" { "Name" }
-                                th scope="col" { "ID" }
+                                th.wide scope="col" { "ID" }
                                 th.wide scope="col" { "Scopes" }
                                 th scope="col" { "Created" }
                                 th scope="col" { span.visually-hidden { "Actions" } }
@@ -272,7 +272,7 @@ fn tokens_markup(
                             @for token in tokens {
                                 tr {
                                     td.name title=(token.name) { (token.name) }
-                                    td { code { (token.id) } }
+                                    td.wide { code.id { (token.id) } }
                                     td.wide {
                                         @for (i, scope) in token.scopes.iter().enumerate() {
                                             @if i > 0 { " " }
@@ -315,7 +315,7 @@ fn create_form(frame: &Frame, caller: &Caller, owner: Owner<'_>, form: &TokenFor
     html! {
         section aria-labelledby="new-token-heading" {
             h2 #new-token-heading { "New token" }
-            form.card method="post" action=(owner.list_path()) {
+            form.stack method="post" action=(owner.list_path()) {
                 input type="hidden" name="csrf" value=(frame.csrf);
                 @if let Some(error) = &form.error {
                     p #token-error .error role="alert" { (error) }

@@ -763,7 +763,10 @@ async fn hostile_event_types_and_data_render_as_text() {
     let types = browser.get("/tenants/ten_default/event-types").await;
     assert_eq!(types.status, StatusCode::OK, "{}", types.body);
     assert!(types.body.contains("evil.markup"));
-    assert!(types.body.contains("user.created"), "the catalog too");
+    assert!(
+        types.body.contains("title=\"user.created\""),
+        "the catalog too"
+    );
     assert!(types.body.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
     assert!(types.body.contains("&lt;b&gt;category&lt;/b&gt;"));
     assert!(
@@ -772,6 +775,12 @@ async fn hostile_event_types_and_data_render_as_text() {
             .contains("&lt;/pre&gt;&lt;img src=x onerror=alert(2)&gt;")
     );
     assert!(types.body.contains("&lt;script&gt;alert(3)&lt;/script&gt;"));
+    let found = browser.get("/tenants/ten_default/event-types?q=evil").await;
+    assert!(found.body.contains("evil.markup"));
+    assert!(
+        !found.body.contains("title=\"user.created\""),
+        "the search narrows the list"
+    );
 
     let log = browser.get("/tenants/ten_default/events").await;
     let shown = browser
