@@ -264,7 +264,7 @@ fn tokens_markup(
                                 th scope="col" { "Name" }
                                 th.wide scope="col" { "ID" }
                                 th.wide scope="col" { "Scopes" }
-                                th scope="col" { "Created" }
+                                th.wide scope="col" { "Created" }
                                 th scope="col" { span.visually-hidden { "Actions" } }
                             }
                         }
@@ -279,7 +279,7 @@ fn tokens_markup(
                                             code { (scope) }
                                         }
                                     }
-                                    td { (pages::time(token.created_at)) }
+                                    td.wide { (pages::time(token.created_at)) }
                                     td { (revoke_control(frame, caller, owner, token)) }
                                 }
                             }
