@@ -25,6 +25,11 @@ pub(crate) struct Browser {
 
 impl Browser {
     pub(crate) fn new(app: &TestApp) -> Browser {
+        Browser::at(&app.url(""))
+    }
+
+    /// A browser of the server at `base` (`http://127.0.0.1:port`).
+    pub(crate) fn at(base: &str) -> Browser {
         let jar = Arc::new(reqwest::cookie::Jar::default());
         let http = reqwest::Client::builder()
             .cookie_provider(jar.clone())
@@ -34,7 +39,7 @@ impl Browser {
         Browser {
             http,
             jar,
-            base: app.url(""),
+            base: base.to_string(),
         }
     }
 

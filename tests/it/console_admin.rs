@@ -799,3 +799,77 @@ async fn hostile_event_types_and_data_render_as_text() {
     }
     assert!(log.body.contains("&lt;img src=x onerror=alert(4)&gt;"));
 }
+
+#[tokio::test]
+#[cfg_attr(not(herald_postgres_tests), ignore = "needs HERALD_TEST_DATABASE_URL")]
+async fn on_two_nodes_sharing_a_database_a_link_signs_in_once() {
+    const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    let database = postgres_database().await;
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let nodes: Vec<Server> = dirs
+        .iter()
+        .map(|dir| {
+            start_server(
+                dir.path(),
+                &[
+                    ("HERALD_DATABASE_URL", &database.url),
+                    ("HERALD_SECRET_KEY", KEY),
+                ],
+            )
+        })
+        .collect();
+    let answer = reqwest::Client::new()
+        .post(format!(
+            "{}/v1/tenants/ten_default/console-link",
+            nodes[0].base
+        ))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"scopes": ["read:event_streams"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::CREATED);
+    let link: Value = answer.json().await.unwrap();
+    let url = link["url"].as_str().unwrap();
+    let path = url
+        .strip_prefix(&nodes[0].base)
+        .expect("a link to the node asked");
+
+    // The same link opened on both nodes at once: one signs in, the other is refused.
+    let browsers: Vec<Browser> = nodes.iter().map(|node| Browser::at(&node.base)).collect();
+    let mut forms = Vec::new();
+    for browser in &browsers {
+        let page = browser.get(path).await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+        forms.push([("csrf", page.hidden("csrf"))]);
+    }
+    let forms: Vec<[(&str, &str); 1]> = forms
+        .iter()
+        .map(|[(name, value)]| [(*name, value.as_str())])
+        .collect();
+    let (a, b) = tokio::join!(
+        browsers[0].post(path, &forms[0]),
+        browsers[1].post(path, &forms[1]),
+    );
+    let mut statuses = vec![a.status, b.status];
+    statuses.sort();
+    assert_eq!(statuses, vec![StatusCode::SEE_OTHER, StatusCode::GONE]);
+    let winner = if a.status == StatusCode::SEE_OTHER {
+        0
+    } else {
+        1
+    };
+    assert_eq!(
+        browsers[winner]
+            .get("/tenants/ten_default/streams")
+            .await
+            .status,
+        StatusCode::OK
+    );
+    // Later, on either node, it is refused.
+    for node in &nodes {
+        assert!(refused_link(
+            &open_link(&Browser::at(&node.base), path).await
+        ));
+    }
+}
