@@ -121,7 +121,7 @@ pub fn guarded(router: Router) -> Router {
 }
 
 /// A span per request, so every line logged while answering it names the request (its id,
-/// method and path; never the query string, which may carry a secret). At debug level: an
+/// method and path; never the query string, nor a sign-in link's secret). At debug level: an
 /// enabled span costs every request a few microseconds of formatting, measurable on
 /// single-event publishes. Exported spans continue the caller's `traceparent`.
 async fn request_span(
@@ -138,7 +138,7 @@ async fn request_span(
         "request",
         request_id = %id,
         method = %request.method(),
-        path = %request.uri().path(),
+        path = %logged_path(request.uri().path()),
         // Recorded when exported.
         http.response.status_code = tracing::field::Empty,
         otel.kind = tracing::field::Empty,
@@ -154,6 +154,15 @@ async fn request_span(
         i64::from(response.status().as_u16()),
     );
     response
+}
+
+/// A request's path as logged: a sign-in link's path is its secret, which stays out of the log.
+fn logged_path(path: &str) -> &str {
+    if path.starts_with("/console-link/") {
+        "/console-link/{secret}"
+    } else {
+        path
+    }
 }
 
 /// Logs every 500 with its request id, so what a caller quotes leads to the log.
@@ -262,6 +271,7 @@ pub fn router(state: AppState) -> Router {
                 .patch(tenants::update)
                 .delete(tenants::delete),
         )
+        .route("/v1/tenants/{id}/console-link", post(tenants::console_link))
         .route("/v1/listen-sessions", post(listen::create))
         .route(
             "/v1/listen-sessions/{id}",

@@ -1,15 +1,16 @@
 //! `/v1/tenants`: platform administration (see `crate::service::tenants`). Only a platform
-//! token with `manage:tenants` may create, list, rename or delete tenants.
+//! token with `manage:tenants` may create, list, rename or delete tenants, or issue a
+//! sign-in link to a tenant's console (`crate::service::console_links`).
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiError, Caller, JsonBody};
 use crate::event::format_time;
-use crate::service::{Service, tenants};
+use crate::service::{Service, console_links, tenants};
 use crate::store::Tenant;
 
 #[derive(Deserialize)]
@@ -74,4 +75,67 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     tenants::delete(&service, &caller, &id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateConsoleLink {
+    scopes: Vec<String>,
+    expires_in_seconds: Option<i64>,
+    session_name: Option<String>,
+}
+
+/// `POST /v1/tenants/{id}/console-link`: a single-use URL that signs its holder into the
+/// tenant's console. Herald has no setting for its public address, so the URL is built from
+/// the request's `Host` header, with `https` when the request came over TLS or through a
+/// proxy saying so with `X-Forwarded-Proto`: the address the platform reached Herald at.
+pub async fn console_link(
+    State(service): State<Service>,
+    caller: Caller,
+    Path(id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    JsonBody(request): JsonBody<CreateConsoleLink>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let issuer = super::auth::token_hash(&headers)
+        .ok_or_else(|| ApiError::unauthorized("the token is not valid or has been revoked"))?;
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()))
+        .filter(|h| {
+            !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-_:[]".contains(&b))
+        })
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_request",
+                "the request has no usable `Host` header to build the link's URL from",
+            )
+        })?;
+    let scheme = if crate::console::over_tls(&headers, &uri) {
+        "https"
+    } else {
+        "http"
+    };
+    let new = console_links::NewLink {
+        scopes: request.scopes,
+        expires_in_seconds: request.expires_in_seconds,
+        session_name: request.session_name,
+    };
+    let issued = console_links::issue(&service, &caller, issuer, &id, new).await?;
+    let url = format!(
+        "{scheme}://{host}{}",
+        crate::console::link_path(&issued.secret)
+    );
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "url": url,
+            "tenant_id": issued.tenant_id,
+            "scopes": issued.scopes,
+            "expires_at": format_time(issued.expires_at),
+        })),
+    ))
 }

@@ -11,6 +11,9 @@
 //! gets a 404.
 
 mod charts;
+mod event_log;
+mod event_types;
+mod links;
 mod new_stream;
 mod pages;
 mod session;
@@ -18,6 +21,10 @@ mod signing;
 mod stream_charts;
 mod streams;
 mod tenants;
+mod tokens;
+
+pub(crate) use links::link_path;
+pub(crate) use session::over_tls;
 
 use std::sync::LazyLock;
 
@@ -40,7 +47,26 @@ pub fn router() -> Router<AppState> {
             get(session::sign_in_page).post(session::sign_in),
         )
         .route("/sign-out", post(session::sign_out))
-        .route("/tenants", get(tenants::list))
+        .route("/tenants", get(tenants::list).post(tenants::create))
+        .route("/tenants/{tenant}/rename", post(tenants::rename))
+        .route("/console-link/{secret}", get(links::show).post(links::open))
+        .route(
+            "/tokens",
+            get(tokens::platform).post(tokens::create_platform),
+        )
+        .route("/tokens/{id}/revoke", post(tokens::revoke_platform))
+        .route(
+            "/tenants/{tenant}/tokens",
+            get(tokens::list).post(tokens::create),
+        )
+        .route("/tenants/{tenant}/tokens/{id}/revoke", post(tokens::revoke))
+        .route("/tenants/{tenant}/events", get(event_log::list))
+        .route("/tenants/{tenant}/events/{id}", get(event_log::show))
+        .route(
+            "/tenants/{tenant}/events/{id}/erase",
+            get(event_log::confirm_erase).post(event_log::erase),
+        )
+        .route("/tenants/{tenant}/event-types", get(event_types::list))
         .route("/switch-tenant", get(tenants::switch))
         .route("/tenants/{tenant}/streams", get(streams::list))
         .route(
@@ -311,5 +337,59 @@ mod paths {
 
     pub fn stream_secret_rotate(tenant: &str, id: &str) -> String {
         format!("{}/secret/rotate", stream(tenant, id))
+    }
+
+    /// A query string's value.
+    pub fn query(s: &str) -> impl std::fmt::Display + '_ {
+        utf8_percent_encode(s, NON_ALPHANUMERIC)
+    }
+
+    pub fn tenant_rename(tenant: &str) -> String {
+        format!("/tenants/{}/rename", segment(tenant))
+    }
+
+    pub fn tokens(tenant: &str) -> String {
+        format!("/tenants/{}/tokens", segment(tenant))
+    }
+
+    pub fn token_revoke(tenant: &str, id: &str) -> String {
+        format!("{}/{}/revoke", tokens(tenant), segment(id))
+    }
+
+    pub const PLATFORM_TOKENS: &str = "/tokens";
+
+    pub fn platform_token_revoke(id: &str) -> String {
+        format!("{PLATFORM_TOKENS}/{}/revoke", segment(id))
+    }
+
+    pub fn events(tenant: &str) -> String {
+        format!("/tenants/{}/events", segment(tenant))
+    }
+
+    /// An event of the log; its source (when known) tells it from another source's event
+    /// of that id.
+    pub fn event(tenant: &str, id: &str, source: &str) -> String {
+        format!("{}/{}{}", events(tenant), segment(id), source_query(source))
+    }
+
+    pub fn event_erase(tenant: &str, id: &str, source: &str) -> String {
+        format!(
+            "{}/{}/erase{}",
+            events(tenant),
+            segment(id),
+            source_query(source)
+        )
+    }
+
+    fn source_query(source: &str) -> String {
+        if source.is_empty() {
+            String::new()
+        } else {
+            format!("?source={}", query(source))
+        }
+    }
+
+    pub fn event_types(tenant: &str) -> String {
+        format!("/tenants/{}/event-types", segment(tenant))
     }
 }

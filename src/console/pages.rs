@@ -26,10 +26,13 @@ pub struct Frame {
 #[derive(PartialEq, Eq, Clone, Copy)]
 pub enum Section {
     Streams,
+    Events,
+    EventTypes,
+    Tokens,
     Tenants,
 }
 
-fn document(title: &str, body: Markup) -> Markup {
+pub(super) fn document(title: &str, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -56,6 +59,15 @@ pub(super) fn layout(title: &str, frame: &Frame, section: Section, content: Mark
                 nav aria-label="Console" {
                     a href=(paths::streams(&frame.tenant_id)) aria-current=[current(Section::Streams)] {
                         "Streams"
+                    }
+                    a href=(paths::events(&frame.tenant_id)) aria-current=[current(Section::Events)] {
+                        "Event log"
+                    }
+                    a href=(paths::event_types(&frame.tenant_id)) aria-current=[current(Section::EventTypes)] {
+                        "Event types"
+                    }
+                    a href=(paths::tokens(&frame.tenant_id)) aria-current=[current(Section::Tokens)] {
+                        "Tokens"
                     }
                     @if frame.tenants.is_some() {
                         a href="/tenants" aria-current=[current(Section::Tenants)] { "Tenants" }
@@ -229,7 +241,7 @@ fn age_text(seconds: i64) -> String {
     }
 }
 
-fn time(at: Millis) -> Markup {
+pub(super) fn time(at: Millis) -> Markup {
     let text = format_time(at);
     html! { time datetime=(text) { (text) } }
 }
@@ -423,7 +435,18 @@ pub fn stream(frame: &Frame, page: &StreamPage) -> Markup {
     )
 }
 
-pub fn tenants(frame: &Frame, tenants: &[Tenant]) -> Markup {
+/// The tenants page's forms as submitted, and what was wrong with them.
+#[derive(Default)]
+pub struct TenantForms {
+    pub new_name: String,
+    pub new_id: String,
+    pub new_name_error: Option<String>,
+    pub new_id_error: Option<String>,
+    /// A refused rename: (tenant id, the name typed, why).
+    pub rename: Option<(String, String, String)>,
+}
+
+pub fn tenants(frame: &Frame, tenants: &[Tenant], forms: &TenantForms) -> Markup {
     layout(
         "Tenants",
         frame,
@@ -431,25 +454,67 @@ pub fn tenants(frame: &Frame, tenants: &[Tenant]) -> Markup {
         html! {
             h1 { "Tenants" }
             div.scroll {
-                table {
+                table.tenants {
                     thead {
                         tr {
                             th scope="col" { "Name" }
                             th scope="col" { "ID" }
-                            th scope="col" { "Created" }
+                            th.wide scope="col" { "Created" }
+                            th scope="col" { span.visually-hidden { "Actions" } }
                         }
                     }
                     tbody {
-                        @for tenant in tenants {
+                        @for (i, tenant) in tenants.iter().enumerate() {
+                            @let refused = forms.rename.as_ref().filter(|(id, _, _)| *id == tenant.id);
                             tr {
                                 td.name {
                                     a href=(paths::streams(&tenant.id)) title=(tenant.name) { (tenant.name) }
                                 }
-                                td { code { (tenant.id) } }
-                                td { (time(tenant.created_at)) }
+                                td { code.id { (tenant.id) } }
+                                td.wide { (time(tenant.created_at)) }
+                                td {
+                                    details.confirm open[refused.is_some()] {
+                                        summary { "Rename" }
+                                        form method="post" action=(paths::tenant_rename(&tenant.id)) {
+                                            input type="hidden" name="csrf" value=(frame.csrf);
+                                            label for={ "rename-" (i) } { "New name" }
+                                            input id={ "rename-" (i) } type="text" name="name" maxlength="128" required
+                                                value=(refused.map_or(tenant.name.as_str(), |(_, name, _)| name.as_str()))
+                                                aria-describedby=[refused.map(|_| format!("rename-{i}-error"))];
+                                            @if let Some((_, _, error)) = refused {
+                                                p id={ "rename-" (i) "-error" } .error role="alert" { (error) }
+                                            }
+                                            button type="submit" { "Save name" }
+                                        }
+                                    }
+                                }
                             }
                         }
                     }
+                }
+            }
+            section aria-labelledby="new-tenant-heading" {
+                h2 #new-tenant-heading { "New tenant" }
+                form.stack method="post" action="/tenants" {
+                    input type="hidden" name="csrf" value=(frame.csrf);
+                    label for="tenant-name" { "Name" }
+                    input #tenant-name type="text" name="name" value=(forms.new_name) maxlength="128" required
+                        aria-describedby=[forms.new_name_error.as_ref().map(|_| "tenant-name-error")];
+                    @if let Some(error) = &forms.new_name_error {
+                        p #tenant-name-error .error role="alert" { (error) }
+                    }
+                    label for="tenant-id" { "ID (optional)" }
+                    input #tenant-id type="text" name="id" value=(forms.new_id) maxlength="64"
+                        placeholder="ten_acme" spellcheck="false"
+                        aria-describedby={ "tenant-id-hint" @if forms.new_id_error.is_some() { " tenant-id-error" } };
+                    p #tenant-id-hint .note {
+                        "Starts with " code { "ten_" } ", for example your own organization's id; "
+                        "made up when left empty."
+                    }
+                    @if let Some(error) = &forms.new_id_error {
+                        p #tenant-id-error .error role="alert" { (error) }
+                    }
+                    button type="submit" { "Create tenant" }
                 }
             }
         },

@@ -37,7 +37,7 @@ const FORMS_LABEL: &[u8] = b"herald console forms";
 const SIGN_IN_LABEL: &[u8] = b"herald console sign-in";
 
 /// Whether the browser reached Herald over TLS: directly, or through a proxy that says so.
-fn over_tls(headers: &HeaderMap, uri: &Uri) -> bool {
+pub(crate) fn over_tls(headers: &HeaderMap, uri: &Uri) -> bool {
     uri.scheme_str() == Some("https")
         || headers
             .get("x-forwarded-proto")
@@ -214,12 +214,20 @@ pub(super) async fn sign_in_page(parts: Parts) -> Response {
 }
 
 fn sign_in_form(parts: &Parts, status: StatusCode, error: Option<&str>) -> Response {
+    signing_in_page(parts, status, |csrf| pages::sign_in(csrf, error))
+}
+
+/// A page whose form signs in (the sign-in form, a sign-in link's), sent before there is a
+/// session: `page` gets the CSRF token its form carries, tied to a fresh value in a
+/// short-lived cookie of its own.
+pub(super) fn signing_in_page(
+    parts: &Parts,
+    status: StatusCode,
+    page: impl FnOnce(&str) -> maud::Markup,
+) -> Response {
     let secure = over_tls(&parts.headers, &parts.uri);
     let nonce = crate::ids::random_base62(32);
-    let mut response = html(
-        status,
-        pages::sign_in(&csrf_token(&nonce, SIGN_IN_LABEL), error),
-    );
+    let mut response = html(status, page(&csrf_token(&nonce, SIGN_IN_LABEL)));
     set_cookie(
         response.headers_mut(),
         sign_in_cookie(secure),
@@ -227,6 +235,39 @@ fn sign_in_form(parts: &Parts, status: StatusCode, error: Option<&str>) -> Respo
         SIGN_IN_FORM_SECONDS,
     );
     response
+}
+
+/// Refuses a signing-in form without the CSRF token of the page that showed it.
+pub(super) fn check_signing_in(parts: &Parts, given: &str) -> Result<(), Refusal> {
+    let secure = over_tls(&parts.headers, &parts.uri);
+    let nonce = cookie(&parts.headers, sign_in_cookie(secure)).unwrap_or_default();
+    if nonce.is_empty() || !csrf_valid(nonce, SIGN_IN_LABEL, given) {
+        return Err(Refusal::Forgery);
+    }
+    Ok(())
+}
+
+/// Hands the browser a session just opened: its cookie, and its tenant's streams; a session
+/// the browser had before ends.
+pub(super) async fn enter(
+    state: &AppState,
+    parts: &mut Parts,
+    opened: console_sessions::Opened,
+) -> Result<Response, Refusal> {
+    let secure = over_tls(&parts.headers, &parts.uri);
+    if let Some(Signed { session_id, .. }) = parts.extract_with_state(state).await? {
+        console_sessions::sign_out(state, &session_id).await?;
+    }
+    let mut response = see_other(&paths::streams(&opened.caller.tenant_id));
+    let headers = response.headers_mut();
+    set_cookie(
+        headers,
+        session_cookie(secure),
+        &opened.id,
+        console_sessions::ABSOLUTE_MS / 1000,
+    );
+    clear_cookie(headers, sign_in_cookie(secure));
+    Ok(response)
 }
 
 #[derive(Deserialize)]
@@ -245,11 +286,7 @@ pub(super) async fn sign_in(
     form: Result<Form<SignInForm>, FormRejection>,
 ) -> Result<Response, Refusal> {
     let Form(form) = form.map_err(bad_form)?;
-    let secure = over_tls(&parts.headers, &parts.uri);
-    let nonce = cookie(&parts.headers, sign_in_cookie(secure)).unwrap_or_default();
-    if nonce.is_empty() || !csrf_valid(nonce, SIGN_IN_LABEL, &form.csrf) {
-        return Err(Refusal::Forgery);
-    }
+    check_signing_in(&parts, &form.csrf)?;
     let Some(opened) = console_sessions::sign_in(&state, &form.token).await? else {
         return Ok(sign_in_form(
             &parts,
@@ -259,25 +296,13 @@ pub(super) async fn sign_in(
             ),
         ));
     };
-    if let Some(Signed { session_id, .. }) = parts.extract_with_state(&state).await? {
-        console_sessions::sign_out(&state, &session_id).await?;
-    }
-    let mut response = see_other(&paths::streams(&opened.caller.tenant_id));
-    let headers = response.headers_mut();
-    set_cookie(
-        headers,
-        session_cookie(secure),
-        &opened.id,
-        console_sessions::ABSOLUTE_MS / 1000,
-    );
-    clear_cookie(headers, sign_in_cookie(secure));
-    Ok(response)
+    enter(&state, &mut parts, opened).await
 }
 
 #[derive(Deserialize)]
 pub(super) struct CsrfForm {
     #[serde(default)]
-    csrf: String,
+    pub csrf: String,
 }
 
 /// `POST /sign-out`: ends the session and forgets its cookie.

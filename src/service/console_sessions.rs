@@ -4,7 +4,8 @@
 //! reads the session together with that token: a revoked token (or a configured admin token
 //! given a new secret) ends its sessions at once, on every node sharing the store. A session
 //! also ends [`IDLE_MS`] after its last use or [`ABSOLUTE_MS`] after sign-in, whichever
-//! comes first.
+//! comes first. A session can also be opened by a sign-in link (`console_links`), for one
+//! tenant and the scopes the link granted.
 
 use super::{Caller, Error, Service};
 use crate::clock::Millis;
@@ -55,6 +56,8 @@ pub async fn sign_in(service: &Service, token: &str) -> Result<Option<Opened>, E
             hash: hash_token(&id),
             token_hash,
             tenant_id: token.tenant_id.clone(),
+            scopes: None,
+            name: None,
             created_at: now,
             expires_at: now + IDLE_MS.min(ABSOLUTE_MS),
         })
@@ -85,9 +88,16 @@ pub async fn resume(service: &Service, id: &str) -> Result<Option<Resumed>, Erro
         // Signed out meanwhile.
         return Ok(None);
     }
-    Ok(Some(Resumed {
-        caller: Caller::new(token),
-    }))
+    let caller = if session.scopes.is_some() {
+        // Opened by a sign-in link: its tenant and scopes, not the issuing token's.
+        match super::console_links::session_caller(token, &session) {
+            Some(caller) => caller,
+            None => return Ok(None),
+        }
+    } else {
+        Caller::new(token)
+    };
+    Ok(Some(Resumed { caller }))
 }
 
 /// Ends the session with this id (nothing to do if it has ended already).

@@ -9,6 +9,7 @@
 //! any other front end calls the same functions, so the rules live once.
 
 mod caller;
+pub mod console_links;
 pub mod console_sessions;
 pub mod deliveries;
 mod error;

@@ -30,10 +30,11 @@ pub const LATENCY_BOUNDS_MS: [i64; 14] = [
 
 /// The tables whose rows belong to a tenant, in the order deleting a tenant empties them
 /// (the `tenants` row itself goes last).
-pub(crate) const TENANT_TABLES: [&str; 10] = [
+pub(crate) const TENANT_TABLES: [&str; 11] = [
     // First: a chunk of a pending fan-out could otherwise create deliveries after they
     // were deleted (on PostgreSQL it holds the row; deleting it waits for the chunk).
     "fanouts",
+    "console_links",
     "console_sessions",
     "event_types",
     "stream_stats",
@@ -116,10 +117,30 @@ pub struct ConsoleSession {
     pub hash: TokenHash,
     /// The hash of the API token the session was opened with.
     pub token_hash: TokenHash,
-    /// The token's tenant; `None` for a platform token.
+    /// The token's tenant, `None` for a platform token; a sign-in link's tenant.
     pub tenant_id: Option<String>,
+    /// The scopes a sign-in link granted; `None` for a session opened with a token, which
+    /// has the token's.
+    pub scopes: Option<Vec<String>>,
+    /// What a session opened by a sign-in link is shown as.
+    pub name: Option<String>,
     pub created_at: Millis,
     /// When it ends unless used again before: the earlier of its idle and absolute ends.
+    pub expires_at: Millis,
+}
+
+/// A sign-in link to a tenant's console as stored: found by the hash of its secret (the URL
+/// holds the secret, the store never does), serving once, before `expires_at`, while the
+/// token that issued it is valid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleLink {
+    pub hash: TokenHash,
+    /// The hash of the platform token that issued it.
+    pub token_hash: TokenHash,
+    pub tenant_id: String,
+    pub scopes: Vec<String>,
+    pub name: Option<String>,
+    pub created_at: Millis,
     pub expires_at: Millis,
 }
 
@@ -680,8 +701,25 @@ pub trait Store: Send + Sync + 'static {
     -> StoreResult<bool>;
     /// Deletes the session; false if it did not exist.
     async fn delete_console_session(&self, hash: TokenHash) -> StoreResult<bool>;
-    /// Deletes every session that ended at or before `now`; answers how many.
+    /// Deletes every session, and every sign-in link, that ended at or before `now`;
+    /// answers how many.
     async fn delete_expired_console_sessions(&self, now: Millis) -> StoreResult<u64>;
+    /// Stores a new sign-in link.
+    async fn create_console_link(&self, link: ConsoleLink) -> StoreResult<()>;
+    /// The sign-in link with this secret hash, if it has not been opened and has not ended
+    /// at `now`; it stays.
+    async fn find_console_link(
+        &self,
+        hash: TokenHash,
+        now: Millis,
+    ) -> StoreResult<Option<ConsoleLink>>;
+    /// Takes the sign-in link with this secret hash, in one statement: of any number of
+    /// calls for one link, on any nodes, at most one gets it, and only before it ends.
+    async fn consume_console_link(
+        &self,
+        hash: TokenHash,
+        now: Millis,
+    ) -> StoreResult<Option<ConsoleLink>>;
 
     // A tenant's own event types.
     /// Inserts the type; false if the tenant has one of that name.

@@ -19,13 +19,18 @@ const CSP: &str = "default-src 'none'; script-src 'self'; connect-src 'self'; \
 
 /// A browser: its own cookie jar, redirects left to the test.
 pub(crate) struct Browser {
-    pub http: reqwest::Client,
+    pub(crate) http: reqwest::Client,
     jar: Arc<reqwest::cookie::Jar>,
-    pub base: String,
+    pub(crate) base: String,
 }
 
 impl Browser {
     pub(crate) fn new(app: &TestApp) -> Browser {
+        Browser::at(&app.url(""))
+    }
+
+    /// A browser of the server at `base` (`http://127.0.0.1:port`).
+    pub(crate) fn at(base: &str) -> Browser {
         let jar = Arc::new(reqwest::cookie::Jar::default());
         let http = reqwest::Client::builder()
             .cookie_provider(jar.clone())
@@ -35,7 +40,7 @@ impl Browser {
         Browser {
             http,
             jar,
-            base: app.url(""),
+            base: base.to_string(),
         }
     }
 
@@ -96,9 +101,9 @@ impl Browser {
 }
 
 pub(crate) struct Page {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: String,
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: String,
 }
 
 impl Page {
@@ -201,7 +206,7 @@ pub(crate) async fn stream_in(app: &TestApp, tenant: &str, name: &str) -> String
     body["id"].as_str().unwrap().to_string()
 }
 
-async fn api_stream(app: &TestApp, tenant: &str, id: &str) -> Value {
+pub(crate) async fn api_stream(app: &TestApp, tenant: &str, id: &str) -> Value {
     let response = app
         .http
         .get(app.url(&format!("/v1/event-streams/{id}")))

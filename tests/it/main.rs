@@ -10,6 +10,7 @@ mod cli;
 mod cli_config;
 mod cluster;
 mod console;
+mod console_admin;
 mod console_charts;
 mod crash;
 mod database_tls;

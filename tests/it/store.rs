@@ -12,8 +12,8 @@ use herald::secret::{Cipher, Secret, StreamSecret};
 use herald::store::postgres::PgStore;
 use herald::store::sqlite::SqliteStore;
 use herald::store::{
-    AttemptRecord, ClaimRequest, ConsoleSession, DeliveryFilter, DeliveryStatus, Erase,
-    EventFilter, FannedOut, Holding, LogPosition, LogStart, MAX_INLINE_DELIVERIES, Store,
+    AttemptRecord, ClaimRequest, ConsoleLink, ConsoleSession, DeliveryFilter, DeliveryStatus,
+    Erase, EventFilter, FannedOut, Holding, LogPosition, LogStart, MAX_INLINE_DELIVERIES, Store,
     StoreError, StreamUpdate, Swept, Tenant, Token, hash_token,
 };
 use herald::stream::{ContentMode, PayloadFormat, RetryPolicy, Stream, StreamStatus, Subscription};
@@ -75,6 +75,7 @@ conformance!(
     retention_keeps_the_newest_event_so_log_offsets_never_repeat,
     a_listen_session_is_held_by_one_connection_and_deleted_once_expired,
     console_sessions_serve_while_their_token_is_valid_and_end_with_it,
+    a_console_link_is_taken_once_before_it_ends_and_its_sessions_keep_its_grant,
 );
 
 struct Backend {
@@ -2654,6 +2655,8 @@ async fn console_sessions_serve_while_their_token_is_valid_and_end_with_it(b: Ba
         hash: hash_token(id),
         token_hash: hash_token(token),
         tenant_id: tenant.map(String::from),
+        scopes: None,
+        name: None,
         created_at: NOW,
         expires_at,
     };
@@ -2782,6 +2785,168 @@ async fn console_sessions_serve_while_their_token_is_valid_and_end_with_it(b: Ba
             .delete_console_session(hash_token("hcs_p"))
             .await
             .unwrap(),
+        "{name}"
+    );
+}
+
+async fn a_console_link_is_taken_once_before_it_ends_and_its_sessions_keep_its_grant(b: Backend) {
+    let store = &b.store;
+    let name = b.name;
+    store
+        .put_token(
+            Token {
+                id: "tok_p".into(),
+                tenant_id: None,
+                name: "platform".into(),
+                scopes: vec!["manage:tenants".into(), "read:events".into()],
+                created_at: NOW,
+            },
+            hash_token("platform"),
+        )
+        .await
+        .unwrap();
+    let link = |secret: &str, tenant: &str, expires_at: i64| ConsoleLink {
+        hash: hash_token(secret),
+        token_hash: hash_token("platform"),
+        tenant_id: tenant.into(),
+        scopes: vec!["read:events".into()],
+        name: Some("Ada at Acme".into()),
+        created_at: NOW,
+        expires_at,
+    };
+    let once = link("hcl_once", "ten_a", NOW + 1_000);
+    for l in [
+        once.clone(),
+        link("hcl_ended", "ten_a", NOW + 10),
+        link("hcl_b", "ten_b", NOW + 1_000),
+    ] {
+        store.create_console_link(l).await.unwrap();
+    }
+
+    // Looking does not take it; an ended one is not found.
+    for _ in 0..2 {
+        assert_eq!(
+            store
+                .find_console_link(hash_token("hcl_once"), NOW)
+                .await
+                .unwrap()
+                .as_ref(),
+            Some(&once),
+            "{name}"
+        );
+    }
+    assert!(
+        store
+            .find_console_link(hash_token("hcl_ended"), NOW + 10)
+            .await
+            .unwrap()
+            .is_none(),
+        "{name}"
+    );
+
+    // Of concurrent takers, exactly one gets it; later ones find nothing.
+    let takers: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .consume_console_link(hash_token("hcl_once"), NOW)
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut taken = Vec::new();
+    for taker in takers {
+        taken.extend(taker.await.unwrap());
+    }
+    assert_eq!(taken, vec![once], "{name}");
+    assert!(
+        store
+            .consume_console_link(hash_token("hcl_once"), NOW)
+            .await
+            .unwrap()
+            .is_none(),
+        "{name}"
+    );
+    assert!(
+        store
+            .find_console_link(hash_token("hcl_once"), NOW)
+            .await
+            .unwrap()
+            .is_none(),
+        "{name}"
+    );
+    // An ended link is not given, and is gone after the attempt.
+    assert!(
+        store
+            .consume_console_link(hash_token("hcl_ended"), NOW + 10)
+            .await
+            .unwrap()
+            .is_none(),
+        "{name}"
+    );
+
+    // A session a link opened keeps the link's tenant, scopes and name.
+    let session = ConsoleSession {
+        hash: hash_token("hcs_link"),
+        token_hash: hash_token("platform"),
+        tenant_id: Some("ten_a".into()),
+        scopes: Some(vec!["read:events".into()]),
+        name: Some("Ada at Acme".into()),
+        created_at: NOW,
+        expires_at: NOW + 1_000,
+    };
+    store.create_console_session(session.clone()).await.unwrap();
+    let (found, token) = store
+        .find_console_session(hash_token("hcs_link"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found, session, "{name}");
+    assert_eq!(token.id, "tok_p", "{name}");
+
+    // Deleting the tenant deletes its links and its link sessions.
+    store
+        .create_console_link(link("hcl_a", "ten_a", NOW + 5_000))
+        .await
+        .unwrap();
+    assert!(store.delete_tenant("ten_a").await.unwrap());
+    assert!(
+        store
+            .find_console_link(hash_token("hcl_a"), NOW)
+            .await
+            .unwrap()
+            .is_none(),
+        "{name}"
+    );
+    assert!(
+        store
+            .find_console_session(hash_token("hcs_link"))
+            .await
+            .unwrap()
+            .is_none(),
+        "{name}"
+    );
+    // Ended links are cleared with ended sessions, and only those.
+    store
+        .create_console_link(link("hcl_later", "ten_b", NOW + 5_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .delete_expired_console_sessions(NOW + 1_000)
+            .await
+            .unwrap(),
+        1,
+        "{name}: hcl_b"
+    );
+    assert!(
+        store
+            .find_console_link(hash_token("hcl_later"), NOW + 1_000)
+            .await
+            .unwrap()
+            .is_some(),
         "{name}"
     );
 }

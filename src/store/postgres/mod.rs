@@ -51,6 +51,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("007_temporary_streams.sql"),
     include_str!("008_events_by_received.sql"),
     include_str!("009_console_sessions.sql"),
+    include_str!("010_console_links.sql"),
 ];
 
 /// Channels of the notifications this store sends.
@@ -514,6 +515,21 @@ fn tenant_from_row(row: &Row) -> Tenant {
 
 const TOKEN_COLUMNS: &str = "id, tenant_id, name, scopes, created_at";
 
+const CONSOLE_LINK_COLUMNS: &str =
+    "hash, token_hash, tenant_id, scopes, name, created_at, expires_at";
+
+fn console_link_from_row(row: &Row) -> StoreResult<ConsoleLink> {
+    Ok(ConsoleLink {
+        hash: columns::token_hash(row.get(0))?,
+        token_hash: columns::token_hash(row.get(1))?,
+        tenant_id: row.get(2),
+        scopes: columns::decode_scopes(row.get(3))?,
+        name: row.get(4),
+        created_at: row.get(5),
+        expires_at: row.get(6),
+    })
+}
+
 fn token_from_row(row: &Row) -> StoreResult<Token> {
     Ok(Token {
         id: row.get(0),
@@ -835,12 +851,14 @@ impl Store for PgStore {
         self.client()
             .await?
             .execute(
-                "INSERT INTO console_sessions (hash, token_hash, tenant_id, created_at, \
-                 expires_at) VALUES ($1, $2, $3, $4, $5)",
+                "INSERT INTO console_sessions (hash, token_hash, tenant_id, scopes, name, \
+                 created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
                 &[
                     &session.hash.as_slice(),
                     &session.token_hash.as_slice(),
                     &session.tenant_id,
+                    &session.scopes.as_deref().map(columns::encode_scopes),
+                    &session.name,
                     &session.created_at,
                     &session.expires_at,
                 ],
@@ -857,7 +875,8 @@ impl Store for PgStore {
         let stmt = client
             .prepare_cached(
                 "SELECT t.id, t.tenant_id, t.name, t.scopes, t.created_at, s.token_hash, \
-                 s.tenant_id, s.created_at, s.expires_at FROM console_sessions s \
+                 s.tenant_id, s.created_at, s.expires_at, s.scopes, s.name \
+                 FROM console_sessions s \
                  JOIN api_tokens t ON t.hash = s.token_hash AND t.revoked_at IS NULL \
                  WHERE s.hash = $1",
             )
@@ -866,10 +885,13 @@ impl Store for PgStore {
             return Ok(None);
         };
         let token = token_from_row(&row)?;
+        let scopes: Option<&str> = row.get(9);
         let session = ConsoleSession {
             hash,
             token_hash: columns::token_hash(row.get(5))?,
             tenant_id: row.get(6),
+            scopes: scopes.map(columns::decode_scopes).transpose()?,
+            name: row.get(10),
             created_at: row.get(7),
             expires_at: row.get(8),
         };
@@ -907,15 +929,79 @@ impl Store for PgStore {
     }
 
     async fn delete_expired_console_sessions(&self, now: Millis) -> StoreResult<u64> {
-        Ok(self
-            .lazy
-            .get()
-            .await?
+        let client = self.lazy.get().await?;
+        let sessions = client
             .execute(
                 "DELETE FROM console_sessions WHERE expires_at <= $1",
                 &[&now],
             )
-            .await?)
+            .await?;
+        let links = client
+            .execute("DELETE FROM console_links WHERE expires_at <= $1", &[&now])
+            .await?;
+        Ok(sessions + links)
+    }
+
+    async fn create_console_link(&self, link: ConsoleLink) -> StoreResult<()> {
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO console_links (hash, token_hash, tenant_id, scopes, name, \
+                 created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                &[
+                    &link.hash.as_slice(),
+                    &link.token_hash.as_slice(),
+                    &link.tenant_id,
+                    &columns::encode_scopes(&link.scopes),
+                    &link.name,
+                    &link.created_at,
+                    &link.expires_at,
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn find_console_link(
+        &self,
+        hash: TokenHash,
+        now: Millis,
+    ) -> StoreResult<Option<ConsoleLink>> {
+        self.client()
+            .await?
+            .query_opt(
+                &format!(
+                    "SELECT {CONSOLE_LINK_COLUMNS} FROM console_links \
+                     WHERE hash = $1 AND expires_at > $2"
+                ),
+                &[&hash.as_slice(), &now],
+            )
+            .await?
+            .map(|r| console_link_from_row(&r))
+            .transpose()
+    }
+
+    async fn consume_console_link(
+        &self,
+        hash: TokenHash,
+        now: Millis,
+    ) -> StoreResult<Option<ConsoleLink>> {
+        // One DELETE: of concurrent ones for the same row, PostgreSQL lets one delete it and
+        // the others find nothing.
+        let link = self
+            .client()
+            .await?
+            .query_opt(
+                &format!(
+                    "DELETE FROM console_links WHERE hash = $1 RETURNING {CONSOLE_LINK_COLUMNS}"
+                ),
+                &[&hash.as_slice()],
+            )
+            .await?
+            .map(|r| console_link_from_row(&r))
+            .transpose()?;
+        // An ended link is taken too: it serves nobody.
+        Ok(link.filter(|link| link.expires_at > now))
     }
 
     async fn create_event_type(

@@ -36,6 +36,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("007_temporary_streams.sql"),
     include_str!("008_events_by_received.sql"),
     include_str!("009_console_sessions.sql"),
+    include_str!("010_console_links.sql"),
 ];
 
 /// Rows one job of a bulk administrative write (a redelivery, an erasure by subject, a
@@ -230,6 +231,24 @@ fn tenant_from_row(row: &Row) -> rusqlite::Result<Tenant> {
 }
 
 const TOKEN_COLUMNS: &str = "id, tenant_id, name, scopes, created_at";
+
+const CONSOLE_LINK_COLUMNS: &str =
+    "hash, token_hash, tenant_id, scopes, name, created_at, expires_at";
+
+fn console_link_from_row(row: &Row) -> StoreResult<ConsoleLink> {
+    let hash: Vec<u8> = row.get(0)?;
+    let token_hash: Vec<u8> = row.get(1)?;
+    let scopes: String = row.get(3)?;
+    Ok(ConsoleLink {
+        hash: columns::token_hash(&hash)?,
+        token_hash: columns::token_hash(&token_hash)?,
+        tenant_id: row.get(2)?,
+        scopes: columns::decode_scopes(&scopes)?,
+        name: row.get(4)?,
+        created_at: row.get(5)?,
+        expires_at: row.get(6)?,
+    })
+}
 
 fn token_from_row(row: &Row) -> StoreResult<Token> {
     let scopes: String = row.get(3)?;
@@ -633,12 +652,14 @@ impl Store for SqliteStore {
         self.writer
             .write(move |conn| {
                 conn.execute(
-                    "INSERT INTO console_sessions (hash, token_hash, tenant_id, created_at, \
-                     expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    "INSERT INTO console_sessions (hash, token_hash, tenant_id, scopes, name, \
+                     created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                     params![
                         session.hash.as_slice(),
                         session.token_hash.as_slice(),
                         session.tenant_id,
+                        session.scopes.as_deref().map(columns::encode_scopes),
+                        session.name,
                         session.created_at,
                         session.expires_at
                     ],
@@ -656,7 +677,8 @@ impl Store for SqliteStore {
             .read(move |conn| {
                 let mut stmt = conn.prepare_cached(
                     "SELECT t.id, t.tenant_id, t.name, t.scopes, t.created_at, s.token_hash, \
-                     s.tenant_id, s.created_at, s.expires_at FROM console_sessions s \
+                     s.tenant_id, s.created_at, s.expires_at, s.scopes, s.name \
+                     FROM console_sessions s \
                      JOIN api_tokens t ON t.hash = s.token_hash AND t.revoked_at IS NULL \
                      WHERE s.hash = ?1",
                 )?;
@@ -666,10 +688,13 @@ impl Store for SqliteStore {
                 };
                 let token = token_from_row(row)?;
                 let token_hash: Vec<u8> = row.get(5)?;
+                let scopes: Option<String> = row.get(9)?;
                 let session = ConsoleSession {
                     hash,
                     token_hash: columns::token_hash(&token_hash)?,
                     tenant_id: row.get(6)?,
+                    scopes: scopes.as_deref().map(columns::decode_scopes).transpose()?,
+                    name: row.get(10)?,
                     created_at: row.get(7)?,
                     expires_at: row.get(8)?,
                 };
@@ -708,12 +733,74 @@ impl Store for SqliteStore {
     async fn delete_expired_console_sessions(&self, now: Millis) -> StoreResult<u64> {
         self.writer
             .write_lazy(move |conn| {
-                Ok(conn.execute(
+                let sessions = conn.execute(
                     "DELETE FROM console_sessions WHERE expires_at <= ?1",
                     params![now],
-                )? as u64)
+                )?;
+                let links = conn.execute(
+                    "DELETE FROM console_links WHERE expires_at <= ?1",
+                    params![now],
+                )?;
+                Ok((sessions + links) as u64)
             })
             .await
+    }
+
+    async fn create_console_link(&self, link: ConsoleLink) -> StoreResult<()> {
+        self.writer
+            .write(move |conn| {
+                conn.execute(
+                    "INSERT INTO console_links (hash, token_hash, tenant_id, scopes, name, \
+                     created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![
+                        link.hash.as_slice(),
+                        link.token_hash.as_slice(),
+                        link.tenant_id,
+                        columns::encode_scopes(&link.scopes),
+                        link.name,
+                        link.created_at,
+                        link.expires_at
+                    ],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn find_console_link(
+        &self,
+        hash: TokenHash,
+        now: Millis,
+    ) -> StoreResult<Option<ConsoleLink>> {
+        self.readers
+            .read(move |conn| {
+                let mut stmt = conn.prepare_cached(&format!(
+                    "SELECT {CONSOLE_LINK_COLUMNS} FROM console_links \
+                     WHERE hash = ?1 AND expires_at > ?2"
+                ))?;
+                let mut rows = stmt.query(params![hash.as_slice(), now])?;
+                rows.next()?.map(console_link_from_row).transpose()
+            })
+            .await
+    }
+
+    async fn consume_console_link(
+        &self,
+        hash: TokenHash,
+        now: Millis,
+    ) -> StoreResult<Option<ConsoleLink>> {
+        let link = self
+            .writer
+            .write(move |conn| {
+                let mut stmt = conn.prepare_cached(&format!(
+                    "DELETE FROM console_links WHERE hash = ?1 RETURNING {CONSOLE_LINK_COLUMNS}"
+                ))?;
+                let mut rows = stmt.query(params![hash.as_slice()])?;
+                rows.next()?.map(console_link_from_row).transpose()
+            })
+            .await?;
+        // An ended link is taken too: it serves nobody.
+        Ok(link.filter(|link| link.expires_at > now))
     }
 
     async fn create_event_type(
