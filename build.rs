@@ -53,10 +53,7 @@ fn main() {
             "HERALD_TEST_SCAFFOLD_CARGO_TARGET",
             "herald_scaffold_rust_tests",
         ),
-        (
-            "HERALD_TEST_BROWSER_NODE_MODULES",
-            "herald_browser_tests",
-        ),
+        ("HERALD_TEST_BROWSER_NODE_MODULES", "herald_browser_tests"),
     ] {
         println!("cargo::rustc-check-cfg=cfg({cfg})");
         println!("cargo::rerun-if-env-changed={variable}");

@@ -138,6 +138,47 @@ try {
   await page.goto(`${base}/tenants/ten_default/streams`);
   await shoot(page, "06-streams");
 
+  // The stream's charts, over 24 hours and over 7 days.
+  await page.goto(streamUrl);
+  const charts = page.getByRole("region", { name: "Deliveries per hour" });
+  await charts.waitFor();
+  assert.ok((await charts.locator("svg[role=img]").count()) >= 2, "a success chart and a latency chart");
+  await charts.getByLabel("Range").selectOption({ label: "Last 7 days" });
+  await charts.getByRole("button", { name: "Show" }).click();
+  await page.waitForURL(/range=7d/);
+  await shoot(page, "07-stream-charts");
+  say("read the charts");
+
+  // The event log shows the event whose data carries markup, as text.
+  await page.goto(`${base}/tenants/ten_default/events`);
+  await page.getByRole("heading", { name: "Event log" }).waitFor();
+  await shoot(page, "08-event-log");
+  await page.locator("table.events a").first().click();
+  await page.getByRole("heading", { name: "Data" }).waitFor();
+  assert.ok(
+    (await page.locator("body").innerText()).includes("<img src=x onerror=alert(1)>"),
+    "the markup is shown as text"
+  );
+  assert.equal(await page.locator("main img").count(), 0, "and never becomes an element");
+  await shoot(page, "09-event");
+
+  // Event types, tenants, tokens: a new token's secret is shown once.
+  await page.goto(`${base}/tenants/ten_default/event-types`);
+  await page.getByRole("heading", { name: "Event types" }).waitFor();
+  await shoot(page, "10-event-types");
+  await page.goto(`${base}/tenants`);
+  await shoot(page, "11-tenants");
+  await page.goto(`${base}/tenants/ten_default/tokens`);
+  await page.getByLabel("Name", { exact: true }).fill("CI publisher");
+  await page.getByLabel("publish:events", { exact: true }).check();
+  await page.getByRole("button", { name: "Create token" }).click();
+  await page.getByRole("heading", { name: "Token created" }).waitFor();
+  assert.match(await page.getByLabel("Token", { exact: true }).inputValue(), /^hrd_/);
+  await shoot(page, "12-token-created");
+  await page.goto(`${base}/tenants/ten_default/tokens`);
+  await shoot(page, "13-tokens");
+  say("visited the admin pages");
+
   // What must not happen: another tenant's pages, the tenants page, a forged form.
   const other = await browser.newContext();
   const tenantPage = await other.newPage();

@@ -793,7 +793,11 @@ async fn hostile_event_types_and_data_render_as_text() {
     );
     for (what, page) in [("types", &types), ("log", &log), ("event", &shown)] {
         assert_eq!(page.status, StatusCode::OK, "{what}");
-        assert!(!page.body.contains("<script>alert"), "{what}: {}", page.body);
+        assert!(
+            !page.body.contains("<script>alert"),
+            "{what}: {}",
+            page.body
+        );
         assert!(!page.body.contains("<img"), "{what}: {}", page.body);
         assert!(!page.body.contains("<b>"), "{what}: {}", page.body);
     }
