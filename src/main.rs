@@ -185,7 +185,8 @@ async fn serve(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Some(token) = app.new_admin_token() {
+    let new_token = app.new_admin_token();
+    if let Some(token) = &new_token {
         println!(
             "Created the platform admin token. It is shown only this once; keep it safe:\n\n    {token}\n"
         );
@@ -194,6 +195,15 @@ async fn serve(config: Config) -> ExitCode {
         println!("herald serving metrics on http://{addr}/metrics");
     }
     println!("herald listening on http://{}", app.local_addr());
+    let with = if new_token.is_some() {
+        "the token above"
+    } else {
+        "an API token"
+    };
+    println!(
+        "Open the console at http://{}/ and sign in with {with}.",
+        app.local_addr()
+    );
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
     match app.run_until_stopped(shutdown).await {
