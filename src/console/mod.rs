@@ -10,6 +10,7 @@
 //! switches tenant by following a link, and a tenant token asking for another tenant's page
 //! gets a 404.
 
+mod deliveries;
 mod pages;
 mod session;
 mod streams;
@@ -43,6 +44,19 @@ pub fn router() -> Router<AppState> {
         .route(
             "/tenants/{tenant}/streams/{id}/status",
             post(streams::set_status),
+        )
+        .route(
+            "/tenants/{tenant}/streams/{id}/deliveries",
+            get(deliveries::list),
+        )
+        .route(
+            "/tenants/{tenant}/streams/{id}/deliveries/redeliver",
+            post(deliveries::redeliver),
+        )
+        .route("/tenants/{tenant}/deliveries/{id}", get(deliveries::show))
+        .route(
+            "/tenants/{tenant}/deliveries/{id}/redeliver",
+            post(deliveries::redeliver_one),
         )
         .route(STYLESHEET_PATH, get(stylesheet))
         .layer(axum::middleware::map_response(protect))
@@ -240,5 +254,21 @@ mod paths {
 
     pub fn stream_status(tenant: &str, id: &str) -> String {
         format!("{}/status", stream(tenant, id))
+    }
+
+    pub fn stream_deliveries(tenant: &str, id: &str) -> String {
+        format!("{}/deliveries", stream(tenant, id))
+    }
+
+    pub fn stream_redeliver(tenant: &str, id: &str) -> String {
+        format!("{}/deliveries/redeliver", stream(tenant, id))
+    }
+
+    pub fn delivery(tenant: &str, id: &str) -> String {
+        format!("/tenants/{}/deliveries/{}", segment(tenant), segment(id))
+    }
+
+    pub fn delivery_redeliver(tenant: &str, id: &str) -> String {
+        format!("{}/redeliver", delivery(tenant, id))
     }
 }

@@ -44,7 +44,7 @@ fn document(title: &str, body: Markup) -> Markup {
     }
 }
 
-fn layout(title: &str, frame: &Frame, section: Section, content: Markup) -> Markup {
+pub(super) fn layout(title: &str, frame: &Frame, section: Section, content: Markup) -> Markup {
     let current = |s: Section| (s == section).then_some("page");
     document(
         title,
@@ -219,7 +219,7 @@ fn age_text(seconds: i64) -> String {
     }
 }
 
-fn time(at: Millis) -> Markup {
+pub(super) fn time(at: Millis) -> Markup {
     let text = format_time(at);
     html! { time datetime=(text) { (text) } }
 }
@@ -355,6 +355,11 @@ pub fn stream(frame: &Frame, page: &StreamPage) -> Markup {
 
             section aria-labelledby="deliveries-heading" {
                 h2 #deliveries-heading { "Recent deliveries" }
+                p {
+                    a href=(paths::stream_deliveries(&frame.tenant_id, &page.id)) {
+                        "All deliveries, with filters and redelivery"
+                    }
+                }
                 @match &page.deliveries {
                     Err(why) => { p.muted { (why) } }
                     Ok(deliveries) if deliveries.is_empty() => {
@@ -378,7 +383,11 @@ pub fn stream(frame: &Frame, page: &StreamPage) -> Markup {
                                         tr {
                                             td { (time(d.created_at)) }
                                             td.name title=(d.event_type) { (d.event_type) }
-                                            td { code { (d.event_id) } }
+                                            td {
+                                                a href=(paths::delivery(&frame.tenant_id, &d.id)) title="Its attempts" {
+                                                    code { (d.event_id) }
+                                                }
+                                            }
                                             td { span class={ "badge " (d.status.as_str()) } { (d.status.as_str()) } }
                                             td.num { (d.attempt_count) }
                                             td {

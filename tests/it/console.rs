@@ -17,14 +17,14 @@ const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-ac
      frame-ancestors 'none'; base-uri 'none'";
 
 /// A browser: its own cookie jar, redirects left to the test.
-struct Browser {
+pub(crate) struct Browser {
     http: reqwest::Client,
     jar: Arc<reqwest::cookie::Jar>,
     base: String,
 }
 
 impl Browser {
-    fn new(app: &TestApp) -> Browser {
+    pub(crate) fn new(app: &TestApp) -> Browser {
         let jar = Arc::new(reqwest::cookie::Jar::default());
         let http = reqwest::Client::builder()
             .cookie_provider(jar.clone())
@@ -38,7 +38,7 @@ impl Browser {
         }
     }
 
-    async fn get(&self, path: &str) -> Page {
+    pub(crate) async fn get(&self, path: &str) -> Page {
         Page::read(
             self.http
                 .get(format!("{}{path}", self.base))
@@ -49,7 +49,7 @@ impl Browser {
         .await
     }
 
-    async fn post(&self, path: &str, form: &[(&str, &str)]) -> Page {
+    pub(crate) async fn post(&self, path: &str, form: &[(&str, &str)]) -> Page {
         Page::read(
             self.http
                 .post(format!("{}{path}", self.base))
@@ -62,7 +62,7 @@ impl Browser {
     }
 
     /// Opens the sign-in page and submits `token` with the form's CSRF token.
-    async fn sign_in(&self, token: &str) -> Page {
+    pub(crate) async fn sign_in(&self, token: &str) -> Page {
         let form = self.get("/sign-in").await;
         assert_eq!(form.status, StatusCode::OK, "{}", form.body);
         let csrf = form.hidden("csrf");
@@ -71,7 +71,7 @@ impl Browser {
     }
 
     /// Signs in and follows the redirect to the first page.
-    async fn signed_in(app: &TestApp, token: &str) -> Browser {
+    pub(crate) async fn signed_in(app: &TestApp, token: &str) -> Browser {
         let browser = Browser::new(app);
         let answer = browser.sign_in(token).await;
         assert_eq!(answer.status, StatusCode::SEE_OTHER, "{}", answer.body);
@@ -87,17 +87,17 @@ impl Browser {
     }
 
     /// The CSRF token of the forms on `path`.
-    async fn csrf(&self, path: &str) -> String {
+    pub(crate) async fn csrf(&self, path: &str) -> String {
         let page = self.get(path).await;
         assert_eq!(page.status, StatusCode::OK, "{}", page.body);
         page.hidden("csrf")
     }
 }
 
-struct Page {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: String,
+pub(crate) struct Page {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: String,
 }
 
 impl Page {
@@ -109,7 +109,7 @@ impl Page {
         }
     }
 
-    fn location(&self) -> &str {
+    pub(crate) fn location(&self) -> &str {
         self.headers
             .get(LOCATION)
             .map(|v| v.to_str().unwrap())
@@ -125,7 +125,7 @@ impl Page {
     }
 
     /// The value of the first hidden field named `name`.
-    fn hidden(&self, name: &str) -> String {
+    pub(crate) fn hidden(&self, name: &str) -> String {
         let marker = format!("name=\"{name}\" value=\"");
         let start = self
             .body
@@ -137,13 +137,17 @@ impl Page {
     }
 
     /// Whether the answer sends the browser to sign in.
-    fn to_sign_in(&self) -> bool {
+    pub(crate) fn to_sign_in(&self) -> bool {
         self.status == StatusCode::SEE_OTHER && self.location() == "/sign-in"
     }
 }
 
 /// A tenant, and a token of it with `scopes`: (its id, its secret).
-async fn tenant_with_token(app: &TestApp, tenant: &str, scopes: &[&str]) -> (String, String) {
+pub(crate) async fn tenant_with_token(
+    app: &TestApp,
+    tenant: &str,
+    scopes: &[&str],
+) -> (String, String) {
     let (status, body) = app
         .post("/v1/tenants", &json!({"id": tenant, "name": tenant}))
         .await;
@@ -154,7 +158,7 @@ async fn tenant_with_token(app: &TestApp, tenant: &str, scopes: &[&str]) -> (Str
     token_of(app, tenant, scopes).await
 }
 
-async fn token_of(app: &TestApp, tenant: &str, scopes: &[&str]) -> (String, String) {
+pub(crate) async fn token_of(app: &TestApp, tenant: &str, scopes: &[&str]) -> (String, String) {
     let response = app
         .http
         .post(app.url("/v1/tokens"))
@@ -174,7 +178,7 @@ async fn token_of(app: &TestApp, tenant: &str, scopes: &[&str]) -> (String, Stri
 
 /// A webhook stream named `name` in `tenant`; its id. Nothing is sent unless an event is
 /// published to it.
-async fn stream_in(app: &TestApp, tenant: &str, name: &str) -> String {
+pub(crate) async fn stream_in(app: &TestApp, tenant: &str, name: &str) -> String {
     let response = app
         .http
         .post(app.url("/v1/event-streams"))
@@ -196,7 +200,7 @@ async fn stream_in(app: &TestApp, tenant: &str, name: &str) -> String {
     body["id"].as_str().unwrap().to_string()
 }
 
-async fn api_stream(app: &TestApp, tenant: &str, id: &str) -> Value {
+pub(crate) async fn api_stream(app: &TestApp, tenant: &str, id: &str) -> Value {
     let response = app
         .http
         .get(app.url(&format!("/v1/event-streams/{id}")))
@@ -209,7 +213,7 @@ async fn api_stream(app: &TestApp, tenant: &str, id: &str) -> Value {
     response.json().await.unwrap()
 }
 
-const ALL_STREAM_SCOPES: &[&str] = &[
+pub(crate) const ALL_STREAM_SCOPES: &[&str] = &[
     "read:event_streams",
     "update:event_streams",
     "read:event_deliveries",

@@ -9,6 +9,7 @@ mod cli;
 mod cli_config;
 mod cluster;
 mod console;
+mod console_deliveries;
 mod crash;
 mod database_tls;
 mod delivery;
