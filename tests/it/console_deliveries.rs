@@ -267,14 +267,15 @@ async fn the_drawer_shows_the_request_as_sent_with_its_secret_masked_and_the_ans
     let receiver = Receiver::start().await;
     let stream = webhook_stream(&app, &receiver.url).await;
     let answer = "{\"error\": \"busy\", \"retry\": \"later & slowly\"}";
-    receiver.always(Reply::status(500).with_body(answer));
+    // Refused for good: no retry comes while the clock moves.
+    receiver.always(Reply::status(422).with_body(answer));
     let event = publish(
         &app,
         "user.created",
         json!({"user_id": "u-42", "plan": "pro"}),
     )
     .await;
-    let delivery = app.wait_for_attempts(&stream, &event, 1).await;
+    let delivery = settled(&app, &stream, &event, "failed").await;
     let sent = receiver.wait_for(1).await.remove(0);
 
     let browser = Browser::signed_in(&app, ADMIN_TOKEN).await;
@@ -297,6 +298,16 @@ async fn the_drawer_shows_the_request_as_sent_with_its_secret_masked_and_the_ans
             .contains(&format!("href=\"{path}\""))
     );
 
+    // Rebuilt later, after a rotation of the signing secret, it is still what was sent then.
+    app.clock.advance(Duration::from_secs(1));
+    let (status, rotated) = app
+        .post(
+            &format!("/v1/event-streams/{stream}/secret/rotate"),
+            &json!({"grace_period_seconds": 600}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{rotated}");
+    app.clock.advance(Duration::from_secs(300));
     let page = browser.get(&path).await;
     assert_eq!(page.status, StatusCode::OK, "{}", page.body);
     let body = &page.body;
@@ -340,9 +351,27 @@ async fn the_drawer_shows_the_request_as_sent_with_its_secret_masked_and_the_ans
     assert!(!body.contains(BEARER));
     assert!(!body.contains("whsec_"));
     // The receiver's answer.
-    assert!(body.contains("<dt>Status</dt><dd>HTTP 500</dd>"), "{body}");
+    assert!(body.contains("<dt>Status</dt><dd>HTTP 422</dd>"), "{body}");
     assert!(body.contains(&format!("<pre class=\"payload\">{}</pre>", escaped(answer))));
-    assert!(body.contains(" · HTTP 500 · "), "the drawer's summary");
+    assert!(body.contains(" · HTTP 422 · "), "the drawer's summary");
+
+    // Once the secret that signed it has expired, the signature is not shown rather than
+    // shown wrong.
+    app.clock.advance(Duration::from_secs(301));
+    let page = browser.get(&path).await;
+    assert!(
+        page.body.contains(
+            "<code>webhook-signature</code></th><td><span class=\"masked\" title=\"Hidden: a \
+             credential is never shown\">(signed with a secret that has expired since)</span>"
+        ),
+        "{}",
+        page.body
+    );
+    assert!(
+        !page
+            .body
+            .contains(sent.header("webhook-signature").unwrap())
+    );
 }
 
 #[tokio::test]
