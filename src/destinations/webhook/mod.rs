@@ -505,6 +505,95 @@ mod tests {
     }
 
     #[test]
+    fn a_shown_request_is_the_sent_one_with_every_credential_masked() {
+        use crate::destinations::{ContentMode, PayloadFormat};
+        use crate::secret::StreamSecret;
+        let secrets = [StreamSecret {
+            secret: Secret::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+            created_at: 0,
+            expires_at: None,
+        }];
+        let stream = StreamContext {
+            tenant_id: "ten_a",
+            stream_id: "est_a",
+            encoding: Encoding {
+                format: PayloadFormat::Cloudevents,
+                mode: ContentMode::Binary,
+            },
+            secrets: &secrets,
+        };
+        let event = crate::event::Event {
+            id: "evt_1".into(),
+            source: "urn:test".into(),
+            event_type: "user.created".into(),
+            time: 1_000,
+            subject: None,
+            datacontenttype: None,
+            dataschema: None,
+            data: serde_json::value::RawValue::from_string(r#"{"a":1}"#.into()).unwrap(),
+            extensions: Default::default(),
+        };
+        let message = Message {
+            id: "dlv_1",
+            tenant_id: "ten_a",
+            event: &event,
+        };
+        let (sent, sent_body) = Envelope::new(&stream).request(&message, 5_000);
+        let cases = [
+            (
+                WebhookAuthorization::Bearer {
+                    token: Secret::new("tok-hidden"),
+                },
+                "authorization",
+                "Bearer ••••••••",
+            ),
+            (
+                WebhookAuthorization::Basic {
+                    username: "alice".into(),
+                    password: Secret::new("pw-hidden"),
+                },
+                "authorization",
+                "Basic base64(alice:••••••••)",
+            ),
+            (
+                WebhookAuthorization::CustomHeader {
+                    header_name: "X-Api-Key".into(),
+                    header_value: Secret::new("key-hidden"),
+                },
+                "x-api-key",
+                "••••••••",
+            ),
+        ];
+        for (auth, name, masked) in cases {
+            let config = WebhookConfig::new("https://example.com/hook".into(), Some(auth));
+            let shown = shown_request(&config, &stream, &message, 5_000);
+            assert_eq!(
+                (shown.method, shown.url.as_str()),
+                ("POST", "https://example.com/hook")
+            );
+            assert_eq!(shown.body, sent_body);
+            let value = |name: &str| {
+                shown
+                    .headers
+                    .iter()
+                    .find(|h| h.name == name)
+                    .unwrap_or_else(|| panic!("no {name}"))
+            };
+            assert_eq!(value(name).value, masked);
+            assert!(value(name).masked);
+            assert!(!format!("{:?}", shown.headers).contains("hidden"));
+            // Every header the envelope sends, as sent; the span id aside.
+            for (header, sent_value) in &sent {
+                if header != crate::trace::TRACEPARENT {
+                    assert_eq!(value(header.as_str()).value, sent_value.to_str().unwrap());
+                }
+            }
+            assert_eq!(value("ce-type").value, "user.created");
+            assert_eq!(value("content-length").value, sent_body.len().to_string());
+        }
+    }
+
+    #[test]
     fn custom_headers_may_not_replace_herald_headers() {
         let auth = |name: &str| WebhookAuthorization::CustomHeader {
             header_name: name.into(),
