@@ -193,8 +193,8 @@ pub fn list(frame: &Frame, page: &ListPage<'_>) -> Markup {
                 section aria-labelledby="redeliver-heading" {
                     h2 #redeliver-heading { "Redeliver" }
                     p {
-                        "Queue again every delivery of this stream that "
-                        @if page.filtered { "the filters above match" } @else { "it has" }
+                        "Queue again every delivery of this stream"
+                        @if page.filtered { " that the filters above match" }
                         " (on every page, not only this one), each with a fresh retry budget. "
                         "Herald counts them first; nothing is sent until you confirm."
                     }
@@ -210,7 +210,7 @@ pub fn list(frame: &Frame, page: &ListPage<'_>) -> Markup {
                                 " these filters. Redeliver "
                                 @if n == 1 { "it" } @else { "them" } "?"
                             }
-                            div.actions {
+                            div.actions.confirm {
                                 form method="post" action=(redeliver_path) {
                                     input type="hidden" name="csrf" value=(frame.csrf);
                                     (hidden_filters(filters))
@@ -245,8 +245,8 @@ pub fn list(frame: &Frame, page: &ListPage<'_>) -> Markup {
 
 fn table(tenant: &str, deliveries: &[DeliveryView]) -> Markup {
     html! {
-        div.scroll {
-            table.deliveries {
+        div.scroll.listing {
+            table.deliveries.listing {
                 thead {
                     tr {
                         th scope="col" { "Created" }
@@ -260,16 +260,16 @@ fn table(tenant: &str, deliveries: &[DeliveryView]) -> Markup {
                 tbody {
                     @for d in deliveries {
                         tr {
-                            td { (time(d.created_at)) }
-                            td.name title=(d.event_type) { (d.event_type) }
-                            td.name {
+                            td.c-created { (time(d.created_at)) }
+                            td.name.c-type title=(d.event_type) { (d.event_type) }
+                            td.name.c-id {
                                 a href=(paths::delivery(tenant, &d.id)) title={ "Event " (d.event_id) } {
                                     code { (d.id) }
                                 }
                             }
-                            td { (status_badge(d.status)) }
-                            td.num { (d.attempt_count) }
-                            td {
+                            td.c-status { (status_badge(d.status)) }
+                            td.num.c-attempts { (d.attempt_count) }
+                            td.c-answer {
                                 @if let Some(status) = d.last_response_status {
                                     "HTTP " (status)
                                 } @else if let Some(kind) = &d.last_error_kind {
