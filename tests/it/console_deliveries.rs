@@ -179,6 +179,23 @@ async fn filters_narrow_the_list_and_a_bad_one_is_shown_beside_its_field() {
         "{}",
         backwards.body
     );
+    // The service's own limit, beside the field it concerns too.
+    let types: Vec<String> = (0..101).map(|n| format!("user.t{n}")).collect();
+    let many = browser
+        .get(&format!(
+            "{list}?event_type={}",
+            urlencode(&types.join(","))
+        ))
+        .await;
+    assert_eq!(many.status, StatusCode::BAD_REQUEST);
+    assert!(
+        many.body.contains(
+            "id=\"event-type-error\" role=\"alert\">`event_types` names 101 types; a filter \
+             may name at most 100"
+        ),
+        "{}",
+        many.body
+    );
     let unknown = browser.get(&format!("{list}?status=lost")).await;
     assert_eq!(unknown.status, StatusCode::BAD_REQUEST);
     assert!(

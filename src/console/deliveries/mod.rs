@@ -164,8 +164,9 @@ fn normalize_time(value: &str) -> String {
     format!("{date}T{hms}{offset}")
 }
 
-/// Where a service refusal about a filter belongs: beside the field it names, else above
-/// the list.
+/// Where a service refusal about a filter belongs: beside the field it names. The console
+/// checks times and statuses itself; what reaches here are the service's own limits (how
+/// many event types one filter may name).
 fn place_filter_error(err: &service::Error, errors: &mut FieldErrors) -> bool {
     let service::Error::Invalid(message) = err else {
         return false;
@@ -206,6 +207,21 @@ fn field<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
+/// The `before` of a link to an older page: a page's `next`, as the service gave it.
+fn cursor(pairs: &[(String, String)]) -> Result<Option<i64>, Refusal> {
+    let Some(cursor) = field(pairs, "before").filter(|c| !c.is_empty()) else {
+        return Ok(None);
+    };
+    match cursor.parse::<i64>() {
+        Ok(n) if n > 0 => Ok(Some(n)),
+        _ => Err(Refusal::BadForm(
+            "The link to this page of deliveries is not valid: its `before` is not a place in \
+             the list."
+                .into(),
+        )),
+    }
+}
+
 /// `GET /tenants/{tenant}/streams/{id}/deliveries?status=…&event_type=…&from=…&to=…&before=…`
 pub(super) async fn list(
     State(service): State<Service>,
@@ -215,19 +231,7 @@ pub(super) async fn list(
 ) -> Result<Response, Refusal> {
     let caller = signed.on_tenant(&service, &tenant).await?;
     let pairs = query_pairs(query.as_deref());
-    let before =
-        match field(&pairs, "before").filter(|c| !c.is_empty()) {
-            None => None,
-            Some(cursor) => Some(cursor.parse::<i64>().ok().filter(|n| *n > 0).ok_or_else(
-                || {
-                    Refusal::BadForm(
-                        "The link to this page of deliveries is not valid: its `before` is not a \
-                 place in the list."
-                            .into(),
-                    )
-                },
-            )?),
-        };
+    let before = cursor(&pairs)?;
     let queued = field(&pairs, "queued").and_then(|n| n.parse().ok());
     let state = ListState {
         filters: Filters::read(&pairs),
