@@ -11,6 +11,7 @@
 //! gets a 404.
 
 mod charts;
+mod deliveries;
 mod event_log;
 mod event_types;
 mod links;
@@ -85,6 +86,19 @@ pub fn router() -> Router<AppState> {
         .route(
             "/tenants/{tenant}/streams/{id}/secret/rotate",
             post(signing::rotate),
+        )
+        .route(
+            "/tenants/{tenant}/streams/{id}/deliveries",
+            get(deliveries::list),
+        )
+        .route(
+            "/tenants/{tenant}/streams/{id}/deliveries/redeliver",
+            post(deliveries::redeliver),
+        )
+        .route("/tenants/{tenant}/deliveries/{id}", get(deliveries::show))
+        .route(
+            "/tenants/{tenant}/deliveries/{id}/redeliver",
+            post(deliveries::redeliver_one),
         )
         .route(STYLESHEET_PATH, get(stylesheet))
         .route(SCRIPT_PATH, get(script))
@@ -391,5 +405,21 @@ mod paths {
 
     pub fn event_types(tenant: &str) -> String {
         format!("/tenants/{}/event-types", segment(tenant))
+    }
+
+    pub fn stream_deliveries(tenant: &str, id: &str) -> String {
+        format!("{}/deliveries", stream(tenant, id))
+    }
+
+    pub fn stream_redeliver(tenant: &str, id: &str) -> String {
+        format!("{}/deliveries/redeliver", stream(tenant, id))
+    }
+
+    pub fn delivery(tenant: &str, id: &str) -> String {
+        format!("/tenants/{}/deliveries/{}", segment(tenant), segment(id))
+    }
+
+    pub fn delivery_redeliver(tenant: &str, id: &str) -> String {
+        format!("{}/redeliver", delivery(tenant, id))
     }
 }

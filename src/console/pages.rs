@@ -385,6 +385,11 @@ pub fn stream(frame: &Frame, page: &StreamPage) -> Markup {
 
             section aria-labelledby="deliveries-heading" {
                 h2 #deliveries-heading { "Recent deliveries" }
+                p {
+                    a href=(paths::stream_deliveries(&frame.tenant_id, &page.id)) {
+                        "All deliveries, with filters and redelivery"
+                    }
+                }
                 @match &page.deliveries {
                     Err(why) => { p.muted { (why) } }
                     Ok(deliveries) if deliveries.is_empty() => {
@@ -408,7 +413,11 @@ pub fn stream(frame: &Frame, page: &StreamPage) -> Markup {
                                         tr {
                                             td { (time(d.created_at)) }
                                             td.name title=(d.event_type) { (d.event_type) }
-                                            td { code { (d.event_id) } }
+                                            td {
+                                                a href=(paths::delivery(&frame.tenant_id, &d.id)) title="Its attempts" {
+                                                    code { (d.event_id) }
+                                                }
+                                            }
                                             td { span class={ "badge " (d.status.as_str()) } { (d.status.as_str()) } }
                                             td.num { (d.attempt_count) }
                                             td {

@@ -30,6 +30,9 @@ pub struct Egress {
     proxied: bool,
 }
 
+/// The `User-Agent` of every request Herald sends.
+pub const USER_AGENT: &str = concat!("herald/", env!("CARGO_PKG_VERSION"));
+
 impl Egress {
     pub fn new(addresses: AddressPolicy, timeout: Duration) -> Egress {
         Self::build(addresses, timeout, None)
@@ -43,7 +46,7 @@ impl Egress {
 
     fn build(addresses: AddressPolicy, timeout: Duration, proxy: Option<&Url>) -> Egress {
         let builder = reqwest::Client::builder()
-            .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
+            .user_agent(USER_AGENT)
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .redirect(reqwest::redirect::Policy::none())

@@ -156,6 +156,33 @@ impl Destination {
         Secret::new(crate::ids::signing_secret())
     }
 
+    /// The request an attempt made at `at` sent, rebuilt for a person to read (see
+    /// [`ShownRequest`]); `None` for a kind that sends no request of one event of its own
+    /// (EventBridge batches entries into a signed AWS call).
+    pub fn shown_request(
+        &self,
+        stream: &StreamContext<'_>,
+        message: &Message<'_>,
+        at: Millis,
+    ) -> Option<ShownRequest> {
+        match self {
+            Destination::Webhook(config) => {
+                Some(webhook::shown_request(config, stream, message, at))
+            }
+            // `herald listen` posts the same request to its `forward_to`.
+            Destination::Listen(config) => {
+                let (headers, body) = webhook::Envelope::new(stream).shown(message, at);
+                Some(ShownRequest {
+                    method: "POST",
+                    url: config.forward_to.clone(),
+                    headers,
+                    body,
+                })
+            }
+            Destination::Eventbridge(_) => None,
+        }
+    }
+
     /// Builds the stream's runtime client.
     pub fn build(
         &self,
@@ -234,6 +261,25 @@ pub enum Client {
     Webhook(webhook::WebhookClient),
     Eventbridge(eventbridge::EventBridgeClient),
     Listen(listen::ListenClient),
+}
+
+/// An attempt's request as a person is shown it: rebuilt by the code that sends it, from the
+/// event (whose encoding is deterministic) and the stream, so nothing is stored per attempt.
+/// Every credential is masked; a signature is shown, as it reveals nothing of its key.
+#[derive(Debug, Clone)]
+pub struct ShownRequest {
+    pub method: &'static str,
+    pub url: String,
+    pub headers: Vec<ShownHeader>,
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShownHeader {
+    pub name: String,
+    pub value: String,
+    /// The value stands in for one that is not shown (a credential).
+    pub masked: bool,
 }
 
 /// One due delivery handed to a client.

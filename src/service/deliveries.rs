@@ -1,10 +1,12 @@
-//! Deliveries: list a stream's deliveries with filters, read one with every attempt, and
-//! redeliver one event or every delivery matching a filter. Redelivery needs a stream that
-//! is not disabled, and wakes the dispatcher for it.
+//! Deliveries: list a stream's deliveries with filters, read one with every attempt and the
+//! requests its attempts sent, and redeliver one event or every delivery matching a filter.
+//! Redelivery needs a stream that is not disabled, and wakes the dispatcher for it.
 
 use super::streams::load as load_stream;
 use super::{Caller, Error, Scope, Service, parse_optional_time};
 use crate::clock::Millis;
+use crate::destinations::{Message, ShownRequest};
+use crate::secret::StreamSecret;
 use crate::store::{DeliveryFilter, DeliveryStatus, DeliveryView, Page};
 use crate::stream::StreamStatus;
 
@@ -214,5 +216,94 @@ pub async fn backlog(
         pending: backlog.pending,
         oldest_pending_at: backlog.oldest_created_at,
         oldest_age_seconds: backlog.oldest_created_at.map(|at| (now - at).max(0) / 1000),
+    })
+}
+
+/// What a delivery's attempts sent, rebuilt for a person to read (see
+/// [`crate::destinations::ShownRequest`]), or why it cannot be.
+#[derive(Debug)]
+pub enum SentRequests {
+    Rebuilt {
+        /// The body every attempt sent: the event in the stream's encoding.
+        body: Vec<u8>,
+        /// Each attempt's method, URL and headers (its body left empty), in the
+        /// delivery's order.
+        attempts: Vec<ShownRequest>,
+        /// When the event's data was erased: the body is what is left, which attempts made
+        /// before then did not send.
+        erased_at: Option<Millis>,
+    },
+    /// In words a person reads.
+    Unavailable(&'static str),
+}
+
+/// The requests the delivery's attempts sent, rebuilt from its event and its stream as they
+/// are now (a setting changed since shows as it is now). Shows the event's data, so it also
+/// needs `read:events`.
+pub async fn sent_requests(
+    service: &Service,
+    caller: &Caller,
+    delivery: &DeliveryView,
+) -> Result<SentRequests, Error> {
+    caller.require(Scope::ReadEventDeliveries)?;
+    caller.require(Scope::ReadEvents)?;
+    let stream = match load_stream(service, caller, &delivery.stream_id).await {
+        Ok(stream) => stream,
+        Err(Error::NotFound { .. }) => {
+            return Ok(SentRequests::Unavailable(
+                "The stream has been deleted, so its requests cannot be rebuilt.",
+            ));
+        }
+        Err(e) => return Err(e),
+    };
+    // The newest event with the id, as redelivery takes it.
+    let Some(logged) = service
+        .store
+        .get_event(&caller.tenant_id, &delivery.event_id, None)
+        .await?
+    else {
+        return Ok(SentRequests::Unavailable(
+            "The event is no longer kept (its retention period has passed), so the request \
+             cannot be rebuilt.",
+        ));
+    };
+    let now = service.clock.now_ms();
+    let secrets = service.store.secrets_for(&stream, now).await?;
+    let message = Message {
+        id: &delivery.id,
+        tenant_id: &caller.tenant_id,
+        event: &logged.event,
+    };
+    let shown = |at: Millis| {
+        // The keys that signed at `at`: not one made since.
+        let then: Vec<StreamSecret> = secrets
+            .iter()
+            .filter(|s| s.created_at <= at)
+            .cloned()
+            .collect();
+        stream
+            .destination
+            .shown_request(&stream.client_context(&then), &message, at)
+    };
+    let Some(mut next) = shown(now) else {
+        return Ok(SentRequests::Unavailable(
+            "Herald shows the requests of webhook and listen streams only: this destination \
+             sends its events in batches of another shape.",
+        ));
+    };
+    let body = std::mem::take(&mut next.body);
+    let attempts = delivery
+        .attempts
+        .iter()
+        .filter_map(|attempt| {
+            let mut request = shown(attempt.attempted_at)?;
+            request.body = Vec::new();
+            Some(request)
+        })
+        .collect();
+    Ok(SentRequests::Rebuilt {
+        body,
+        attempts,
+        erased_at: logged.erased_at,
     })
 }

@@ -219,7 +219,7 @@ pub(crate) async fn api_stream(app: &TestApp, tenant: &str, id: &str) -> Value {
     response.json().await.unwrap()
 }
 
-const ALL_STREAM_SCOPES: &[&str] = &[
+pub(crate) const ALL_STREAM_SCOPES: &[&str] = &[
     "read:event_streams",
     "update:event_streams",
     "read:event_deliveries",

@@ -12,6 +12,7 @@ mod cluster;
 mod console;
 mod console_admin;
 mod console_charts;
+mod console_deliveries;
 mod crash;
 mod database_tls;
 mod delivery;

@@ -12,7 +12,10 @@ use reqwest::{StatusCode, Url};
 use serde::{Deserialize, Serialize};
 
 use super::http::{self, Egress};
-use super::{DestinationPolicy, Destinations, Encoding, Message, Outcome, Report, StreamContext};
+use super::{
+    DestinationPolicy, Destinations, Encoding, Message, Outcome, Report, ShownHeader, ShownRequest,
+    StreamContext,
+};
 use crate::clock::Millis;
 use crate::event::format_time;
 use crate::secret::Secret;
@@ -164,6 +167,28 @@ impl WebhookAuthorization {
         }
     }
 
+    /// The header this authorization sends as a person is shown it: its secret masked (a
+    /// basic credential keeps its username).
+    fn masked_header(&self) -> ShownHeader {
+        let (name, value) = match self {
+            WebhookAuthorization::Bearer { .. } => {
+                (AUTHORIZATION.to_string(), format!("Bearer {MASK}"))
+            }
+            WebhookAuthorization::Basic { username, .. } => (
+                AUTHORIZATION.to_string(),
+                format!("Basic base64({username}:{MASK})"),
+            ),
+            WebhookAuthorization::CustomHeader { header_name, .. } => {
+                (header_name.to_ascii_lowercase(), MASK.to_string())
+            }
+        };
+        ShownHeader {
+            name,
+            value,
+            masked: true,
+        }
+    }
+
     /// The header this authorization sends, marked sensitive so it is never logged.
     fn header(&self) -> Option<(HeaderName, HeaderValue)> {
         use base64::Engine as _;
@@ -264,11 +289,75 @@ impl Envelope {
         (headers, encoded.body)
     }
 
+    /// The request's headers and body for an attempt made at `at`, as a person is shown
+    /// them (see [`ShownRequest`]). Built by [`Envelope::request`], so they are what was sent,
+    /// but for `traceparent`'s span id, new on each attempt. Without a key valid at `at`
+    /// (it has expired since, and only the keys still valid are kept), the signature is
+    /// not shown rather than shown wrong.
+    pub fn shown(&self, message: &Message<'_>, at: Millis) -> (Vec<ShownHeader>, Vec<u8>) {
+        let (headers, body) = self.request(message, at);
+        let signed = self.keys_at(at).next().is_some();
+        let mut shown: Vec<ShownHeader> = headers
+            .iter()
+            .map(|(name, value)| {
+                let name = name.as_str().to_string();
+                if name == "webhook-signature" && !signed {
+                    return ShownHeader {
+                        name,
+                        value: "(signed with a secret that has expired since)".into(),
+                        masked: true,
+                    };
+                }
+                ShownHeader {
+                    name,
+                    value: String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                    masked: false,
+                }
+            })
+            .collect();
+        for (name, value) in [
+            ("content-length", body.len().to_string()),
+            ("user-agent", http::USER_AGENT.to_string()),
+        ] {
+            shown.push(ShownHeader {
+                name: name.into(),
+                value,
+                masked: false,
+            });
+        }
+        (shown, body)
+    }
+
     fn keys_at(&self, now: Millis) -> impl Iterator<Item = &SigningKey> {
         self.keys
             .iter()
             .filter(move |(_, expires)| expires.is_none_or(|at| at > now))
             .map(|(key, _)| key)
+    }
+}
+
+/// What stands for a secret in a request shown to a person.
+pub const MASK: &str = "••••••••";
+
+/// The request a webhook attempt made at `at` sent, its authorization masked.
+pub fn shown_request(
+    config: &WebhookConfig,
+    stream: &StreamContext<'_>,
+    message: &Message<'_>,
+    at: Millis,
+) -> ShownRequest {
+    let (mut headers, body) = Envelope::new(stream).shown(message, at);
+    headers.extend(
+        config
+            .webhook_authorization
+            .as_ref()
+            .map(WebhookAuthorization::masked_header),
+    );
+    ShownRequest {
+        method: "POST",
+        url: config.webhook_endpoint.clone(),
+        headers,
+        body,
     }
 }
 
@@ -413,6 +502,95 @@ mod tests {
         assert!(config("ftp://example.com").validate(&dev).is_err());
         assert!(config("not a url").validate(&dev).is_err());
         assert!(config("https://u:p@example.com").validate(&dev).is_err());
+    }
+
+    #[test]
+    fn a_shown_request_is_the_sent_one_with_every_credential_masked() {
+        use crate::destinations::{ContentMode, PayloadFormat};
+        use crate::secret::StreamSecret;
+        let secrets = [StreamSecret {
+            secret: Secret::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+            created_at: 0,
+            expires_at: None,
+        }];
+        let stream = StreamContext {
+            tenant_id: "ten_a",
+            stream_id: "est_a",
+            encoding: Encoding {
+                format: PayloadFormat::Cloudevents,
+                mode: ContentMode::Binary,
+            },
+            secrets: &secrets,
+        };
+        let event = crate::event::Event {
+            id: "evt_1".into(),
+            source: "urn:test".into(),
+            event_type: "user.created".into(),
+            time: 1_000,
+            subject: None,
+            datacontenttype: None,
+            dataschema: None,
+            data: serde_json::value::RawValue::from_string(r#"{"a":1}"#.into()).unwrap(),
+            extensions: Default::default(),
+        };
+        let message = Message {
+            id: "dlv_1",
+            tenant_id: "ten_a",
+            event: &event,
+        };
+        let (sent, sent_body) = Envelope::new(&stream).request(&message, 5_000);
+        let cases = [
+            (
+                WebhookAuthorization::Bearer {
+                    token: Secret::new("tok-hidden"),
+                },
+                "authorization",
+                "Bearer ••••••••",
+            ),
+            (
+                WebhookAuthorization::Basic {
+                    username: "alice".into(),
+                    password: Secret::new("pw-hidden"),
+                },
+                "authorization",
+                "Basic base64(alice:••••••••)",
+            ),
+            (
+                WebhookAuthorization::CustomHeader {
+                    header_name: "X-Api-Key".into(),
+                    header_value: Secret::new("key-hidden"),
+                },
+                "x-api-key",
+                "••••••••",
+            ),
+        ];
+        for (auth, name, masked) in cases {
+            let config = WebhookConfig::new("https://example.com/hook".into(), Some(auth));
+            let shown = shown_request(&config, &stream, &message, 5_000);
+            assert_eq!(
+                (shown.method, shown.url.as_str()),
+                ("POST", "https://example.com/hook")
+            );
+            assert_eq!(shown.body, sent_body);
+            let value = |name: &str| {
+                shown
+                    .headers
+                    .iter()
+                    .find(|h| h.name == name)
+                    .unwrap_or_else(|| panic!("no {name}"))
+            };
+            assert_eq!(value(name).value, masked);
+            assert!(value(name).masked);
+            assert!(!format!("{:?}", shown.headers).contains("hidden"));
+            // Every header the envelope sends, as sent; the span id aside.
+            for (header, sent_value) in &sent {
+                if header != crate::trace::TRACEPARENT {
+                    assert_eq!(value(header.as_str()).value, sent_value.to_str().unwrap());
+                }
+            }
+            assert_eq!(value("ce-type").value, "user.created");
+            assert_eq!(value("content-length").value, sent_body.len().to_string());
+        }
     }
 
     #[test]
