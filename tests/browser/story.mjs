@@ -129,6 +129,35 @@ try {
   await shoot(page, "05-stream");
   say("saw the delivery");
 
+  // The receiver goes down: the next delivery fails, and its attempt drawer says how.
+  await step({ do: "receiver_fails" });
+  await step({ do: "publish", event: { type: "user.created", data: { user_id: "u_2", email: "c@example.com" } } });
+  await page.getByRole("link", { name: "All deliveries, with filters and redelivery" }).click();
+  await page.getByRole("heading", { name: "Deliveries", exact: true }).waitFor();
+  await reloadUntil(page, "a failed attempt", async () =>
+    (await page.locator("tr", { hasText: "HTTP 503" }).count()) > 0
+  );
+  await shoot(page, "06-deliveries");
+  await page.locator("tr", { hasText: "HTTP 503" }).locator("a").first().click();
+  await page.getByRole("heading", { name: "Attempts" }).waitFor();
+  const drawer = page.locator("details.attempt[open]");
+  const attempt = await drawer.innerText();
+  assert.ok(attempt.includes("HTTP 503"), attempt);
+  assert.ok(attempt.includes("down for maintenance"), attempt);
+  assert.ok(attempt.includes("webhook-signature"), attempt);
+  await shoot(page, "07-delivery-failed");
+  say("saw the failed attempt");
+
+  // The receiver is fixed; redelivering sends it again, and it succeeds.
+  await step({ do: "receiver_recovers" });
+  await page.getByRole("button", { name: "Redeliver" }).click();
+  await reloadUntil(page, "the redelivery succeeding", async () =>
+    (await page.locator("h1 .badge.succeeded").count()) > 0
+  );
+  assert.equal(await page.locator("details.attempt").count(), 2);
+  await shoot(page, "08-delivery-redelivered");
+  say("redelivered");
+
   // A delivery whose data carries markup shows it as text.
   await step({
     do: "publish",
@@ -136,7 +165,7 @@ try {
   });
 
   await page.goto(`${base}/tenants/ten_default/streams`);
-  await shoot(page, "06-streams");
+  await shoot(page, "09-streams");
 
   // The stream's charts, over 24 hours and over 7 days.
   await page.goto(streamUrl);
@@ -146,13 +175,13 @@ try {
   await charts.getByLabel("Range").selectOption({ label: "Last 7 days" });
   await charts.getByRole("button", { name: "Show" }).click();
   await page.waitForURL(/range=7d/);
-  await shoot(page, "07-stream-charts");
+  await shoot(page, "10-stream-charts");
   say("read the charts");
 
   // The event log shows the event whose data carries markup, as text.
   await page.goto(`${base}/tenants/ten_default/events`);
   await page.getByRole("heading", { name: "Event log" }).waitFor();
-  await shoot(page, "08-event-log");
+  await shoot(page, "11-event-log");
   await page.locator("table.events a").first().click();
   await page.getByRole("heading", { name: "Data" }).waitFor();
   assert.ok(
@@ -160,23 +189,23 @@ try {
     "the markup is shown as text"
   );
   assert.equal(await page.locator("main img").count(), 0, "and never becomes an element");
-  await shoot(page, "09-event");
+  await shoot(page, "12-event");
 
   // Event types, tenants, tokens: a new token's secret is shown once.
   await page.goto(`${base}/tenants/ten_default/event-types`);
   await page.getByRole("heading", { name: "Event types" }).waitFor();
-  await shoot(page, "10-event-types");
+  await shoot(page, "13-event-types");
   await page.goto(`${base}/tenants`);
-  await shoot(page, "11-tenants");
+  await shoot(page, "14-tenants");
   await page.goto(`${base}/tenants/ten_default/tokens`);
   await page.getByLabel("Name", { exact: true }).fill("CI publisher");
   await page.getByLabel("publish:events", { exact: true }).check();
   await page.getByRole("button", { name: "Create token" }).click();
   await page.getByRole("heading", { name: "Token created" }).waitFor();
   assert.match(await page.getByLabel("Token", { exact: true }).inputValue(), /^hrd_/);
-  await shoot(page, "12-token-created");
+  await shoot(page, "15-token-created");
   await page.goto(`${base}/tenants/ten_default/tokens`);
-  await shoot(page, "13-tokens");
+  await shoot(page, "16-tokens");
   say("visited the admin pages");
 
   // What must not happen: another tenant's pages, the tenants page, a forged form.
