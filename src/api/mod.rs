@@ -271,7 +271,10 @@ pub fn router(state: AppState) -> Router {
                 .patch(tenants::update)
                 .delete(tenants::delete),
         )
-        .route("/v1/tenants/{id}/console-link", post(tenants::console_link))
+        .route(
+            "/v1/tenants/{id}/console-link",
+            post(tenants::console_link).delete(tenants::withdraw_console_links),
+        )
         .route("/v1/listen-sessions", post(listen::create))
         .route(
             "/v1/listen-sessions/{id}",

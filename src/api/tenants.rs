@@ -139,3 +139,17 @@ pub async fn console_link(
         })),
     ))
 }
+
+/// `DELETE /v1/tenants/{id}/console-link`: withdraws every unused sign-in link to the tenant
+/// and ends every console session a link opened there.
+pub async fn withdraw_console_links(
+    State(service): State<Service>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let withdrawn = console_links::withdraw(&service, &caller, &id).await?;
+    Ok(Json(json!({
+        "withdrawn_links": withdrawn.links,
+        "ended_sessions": withdrawn.sessions,
+    })))
+}

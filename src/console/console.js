@@ -17,6 +17,10 @@
       const fieldset = search.closest("fieldset");
       const input = search.querySelector("input");
       search.hidden = false;
+      // Enter in the search box searches; it must not press the form's first button.
+      input.addEventListener("keydown", (event) => {
+        if (event.key === "Enter") event.preventDefault();
+      });
       input.addEventListener("input", () => {
         const term = input.value.trim().toLowerCase();
         fieldset.querySelectorAll(".category").forEach((category) => {
@@ -78,7 +82,11 @@
     dialog.querySelectorAll("form").forEach((form) => {
       form.addEventListener("submit", (event) => {
         event.preventDefault();
-        const body = new URLSearchParams(new FormData(form, event.submitter));
+        // The pressed button's name and value, which older browsers leave out of FormData.
+        const body = new URLSearchParams(new FormData(form));
+        if (event.submitter && event.submitter.name) {
+          body.set(event.submitter.name, event.submitter.value);
+        }
         fetch(form.getAttribute("action"), { method: "POST", body, credentials: "same-origin" })
           .then((answer) => {
             if (answer.redirected) {
@@ -95,19 +103,24 @@
               }
             });
           })
-          .catch(() => {
-            // Send it the page's way instead, with the button that was pressed.
-            if (event.submitter && event.submitter.name) {
-              const pressed = document.createElement("input");
-              pressed.type = "hidden";
-              pressed.name = event.submitter.name;
-              pressed.value = event.submitter.value;
-              form.appendChild(pressed);
-            }
-            form.submit();
-          });
+          .catch(() => unconfirmed(dialog));
       });
     });
+  }
+
+  // The form may or may not have been acted on: say so rather than send it again.
+  function unconfirmed(dialog) {
+    const note = document.createElement("p");
+    note.className = "error";
+    note.setAttribute("role", "alert");
+    note.textContent =
+      "Herald's answer did not arrive, so it is not known whether this was done. " +
+      "Reload the page to see the streams as they are before trying again.";
+    const reload = document.createElement("a");
+    reload.href = window.location.href;
+    reload.textContent = "Reload";
+    dialog.replaceChildren(note, reload);
+    reload.focus();
   }
 
   document.addEventListener("click", (event) => {

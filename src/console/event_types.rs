@@ -36,7 +36,11 @@ pub(super) async fn list(
     let q = search.q.trim().to_lowercase();
     let shown: Vec<EventType> = all
         .iter()
-        .filter(|t| q.is_empty() || t.name.contains(&q) || t.category.to_lowercase().contains(&q))
+        .filter(|t| {
+            q.is_empty()
+                || t.name.to_lowercase().contains(&q)
+                || t.category.to_lowercase().contains(&q)
+        })
         .cloned()
         .collect();
     let frame = signed.frame(&service, &caller.tenant_id).await;

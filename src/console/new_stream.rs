@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use maud::{Markup, html};
 use serde_json::{Value, json};
@@ -195,7 +195,7 @@ impl DestinationForm {
             }
         };
         if !problems.is_empty() {
-            return Err(problems);
+            return Err(problems.into());
         }
         serde_json::from_value(value).map_err(|e| {
             vec![Problem::new(
@@ -349,14 +349,14 @@ pub(super) async fn submit(
     let form = DestinationForm::parse(&body);
     signed.check_csrf(&form.csrf)?;
     let caller = signed.on_tenant(&service, &tenant).await?;
-    let (problems, test) = match form.intent.as_str() {
+    let (rejected, test) = match form.intent.as_str() {
         "test" => match test(&service, &caller, &form).await {
-            Ok(test) => (Vec::new(), Some(test)),
-            Err(problems) => (problems, None),
+            Ok(test) => (None, Some(test)),
+            Err(rejected) => (Some(rejected), None),
         },
         "create" => match create(&service, &caller, &form).await {
             Ok(id) => return Ok(see_other(&paths::stream(&caller.tenant_id, &id))),
-            Err(problems) => (problems, None),
+            Err(rejected) => (Some(rejected), None),
         },
         _ => {
             return Err(Refusal::BadForm(
@@ -364,12 +364,50 @@ pub(super) async fn submit(
             ));
         }
     };
-    let status = if problems.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::UNPROCESSABLE_ENTITY
+    let Some(rejected) = rejected else {
+        return render(&service, &signed, &caller, &form, &[], test, StatusCode::OK).await;
     };
-    render(&service, &signed, &caller, &form, &problems, test, status).await
+    let mut response = render(
+        &service,
+        &signed,
+        &caller,
+        &form,
+        &rejected.problems,
+        None,
+        rejected.status,
+    )
+    .await?;
+    if let Some(seconds) = rejected.retry_after {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    if let Some(kind) = rejected.store_error {
+        response
+            .extensions_mut()
+            .insert(crate::metrics::StoreFailure(kind));
+    }
+    Ok(response)
+}
+
+/// Why the form was not acted on: what to show beside which fields, and the answer's status
+/// (the API's for the same refusal; 422 for what the form itself checks).
+struct Rejected {
+    problems: Vec<Problem>,
+    status: StatusCode,
+    retry_after: Option<u64>,
+    store_error: Option<&'static str>,
+}
+
+impl From<Vec<Problem>> for Rejected {
+    fn from(problems: Vec<Problem>) -> Rejected {
+        Rejected {
+            problems,
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            retry_after: None,
+            store_error: None,
+        }
+    }
 }
 
 /// Sends the sample of the chosen event (or the first one picked) to the destination as
@@ -378,7 +416,7 @@ async fn test(
     service: &Service,
     caller: &Caller,
     form: &DestinationForm,
-) -> Result<TestView, Vec<Problem>> {
+) -> Result<TestView, Rejected> {
     let event_type = match form.test_event_type.trim() {
         "" => form.events.first().cloned(),
         chosen => Some(chosen.to_string()),
@@ -387,7 +425,8 @@ async fn test(
         return Err(vec![Problem::new(
             Field::Test,
             "Pick an event to test with: select it under Events.".into(),
-        )]);
+        )]
+        .into());
     };
     let destination = form.destination()?;
     let request = UnsavedTest {
@@ -419,7 +458,7 @@ async fn create(
     service: &Service,
     caller: &Caller,
     form: &DestinationForm,
-) -> Result<String, Vec<Problem>> {
+) -> Result<String, Rejected> {
     let mut problems = Vec::new();
     if form.name.trim().is_empty() {
         problems.push(Problem::new(
@@ -441,7 +480,7 @@ async fn create(
         }
     };
     let Some(destination) = destination.filter(|_| problems.is_empty()) else {
-        return Err(problems);
+        return Err(problems.into());
     };
     let new = NewStream {
         name: form.name.trim().to_string(),
@@ -466,16 +505,20 @@ async fn create(
         .map_err(|e| refused(e, Field::Form))
 }
 
-/// A service refusal as the form shows it; a failure inside Herald in the API's opaque
-/// words (its cause is in the log).
-fn refused(err: service::Error, fallback: Field) -> Vec<Problem> {
+/// A service refusal as the form shows it, with the API's status for it; a failure inside
+/// Herald in the API's opaque words (its cause is in the log).
+fn refused(err: service::Error, fallback: Field) -> Rejected {
     let problem = match &err {
-        service::Error::Store(_) | service::Error::Internal(_) => {
-            Problem::new(Field::Form, ApiError::from(err).message)
-        }
-        _ => Problem::from_service(&err, fallback),
+        service::Error::Store(_) | service::Error::Internal(_) => None,
+        _ => Some(Problem::from_service(&err, fallback)),
     };
-    vec![problem]
+    let api = ApiError::from(err);
+    Rejected {
+        problems: vec![problem.unwrap_or_else(|| Problem::new(Field::Form, api.message.clone()))],
+        status: api.status,
+        retry_after: api.retry_after,
+        store_error: api.store_error,
+    }
 }
 
 async fn render(

@@ -162,6 +162,10 @@ pub struct Caller {
     pub token: Token,
     pub scopes: BTreeSet<Scope>,
     pub tenant_id: String,
+    /// Whose allowance the per-token rate limits take from: the token's id, or for a console
+    /// session a sign-in link opened, the issuing token's id and the link's tenant (so that
+    /// one customer's session cannot spend another's, or the platform's own).
+    pub rate_key: String,
 }
 
 impl Caller {
@@ -183,6 +187,7 @@ impl Caller {
             .clone()
             .unwrap_or_else(|| DEFAULT_TENANT.to_string());
         Caller {
+            rate_key: token.id.clone(),
             token,
             scopes,
             tenant_id,

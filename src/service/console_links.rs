@@ -43,6 +43,34 @@ pub struct Issued {
     pub expires_at: Millis,
 }
 
+/// What withdrawing a tenant's links ended.
+pub struct Withdrawn {
+    pub links: u64,
+    pub sessions: u64,
+}
+
+/// Withdraws every unused sign-in link to `tenant` and ends every console session a link
+/// opened there, at once: for when a customer's user must lose access now, without revoking
+/// the platform token that issued the links (which would end every tenant's). A link being
+/// opened at that very moment may still open its session; withdrawing again ends it.
+pub async fn withdraw(
+    service: &Service,
+    caller: &Caller,
+    tenant: &str,
+) -> Result<Withdrawn, Error> {
+    caller.require(Scope::ManageTenants)?;
+    if !caller.is_platform() {
+        return Err(Error::Forbidden(
+            "only a platform token withdraws sign-in links".into(),
+        ));
+    }
+    super::tenants::get(service, caller, tenant).await?;
+    let (links, sessions) = service.store.withdraw_console_links(tenant).await?;
+    tracing::info!(token = %caller.token.id, tenant = %tenant, links, sessions,
+        "console sign-in links withdrawn");
+    Ok(Withdrawn { links, sessions })
+}
+
 /// Issues a link to `tenant`'s console. `issuer` is the hash of the caller's own token: the
 /// link, and the session it opens, serve while that token is valid.
 pub async fn issue(
@@ -200,7 +228,7 @@ pub(super) fn session_caller(issuer: Token, session: &ConsoleSession) -> Option<
         })
         .cloned()
         .collect();
-    Some(Caller::new(Token {
+    let mut caller = Caller::new(Token {
         id: issuer.id,
         tenant_id: Some(tenant_id),
         name: session
@@ -209,5 +237,7 @@ pub(super) fn session_caller(issuer: Token, session: &ConsoleSession) -> Option<
             .unwrap_or_else(|| DEFAULT_SESSION_NAME.to_string()),
         scopes,
         created_at: session.created_at,
-    }))
+    });
+    caller.rate_key = format!("{}:{}", caller.token.id, caller.tenant_id);
+    Some(caller)
 }

@@ -83,8 +83,9 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     /// Bounds the map. Keys are ids of rows that exist (checked after authentication or
-    /// lookup), so it is reached only by very many of them; full buckets are then forgotten,
-    /// which loses nothing.
+    /// lookup), or the fixed-length key of an unsaved destination's origin, which costs its
+    /// caller a test from its token's allowance to make; so it is reached only by very many
+    /// of them, and full buckets are then forgotten, which loses nothing.
     const MAX_KEYS: usize = 100_000;
 
     pub fn new(rate: Rate) -> RateLimiter {

@@ -540,12 +540,11 @@ pub async fn test_unsaved(
             stream.destination.content_modes(),
         )
         .map_err(Error::Invalid)?;
-    let target = format!(
-        "unsaved:{}:{}",
-        stream.destination.kind(),
-        stream.destination.target()
-    );
-    take_test_allowance(service, caller, &target)?;
+    take_test_allowance(
+        service,
+        caller,
+        &unsaved_allowance_key(caller, &stream.destination),
+    )?;
     let secrets: Vec<StreamSecret> = if stream.destination.uses_stream_secret() {
         vec![StreamSecret {
             secret: given_secret.unwrap_or_else(|| stream.destination.new_stream_secret()),
@@ -556,6 +555,31 @@ pub async fn test_unsaved(
         Vec::new()
     };
     send_test(service, caller, &stream, &secrets, request.event).await
+}
+
+/// The allowance an unsaved destination's tests share: per tenant and per place the tests
+/// go (a URL's origin, not its path or query, which a caller could vary freely), hashed to a
+/// fixed length.
+fn unsaved_allowance_key(caller: &Caller, destination: &Destination) -> String {
+    let place = match destination {
+        Destination::Webhook(config) => url::Url::parse(&config.webhook_endpoint)
+            .map(|url| url.origin().ascii_serialization())
+            .unwrap_or_else(|_| config.webhook_endpoint.clone()),
+        Destination::Eventbridge(config) => match &config.endpoint_url {
+            Some(endpoint) => url::Url::parse(endpoint)
+                .map(|url| url.origin().ascii_serialization())
+                .unwrap_or_else(|_| endpoint.clone()),
+            None => format!("{}:{}", config.aws_region, config.aws_account_id),
+        },
+        Destination::Listen(config) => config.forward_to.clone(),
+    };
+    let key = format!("{}\0{}\0{place}", caller.tenant_id, destination.kind());
+    let digest = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
+    let hex: String = digest.as_ref()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("unsaved:{hex}")
 }
 
 /// Takes one test from the allowances of `target` (a stream, or an unsaved destination) and
@@ -571,7 +595,7 @@ fn take_test_allowance(service: &Service, caller: &Caller, target: &str) -> Resu
                    (stream_tests_per_minute)",
             retry_after,
         })?;
-    if let Err(retry_after) = rates.token_tests.take(&caller.token.id, now) {
+    if let Err(retry_after) = rates.token_tests.take(&caller.rate_key, now) {
         // Not sent: the destination keeps its allowance.
         rates.stream_tests.give_back(target);
         return Err(Error::RateLimited {
@@ -680,7 +704,7 @@ pub async fn check_destination(
             what: "this stream's destination has been checked as many times as it may in a minute",
             retry_after,
         })?;
-    if let Err(retry_after) = rates.token_destination_checks.take(&caller.token.id, now) {
+    if let Err(retry_after) = rates.token_destination_checks.take(&caller.rate_key, now) {
         rates.destination_checks.give_back(&stream.id);
         return Err(Error::RateLimited {
             what: "this token has checked as many destinations as it may in a minute",

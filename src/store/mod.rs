@@ -691,7 +691,9 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a new session.
     async fn create_console_session(&self, session: ConsoleSession) -> StoreResult<()>;
     /// The session with this id hash and the token it was opened with, while that token is
-    /// valid (not revoked, not replaced by another secret); expired or not.
+    /// valid (not revoked, not replaced by another secret) and the session's tenant exists
+    /// and is older than the session (a session that outlived its tenant's deletion never
+    /// reaches a tenant made again under that id); expired or not.
     async fn find_console_session(
         &self,
         hash: TokenHash,
@@ -720,6 +722,10 @@ pub trait Store: Send + Sync + 'static {
         hash: TokenHash,
         now: Millis,
     ) -> StoreResult<Option<ConsoleLink>>;
+
+    /// Deletes every unused sign-in link to `tenant_id`, then every console session a link
+    /// opened there; answers how many of each.
+    async fn withdraw_console_links(&self, tenant_id: &str) -> StoreResult<(u64, u64)>;
 
     // A tenant's own event types.
     /// Inserts the type; false if the tenant has one of that name.

@@ -877,3 +877,117 @@ async fn on_two_nodes_sharing_a_database_a_link_signs_in_once() {
         ));
     }
 }
+
+#[tokio::test]
+async fn withdrawing_a_tenants_links_ends_their_sessions_and_nothing_else() {
+    let app = spawn_app().await;
+    let (_, acme_token) = tenant_with_token(&app, "ten_acme", &["read:event_streams"]).await;
+    tenant_with_token(&app, "ten_other", &["read:event_streams"]).await;
+    let scopes = json!({"scopes": ["read:event_streams"]});
+
+    let (_, opened) = issue_link(&app, ADMIN_TOKEN, "ten_acme", scopes.clone()).await;
+    let (_, unopened) = issue_link(&app, ADMIN_TOKEN, "ten_acme", scopes.clone()).await;
+    let (_, elsewhere) = issue_link(&app, ADMIN_TOKEN, "ten_other", scopes.clone()).await;
+    let by_link = Browser::new(&app);
+    assert_eq!(
+        open_link(&by_link, &link_path(&app, &opened)).await.status,
+        StatusCode::SEE_OTHER
+    );
+    let other_link = Browser::new(&app);
+    assert_eq!(
+        open_link(&other_link, &link_path(&app, &elsewhere))
+            .await
+            .status,
+        StatusCode::SEE_OTHER
+    );
+    let by_token = Browser::signed_in(&app, &acme_token).await;
+    let acme = "/tenants/ten_acme/streams";
+
+    // Only a platform token with `manage:tenants` may withdraw.
+    let (status, _) = app
+        .request_as(
+            &acme_token,
+            reqwest::Method::DELETE,
+            "/v1/tenants/ten_acme/console-link",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(by_link.get(acme).await.status, StatusCode::OK);
+
+    let (status, body) = app.delete("/v1/tenants/ten_acme/console-link").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({"withdrawn_links": 1, "ended_sessions": 1}));
+    assert!(
+        by_link.get(acme).await.to_sign_in(),
+        "the link's session ended"
+    );
+    assert!(refused_link(
+        &open_link(&Browser::new(&app), &link_path(&app, &unopened)).await
+    ));
+    // A session opened with a token, and another tenant's link session, go on.
+    assert_eq!(by_token.get(acme).await.status, StatusCode::OK);
+    assert_eq!(
+        other_link.get("/tenants/ten_other/streams").await.status,
+        StatusCode::OK
+    );
+    let (status, _) = app.delete("/v1/tenants/ten_nobody/console-link").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn link_sessions_of_different_tenants_do_not_share_a_test_allowance() {
+    let app = spawn_app_with(|c| c.stream_tests_per_minute_per_token = 2).await;
+    let receiver = Receiver::start().await;
+    let scopes = json!({"scopes": ["create:event_streams", "read:event_streams"]});
+    let mut sessions = Vec::new();
+    for tenant in ["ten_a", "ten_b"] {
+        tenant_with_token(&app, tenant, &["read:event_streams"]).await;
+        let (_, link) = issue_link(&app, ADMIN_TOKEN, tenant, scopes.clone()).await;
+        let browser = Browser::new(&app);
+        assert_eq!(
+            open_link(&browser, &link_path(&app, &link)).await.status,
+            StatusCode::SEE_OTHER
+        );
+        sessions.push((browser, format!("/tenants/{tenant}/streams/new")));
+    }
+    let test = |browser: &Browser, path: String| {
+        let url = receiver.url.clone();
+        let browser = browser.http.clone();
+        let base = app.url("");
+        async move {
+            let form = browser.get(format!("{base}{path}")).send().await.unwrap();
+            let body = form.text().await.unwrap();
+            let marker = "name=\"csrf\" value=\"";
+            let start = body.find(marker).unwrap() + marker.len();
+            let csrf = body[start..start + body[start..].find('"').unwrap()].to_string();
+            browser
+                .post(format!("{base}{path}"))
+                .form(&[
+                    ("csrf", csrf.as_str()),
+                    ("webhook_url", url.as_str()),
+                    ("event", "user.created"),
+                    ("intent", "test"),
+                ])
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    let (a, a_path) = &sessions[0];
+    let (b, b_path) = &sessions[1];
+    assert_eq!(test(a, a_path.clone()).await, StatusCode::OK);
+    assert_eq!(test(a, a_path.clone()).await, StatusCode::OK);
+    assert_eq!(test(a, a_path.clone()).await, StatusCode::TOO_MANY_REQUESTS);
+    // Tenant B's session, and the platform's own token, keep their allowances.
+    assert_eq!(test(b, b_path.clone()).await, StatusCode::OK);
+    let (status, body) = app
+        .post(
+            "/v1/event-streams/test",
+            &json!({"destination": {"type": "webhook", "configuration": {"webhook_endpoint": receiver.url}},
+                    "event_type": "user.created"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}

@@ -369,7 +369,11 @@ async fn refusals_appear_beside_their_fields_and_nothing_typed_is_lost() {
     let page = browser
         .post(NEW, &form(&csrf, "ftp://hooks.example.com/in", "create"))
         .await;
-    assert_eq!(page.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        page.status,
+        StatusCode::BAD_REQUEST,
+        "the API's status for it"
+    );
     let error = &page.body[page
         .body
         .find("id=\"webhook-url-error\"")
@@ -456,4 +460,39 @@ async fn the_form_is_refused_without_its_csrf_token_or_for_another_tenant() {
         page.location()
             .starts_with("/tenants/ten_other/streams/est_")
     );
+}
+
+#[tokio::test]
+async fn a_changed_path_or_query_does_not_buy_another_test() {
+    let app = spawn_app_with(|c| c.stream_tests_per_minute = 1).await;
+    let receiver = Receiver::start().await;
+    let test = |url: String| {
+        let app = &app;
+        async move {
+            app.post(
+                "/v1/event-streams/test",
+                &json!({"destination": webhook(&url), "event_type": "user.created"}),
+            )
+            .await
+            .0
+        }
+    };
+    assert_eq!(test(receiver.url.clone()).await, StatusCode::OK);
+    for variant in ["?probe=1", "/other", "?x=y#z"] {
+        assert_eq!(
+            test(format!("{}{variant}", receiver.url)).await,
+            StatusCode::TOO_MANY_REQUESTS,
+            "{variant}"
+        );
+    }
+    assert_eq!(receiver.received().len(), 1);
+
+    // The form says so with the API's status and when to try again.
+    let browser = Browser::signed_in(&app, ADMIN_TOKEN).await;
+    let csrf = browser.csrf(NEW).await;
+    let page = browser.post(NEW, &form(&csrf, &receiver.url, "test")).await;
+    assert_eq!(page.status, StatusCode::TOO_MANY_REQUESTS, "{}", page.body);
+    assert!(page.headers.get("retry-after").is_some());
+    assert!(page.body.contains("id=\"test-error\""), "{}", page.body);
+    assert!(page.body.contains("value=\"Audit to Slack\""));
 }

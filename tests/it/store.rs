@@ -2928,6 +2928,104 @@ async fn a_console_link_is_taken_once_before_it_ends_and_its_sessions_keep_its_g
             .is_none(),
         "{name}"
     );
+    // A session made while its tenant was being deleted never reaches a tenant made again
+    // under that id.
+    store
+        .create_console_session(ConsoleSession {
+            hash: hash_token("hcs_orphan"),
+            created_at: NOW,
+            ..session.clone()
+        })
+        .await
+        .unwrap();
+    store
+        .create_tenant(Tenant {
+            id: "ten_a".into(),
+            name: "someone else".into(),
+            created_at: NOW + 1,
+        })
+        .await
+        .unwrap();
+    assert!(
+        store
+            .find_console_session(hash_token("hcs_orphan"))
+            .await
+            .unwrap()
+            .is_none(),
+        "{name}"
+    );
+    store
+        .delete_console_session(hash_token("hcs_orphan"))
+        .await
+        .unwrap();
+
+    // Withdrawing a tenant's links deletes its unused links and its link sessions, and
+    // nothing of another tenant's or of a token's session.
+    store
+        .create_tenant(Tenant {
+            id: "ten_w".into(),
+            name: "w".into(),
+            created_at: NOW,
+        })
+        .await
+        .unwrap();
+    store
+        .create_console_link(link("hcl_w1", "ten_w", NOW + 5_000))
+        .await
+        .unwrap();
+    store
+        .create_console_link(link("hcl_w2", "ten_w", NOW + 5_000))
+        .await
+        .unwrap();
+    for (id, scopes) in [
+        ("hcs_w_link", Some(vec!["read:events".to_string()])),
+        ("hcs_w_token", None),
+    ] {
+        store
+            .create_console_session(ConsoleSession {
+                hash: hash_token(id),
+                tenant_id: Some("ten_w".into()),
+                scopes,
+                created_at: NOW + 2,
+                ..session.clone()
+            })
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        store.withdraw_console_links("ten_w").await.unwrap(),
+        (2, 1),
+        "{name}"
+    );
+    assert!(
+        store
+            .find_console_session(hash_token("hcs_w_link"))
+            .await
+            .unwrap()
+            .is_none(),
+        "{name}"
+    );
+    assert!(
+        store
+            .find_console_session(hash_token("hcs_w_token"))
+            .await
+            .unwrap()
+            .is_some(),
+        "{name}"
+    );
+    assert!(
+        store
+            .find_console_link(hash_token("hcl_w1"), NOW)
+            .await
+            .unwrap()
+            .is_none(),
+        "{name}"
+    );
+    store
+        .delete_console_session(hash_token("hcs_w_token"))
+        .await
+        .unwrap();
+
     // Ended links are cleared with ended sessions, and only those.
     store
         .create_console_link(link("hcl_later", "ten_b", NOW + 5_000))

@@ -878,7 +878,10 @@ impl Store for PgStore {
                  s.tenant_id, s.created_at, s.expires_at, s.scopes, s.name \
                  FROM console_sessions s \
                  JOIN api_tokens t ON t.hash = s.token_hash AND t.revoked_at IS NULL \
-                 WHERE s.hash = $1",
+                 WHERE s.hash = $1 \
+                 AND (s.tenant_id IS NULL \
+                      OR EXISTS (SELECT 1 FROM tenants WHERE tenants.id = s.tenant_id \
+                                 AND tenants.created_at <= s.created_at))",
             )
             .await?;
         let Some(row) = client.query_opt(&stmt, &[&hash.as_slice()]).await? else {
@@ -940,6 +943,24 @@ impl Store for PgStore {
             .execute("DELETE FROM console_links WHERE expires_at <= $1", &[&now])
             .await?;
         Ok(sessions + links)
+    }
+
+    async fn withdraw_console_links(&self, tenant_id: &str) -> StoreResult<(u64, u64)> {
+        let client = self.client().await?;
+        let links = client
+            .execute(
+                "DELETE FROM console_links WHERE tenant_id = $1",
+                &[&tenant_id],
+            )
+            .await?;
+        // A session a link opened is the one with scopes of its own.
+        let sessions = client
+            .execute(
+                "DELETE FROM console_sessions WHERE tenant_id = $1 AND scopes IS NOT NULL",
+                &[&tenant_id],
+            )
+            .await?;
+        Ok((links, sessions))
     }
 
     async fn create_console_link(&self, link: ConsoleLink) -> StoreResult<()> {

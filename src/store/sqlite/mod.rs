@@ -680,7 +680,10 @@ impl Store for SqliteStore {
                      s.tenant_id, s.created_at, s.expires_at, s.scopes, s.name \
                      FROM console_sessions s \
                      JOIN api_tokens t ON t.hash = s.token_hash AND t.revoked_at IS NULL \
-                     WHERE s.hash = ?1",
+                     WHERE s.hash = ?1 \
+                 AND (s.tenant_id IS NULL \
+                      OR EXISTS (SELECT 1 FROM tenants WHERE tenants.id = s.tenant_id \
+                                 AND tenants.created_at <= s.created_at))",
                 )?;
                 let mut rows = stmt.query(params![hash.as_slice()])?;
                 let Some(row) = rows.next()? else {
@@ -742,6 +745,24 @@ impl Store for SqliteStore {
                     params![now],
                 )?;
                 Ok((sessions + links) as u64)
+            })
+            .await
+    }
+
+    async fn withdraw_console_links(&self, tenant_id: &str) -> StoreResult<(u64, u64)> {
+        let tenant_id = tenant_id.to_string();
+        self.writer
+            .write(move |conn| {
+                let links = conn.execute(
+                    "DELETE FROM console_links WHERE tenant_id = ?1",
+                    params![tenant_id],
+                )?;
+                // A session a link opened is the one with scopes of its own.
+                let sessions = conn.execute(
+                    "DELETE FROM console_sessions WHERE tenant_id = ?1 AND scopes IS NOT NULL",
+                    params![tenant_id],
+                )?;
+                Ok((links as u64, sessions as u64))
             })
             .await
     }
