@@ -195,7 +195,7 @@ impl DestinationForm {
             }
         };
         if !problems.is_empty() {
-            return Err(problems.into());
+            return Err(problems);
         }
         serde_json::from_value(value).map_err(|e| {
             vec![Problem::new(
