@@ -20,6 +20,10 @@ pub struct Frame {
     pub tenants: Option<Vec<Tenant>>,
     /// For the sign-out form.
     pub csrf: String,
+    /// Whether the caller may read the event log, and manage tokens: the navigation links
+    /// only what opens.
+    pub reads_events: bool,
+    pub manages_tokens: bool,
 }
 
 /// Which navigation entry a page belongs to.
@@ -60,14 +64,18 @@ pub(super) fn layout(title: &str, frame: &Frame, section: Section, content: Mark
                     a href=(paths::streams(&frame.tenant_id)) aria-current=[current(Section::Streams)] {
                         "Streams"
                     }
-                    a href=(paths::events(&frame.tenant_id)) aria-current=[current(Section::Events)] {
-                        "Event log"
+                    @if frame.reads_events {
+                        a href=(paths::events(&frame.tenant_id)) aria-current=[current(Section::Events)] {
+                            "Event log"
+                        }
                     }
                     a href=(paths::event_types(&frame.tenant_id)) aria-current=[current(Section::EventTypes)] {
                         "Event types"
                     }
-                    a href=(paths::tokens(&frame.tenant_id)) aria-current=[current(Section::Tokens)] {
-                        "Tokens"
+                    @if frame.manages_tokens {
+                        a href=(paths::tokens(&frame.tenant_id)) aria-current=[current(Section::Tokens)] {
+                            "Tokens"
+                        }
                     }
                     @if frame.tenants.is_some() {
                         a href="/tenants" aria-current=[current(Section::Tenants)] { "Tenants" }

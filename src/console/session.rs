@@ -148,6 +148,9 @@ impl Signed {
                 None
             };
         pages::Frame {
+            // The navigation offers only the pages the caller's scopes can open.
+            reads_events: self.caller.scopes.contains(&Scope::ReadEvents),
+            manages_tokens: self.caller.scopes.contains(&Scope::ManageTokens),
             token_name: self.caller.token.name.clone(),
             tenant_id: tenant.to_string(),
             tenants,

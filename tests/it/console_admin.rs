@@ -991,3 +991,21 @@ async fn link_sessions_of_different_tenants_do_not_share_a_test_allowance() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
 }
+
+#[tokio::test]
+async fn the_navigation_offers_only_the_pages_the_token_can_open() {
+    let app = spawn_app().await;
+    let (_, reader) = tenant_with_token(&app, "ten_nav", &["read:event_streams"]).await;
+    let narrow = Browser::signed_in(&app, &reader).await;
+    let page = narrow.get("/tenants/ten_nav/streams").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains(">Event types</a>"), "{}", page.body);
+    assert!(!page.body.contains(">Event log</a>"), "{}", page.body);
+    assert!(!page.body.contains(">Tokens</a>"), "{}", page.body);
+
+    let admin = Browser::signed_in(&app, ADMIN_TOKEN).await;
+    let page = admin.get("/tenants/ten_nav/streams").await;
+    for link in [">Event log</a>", ">Tokens</a>", ">Tenants</a>"] {
+        assert!(page.body.contains(link), "{link}");
+    }
+}
