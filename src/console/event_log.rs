@@ -433,15 +433,7 @@ fn event_page(frame: &Frame, record: &EventRecord) -> Markup {
                                         }
                                         td { span class={ "badge " (d.status.as_str()) } { (d.status.as_str()) } }
                                         td.num { (d.attempt_count) }
-                                        td {
-                                            @if let Some(status) = d.last_response_status {
-                                                "HTTP " (status)
-                                            } @else if let Some(kind) = &d.last_error_kind {
-                                                (kind)
-                                            } @else {
-                                                span.muted { "–" }
-                                            }
-                                        }
+                                        td { (pages::last_answer(d)) }
                                     }
                                 }
                             }

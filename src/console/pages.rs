@@ -223,6 +223,19 @@ pub fn streams(frame: &Frame, rows: &[StreamRow]) -> Markup {
     )
 }
 
+/// What a delivery's last attempt got: its HTTP status, or the kind of error.
+pub(super) fn last_answer(d: &crate::store::DeliveryView) -> Markup {
+    html! {
+        @if let Some(status) = d.last_response_status {
+            "HTTP " (status)
+        } @else if let Some(kind) = &d.last_error_kind {
+            (kind)
+        } @else {
+            span.muted { "–" }
+        }
+    }
+}
+
 fn status_badge(status: StreamStatus) -> Markup {
     html! { span class={ "badge " (status.as_str()) } { (status.as_str()) } }
 }
@@ -403,49 +416,7 @@ pub fn stream(frame: &Frame, page: &StreamPage) -> Markup {
                     Ok(deliveries) if deliveries.is_empty() => {
                         p.empty { "No deliveries yet." }
                     }
-                    Ok(deliveries) => {
-                        div.scroll {
-                            table.deliveries {
-                                thead {
-                                    tr {
-                                        th scope="col" { "Created" }
-                                        th scope="col" { "Event type" }
-                                        th scope="col" { "Event" }
-                                        th scope="col" { "Status" }
-                                        th.num scope="col" { "Attempts" }
-                                        th scope="col" { "Last answer" }
-                                    }
-                                }
-                                tbody {
-                                    @for d in deliveries {
-                                        tr {
-                                            td { (time(d.created_at)) }
-                                            td.name title=(d.event_type) { (d.event_type) }
-                                            td {
-                                                a href=(paths::delivery(&frame.tenant_id, &d.id)) title="Its attempts" {
-                                                    code { (d.event_id) }
-                                                }
-                                            }
-                                            td { span class={ "badge " (d.status.as_str()) } { (d.status.as_str()) } }
-                                            td.num { (d.attempt_count) }
-                                            td {
-                                                @if let Some(status) = d.last_response_status {
-                                                    "HTTP " (status)
-                                                } @else if let Some(kind) = &d.last_error_kind {
-                                                    (kind)
-                                                } @else {
-                                                    span.muted { "–" }
-                                                }
-                                                @if let Some(at) = d.next_attempt_at {
-                                                    span.reason { "next try " (time(at)) }
-                                                }
-                                            }
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                    }
+                    Ok(deliveries) => { (super::deliveries::table(&frame.tenant_id, deliveries)) }
                 }
             }
         },

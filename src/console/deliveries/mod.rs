@@ -7,6 +7,8 @@
 
 mod pages;
 
+pub(super) use pages::table;
+
 use axum::Form;
 use axum::extract::rejection::FormRejection;
 use axum::extract::{Path, RawQuery, State};

@@ -5,7 +5,7 @@
 
 use maud::{Markup, html};
 
-use super::super::pages::{Frame, Section, layout, time};
+use super::super::pages::{Frame, Section, last_answer, layout, time};
 use super::super::paths;
 use super::{Filters, STATUSES};
 use crate::clock::Millis;
@@ -243,7 +243,9 @@ pub fn list(frame: &Frame, page: &ListPage<'_>) -> Markup {
     )
 }
 
-fn table(tenant: &str, deliveries: &[DeliveryView]) -> Markup {
+/// A list of deliveries, each linked to its page: the deliveries page's, and a stream page's
+/// most recent.
+pub(in crate::console) fn table(tenant: &str, deliveries: &[DeliveryView]) -> Markup {
     html! {
         div.scroll.listing {
             table.deliveries.listing {
@@ -270,13 +272,7 @@ fn table(tenant: &str, deliveries: &[DeliveryView]) -> Markup {
                             td.c-status { (status_badge(d.status)) }
                             td.num.c-attempts { (d.attempt_count) }
                             td.c-answer {
-                                @if let Some(status) = d.last_response_status {
-                                    "HTTP " (status)
-                                } @else if let Some(kind) = &d.last_error_kind {
-                                    (kind)
-                                } @else {
-                                    span.muted { "–" }
-                                }
+                                (last_answer(d))
                                 @if let Some(at) = d.next_attempt_at {
                                     span.reason { "next try " (time(at)) }
                                 }
