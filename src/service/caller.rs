@@ -266,3 +266,42 @@ impl TokenWatch {
         true
     }
 }
+
+/// The scopes `caller` grants to something it makes (a token, a sign-in link), checked: at
+/// least one, each a scope, each held by the caller, and a platform scope only where
+/// `platform_refusal` is `None` (else it says why not); duplicates dropped, order kept.
+pub(super) fn granted(
+    caller: &Caller,
+    names: &[String],
+    what: &str,
+    platform_refusal: Option<&str>,
+) -> Result<Vec<String>, Error> {
+    if names.is_empty() {
+        return Err(Error::Invalid(
+            "`scopes` must name at least one scope".into(),
+        ));
+    }
+    let mut scopes: Vec<String> = Vec::new();
+    for name in names {
+        let scope = Scope::parse(name).ok_or_else(|| {
+            Error::Invalid(format!(
+                "`{name}` is not a scope; the scopes are {}",
+                Scope::all_names().join(", ")
+            ))
+        })?;
+        if let Some(why) = platform_refusal.filter(|_| scope.platform_only()) {
+            return Err(Error::Invalid(format!(
+                "`{name}` is a platform scope; {why}"
+            )));
+        }
+        if !caller.scopes.contains(&scope) {
+            return Err(Error::Forbidden(format!(
+                "{what} cannot grant `{name}`, which this token does not hold"
+            )));
+        }
+        if !scopes.contains(name) {
+            scopes.push(name.clone());
+        }
+    }
+    Ok(scopes)
+}

@@ -100,33 +100,12 @@ pub async fn issue(
         }
         name => name,
     };
-    if new.scopes.is_empty() {
-        return Err(Error::Invalid(
-            "`scopes` must name at least one scope".into(),
-        ));
-    }
-    let mut scopes: Vec<String> = Vec::new();
-    for name in &new.scopes {
-        let scope = Scope::parse(name).ok_or_else(|| {
-            Error::Invalid(format!(
-                "`{name}` is not a scope; the scopes are {}",
-                Scope::all_names().join(", ")
-            ))
-        })?;
-        if scope.platform_only() {
-            return Err(Error::Invalid(format!(
-                "`{name}` is a platform scope; a sign-in link opens one tenant's console"
-            )));
-        }
-        if !caller.scopes.contains(&scope) {
-            return Err(Error::Forbidden(format!(
-                "a sign-in link cannot grant `{name}`, which this token does not hold"
-            )));
-        }
-        if !scopes.contains(name) {
-            scopes.push(name.clone());
-        }
-    }
+    let scopes = super::caller::granted(
+        caller,
+        &new.scopes,
+        "a sign-in link",
+        Some("a sign-in link opens one tenant's console"),
+    )?;
     if service.store.get_tenant(tenant).await?.is_none() {
         return Err(Error::NotFound {
             what: "tenant",

@@ -44,33 +44,8 @@ pub async fn create(
             "`name` must be 1 to {MAX_NAME_LEN} characters"
         )));
     }
-    if new.scopes.is_empty() {
-        return Err(Error::Invalid(
-            "`scopes` must name at least one scope".into(),
-        ));
-    }
-    let mut scopes = Vec::new();
-    for name in &new.scopes {
-        let scope = Scope::parse(name).ok_or_else(|| {
-            Error::Invalid(format!(
-                "`{name}` is not a scope; the scopes are {}",
-                Scope::all_names().join(", ")
-            ))
-        })?;
-        if scope.platform_only() && !new.platform {
-            return Err(Error::Invalid(format!(
-                "`{name}` is a platform scope: create the token with `\"platform\": true`"
-            )));
-        }
-        if !caller.scopes.contains(&scope) {
-            return Err(Error::Forbidden(format!(
-                "a token cannot grant `{name}`, which it does not hold"
-            )));
-        }
-        if !scopes.contains(name) {
-            scopes.push(name.clone());
-        }
-    }
+    let platform_refusal = (!new.platform).then_some("create the token with `\"platform\": true`");
+    let scopes = super::caller::granted(caller, &new.scopes, "a token", platform_refusal)?;
     if let Some(tenant) = tenant {
         let count = service.store.list_tokens(Some(tenant)).await?.len();
         Quotas::check(

@@ -385,13 +385,6 @@ fn shown_secret(page: &Page) -> String {
     element(page, "<code id=\"signing-secret\">", "code").to_string()
 }
 
-fn verify(secret: &str, received: &Received) -> Result<(), String> {
-    standardwebhooks::Webhook::new(secret)
-        .map_err(|e| e.to_string())?
-        .verify(&received.body, &received.headers)
-        .map_err(|e| e.to_string())
-}
-
 #[tokio::test]
 async fn the_signing_secret_is_revealed_on_demand_and_a_rotation_signs_the_next_delivery() {
     let app = spawn_app().await;

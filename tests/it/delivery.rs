@@ -14,13 +14,6 @@ async fn secret_of(app: &TestApp, stream_id: &str) -> String {
     body["secret"].as_str().unwrap().to_string()
 }
 
-fn verify(secret: &str, received: &Received) -> Result<(), String> {
-    standardwebhooks::Webhook::new(secret)
-        .map_err(|e| e.to_string())?
-        .verify(&received.body, &received.headers)
-        .map_err(|e| e.to_string())
-}
-
 #[tokio::test]
 async fn a_published_event_arrives_as_a_signed_cloudevent() {
     let app = spawn_app().await;

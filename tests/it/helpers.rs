@@ -604,3 +604,11 @@ impl Run {
             .unwrap_or_else(|| panic!("no `{key}` line: {self:?}"))
     }
 }
+
+/// Checks a received request's Standard Webhooks signature with the reference library.
+pub fn verify(secret: &str, received: &Received) -> Result<(), String> {
+    standardwebhooks::Webhook::new(secret)
+        .map_err(|e| e.to_string())?
+        .verify(&received.body, &received.headers)
+        .map_err(|e| e.to_string())
+}

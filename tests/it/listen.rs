@@ -20,13 +20,6 @@ fn event(id: &str, event_type: &str) -> Value {
     json!({ "id": id, "source": "/listen-test", "type": event_type, "data": { "n": id } })
 }
 
-fn verify(secret: &str, received: &Received) -> Result<(), String> {
-    standardwebhooks::Webhook::new(secret)
-        .map_err(|e| e.to_string())?
-        .verify(&received.body, &received.headers)
-        .map_err(|e| e.to_string())
-}
-
 /// A running `herald listen`, its stdout as lines.
 struct Listen {
     /// Taken by `interrupt`.
