@@ -80,12 +80,20 @@
     dialog.querySelectorAll(".crumbs").forEach((crumbs) => crumbs.remove());
     enhance(dialog);
     dialog.querySelectorAll("form").forEach((form) => {
+      // The button that sends the form, for browsers whose submit events do not name it:
+      // the last one clicked, else the first (the one Enter presses).
+      let pressed = null;
+      form.querySelectorAll("button[type=submit]").forEach((button) => {
+        button.addEventListener("click", () => (pressed = button));
+      });
       form.addEventListener("submit", (event) => {
         event.preventDefault();
-        // The pressed button's name and value, which older browsers leave out of FormData.
+        const button = event.submitter || pressed || form.querySelector("button[type=submit]");
+        pressed = null;
+        // The pressed button's name and value, which FormData leaves out.
         const body = new URLSearchParams(new FormData(form));
-        if (event.submitter && event.submitter.name) {
-          body.set(event.submitter.name, event.submitter.value);
+        if (button && button.name) {
+          body.set(button.name, button.value);
         }
         fetch(form.getAttribute("action"), { method: "POST", body, credentials: "same-origin" })
           .then((answer) => {

@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use super::pages::{self, Frame, Section};
 use super::session::{CsrfForm, Signed, bad_form};
-use super::{Refusal, html as page, paths, see_other};
+use super::{Bound, Refusal, html as page, paths, see_other, typed_time};
 use crate::api::ApiError;
 use crate::event::format_time;
 use crate::service::events::{self, Erasure, EventRecord, LogFilter};
@@ -62,29 +62,14 @@ struct FilterErrors {
     other: Option<String>,
 }
 
-/// A time as typed: RFC 3339, or a date and time without a zone (what a browser's date and
-/// time fields give), taken as UTC.
-fn time_filter(value: &str) -> Option<String> {
+/// A time as typed (see [`typed_time`]); as typed when it is not one, for the service to
+/// say what is wrong with it.
+fn time_filter(value: &str, bound: Bound) -> Option<String> {
     let value = value.trim();
     if value.is_empty() {
         return None;
     }
-    if crate::event::parse_time(value).is_some() {
-        return Some(value.to_string());
-    }
-    let value = value.replacen(' ', "T", 1);
-    let completed = match value.len() {
-        10 => format!("{value}T00:00:00Z"),
-        16 => format!("{value}:00Z"),
-        19 => format!("{value}Z"),
-        _ => value.clone(),
-    };
-    if crate::event::parse_time(&completed).is_some() {
-        Some(completed)
-    } else {
-        // As typed, for the service to say what is wrong with it.
-        Some(value)
-    }
+    Some(typed_time(value, bound).unwrap_or_else(|| value.to_string()))
 }
 
 /// A query string that is not what the page takes (a link typed by hand).
@@ -105,8 +90,8 @@ pub(super) async fn list(
     let filter = LogFilter {
         event_type: nonempty(&filters.event_type),
         subject: nonempty(&filters.subject),
-        date_from: time_filter(&filters.date_from),
-        date_to: time_filter(&filters.date_to),
+        date_from: time_filter(&filters.date_from, Bound::Start),
+        date_to: time_filter(&filters.date_to, Bound::End),
         ..LogFilter::default()
     };
     let types = event_types::list(&service, &caller, None).await?;

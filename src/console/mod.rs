@@ -314,6 +314,43 @@ impl IntoResponse for Refusal {
     }
 }
 
+/// Which end of a time range a typed time is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Bound {
+    Start,
+    /// A date alone means the end of that day (the next day's first instant), so "to
+    /// 2026-11-30" includes the 30th.
+    End,
+}
+
+/// A time typed into a filter, as RFC 3339: a space may stand for the `T`, the seconds may
+/// be left out, and a time without an offset is UTC (what a browser's date and time fields
+/// give); a date alone is its first or, for an end, its last instant. `None` if it is not a
+/// time.
+pub(crate) fn typed_time(value: &str, bound: Bound) -> Option<String> {
+    let value = value.trim();
+    let date_only = value.len() == "2026-11-30".len();
+    let mut time = value.replacen(' ', "T", 1);
+    if date_only {
+        time.push_str("T00:00");
+    }
+    let (date, clock) = time.split_once(['T', 't'])?;
+    let offset_at = clock.find(['Z', 'z', '+', '-']);
+    let (hms, offset) = clock.split_at(offset_at.unwrap_or(clock.len()));
+    let hms = if hms.len() == "15:00".len() {
+        format!("{hms}:00")
+    } else {
+        hms.to_string()
+    };
+    let offset = if offset.is_empty() { "Z" } else { offset };
+    let normalized = format!("{date}T{hms}{offset}");
+    let at = crate::event::parse_time(&normalized)?;
+    if date_only && bound == Bound::End {
+        return Some(crate::event::format_time(at + 86_400_000));
+    }
+    Some(normalized)
+}
+
 /// The console's paths, with each id encoded as one path segment.
 mod paths {
     use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
@@ -421,5 +458,41 @@ mod paths {
 
     pub fn delivery_redeliver(tenant: &str, id: &str) -> String {
         format!("{}/redeliver", delivery(tenant, id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typed_times_may_leave_out_the_offset_and_the_seconds() {
+        for (given, meant) in [
+            ("2026-11-30T15:00:00Z", "2026-11-30T15:00:00Z"),
+            ("2026-11-30T15:00", "2026-11-30T15:00:00Z"),
+            ("2026-11-30 15:00", "2026-11-30T15:00:00Z"),
+            ("2026-11-30 15:00:07.5", "2026-11-30T15:00:07.5Z"),
+            ("2026-11-30", "2026-11-30T00:00:00Z"),
+            ("2026-11-30T16:00+01:00", "2026-11-30T16:00:00+01:00"),
+            ("2026-11-30T16:00:00-05:00", "2026-11-30T16:00:00-05:00"),
+        ] {
+            assert_eq!(
+                typed_time(given, Bound::Start).as_deref(),
+                Some(meant),
+                "{given}"
+            );
+        }
+        // A date alone ends with its day.
+        assert_eq!(
+            typed_time("2026-11-30", Bound::End).as_deref(),
+            Some("2026-12-01T00:00:00.000Z")
+        );
+        assert_eq!(
+            typed_time("2026-11-30 15:00", Bound::End).as_deref(),
+            Some("2026-11-30T15:00:00Z")
+        );
+        for bad in ["yesterday", "2026-13-40 25:00", "", "2026-11-30Tnoon"] {
+            assert_eq!(typed_time(bad, Bound::Start), None, "{bad}");
+        }
     }
 }

@@ -238,8 +238,9 @@ pub enum SentRequests {
 }
 
 /// The requests the delivery's attempts sent, rebuilt from its event and its stream as they
-/// are now (a setting changed since shows as it is now). Shows the event's data, so it also
-/// needs `read:events`.
+/// are now (a setting changed since shows as it is now). Shows the event's data and the
+/// stream's endpoint (which may carry a secret of its own, in its path or query), so it also
+/// needs `read:events` and `read:event_streams`, as the API's reads of each do.
 pub async fn sent_requests(
     service: &Service,
     caller: &Caller,
@@ -247,6 +248,7 @@ pub async fn sent_requests(
 ) -> Result<SentRequests, Error> {
     caller.require(Scope::ReadEventDeliveries)?;
     caller.require(Scope::ReadEvents)?;
+    caller.require(Scope::ReadEventStreams)?;
     let stream = match load_stream(service, caller, &delivery.stream_id).await {
         Ok(stream) => stream,
         Err(Error::NotFound { .. }) => {

@@ -524,10 +524,22 @@ async fn bulk_redelivery_counts_first_changes_nothing_then_queues_on_confirm() {
             .contains("No delivery matches these filters: there is nothing to redeliver.")
     );
 
+    // A delivery that fails after the count is not among those confirmed.
+    let counted_before = counted.hidden("counted_before");
+    app.clock.advance(std::time::Duration::from_secs(1));
+    receiver.script([Reply::status(400)]);
+    let late = publish(&app, "user.created", json!({"n": "late"})).await;
+    settled(&app, &stream, &late, "failed").await;
+
     let confirmed = browser
         .post(
             &action,
-            &[("csrf", &csrf), ("status", "failed"), ("confirm", "yes")],
+            &[
+                ("csrf", &csrf),
+                ("status", "failed"),
+                ("counted_before", &counted_before),
+                ("confirm", "yes"),
+            ],
         )
         .await;
     assert_eq!(
@@ -554,10 +566,13 @@ async fn bulk_redelivery_counts_first_changes_nothing_then_queues_on_confirm() {
         })
         .await;
     }
-    // The filter held: the succeeded delivery was not sent again.
+    // The filter held: the succeeded delivery was not sent again, nor the late one.
     let d = &app.deliveries(&stream, &ok).await[0];
     assert_eq!(d["attempts"].as_array().unwrap().len(), 1, "{d}");
-    assert_eq!(receiver.received().len(), 7);
+    let d = &app.deliveries(&stream, &late).await[0];
+    assert_eq!(d["status"], "failed", "{d}");
+    assert_eq!(d["attempts"].as_array().unwrap().len(), 1, "{d}");
+    assert_eq!(receiver.received().len(), 8);
 }
 
 #[tokio::test]
@@ -804,5 +819,24 @@ async fn a_missing_scope_is_said_where_it_matters() {
             .contains("name=\"status\" value=\"failed\" checked"),
         "kept"
     );
+
+    // Deliveries and events without the streams' scope: the endpoint (which may carry a
+    // secret in its path or query) is not shown.
+    let (_, token) = token_of(
+        &app,
+        "ten_default",
+        &["read:event_deliveries", "read:events"],
+    )
+    .await;
+    let browser = Browser::signed_in(&app, &token).await;
+    let page = browser.get(&path).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(
+        page.body
+            .contains("This token lacks the `read:event_streams` scope"),
+        "{}",
+        page.body
+    );
+    assert!(!page.body.contains(&receiver.url), "{}", page.body);
     assert_eq!(receiver.received().len(), 1);
 }

@@ -31,10 +31,11 @@ impl FieldErrors {
 }
 
 /// Where a bulk redelivery stands.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum Redelivery {
-    /// A dry run counted this many: the page asks to confirm.
-    Matched(u64),
+    /// A dry run counted this many, at this time (RFC 3339): the page asks to confirm, and
+    /// confirming queues only deliveries created before that time, the ones counted.
+    Matched(u64, String),
     /// Confirmed: this many were queued again.
     Queued(u64),
 }
@@ -198,13 +199,14 @@ pub fn list(frame: &Frame, page: &ListPage<'_>) -> Markup {
                         " (on every page, not only this one), each with a fresh retry budget. "
                         "Herald counts them first; nothing is sent until you confirm."
                     }
-                    @match page.redelivery {
-                        Some(Redelivery::Matched(0)) => {
+                    @match &page.redelivery {
+                        Some(Redelivery::Matched(0, _)) => {
                             p.notice role="status" {
                                 "No delivery matches these filters: there is nothing to redeliver."
                             }
                         }
-                        Some(Redelivery::Matched(n)) => {
+                        Some(Redelivery::Matched(n, counted_before)) => {
+                            @let n = *n;
                             p.notice role="status" {
                                 strong { (plural(n, "delivery matches", "deliveries match")) }
                                 " these filters. Redeliver "
@@ -214,6 +216,7 @@ pub fn list(frame: &Frame, page: &ListPage<'_>) -> Markup {
                                 form method="post" action=(redeliver_path) {
                                     input type="hidden" name="csrf" value=(frame.csrf);
                                     (hidden_filters(filters))
+                                    input type="hidden" name="counted_before" value=(counted_before);
                                     input type="hidden" name="confirm" value="yes";
                                     button type="submit"
                                         aria-describedby=[page.redeliver_error.map(|_| "redeliver-error")] {
