@@ -106,11 +106,16 @@ pub async fn delete(service: &Service, caller: &Caller, id: &str) -> Result<(), 
     }
     let (owned, tenant_id) = (service.clone(), id.to_string());
     let deleted = super::to_completion(async move {
-        let deleted = owned.store.delete_tenant(&tenant_id).await?;
-        if deleted {
-            owned.signal.streams_changed();
-            owned.tokens.clear();
+        if !owned.store.close_tenant(&tenant_id).await? {
+            return Ok(false);
         }
+        // From here nothing is sent for the tenant and none of its tokens or console sessions
+        // is accepted, however long deleting the rest of its rows takes.
+        owned.signal.streams_changed();
+        owned.tokens.clear();
+        let deleted = owned.store.delete_tenant(&tenant_id).await?;
+        // A stream a platform token made meanwhile went with the rest.
+        owned.signal.streams_changed();
         Ok(deleted)
     })
     .await?;

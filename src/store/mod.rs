@@ -46,6 +46,18 @@ pub(crate) const TENANT_TABLES: [&str; 11] = [
     "api_tokens",
 ];
 
+/// The tables `Store::close_tenant` empties of a tenant's rows at once: what sends for it
+/// (streams, their secrets, pending fan-outs) and what acts for it (tokens, console
+/// sessions, sign-in links). Pending fan-outs first, as in [`TENANT_TABLES`].
+pub(crate) const CLOSED_WITH_TENANT: [&str; 6] = [
+    "fanouts",
+    "console_links",
+    "console_sessions",
+    "api_tokens",
+    "stream_secrets",
+    "streams",
+];
+
 /// The latency bucket of a duration: the first bound it does not exceed.
 pub fn latency_bucket(duration_ms: i64) -> usize {
     LATENCY_BOUNDS_MS
@@ -669,7 +681,13 @@ pub trait Store: Send + Sync + 'static {
     async fn get_tenant(&self, id: &str) -> StoreResult<Option<Tenant>>;
     async fn list_tenants(&self) -> StoreResult<Vec<Tenant>>;
     async fn rename_tenant(&self, id: &str, name: &str) -> StoreResult<Option<Tenant>>;
-    /// Deletes the tenant and every row it owns; false if it does not exist.
+    /// The first step of deleting a tenant, done at once: what sends for the tenant or acts
+    /// for it (its streams, pending fan-outs, tokens, console sessions and sign-in links) is
+    /// deleted, so that nothing more is sent or accepted for it while `delete_tenant` removes
+    /// the bulk of its rows. The tenant itself stays; false if it does not exist.
+    async fn close_tenant(&self, id: &str) -> StoreResult<bool>;
+    /// Deletes the tenant and every row it owns (closing it first); false if it does not
+    /// exist.
     async fn delete_tenant(&self, id: &str) -> StoreResult<bool>;
     async fn count_tokens(&self) -> StoreResult<u64>;
     /// Inserts the token, or gives the token with the same id this new secret. The same

@@ -47,6 +47,7 @@ macro_rules! conformance {
 }
 
 conformance!(
+    closing_a_tenant_stops_what_sends_and_acts_for_it_and_keeps_the_rest_for_deletion,
     deleting_a_tenant_leaves_no_lease_on_its_deliveries,
     a_write_that_fails_leaves_leases_as_they_were,
     retention_keeps_events_only_for_streams_that_still_exist,
@@ -1125,6 +1126,117 @@ async fn tokens_are_found_by_hash_listed_per_tenant_and_revoked(b: Backend) {
         "{name}"
     );
     assert!(!store.delete_tenant("ten_b").await.unwrap(), "{name}");
+}
+
+async fn closing_a_tenant_stops_what_sends_and_acts_for_it_and_keeps_the_rest_for_deletion(
+    b: Backend,
+) {
+    let store = &*b.store;
+    let name = b.name;
+    let token = |id: &str, tenant: &str| Token {
+        id: id.into(),
+        tenant_id: Some(tenant.into()),
+        name: id.into(),
+        scopes: vec!["read:events".into()],
+        created_at: NOW,
+    };
+    for tenant in ["ten_a", "ten_b"] {
+        store
+            .put_token(token(&format!("tok_{tenant}"), tenant), hash_token(tenant))
+            .await
+            .unwrap();
+        stream(
+            store,
+            tenant,
+            &format!("est_{tenant}"),
+            "*",
+            StreamStatus::Enabled,
+        )
+        .await;
+        store
+            .publish(tenant, vec![event("c1", "user.created")], NOW, None)
+            .await
+            .unwrap();
+    }
+    store
+        .create_console_session(ConsoleSession {
+            hash: hash_token("hcs_b"),
+            token_hash: hash_token("ten_b"),
+            tenant_id: Some("ten_b".into()),
+            scopes: None,
+            name: None,
+            created_at: NOW,
+            expires_at: NOW + 1_000,
+        })
+        .await
+        .unwrap();
+
+    assert!(store.close_tenant("ten_b").await.unwrap(), "{name}");
+    // Nothing sends or acts for it any more...
+    assert!(
+        store
+            .find_token(hash_token("ten_b"))
+            .await
+            .unwrap()
+            .is_none(),
+        "{name}"
+    );
+    assert!(
+        store
+            .find_console_session(hash_token("hcs_b"))
+            .await
+            .unwrap()
+            .is_none(),
+        "{name}"
+    );
+    assert!(
+        store.list_streams("ten_b").await.unwrap().is_empty(),
+        "{name}"
+    );
+    assert!(
+        !store
+            .backlogs()
+            .await
+            .unwrap()
+            .iter()
+            .any(|b| b.tenant_id == "ten_b"),
+        "{name}"
+    );
+    // ...while the tenant and its log wait for the deletion proper.
+    assert!(store.get_tenant("ten_b").await.unwrap().is_some(), "{name}");
+    assert!(
+        store
+            .get_event("ten_b", "c1", None)
+            .await
+            .unwrap()
+            .is_some(),
+        "{name}"
+    );
+    // Another tenant is untouched.
+    assert!(
+        store
+            .find_token(hash_token("ten_a"))
+            .await
+            .unwrap()
+            .is_some(),
+        "{name}"
+    );
+    assert_eq!(
+        store.list_streams("ten_a").await.unwrap().len(),
+        1,
+        "{name}"
+    );
+
+    assert!(store.delete_tenant("ten_b").await.unwrap(), "{name}");
+    assert!(
+        store
+            .get_event("ten_b", "c1", None)
+            .await
+            .unwrap()
+            .is_none(),
+        "{name}"
+    );
+    assert!(!store.close_tenant("ten_b").await.unwrap(), "{name}");
 }
 
 async fn a_batch_of_outcomes_judges_stream_health_as_if_stored_one_by_one(b: Backend) {

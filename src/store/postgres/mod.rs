@@ -752,6 +752,22 @@ impl Store for PgStore {
         Ok(row.map(|r| tenant_from_row(&r)))
     }
 
+    async fn close_tenant(&self, id: &str) -> StoreResult<bool> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        for table in CLOSED_WITH_TENANT {
+            tx.execute(&format!("DELETE FROM {table} WHERE tenant_id = $1"), &[&id])
+                .await?;
+        }
+        let exists = tx
+            .query_opt("SELECT 1 FROM tenants WHERE id = $1", &[&id])
+            .await?
+            .is_some();
+        notify_streams_changed(&tx).await?;
+        tx.commit().await?;
+        Ok(exists)
+    }
+
     async fn delete_tenant(&self, id: &str) -> StoreResult<bool> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;

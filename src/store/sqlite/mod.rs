@@ -517,18 +517,33 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn delete_tenant(&self, id: &str) -> StoreResult<bool> {
+    async fn close_tenant(&self, id: &str) -> StoreResult<bool> {
         let leases = self.leases.clone();
         let tenant = id.to_string();
-        // Its streams first, so nothing of the tenant is claimed or sent meanwhile.
         self.writer
             .write(move |conn| {
                 forget_leases_of_tenant(conn, &leases, &tenant)?;
-                conn.execute("DELETE FROM streams WHERE tenant_id = ?1", params![tenant])?;
-                conn.execute("DELETE FROM fanouts WHERE tenant_id = ?1", params![tenant])?;
-                Ok(())
+                for table in CLOSED_WITH_TENANT {
+                    conn.execute(
+                        &format!("DELETE FROM {table} WHERE tenant_id = ?1"),
+                        params![tenant],
+                    )?;
+                }
+                Ok(conn
+                    .query_row(
+                        "SELECT 1 FROM tenants WHERE id = ?1",
+                        params![tenant],
+                        |_| Ok(()),
+                    )
+                    .optional()?
+                    .is_some())
             })
-            .await?;
+            .await
+    }
+
+    async fn delete_tenant(&self, id: &str) -> StoreResult<bool> {
+        // Closed first, so nothing of the tenant is claimed, sent or accepted meanwhile.
+        self.close_tenant(id).await?;
         // Then its bulk, a chunk at a time.
         for table in ["attempts", "deliveries", "events"] {
             loop {
