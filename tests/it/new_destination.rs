@@ -21,6 +21,15 @@ fn webhook(url: &str) -> Value {
     }})
 }
 
+/// Tests the bearer-authenticated webhook at `url` with `user.created`'s sample.
+async fn test_unsaved(app: &TestApp, url: String) -> (StatusCode, Value) {
+    app.post(
+        "/v1/event-streams/test",
+        &json!({"destination": webhook(&url), "event_type": "user.created"}),
+    )
+    .await
+}
+
 #[tokio::test]
 async fn an_unsaved_destination_is_tested_and_nothing_is_stored() {
     let app = spawn_app().await;
@@ -163,16 +172,7 @@ async fn unsaved_tests_are_rate_limited_per_destination_and_per_token() {
     .await;
     let a = Receiver::start().await;
     let b = Receiver::start().await;
-    let test = |url: String| {
-        let app = &app;
-        async move {
-            app.post(
-                "/v1/event-streams/test",
-                &json!({"destination": webhook(&url), "event_type": "user.created"}),
-            )
-            .await
-        }
-    };
+    let test = |url: String| test_unsaved(&app, url);
     assert_eq!(test(a.url.clone()).await.0, StatusCode::OK);
     assert_eq!(test(a.url.clone()).await.0, StatusCode::OK);
     let (status, body) = test(a.url.clone()).await;
@@ -466,17 +466,7 @@ async fn the_form_is_refused_without_its_csrf_token_or_for_another_tenant() {
 async fn a_changed_path_or_query_does_not_buy_another_test() {
     let app = spawn_app_with(|c| c.stream_tests_per_minute = 1).await;
     let receiver = Receiver::start().await;
-    let test = |url: String| {
-        let app = &app;
-        async move {
-            app.post(
-                "/v1/event-streams/test",
-                &json!({"destination": webhook(&url), "event_type": "user.created"}),
-            )
-            .await
-            .0
-        }
-    };
+    let test = |url: String| async { test_unsaved(&app, url).await.0 };
     assert_eq!(test(receiver.url.clone()).await, StatusCode::OK);
     for variant in ["?probe=1", "/other", "?x=y#z"] {
         assert_eq!(
