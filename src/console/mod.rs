@@ -308,6 +308,11 @@ impl IntoResponse for Refusal {
                         .extensions_mut()
                         .insert(crate::metrics::StoreFailure(kind));
                 }
+                if let Some(seconds) = api.retry_after {
+                    response
+                        .headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+                }
                 response
             }
         }

@@ -23,7 +23,7 @@ use serde::Deserialize;
 
 use super::{Refusal, html, pages, paths, see_other};
 use crate::api::AppState;
-use crate::service::{Caller, Scope, Service, console_sessions, tenants};
+use crate::service::{self, Caller, Scope, Service, console_sessions, tenants};
 
 const SESSION_COOKIE: &str = "herald_session";
 const SECURE_SESSION_COOKIE: &str = "__Host-herald_session";
@@ -160,19 +160,35 @@ impl Signed {
 }
 
 /// The session the request's cookie names, if it is still open; else a refusal that sends
-/// the browser to sign in.
-async fn signed(parts: &Parts, service: &Service) -> Result<Signed, Refusal> {
+/// the browser to sign in. A console request spends its token's request allowance as an
+/// API request does (a sign-in link's session, its own per tenant), so the console is no
+/// way around the per-token rate limit.
+async fn signed(parts: &Parts, state: &AppState) -> Result<Signed, Refusal> {
     let name = session_cookie(over_tls(&parts.headers, &parts.uri));
     let Some(id) = cookie(&parts.headers, name) else {
         return Err(Refusal::SignIn { clear_cookie: None });
     };
-    let Some(resumed) = console_sessions::resume(service, id).await? else {
+    let Some(resumed) = console_sessions::resume(&state.service, id).await? else {
         return Err(Refusal::SignIn {
             clear_cookie: Some(name),
         });
     };
+    let caller = resumed.caller;
+    let limits = &state.limits;
+    if let Some(rate) = &limits.token_rate
+        && (caller.token.tenant_id.is_some() || limits.rate_limit_platform_tokens)
+    {
+        rate.take(&caller.rate_key, state.clock.now_ms())
+            .map_err(|retry_after| {
+                Refusal::Service(service::Error::RateLimited {
+                    what: "this token has made more requests than it may \
+                           (token_rate_limit_per_second, token_rate_limit_burst)",
+                    retry_after,
+                })
+            })?;
+    }
     Ok(Signed {
-        caller: resumed.caller,
+        caller,
         session_id: id.to_string(),
     })
 }
@@ -181,7 +197,7 @@ impl FromRequestParts<AppState> for Signed {
     type Rejection = Refusal;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Refusal> {
-        signed(parts, &state.service).await
+        signed(parts, state).await
     }
 }
 
@@ -192,7 +208,7 @@ impl OptionalFromRequestParts<AppState> for Signed {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Option<Self>, Refusal> {
-        match signed(parts, &state.service).await {
+        match signed(parts, state).await {
             Ok(signed) => Ok(Some(signed)),
             Err(Refusal::SignIn { .. }) => Ok(None),
             Err(refusal) => Err(refusal),

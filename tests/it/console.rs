@@ -829,3 +829,50 @@ async fn a_refused_change_shows_the_services_message_beside_the_form() {
         "enabled"
     );
 }
+
+#[tokio::test]
+async fn console_requests_spend_the_tokens_request_allowance() {
+    let app = spawn_app_with(|c| {
+        c.token_rate_limit_per_second = 1;
+        c.token_rate_limit_burst = 3;
+    })
+    .await;
+    let (_, token) = tenant_with_token(&app, "ten_busy", &["read:event_streams"]).await;
+    let browser = Browser::signed_in(&app, &token).await;
+    let page = "/tenants/ten_busy/streams";
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let answer = browser.get(page).await;
+        statuses.push(answer.status);
+        if answer.status == StatusCode::TOO_MANY_REQUESTS {
+            assert!(answer.headers.get("retry-after").is_some());
+            assert!(
+                answer.body.contains("token_rate_limit_per_second"),
+                "{}",
+                answer.body
+            );
+        }
+    }
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::TOO_MANY_REQUESTS
+        ]
+    );
+    // The API and the console share the token's allowance; it comes back with time.
+    let (status, _) = app
+        .request_as(&token, reqwest::Method::GET, "/v1/event-streams", None)
+        .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    app.clock.advance(Duration::from_secs(2));
+    assert_eq!(browser.get(page).await.status, StatusCode::OK);
+
+    // The platform's admin is exempt, as on the API.
+    let admin = Browser::signed_in(&app, ADMIN_TOKEN).await;
+    for _ in 0..5 {
+        assert_eq!(admin.get(page).await.status, StatusCode::OK);
+    }
+}
