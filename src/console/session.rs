@@ -236,6 +236,9 @@ fn sign_in_form(parts: &Parts, status: StatusCode, error: Option<&str>) -> Respo
     signing_in_page(parts, status, |csrf| pages::sign_in(csrf, error))
 }
 
+/// The length of a signing-in page's nonce.
+const NONCE_LEN: usize = 32;
+
 /// A page whose form signs in (the sign-in form, a sign-in link's), sent before there is a
 /// session: `page` gets the CSRF token its form carries, tied to a fresh value in a
 /// short-lived cookie of its own.
@@ -245,7 +248,16 @@ pub(super) fn signing_in_page(
     page: impl FnOnce(&str) -> maud::Markup,
 ) -> Response {
     let secure = over_tls(&parts.headers, &parts.uri);
-    let nonce = crate::ids::random_base62(32);
+    // Over TLS the nonce's `__Host-` cookie cannot be planted by another host, so a page
+    // opened beside another (two sign-in links in two tabs) keeps the nonce the browser
+    // holds, and both pages' forms stay good. Over plain http, a fresh one every time.
+    let held = cookie(&parts.headers, sign_in_cookie(secure)).filter(|held| {
+        secure && held.len() == NONCE_LEN && held.bytes().all(|b| b.is_ascii_alphanumeric())
+    });
+    let nonce = match held {
+        Some(held) => held.to_string(),
+        None => crate::ids::random_base62(NONCE_LEN),
+    };
     let mut response = html(status, page(&csrf_token(&nonce, SIGN_IN_LABEL)));
     set_cookie(
         response.headers_mut(),

@@ -876,3 +876,59 @@ async fn console_requests_spend_the_tokens_request_allowance() {
         assert_eq!(admin.get(page).await.status, StatusCode::OK);
     }
 }
+
+#[tokio::test]
+async fn over_tls_two_signing_in_pages_open_at_once_both_sign_in() {
+    let app = spawn_app().await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let page = |tls: bool, cookie: Option<String>| {
+        let mut request = http.get(app.url("/sign-in"));
+        if tls {
+            request = request.header("x-forwarded-proto", "https");
+        }
+        if let Some(cookie) = cookie {
+            request = request.header("cookie", cookie);
+        }
+        async move { Page::read(request.send().await.unwrap()).await }
+    };
+    let nonce_of = |page: &Page| {
+        page.set_cookies()
+            .into_iter()
+            .find(|c| c.contains("herald_sign_in="))
+            .expect("a sign-in cookie")
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+
+    // Over TLS the second page keeps the nonce the browser holds: the first tab's form
+    // still signs in after the second tab opened.
+    let first = page(true, None).await;
+    let nonce = nonce_of(&first);
+    let second = page(true, Some(nonce.clone())).await;
+    assert_eq!(nonce_of(&second), nonce);
+    let signed = Page::read(
+        http.post(app.url("/sign-in"))
+            .header("x-forwarded-proto", "https")
+            .header("cookie", &nonce)
+            .form(&[("token", ADMIN_TOKEN), ("csrf", &first.hidden("csrf"))])
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(signed.status, StatusCode::SEE_OTHER, "{}", signed.body);
+
+    // Over plain http, where a cookie may be planted, every page makes its own.
+    let first = page(false, None).await;
+    let nonce = nonce_of(&first);
+    let second = page(false, Some(nonce.clone())).await;
+    assert_ne!(nonce_of(&second), nonce);
+    // A planted value is never taken, even over TLS.
+    let planted = page(true, Some("__Host-herald_sign_in=short".into())).await;
+    assert_ne!(nonce_of(&planted), "__Host-herald_sign_in=short");
+}
