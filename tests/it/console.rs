@@ -165,58 +165,43 @@ pub(crate) async fn tenant_with_token(
 }
 
 pub(crate) async fn token_of(app: &TestApp, tenant: &str, scopes: &[&str]) -> (String, String) {
-    let response = app
-        .http
-        .post(app.url("/v1/tokens"))
-        .bearer_auth(ADMIN_TOKEN)
-        .header("herald-tenant", tenant)
-        .json(&json!({"name": format!("{tenant} admin"), "scopes": scopes}))
-        .send()
+    app.token_in(tenant, &format!("{tenant} admin"), scopes)
         .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::CREATED);
-    let body: Value = response.json().await.unwrap();
-    (
-        body["id"].as_str().unwrap().to_string(),
-        body["token"].as_str().unwrap().to_string(),
-    )
 }
 
 /// A webhook stream named `name` in `tenant`; its id. Nothing is sent unless an event is
 /// published to it.
 pub(crate) async fn stream_in(app: &TestApp, tenant: &str, name: &str) -> String {
-    let response = app
-        .http
-        .post(app.url("/v1/event-streams"))
-        .bearer_auth(ADMIN_TOKEN)
-        .header("herald-tenant", tenant)
-        .json(&json!({
-            "name": name,
-            "subscriptions": [{"event_type": "user.created"}],
-            "destination": {"type": "webhook", "configuration": {
-                "webhook_endpoint": "http://127.0.0.1:9/hook",
-                "webhook_authorization": {"method": "bearer", "token": "bearer-secret-value"},
-            }},
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::CREATED);
-    let body: Value = response.json().await.unwrap();
+    let (status, body) = app
+        .request_in(
+            tenant,
+            reqwest::Method::POST,
+            "/v1/event-streams",
+            Some(&json!({
+                "name": name,
+                "subscriptions": [{"event_type": "user.created"}],
+                "destination": {"type": "webhook", "configuration": {
+                    "webhook_endpoint": "http://127.0.0.1:9/hook",
+                    "webhook_authorization": {"method": "bearer", "token": "bearer-secret-value"},
+                }},
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
     body["id"].as_str().unwrap().to_string()
 }
 
 pub(crate) async fn api_stream(app: &TestApp, tenant: &str, id: &str) -> Value {
-    let response = app
-        .http
-        .get(app.url(&format!("/v1/event-streams/{id}")))
-        .bearer_auth(ADMIN_TOKEN)
-        .header("herald-tenant", tenant)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    response.json().await.unwrap()
+    let (status, body) = app
+        .request_in(
+            tenant,
+            reqwest::Method::GET,
+            &format!("/v1/event-streams/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
 }
 
 pub(crate) const ALL_STREAM_SCOPES: &[&str] = &[
@@ -370,15 +355,15 @@ async fn revoking_the_token_ends_its_sessions() {
         StatusCode::OK
     );
 
-    let response = app
-        .http
-        .delete(app.url(&format!("/v1/tokens/{token_id}")))
-        .bearer_auth(ADMIN_TOKEN)
-        .header("herald-tenant", "ten_acme")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    let (status, _) = app
+        .request_in(
+            "ten_acme",
+            reqwest::Method::DELETE,
+            &format!("/v1/tokens/{token_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
 
     let ended = browser.get("/tenants/ten_acme/streams").await;
     assert!(ended.to_sign_in(), "{} {}", ended.status, ended.body);

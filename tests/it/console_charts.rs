@@ -367,16 +367,15 @@ async fn a_stream_name_with_markup_renders_as_text_beside_its_figures() {
 }
 
 async fn api_secret(app: &TestApp, tenant: &str, stream: &str) -> String {
-    let response = app
-        .http
-        .get(app.url(&format!("/v1/event-streams/{stream}/secret")))
-        .bearer_auth(ADMIN_TOKEN)
-        .header("herald-tenant", tenant)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let body: Value = response.json().await.unwrap();
+    let (status, body) = app
+        .request_in(
+            tenant,
+            reqwest::Method::GET,
+            &format!("/v1/event-streams/{stream}/secret"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     body["secret"].as_str().unwrap().to_string()
 }
 

@@ -182,20 +182,54 @@ impl TestApp {
         self.request(reqwest::Method::DELETE, path, None).await
     }
 
+    /// A request of the platform admin acting on `tenant` (its `Herald-Tenant` header), with
+    /// a JSON body if one is given.
+    pub async fn request_in(
+        &self,
+        tenant: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self
+            .http
+            .request(method, self.url(path))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("herald-tenant", tenant);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.unwrap();
+        let status = StatusCode::from_u16(response.status().as_u16()).unwrap();
+        let text = response.text().await.unwrap();
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
+        };
+        (status, value)
+    }
+
+    /// Creates a token of `tenant` named `name` with `scopes`: (its id, its secret).
+    pub async fn token_in(&self, tenant: &str, name: &str, scopes: &[&str]) -> (String, String) {
+        let (status, body) = self
+            .request_in(
+                tenant,
+                reqwest::Method::POST,
+                "/v1/tokens",
+                Some(&json!({"name": name, "scopes": scopes})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        (
+            body["id"].as_str().unwrap().to_string(),
+            body["token"].as_str().unwrap().to_string(),
+        )
+    }
+
     /// Creates a tenant token with `scopes`, acting as the platform admin on `tenant`.
     pub async fn tenant_token(&self, tenant: &str, scopes: &[&str]) -> String {
-        let response = self
-            .http
-            .post(self.url("/v1/tokens"))
-            .bearer_auth(ADMIN_TOKEN)
-            .header("herald-tenant", tenant)
-            .json(&json!({"name": "test token", "scopes": scopes}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 201);
-        let body: Value = response.json().await.unwrap();
-        body["token"].as_str().unwrap().to_string()
+        self.token_in(tenant, "test token", scopes).await.1
     }
 
     /// Publishes a batch (`application/cloudevents-batch+json`).
