@@ -416,7 +416,7 @@ fn event_page(frame: &Frame, record: &EventRecord) -> Markup {
                                         td.name {
                                             a href=(paths::stream(&frame.tenant_id, &d.stream_id)) { code { (d.stream_id) } }
                                         }
-                                        td { span class={ "badge " (d.status.as_str()) } { (d.status.as_str()) } }
+                                        td { (pages::badge(d.status.as_str())) }
                                         td.num { (d.attempt_count) }
                                         td { (pages::last_answer(d)) }
                                     }

@@ -206,7 +206,7 @@ pub fn streams(frame: &Frame, rows: &[StreamRow]) -> Markup {
                                     td.wide { (row.kind) }
                                     td.wide.target title=(row.target) { (row.target) }
                                     td {
-                                        (status_badge(row.status))
+                                        (badge(row.status.as_str()))
                                         @if let Some(reason) = &row.status_reason {
                                             span.reason { (reason) }
                                         }
@@ -236,8 +236,9 @@ pub(super) fn last_answer(d: &crate::store::DeliveryView) -> Markup {
     }
 }
 
-fn status_badge(status: StreamStatus) -> Markup {
-    html! { span class={ "badge " (status.as_str()) } { (status.as_str()) } }
+/// A status as a badge, coloured by its name (a stream's, a delivery's).
+pub(super) fn badge(status: &str) -> Markup {
+    html! { span class={ "badge " (status) } { (status) } }
 }
 
 fn backlog_cell(backlog: &BacklogView) -> Markup {
@@ -311,7 +312,7 @@ pub fn stream(frame: &Frame, page: &StreamPage) -> Markup {
         Section::Streams,
         html! {
             p.crumbs { a href=(paths::streams(&frame.tenant_id)) { "Event streams" } }
-            h1.title { span.name { (page.name) } " " (status_badge(page.status)) }
+            h1.title { span.name { (page.name) } " " (badge(page.status.as_str())) }
             p.muted { code { (page.id) } }
 
             section aria-labelledby="status-heading" {

@@ -5,12 +5,12 @@
 
 use maud::{Markup, html};
 
-use super::super::pages::{Frame, Section, last_answer, layout, time};
+use super::super::pages::{Frame, Section, badge, last_answer, layout, time};
 use super::super::paths;
 use super::{Filters, STATUSES};
 use crate::clock::Millis;
 use crate::destinations::{RESPONSE_EXCERPT_BYTES, ShownRequest};
-use crate::store::{AttemptView, DeliveryStatus, DeliveryView};
+use crate::store::{AttemptView, DeliveryView};
 
 /// What is wrong with each filter field, in words a person reads.
 #[derive(Debug, Default)]
@@ -60,10 +60,6 @@ pub struct ListPage<'a> {
 
 fn plural(n: u64, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
-}
-
-fn status_badge(status: DeliveryStatus) -> Markup {
-    html! { span class={ "badge " (status.as_str()) } { (status.as_str()) } }
 }
 
 /// An error shown under the field it concerns, which names it with `aria-describedby`.
@@ -272,7 +268,7 @@ pub(in crate::console) fn table(tenant: &str, deliveries: &[DeliveryView]) -> Ma
                                     code { (d.id) }
                                 }
                             }
-                            td.c-status { (status_badge(d.status)) }
+                            td.c-status { (badge(d.status.as_str())) }
                             td.num.c-attempts { (d.attempt_count) }
                             td.c-answer {
                                 (last_answer(d))
@@ -324,7 +320,7 @@ pub fn delivery(frame: &Frame, page: &DeliveryPage<'_>) -> Markup {
                 " › "
                 a href=(paths::stream_deliveries(tenant, &d.stream_id)) { "Deliveries" }
             }
-            h1.title { "Delivery " code.name { (d.id) } " " (status_badge(d.status)) }
+            h1.title { "Delivery " code.name { (d.id) } " " (badge(d.status.as_str())) }
 
             @match page.queued {
                 Some(0) => {
