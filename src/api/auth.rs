@@ -7,7 +7,7 @@ use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 
-use super::limits::rate_limited;
+use super::limits::{TOKEN_RATE_REFUSAL, rate_limited};
 use super::{ApiError, AppState};
 pub use crate::service::{Caller, DEFAULT_TENANT, Scope, TokenCache, TokenWatch};
 use crate::store::hash_token;
@@ -34,19 +34,11 @@ impl FromRequestParts<AppState> for Caller {
             .find(state, hash_token(secret))
             .await?
             .ok_or_else(|| ApiError::unauthorized("the token is not valid or has been revoked"))?;
-        let limits = &state.limits;
-        if let Some(rate) = &limits.token_rate
-            && (token.tenant_id.is_some() || limits.rate_limit_platform_tokens)
-        {
-            rate.take(&token.id, state.clock.now_ms()).map_err(|wait| {
-                rate_limited(
-                    "this token has made more requests than it may \
-                     (token_rate_limit_per_second, token_rate_limit_burst)",
-                    wait,
-                )
-            })?;
-        }
         let mut caller = Caller::new(token);
+        state
+            .limits
+            .take_request(&caller, state.clock.now_ms())
+            .map_err(|wait| rate_limited(TOKEN_RATE_REFUSAL, wait))?;
         if let Some(value) = parts.headers.get(TENANT_HEADER) {
             let named = value.to_str().map_err(|_| {
                 ApiError::bad_request(

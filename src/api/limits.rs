@@ -12,7 +12,9 @@ use axum::response::{IntoResponse, Response};
 use tokio::sync::Semaphore;
 
 use super::ApiError;
+use crate::clock::Millis;
 use crate::config::Config;
+use crate::service::Caller;
 pub use crate::service::limits::{Rate, RateLimiter};
 
 /// What the HTTP layer limits, built once from the configuration.
@@ -39,7 +41,23 @@ impl ApiLimits {
             rate_limit_platform_tokens: config.rate_limit_platform_tokens,
         }
     }
+
+    /// Takes one request from the caller's allowance (its `rate_key`), an API request or a
+    /// console page alike; `Err` holds the seconds until one is free. Platform tokens are
+    /// exempt unless `rate_limit_platform_tokens` is set.
+    pub fn take_request(&self, caller: &Caller, now: Millis) -> Result<(), u64> {
+        match &self.token_rate {
+            Some(rate) if caller.token.tenant_id.is_some() || self.rate_limit_platform_tokens => {
+                rate.take(&caller.rate_key, now)
+            }
+            _ => Ok(()),
+        }
+    }
 }
+
+/// What a caller over its request allowance is told.
+pub const TOKEN_RATE_REFUSAL: &str = "this token has made more requests than it may \
+     (token_rate_limit_per_second, token_rate_limit_burst)";
 
 /// How many API requests run at once, and for how long.
 #[derive(Clone)]

@@ -174,19 +174,15 @@ async fn signed(parts: &Parts, state: &AppState) -> Result<Signed, Refusal> {
         });
     };
     let caller = resumed.caller;
-    let limits = &state.limits;
-    if let Some(rate) = &limits.token_rate
-        && (caller.token.tenant_id.is_some() || limits.rate_limit_platform_tokens)
-    {
-        rate.take(&caller.rate_key, state.clock.now_ms())
-            .map_err(|retry_after| {
-                Refusal::Service(service::Error::RateLimited {
-                    what: "this token has made more requests than it may \
-                           (token_rate_limit_per_second, token_rate_limit_burst)",
-                    retry_after,
-                })
-            })?;
-    }
+    state
+        .limits
+        .take_request(&caller, state.clock.now_ms())
+        .map_err(|retry_after| {
+            Refusal::Service(service::Error::RateLimited {
+                what: crate::api::limits::TOKEN_RATE_REFUSAL,
+                retry_after,
+            })
+        })?;
     Ok(Signed {
         caller,
         session_id: id.to_string(),
