@@ -561,14 +561,15 @@ pub async fn test_unsaved(
 /// go (a URL's origin, not its path or query, which a caller could vary freely), hashed to a
 /// fixed length.
 fn unsaved_allowance_key(caller: &Caller, destination: &Destination) -> String {
-    let place = match destination {
-        Destination::Webhook(config) => url::Url::parse(&config.webhook_endpoint)
+    let origin = |url: &str| {
+        url::Url::parse(url)
             .map(|url| url.origin().ascii_serialization())
-            .unwrap_or_else(|_| config.webhook_endpoint.clone()),
+            .unwrap_or_else(|_| url.to_string())
+    };
+    let place = match destination {
+        Destination::Webhook(config) => origin(&config.webhook_endpoint),
         Destination::Eventbridge(config) => match &config.endpoint_url {
-            Some(endpoint) => url::Url::parse(endpoint)
-                .map(|url| url.origin().ascii_serialization())
-                .unwrap_or_else(|_| endpoint.clone()),
+            Some(endpoint) => origin(endpoint),
             None => format!("{}:{}", config.aws_region, config.aws_account_id),
         },
         Destination::Listen(config) => config.forward_to.clone(),
