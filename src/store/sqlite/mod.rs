@@ -85,12 +85,14 @@ impl SqliteStore {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.set_prepared_statement_cache_capacity(writer::STATEMENT_CACHE);
         let leases: Arc<std::sync::Mutex<queue::Leases>> = Arc::default();
+        let writer = Writer::start(conn, Arc::new(LeaseJournal(leases.clone())));
+        let checkpointer = writer.start_checkpointer(path)?;
         Ok(SqliteStore {
             _lock: lock,
-            writer: Writer::start(conn, Arc::new(LeaseJournal(leases.clone()))),
+            writer,
             leases,
             readers: Readers::new(path),
-            checkpointer: Checkpointer::start(path)?,
+            checkpointer,
             cipher: Arc::new(cipher),
         })
     }

@@ -8,6 +8,9 @@
 //!
 //! Background jobs (the chunks of a large fan-out) never join a group: each commits alone,
 //! and one runs only between groups, so a publish waits for at most the one chunk under way.
+//! They also wait while the WAL is large and not yet copied back into the database (see
+//! [`Checkpointer`]): written back to back, they would grow it until the writer had to
+//! checkpoint by itself, and a publish would wait for that copy and its fsync.
 //!
 //! State kept in memory beside the database (the embedded store's leases) follows the same
 //! transactions through a [`Journal`]: what a rolled-back job changed in it is undone too.
@@ -16,7 +19,7 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -120,6 +123,8 @@ where
 
 enum Message {
     Job(Box<dyn Job>),
+    /// Background jobs may run again (the checkpointer caught up).
+    Wake,
     /// Commit what came before, close the connection, then answer.
     Close(oneshot::Sender<()>),
 }
@@ -133,6 +138,7 @@ pub struct Writer {
     metrics: CommitMetrics,
     busy: Arc<Busy>,
     stalled_after: Duration,
+    hold: Arc<AtomicBool>,
 }
 
 /// When the commit under way began, for readiness to tell a busy writer from a stuck one.
@@ -180,9 +186,11 @@ impl Writer {
             since: AtomicU64::new(0),
         });
         let marked = busy.clone();
+        let hold = Arc::new(AtomicBool::new(false));
+        let held = hold.clone();
         std::thread::Builder::new()
             .name("herald-sqlite-writer".into())
-            .spawn(move || run(conn, &*journal, jobs, &counter, &observed, &marked))
+            .spawn(move || run(conn, &*journal, jobs, &counter, &observed, &marked, &held))
             .expect("spawning the store's writer thread");
         Writer {
             queue,
@@ -190,7 +198,27 @@ impl Writer {
             metrics,
             busy,
             stalled_after,
+            hold,
         }
+    }
+
+    /// Starts checkpointing the database at `path` (which this writer writes), holding this
+    /// writer's background jobs while the checkpointer catches up.
+    pub fn start_checkpointer(&self, path: &Path) -> StoreResult<Checkpointer> {
+        self.start_checkpointer_paced(path, CHECKPOINT_INTERVAL, HOLD_PAGES)
+    }
+
+    fn start_checkpointer_paced(
+        &self,
+        path: &Path,
+        interval: Duration,
+        hold_pages: i64,
+    ) -> StoreResult<Checkpointer> {
+        let hold = BackgroundHold {
+            held: self.hold.clone(),
+            writer: self.queue.downgrade(),
+        };
+        Checkpointer::start(path, hold, interval, hold_pages)
     }
 
     /// The sizes and times of its commits, for the metrics endpoint.
@@ -297,6 +325,7 @@ impl Waiting {
         match message {
             Message::Job(job) if job.background() => self.background.push_back(job),
             Message::Job(job) => self.jobs.push(job),
+            Message::Wake => {}
             Message::Close(done) => self.closer = Some(done),
         }
     }
@@ -309,6 +338,7 @@ fn run(
     commits: &AtomicU64,
     metrics: &CommitMetrics,
     busy: &Busy,
+    hold: &AtomicBool,
 ) {
     let mut waiting = Waiting {
         jobs: Vec::with_capacity(MAX_JOBS_PER_COMMIT),
@@ -316,7 +346,9 @@ fn run(
         closer: None,
     };
     while waiting.closer.is_none() {
-        if waiting.background.is_empty() {
+        // With background work it may run, the writer only looks for jobs; otherwise it
+        // waits for one (or for the hold to end).
+        if waiting.background.is_empty() || hold.load(Ordering::Acquire) {
             match queue.blocking_recv() {
                 Some(message) => waiting.take(message),
                 None => break,
@@ -338,8 +370,9 @@ fn run(
                 busy,
             );
         }
-        // One background job between groups, and none once closing.
+        // One background job between groups, none while held, and none once closing.
         if waiting.closer.is_none()
+            && !hold.load(Ordering::Acquire)
             && let Some(job) = waiting.background.pop_front()
         {
             commit(&mut conn, journal, &mut vec![job], commits, metrics, busy);
@@ -352,6 +385,7 @@ fn run(
     while let Ok(message) = queue.try_recv() {
         match message {
             Message::Job(job) => job.finish(Err("the store is closed".into())),
+            Message::Wake => {}
             Message::Close(done) => {
                 let _ = done.send(());
             }
@@ -463,39 +497,109 @@ const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_milli
 /// WAL pages beyond which the writer checkpoints by itself (SQLite's automatic checkpoint),
 /// should the checkpointer fall behind: about 64 MiB.
 pub const WRITER_CHECKPOINT_PAGES: i64 = 16_384;
+/// WAL pages (about 16 MiB) beyond which background jobs wait until everything in the WAL has
+/// been copied back, so that the next write starts the WAL over rather than growing it.
+const HOLD_PAGES: i64 = 4_096;
+/// The longest background jobs are held at a time: a long read can keep a checkpoint from
+/// finishing, and a fan-out must slow down then, not stop.
+const MAX_HOLD: Duration = Duration::from_millis(500);
+/// The pause between checkpoints while catching up.
+const CATCHING_UP: Duration = Duration::from_millis(1);
+
+/// What the checkpointer holds the writer's background jobs with.
+struct BackgroundHold {
+    held: Arc<AtomicBool>,
+    /// Weak, so the writer thread still ends when its last `Writer` is dropped.
+    writer: mpsc::WeakSender<Message>,
+}
+
+impl BackgroundHold {
+    fn set(&self, held: bool) {
+        if self.held.swap(held, Ordering::AcqRel) && !held {
+            // The writer may be waiting for this rather than for a job.
+            if let Some(writer) = self.writer.upgrade() {
+                let _ = writer.try_send(Message::Wake);
+            }
+        }
+    }
+}
 
 /// Copies the WAL back into the database from a connection of its own, every
 /// `CHECKPOINT_INTERVAL`, so that no commit pays for it: left to SQLite, the commit that
 /// crosses 1,000 WAL pages runs the checkpoint and its fsync, and a publish waits for it.
 /// A passive checkpoint never blocks the writer or the readers. Stopped (and its thread
 /// joined) when the store closes or is dropped.
+///
+/// A large fan-out writes faster than a checkpoint running beside it copies, so the WAL
+/// would only grow, until the writer checkpointed by itself (tens of milliseconds that a
+/// publish waits for) and every sync had more to flush. Once the WAL holds `HOLD_PAGES`, the
+/// checkpointer holds the writer's background jobs and checkpoints until everything is
+/// copied back (or `MAX_HOLD` passed), and the WAL starts over at the next write.
 pub struct Checkpointer {
-    stop: Arc<std::sync::atomic::AtomicBool>,
+    stop: Arc<AtomicBool>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Checkpointer {
     /// Starts checkpointing the database at `path`, which must exist.
-    pub fn start(path: &Path) -> StoreResult<Checkpointer> {
+    fn start(
+        path: &Path,
+        hold: BackgroundHold,
+        interval: Duration,
+        hold_pages: i64,
+    ) -> StoreResult<Checkpointer> {
         let conn = Connection::open_with_flags(
             path,
             rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
             .name("herald-sqlite-checkpoint".into())
             .spawn(move || {
+                // While holding: since when, and what the last checkpoint found.
+                let mut held: Option<(Instant, Option<(i64, i64)>)> = None;
                 loop {
-                    std::thread::park_timeout(CHECKPOINT_INTERVAL);
+                    std::thread::park_timeout(match held {
+                        Some(_) => CATCHING_UP,
+                        None => interval,
+                    });
                     if flag.load(Ordering::SeqCst) {
                         break;
                     }
-                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-                    {
-                        tracing::debug!(error = %e, "a checkpoint failed; the next one retries");
+                    // (busy, pages in the WAL, pages copied back)
+                    let pages = conn
+                        .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                            Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+                        })
+                        .map_err(|e| {
+                            tracing::debug!(error = %e, "a checkpoint failed; the next one retries");
+                        })
+                        .ok();
+                    let large = pages.is_some_and(|(in_wal, _)| in_wal >= hold_pages);
+                    match held {
+                        None if large => {
+                            held = Some((Instant::now(), pages));
+                            hold.set(true);
+                        }
+                        Some((since, last)) => {
+                            // Only a write that begins after a complete checkpoint starts
+                            // the WAL over. Two complete checkpoints in a row that found the
+                            // same WAL mean nothing was written in between, so the next
+                            // write begins after one.
+                            let settled = pages
+                                .is_some_and(|(in_wal, copied)| copied == in_wal && last == pages);
+                            if !large || settled || since.elapsed() >= MAX_HOLD {
+                                held = None;
+                                hold.set(false);
+                            } else {
+                                held = Some((since, pages));
+                            }
+                        }
+                        None => {}
                     }
                 }
+                hold.set(false);
             })
             .expect("spawning the store's checkpoint thread");
         Ok(Checkpointer {
@@ -526,7 +630,7 @@ impl Drop for Checkpointer {
 pub struct Readers {
     path: Arc<PathBuf>,
     idle: Arc<Mutex<Vec<Connection>>>,
-    closed: Arc<std::sync::atomic::AtomicBool>,
+    closed: Arc<AtomicBool>,
 }
 
 const MAX_IDLE_READERS: usize = 8;
@@ -710,6 +814,90 @@ mod tests {
         assert_eq!(order, vec![3, 4, 1, 2], "queued publishes go first");
         // The blocker's group, 3 and 4 together, then 1 and 2 alone (and the read).
         assert_eq!(writer.commits() - before, 5);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn held_background_jobs_wait_while_others_run_and_resume_when_released() {
+        let (writer, _dir) = writer();
+        let hold = BackgroundHold {
+            held: writer.hold.clone(),
+            writer: writer.queue.downgrade(),
+        };
+        hold.set(true);
+        let submitter = writer.clone();
+        let mut background = tokio::spawn(async move {
+            submitter
+                .write_in_background(|c| Ok(c.execute("INSERT INTO t (v) VALUES (1)", [])?))
+                .await
+        });
+        // A publish still goes through while the background job waits.
+        writer
+            .write(|c| Ok(c.execute("INSERT INTO t (v) VALUES (2)", [])?))
+            .await
+            .unwrap();
+        let waited = tokio::time::timeout(Duration::from_millis(200), &mut background).await;
+        assert!(waited.is_err(), "a held background job must wait");
+        // Released, the writer (idle, waiting for a job) is woken and runs it.
+        hold.set(false);
+        background.await.unwrap().unwrap();
+        let count: i64 = writer
+            .write(|c| Ok(c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))?))
+            .await
+            .unwrap();
+        assert_eq!(count, 2);
+    }
+
+    /// Background jobs written back to back, as a large fan-out's chunks are, leave the WAL no
+    /// moment to start over: without the hold it grows until SQLite's own checkpoint (64 MiB),
+    /// which the writer then runs itself, ahead of the publishes waiting.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn back_to_back_background_jobs_keep_the_wal_small() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.sqlite3");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 16384; \
+             CREATE TABLE blobs (b BLOB);",
+        )
+        .unwrap();
+        let writer = Writer::start(conn, Arc::new(()));
+        // Scaled down: a WAL of 1 MiB is large, checked every 2 ms.
+        let hold_pages = 256;
+        let checkpointer = writer
+            .start_checkpointer_paced(&path, Duration::from_millis(2), hold_pages)
+            .unwrap();
+        let wal = dir.path().join("w.sqlite3-wal");
+        let mut largest = 0;
+        // 32 MiB in jobs of 64 KiB, from four submitters, so one is always queued.
+        let mut submitters = Vec::new();
+        for _ in 0..4 {
+            let writer = writer.clone();
+            submitters.push(tokio::spawn(async move {
+                for _ in 0..128 {
+                    writer
+                        .write_in_background(|c| {
+                            c.execute("INSERT INTO blobs (b) VALUES (zeroblob(65536))", [])?;
+                            Ok(())
+                        })
+                        .await
+                        .unwrap();
+                }
+            }));
+        }
+        while !submitters.iter().all(|s| s.is_finished()) {
+            if let Ok(size) = std::fs::metadata(&wal) {
+                largest = largest.max(size.len());
+            }
+            tokio::task::yield_now().await;
+        }
+        checkpointer.stop();
+        // Without the hold it grows to about 38 MiB; the bound leaves room for a checkpointer
+        // thread that a busy machine schedules late.
+        let bound = 12 << 20;
+        assert!(
+            largest < bound,
+            "the WAL grew to {largest} bytes (at most {bound} expected)"
+        );
     }
 
     /// Records the calls a journal gets.
