@@ -6,8 +6,8 @@
 //! After each chunk the worker waits as long as the chunk took, so a large fan-out uses about
 //! half of the write path (and of a core) rather than all of it. Back to back, its chunks
 //! kept the writer and a core busy for the whole fan-out, and other tenants' publishes, which
-//! need both, waited: on two cores their p99 went from 3 to about 25 ms (S12); paced, it
-//! stays near 13 ms, and the fan-out takes twice as long.
+//! need both, waited: on two cores their p50 doubled (S12). Paced, the fan-out takes twice as
+//! long.
 //!
 //! It runs on every node. A publish pokes it; it also looks once at start (a fan-out left by
 //! a stop or a crash) and, on a shared store, every few seconds (one left by a node that
