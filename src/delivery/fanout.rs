@@ -25,6 +25,8 @@ use crate::store::Store;
 /// Deliveries created per chunk. A publish on the embedded store waits for at most the chunk
 /// under way, so this bounds what a large fan-out adds to other tenants' publish latency.
 const CHUNK: usize = 250;
+/// The longest pause after a chunk (which takes a few milliseconds when the store is idle).
+const MAX_PAUSE: Duration = Duration::from_millis(20);
 /// How often to look for pending fan-outs when no publish said there is one.
 const POLL_INTERVAL: Duration = Duration::from_secs(5);
 /// Wait after a failed store call before trying again.
@@ -48,8 +50,14 @@ pub async fn run(
                 Ok(Some(chunk)) => {
                     after = chunk.fanout;
                     signal.wake(&chunk.streams);
-                    // Pacing by the work's own duration, not a schedule: real time.
-                    tokio::time::sleep(started.elapsed()).await;
+                    // Pacing by the work's own duration, not a schedule: real time. Capped,
+                    // since a chunk that waited in the writer's queue or for its checkpoint
+                    // hold took long without working long.
+                    let pause = started.elapsed().min(MAX_PAUSE);
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(pause) => {}
+                    }
                 }
                 Ok(None) => break,
                 Err(e) => {
