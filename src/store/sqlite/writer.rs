@@ -138,7 +138,17 @@ pub struct Writer {
     metrics: CommitMetrics,
     busy: Arc<Busy>,
     stalled_after: Duration,
-    hold: Arc<AtomicBool>,
+    hold: Arc<HoldState>,
+}
+
+/// What the writer and its checkpointer share about background jobs.
+#[derive(Default)]
+struct HoldState {
+    /// Background jobs may not run now.
+    held: AtomicBool,
+    /// The writer has background jobs waiting: only then is holding them worth the
+    /// checkpointer's catching up.
+    pending: AtomicBool,
 }
 
 /// When the commit under way began, for readiness to tell a busy writer from a stuck one.
@@ -186,7 +196,7 @@ impl Writer {
             since: AtomicU64::new(0),
         });
         let marked = busy.clone();
-        let hold = Arc::new(AtomicBool::new(false));
+        let hold = Arc::new(HoldState::default());
         let held = hold.clone();
         std::thread::Builder::new()
             .name("herald-sqlite-writer".into())
@@ -215,7 +225,7 @@ impl Writer {
         hold_pages: i64,
     ) -> StoreResult<Checkpointer> {
         let hold = BackgroundHold {
-            held: self.hold.clone(),
+            state: self.hold.clone(),
             writer: self.queue.downgrade(),
         };
         Checkpointer::start(path, hold, interval, hold_pages)
@@ -338,7 +348,7 @@ fn run(
     commits: &AtomicU64,
     metrics: &CommitMetrics,
     busy: &Busy,
-    hold: &AtomicBool,
+    hold: &HoldState,
 ) {
     let mut waiting = Waiting {
         jobs: Vec::with_capacity(MAX_JOBS_PER_COMMIT),
@@ -348,7 +358,7 @@ fn run(
     while waiting.closer.is_none() {
         // With background work it may run, the writer only looks for jobs; otherwise it
         // waits for one (or for the hold to end).
-        if waiting.background.is_empty() || hold.load(Ordering::Acquire) {
+        if waiting.background.is_empty() || hold.held.load(Ordering::Acquire) {
             match queue.blocking_recv() {
                 Some(message) => waiting.take(message),
                 None => break,
@@ -372,11 +382,13 @@ fn run(
         }
         // One background job between groups, none while held, and none once closing.
         if waiting.closer.is_none()
-            && !hold.load(Ordering::Acquire)
+            && !hold.held.load(Ordering::Acquire)
             && let Some(job) = waiting.background.pop_front()
         {
             commit(&mut conn, journal, &mut vec![job], commits, metrics, busy);
         }
+        hold.pending
+            .store(!waiting.background.is_empty(), Ordering::Release);
     }
     queue.close();
     for job in waiting.background.drain(..) {
@@ -508,7 +520,7 @@ const CATCHING_UP: Duration = Duration::from_millis(1);
 
 /// What the checkpointer holds the writer's background jobs with.
 struct BackgroundHold {
-    held: Arc<AtomicBool>,
+    state: Arc<HoldState>,
     /// Weak, so the writer thread still ends when its last `Writer` is dropped.
     writer: mpsc::WeakSender<Message>,
 }
@@ -530,7 +542,7 @@ impl Drop for ReleaseOnDrop {
 
 impl BackgroundHold {
     fn set(&self, held: bool) {
-        if self.held.swap(held, Ordering::AcqRel) && !held {
+        if self.state.held.swap(held, Ordering::AcqRel) && !held {
             // The writer may be waiting for this rather than for a job.
             if let Some(writer) = self.writer.upgrade() {
                 let _ = writer.try_send(Message::Wake);
@@ -547,9 +559,10 @@ impl BackgroundHold {
 ///
 /// A large fan-out writes faster than a checkpoint running beside it copies, so the WAL
 /// would only grow, until the writer checkpointed by itself (tens of milliseconds that a
-/// publish waits for) and every sync had more to flush. Once the WAL holds `HOLD_PAGES`, the
-/// checkpointer holds the writer's background jobs and checkpoints until everything is
-/// copied back (or `MAX_HOLD` passed), and the WAL starts over at the next write.
+/// publish waits for) and every sync had more to flush. Once the WAL holds `HOLD_PAGES` while
+/// background jobs wait, the checkpointer holds them and checkpoints until everything is
+/// copied back (or `MAX_HOLD` passed), and the WAL starts over at the next write. Without
+/// background jobs it never holds, so a busy stream of publishes costs no extra checkpoints.
 pub struct Checkpointer {
     stop: Arc<AtomicBool>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -593,7 +606,8 @@ impl Checkpointer {
                             tracing::debug!(error = %e, "a checkpoint failed; the next one retries");
                         })
                         .ok();
-                    let large = pages.is_some_and(|(in_wal, _)| in_wal >= hold_pages);
+                    let large = pages.is_some_and(|(in_wal, _)| in_wal >= hold_pages)
+                        && hold.state.pending.load(Ordering::Acquire);
                     match held {
                         None if large => {
                             held = Some((Instant::now(), pages));
@@ -837,7 +851,7 @@ mod tests {
     async fn held_background_jobs_wait_while_others_run_and_resume_when_released() {
         let (writer, _dir) = writer();
         let hold = BackgroundHold {
-            held: writer.hold.clone(),
+            state: writer.hold.clone(),
             writer: writer.queue.downgrade(),
         };
         hold.set(true);
