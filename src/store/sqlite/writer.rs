@@ -146,9 +146,9 @@ pub struct Writer {
 struct HoldState {
     /// Background jobs may not run now.
     held: AtomicBool,
-    /// The writer has background jobs waiting: only then is holding them worth the
+    /// Background jobs run so far: while none runs, holding them is not worth the
     /// checkpointer's catching up.
-    pending: AtomicBool,
+    runs: AtomicU64,
 }
 
 /// When the commit under way began, for readiness to tell a busy writer from a stuck one.
@@ -386,9 +386,8 @@ fn run(
             && let Some(job) = waiting.background.pop_front()
         {
             commit(&mut conn, journal, &mut vec![job], commits, metrics, busy);
+            hold.runs.fetch_add(1, Ordering::Release);
         }
-        hold.pending
-            .store(!waiting.background.is_empty(), Ordering::Release);
     }
     queue.close();
     for job in waiting.background.drain(..) {
@@ -561,8 +560,8 @@ impl BackgroundHold {
 /// would only grow, until the writer checkpointed by itself (tens of milliseconds that a
 /// publish waits for) and every sync had more to flush. Once the WAL holds `HOLD_PAGES` while
 /// background jobs wait, the checkpointer holds them and checkpoints until everything is
-/// copied back (or `MAX_HOLD` passed), and the WAL starts over at the next write. Without
-/// background jobs it never holds, so a busy stream of publishes costs no extra checkpoints.
+/// copied back (or `MAX_HOLD` passed), and the WAL starts over at the next write. It holds
+/// only while background jobs run, so a busy stream of publishes costs no extra checkpoints.
 pub struct Checkpointer {
     stop: Arc<AtomicBool>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -589,6 +588,7 @@ impl Checkpointer {
                 let hold = ReleaseOnDrop(hold);
                 // While holding: since when, and what the last checkpoint found.
                 let mut held: Option<(Instant, Option<(i64, i64)>)> = None;
+                let mut last_runs = 0;
                 loop {
                     std::thread::park_timeout(match held {
                         Some(_) => CATCHING_UP,
@@ -606,10 +606,13 @@ impl Checkpointer {
                             tracing::debug!(error = %e, "a checkpoint failed; the next one retries");
                         })
                         .ok();
-                    let large = pages.is_some_and(|(in_wal, _)| in_wal >= hold_pages)
-                        && hold.state.pending.load(Ordering::Acquire);
+                    // Background jobs ran since the last look: a fan-out is under way.
+                    let runs = hold.state.runs.load(Ordering::Acquire);
+                    let active = runs != last_runs;
+                    last_runs = runs;
+                    let large = pages.is_some_and(|(in_wal, _)| in_wal >= hold_pages);
                     match held {
-                        None if large => {
+                        None if large && active => {
                             held = Some((Instant::now(), pages));
                             hold.set(true);
                         }
