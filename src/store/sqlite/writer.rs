@@ -524,18 +524,10 @@ struct BackgroundHold {
     writer: mpsc::WeakSender<Message>,
 }
 
-struct ReleaseOnDrop(BackgroundHold);
-
-impl std::ops::Deref for ReleaseOnDrop {
-    type Target = BackgroundHold;
-    fn deref(&self) -> &BackgroundHold {
-        &self.0
-    }
-}
-
-impl Drop for ReleaseOnDrop {
+/// Released however its owner ends, a panicking checkpointer thread included.
+impl Drop for BackgroundHold {
     fn drop(&mut self) {
-        self.0.set(false);
+        self.set(false);
     }
 }
 
@@ -584,8 +576,6 @@ impl Checkpointer {
         let thread = std::thread::Builder::new()
             .name("herald-sqlite-checkpoint".into())
             .spawn(move || {
-                // Released however the thread ends, a panic included.
-                let hold = ReleaseOnDrop(hold);
                 // While holding: since when, and what the last checkpoint found.
                 let mut held: Option<(Instant, Option<(i64, i64)>)> = None;
                 let mut last_runs = 0;
