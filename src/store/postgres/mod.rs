@@ -52,6 +52,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("008_events_by_received.sql"),
     include_str!("009_console_sessions.sql"),
     include_str!("010_console_links.sql"),
+    include_str!("011_fewer_index_pages.sql"),
 ];
 
 /// Channels of the notifications this store sends.
@@ -1699,5 +1700,104 @@ async fn name_free(
     match taken {
         Some(row) => Err(StoreError::NameTaken(row.get(0))),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Version 11 on a store populated at version 10: the rows stay, events are found by id
+    /// and by (source, id) through the one unique index, and a duplicate is still refused.
+    #[tokio::test]
+    #[cfg_attr(not(herald_postgres_tests), ignore = "needs HERALD_TEST_DATABASE_URL")]
+    async fn the_fewer_index_pages_upgrade_keeps_a_populated_store_working() {
+        let base = std::env::var("HERALD_TEST_DATABASE_URL").unwrap();
+        let scratch = scratch::Scratch::create(&base, "herald_test")
+            .await
+            .unwrap();
+        let client = scratch::connect(&scratch.url).await.unwrap();
+        client
+            .batch_execute(
+                "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)",
+            )
+            .await
+            .unwrap();
+        for (i, sql) in MIGRATIONS[..10].iter().enumerate() {
+            client.batch_execute(sql).await.unwrap();
+            client
+                .execute(
+                    "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, 0)",
+                    &[&(i as i32 + 1)],
+                )
+                .await
+                .unwrap();
+        }
+        client
+            .batch_execute(
+                "INSERT INTO tenants (id, name, created_at) VALUES ('ten_a', 'a', 0), ('ten_b', 'b', 0);
+                 INSERT INTO events (seq, tenant_id, id, source, type, time, data, received_at) VALUES
+                     (1, 'ten_a', 'e1', 'src', 'user.created', 0, '{}', 0),
+                     (2, 'ten_b', 'e1', 'src', 'user.created', 0, '{}', 0);
+                 INSERT INTO deliveries (seq, tenant_id, id, stream_id, event_seq, event_type, status,
+                     created_at, updated_at) VALUES
+                     (1, 'ten_a', 'dlv_1', 'est_a', 1, 'user.created', 'pending', 0, 0),
+                     (2, 'ten_b', 'dlv_2', 'est_b', 2, 'user.created', 'pending', 0, 0);",
+            )
+            .await
+            .unwrap();
+
+        let cipher = Cipher::from_base64("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=").unwrap();
+        let store = PgStore::connect(&scratch.url, cipher, 2).await.unwrap();
+
+        let definitions: Vec<(String, String)> = client
+            .query(
+                "SELECT indexname::text, indexdef FROM pg_indexes WHERE schemaname = current_schema() \
+                 AND tablename IN ('events', 'deliveries') ORDER BY indexname",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect();
+        let columns = |name: &str| {
+            definitions
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, def)| def[def.rfind('(').unwrap()..].to_string())
+        };
+        assert_eq!(columns("events_by_id"), None);
+        assert_eq!(
+            columns("events_by_source_id").as_deref(),
+            Some("(tenant_id, id, source)")
+        );
+        assert_eq!(columns("deliveries_by_id").as_deref(), Some("(id)"));
+        assert_eq!(
+            columns("deliveries_by_event").as_deref(),
+            Some("(event_seq, stream_id)")
+        );
+
+        for source in [None, Some("src")] {
+            let found = store
+                .get_event("ten_a", "e1", source)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                (found.event.id.as_str(), found.event.source.as_str()),
+                ("e1", "src")
+            );
+        }
+        let duplicate = client
+            .execute(
+                "INSERT INTO events (tenant_id, id, source, type, time, data, received_at) \
+                 VALUES ('ten_a', 'e1', 'src', 'user.created', 0, '{}', 0) \
+                 ON CONFLICT (tenant_id, id, source) DO NOTHING",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(duplicate, 0);
     }
 }

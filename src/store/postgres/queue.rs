@@ -106,7 +106,7 @@ pub async fn publish_all(
              $13::bigint[]) WITH ORDINALITY \
              AS u(tenant_id, id, source, type, time, subject, datacontenttype, dataschema, data, \
              extensions, projectid, userid, received_at, n) ORDER BY u.n \
-             ON CONFLICT (tenant_id, source, id) DO NOTHING RETURNING seq, tenant_id, source, id",
+             ON CONFLICT (tenant_id, id, source) DO NOTHING RETURNING seq, tenant_id, source, id",
         )
         .await?;
     let select_params: [&(dyn ToSql + Sync); 1] = [&tenants];
@@ -426,7 +426,7 @@ impl NewDeliveries {
                  FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], \
                  $6::bigint[], $7::bigint[]) \
                  AS u(tenant_id, id, stream_id, event_seq, event_type, lease_until, created_at) \
-                 ON CONFLICT (tenant_id, event_seq, stream_id) DO NOTHING RETURNING tenant_id, id, seq",
+                 ON CONFLICT (event_seq, stream_id) DO NOTHING RETURNING tenant_id, id, seq",
             )
             .await?;
         let rows = tx

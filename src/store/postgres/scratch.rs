@@ -82,7 +82,7 @@ impl Drop for Scratch {
 
 /// A connection to `url`, its driver running on the current runtime until the client is
 /// dropped.
-async fn connect(url: &str) -> Result<tokio_postgres::Client, String> {
+pub(super) async fn connect(url: &str) -> Result<tokio_postgres::Client, String> {
     // The same settings, TLS included, as Herald's own connections.
     let target = parse_url(url).map_err(|e| e.to_string())?;
     let (client, connection) = target.connect().await.map_err(|e| crate::error_chain(&e))?;

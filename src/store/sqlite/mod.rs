@@ -37,6 +37,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("008_events_by_received.sql"),
     include_str!("009_console_sessions.sql"),
     include_str!("010_console_links.sql"),
+    include_str!("011_fewer_index_pages.sql"),
 ];
 
 /// Rows one job of a bulk administrative write (a redelivery, an erasure by subject, a
@@ -1538,5 +1539,101 @@ impl Store for SqliteStore {
         self.readers
             .read(move |conn| delivery_views(conn, &tenant_id, "e.id", &event_id))
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn index_columns(conn: &Connection, index: &str) -> Vec<String> {
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT name FROM pragma_index_info('{index}') ORDER BY seqno"
+            ))
+            .unwrap();
+        stmt.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    }
+
+    fn plan(conn: &Connection, sql: &str) -> String {
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        stmt.query_map([], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .unwrap()
+            .join("; ")
+    }
+
+    /// Version 11 on a store populated at version 10: the rows stay, events are found by id
+    /// and by (source, id) through the one unique index, and a duplicate is still refused.
+    #[test]
+    fn the_fewer_index_pages_upgrade_keeps_a_populated_store_working() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        for (i, sql) in MIGRATIONS[..10].iter().enumerate() {
+            conn.execute_batch(sql).unwrap();
+            conn.pragma_update(None, "user_version", i + 1).unwrap();
+        }
+        conn.execute_batch(
+            "INSERT INTO tenants (id, name, created_at) VALUES ('ten_a', 'a', 0), ('ten_b', 'b', 0);
+             INSERT INTO events (seq, tenant_id, id, source, type, time, data, received_at) VALUES
+                 (1, 'ten_a', 'e1', 'src', 'user.created', 0, '{}', 0),
+                 (2, 'ten_b', 'e1', 'src', 'user.created', 0, '{}', 0);
+             INSERT INTO deliveries (seq, tenant_id, id, stream_id, event_seq, event_type, status,
+                 created_at, updated_at) VALUES
+                 (1, 'ten_a', 'dlv_1', 'est_a', 1, 'user.created', 'pending', 0, 0),
+                 (2, 'ten_b', 'dlv_2', 'est_b', 2, 'user.created', 'pending', 0, 0);",
+        )
+        .unwrap();
+
+        migrate(&mut conn).unwrap();
+
+        let version: usize = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, MIGRATIONS.len());
+        assert!(index_columns(&conn, "events_by_id").is_empty());
+        assert_eq!(
+            index_columns(&conn, "events_by_source_id"),
+            ["tenant_id", "id", "source"]
+        );
+        assert_eq!(index_columns(&conn, "deliveries_by_id"), ["id"]);
+        assert_eq!(
+            index_columns(&conn, "deliveries_by_event"),
+            ["event_seq", "stream_id"]
+        );
+        let by_id = plan(
+            &conn,
+            "SELECT seq FROM events WHERE tenant_id = 'ten_a' AND id = 'e1'",
+        );
+        assert!(by_id.contains("events_by_source_id"), "{by_id}");
+        let count: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM deliveries d JOIN events e ON e.seq = d.event_seq",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(count, 2);
+        let duplicate = conn
+            .execute(
+                "INSERT INTO events (tenant_id, id, source, type, time, data, received_at) \
+                 VALUES ('ten_a', 'e1', 'src', 'user.created', 0, '{}', 0) \
+                 ON CONFLICT (tenant_id, id, source) DO NOTHING",
+                [],
+            )
+            .unwrap();
+        assert_eq!(duplicate, 0);
+        let another_source = conn
+            .execute(
+                "INSERT INTO events (tenant_id, id, source, type, time, data, received_at) \
+                 VALUES ('ten_a', 'e1', 'other', 'user.created', 0, '{}', 0) \
+                 ON CONFLICT (tenant_id, id, source) DO NOTHING",
+                [],
+            )
+            .unwrap();
+        assert_eq!(another_source, 1);
     }
 }

@@ -54,7 +54,7 @@ pub fn publish(
         "INSERT INTO events (tenant_id, id, source, type, time, subject, datacontenttype, \
          dataschema, data, extensions, projectid, userid, received_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \
-         ON CONFLICT (tenant_id, source, id) DO NOTHING",
+         ON CONFLICT (tenant_id, id, source) DO NOTHING",
     )?;
     // The new events, by seq; a duplicate has none.
     let mut inserted: Vec<(Event, Option<i64>)> = Vec::with_capacity(events.len());
@@ -295,7 +295,7 @@ fn insert_delivery(
     conn.prepare_cached(
         "INSERT INTO deliveries (tenant_id, id, stream_id, event_seq, event_type, status, due_at, \
          created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?6, ?6) \
-         ON CONFLICT (tenant_id, event_seq, stream_id) DO NOTHING",
+         ON CONFLICT (event_seq, stream_id) DO NOTHING",
     )?
     .execute(params![
         tenant_id,
