@@ -160,10 +160,10 @@ impl App {
             signal,
             destination_policy,
             secret_rotation_grace_ms: config.secret_rotation_grace_seconds as i64 * 1000,
-            // Leasing at publish saves a claim when leases are free (in memory); on a shared
-            // store each lease is a row update, and nodes claim in batches instead.
-            delivery_lease_ms: (config.role.delivers() && config.database_url.is_none())
-                .then_some(lease.as_millis() as i64),
+            // Leasing at publish saves a claim: a node that delivers gets its publishes' new
+            // deliveries already leased (on a shared store the lease is written with the row,
+            // at no cost); a node that does not leaves them to the others, told by NOTIFY.
+            delivery_lease_ms: config.role.delivers().then_some(lease.as_millis() as i64),
             delivers: config.role.delivers(),
             metrics,
             log_signal: Arc::new(LogSignal::new(config.max_connections / 2)),
