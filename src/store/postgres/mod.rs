@@ -232,6 +232,15 @@ async fn migrate(pool: &Pool) -> StoreResult<usize> {
         .query_one("SELECT COUNT(*) FROM schema_migrations", &[])
         .await?
         .get(0);
+    // An older node on a newer schema would write what the schema no longer accepts, or
+    // miss what it now needs: it must not start.
+    if applied as usize > MIGRATIONS.len() {
+        return Err(StoreError::Postgres(format!(
+            "the database's schema is at version {applied}, newer than this Herald knows \
+             (version {}): run the newer Herald on this node too",
+            MIGRATIONS.len()
+        )));
+    }
     let mut ran = 0;
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied as usize) {
         tx.batch_execute(sql).await?;
@@ -1799,5 +1808,24 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(duplicate, 0);
+
+        // A node older than the schema refuses to start.
+        drop(store);
+        client
+            .execute(
+                "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, 0)",
+                &[&(MIGRATIONS.len() as i32 + 1)],
+            )
+            .await
+            .unwrap();
+        let cipher = Cipher::from_base64("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=").unwrap();
+        let refused = PgStore::connect(&scratch.url, cipher, 2)
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            refused.to_string().contains("newer than this Herald knows"),
+            "{refused}"
+        );
     }
 }

@@ -379,6 +379,16 @@ fn delivery_from_row(row: &Row) -> StoreResult<(i64, DeliveryView)> {
     Ok((row.get(0)?, view))
 }
 
+/// The deliveries whose `column` (`d.id` or `e.id`) equals `?2`, of tenant `?1`. The tenant
+/// is checked (`+`) rather than searched on: its own indexes hold all the tenant's
+/// deliveries, where the delivery's or the event's id finds the few rows at once.
+fn delivery_views_sql(column: &str) -> String {
+    format!(
+        "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.seq = d.event_seq \
+         WHERE +d.tenant_id = ?1 AND e.tenant_id = ?1 AND {column} = ?2 ORDER BY d.seq"
+    )
+}
+
 /// Deliveries whose `column` equals `value`, each with every attempt.
 fn delivery_views(
     conn: &Connection,
@@ -386,10 +396,7 @@ fn delivery_views(
     column: &str,
     value: &str,
 ) -> StoreResult<Vec<DeliveryView>> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.seq = d.event_seq \
-         WHERE d.tenant_id = ?1 AND {column} = ?2 ORDER BY d.seq"
-    ))?;
+    let mut stmt = conn.prepare_cached(&delivery_views_sql(column))?;
     let mut attempts = conn.prepare_cached(
         "SELECT attempted_at, duration_ms, response_status, response_body, error_kind, error_message, \
          detail FROM attempts WHERE tenant_id = ?1 AND delivery_seq = ?2 ORDER BY seq",
@@ -1560,11 +1567,15 @@ mod tests {
 
     fn plan(conn: &Connection, sql: &str) -> String {
         let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
-        stmt.query_map([], |r| r.get::<_, String>(3))
-            .unwrap()
-            .collect::<rusqlite::Result<Vec<_>>>()
-            .unwrap()
-            .join("; ")
+        // The plan does not depend on the values.
+        let values = vec!["x"; stmt.parameter_count()];
+        stmt.query_map(rusqlite::params_from_iter(values), |r| {
+            r.get::<_, String>(3)
+        })
+        .unwrap()
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .unwrap()
+        .join("; ")
     }
 
     /// Version 11 on a store populated at version 10: the rows stay, events are found by id
@@ -1604,11 +1615,30 @@ mod tests {
             index_columns(&conn, "deliveries_by_event"),
             ["event_seq", "stream_id"]
         );
-        let by_id = plan(
-            &conn,
-            "SELECT seq FROM events WHERE tenant_id = 'ten_a' AND id = 'e1'",
+        // The statements that look events and deliveries up by id search the new indexes,
+        // rather than walking all of the tenant's rows.
+        let by_id = plan(&conn, &log::get_event_sql());
+        assert!(
+            by_id.contains("events_by_source_id (tenant_id=? AND id=?)"),
+            "{by_id}"
         );
-        assert!(by_id.contains("events_by_source_id"), "{by_id}");
+        let by_event = plan(&conn, &delivery_views_sql("e.id"));
+        assert!(
+            by_event.contains("events_by_source_id (tenant_id=? AND id=?)"),
+            "{by_event}"
+        );
+        assert!(
+            by_event.contains("deliveries_by_event (event_seq=?)"),
+            "{by_event}"
+        );
+        let by_delivery = plan(&conn, &delivery_views_sql("d.id"));
+        for plan in [&by_id, &by_event, &by_delivery] {
+            assert!(!plan.contains("SCAN"), "{plan}");
+        }
+        assert!(
+            by_delivery.contains("deliveries_by_id (id=?)"),
+            "{by_delivery}"
+        );
         let count: i64 = conn
             .query_row(
                 "SELECT COUNT(*) FROM deliveries d JOIN events e ON e.seq = d.event_seq",
