@@ -274,6 +274,7 @@ impl App {
         }
         tasks.close();
         let store = self.state.store.clone();
+        let (signal, clock) = (self.state.signal.clone(), self.state.clock.clone());
         let router = if self.role.serves_api() {
             api::router(self.state)
         } else {
@@ -288,6 +289,18 @@ impl App {
         )
         .await;
         tasks.wait().await;
+        // A publish that finished after the dispatcher stopped leased its deliveries to it:
+        // on a shared store they are given back for the other nodes, not left to lapse.
+        let late: Vec<_> = signal
+            .take_handed()
+            .into_iter()
+            .map(|claimed| (claimed.key, claimed.lease))
+            .collect();
+        if !late.is_empty()
+            && let Err(e) = store.release(late, clock.now_ms()).await
+        {
+            tracing::warn!(error = %e, "could not release deliveries published while stopping; their leases lapse");
+        }
         store.close().await;
         Ok(())
     }

@@ -25,7 +25,7 @@ use crate::store::Store;
 /// Deliveries created per chunk. A publish on the embedded store waits for at most the chunk
 /// under way, so this bounds what a large fan-out adds to other tenants' publish latency:
 /// with 250, S12's other tenant saw an ack p99 of 11-13 ms; with 100, about 7 ms, for a
-/// fan-out written at about 16,000 deliveries a second rather than 24,000.
+/// fan-out written at about 15,000 deliveries a second rather than 24,000.
 const CHUNK: usize = 100;
 /// The longest pause after a chunk (which takes a few milliseconds when the store is idle).
 const MAX_PAUSE: Duration = Duration::from_millis(20);

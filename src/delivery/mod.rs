@@ -91,7 +91,9 @@ impl Signal {
         }
     }
 
-    fn take_handed(&self) -> Vec<Claimed> {
+    /// Takes the deliveries handed over and not yet started: the dispatcher's, and at the
+    /// stop, those of publishes finished after the dispatcher stopped, to give back.
+    pub fn take_handed(&self) -> Vec<Claimed> {
         std::mem::take(&mut *self.handed.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
@@ -719,13 +721,24 @@ impl Dispatcher {
     async fn accept(&mut self, handed: Vec<Claimed>, spawn: &Spawner<'_>) {
         let mut give_back = Vec::new();
         let mut streams = HashSet::new();
+        // On a shared store, no more than a claim could take: what this node cannot start
+        // soon, another node may.
+        let mut room = if self.config.shared {
+            self.room()
+        } else {
+            usize::MAX
+        };
         for claimed in handed {
             match self.streams.get_mut(&claimed.stream_id) {
                 Some(slot)
                     if !slot.draining
                         && slot.circuit.is_closed()
-                        && slot.units() < 2 * slot.limit.get() =>
+                        && slot.units() < 2 * slot.limit.get()
+                        && (room > 0 || slot.held() % slot.batch() != 0) =>
                 {
+                    if slot.held() % slot.batch() == 0 {
+                        room = room.saturating_sub(1);
+                    }
                     self.leases.insert(claimed.key, claimed.lease);
                     streams.insert((claimed.tenant_id.clone(), claimed.stream_id.clone()));
                     slot.queued.push_back(claimed);

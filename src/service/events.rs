@@ -4,6 +4,7 @@
 //! platform token may name the tenant on the events (`tenant`), all of a batch the same.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -68,8 +69,8 @@ pub async fn publish(
         .cloned()
         .collect();
 
-    // On a node that delivers from the embedded store, the new deliveries come back leased and
-    // go straight to its dispatcher, which saves a claim. The publish runs as its own task so
+    // On a node that delivers, the new deliveries come back leased and go straight to its
+    // dispatcher, which saves a claim. The publish runs as its own task so
     // that a caller going away cannot stop the hand-over half-way (leases it never received
     // would only lapse, later).
     let (store, signal, log_signal, tenant) = (
@@ -86,15 +87,20 @@ pub async fn publish(
         if published.iter().any(|p| p.deferred) {
             signal.fan_out_pending();
         }
-        if lease_until.is_none() {
-            // Due now, for whichever dispatcher claims them first.
-            signal.wake(
-                published
-                    .iter()
-                    .filter(|p| !p.deferred)
-                    .flat_map(|p| &p.streams),
-            );
-        }
+        // Deliveries not leased here (all of them on a node that does not deliver; those to a
+        // `herald listen` stream otherwise) are due now, for whichever dispatcher claims
+        // them first.
+        let leased: HashSet<&str> = published
+            .iter()
+            .flat_map(|p| p.leased.iter().map(|c| c.stream_id.as_str()))
+            .collect();
+        signal.wake(
+            published
+                .iter()
+                .filter(|p| !p.deferred)
+                .flat_map(|p| &p.streams)
+                .filter(|stream| !leased.contains(stream.as_str())),
+        );
         signal.hand_over(
             published
                 .iter_mut()

@@ -47,8 +47,7 @@ pub struct Service {
     pub destination_policy: DestinationPolicy,
     pub secret_rotation_grace_ms: i64,
     /// How long a delivery leased at publish stays leased (the dispatcher's lease); `None`
-    /// when publishes leave new deliveries to be claimed (a node that does not deliver, or
-    /// a shared store).
+    /// when publishes leave new deliveries to be claimed (a node that does not deliver).
     pub delivery_lease_ms: Option<i64>,
     /// This node runs a dispatcher (role `all` or `worker`).
     pub delivers: bool,

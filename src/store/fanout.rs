@@ -16,7 +16,10 @@ use crate::catalog::pattern_matches;
 pub struct Subscriber {
     pub id: String,
     pub patterns: Vec<String>,
-    pub enabled: bool,
+    /// Enabled, and sent by the dispatchers: its new deliveries may be leased at publish to
+    /// the publishing node. A `herald listen` stream's connection may be on another node,
+    /// which hears of due work by notification instead.
+    pub leasable: bool,
 }
 
 /// Whether a stream subscribed with `patterns` receives events of `event_type`.
@@ -195,7 +198,7 @@ mod tests {
         Subscriber {
             id: id.into(),
             patterns: vec![pattern.into()],
-            enabled: true,
+            leasable: true,
         }
     }
 

@@ -65,7 +65,7 @@ pub async fn publish_all(
 ) -> StoreResult<Vec<Vec<Published>>> {
     let select = tx
         .prepare_cached(
-            "SELECT tenant_id, id, subscriptions, status = 'enabled' FROM streams \
+            "SELECT tenant_id, id, subscriptions, status = 'enabled' AND destination_type <> 'listen' FROM streams \
              WHERE tenant_id = ANY($1) AND status IN ('enabled', 'paused')",
         )
         .await?;
@@ -135,7 +135,7 @@ pub async fn publish_all(
         streams.entry(row.get(0)).or_default().push(Subscriber {
             id: row.get(1),
             patterns: columns::decode_patterns(row.get(2))?,
-            enabled: row.get(3),
+            leasable: row.get(3),
         });
     }
     // A repeat within the group is inserted once: the first occurrence takes the row.
@@ -200,7 +200,7 @@ pub async fn publish_all(
                     if deferred {
                         continue;
                     }
-                    let lease = request.lease_until.filter(|_| stream.enabled);
+                    let lease = request.lease_until.filter(|_| stream.leasable);
                     let delivery_id = crate::ids::delivery_id(request.now);
                     new_deliveries.push(
                         tenant_id,

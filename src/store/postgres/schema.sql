@@ -1,8 +1,8 @@
 -- Herald's shared store on PostgreSQL, version 1. The same tables as the embedded store,
 -- plus what several nodes need to share the queue: every delivery carries its lease
 -- (`lease_until`, and `lease`, a generation that fences a node whose lease lapsed).
--- Every table carries the tenant id, and every index a query uses leads with it. Times are
--- Unix milliseconds.
+-- Every table carries the tenant id, and every index a query uses leads with it (version 11
+-- made two exceptions, for ids unique across tenants). Times are Unix milliseconds.
 
 CREATE TABLE tenants (
     id         TEXT PRIMARY KEY,

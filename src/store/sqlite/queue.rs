@@ -37,7 +37,7 @@ pub fn publish(
     let mut streams = Vec::new();
     {
         let mut stmt = conn.prepare_cached(
-            "SELECT id, subscriptions, status = 'enabled' FROM streams \
+            "SELECT id, subscriptions, status = 'enabled' AND destination_type <> 'listen' FROM streams \
              WHERE tenant_id = ?1 AND status IN ('enabled', 'paused')",
         )?;
         let mut rows = stmt.query(params![tenant_id])?;
@@ -46,7 +46,7 @@ pub fn publish(
             streams.push(Subscriber {
                 id: row.get(0)?,
                 patterns: crate::store::columns::decode_patterns(&patterns)?,
-                enabled: row.get(2)?,
+                leasable: row.get(2)?,
             });
         }
     }
@@ -131,7 +131,7 @@ pub fn publish(
                 &event.event_type,
                 now,
             )?;
-            if let Some((leases, until)) = lease.as_mut().filter(|_| stream.enabled) {
+            if let Some((leases, until)) = lease.as_mut().filter(|_| stream.leasable) {
                 // One copy of the event, however many streams it goes to.
                 let shared = shared.get_or_insert_with(|| Arc::new(event.clone()));
                 let key = conn.last_insert_rowid();

@@ -1,5 +1,6 @@
 -- Herald's embedded store, version 1. Every table carries the tenant id, and every index a
--- query uses leads with it. Times are Unix milliseconds.
+-- query uses leads with it (version 11 made two exceptions, for ids unique across tenants).
+-- Times are Unix milliseconds.
 
 CREATE TABLE tenants (
     id         TEXT PRIMARY KEY,
