@@ -722,34 +722,46 @@ impl Dispatcher {
         let mut give_back = Vec::new();
         let mut streams = HashSet::new();
         // On a shared store, no more than a claim could take: what this node cannot start
-        // soon, another node may.
+        // soon, another node may. As with a claim, a stream that held nothing still takes
+        // its first requests' worth, room or not.
+        let now = self.clock.now_ms();
         let mut room = if self.config.shared {
             self.room()
         } else {
             usize::MAX
         };
+        // Streams that held nothing when this hand-over began.
+        let mut newcomers: HashSet<String> = HashSet::new();
         for claimed in handed {
-            match self.streams.get_mut(&claimed.stream_id) {
-                Some(slot)
-                    if !slot.draining
-                        && slot.circuit.is_closed()
-                        && slot.units() < 2 * slot.limit.get()
-                        && (room > 0 || slot.held() % slot.batch() != 0) =>
-                {
-                    if slot.held() % slot.batch() == 0 {
-                        room = room.saturating_sub(1);
-                    }
-                    self.leases.insert(claimed.key, claimed.lease);
-                    streams.insert((claimed.tenant_id.clone(), claimed.stream_id.clone()));
-                    slot.queued.push_back(claimed);
-                }
-                slot => {
-                    if let Some(slot) = slot.filter(|slot| !slot.draining) {
-                        slot.next_due = Some(Millis::MIN);
-                    }
-                    give_back.push((claimed.key, claimed.lease));
-                }
+            let Some(slot) = self
+                .streams
+                .get_mut(&claimed.stream_id)
+                .filter(|slot| !slot.draining)
+            else {
+                give_back.push((claimed.key, claimed.lease));
+                continue;
+            };
+            let new_unit = slot.held() % slot.batch() == 0;
+            let takes = slot.circuit.is_closed()
+                && slot.units() < 2 * slot.limit.get()
+                && (!new_unit
+                    || room > 0
+                    || ((slot.held() == 0 || newcomers.contains(&claimed.stream_id))
+                        && slot.units() < slot.allowed(now)));
+            if !takes {
+                slot.next_due = Some(Millis::MIN);
+                give_back.push((claimed.key, claimed.lease));
+                continue;
             }
+            if new_unit {
+                room = room.saturating_sub(1);
+            }
+            if self.config.shared && slot.held() == 0 {
+                newcomers.insert(claimed.stream_id.clone());
+            }
+            self.leases.insert(claimed.key, claimed.lease);
+            streams.insert((claimed.tenant_id.clone(), claimed.stream_id.clone()));
+            slot.queued.push_back(claimed);
         }
         for (tenant_id, stream_id) in streams {
             self.fairness.mark_ready(&tenant_id, &stream_id);
