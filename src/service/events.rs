@@ -90,17 +90,19 @@ pub async fn publish(
         // Deliveries not leased here (all of them on a node that does not deliver; those to a
         // `herald listen` stream otherwise) are due now, for whichever dispatcher claims
         // them first.
-        let leased: HashSet<&str> = published
-            .iter()
-            .flat_map(|p| p.leased.iter().map(|c| c.stream_id.as_str()))
-            .collect();
-        signal.wake(
-            published
-                .iter()
-                .filter(|p| !p.deferred)
-                .flat_map(|p| &p.streams)
-                .filter(|stream| !leased.contains(stream.as_str())),
-        );
+        // Usually every delivery of an event was leased, or none was.
+        let mut due: Vec<&String> = Vec::new();
+        for p in published.iter().filter(|p| !p.deferred) {
+            if p.leased.is_empty() {
+                due.extend(&p.streams);
+            } else if p.leased.len() < p.streams.len() {
+                let leased: HashSet<&str> = p.leased.iter().map(|c| c.stream_id.as_str()).collect();
+                due.extend(p.streams.iter().filter(|s| !leased.contains(s.as_str())));
+            }
+        }
+        if !due.is_empty() {
+            signal.wake(due);
+        }
         signal.hand_over(
             published
                 .iter_mut()
