@@ -89,8 +89,7 @@ pub async fn publish(
         }
         // Deliveries not leased here (all of them on a node that does not deliver; those to a
         // `herald listen` stream otherwise) are due now, for whichever dispatcher claims
-        // them first.
-        // Usually every delivery of an event was leased, or none was.
+        // them first. Usually every delivery of an event was leased, or none was.
         let mut due: Vec<&String> = Vec::new();
         for p in published.iter().filter(|p| !p.deferred) {
             if p.leased.is_empty() {

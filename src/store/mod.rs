@@ -958,6 +958,19 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Swept>;
 }
 
+/// Rows of two tenants as a store at schema version 10 holds them, for each store's test of
+/// the upgrade to version 11: the same event id in both tenants, a pending delivery each.
+#[cfg(test)]
+const UPGRADE_TEST_ROWS: &str =
+    "INSERT INTO tenants (id, name, created_at) VALUES ('ten_a', 'a', 0), ('ten_b', 'b', 0);
+     INSERT INTO events (seq, tenant_id, id, source, type, time, data, received_at) VALUES
+         (1, 'ten_a', 'e1', 'src', 'user.created', 0, '{}', 0),
+         (2, 'ten_b', 'e1', 'src', 'user.created', 0, '{}', 0);
+     INSERT INTO deliveries (seq, tenant_id, id, stream_id, event_seq, event_type, status,
+         created_at, updated_at) VALUES
+         (1, 'ten_a', 'dlv_1', 'est_a', 1, 'user.created', 'pending', 0, 0),
+         (2, 'ten_b', 'dlv_2', 'est_b', 2, 'user.created', 'pending', 0, 0);";
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1743,21 +1743,13 @@ mod tests {
                 .unwrap();
         }
         client
-            .batch_execute(
-                "INSERT INTO tenants (id, name, created_at) VALUES ('ten_a', 'a', 0), ('ten_b', 'b', 0);
-                 INSERT INTO events (seq, tenant_id, id, source, type, time, data, received_at) VALUES
-                     (1, 'ten_a', 'e1', 'src', 'user.created', 0, '{}', 0),
-                     (2, 'ten_b', 'e1', 'src', 'user.created', 0, '{}', 0);
-                 INSERT INTO deliveries (seq, tenant_id, id, stream_id, event_seq, event_type, status,
-                     created_at, updated_at) VALUES
-                     (1, 'ten_a', 'dlv_1', 'est_a', 1, 'user.created', 'pending', 0, 0),
-                     (2, 'ten_b', 'dlv_2', 'est_b', 2, 'user.created', 'pending', 0, 0);",
-            )
+            .batch_execute(crate::store::UPGRADE_TEST_ROWS)
             .await
             .unwrap();
 
-        let cipher = Cipher::from_base64("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=").unwrap();
-        let store = PgStore::connect(&scratch.url, cipher, 2).await.unwrap();
+        let cipher =
+            || Cipher::from_base64("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=").unwrap();
+        let store = PgStore::connect(&scratch.url, cipher(), 2).await.unwrap();
 
         let definitions: Vec<(String, String)> = client
             .query(
@@ -1818,8 +1810,7 @@ mod tests {
             )
             .await
             .unwrap();
-        let cipher = Cipher::from_base64("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=").unwrap();
-        let refused = PgStore::connect(&scratch.url, cipher, 2)
+        let refused = PgStore::connect(&scratch.url, cipher(), 2)
             .await
             .err()
             .unwrap();

@@ -848,14 +848,15 @@ mod tests {
             writer: writer.queue.downgrade(),
         };
         hold.set(true);
-        let submitter = writer.clone();
-        let mut background = tokio::spawn(async move {
-            submitter
-                .write_in_background(|c| Ok(c.execute("INSERT INTO t (v) VALUES (1)", [])?))
-                .await
-        });
-        // Queued, and taken by the writer, before the publish.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut background = Box::pin(
+            writer.write_in_background(|c| Ok(c.execute("INSERT INTO t (v) VALUES (1)", [])?)),
+        );
+        // Polled once, it is queued (the queue has room) ahead of the publish.
+        std::future::poll_fn(|cx| {
+            assert!(background.as_mut().poll(cx).is_pending());
+            std::task::Poll::Ready(())
+        })
+        .await;
         // A publish still goes through while the background job waits.
         writer
             .write(|c| Ok(c.execute("INSERT INTO t (v) VALUES (2)", [])?))
@@ -868,7 +869,6 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(10), background)
             .await
             .expect("a released hold wakes the writer")
-            .unwrap()
             .unwrap();
         let count: i64 = writer
             .write(|c| Ok(c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))?))
