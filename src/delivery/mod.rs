@@ -766,13 +766,15 @@ impl Dispatcher {
         for (tenant_id, stream_id) in streams {
             self.fairness.mark_ready(&tenant_id, &stream_id);
         }
-        self.schedule(spawn);
+        // Given back before the rest start: once this node's requests are under way, what
+        // it left is claimable (and counted as waiting) everywhere.
         if !give_back.is_empty()
             && let Err(e) = self.store.release(give_back, self.clock.now_ms()).await
         {
             self.count_store_error(&e);
             tracing::warn!(error = %e, "could not release deliveries; their leases lapse");
         }
+        self.schedule(spawn);
     }
 
     fn enqueue(&mut self, batch: ClaimBatch, spawn: &Spawner<'_>) {

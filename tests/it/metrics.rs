@@ -299,7 +299,9 @@ async fn a_hung_endpoint_shows_as_slots_in_use_and_a_backlog_that_ages() {
     assert_eq!(scraped.get("herald_backlog_deliveries", &tenant), Some(4.0));
     assert_eq!(
         scraped.get("herald_backlog_oldest_due_age_seconds", &tenant),
-        Some(7.0)
+        Some(7.0),
+        "{}",
+        scraped.text
     );
     let stream = [("tenant", "ten_default"), ("stream", deep)];
     assert_eq!(
