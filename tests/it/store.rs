@@ -57,6 +57,7 @@ conformance!(
     a_claim_is_exclusive_until_recorded_released_or_lapsed,
     recorded_outcomes_move_deliveries_through_their_states,
     redelivery_requeues_finished_deliveries_with_a_fresh_budget,
+    an_attempt_from_before_a_cancellation_cannot_decide_the_redelivered_round,
     rows_of_one_tenant_are_invisible_to_another,
     a_rotated_secret_signs_beside_the_new_one_until_it_expires,
     the_audit_log_filters_pages_erases_and_sweeps,
@@ -517,6 +518,72 @@ async fn redelivery_requeues_finished_deliveries_with_a_fresh_budget(b: Backend)
         "{}: another tenant's event is unknown",
         b.name
     );
+}
+
+/// A delivery cancelled while its attempt is under way, then redelivered and claimed again:
+/// the old attempt's outcome is kept as an attempt but decides nothing, and the new lease's
+/// outcome does. Lease generations never repeat across cancellation and redelivery.
+async fn an_attempt_from_before_a_cancellation_cannot_decide_the_redelivered_round(b: Backend) {
+    let store = &*b.store;
+    let name = b.name;
+    stream(store, "ten_a", "est_a", "*", StreamStatus::Enabled).await;
+    let published = store
+        .publish(
+            "ten_a",
+            vec![event("c1", "user.created")],
+            NOW,
+            Some(NOW + 60_000),
+        )
+        .await
+        .unwrap();
+    let old = published[0].leased[0].clone();
+    let stream_row = store.get_stream("ten_a", "est_a").await.unwrap().unwrap();
+    let update = StreamUpdate {
+        stream: stream_row,
+        skip_backlog: true,
+        notices: Vec::new(),
+    };
+    assert!(store.update_stream(update).await.unwrap().is_some());
+    let view = store.get_delivery("ten_a", &old.id).await.unwrap().unwrap();
+    assert_eq!(view.status, DeliveryStatus::Cancelled, "{name}");
+    assert_eq!(
+        store
+            .redeliver_event("ten_a", "est_a", "c1", NOW + 1)
+            .await
+            .unwrap(),
+        Some(1),
+        "{name}"
+    );
+    let claimed = store
+        .claim(request("ten_a", "est_a", 10), NOW + 2, NOW + 60_000)
+        .await
+        .unwrap();
+    assert_eq!(claimed[0].deliveries.len(), 1, "{name}");
+    let new = claimed[0].deliveries[0].clone();
+    assert_eq!(new.key, old.key, "{name}: the same delivery, queued again");
+    assert_ne!(new.lease, old.lease, "{name}: under a new lease");
+
+    store
+        .record(vec![outcome(&old, DeliveryStatus::Failed, None)], NOW + 3)
+        .await
+        .unwrap();
+    let view = store.get_delivery("ten_a", &old.id).await.unwrap().unwrap();
+    assert_eq!(
+        view.status,
+        DeliveryStatus::Pending,
+        "{name}: the old attempt decided the new round"
+    );
+    assert_eq!(view.attempts.len(), 1, "{name}: the old attempt is kept");
+    store
+        .record(
+            vec![outcome(&new, DeliveryStatus::Succeeded, None)],
+            NOW + 4,
+        )
+        .await
+        .unwrap();
+    let view = store.get_delivery("ten_a", &old.id).await.unwrap().unwrap();
+    assert_eq!(view.status, DeliveryStatus::Succeeded, "{name}");
+    assert_eq!(store.backlog("ten_a", "est_a").await.unwrap().pending, 0);
 }
 
 async fn rows_of_one_tenant_are_invisible_to_another(b: Backend) {

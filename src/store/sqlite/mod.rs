@@ -286,6 +286,7 @@ fn forget_leases_of_tenant(
 /// exist.
 fn delete_stream_rows(
     conn: &Connection,
+    leases: &std::sync::Mutex<queue::Leases>,
     tenant_id: &str,
     id: &str,
     now: Millis,
@@ -298,11 +299,7 @@ fn delete_stream_rows(
         "DELETE FROM stream_secrets WHERE tenant_id = ?1 AND stream_id = ?2",
         params![tenant_id, id],
     )?;
-    conn.execute(
-        "UPDATE deliveries SET status = 'cancelled', due_at = NULL, updated_at = ?3 \
-         WHERE tenant_id = ?1 AND stream_id = ?2 AND status = 'pending'",
-        params![tenant_id, id, now],
-    )?;
+    queue::cancel_pending(conn, &mut lock(leases), tenant_id, id, now)?;
     Ok(deleted == 1)
 }
 
@@ -996,6 +993,7 @@ impl Store for SqliteStore {
 
     async fn update_stream(&self, update: StreamUpdate) -> StoreResult<Option<Vec<Published>>> {
         let cipher = self.cipher.clone();
+        let leases = self.leases.clone();
         self.writer
             .write(move |conn| {
                 let stream = &update.stream;
@@ -1032,10 +1030,12 @@ impl Store for SqliteStore {
                 }
                 if update.skip_backlog {
                     queue::skip_pending_fan_outs(conn, &stream.tenant_id, &stream.id)?;
-                    conn.execute(
-                        "UPDATE deliveries SET status = 'cancelled', due_at = NULL, \
-                         updated_at = ?3 WHERE tenant_id = ?1 AND stream_id = ?2 AND status = 'pending'",
-                        params![stream.tenant_id, stream.id, stream.updated_at],
+                    queue::cancel_pending(
+                        conn,
+                        &mut lock(&leases),
+                        &stream.tenant_id,
+                        &stream.id,
+                        stream.updated_at,
                     )?;
                 }
                 let published =
@@ -1047,8 +1047,9 @@ impl Store for SqliteStore {
 
     async fn delete_stream(&self, tenant_id: &str, id: &str, now: Millis) -> StoreResult<bool> {
         let (tenant_id, id) = (tenant_id.to_string(), id.to_string());
+        let leases = self.leases.clone();
         self.writer
-            .write(move |conn| delete_stream_rows(conn, &tenant_id, &id, now))
+            .write(move |conn| delete_stream_rows(conn, &leases, &tenant_id, &id, now))
             .await
     }
 
@@ -1107,6 +1108,7 @@ impl Store for SqliteStore {
     }
 
     async fn delete_expired_streams(&self, now: Millis) -> StoreResult<Vec<(String, String)>> {
+        let leases = self.leases.clone();
         self.writer
             .write(move |conn| {
                 let expired: Vec<(String, String)> = {
@@ -1119,7 +1121,7 @@ impl Store for SqliteStore {
                     rows.collect::<Result<_, _>>()?
                 };
                 for (tenant_id, id) in &expired {
-                    delete_stream_rows(conn, tenant_id, id, now)?;
+                    delete_stream_rows(conn, &leases, tenant_id, id, now)?;
                 }
                 Ok(expired)
             })

@@ -357,6 +357,12 @@ impl Leases {
         token
     }
 
+    /// Whether `key`'s lease is the one `token` names (lapsed or not, as long as no other
+    /// lease replaced it).
+    fn is_held_by(&self, key: i64, token: i64) -> bool {
+        self.held.get(&key).is_some_and(|l| l.token == token)
+    }
+
     /// Gives back `key`'s lease if it is the one `token` names.
     pub fn give_back(&mut self, key: i64, token: i64) {
         if self.held.get(&key).is_some_and(|l| l.token == token) {
@@ -364,8 +370,9 @@ impl Leases {
         }
     }
 
-    /// Forgets every lease of the stream, whose deliveries are being deleted: the row ids
-    /// they free are reused, and a lease left on one would hide the delivery that gets it.
+    /// Forgets every lease of the stream, whose deliveries are being cancelled or deleted:
+    /// an attempt under way must no longer decide a delivery's state, and a row id freed
+    /// by a deletion is reused, where a lease left on it would hide the delivery that gets it.
     pub fn forget_stream(&mut self, stream_id: &str) {
         let keys: Vec<i64> = self
             .of_stream(stream_id)
@@ -562,6 +569,10 @@ pub fn record(
          WHERE tenant_id = ?1 AND id = ?2 RETURNING consecutive_failures, failing_since, status, name",
     )?;
     for r in records {
+        // Only the lease the attempt was made under decides the delivery's state: a
+        // delivery cancelled meanwhile has lost its lease, and if it was redelivered and
+        // claimed again, the new attempt holds another.
+        let current = leases.is_held_by(r.key, r.lease);
         leases.give_back(r.key, r.lease);
         insert.execute(params![
             r.tenant_id,
@@ -580,17 +591,18 @@ pub fn record(
         };
         // No row changes when the delivery was cancelled meanwhile: the attempt is on record,
         // but it no longer decides the delivery's state.
-        let owned = update.execute(params![
-            r.key,
-            r.status.as_str(),
-            due_at,
-            r.attempted_at,
-            r.response_status,
-            r.error_kind,
-            now,
-            r.tenant_id,
-            r.delivery_id
-        ])? == 1;
+        let owned = current
+            && update.execute(params![
+                r.key,
+                r.status.as_str(),
+                due_at,
+                r.attempted_at,
+                r.response_status,
+                r.error_kind,
+                now,
+                r.tenant_id,
+                r.delivery_id
+            ])? == 1;
         if !owned {
             continue;
         }
@@ -702,6 +714,25 @@ pub fn filter_sql(filter: &DeliveryFilter, values: &mut Vec<SqlValue>) -> String
         values.push(SqlValue::Integer(to));
     }
     sql
+}
+
+/// Cancels a stream's pending deliveries and forgets their leases, as on PostgreSQL: an
+/// attempt still under way decides nothing (it is kept as an attempt), and a cancelled
+/// delivery can be redelivered at once.
+pub fn cancel_pending(
+    conn: &Connection,
+    leases: &mut Leases,
+    tenant_id: &str,
+    stream_id: &str,
+    now: Millis,
+) -> StoreResult<()> {
+    conn.execute(
+        "UPDATE deliveries SET status = 'cancelled', due_at = NULL, updated_at = ?3 \
+         WHERE tenant_id = ?1 AND stream_id = ?2 AND status = 'pending'",
+        params![tenant_id, stream_id, now],
+    )?;
+    leases.forget_stream(stream_id);
+    Ok(())
 }
 
 /// Starts a new round for a delivery: due now, retry budget reset. Attempts under way
