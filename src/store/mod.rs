@@ -448,8 +448,9 @@ pub struct Backlog {
 }
 
 /// Counts the pending deliveries of each enabled stream, with the earliest due time: what
-/// `Store::backlogs` runs on either store. Grouping first walks the index of pending
-/// deliveries (`deliveries_due`) once, without a lookup of the stream per delivery.
+/// `Store::backlogs` runs on the embedded store (PostgreSQL reads its queue table the same
+/// way). Grouping first walks the index of pending deliveries (`deliveries_due`) once,
+/// without a lookup of the stream per delivery.
 pub(crate) const BACKLOGS: &str = "SELECT b.tenant_id, b.stream_id, b.pending, b.next_due_at \
      FROM (SELECT tenant_id, stream_id, COUNT(*) AS pending, MIN(due_at) AS next_due_at \
            FROM deliveries WHERE status = 'pending' GROUP BY tenant_id, stream_id) b \

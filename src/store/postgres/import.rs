@@ -253,6 +253,7 @@ pub async fn import_sqlite(sqlite_path: &Path, target: &PgStore) -> StoreResult<
     // No node may write while the copy runs: the keys it keeps must stay free.
     let mut tables: Vec<&str> = TABLES.iter().map(|(table, _)| *table).collect();
     tables.push("fanouts");
+    tables.push("queue");
     tx.batch_execute(&format!(
         "SET LOCAL statement_timeout = 0; LOCK TABLE {} IN EXCLUSIVE MODE",
         tables.join(", ")
@@ -302,6 +303,15 @@ pub async fn import_sqlite(sqlite_path: &Path, target: &PgStore) -> StoreResult<
     report
         .tables
         .push(("fanouts", copy_fanouts(source.conn(), &tx).await?));
+    // The pending deliveries are queued, due when they were on the embedded store (whose
+    // leases were in its memory only).
+    tx.execute(
+        "INSERT INTO queue (seq, tenant_id, stream_id, due_at, lease, lease_until, created_at) \
+         SELECT seq, tenant_id, stream_id, COALESCE(due_at, created_at), 0, NULL, created_at \
+         FROM deliveries WHERE status = 'pending'",
+        &[],
+    )
+    .await?;
     // New rows continue after the copied keys.
     for table in ["stream_secrets", "events", "deliveries", "attempts"] {
         tx.execute(

@@ -251,7 +251,14 @@ pub async fn sweep(
             .await?;
         let seqs: Vec<i64> = old.iter().map(|r| r.get(0)).collect();
         let tenants: Vec<&str> = old.iter().map(|r| r.get(1)).collect();
-        // Joined on (tenant, event) so the deletes use the tenant-led indexes.
+        // Joined on (tenant, event) so the deletes use the tenant-led indexes. A delivery
+        // still pending here is to a deleted stream: its queue row goes with it.
+        tx.execute(
+            "DELETE FROM queue q USING deliveries d, unnest($1::bigint[], $2::text[]) AS u(seq, tenant_id) \
+             WHERE d.tenant_id = u.tenant_id AND d.event_seq = u.seq AND q.seq = d.seq",
+            &[&seqs, &tenants],
+        )
+        .await?;
         tx.execute(
             "DELETE FROM attempts a USING deliveries d, unnest($1::bigint[], $2::text[]) AS u(seq, tenant_id) \
              WHERE d.tenant_id = u.tenant_id AND d.event_seq = u.seq \
@@ -322,10 +329,9 @@ pub async fn stats(
         .collect())
 }
 
-/// The pending deliveries of each of a tenant's streams, through the index of pending
-/// deliveries.
+/// The pending deliveries of each of a tenant's streams: their rows in the queue.
 const TENANT_BACKLOGS: &str = "SELECT stream_id, COUNT(*), MIN(created_at) \
-     FROM deliveries WHERE tenant_id = $1 AND status = 'pending' GROUP BY stream_id";
+     FROM queue WHERE tenant_id = $1 GROUP BY stream_id";
 
 pub async fn stream_activity(
     client: &impl GenericClient,

@@ -2,7 +2,9 @@
 //! the same tables and encodings as the embedded store; what differs is that leases are rows
 //! (several processes share the queue), so a claim is an `UPDATE` of up to a batch of rows
 //! picked with `FOR UPDATE SKIP LOCKED`, and every outcome is fenced by the lease generation
-//! it was attempted under. Changes other nodes must hear of (new due work, changed streams)
+//! it was attempted under. Those rows are in `queue`, a narrow table holding a row per
+//! pending delivery, so the churn of claims and outcomes stays off `deliveries` and its
+//! indexes (see `012_narrow_queue.sql`). Changes other nodes must hear of (new due work, changed streams)
 //! are sent with `NOTIFY` in the same transaction; see `listen`. Concurrent publishes share
 //! one transaction and one commit; see `group`.
 //!
@@ -53,6 +55,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("009_console_sessions.sql"),
     include_str!("010_console_links.sql"),
     include_str!("011_fewer_index_pages.sql"),
+    include_str!("012_narrow_queue.sql"),
 ];
 
 /// Channels of the notifications this store sends.
@@ -569,12 +572,7 @@ async fn delete_stream_rows(
         &[&tenant_id, &id],
     )
     .await?;
-    tx.execute(
-        "UPDATE deliveries SET status = 'cancelled', due_at = NULL, lease_until = NULL, \
-         updated_at = $3 WHERE tenant_id = $1 AND stream_id = $2 AND status = 'pending'",
-        &[&tenant_id, &id, &now],
-    )
-    .await?;
+    queue::cancel_pending(tx, tenant_id, id, now).await?;
     Ok(deleted == 1)
 }
 
@@ -620,6 +618,13 @@ fn event_from_row(row: &Row, at: usize) -> StoreResult<Event> {
     }
     .decode()
 }
+
+/// The embedded store's `BACKLOGS`, over the queue: it holds exactly the pending deliveries.
+const QUEUE_BACKLOGS: &str = "SELECT b.tenant_id, b.stream_id, b.pending, b.next_due_at \
+     FROM (SELECT tenant_id, stream_id, COUNT(*) AS pending, MIN(due_at) AS next_due_at \
+           FROM queue GROUP BY tenant_id, stream_id) b \
+     JOIN streams s ON s.tenant_id = b.tenant_id AND s.id = b.stream_id \
+     WHERE s.status = 'enabled'";
 
 const DELIVERY_COLUMNS: &str = "d.seq, d.id, d.stream_id, e.id, d.event_type, d.status, d.due_at, \
      d.created_at, d.updated_at, d.attempts, d.last_attempt_at, d.last_response_status, \
@@ -781,7 +786,7 @@ impl Store for PgStore {
     async fn delete_tenant(&self, id: &str) -> StoreResult<bool> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        for table in TENANT_TABLES {
+        for table in TENANT_TABLES.iter().chain(&["queue"]) {
             tx.execute(&format!("DELETE FROM {table} WHERE tenant_id = $1"), &[&id])
                 .await?;
         }
@@ -1233,12 +1238,7 @@ impl Store for PgStore {
         }
         if update.skip_backlog {
             queue::skip_pending_fan_outs(&tx, &stream.tenant_id, &stream.id).await?;
-            tx.execute(
-                "UPDATE deliveries SET status = 'cancelled', due_at = NULL, lease_until = NULL, \
-                 updated_at = $3 WHERE tenant_id = $1 AND stream_id = $2 AND status = 'pending'",
-                &[&stream.tenant_id, &stream.id, &stream.updated_at],
-            )
-            .await?;
+            queue::cancel_pending(&tx, &stream.tenant_id, &stream.id, stream.updated_at).await?;
         }
         let mut due = Vec::new();
         let published = queue::publish(
@@ -1570,8 +1570,8 @@ impl Store for PgStore {
             .client()
             .await?
             .query_one(
-                "SELECT COUNT(*), MIN(created_at) FROM deliveries \
-                 WHERE tenant_id = $1 AND stream_id = $2 AND status = 'pending'",
+                "SELECT COUNT(*), MIN(created_at) FROM queue \
+                 WHERE tenant_id = $1 AND stream_id = $2",
                 &[&tenant_id, &stream_id],
             )
             .await?;
@@ -1582,7 +1582,7 @@ impl Store for PgStore {
     }
 
     async fn backlogs(&self) -> StoreResult<Vec<StreamBacklog>> {
-        let rows = self.client().await?.query(BACKLOGS, &[]).await?;
+        let rows = self.client().await?.query(QUEUE_BACKLOGS, &[]).await?;
         Ok(rows
             .iter()
             .map(|r| StreamBacklog {
@@ -1716,11 +1716,12 @@ async fn name_free(
 mod tests {
     use super::*;
 
-    /// Version 11 on a store populated at version 10: the rows stay, events are found by id
-    /// and by (source, id) through the one unique index, and a duplicate is still refused.
+    /// Versions 11 and 12 on a store populated at version 10: the rows stay, events are found
+    /// by id and by (source, id) through the one unique index, a duplicate is still refused,
+    /// and the pending deliveries are in the queue.
     #[tokio::test]
     #[cfg_attr(not(herald_postgres_tests), ignore = "needs HERALD_TEST_DATABASE_URL")]
-    async fn the_fewer_index_pages_upgrade_keeps_a_populated_store_working() {
+    async fn the_upgrades_since_version_10_keep_a_populated_store_working() {
         let base = std::env::var("HERALD_TEST_DATABASE_URL").unwrap();
         let scratch = scratch::Scratch::create(&base, "herald_test")
             .await
@@ -1800,6 +1801,27 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(duplicate, 0);
+
+        let queued: Vec<(i64, String, String, i64, i64)> = client
+            .query(
+                "SELECT seq, tenant_id, stream_id, due_at, lease FROM queue ORDER BY seq",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+            .collect();
+        assert_eq!(
+            queued,
+            [
+                (1, "ten_a".into(), "est_a".into(), 0, 0),
+                (2, "ten_b".into(), "est_b".into(), 0, 0)
+            ]
+        );
+        let backlog = store.backlog("ten_a", "est_a").await.unwrap();
+        assert_eq!((backlog.pending, backlog.oldest_created_at), (1, Some(0)));
+        assert_eq!(columns("deliveries_due"), None);
 
         // A node older than the schema refuses to start.
         drop(store);

@@ -410,23 +410,29 @@ impl NewDeliveries {
         }
     }
 
-    /// Inserts them; gives each new delivery's row key by (tenant, delivery id). Existing
-    /// (event, stream) pairs are left alone.
+    /// Inserts them, each with its row in the queue; gives each new delivery's row key by
+    /// (tenant, delivery id). Existing (event, stream) pairs are left alone.
     async fn insert(&self, tx: &impl GenericClient) -> StoreResult<HashMap<(String, String), i64>> {
         if self.ids.is_empty() {
             return Ok(HashMap::new());
         }
         let insert = tx
             .prepare_cached(
-                "INSERT INTO deliveries (tenant_id, id, stream_id, event_seq, event_type, status, \
-                 due_at, lease, lease_until, created_at, updated_at) \
-                 SELECT u.tenant_id, u.id, u.stream_id, u.event_seq, u.event_type, 'pending', \
-                 COALESCE(u.lease_until, u.created_at), (u.lease_until IS NOT NULL)::int, \
-                 u.lease_until, u.created_at, u.created_at \
-                 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], \
-                 $6::bigint[], $7::bigint[]) \
-                 AS u(tenant_id, id, stream_id, event_seq, event_type, lease_until, created_at) \
-                 ON CONFLICT (event_seq, stream_id) DO NOTHING RETURNING tenant_id, id, seq",
+                "WITH u AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], \
+                   $4::bigint[], $5::text[], $6::bigint[], $7::bigint[]) \
+                   AS u(tenant_id, id, stream_id, event_seq, event_type, lease_until, created_at)), \
+                 d AS (INSERT INTO deliveries (tenant_id, id, stream_id, event_seq, event_type, \
+                   status, due_at, created_at, updated_at) \
+                   SELECT u.tenant_id, u.id, u.stream_id, u.event_seq, u.event_type, 'pending', \
+                   u.created_at, u.created_at, u.created_at FROM u \
+                   ON CONFLICT (event_seq, stream_id) DO NOTHING \
+                   RETURNING tenant_id, id, seq, stream_id, created_at), \
+                 q AS (INSERT INTO queue (seq, tenant_id, stream_id, due_at, lease, lease_until, \
+                   created_at) \
+                   SELECT d.seq, d.tenant_id, d.stream_id, COALESCE(u.lease_until, d.created_at), \
+                   (u.lease_until IS NOT NULL)::int, u.lease_until, d.created_at \
+                   FROM d JOIN u ON u.id = d.id) \
+                 SELECT tenant_id, id, seq FROM d",
             )
             .await?;
         let rows = tx
@@ -465,26 +471,25 @@ pub async fn claim(
             "WITH picked AS ( \
                SELECT p.seq FROM unnest($1::text[], $2::text[], $3::bigint[]) AS r(tenant_id, stream_id, lim) \
                CROSS JOIN LATERAL ( \
-                 SELECT d.seq FROM deliveries d \
-                 WHERE d.tenant_id = r.tenant_id AND d.stream_id = r.stream_id \
-                   AND d.status = 'pending' AND d.due_at <= $4 \
+                 SELECT q.seq FROM queue q \
+                 WHERE q.tenant_id = r.tenant_id AND q.stream_id = r.stream_id AND q.due_at <= $4 \
                    AND EXISTS (SELECT 1 FROM streams s WHERE s.tenant_id = r.tenant_id \
                      AND s.id = r.stream_id AND s.status = 'enabled') \
-                 ORDER BY d.due_at LIMIT r.lim FOR UPDATE SKIP LOCKED) p \
+                 ORDER BY q.due_at LIMIT r.lim FOR UPDATE SKIP LOCKED) p \
              ), claimed AS ( \
-               UPDATE deliveries d SET lease = d.lease + 1, lease_until = $5, due_at = $5 \
-               FROM picked WHERE d.seq = picked.seq \
-               RETURNING d.seq, d.lease, d.id, d.tenant_id, d.stream_id, \
-                 d.attempts - d.round_start AS attempts, d.event_seq \
+               UPDATE queue q SET lease = q.lease + 1, lease_until = $5, due_at = $5 \
+               FROM picked WHERE q.seq = picked.seq RETURNING q.seq, q.lease \
              ) \
-             SELECT c.seq, c.lease, c.id, c.tenant_id, c.stream_id, c.attempts, {EVENT_COLUMNS} \
-             FROM claimed c JOIN events e ON e.seq = c.event_seq AND e.tenant_id = c.tenant_id \
+             SELECT c.seq, c.lease, d.id, d.tenant_id, d.stream_id, d.attempts - d.round_start, \
+               {EVENT_COLUMNS} \
+             FROM claimed c JOIN deliveries d ON d.seq = c.seq \
+             JOIN events e ON e.seq = d.event_seq AND e.tenant_id = d.tenant_id \
              ORDER BY c.seq"
         )
     });
     const NEXT_DUE: &str = "SELECT r.stream_id, \
-           (SELECT d.due_at FROM deliveries d WHERE d.tenant_id = r.tenant_id \
-              AND d.stream_id = r.stream_id AND d.status = 'pending' ORDER BY d.due_at LIMIT 1) \
+           (SELECT q.due_at FROM queue q WHERE q.tenant_id = r.tenant_id \
+              AND q.stream_id = r.stream_id ORDER BY q.due_at LIMIT 1) \
          FROM unnest($1::text[], $2::text[]) AS r(tenant_id, stream_id)";
 
     let tenants: Vec<&str> = requests.iter().map(|r| r.tenant_id.as_str()).collect();
@@ -541,10 +546,9 @@ pub async fn release(
     let (seqs, generations): (Vec<i64>, Vec<i64>) = leases.into_iter().unzip();
     let rows = client
         .query(
-            "UPDATE deliveries d SET lease_until = NULL, due_at = $3 \
+            "UPDATE queue q SET lease_until = NULL, due_at = $3 \
              FROM unnest($1::bigint[], $2::bigint[]) AS u(seq, lease) \
-             WHERE d.seq = u.seq AND d.lease = u.lease AND d.due_at IS NOT NULL \
-             RETURNING d.stream_id",
+             WHERE q.seq = u.seq AND q.lease = u.lease RETURNING q.stream_id",
             &[&seqs, &generations, &now],
         )
         .await?;
@@ -665,27 +669,31 @@ pub async fn record(
 
     // The delivery's new state, only under the lease the attempt was made with: a node whose
     // lease lapsed (and whose delivery another node took over) records its attempt but no
-    // longer decides the delivery's state. Nor does an attempt on a cancelled delivery.
-    // Storing an outcome uses its lease up, so a batch offered twice (its first commit's
-    // answer lost with the connection) changes each delivery once.
-    // Only a pending delivery has a `due_at`; testing that rather than `status` keeps the
-    // planner on the primary key, where `status = 'pending'` could lead it to scan the due
-    // index (whose statistics lag a fast-growing queue) for every batch.
+    // longer decides the delivery's state. Nor does an attempt on a cancelled delivery,
+    // which has left the queue. Storing an outcome uses its lease up (a retry's queue row
+    // moves to the next generation, a finished delivery leaves the queue), so a batch
+    // offered twice (its first commit's answer lost with the connection) changes each
+    // delivery once. The delivery's own row changes no indexed column: a HOT update.
     let update = tx
         .prepare_cached(
-            "UPDATE deliveries d SET status = u.status, attempts = d.attempts + 1, due_at = u.due_at, \
-             lease = d.lease + 1, lease_until = NULL, last_attempt_at = u.attempted_at, \
+            "WITH u AS (SELECT * FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::text[], \
+               $6::bigint[], $7::bigint[], $8::int4[], $9::text[]) \
+               AS u(seq, lease, tenant_id, status, due_at, attempted_at, response_status, error_kind)), \
+             retried AS (UPDATE queue q SET due_at = u.due_at, lease = q.lease + 1, lease_until = NULL \
+               FROM u WHERE q.seq = u.seq AND q.lease = u.lease AND q.tenant_id = u.tenant_id \
+               AND u.status = 'pending' RETURNING q.seq), \
+             finished AS (DELETE FROM queue q USING u \
+               WHERE q.seq = u.seq AND q.lease = u.lease AND q.tenant_id = u.tenant_id \
+               AND u.status <> 'pending' RETURNING q.seq) \
+             UPDATE deliveries d SET status = u.status, attempts = d.attempts + 1, \
+             due_at = u.due_at, lease = u.lease, last_attempt_at = u.attempted_at, \
              last_response_status = u.response_status, last_error_kind = u.error_kind, updated_at = $1 \
-             FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[], \
-             $7::bigint[], $8::bigint[], $9::int4[], $10::text[]) \
-             AS u(seq, lease, tenant_id, id, status, due_at, attempted_at, response_status, error_kind) \
-             WHERE d.seq = u.seq AND d.tenant_id = u.tenant_id AND d.id = u.id \
-               AND d.due_at IS NOT NULL AND d.lease = u.lease \
+             FROM u WHERE d.seq = u.seq \
+               AND u.seq IN (SELECT seq FROM retried UNION ALL SELECT seq FROM finished) \
              RETURNING d.seq",
         )
         .await?;
     let leases: Vec<i64> = records.iter().map(|r| r.lease).collect();
-    let ids: Vec<&str> = records.iter().map(|r| r.delivery_id.as_str()).collect();
     let states: Vec<&str> = records.iter().map(|r| r.status.as_str()).collect();
     let dues: Vec<Option<Millis>> = records
         .iter()
@@ -697,8 +705,8 @@ pub async fn record(
     let insert_params: [&(dyn ToSql + Sync); 9] = [
         &tenants, &keys, &attempted, &durations, &statuses, &bodies, &kinds, &messages, &details,
     ];
-    let update_params: [&(dyn ToSql + Sync); 10] = [
-        &now, &keys, &leases, &tenants, &ids, &states, &dues, &attempted, &statuses, &kinds,
+    let update_params: [&(dyn ToSql + Sync); 9] = [
+        &now, &keys, &leases, &tenants, &states, &dues, &attempted, &statuses, &kinds,
     ];
     // Sent together: the connection pipelines them.
     let (_, updated) = tokio::try_join!(
@@ -902,13 +910,42 @@ pub fn filter_sql(filter: &DeliveryFilter, params: &mut Params) -> String {
     sql
 }
 
-/// Starts a new round for a delivery: due now (`$1`), retry budget reset, and a new lease
-/// generation, so an attempt still finishing on a cancelled delivery cannot write its
-/// outcome over the new round. Attempts under way (a live lease) are left to finish.
-const REQUEUE: &str = "status = 'pending', due_at = $1, round_start = attempts, \
-     lease = lease + 1, updated_at = $1";
+/// Cancels a stream's pending deliveries: out of the queue, each keeping the lease
+/// generation it had, so an attempt still under way cannot match a later round's lease.
+pub async fn cancel_pending(
+    tx: &impl GenericClient,
+    tenant_id: &str,
+    stream_id: &str,
+    now: Millis,
+) -> StoreResult<()> {
+    tx.execute(
+        "WITH gone AS (DELETE FROM queue WHERE tenant_id = $1 AND stream_id = $2 \
+           RETURNING seq, lease) \
+         UPDATE deliveries d SET status = 'cancelled', due_at = NULL, lease = gone.lease, \
+         updated_at = $3 FROM gone WHERE d.seq = gone.seq",
+        &[&tenant_id, &stream_id, &now],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Starts a new round for the deliveries `UPDATE deliveries AS d ... WHERE` picks (`$1` is
+/// now): due now, retry budget reset, and back in the queue under a new lease generation, so
+/// an attempt still finishing from an earlier round cannot write its outcome over the new
+/// one. Attempts under way (a live lease) are left to finish: pick with `NOT_IN_FLIGHT`.
+fn requeue_sql(condition: &str) -> String {
+    format!(
+        "WITH r AS (UPDATE deliveries AS d SET status = 'pending', due_at = $1, \
+           round_start = attempts, updated_at = $1 WHERE {condition} \
+           RETURNING d.seq, d.tenant_id, d.stream_id, d.lease, d.created_at) \
+         INSERT INTO queue (seq, tenant_id, stream_id, due_at, lease, lease_until, created_at) \
+         SELECT seq, tenant_id, stream_id, $1, lease + 1, NULL, created_at FROM r \
+         ON CONFLICT (seq) DO UPDATE SET due_at = excluded.due_at, lease = queue.lease + 1, \
+         lease_until = NULL"
+    )
+}
 const NOT_IN_FLIGHT: &str =
-    "(d.lease_until IS NULL OR d.lease_until <= $1 OR d.status <> 'pending')";
+    "NOT EXISTS (SELECT 1 FROM queue q WHERE q.seq = d.seq AND q.lease_until > $1)";
 
 pub async fn redeliver_event(
     tx: &impl GenericClient,
@@ -941,11 +978,11 @@ pub async fn redeliver_event(
     let created = new.insert(tx).await?.len() as u64;
     let requeued = tx
         .execute(
-            &format!(
-                "UPDATE deliveries AS d SET {REQUEUE} FROM events e \
-                 WHERE e.tenant_id = $2 AND e.id = $3 AND d.tenant_id = $2 AND d.event_seq = e.seq \
-                 AND d.stream_id = $4 AND d.id <> ALL($5) AND {NOT_IN_FLIGHT}"
-            ),
+            &requeue_sql(&format!(
+                "d.tenant_id = $2 AND d.stream_id = $4 AND d.id <> ALL($5) AND d.event_seq IN \
+                 (SELECT e.seq FROM events e WHERE e.tenant_id = $2 AND e.id = $3) \
+                 AND {NOT_IN_FLIGHT}"
+            )),
             &[&now, &tenant_id, &event_id, &stream_id, &new.ids],
         )
         .await?;
@@ -966,13 +1003,13 @@ pub async fn redeliver(
         Box::new(stream_id.to_string()),
     ];
     let conditions = filter_sql(filter, &mut params);
-    let head = if dry_run {
-        "SELECT COUNT(*) FROM deliveries d WHERE".to_string()
+    let condition =
+        format!("d.tenant_id = $2 AND d.stream_id = $3{conditions} AND {NOT_IN_FLIGHT}");
+    let sql = if dry_run {
+        format!("SELECT COUNT(*) FROM deliveries d WHERE {condition}")
     } else {
-        format!("UPDATE deliveries AS d SET {REQUEUE} WHERE")
+        requeue_sql(&condition)
     };
-    let sql =
-        format!("{head} d.tenant_id = $2 AND d.stream_id = $3{conditions} AND {NOT_IN_FLIGHT}");
     let params = super::refs(&params);
     if dry_run {
         let count: i64 = tx.query_one(&sql, &params).await?.get(0);
