@@ -251,14 +251,7 @@ pub async fn sweep(
             .await?;
         let seqs: Vec<i64> = old.iter().map(|r| r.get(0)).collect();
         let tenants: Vec<&str> = old.iter().map(|r| r.get(1)).collect();
-        // Joined on (tenant, event) so the deletes use the tenant-led indexes. A delivery
-        // still pending here is to a deleted stream: its queue row goes with it.
-        tx.execute(
-            "DELETE FROM queue q USING deliveries d, unnest($1::bigint[], $2::text[]) AS u(seq, tenant_id) \
-             WHERE d.tenant_id = u.tenant_id AND d.event_seq = u.seq AND q.seq = d.seq",
-            &[&seqs, &tenants],
-        )
-        .await?;
+        // Joined on (tenant, event) so the deletes use the tenant-led indexes.
         tx.execute(
             "DELETE FROM attempts a USING deliveries d, unnest($1::bigint[], $2::text[]) AS u(seq, tenant_id) \
              WHERE d.tenant_id = u.tenant_id AND d.event_seq = u.seq \
@@ -266,12 +259,20 @@ pub async fn sweep(
             &[&seqs, &tenants],
         )
         .await?;
-        tx.execute(
-            "DELETE FROM deliveries d USING unnest($1::bigint[], $2::text[]) AS u(seq, tenant_id) \
-             WHERE d.tenant_id = u.tenant_id AND d.event_seq = u.seq",
-            &[&seqs, &tenants],
-        )
-        .await?;
+        let deliveries: Vec<i64> = tx
+            .query(
+                "DELETE FROM deliveries d USING unnest($1::bigint[], $2::text[]) AS u(seq, tenant_id) \
+                 WHERE d.tenant_id = u.tenant_id AND d.event_seq = u.seq RETURNING d.seq",
+                &[&seqs, &tenants],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        // A delivery still pending here is to a deleted stream: its queue row goes too, read
+        // after the deletion so that one a redelivery queued meanwhile is seen.
+        tx.execute("DELETE FROM queue WHERE seq = ANY($1)", &[&deliveries])
+            .await?;
         tx.execute("DELETE FROM events WHERE seq = ANY($1)", &[&seqs])
             .await?;
         swept.events = seqs.len() as u64;

@@ -786,7 +786,11 @@ impl Store for PgStore {
     async fn delete_tenant(&self, id: &str) -> StoreResult<bool> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        for table in TENANT_TABLES.iter().chain(&["queue"]) {
+        // The queue right after the pending fan-outs (whose chunks add to it): no claim
+        // leases a delivery of the tenant once its deletion is under way, and the queue
+        // rows are locked before their deliveries, in the order outcomes lock them.
+        let (fanouts, rest) = TENANT_TABLES.split_at(1);
+        for table in fanouts.iter().chain(&["queue"]).chain(rest) {
             tx.execute(&format!("DELETE FROM {table} WHERE tenant_id = $1"), &[&id])
                 .await?;
         }
@@ -1747,6 +1751,16 @@ mod tests {
             .batch_execute(crate::store::UPGRADE_TEST_ROWS)
             .await
             .unwrap();
+        // A delivery leased by a node and one finished, as version 10 kept them.
+        client
+            .batch_execute(
+                "INSERT INTO deliveries (seq, tenant_id, id, stream_id, event_seq, event_type, \
+                 status, due_at, lease, lease_until, created_at, updated_at) VALUES \
+                 (3, 'ten_a', 'dlv_3', 'est_b', 1, 'user.created', 'pending', 500, 3, 500, 7, 7), \
+                 (4, 'ten_a', 'dlv_4', 'est_c', 1, 'user.created', 'succeeded', NULL, 2, NULL, 8, 8)",
+            )
+            .await
+            .unwrap();
 
         let cipher =
             || Cipher::from_base64("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=").unwrap();
@@ -1802,21 +1816,45 @@ mod tests {
             .unwrap();
         assert_eq!(duplicate, 0);
 
-        let queued: Vec<(i64, String, String, i64, i64)> = client
+        type Queued = (i64, String, String, i64, i64, Option<i64>, i64);
+        let queued: Vec<Queued> = client
             .query(
-                "SELECT seq, tenant_id, stream_id, due_at, lease FROM queue ORDER BY seq",
+                "SELECT seq, tenant_id, stream_id, due_at, lease, lease_until, created_at \
+                 FROM queue ORDER BY seq",
                 &[],
             )
             .await
             .unwrap()
             .iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+            .map(|r| {
+                (
+                    r.get(0),
+                    r.get(1),
+                    r.get(2),
+                    r.get(3),
+                    r.get(4),
+                    r.get(5),
+                    r.get(6),
+                )
+            })
             .collect();
+        let row = |seq, tenant: &str, stream: &str, due, lease, until, created| {
+            (
+                seq,
+                tenant.into(),
+                stream.into(),
+                due,
+                lease,
+                until,
+                created,
+            )
+        };
         assert_eq!(
             queued,
             [
-                (1, "ten_a".into(), "est_a".into(), 0, 0),
-                (2, "ten_b".into(), "est_b".into(), 0, 0)
+                row(1, "ten_a", "est_a", 0, 0, None, 0),
+                row(2, "ten_b", "est_b", 0, 0, None, 0),
+                row(3, "ten_a", "est_b", 500, 3, Some(500), 7),
             ]
         );
         let backlog = store.backlog("ten_a", "est_a").await.unwrap();

@@ -681,15 +681,15 @@ pub async fn record(
                AS u(seq, lease, tenant_id, status, due_at, attempted_at, response_status, error_kind)), \
              retried AS (UPDATE queue q SET due_at = u.due_at, lease = q.lease + 1, lease_until = NULL \
                FROM u WHERE q.seq = u.seq AND q.lease = u.lease AND q.tenant_id = u.tenant_id \
-               AND u.status = 'pending' RETURNING q.seq), \
+               AND u.status = 'pending' RETURNING q.seq, u.lease), \
              finished AS (DELETE FROM queue q USING u \
                WHERE q.seq = u.seq AND q.lease = u.lease AND q.tenant_id = u.tenant_id \
-               AND u.status <> 'pending' RETURNING q.seq) \
+               AND u.status <> 'pending' RETURNING q.seq, u.lease) \
              UPDATE deliveries d SET status = u.status, attempts = d.attempts + 1, \
              due_at = u.due_at, lease = u.lease, last_attempt_at = u.attempted_at, \
              last_response_status = u.response_status, last_error_kind = u.error_kind, updated_at = $1 \
-             FROM u WHERE d.seq = u.seq \
-               AND u.seq IN (SELECT seq FROM retried UNION ALL SELECT seq FROM finished) \
+             FROM u WHERE d.seq = u.seq AND (u.seq, u.lease) IN \
+               (SELECT seq, lease FROM retried UNION ALL SELECT seq, lease FROM finished) \
              RETURNING d.seq",
         )
         .await?;
@@ -941,7 +941,8 @@ fn requeue_sql(condition: &str) -> String {
          INSERT INTO queue (seq, tenant_id, stream_id, due_at, lease, lease_until, created_at) \
          SELECT seq, tenant_id, stream_id, $1, lease + 1, NULL, created_at FROM r \
          ON CONFLICT (seq) DO UPDATE SET due_at = excluded.due_at, lease = queue.lease + 1, \
-         lease_until = NULL"
+         lease_until = NULL WHERE queue.lease_until IS NULL OR queue.lease_until <= $1" // That last test sees a claim that committed after the statement began (the
+                                                                                        // `NOT_IN_FLIGHT` read did not): such a delivery is under way, and keeps its lease.
     )
 }
 const NOT_IN_FLIGHT: &str =

@@ -504,13 +504,15 @@ pub fn claim(
                 next_due = Some(next_due.map_or(until, |due: Millis| due.min(until)));
                 continue;
             }
-            lapsed.push(key);
             let due_at: Millis = row.get(3)?;
             if due_at > now || deliveries.len() == request.limit {
                 let due = due_at.max(now);
                 next_due = Some(next_due.map_or(due, |d: Millis| d.min(due)));
                 break;
             }
+            // A lapsed lease is replaced only when its delivery is taken: until then the
+            // late attempt under it may still store its outcome.
+            lapsed.push(key);
             deliveries.push(Claimed {
                 key,
                 id: row.get(1)?,
