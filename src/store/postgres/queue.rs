@@ -929,21 +929,43 @@ pub async fn cancel_pending(
     Ok(())
 }
 
-/// Starts a new round for the deliveries `UPDATE deliveries AS d ... WHERE` picks (`$1` is
-/// now): due now, retry budget reset, and back in the queue under a new lease generation, so
-/// an attempt still finishing from an earlier round cannot write its outcome over the new
-/// one. Attempts under way (a live lease) are left to finish: pick with `NOT_IN_FLIGHT`.
-fn requeue_sql(condition: &str) -> String {
-    format!(
-        "WITH r AS (UPDATE deliveries AS d SET status = 'pending', due_at = $1, \
-           round_start = attempts, updated_at = $1 WHERE {condition} \
-           RETURNING d.seq, d.tenant_id, d.stream_id, d.lease, d.created_at) \
-         INSERT INTO queue (seq, tenant_id, stream_id, due_at, lease, lease_until, created_at) \
-         SELECT seq, tenant_id, stream_id, $1, lease + 1, NULL, created_at FROM r \
-         ON CONFLICT (seq) DO UPDATE SET due_at = excluded.due_at, lease = queue.lease + 1, \
-         lease_until = NULL WHERE queue.lease_until IS NULL OR queue.lease_until <= $1" // That last test sees a claim that committed after the statement began (the
-                                                                                        // `NOT_IN_FLIGHT` read did not): such a delivery is under way, and keeps its lease.
+/// Starts a new round for the deliveries `condition` picks (on `deliveries d`, with `$1` now
+/// and `NOT_IN_FLIGHT` among its terms): due now, retry budget reset, and back in the queue
+/// under a new lease generation, so an attempt still finishing from an earlier round cannot
+/// write its outcome over the new one. Attempts under way (a live lease) are left to finish.
+/// Returns how many.
+///
+/// Their queue rows are locked first, in key order, as outcomes and cancellations lock
+/// them (queue row, then delivery): the two never wait on each other in a cycle. The second
+/// statement then reads the queue after any claim that committed meanwhile.
+async fn requeue(
+    tx: &impl GenericClient,
+    condition: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> StoreResult<u64> {
+    tx.query(
+        &format!(
+            "SELECT lq.seq FROM deliveries d JOIN queue lq ON lq.seq = d.seq \
+             WHERE {condition} ORDER BY lq.seq FOR UPDATE OF lq"
+        ),
+        params,
     )
+    .await?;
+    Ok(tx
+        .execute(
+            &format!(
+                "WITH r AS (UPDATE deliveries AS d SET status = 'pending', due_at = $1, \
+                   round_start = attempts, updated_at = $1 WHERE {condition} \
+                   RETURNING d.seq, d.tenant_id, d.stream_id, d.lease, d.created_at) \
+                 INSERT INTO queue (seq, tenant_id, stream_id, due_at, lease, lease_until, \
+                   created_at) \
+                 SELECT seq, tenant_id, stream_id, $1, lease + 1, NULL, created_at FROM r \
+                 ON CONFLICT (seq) DO UPDATE SET due_at = excluded.due_at, \
+                 lease = queue.lease + 1, lease_until = NULL"
+            ),
+            params,
+        )
+        .await?)
 }
 const NOT_IN_FLIGHT: &str =
     "NOT EXISTS (SELECT 1 FROM queue q WHERE q.seq = d.seq AND q.lease_until > $1)";
@@ -977,16 +999,16 @@ pub async fn redeliver_event(
         );
     }
     let created = new.insert(tx).await?.len() as u64;
-    let requeued = tx
-        .execute(
-            &requeue_sql(&format!(
-                "d.tenant_id = $2 AND d.stream_id = $4 AND d.id <> ALL($5) AND d.event_seq IN \
-                 (SELECT e.seq FROM events e WHERE e.tenant_id = $2 AND e.id = $3) \
-                 AND {NOT_IN_FLIGHT}"
-            )),
-            &[&now, &tenant_id, &event_id, &stream_id, &new.ids],
-        )
-        .await?;
+    let requeued = requeue(
+        tx,
+        &format!(
+            "d.tenant_id = $2 AND d.stream_id = $4 AND d.id <> ALL($5) AND d.event_seq IN \
+             (SELECT e.seq FROM events e WHERE e.tenant_id = $2 AND e.id = $3) \
+             AND {NOT_IN_FLIGHT}"
+        ),
+        &[&now, &tenant_id, &event_id, &stream_id, &new.ids],
+    )
+    .await?;
     Ok(Some(created + requeued))
 }
 
@@ -1006,15 +1028,11 @@ pub async fn redeliver(
     let conditions = filter_sql(filter, &mut params);
     let condition =
         format!("d.tenant_id = $2 AND d.stream_id = $3{conditions} AND {NOT_IN_FLIGHT}");
-    let sql = if dry_run {
-        format!("SELECT COUNT(*) FROM deliveries d WHERE {condition}")
-    } else {
-        requeue_sql(&condition)
-    };
     let params = super::refs(&params);
     if dry_run {
+        let sql = format!("SELECT COUNT(*) FROM deliveries d WHERE {condition}");
         let count: i64 = tx.query_one(&sql, &params).await?.get(0);
         return Ok(count as u64);
     }
-    Ok(tx.execute(&sql, &params).await?)
+    requeue(tx, &condition, &params).await
 }
