@@ -801,18 +801,20 @@ async fn update_health(
     effects: &mut RecordEffects,
     due: &mut Vec<String>,
 ) -> StoreResult<()> {
+    // Prepared once per connection: every batch of outcomes runs one of these per stream.
     if h.failures == 0 {
         // A success clears the run, writing the stream's row only if there was one.
-        tx.execute(
-            "UPDATE streams SET consecutive_failures = 0, failing_since = NULL \
-             WHERE tenant_id = $1 AND id = $2 AND consecutive_failures != 0",
-            &[&tenant_id, &stream_id],
-        )
-        .await?;
+        let healthy = tx
+            .prepare_cached(
+                "UPDATE streams SET consecutive_failures = 0, failing_since = NULL \
+                 WHERE tenant_id = $1 AND id = $2 AND consecutive_failures != 0",
+            )
+            .await?;
+        tx.execute(&healthy, &[&tenant_id, &stream_id]).await?;
         return Ok(());
     }
-    let Some(row) = tx
-        .query_opt(
+    let failing = tx
+        .prepare_cached(
             "UPDATE streams s SET consecutive_failures = \
              CASE WHEN $3 THEN $4 ELSE s.consecutive_failures + $4 END, \
              failing_since = CASE WHEN $3 THEN $5 ELSE COALESCE(s.failing_since, $5) END \
@@ -820,6 +822,11 @@ async fn update_health(
                    WHERE tenant_id = $1 AND id = $2 FOR UPDATE) b \
              WHERE s.tenant_id = $1 AND s.id = $2 \
              RETURNING b.before, s.status, s.name, s.failing_since",
+        )
+        .await?;
+    let Some(row) = tx
+        .query_opt(
+            &failing,
             &[
                 &tenant_id,
                 &stream_id,
