@@ -5,8 +5,9 @@
 //! writers are busy queue up and go together in the next group, up to [`MAX_REQUESTS`] calls
 //! or about [`MAX_EVENTS`] events. Under load, a writer freed while another is still
 //! writing gathers a small group for [`GATHER`] more: otherwise it would take whichever call
-//! came first alone, and a commit's cost would be shared by one publish. The commit waits for the WAL flush as the server is configured to
-//! (Herald never turns `synchronous_commit` off here), and nobody is answered before it.
+//! came first alone, and a commit's cost would be shared by one publish. The commit waits
+//! for the WAL flush as the server is configured to (Herald never turns
+//! `synchronous_commit` off here), and nobody is answered before it.
 //!
 //! A group is written with the statements of a single publish, each carrying every call's
 //! rows. Should they fail for anything but a lost database, the group is written again in one

@@ -942,9 +942,10 @@ pub async fn cancel_pending(
 /// write its outcome over the new one. Attempts under way (a live lease) are left to finish.
 /// Returns how many.
 ///
-/// Their queue rows are locked first, in key order, as outcomes and cancellations lock
-/// them (queue row, then delivery): the two never wait on each other in a cycle. The second
-/// statement then reads the queue after any claim that committed meanwhile.
+/// Their queue rows are locked first (in key order), then their deliveries, as outcomes and
+/// cancellations take them: queue row, then delivery. The second statement reads the queue
+/// after any claim that committed meanwhile; a queue row it finds that the first did not lock
+/// (a publish's, or another redelivery's, since) is requeued only if no live lease holds it.
 async fn requeue(
     tx: &impl GenericClient,
     condition: &str,
@@ -968,7 +969,8 @@ async fn requeue(
                    created_at) \
                  SELECT seq, tenant_id, stream_id, $1, lease + 1, NULL, created_at FROM r \
                  ON CONFLICT (seq) DO UPDATE SET due_at = excluded.due_at, \
-                 lease = queue.lease + 1, lease_until = NULL"
+                 lease = queue.lease + 1, lease_until = NULL \
+                 WHERE queue.lease_until IS NULL OR queue.lease_until <= $1"
             ),
             params,
         )
