@@ -4,10 +4,11 @@
 //! It is read from the store when `/metrics` is scraped, not kept by the dispatcher: the
 //! store is where pending deliveries are, on every node alike (the dispatcher of one node
 //! knows only what it has claimed). One query groups the pending deliveries of enabled
-//! streams by stream, from the index of due deliveries, so a scrape costs a scan of that
-//! index: proportional to the backlog, on a read connection, beside the writer. Scrapes
-//! share a read: one in progress serves those that arrive meanwhile, and a read less than
-//! [`MAX_AGE_MS`] old (on the injected clock) serves the next ones.
+//! streams by stream, from the index of due deliveries (PostgreSQL's queue table), so a
+//! scrape costs a scan of that index: proportional to the backlog, on a read connection,
+//! beside the writer. Scrapes share a read: one in progress serves those that arrive
+//! meanwhile, and a read less than [`MAX_AGE_MS`] old (on the injected clock) serves the
+//! next ones.
 //!
 //! Cardinality is bounded: one series per tenant with a backlog, and per stream for the
 //! `top_streams` streams with the most pending deliveries (ties: the oldest first). A paused
