@@ -128,7 +128,7 @@ fn open_locked(path: &Path) -> StoreResult<(std::fs::File, Connection)> {
     let mut conn = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
     conn.pragma_update(None, "journal_mode", "WAL")
         .map_err(|e| open_err(e.to_string()))?;
-    migrate(&mut conn).map_err(|e| open_err(e.to_string()))?;
+    migrate(&mut conn).map_err(open_err)?;
     Ok((lock, conn))
 }
 
@@ -214,8 +214,23 @@ fn name_free(conn: &Connection, tenant_id: &str, id: &str, name: &str) -> StoreR
     }
 }
 
-fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
-    let applied: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+/// Brings the schema up to date. A schema newer than this binary knows (a newer Herald ran
+/// here) is refused rather than used: its rows may mean what this version cannot know.
+fn migrate(conn: &mut Connection) -> Result<(), String> {
+    let applied: usize = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(|e| e.to_string())?;
+    if applied > MIGRATIONS.len() {
+        return Err(format!(
+            "the store's schema is at version {applied}, newer than this Herald knows \
+             (version {}): run the Herald version that upgraded it",
+            MIGRATIONS.len()
+        ));
+    }
+    migrate_from(conn, applied).map_err(|e| e.to_string())
+}
+
+fn migrate_from(conn: &mut Connection, applied: usize) -> rusqlite::Result<()> {
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
         let tx = conn.transaction()?;
         tx.execute_batch(sql)?;
@@ -1652,5 +1667,29 @@ mod tests {
         assert_eq!(publish("src"), 0);
         let another_source = publish("other");
         assert_eq!(another_source, 1);
+    }
+
+    /// A store a newer Herald upgraded is refused, by name, and left as it was.
+    #[test]
+    fn a_schema_newer_than_this_herald_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.sqlite3");
+        let key = || Cipher::from_base64("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=").unwrap();
+        drop(SqliteStore::open(&path, key()).unwrap());
+        let newer = MIGRATIONS.len() + 1;
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", newer)
+            .unwrap();
+        let refused = SqliteStore::open(&path, key()).err().unwrap();
+        assert!(
+            refused.to_string().contains("newer than this Herald knows"),
+            "{refused}"
+        );
+        let version: usize = Connection::open(&path)
+            .unwrap()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, newer);
     }
 }
