@@ -357,17 +357,14 @@ impl Leases {
         token
     }
 
-    /// Whether `key`'s lease is the one `token` names (lapsed or not, as long as no other
-    /// lease replaced it).
-    fn is_held_by(&self, key: i64, token: i64) -> bool {
-        self.held.get(&key).is_some_and(|l| l.token == token)
-    }
-
-    /// Gives back `key`'s lease if it is the one `token` names.
-    pub fn give_back(&mut self, key: i64, token: i64) {
-        if self.held.get(&key).is_some_and(|l| l.token == token) {
+    /// Gives back `key`'s lease if it is the one `token` names (lapsed or not, as long as no
+    /// other lease replaced it); whether it was.
+    pub fn give_back(&mut self, key: i64, token: i64) -> bool {
+        let held = self.held.get(&key).is_some_and(|l| l.token == token);
+        if held {
             self.change(key, None);
         }
+        held
     }
 
     /// Forgets every lease of the stream, whose deliveries are being cancelled or deleted:
@@ -446,13 +443,6 @@ impl Leases {
             .map(|l| l.until)
             .filter(|until| *until > now)
     }
-
-    /// Forgets `key`'s lease if it lapsed by `now`.
-    fn prune(&mut self, key: i64, now: Millis) {
-        if self.held.get(&key).is_some_and(|l| l.until <= now) {
-            self.change(key, None);
-        }
-    }
 }
 
 /// Leases up to `limit` due deliveries per request. Reads the stream's pending deliveries in
@@ -496,7 +486,6 @@ pub fn claim(
         let mut next_due = None;
         let mut rows =
             select.query(params![request.tenant_id, request.stream_id, window as i64])?;
-        let mut lapsed = Vec::new();
         while let Some(row) = rows.next()? {
             let key: i64 = row.get(0)?;
             if let Some(until) = leases.held_until(key, now) {
@@ -510,9 +499,6 @@ pub fn claim(
                 next_due = Some(next_due.map_or(due, |d: Millis| d.min(due)));
                 break;
             }
-            // A lapsed lease is replaced only when its delivery is taken: until then the
-            // late attempt under it may still store its outcome.
-            lapsed.push(key);
             deliveries.push(Claimed {
                 key,
                 id: row.get(1)?,
@@ -525,9 +511,8 @@ pub fn claim(
             });
         }
         drop(rows);
-        for key in lapsed {
-            leases.prune(key, now);
-        }
+        // A lapsed lease is replaced only on the deliveries taken: on any other, the late
+        // attempt under it may still store its outcome.
         for d in &mut deliveries {
             d.lease = leases.take(&request.stream_id, d.key, lease_until);
         }
@@ -574,8 +559,7 @@ pub fn record(
         // Only the lease the attempt was made under decides the delivery's state: a
         // delivery cancelled meanwhile has lost its lease, and if it was redelivered and
         // claimed again, the new attempt holds another.
-        let current = leases.is_held_by(r.key, r.lease);
-        leases.give_back(r.key, r.lease);
+        let current = leases.give_back(r.key, r.lease);
         insert.execute(params![
             r.tenant_id,
             r.key,
