@@ -22,6 +22,9 @@ pub struct Subscriber {
     pub leasable: bool,
 }
 
+/// The SQL test (on a `streams` row) of [`Subscriber::leasable`], the same on both stores.
+pub const LEASABLE: &str = "status = 'enabled' AND destination_type <> 'listen'";
+
 /// Whether a stream subscribed with `patterns` receives events of `event_type`.
 pub fn subscribed(patterns: &[String], event_type: &str) -> bool {
     patterns.iter().any(|p| pattern_matches(p, event_type))

@@ -448,14 +448,27 @@ pub struct Backlog {
 }
 
 /// Counts the pending deliveries of each enabled stream, with the earliest due time: what
-/// `Store::backlogs` runs on the embedded store (PostgreSQL reads its queue table the same
-/// way). Grouping first walks the index of pending deliveries (`deliveries_due`) once,
-/// without a lookup of the stream per delivery.
-pub(crate) const BACKLOGS: &str = "SELECT b.tenant_id, b.stream_id, b.pending, b.next_due_at \
-     FROM (SELECT tenant_id, stream_id, COUNT(*) AS pending, MIN(due_at) AS next_due_at \
-           FROM deliveries WHERE status = 'pending' GROUP BY tenant_id, stream_id) b \
-     JOIN streams s ON s.tenant_id = b.tenant_id AND s.id = b.stream_id \
-     WHERE s.status = 'enabled'";
+/// `Store::backlogs` runs on either store, given where its pending deliveries are (`pending`:
+/// `deliveries WHERE status = 'pending'`, or PostgreSQL's `queue`). Grouping first walks the
+/// index of pending deliveries once, without a lookup of the stream per delivery.
+pub(crate) fn backlogs_sql(pending: &str) -> String {
+    format!(
+        "SELECT b.tenant_id, b.stream_id, b.pending, b.next_due_at \
+         FROM (SELECT tenant_id, stream_id, COUNT(*) AS pending, MIN(due_at) AS next_due_at \
+               FROM {pending} GROUP BY tenant_id, stream_id) b \
+         JOIN streams s ON s.tenant_id = b.tenant_id AND s.id = b.stream_id \
+         WHERE s.status = 'enabled'"
+    )
+}
+
+/// Why a store refuses a schema newer than the binary knows: a newer Herald upgraded it, and
+/// its rows may mean what this version cannot know.
+pub(crate) fn schema_too_new(found: usize, known: usize) -> String {
+    format!(
+        "the store's schema is at version {found}, newer than this Herald knows (version \
+         {known}): run the Herald version that upgraded it"
+    )
+}
 
 /// What a list of a tenant's streams shows of each: its backlog, and its finished deliveries
 /// per hour (summed over event types). One call per list, not one per stream.

@@ -4,9 +4,9 @@
 //! picked with `FOR UPDATE SKIP LOCKED`, and every outcome is fenced by the lease generation
 //! it was attempted under. Those rows are in `queue`, a narrow table holding a row per
 //! pending delivery, so the churn of claims and outcomes stays off `deliveries` and its
-//! indexes (see `012_narrow_queue.sql`). Changes other nodes must hear of (new due work, changed streams)
-//! are sent with `NOTIFY` in the same transaction; see `listen`. Concurrent publishes share
-//! one transaction and one commit; see `group`.
+//! indexes (see `012_narrow_queue.sql`). Changes other nodes must hear of (new due work,
+//! changed streams) are sent with `NOTIFY` in the same transaction; see `listen`. Concurrent
+//! publishes share one transaction and one commit; see `group`.
 //!
 //! Connections come from a small pool with short timeouts: when the database is unreachable,
 //! calls fail fast with [`StoreError::Unavailable`] and succeed again once it is back,
@@ -238,10 +238,9 @@ async fn migrate(pool: &Pool) -> StoreResult<usize> {
     // An older node on a newer schema would write what the schema no longer accepts, or
     // miss what it now needs: it must not start.
     if applied as usize > MIGRATIONS.len() {
-        return Err(StoreError::Postgres(format!(
-            "the database's schema is at version {applied}, newer than this Herald knows \
-             (version {}): run the newer Herald on this node too",
-            MIGRATIONS.len()
+        return Err(StoreError::Postgres(schema_too_new(
+            applied as usize,
+            MIGRATIONS.len(),
         )));
     }
     let mut ran = 0;
@@ -618,13 +617,6 @@ fn event_from_row(row: &Row, at: usize) -> StoreResult<Event> {
     }
     .decode()
 }
-
-/// The embedded store's `BACKLOGS`, over the queue: it holds exactly the pending deliveries.
-const QUEUE_BACKLOGS: &str = "SELECT b.tenant_id, b.stream_id, b.pending, b.next_due_at \
-     FROM (SELECT tenant_id, stream_id, COUNT(*) AS pending, MIN(due_at) AS next_due_at \
-           FROM queue GROUP BY tenant_id, stream_id) b \
-     JOIN streams s ON s.tenant_id = b.tenant_id AND s.id = b.stream_id \
-     WHERE s.status = 'enabled'";
 
 const DELIVERY_COLUMNS: &str = "d.seq, d.id, d.stream_id, e.id, d.event_type, d.status, d.due_at, \
      d.created_at, d.updated_at, d.attempts, d.last_attempt_at, d.last_response_status, \
@@ -1586,7 +1578,12 @@ impl Store for PgStore {
     }
 
     async fn backlogs(&self) -> StoreResult<Vec<StreamBacklog>> {
-        let rows = self.client().await?.query(QUEUE_BACKLOGS, &[]).await?;
+        // The queue holds exactly the pending deliveries.
+        let rows = self
+            .client()
+            .await?
+            .query(&backlogs_sql("queue"), &[])
+            .await?;
         Ok(rows
             .iter()
             .map(|r| StreamBacklog {

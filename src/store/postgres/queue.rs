@@ -63,12 +63,14 @@ pub async fn publish_all(
     requests: &[PublishRequest],
     due: &mut Vec<String>,
 ) -> StoreResult<Vec<Vec<Published>>> {
-    let select = tx
-        .prepare_cached(
-            "SELECT tenant_id, id, subscriptions, status = 'enabled' AND destination_type <> 'listen' FROM streams \
+    static SUBSCRIBERS: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT tenant_id, id, subscriptions, {} FROM streams \
              WHERE tenant_id = ANY($1) AND status IN ('enabled', 'paused')",
+            fanout::LEASABLE
         )
-        .await?;
+    });
+    let select = tx.prepare_cached(&SUBSCRIBERS).await?;
     let mut tenants: Vec<&str> = requests.iter().map(|r| r.tenant_id.as_str()).collect();
     tenants.sort_unstable();
     tenants.dedup();

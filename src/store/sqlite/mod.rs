@@ -214,18 +214,13 @@ fn name_free(conn: &Connection, tenant_id: &str, id: &str, name: &str) -> StoreR
     }
 }
 
-/// Brings the schema up to date. A schema newer than this binary knows (a newer Herald ran
-/// here) is refused rather than used: its rows may mean what this version cannot know.
+/// Brings the schema up to date, or refuses a schema newer than this binary knows.
 fn migrate(conn: &mut Connection) -> Result<(), String> {
     let applied: usize = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .map_err(|e| e.to_string())?;
     if applied > MIGRATIONS.len() {
-        return Err(format!(
-            "the store's schema is at version {applied}, newer than this Herald knows \
-             (version {}): run the Herald version that upgraded it",
-            MIGRATIONS.len()
-        ));
+        return Err(schema_too_new(applied, MIGRATIONS.len()));
     }
     migrate_from(conn, applied).map_err(|e| e.to_string())
 }
@@ -1419,7 +1414,8 @@ impl Store for SqliteStore {
     async fn backlogs(&self) -> StoreResult<Vec<StreamBacklog>> {
         self.readers
             .read(|conn| {
-                let mut stmt = conn.prepare_cached(BACKLOGS)?;
+                let mut stmt =
+                    conn.prepare_cached(&backlogs_sql("deliveries WHERE status = 'pending'"))?;
                 let rows = stmt.query_map([], |r| {
                     Ok(StreamBacklog {
                         tenant_id: r.get(0)?,

@@ -11,7 +11,7 @@ use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use super::event_from_row;
 use crate::clock::Millis;
@@ -36,10 +36,14 @@ pub fn publish(
 ) -> StoreResult<Vec<Published>> {
     let mut streams = Vec::new();
     {
-        let mut stmt = conn.prepare_cached(
-            "SELECT id, subscriptions, status = 'enabled' AND destination_type <> 'listen' FROM streams \
-             WHERE tenant_id = ?1 AND status IN ('enabled', 'paused')",
-        )?;
+        static SUBSCRIBERS: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "SELECT id, subscriptions, {} FROM streams \
+                 WHERE tenant_id = ?1 AND status IN ('enabled', 'paused')",
+                fanout::LEASABLE
+            )
+        });
+        let mut stmt = conn.prepare_cached(&SUBSCRIBERS)?;
         let mut rows = stmt.query(params![tenant_id])?;
         while let Some(row) = rows.next()? {
             let patterns: String = row.get(1)?;
