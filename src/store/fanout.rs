@@ -1,6 +1,7 @@
-//! Fan-outs too large for one commit, the rules both stores share: which streams an event
-//! goes to, when a publish defers its deliveries (more than [`MAX_INLINE_DELIVERIES`]), how
-//! a pending fan-out's streams are written in its row, and how many events one chunk takes.
+//! Which streams an event goes to, the rules both stores share: what a publish writes
+//! ([`plan`]: each event's deliveries, which of them are leased to the publishing node, or a
+//! pending fan-out when they are more than [`MAX_INLINE_DELIVERIES`]), how a pending
+//! fan-out's streams are written in its row, and what each of its chunks creates.
 //!
 //! A deferred publish commits its events together with a `fanouts` row, so the deliveries
 //! are as durable as if they had been written at once; each later chunk creates the
@@ -9,8 +10,12 @@
 //! a stream changed meanwhile gets what it would have got had the deliveries been written at
 //! once, and a stream deleted meanwhile gets nothing.
 
-use super::{MAX_INLINE_DELIVERIES, StoreError, StoreResult};
+use std::sync::Arc;
+
+use super::{Claimed, MAX_INLINE_DELIVERIES, Published, StoreError, StoreResult};
 use crate::catalog::pattern_matches;
+use crate::clock::Millis;
+use crate::event::Event;
 
 /// A stream that can receive a publish's deliveries (enabled or paused).
 pub struct Subscriber {
@@ -42,7 +47,7 @@ pub struct Pending {
 
 /// The pending fan-out of a publish whose new events (type and seq, in order) would create
 /// more deliveries than one commit takes; `None` when their deliveries are written at once.
-pub fn deferred<'a>(
+fn deferred<'a>(
     streams: &[Subscriber],
     new_events: impl Iterator<Item = (&'a str, i64)> + Clone,
 ) -> Option<Pending> {
@@ -57,6 +62,129 @@ pub fn deferred<'a>(
         event_seqs,
         streams: encode_streams(streams, types),
     })
+}
+
+/// A delivery a publish or a fan-out's chunk creates.
+pub struct NewDelivery<'a> {
+    pub id: String,
+    pub stream_id: &'a str,
+    pub event_seq: i64,
+    pub event_type: &'a str,
+    /// Leased to the publishing node: which of the plan's results holds its [`Claimed`]
+    /// (the event's index, then the lease's), whose key and lease the store fills in once
+    /// the row exists.
+    pub leased: Option<(usize, usize)>,
+}
+
+/// What a publish writes, decided before any delivery row: each event's result, the
+/// deliveries, and the pending fan-out that takes their place when they are too many.
+pub struct PublishPlan<'a> {
+    pub published: Vec<Published>,
+    pub deliveries: Vec<NewDelivery<'a>>,
+    pub pending: Option<Pending>,
+}
+
+/// Plans a publish of `events` (each with its new row's seq; `None` for a duplicate, which
+/// creates nothing) to a tenant's `streams`. With `lease_until`, the deliveries to leasable
+/// streams are leased to the publishing node and returned in the results, their key and
+/// lease left for the store to set.
+pub fn plan<'a>(
+    tenant_id: &str,
+    streams: &'a [Subscriber],
+    events: &'a [Event],
+    seqs: &[Option<i64>],
+    lease_until: Option<Millis>,
+    now: Millis,
+) -> PublishPlan<'a> {
+    let new_events = events
+        .iter()
+        .zip(seqs)
+        .filter_map(|(e, seq)| Some((e.event_type.as_str(), (*seq)?)));
+    let pending = deferred(streams, new_events);
+    let deferred = pending.is_some();
+    let mut plan = PublishPlan {
+        published: Vec::with_capacity(events.len()),
+        deliveries: Vec::new(),
+        pending,
+    };
+    for (index, (event, seq)) in events.iter().zip(seqs).enumerate() {
+        let mut result = Published {
+            id: event.id.clone(),
+            source: event.source.clone(),
+            duplicate: seq.is_none(),
+            streams: Vec::new(),
+            leased: Vec::new(),
+            deferred: deferred && seq.is_some(),
+        };
+        if let Some(&event_seq) = seq.as_ref() {
+            // One copy of the event, however many streams it is leased to.
+            let mut shared: Option<Arc<Event>> = None;
+            for stream in streams {
+                if !subscribed(&stream.patterns, &event.event_type) {
+                    continue;
+                }
+                result.streams.push(stream.id.clone());
+                if deferred {
+                    continue;
+                }
+                let id = crate::ids::delivery_id(now);
+                let mut leased = None;
+                if let Some(lease_until) = lease_until.filter(|_| stream.leasable) {
+                    leased = Some((index, result.leased.len()));
+                    result.leased.push(Claimed {
+                        key: 0,
+                        lease: 0,
+                        lease_until,
+                        id: id.clone(),
+                        tenant_id: tenant_id.to_string(),
+                        stream_id: stream.id.clone(),
+                        attempts: 0,
+                        event: shared
+                            .get_or_insert_with(|| Arc::new(event.clone()))
+                            .clone(),
+                    });
+                }
+                plan.deliveries.push(NewDelivery {
+                    id,
+                    stream_id: &stream.id,
+                    event_seq,
+                    event_type: &event.event_type,
+                    leased,
+                });
+            }
+        }
+        plan.published.push(result);
+    }
+    plan
+}
+
+/// The deliveries a fan-out's chunk creates: to each of the tile's `streams` still there
+/// (`exists`), one for each of its events still there (seq and type) that it subscribed to.
+pub fn chunk_deliveries<'a>(
+    streams: &'a [(String, Vec<String>)],
+    exists: impl Fn(&str) -> bool,
+    events: &'a [(i64, String)],
+    now: Millis,
+) -> Vec<NewDelivery<'a>> {
+    let targets: Vec<&(String, Vec<String>)> = streams
+        .iter()
+        .filter(|(id, patterns)| !patterns.is_empty() && exists(id))
+        .collect();
+    let mut deliveries = Vec::new();
+    for (event_seq, event_type) in events {
+        for (stream_id, patterns) in &targets {
+            if subscribed(patterns, event_type) {
+                deliveries.push(NewDelivery {
+                    id: crate::ids::delivery_id(now),
+                    stream_id,
+                    event_seq: *event_seq,
+                    event_type,
+                    leased: None,
+                });
+            }
+        }
+    }
+    deliveries
 }
 
 /// The embedded store's `event_seqs` column (a JSON array).
@@ -203,6 +331,120 @@ mod tests {
             patterns: vec![pattern.into()],
             leasable: true,
         }
+    }
+
+    fn event(id: &str, event_type: &str) -> Event {
+        Event {
+            id: id.into(),
+            source: "urn:test".into(),
+            event_type: event_type.into(),
+            time: 0,
+            subject: None,
+            datacontenttype: None,
+            dataschema: None,
+            data: serde_json::value::RawValue::from_string("null".into()).unwrap(),
+            extensions: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_plan_leases_only_leasable_streams_and_points_at_each_lease() {
+        let mut listen = subscriber("est_listen", "*");
+        listen.leasable = false;
+        let streams = [
+            subscriber("est_users", "user.*"),
+            listen,
+            subscriber("est_all", "*"),
+        ];
+        let events = [
+            event("a", "user.created"),
+            event("b", "user.created"),
+            event("c", "flow.run.finished"),
+        ];
+        // `b` is a duplicate: it creates nothing.
+        let plan = plan(
+            "ten_a",
+            &streams,
+            &events,
+            &[Some(1), None, Some(3)],
+            Some(99),
+            5,
+        );
+        assert!(plan.pending.is_none());
+        let made: Vec<(&str, i64, bool)> = plan
+            .deliveries
+            .iter()
+            .map(|d| (d.stream_id, d.event_seq, d.leased.is_some()))
+            .collect();
+        assert_eq!(
+            made,
+            [
+                ("est_users", 1, true),
+                ("est_listen", 1, false),
+                ("est_all", 1, true),
+                ("est_listen", 3, false),
+                ("est_all", 3, true),
+            ]
+        );
+        assert!(plan.published[1].duplicate && plan.published[1].streams.is_empty());
+        assert_eq!(plan.published[2].streams, ["est_listen", "est_all"]);
+        for d in &plan.deliveries {
+            if let Some((event, at)) = d.leased {
+                let claimed = &plan.published[event].leased[at];
+                assert_eq!(
+                    (claimed.id.as_str(), claimed.lease_until),
+                    (d.id.as_str(), 99)
+                );
+                assert_eq!(claimed.stream_id, d.stream_id);
+            }
+        }
+        // Without a lease, nothing is leased.
+        let plan = plan_unleased(&streams, &events);
+        assert!(plan.deliveries.iter().all(|d| d.leased.is_none()));
+        assert!(plan.published.iter().all(|p| p.leased.is_empty()));
+    }
+
+    fn plan_unleased<'a>(streams: &'a [Subscriber], events: &'a [Event]) -> PublishPlan<'a> {
+        plan(
+            "ten_a",
+            streams,
+            events,
+            &[Some(1), Some(2), Some(3)],
+            None,
+            5,
+        )
+    }
+
+    #[test]
+    fn a_deferred_plan_names_the_streams_but_creates_no_delivery() {
+        let streams: Vec<Subscriber> = (0..MAX_INLINE_DELIVERIES + 1)
+            .map(|i| subscriber(&format!("est_{i}"), "*"))
+            .collect();
+        let events = [event("a", "user.created")];
+        let plan = plan("ten_a", &streams, &events, &[Some(7)], Some(99), 5);
+        assert!(plan.deliveries.is_empty());
+        assert_eq!(
+            plan.pending.as_ref().map(|p| p.event_seqs.clone()),
+            Some(vec![7])
+        );
+        assert!(plan.published[0].deferred);
+        assert_eq!(plan.published[0].streams.len(), MAX_INLINE_DELIVERIES + 1);
+        assert!(plan.published[0].leased.is_empty());
+    }
+
+    #[test]
+    fn a_chunk_skips_gone_streams_and_emptied_ones() {
+        let streams = vec![
+            ("est_a".to_string(), vec!["user.*".to_string()]),
+            ("est_gone".to_string(), vec!["*".to_string()]),
+            ("est_skipped".to_string(), Vec::new()),
+        ];
+        let events = vec![(1, "user.created".to_string()), (2, "flow.x".to_string())];
+        let made: Vec<(&str, i64)> = chunk_deliveries(&streams, |id| id != "est_gone", &events, 5)
+            .iter()
+            .map(|d| (d.stream_id, d.event_seq))
+            .collect();
+        assert_eq!(made, [("est_a", 1)]);
     }
 
     #[test]

@@ -8,10 +8,16 @@
 //! instead, whose deliveries `fan_out` then creates in chunks); `claim` leases due deliveries (no transaction outlives the call, so nothing is
 //! held across network I/O); `record` stores an attempt and the delivery's next state. A lease
 //! that expires makes its delivery due again, which is what makes delivery at-least-once.
+//!
+//! What is not SQL is decided once for both stores: which streams an event goes to, and
+//! what a publish writes (`fanout`), and what an attempt's outcome does to its delivery, its
+//! stream's statistics and health, and which notices follow (`outcomes`). The stores only
+//! store and load around those rules.
 
 pub mod columns;
 pub mod fanout;
 pub mod keys;
+pub mod outcomes;
 pub mod postgres;
 pub mod sqlite;
 
@@ -288,102 +294,6 @@ pub struct AttemptRecord {
     /// How long the stream must have failed without a success to be disabled (0: the count
     /// alone decides).
     pub disable_after_failing_seconds: u64,
-}
-
-impl AttemptRecord {
-    pub fn disable_policy(&self) -> DisablePolicy {
-        DisablePolicy {
-            max_consecutive_failures: self.max_consecutive_failures,
-            disable_after_failing_seconds: self.disable_after_failing_seconds,
-        }
-    }
-
-    /// Herald's `herald.delivery.failed` notice for this attempt, when it gave its delivery
-    /// up and the event's type raises one.
-    pub fn failure_notice(&self, now: Millis) -> Option<Event> {
-        if self.status != DeliveryStatus::Failed
-            || !crate::notices::notifies_failure_of(&self.event_type)
-        {
-            return None;
-        }
-        let reason = match (&self.disable_stream, self.refused) {
-            (Some(_), _) => "the destination asked to stop receiving events",
-            (None, true) => "the destination refused it",
-            (None, false) => "retries exhausted",
-        };
-        let failed = crate::notices::FailedDelivery {
-            tenant_id: &self.tenant_id,
-            delivery_id: &self.delivery_id,
-            stream_id: &self.stream_id,
-            event_id: &self.event_id,
-            event_type: &self.event_type,
-            attempts: self.attempt_number,
-            last_response_status: self.response_status,
-            last_error: self.error_message.as_deref(),
-            reason,
-        };
-        Some(crate::notices::delivery_failed(&failed, now))
-    }
-}
-
-/// When a failing stream is disabled: a stream's two settings.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct DisablePolicy {
-    pub max_consecutive_failures: u32,
-    pub disable_after_failing_seconds: u64,
-}
-
-/// A stream's current run of failed attempts, as the store counts it.
-#[derive(Debug, Clone, Copy)]
-pub struct FailingRun {
-    /// Failed attempts in a row.
-    pub failures: i64,
-    /// When the run's first failure was attempted; `None` when the run that counted is not
-    /// the stream's current one.
-    pub since: Option<Millis>,
-}
-
-/// Why a stream is to be disabled: the endpoint asked to stop (`gone`), or its run of
-/// failures reached both the stream's count (`max_consecutive_failures`, 0: never) and its
-/// period (`disable_after_failing_seconds`, 0: the count alone decides).
-pub fn disable_reason(
-    gone: Option<&String>,
-    run: FailingRun,
-    policy: DisablePolicy,
-    now: Millis,
-) -> Option<String> {
-    if let Some(reason) = gone {
-        return Some(reason.clone());
-    }
-    let limit = policy.max_consecutive_failures;
-    if limit == 0 || run.failures < i64::from(limit) {
-        return None;
-    }
-    let failures = run.failures;
-    let period_ms = (policy.disable_after_failing_seconds as Millis).saturating_mul(1_000);
-    if period_ms == 0 {
-        return Some(format!(
-            "disabled after {failures} failed attempts in a row; re-enable the stream to resume"
-        ));
-    }
-    let failing_for = now - run.since?;
-    (failing_for >= period_ms).then(|| {
-        format!(
-            "disabled after {failures} failed attempts in a row over {} without a success; \
-             re-enable the stream to resume",
-            spoken_duration(failing_for)
-        )
-    })
-}
-
-/// A duration as a person reads it in a reason: whole days, hours or minutes.
-fn spoken_duration(ms: Millis) -> String {
-    let minutes = ms / 60_000;
-    match minutes {
-        m if m >= 2 * 24 * 60 => format!("{} days", m / (24 * 60)),
-        m if m >= 2 * 60 => format!("{} hours", m / 60),
-        m => format!("{m} minutes"),
-    }
 }
 
 /// What recording attempts changed beyond the deliveries themselves.

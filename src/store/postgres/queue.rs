@@ -14,13 +14,12 @@ use tokio_postgres::types::ToSql;
 use super::{EVENT_COLUMNS, Params, event_from_row, notify_streams_changed};
 use crate::clock::Millis;
 use crate::event::Event;
-use crate::notices;
 use crate::store::columns;
-use crate::store::fanout::{self, Cursor, Subscriber};
+use crate::store::fanout::{self, Cursor, NewDelivery, Subscriber};
+use crate::store::outcomes::{Disabled, Outcomes, Rollup, RollupKey, StoredRun};
 use crate::store::{
-    AttemptRecord, ClaimBatch, ClaimRequest, Claimed, DeliveryFilter, DeliveryStatus,
-    DisablePolicy, FailingRun, FannedOut, LATENCY_BOUNDS_MS, Published, RecordEffects, StoreResult,
-    disable_reason,
+    AttemptRecord, ClaimBatch, ClaimRequest, Claimed, DeliveryFilter, FannedOut, LATENCY_BOUNDS_MS,
+    Published, RecordEffects, StoreResult,
 };
 
 /// One publish call: a tenant's events, when they arrived, and whether the caller leases the
@@ -157,14 +156,15 @@ pub async fn publish_all(
             .iter()
             .map(|e| inserted.remove(&(tenant_id.to_string(), e.source.clone(), e.id.clone())))
             .collect();
-        let new_events = request
-            .events
-            .iter()
-            .zip(&seqs)
-            .filter_map(|(e, seq)| Some((e.event_type.as_str(), (*seq)?)));
-        let pending = fanout::deferred(streams, new_events);
-        let deferred = pending.is_some();
-        if let Some(pending) = pending {
+        let plan = fanout::plan(
+            tenant_id,
+            streams,
+            &request.events,
+            &seqs,
+            request.lease_until,
+            request.now,
+        );
+        if let Some(pending) = &plan.pending {
             let insert = tx
                 .prepare_cached(
                     "INSERT INTO fanouts (tenant_id, event_seqs, first_seq, last_seq, streams, created_at) \
@@ -181,57 +181,11 @@ pub async fn publish_all(
             ];
             tx.execute(&insert, &params).await?;
         }
-
-        let mut published = Vec::with_capacity(request.events.len());
-        for (event, seq) in request.events.iter().zip(seqs) {
-            let mut result = Published {
-                id: event.id.clone(),
-                source: event.source.clone(),
-                duplicate: seq.is_none(),
-                streams: Vec::new(),
-                leased: Vec::new(),
-                deferred: deferred && seq.is_some(),
-            };
-            if let Some(event_seq) = seq {
-                let mut shared: Option<Arc<Event>> = None;
-                for stream in streams {
-                    if !fanout::subscribed(&stream.patterns, &event.event_type) {
-                        continue;
-                    }
-                    result.streams.push(stream.id.clone());
-                    if deferred {
-                        continue;
-                    }
-                    let lease = request.lease_until.filter(|_| stream.leasable);
-                    let delivery_id = crate::ids::delivery_id(request.now);
-                    new_deliveries.push(
-                        tenant_id,
-                        delivery_id.clone(),
-                        &stream.id,
-                        event_seq,
-                        &event.event_type,
-                        lease,
-                        request.now,
-                    );
-                    if let Some(lease_until) = lease {
-                        // One copy of the event, however many streams it goes to.
-                        let shared = shared.get_or_insert_with(|| Arc::new(event.clone()));
-                        result.leased.push(Claimed {
-                            key: 0, // Set once the row exists.
-                            lease: 1,
-                            lease_until,
-                            id: delivery_id,
-                            tenant_id: tenant_id.to_string(),
-                            stream_id: stream.id.clone(),
-                            attempts: 0,
-                            event: shared.clone(),
-                        });
-                    }
-                }
-            }
-            published.push(result);
+        for d in &plan.deliveries {
+            let lease = d.leased.and(request.lease_until);
+            new_deliveries.push(tenant_id, d, lease, request.now);
         }
-        results.push(published);
+        results.push(plan.published);
     }
     let seqs = new_deliveries.insert(tx).await?;
     for claimed in results
@@ -240,6 +194,8 @@ pub async fn publish_all(
         .flat_map(|p| p.leased.iter_mut())
     {
         claimed.key = seqs[&(claimed.tenant_id.clone(), claimed.id.clone())];
+        // The queue row's first lease generation.
+        claimed.lease = 1;
     }
     due.extend(new_deliveries.unleased);
     Ok(results)
@@ -307,20 +263,16 @@ pub async fn fan_out(
         ),
     )?;
     let existing: HashSet<String> = existing.iter().map(|r| r.get(0)).collect();
-    let types: HashMap<i64, String> = events.iter().map(|r| (r.get(0), r.get(1))).collect();
+    // In the fan-out's order, the events still there.
+    let mut types: HashMap<i64, String> = events.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let events: Vec<(i64, String)> = chunk
+        .iter()
+        .filter_map(|seq| Some((*seq, types.remove(seq)?)))
+        .collect();
     let mut new_deliveries = NewDeliveries::default();
-    for event_seq in chunk {
-        let Some(event_type) = types.get(event_seq) else {
-            continue; // Gone with a deletion.
-        };
-        for (stream_id, patterns) in streams {
-            if existing.contains(stream_id) && fanout::subscribed(patterns, event_type) {
-                let id = crate::ids::delivery_id(now);
-                new_deliveries.push(
-                    &tenant_id, id, stream_id, *event_seq, event_type, None, created_at,
-                );
-            }
-        }
+    let deliveries = fanout::chunk_deliveries(streams, |id| existing.contains(id), &events, now);
+    for d in &deliveries {
+        new_deliveries.push(&tenant_id, d, None, created_at);
     }
     new_deliveries.insert(tx).await?;
     match after {
@@ -389,26 +341,16 @@ struct NewDeliveries {
 }
 
 impl NewDeliveries {
-    #[allow(clippy::too_many_arguments)]
-    fn push(
-        &mut self,
-        tenant_id: &str,
-        id: String,
-        stream_id: &str,
-        event_seq: i64,
-        event_type: &str,
-        lease_until: Option<Millis>,
-        now: Millis,
-    ) {
+    fn push(&mut self, tenant_id: &str, d: &NewDelivery, lease_until: Option<Millis>, now: Millis) {
         self.tenants.push(tenant_id.to_string());
-        self.ids.push(id);
-        self.streams.push(stream_id.to_string());
-        self.event_seqs.push(event_seq);
-        self.event_types.push(event_type.to_string());
+        self.ids.push(d.id.clone());
+        self.streams.push(d.stream_id.to_string());
+        self.event_seqs.push(d.event_seq);
+        self.event_types.push(d.event_type.to_string());
         self.lease_untils.push(lease_until);
         self.created_ats.push(now);
         if lease_until.is_none() {
-            self.unleased.push(stream_id.to_string());
+            self.unleased.push(d.stream_id.to_string());
         }
     }
 
@@ -557,8 +499,6 @@ pub async fn release(
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-const HOUR_MS: Millis = 3_600_000;
-
 /// The rollup upsert over arrays, one row per (stream, hour, event type) of a batch.
 static ROLLUP_SQL: LazyLock<String> = LazyLock::new(|| {
     let buckets = LATENCY_BOUNDS_MS.len() + 1;
@@ -585,56 +525,6 @@ static ROLLUP_SQL: LazyLock<String> = LazyLock::new(|| {
         updates = updates.join(", "),
     )
 });
-
-/// One rollup row being summed up from a batch.
-#[derive(Default)]
-struct Rollup {
-    succeeded: i64,
-    failed: i64,
-    attempts: i64,
-    failed_attempts: i64,
-    latency: [i64; LATENCY_BOUNDS_MS.len() + 1],
-}
-
-/// A stream's outcomes within a batch, taken in order, as runs of failures.
-#[derive(Default)]
-struct Health {
-    failures: i64,
-    succeeded: bool,
-    /// Failures before the first success: they extend the run the stream already had.
-    leading_failures: i64,
-    /// The current run: failures after the last success.
-    trailing_failures: i64,
-    /// When the current run's first failure in this batch was attempted.
-    trailing_since: Option<Millis>,
-    /// The longest run that started after a success within the batch.
-    longest_later_run: i64,
-    disable: Option<String>,
-    policy: DisablePolicy,
-}
-
-impl Health {
-    fn add(&mut self, r: &AttemptRecord) {
-        self.policy = r.disable_policy();
-        if r.status == DeliveryStatus::Succeeded {
-            self.succeeded = true;
-            self.trailing_failures = 0;
-            self.trailing_since = None;
-            return;
-        }
-        self.failures += 1;
-        self.trailing_failures += 1;
-        self.trailing_since.get_or_insert(r.attempted_at);
-        if self.succeeded {
-            self.longest_later_run = self.longest_later_run.max(self.trailing_failures);
-        } else {
-            self.leading_failures += 1;
-        }
-        if let Some(reason) = &r.disable_stream {
-            self.disable.get_or_insert_with(|| reason.clone());
-        }
-    }
-}
 
 /// Stores attempts and their deliveries' next states; streams that got Herald's own notices
 /// are added to `due`.
@@ -697,13 +587,7 @@ pub async fn record(
         .await?;
     let leases: Vec<i64> = records.iter().map(|r| r.lease).collect();
     let states: Vec<&str> = records.iter().map(|r| r.status.as_str()).collect();
-    let dues: Vec<Option<Millis>> = records
-        .iter()
-        .map(|r| match r.status {
-            DeliveryStatus::Pending => r.next_attempt_at,
-            _ => None,
-        })
-        .collect();
+    let dues: Vec<Option<Millis>> = records.iter().map(AttemptRecord::due_at).collect();
     let insert_params: [&(dyn ToSql + Sync); 9] = [
         &tenants, &keys, &attempted, &durations, &statuses, &bodies, &kinds, &messages, &details,
     ];
@@ -717,33 +601,17 @@ pub async fn record(
     )?;
     let owned: HashSet<i64> = updated.iter().map(|r| r.get(0)).collect();
 
-    let mut rollups: BTreeMap<(&str, &str, Millis, &str), Rollup> = BTreeMap::new();
-    let mut health: BTreeMap<(&str, &str), Health> = BTreeMap::new();
-    for r in records.iter().filter(|r| owned.contains(&r.key)) {
-        let hour = r.attempted_at.div_euclid(HOUR_MS) * HOUR_MS;
-        let rollup = rollups
-            .entry((&r.tenant_id, &r.stream_id, hour, &r.event_type))
-            .or_default();
-        rollup.succeeded += (r.status == DeliveryStatus::Succeeded) as i64;
-        rollup.failed += (r.status == DeliveryStatus::Failed) as i64;
-        rollup.attempts += 1;
-        rollup.failed_attempts += (r.status != DeliveryStatus::Succeeded) as i64;
-        rollup.latency[crate::store::latency_bucket(r.duration_ms)] += 1;
-
-        health
-            .entry((&r.tenant_id, &r.stream_id))
-            .or_default()
-            .add(r);
-    }
-    add_to_rollups(tx, &rollups).await?;
-    // Streams in key order, so concurrent nodes lock them in the same order.
-    for ((tenant_id, stream_id), h) in &health {
-        update_health(tx, tenant_id, stream_id, h, now, &mut effects, due).await?;
-    }
-
-    for r in records.iter().filter(|r| owned.contains(&r.key)) {
-        if let Some(notice) = r.failure_notice(now) {
-            notify(tx, &r.tenant_id, notice, now, &mut effects, due).await?;
+    let outcomes = Outcomes::of(records.iter().filter(|r| owned.contains(&r.key)));
+    add_to_rollups(tx, &outcomes.rollups).await?;
+    let disabled = update_health(tx, &outcomes, now).await?;
+    effects
+        .disabled_streams
+        .extend(disabled.iter().map(|d| d.stream_id.clone()));
+    for (tenant_id, notice) in outcomes.notices(&disabled, now) {
+        let published = Box::pin(publish(tx, None, &tenant_id, vec![notice], now, due)).await?;
+        for published in published {
+            effects.fan_out_pending |= published.deferred;
+            effects.woken_streams.extend(published.streams);
         }
     }
     Ok(effects)
@@ -751,7 +619,7 @@ pub async fn record(
 
 async fn add_to_rollups(
     tx: &impl GenericClient,
-    rollups: &BTreeMap<(&str, &str, Millis, &str), Rollup>,
+    rollups: &BTreeMap<RollupKey<'_>, Rollup>,
 ) -> StoreResult<()> {
     if rollups.is_empty() {
         return Ok(());
@@ -775,121 +643,109 @@ async fn add_to_rollups(
             column.push(value);
         }
     }
-    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
-        vec![&keys.0, &keys.1, &keys.2, &keys.3];
-    params.extend(
-        counts
-            .iter()
-            .map(|c| c as &(dyn tokio_postgres::types::ToSql + Sync)),
-    );
-    params.extend(
-        latency
-            .iter()
-            .map(|c| c as &(dyn tokio_postgres::types::ToSql + Sync)),
-    );
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&keys.0, &keys.1, &keys.2, &keys.3];
+    params.extend(counts.iter().map(|c| c as &(dyn ToSql + Sync)));
+    params.extend(latency.iter().map(|c| c as &(dyn ToSql + Sync)));
     let upsert = tx.prepare_cached(&ROLLUP_SQL).await?;
     tx.execute(&upsert, &params).await?;
     Ok(())
 }
 
-/// Applies a batch's outcomes to a stream's run of failures, and disables it when the run
-/// reaches its limit or the endpoint asked to stop.
-async fn update_health(
-    tx: &impl GenericClient,
-    tenant_id: &str,
-    stream_id: &str,
-    h: &Health,
-    now: Millis,
-    effects: &mut RecordEffects,
-    due: &mut Vec<String>,
-) -> StoreResult<()> {
-    // Prepared once per connection: every batch of outcomes runs one of these per stream.
-    if h.failures == 0 {
-        // A success clears the run, writing the stream's row only if there was one.
-        let healthy = tx
-            .prepare_cached(
-                "UPDATE streams SET consecutive_failures = 0, failing_since = NULL \
-                 WHERE tenant_id = $1 AND id = $2 AND consecutive_failures != 0",
-            )
-            .await?;
-        tx.execute(&healthy, &[&tenant_id, &stream_id]).await?;
-        return Ok(());
-    }
-    let failing = tx
-        .prepare_cached(
-            "UPDATE streams s SET consecutive_failures = \
-             CASE WHEN $3 THEN $4 ELSE s.consecutive_failures + $4 END, \
-             failing_since = CASE WHEN $3 THEN $5 ELSE COALESCE(s.failing_since, $5) END \
-             FROM (SELECT consecutive_failures AS before FROM streams \
-                   WHERE tenant_id = $1 AND id = $2 FOR UPDATE) b \
-             WHERE s.tenant_id = $1 AND s.id = $2 \
-             RETURNING b.before, s.status, s.name, s.failing_since",
-        )
-        .await?;
-    let Some(row) = tx
-        .query_opt(
-            &failing,
-            &[
-                &tenant_id,
-                &stream_id,
-                &h.succeeded,
-                &h.trailing_failures,
-                &h.trailing_since,
-            ],
-        )
-        .await?
-    else {
-        return Ok(()); // The stream was deleted meanwhile.
-    };
-    let before: i64 = row.get(0);
-    let status: &str = row.get(1);
-    let name: &str = row.get(2);
-    // The longest run the batch made, as if its attempts had been stored one at a time.
-    let since: Option<Millis> = row.get(3);
-    let current_run = if h.succeeded {
-        h.trailing_failures
-    } else {
-        before + h.leading_failures
-    };
-    let failures = (before + h.leading_failures).max(h.longest_later_run);
-    let run = FailingRun {
-        failures,
-        // The period counts only for the run still going on.
-        since: since.filter(|_| failures == current_run),
-    };
-    let reason = disable_reason(h.disable.as_ref(), run, h.policy, now);
-    if let Some(reason) = reason
-        && status != "disabled"
-    {
-        tx.execute(
-            "UPDATE streams SET status = 'disabled', status_reason = $3, \
-             consecutive_failures = 0, failing_since = NULL, updated_at = $4 \
-             WHERE tenant_id = $1 AND id = $2",
-            &[&tenant_id, &stream_id, &reason, &now],
-        )
-        .await?;
-        notify_streams_changed(tx).await?;
-        effects.disabled_streams.push(stream_id.to_string());
-        let notice = notices::stream_disabled(tenant_id, stream_id, name, &reason, now);
-        notify(tx, tenant_id, notice, now, effects, due).await?;
-    }
-    Ok(())
+/// The streams rows a batch changes, a column each.
+#[derive(Default)]
+struct RunUpdates<'a> {
+    tenants: Vec<&'a str>,
+    ids: Vec<&'a str>,
+    failures: Vec<i64>,
+    since: Vec<Option<Millis>>,
+    reasons: Vec<Option<String>>,
 }
 
-/// Publishes one of Herald's notices inside the transaction.
-async fn notify(
+/// Applies a batch's outcomes to its streams' runs of failures (`Health::apply`), and gives
+/// the streams it disabled.
+async fn update_health(
     tx: &impl GenericClient,
-    tenant_id: &str,
-    notice: Event,
+    outcomes: &Outcomes<'_>,
     now: Millis,
-    effects: &mut RecordEffects,
-    due: &mut Vec<String>,
-) -> StoreResult<()> {
-    for published in Box::pin(publish(tx, None, tenant_id, vec![notice], now, due)).await? {
-        effects.fan_out_pending |= published.deferred;
-        effects.woken_streams.extend(published.streams);
+) -> StoreResult<Vec<Disabled>> {
+    let mut tenants = Vec::with_capacity(outcomes.health.len());
+    let mut ids = Vec::with_capacity(outcomes.health.len());
+    let mut failed = Vec::with_capacity(outcomes.health.len());
+    for (&(tenant_id, stream_id), health) in &outcomes.health {
+        tenants.push(tenant_id);
+        ids.push(stream_id);
+        failed.push(health.failed());
     }
-    Ok(())
+    // Only the streams with a run to count or to clear are locked, in key order, so that
+    // concurrent nodes lock them in the same order: most batches write no stream at all.
+    let read = tx
+        .prepare_cached(
+            "SELECT s.tenant_id, s.id, s.consecutive_failures, s.failing_since, \
+             s.status = 'disabled', s.name \
+             FROM streams s JOIN unnest($1::text[], $2::text[], $3::bool[]) AS u(tenant_id, id, failed) \
+             ON s.tenant_id = u.tenant_id AND s.id = u.id \
+             WHERE u.failed OR s.consecutive_failures <> 0 \
+             ORDER BY s.tenant_id, s.id FOR UPDATE OF s",
+        )
+        .await?;
+    let rows = tx.query(&read, &[&tenants, &ids, &failed]).await?;
+    let mut changed = RunUpdates::default();
+    let mut disabled = Vec::new();
+    for row in &rows {
+        let key: (&str, &str) = (row.get(0), row.get(1));
+        let Some((&(tenant_id, stream_id), health)) = outcomes.health.get_key_value(&key) else {
+            continue;
+        };
+        let stored = StoredRun {
+            failures: row.get(2),
+            since: row.get(3),
+            disabled: row.get(4),
+        };
+        let run = health.apply(&stored, now);
+        if !run.changes(&stored) {
+            continue;
+        }
+        if let Some(reason) = &run.disable {
+            disabled.push(Disabled {
+                tenant_id: tenant_id.to_string(),
+                stream_id: stream_id.to_string(),
+                name: row.get(5),
+                reason: reason.clone(),
+            });
+        }
+        changed.tenants.push(tenant_id);
+        changed.ids.push(stream_id);
+        changed.failures.push(run.failures);
+        changed.since.push(run.since);
+        changed.reasons.push(run.disable);
+    }
+    if changed.tenants.is_empty() {
+        return Ok(disabled);
+    }
+    let write = tx
+        .prepare_cached(
+            "UPDATE streams s SET consecutive_failures = u.failures, failing_since = u.since, \
+             status = CASE WHEN u.reason IS NULL THEN s.status ELSE 'disabled' END, \
+             status_reason = COALESCE(u.reason, s.status_reason), \
+             updated_at = CASE WHEN u.reason IS NULL THEN s.updated_at ELSE $6 END \
+             FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[]) \
+             AS u(tenant_id, id, failures, since, reason) \
+             WHERE s.tenant_id = u.tenant_id AND s.id = u.id",
+        )
+        .await?;
+    let params: [&(dyn ToSql + Sync); 6] = [
+        &changed.tenants,
+        &changed.ids,
+        &changed.failures,
+        &changed.since,
+        &changed.reasons,
+        &now,
+    ];
+    tx.execute(&write, &params).await?;
+    if !disabled.is_empty() {
+        notify_streams_changed(tx).await?;
+    }
+    Ok(disabled)
 }
 
 /// The SQL condition (on `deliveries d`) for `filter`, its values appended to `params`.
@@ -999,15 +855,14 @@ pub async fn redeliver_event(
     }
     let mut new = NewDeliveries::default();
     for row in &events {
-        new.push(
-            tenant_id,
-            crate::ids::delivery_id(now),
+        let delivery = NewDelivery {
+            id: crate::ids::delivery_id(now),
             stream_id,
-            row.get(0),
-            row.get(1),
-            None,
-            now,
-        );
+            event_seq: row.get(0),
+            event_type: row.get(1),
+            leased: None,
+        };
+        new.push(tenant_id, &delivery, None, now);
     }
     let created = new.insert(tx).await?.len() as u64;
     let requeued = requeue(

@@ -16,11 +16,11 @@ use std::sync::{Arc, LazyLock};
 use super::event_from_row;
 use crate::clock::Millis;
 use crate::event::Event;
-use crate::notices;
-use crate::store::fanout::{self, Cursor, Subscriber};
+use crate::store::fanout::{self, Cursor, NewDelivery, Subscriber};
+use crate::store::outcomes::{Disabled, Outcomes, StoredRun};
 use crate::store::{
-    AttemptRecord, ClaimBatch, ClaimRequest, Claimed, DeliveryFilter, DeliveryStatus, FailingRun,
-    FannedOut, LATENCY_BOUNDS_MS, Published, RecordEffects, StoreResult, disable_reason,
+    AttemptRecord, ClaimBatch, ClaimRequest, Claimed, DeliveryFilter, FannedOut, LATENCY_BOUNDS_MS,
+    Published, RecordEffects, StoreResult,
 };
 
 /// Stores `events` and a pending delivery for each stream subscribed to them that is enabled
@@ -60,10 +60,10 @@ pub fn publish(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \
          ON CONFLICT (tenant_id, id, source) DO NOTHING",
     )?;
-    // The new events, by seq; a duplicate has none.
-    let mut inserted: Vec<(Event, Option<i64>)> = Vec::with_capacity(events.len());
-    for event in events {
-        let (extensions, projectid, userid) = crate::store::columns::event_context(&event);
+    // Each event's new row; a duplicate has none.
+    let mut seqs: Vec<Option<i64>> = Vec::with_capacity(events.len());
+    for event in &events {
+        let (extensions, projectid, userid) = crate::store::columns::event_context(event);
         let rows = insert_event.execute(params![
             tenant_id,
             event.id,
@@ -79,15 +79,11 @@ pub fn publish(
             userid,
             now,
         ])?;
-        let seq = (rows == 1).then(|| conn.last_insert_rowid());
-        inserted.push((event, seq));
+        seqs.push((rows == 1).then(|| conn.last_insert_rowid()));
     }
-    let new_events = inserted
-        .iter()
-        .filter_map(|(e, seq)| Some((e.event_type.as_str(), (*seq)?)));
-    let pending = fanout::deferred(&streams, new_events);
-    let deferred = pending.is_some();
-    if let Some(pending) = pending {
+    let until = lease.as_ref().map(|(_, until)| *until);
+    let mut plan = fanout::plan(tenant_id, &streams, &events, &seqs, until, now);
+    if let Some(pending) = &plan.pending {
         conn.prepare_cached(
             "INSERT INTO fanouts (tenant_id, event_seqs, first_seq, last_seq, streams, created_at) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -101,60 +97,15 @@ pub fn publish(
             now,
         ])?;
     }
-
-    let mut published = Vec::with_capacity(inserted.len());
-    for (event, seq) in inserted {
-        let mut result = Published {
-            id: event.id.clone(),
-            source: event.source.clone(),
-            duplicate: seq.is_none(),
-            streams: Vec::new(),
-            leased: Vec::new(),
-            deferred: deferred && seq.is_some(),
-        };
-        let Some(event_seq) = seq else {
-            published.push(result);
-            continue;
-        };
-        let mut shared: Option<Arc<Event>> = None;
-        for stream in &streams {
-            if !fanout::subscribed(&stream.patterns, &event.event_type) {
-                continue;
-            }
-            result.streams.push(stream.id.clone());
-            if deferred {
-                continue;
-            }
-            let delivery_id = crate::ids::delivery_id(now);
-            insert_delivery(
-                conn,
-                tenant_id,
-                &delivery_id,
-                &stream.id,
-                event_seq,
-                &event.event_type,
-                now,
-            )?;
-            if let Some((leases, until)) = lease.as_mut().filter(|_| stream.leasable) {
-                // One copy of the event, however many streams it goes to.
-                let shared = shared.get_or_insert_with(|| Arc::new(event.clone()));
-                let key = conn.last_insert_rowid();
-                let token = leases.take(&stream.id, key, *until);
-                result.leased.push(Claimed {
-                    key,
-                    lease: token,
-                    lease_until: *until,
-                    id: delivery_id,
-                    tenant_id: tenant_id.to_string(),
-                    stream_id: stream.id.clone(),
-                    attempts: 0,
-                    event: shared.clone(),
-                });
-            }
+    for d in &plan.deliveries {
+        insert_delivery(conn, tenant_id, d, now)?;
+        if let (Some((event, at)), Some((leases, until))) = (d.leased, lease.as_mut()) {
+            let claimed = &mut plan.published[event].leased[at];
+            claimed.key = conn.last_insert_rowid();
+            claimed.lease = leases.take(d.stream_id, claimed.key, *until);
         }
-        published.push(result);
     }
-    Ok(published)
+    Ok(plan.published)
 }
 
 /// Creates the next chunk of a pending fan-out (about `limit` deliveries): of the first
@@ -208,43 +159,35 @@ pub fn fan_out(
         }
     };
     let (tile, after) = fanout::Tile::at(cursor, event_seqs.len(), streams.len(), limit);
-    // The tile's streams still there: one deleted since the publish gets nothing.
+    // The tile's streams still there (one deleted since the publish gets nothing), and
+    // its events (one gone with a deletion gets no deliveries).
+    let streams = &streams[tile.streams];
     let mut exists =
         conn.prepare_cached("SELECT 1 FROM streams WHERE tenant_id = ?1 AND id = ?2")?;
-    let mut targets = Vec::new();
-    for (id, patterns) in &streams[tile.streams] {
+    let mut existing = HashSet::new();
+    for (id, patterns) in streams {
         if !patterns.is_empty() && exists.exists(params![tenant_id, id])? {
-            targets.push((id, patterns));
+            existing.insert(id.as_str());
         }
     }
     let mut event_type =
         conn.prepare_cached("SELECT type FROM events WHERE seq = ?1 AND tenant_id = ?2")?;
-    let mut woken = HashSet::new();
-    for &event_seq in &event_seqs[tile.events] {
-        if targets.is_empty() {
-            break;
-        }
-        let Some(event_type): Option<String> = event_type
-            .query_row(params![event_seq, tenant_id], |r| r.get(0))
-            .optional()?
-        else {
-            continue; // Gone with a deletion.
-        };
-        for &(stream_id, patterns) in &targets {
-            if fanout::subscribed(patterns, &event_type) {
-                let delivery_id = crate::ids::delivery_id(now);
-                insert_delivery(
-                    conn,
-                    &tenant_id,
-                    &delivery_id,
-                    stream_id,
-                    event_seq,
-                    &event_type,
-                    created_at,
-                )?;
-                woken.insert(stream_id.clone());
+    let mut events = Vec::new();
+    if !existing.is_empty() {
+        for &event_seq in &event_seqs[tile.events] {
+            if let Some(event_type) = event_type
+                .query_row(params![event_seq, tenant_id], |r| r.get(0))
+                .optional()?
+            {
+                events.push((event_seq, event_type));
             }
         }
+    }
+    let deliveries = fanout::chunk_deliveries(streams, |id| existing.contains(id), &events, now);
+    let mut woken = HashSet::new();
+    for d in &deliveries {
+        insert_delivery(conn, &tenant_id, d, created_at)?;
+        woken.insert(d.stream_id.to_string());
     }
     match after {
         None => conn
@@ -290,10 +233,7 @@ pub fn skip_pending_fan_outs(
 fn insert_delivery(
     conn: &Connection,
     tenant_id: &str,
-    delivery_id: &str,
-    stream_id: &str,
-    event_seq: i64,
-    event_type: &str,
+    d: &NewDelivery,
     now: Millis,
 ) -> rusqlite::Result<usize> {
     conn.prepare_cached(
@@ -303,10 +243,10 @@ fn insert_delivery(
     )?
     .execute(params![
         tenant_id,
-        delivery_id,
-        stream_id,
-        event_seq,
-        event_type,
+        d.id,
+        d.stream_id,
+        d.event_seq,
+        d.event_type,
         now
     ])
 }
@@ -530,8 +470,8 @@ pub fn claim(
     Ok(batches)
 }
 
-const HOUR_MS: Millis = 3_600_000;
-
+/// Stores attempts and, under the lease each was made with, their deliveries' next states;
+/// then what follows from those outcomes (see `store::outcomes`).
 pub fn record(
     conn: &Connection,
     leases: &mut Leases,
@@ -549,17 +489,8 @@ pub fn record(
          last_attempt_at = ?4, last_response_status = ?5, last_error_kind = ?6, updated_at = ?7 \
          WHERE seq = ?1 AND tenant_id = ?8 AND id = ?9 AND status = 'pending'",
     )?;
-    // A success clears the run of failures, writing the stream's row only if there was one.
-    let mut healthy = conn.prepare_cached(
-        "UPDATE streams SET consecutive_failures = 0, failing_since = NULL \
-         WHERE tenant_id = ?1 AND id = ?2 AND consecutive_failures != 0",
-    )?;
-    let mut failing = conn.prepare_cached(
-        "UPDATE streams SET consecutive_failures = consecutive_failures + 1, \
-         failing_since = COALESCE(failing_since, ?3) \
-         WHERE tenant_id = ?1 AND id = ?2 RETURNING consecutive_failures, failing_since, status, name",
-    )?;
-    for r in records {
+    let mut owned = Vec::with_capacity(records.len());
+    for r in &records {
         // Only the lease the attempt was made under decides the delivery's state: a
         // delivery cancelled meanwhile has lost its lease, and if it was redelivered and
         // claimed again, the new attempt holds another.
@@ -575,106 +506,120 @@ pub fn record(
             r.error_message,
             r.detail
         ])?;
-        let due_at = match r.status {
-            DeliveryStatus::Pending => r.next_attempt_at,
-            _ => None,
-        };
         // No row changes when the delivery was cancelled meanwhile: the attempt is on record,
         // but it no longer decides the delivery's state.
-        let owned = current
+        if current
             && update.execute(params![
                 r.key,
                 r.status.as_str(),
-                due_at,
+                r.due_at(),
                 r.attempted_at,
                 r.response_status,
                 r.error_kind,
                 now,
                 r.tenant_id,
                 r.delivery_id
-            ])? == 1;
-        if !owned {
-            continue;
+            ])? == 1
+        {
+            owned.push(r);
         }
-        add_to_rollup(conn, &r)?;
+    }
 
-        if r.status == DeliveryStatus::Succeeded {
-            healthy.execute(params![r.tenant_id, r.stream_id])?;
-            continue;
-        }
-        let row: Option<(i64, Option<Millis>, String, String)> = failing
-            .query_row(params![r.tenant_id, r.stream_id, r.attempted_at], |row| {
-                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+    let outcomes = Outcomes::of(owned);
+    let mut rollup = conn.prepare_cached(&ROLLUP_SQL)?;
+    for ((tenant_id, stream_id, hour, event_type), r) in &outcomes.rollups {
+        let mut values: Vec<SqlValue> = vec![
+            SqlValue::Text(tenant_id.to_string()),
+            SqlValue::Text(stream_id.to_string()),
+            SqlValue::Integer(*hour),
+            SqlValue::Text(event_type.to_string()),
+        ];
+        let counts = [r.succeeded, r.failed, r.attempts, r.failed_attempts];
+        values.extend(
+            counts
+                .iter()
+                .chain(&r.latency)
+                .map(|&n| SqlValue::Integer(n)),
+        );
+        rollup.execute(params_from_iter(values))?;
+    }
+
+    let mut read = conn.prepare_cached(
+        "SELECT consecutive_failures, failing_since, status = 'disabled', name FROM streams \
+         WHERE tenant_id = ?1 AND id = ?2",
+    )?;
+    let mut write = conn.prepare_cached(
+        "UPDATE streams SET consecutive_failures = ?3, failing_since = ?4 \
+         WHERE tenant_id = ?1 AND id = ?2",
+    )?;
+    let mut disabled = Vec::new();
+    for (&(tenant_id, stream_id), health) in &outcomes.health {
+        let row = read
+            .query_row(params![tenant_id, stream_id], |row| {
+                let stored = StoredRun {
+                    failures: row.get(0)?,
+                    since: row.get(1)?,
+                    disabled: row.get(2)?,
+                };
+                Ok((stored, row.get::<_, String>(3)?))
             })
             .optional()?;
-        let Some((failures, since, status, name)) = row else {
+        let Some((stored, name)) = row else {
             continue; // The stream was deleted meanwhile.
         };
-        let run = FailingRun { failures, since };
-        let reason = disable_reason(r.disable_stream.as_ref(), run, r.disable_policy(), now);
-        if let Some(reason) = reason
-            && status != "disabled"
-        {
-            conn.execute(
-                "UPDATE streams SET status = 'disabled', status_reason = ?3, \
-                 consecutive_failures = 0, failing_since = NULL, updated_at = ?4 \
-                 WHERE tenant_id = ?1 AND id = ?2",
-                params![r.tenant_id, r.stream_id, reason, now],
-            )?;
-            effects.disabled_streams.push(r.stream_id.clone());
-            let notice = notices::stream_disabled(&r.tenant_id, &r.stream_id, &name, &reason, now);
-            notify(conn, &r.tenant_id, notice, now, &mut effects)?;
+        if !health.failed() && stored.failures == 0 {
+            continue;
         }
-        if let Some(notice) = r.failure_notice(now) {
-            notify(conn, &r.tenant_id, notice, now, &mut effects)?;
+        let run = health.apply(&stored, now);
+        if !run.changes(&stored) {
+            continue;
+        }
+        write.execute(params![tenant_id, stream_id, run.failures, run.since])?;
+        if let Some(reason) = run.disable {
+            conn.execute(
+                "UPDATE streams SET status = 'disabled', status_reason = ?3, updated_at = ?4 \
+                 WHERE tenant_id = ?1 AND id = ?2",
+                params![tenant_id, stream_id, reason, now],
+            )?;
+            effects.disabled_streams.push(stream_id.to_string());
+            disabled.push(Disabled {
+                tenant_id: tenant_id.to_string(),
+                stream_id: stream_id.to_string(),
+                name,
+                reason,
+            });
+        }
+    }
+    for (tenant_id, notice) in outcomes.notices(&disabled, now) {
+        for published in publish(conn, None, &tenant_id, vec![notice], now)? {
+            effects.fan_out_pending |= published.deferred;
+            effects.woken_streams.extend(published.streams);
         }
     }
     Ok(effects)
 }
 
-fn notify(
-    conn: &Connection,
-    tenant_id: &str,
-    notice: Event,
-    now: Millis,
-    effects: &mut RecordEffects,
-) -> StoreResult<()> {
-    for published in publish(conn, None, tenant_id, vec![notice], now)? {
-        effects.fan_out_pending |= published.deferred;
-        effects.woken_streams.extend(published.streams);
-    }
-    Ok(())
-}
-
-/// The rollup upsert for each latency bucket, built once: it runs for every attempt.
-static ROLLUP_SQL: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
-    (0..=LATENCY_BOUNDS_MS.len())
-        .map(|bucket| {
-            format!(
-                "INSERT INTO stream_stats (tenant_id, stream_id, hour, event_type, succeeded, failed, \
-                 attempts, failed_attempts, l{bucket}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, 1) \
-                 ON CONFLICT (tenant_id, stream_id, hour, event_type) DO UPDATE SET \
-                 succeeded = succeeded + excluded.succeeded, failed = failed + excluded.failed, \
-                 attempts = attempts + 1, failed_attempts = failed_attempts + excluded.failed_attempts, \
-                 l{bucket} = l{bucket} + 1"
-            )
-        })
-        .collect()
+/// The rollup upsert: adds a batch's sums to a row of `stream_stats`.
+static ROLLUP_SQL: LazyLock<String> = LazyLock::new(|| {
+    let columns: Vec<String> = (0..=LATENCY_BOUNDS_MS.len())
+        .map(|i| format!("l{i}"))
+        .collect();
+    let values: Vec<String> = (1..=columns.len() + 8).map(|i| format!("?{i}")).collect();
+    let updates: Vec<String> = ["succeeded", "failed", "attempts", "failed_attempts"]
+        .iter()
+        .map(|c| c.to_string())
+        .chain(columns.iter().cloned())
+        .map(|c| format!("{c} = {c} + excluded.{c}"))
+        .collect();
+    format!(
+        "INSERT INTO stream_stats (tenant_id, stream_id, hour, event_type, succeeded, failed, \
+         attempts, failed_attempts, {cols}) VALUES ({values}) \
+         ON CONFLICT (tenant_id, stream_id, hour, event_type) DO UPDATE SET {updates}",
+        cols = columns.join(", "),
+        values = values.join(", "),
+        updates = updates.join(", "),
+    )
 });
-
-fn add_to_rollup(conn: &Connection, r: &AttemptRecord) -> rusqlite::Result<()> {
-    let sql = &ROLLUP_SQL[crate::store::latency_bucket(r.duration_ms)];
-    conn.prepare_cached(sql)?.execute(params![
-        r.tenant_id,
-        r.stream_id,
-        r.attempted_at.div_euclid(HOUR_MS) * HOUR_MS,
-        r.event_type,
-        (r.status == DeliveryStatus::Succeeded) as i64,
-        (r.status == DeliveryStatus::Failed) as i64,
-        (r.status != DeliveryStatus::Succeeded) as i64,
-    ])?;
-    Ok(())
-}
 
 /// The SQL condition (on `deliveries d`) for `filter`, its values appended to `values`.
 pub fn filter_sql(filter: &DeliveryFilter, values: &mut Vec<SqlValue>) -> String {
@@ -762,16 +707,14 @@ pub fn redeliver_event(
     }
     let mut queued = 0;
     for (event_seq, event_type) in events {
-        let delivery_id = crate::ids::delivery_id(now);
-        let created = insert_delivery(
-            conn,
-            tenant_id,
-            &delivery_id,
+        let delivery = NewDelivery {
+            id: crate::ids::delivery_id(now),
             stream_id,
             event_seq,
-            &event_type,
-            now,
-        )?;
+            event_type: &event_type,
+            leased: None,
+        };
+        let created = insert_delivery(conn, tenant_id, &delivery, now)?;
         queued += if created == 1 {
             1
         } else {
