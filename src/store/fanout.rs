@@ -166,10 +166,8 @@ pub fn chunk_deliveries<'a>(
     events: &'a [(i64, String)],
     now: Millis,
 ) -> Vec<NewDelivery<'a>> {
-    let targets: Vec<&(String, Vec<String>)> = streams
-        .iter()
-        .filter(|(id, patterns)| !patterns.is_empty() && exists(id))
-        .collect();
+    let targets: Vec<&(String, Vec<String>)> =
+        streams.iter().filter(|(id, _)| exists(id)).collect();
     let mut deliveries = Vec::new();
     for (event_seq, event_type) in events {
         for (stream_id, patterns) in &targets {
@@ -388,6 +386,16 @@ mod tests {
         );
         assert!(plan.published[1].duplicate && plan.published[1].streams.is_empty());
         assert_eq!(plan.published[2].streams, ["est_listen", "est_all"]);
+        let leased: Vec<Vec<&str>> = plan
+            .published
+            .iter()
+            .map(|p| p.leased.iter().map(|c| c.stream_id.as_str()).collect())
+            .collect();
+        let none: Vec<&str> = Vec::new();
+        assert_eq!(
+            leased,
+            [vec!["est_users", "est_all"], none, vec!["est_all"]]
+        );
         for d in &plan.deliveries {
             if let Some((event, at)) = d.leased {
                 let claimed = &plan.published[event].leased[at];
@@ -433,18 +441,30 @@ mod tests {
     }
 
     #[test]
-    fn a_chunk_skips_gone_streams_and_emptied_ones() {
-        let streams = vec![
-            ("est_a".to_string(), vec!["user.*".to_string()]),
-            ("est_gone".to_string(), vec!["*".to_string()]),
-            ("est_skipped".to_string(), Vec::new()),
+    fn a_chunk_goes_event_by_event_to_the_streams_still_there_and_not_skipped() {
+        let column =
+            r#"[["est_a",["user.*"]],["est_gone",["*"]],["est_skipped",["*"]],["est_b",["*"]]]"#;
+        let skipped = without_stream(column, "est_skipped").unwrap().unwrap();
+        let streams = decode_streams(&skipped).unwrap();
+        let events = vec![
+            (1, "user.created".to_string()),
+            (2, "flow.x".to_string()),
+            (3, "user.deleted".to_string()),
         ];
-        let events = vec![(1, "user.created".to_string()), (2, "flow.x".to_string())];
         let made: Vec<(&str, i64)> = chunk_deliveries(&streams, |id| id != "est_gone", &events, 5)
             .iter()
             .map(|d| (d.stream_id, d.event_seq))
             .collect();
-        assert_eq!(made, [("est_a", 1)]);
+        // Event by event, as the publish would have written them: each stream's deliveries
+        // take seqs in its events' order.
+        let expected = [
+            ("est_a", 1),
+            ("est_b", 1),
+            ("est_b", 2),
+            ("est_a", 3),
+            ("est_b", 3),
+        ];
+        assert_eq!(made, expected);
     }
 
     #[test]

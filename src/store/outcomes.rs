@@ -9,7 +9,7 @@
 //! 2. [`Outcomes::of`] sums the owned attempts into rollup rows and, per stream, into a
 //!    [`Health`];
 //! 3. for each stream that failed in the batch or has a run of failures stored, it reads the
-//!    stream's [`StoredRun`] (locked, streams in key order), writes back what
+//!    stream's [`StoredRun`] (locked, in one order for every writer), writes back what
 //!    [`Health::apply`] gives, and publishes [`Outcomes::notices`].
 
 use std::collections::BTreeMap;
@@ -256,7 +256,7 @@ pub struct Disabled {
 /// A batch's owned attempts, summed up.
 pub struct Outcomes<'a> {
     pub rollups: BTreeMap<RollupKey<'a>, Rollup>,
-    /// By stream in key order, the order concurrent recorders lock streams in.
+    /// By stream, in (tenant, id) order: the order the notices of disabled streams follow.
     pub health: BTreeMap<(&'a str, &'a str), Health>,
     owned: Vec<&'a AttemptRecord>,
 }
@@ -386,6 +386,30 @@ mod tests {
     }
 
     #[test]
+    fn a_run_after_a_success_in_the_batch_reaches_the_limit_on_its_own() {
+        use DeliveryStatus::{Pending, Succeeded};
+        let records = [
+            attempt(Pending, 1),
+            attempt(Succeeded, 2),
+            attempt(Pending, 3),
+            attempt(Pending, 4),
+            attempt(Pending, 5),
+        ];
+        let stored = StoredRun {
+            failures: 1,
+            since: Some(0),
+            disabled: false,
+        };
+        // The run before the success made 2 of 3; the one after it, 3.
+        assert!(health(&records).apply(&stored, 6).disable.is_some());
+        let below = health(&records[..4]).apply(&stored, 6);
+        assert_eq!(
+            (below.failures, below.since, below.disable),
+            (2, Some(3), None)
+        );
+    }
+
+    #[test]
     fn a_period_counts_only_for_the_run_still_going_on() {
         use DeliveryStatus::{Pending, Succeeded};
         let mut records = vec![
@@ -436,7 +460,15 @@ mod tests {
             disabled: true,
             ..CLEAN
         };
-        assert_eq!(health(&[gone.clone()]).apply(&disabled, 20).disable, None);
+        let still_failing = health(&[gone.clone()]).apply(&disabled, 20);
+        assert_eq!(
+            still_failing,
+            NewRun {
+                failures: 1,
+                since: Some(10),
+                disable: None
+            }
+        );
         assert_eq!(
             health(&[gone]).apply(&CLEAN, 20).disable.as_deref(),
             Some("the endpoint answered 410 Gone")
@@ -451,7 +483,12 @@ mod tests {
             event_type: notices::DELIVERY_FAILED.into(),
             ..given_up.clone()
         };
-        let records = [given_up, herald_own, attempt(DeliveryStatus::Pending, 11)];
+        let records = [
+            given_up,
+            herald_own,
+            attempt(DeliveryStatus::Pending, 11),
+            attempt(DeliveryStatus::Succeeded, 12),
+        ];
         let outcomes = Outcomes::of(&records);
         let disabled = [Disabled {
             tenant_id: "ten_a".into(),
@@ -466,9 +503,15 @@ mod tests {
             .collect();
         assert_eq!(types, [notices::STREAM_DISABLED, notices::DELIVERY_FAILED]);
         let rollup = &outcomes.rollups[&("ten_a", "est_a", 0, "user.created")];
-        assert_eq!(
-            (rollup.failed, rollup.attempts, rollup.failed_attempts),
-            (1, 2, 2)
+        let sums = (
+            rollup.succeeded,
+            rollup.failed,
+            rollup.attempts,
+            rollup.failed_attempts,
         );
+        assert_eq!(sums, (1, 1, 3, 2));
+        // Every attempt took 3 ms: all in the bucket up to 5 ms.
+        assert_eq!(rollup.latency[latency_bucket(3)], 3);
+        assert_eq!(rollup.latency.iter().sum::<i64>(), 3);
     }
 }

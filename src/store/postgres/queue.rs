@@ -668,6 +668,9 @@ async fn update_health(
     outcomes: &Outcomes<'_>,
     now: Millis,
 ) -> StoreResult<Vec<Disabled>> {
+    if outcomes.health.is_empty() {
+        return Ok(Vec::new());
+    }
     let mut tenants = Vec::with_capacity(outcomes.health.len());
     let mut ids = Vec::with_capacity(outcomes.health.len());
     let mut failed = Vec::with_capacity(outcomes.health.len());
@@ -676,8 +679,9 @@ async fn update_health(
         ids.push(stream_id);
         failed.push(health.failed());
     }
-    // Only the streams with a run to count or to clear are locked, in key order, so that
-    // concurrent nodes lock them in the same order: most batches write no stream at all.
+    // Only the streams with a run to count or to clear are locked, all in the server's order
+    // of (tenant, id), as key rotation locks them too, so concurrent transactions take them
+    // in one order: most batches write no stream at all.
     let read = tx
         .prepare_cached(
             "SELECT s.tenant_id, s.id, s.consecutive_failures, s.failing_since, \
@@ -719,6 +723,8 @@ async fn update_health(
         changed.since.push(run.since);
         changed.reasons.push(run.disable);
     }
+    // The notices follow the streams in the order both stores use, not the server's.
+    disabled.sort_by(|a, b| (&a.tenant_id, &a.stream_id).cmp(&(&b.tenant_id, &b.stream_id)));
     if changed.tenants.is_empty() {
         return Ok(disabled);
     }
