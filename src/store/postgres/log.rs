@@ -305,10 +305,15 @@ pub async fn stats(
     let latency_columns: Vec<String> = (0..buckets).map(|i| format!("l{i}")).collect();
     let stmt = client
         .prepare_cached(&format!(
-            "SELECT hour, event_type, succeeded, failed, attempts, failed_attempts, {} \
+            "SELECT hour, event_type, SUM(succeeded)::bigint, SUM(failed)::bigint, \
+             SUM(attempts)::bigint, SUM(failed_attempts)::bigint, {} \
              FROM stream_stats WHERE tenant_id = $1 AND stream_id = $2 AND hour >= $3 AND hour < $4 \
-             ORDER BY hour, event_type",
-            latency_columns.join(", ")
+             GROUP BY hour, event_type ORDER BY hour, event_type",
+            latency_columns
+                .iter()
+                .map(|c| format!("SUM({c})::bigint"))
+                .collect::<Vec<_>>()
+                .join(", ")
         ))
         .await?;
     let rows = client

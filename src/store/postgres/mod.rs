@@ -56,6 +56,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("010_console_links.sql"),
     include_str!("011_fewer_index_pages.sql"),
     include_str!("012_narrow_queue.sql"),
+    include_str!("013_rollups_per_node.sql"),
 ];
 
 /// Channels of the notifications this store sends.
@@ -83,6 +84,8 @@ pub struct PgStore {
     /// Publishes, committed in groups.
     publishes: group::GroupCommit,
     commit_metrics: crate::metrics::CommitMetrics,
+    /// This node's rows of the statistics rollups (see migration 13), drawn at start.
+    shard: i16,
 }
 
 /// Connections in the lazy pool: the dispatcher claims, the recorder records, releases and
@@ -291,6 +294,7 @@ impl PgStore {
             lazy,
             cipher: Arc::new(cipher),
             commit_metrics,
+            shard: i16::from_le_bytes(crate::ids::random_bytes::<2>()),
         };
         migrate(&store.pool).await.map_err(|e| StoreError::Open {
             path: redact_url(url),
@@ -1468,7 +1472,7 @@ impl Store for PgStore {
         let mut client = self.lazy.get().await?;
         let tx = client.transaction().await?;
         let mut due = Vec::new();
-        let effects = queue::record(&tx, attempts, now, &mut due).await?;
+        let effects = queue::record(&tx, attempts, now, self.shard, &mut due).await?;
         crashpoint::hit(crashpoint::POSTGRES_RECORD_BEFORE_COMMIT);
         tx.commit().await?;
         crashpoint::hit(crashpoint::POSTGRES_RECORD_AFTER_COMMIT);
@@ -1748,6 +1752,14 @@ mod tests {
             .batch_execute(crate::store::UPGRADE_TEST_ROWS)
             .await
             .unwrap();
+        // Statistics of an hour, as version 10 kept them (one row per stream, hour and type).
+        client
+            .batch_execute(
+                "INSERT INTO stream_stats (tenant_id, stream_id, hour, event_type, succeeded, \
+                 attempts, l2) VALUES ('ten_a', 'est_a', 0, 'user.created', 5, 5, 5)",
+            )
+            .await
+            .unwrap();
         // A delivery leased by a node and one finished, as version 10 kept them.
         client
             .batch_execute(
@@ -1857,6 +1869,46 @@ mod tests {
         let backlog = store.backlog("ten_a", "est_a").await.unwrap();
         assert_eq!((backlog.pending, backlog.oldest_created_at), (1, Some(0)));
         assert_eq!(columns("deliveries_due"), None);
+
+        // A node adds its outcomes to rollup rows of its own; the hour still reads as one.
+        let outcome = AttemptRecord {
+            key: 1,
+            lease: 0,
+            tenant_id: "ten_a".into(),
+            stream_id: "est_a".into(),
+            delivery_id: "dlv_1".into(),
+            event_id: "e1".into(),
+            event_type: "user.created".into(),
+            attempt_number: 1,
+            attempted_at: 10,
+            duration_ms: 3,
+            response_status: Some(200),
+            response_body: None,
+            error_kind: None,
+            error_message: None,
+            detail: None,
+            status: crate::store::DeliveryStatus::Succeeded,
+            next_attempt_at: None,
+            refused: false,
+            disable_stream: None,
+            max_consecutive_failures: 0,
+            disable_after_failing_seconds: 0,
+        };
+        store.record(vec![outcome], 20).await.unwrap();
+        let hours = store.stats("ten_a", "est_a", 0, 3_600_000).await.unwrap();
+        let read: Vec<_> = hours
+            .iter()
+            .map(|h| {
+                (
+                    h.hour,
+                    h.event_type.as_str(),
+                    h.succeeded,
+                    h.attempts,
+                    h.latency[2],
+                )
+            })
+            .collect();
+        assert_eq!(read, [(0, "user.created", 6, 6, 6)]);
 
         // A node older than the schema refuses to start.
         drop(store);

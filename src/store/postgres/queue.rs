@@ -499,7 +499,8 @@ pub async fn release(
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-/// The rollup upsert over arrays, one row per (stream, hour, event type) of a batch.
+/// The rollup upsert over arrays, one row per (stream, hour, event type) of a batch, in the
+/// node's own shard (`$24`).
 static ROLLUP_SQL: LazyLock<String> = LazyLock::new(|| {
     let buckets = LATENCY_BOUNDS_MS.len() + 1;
     let columns: Vec<String> = (0..buckets).map(|i| format!("l{i}")).collect();
@@ -512,10 +513,10 @@ static ROLLUP_SQL: LazyLock<String> = LazyLock::new(|| {
         .collect();
     format!(
         "INSERT INTO stream_stats (tenant_id, stream_id, hour, event_type, succeeded, failed, \
-         attempts, failed_attempts, {cols}) \
-         SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::bigint[], \
-         $6::bigint[], $7::bigint[], $8::bigint[], {arrays}) \
-         ON CONFLICT (tenant_id, stream_id, hour, event_type) DO UPDATE SET \
+         attempts, failed_attempts, {cols}, shard) \
+         SELECT *, ${shard}::smallint FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], \
+         $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[], {arrays}) \
+         ON CONFLICT (tenant_id, stream_id, hour, event_type, shard) DO UPDATE SET \
          succeeded = stream_stats.succeeded + excluded.succeeded, \
          failed = stream_stats.failed + excluded.failed, \
          attempts = stream_stats.attempts + excluded.attempts, \
@@ -523,6 +524,7 @@ static ROLLUP_SQL: LazyLock<String> = LazyLock::new(|| {
         cols = columns.join(", "),
         arrays = arrays.join(", "),
         updates = updates.join(", "),
+        shard = buckets + 9,
     )
 });
 
@@ -532,6 +534,7 @@ pub async fn record(
     tx: &impl GenericClient,
     records: Vec<AttemptRecord>,
     now: Millis,
+    shard: i16,
     due: &mut Vec<String>,
 ) -> StoreResult<RecordEffects> {
     let mut effects = RecordEffects::default();
@@ -602,7 +605,7 @@ pub async fn record(
     let owned: HashSet<i64> = updated.iter().map(|r| r.get(0)).collect();
 
     let outcomes = Outcomes::of(records.iter().filter(|r| owned.contains(&r.key)));
-    add_to_rollups(tx, &outcomes.rollups).await?;
+    add_to_rollups(tx, &outcomes.rollups, shard).await?;
     let disabled = update_health(tx, &outcomes, now).await?;
     effects
         .disabled_streams
@@ -620,6 +623,7 @@ pub async fn record(
 async fn add_to_rollups(
     tx: &impl GenericClient,
     rollups: &BTreeMap<RollupKey<'_>, Rollup>,
+    shard: i16,
 ) -> StoreResult<()> {
     if rollups.is_empty() {
         return Ok(());
@@ -646,6 +650,7 @@ async fn add_to_rollups(
     let mut params: Vec<&(dyn ToSql + Sync)> = vec![&keys.0, &keys.1, &keys.2, &keys.3];
     params.extend(counts.iter().map(|c| c as &(dyn ToSql + Sync)));
     params.extend(latency.iter().map(|c| c as &(dyn ToSql + Sync)));
+    params.push(&shard);
     let upsert = tx.prepare_cached(&ROLLUP_SQL).await?;
     tx.execute(&upsert, &params).await?;
     Ok(())
