@@ -1721,9 +1721,9 @@ async fn name_free(
 mod tests {
     use super::*;
 
-    /// Versions 11 and 12 on a store populated at version 10: the rows stay, events are found
+    /// Versions 11 to 13 on a store populated at version 10: the rows stay, events are found
     /// by id and by (source, id) through the one unique index, a duplicate is still refused,
-    /// and the pending deliveries are in the queue.
+    /// the pending deliveries are in the queue, and a node's rollups go to rows of its own.
     #[tokio::test]
     #[cfg_attr(not(herald_postgres_tests), ignore = "needs HERALD_TEST_DATABASE_URL")]
     async fn the_upgrades_since_version_10_keep_a_populated_store_working() {
@@ -1773,7 +1773,8 @@ mod tests {
 
         let cipher =
             || Cipher::from_base64("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=").unwrap();
-        let store = PgStore::connect(&scratch.url, cipher(), 2).await.unwrap();
+        let mut store = PgStore::connect(&scratch.url, cipher(), 2).await.unwrap();
+        store.shard = 7;
 
         let definitions: Vec<(String, String)> = client
             .query(
@@ -1909,6 +1910,17 @@ mod tests {
             })
             .collect();
         assert_eq!(read, [(0, "user.created", 6, 6, 6)]);
+        let shards: Vec<(i16, i64)> = client
+            .query(
+                "SELECT shard, succeeded FROM stream_stats ORDER BY shard",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        assert_eq!(shards, [(0, 5), (7, 1)]);
 
         // A node older than the schema refuses to start.
         drop(store);
