@@ -14,7 +14,9 @@
 
 use std::collections::BTreeMap;
 
-use super::{AttemptRecord, DeliveryStatus, LATENCY_BOUNDS_MS, latency_bucket};
+use super::{
+    AttemptRecord, DeliveryStatus, LATENCY_BOUNDS_MS, Published, RecordEffects, latency_bucket,
+};
 use crate::clock::Millis;
 use crate::event::Event;
 use crate::notices;
@@ -251,6 +253,25 @@ pub struct Disabled {
     pub stream_id: String,
     pub name: String,
     pub reason: String,
+}
+
+impl RecordEffects {
+    /// What a batch changed beyond its deliveries, from the streams it disabled; the
+    /// notices' deliveries are added as each is published ([`RecordEffects::notified`]).
+    pub fn disabling(disabled: &[Disabled]) -> Self {
+        RecordEffects {
+            disabled_streams: disabled.iter().map(|d| d.stream_id.clone()).collect(),
+            ..RecordEffects::default()
+        }
+    }
+
+    /// Takes in what publishing one of Herald's notices created.
+    pub fn notified(&mut self, published: Vec<Published>) {
+        for p in published {
+            self.fan_out_pending |= p.deferred;
+            self.woken_streams.extend(p.streams);
+        }
+    }
 }
 
 /// A batch's owned attempts, summed up.

@@ -537,9 +537,8 @@ pub async fn record(
     shard: i16,
     due: &mut Vec<String>,
 ) -> StoreResult<RecordEffects> {
-    let mut effects = RecordEffects::default();
     if records.is_empty() {
-        return Ok(effects);
+        return Ok(RecordEffects::default());
     }
     let insert = tx
         .prepare_cached(
@@ -607,15 +606,9 @@ pub async fn record(
     let outcomes = Outcomes::of(records.iter().filter(|r| owned.contains(&r.key)));
     add_to_rollups(tx, &outcomes.rollups, shard).await?;
     let disabled = update_health(tx, &outcomes, now).await?;
-    effects
-        .disabled_streams
-        .extend(disabled.iter().map(|d| d.stream_id.clone()));
+    let mut effects = RecordEffects::disabling(&disabled);
     for (tenant_id, notice) in outcomes.notices(&disabled, now) {
-        let published = Box::pin(publish(tx, None, &tenant_id, vec![notice], now, due)).await?;
-        for published in published {
-            effects.fan_out_pending |= published.deferred;
-            effects.woken_streams.extend(published.streams);
-        }
+        effects.notified(Box::pin(publish(tx, None, &tenant_id, vec![notice], now, due)).await?);
     }
     Ok(effects)
 }

@@ -478,7 +478,6 @@ pub fn record(
     records: Vec<AttemptRecord>,
     now: Millis,
 ) -> StoreResult<RecordEffects> {
-    let mut effects = RecordEffects::default();
     let mut insert = conn.prepare_cached(
         "INSERT INTO attempts (tenant_id, delivery_seq, attempted_at, duration_ms, response_status, \
          response_body, error_kind, error_message, detail) \
@@ -548,8 +547,12 @@ pub fn record(
         "SELECT consecutive_failures, failing_since, status = 'disabled', name FROM streams \
          WHERE tenant_id = ?1 AND id = ?2",
     )?;
+    // The run as `Health::apply` leaves it, and with a reason the stream is disabled.
     let mut write = conn.prepare_cached(
-        "UPDATE streams SET consecutive_failures = ?3, failing_since = ?4 \
+        "UPDATE streams SET consecutive_failures = ?3, failing_since = ?4, \
+         status = CASE WHEN ?5 IS NULL THEN status ELSE 'disabled' END, \
+         status_reason = COALESCE(?5, status_reason), \
+         updated_at = CASE WHEN ?5 IS NULL THEN updated_at ELSE ?6 END \
          WHERE tenant_id = ?1 AND id = ?2",
     )?;
     let mut disabled = Vec::new();
@@ -574,14 +577,15 @@ pub fn record(
         if !run.changes(&stored) {
             continue;
         }
-        write.execute(params![tenant_id, stream_id, run.failures, run.since])?;
+        write.execute(params![
+            tenant_id,
+            stream_id,
+            run.failures,
+            run.since,
+            run.disable,
+            now
+        ])?;
         if let Some(reason) = run.disable {
-            conn.execute(
-                "UPDATE streams SET status = 'disabled', status_reason = ?3, updated_at = ?4 \
-                 WHERE tenant_id = ?1 AND id = ?2",
-                params![tenant_id, stream_id, reason, now],
-            )?;
-            effects.disabled_streams.push(stream_id.to_string());
             disabled.push(Disabled {
                 tenant_id: tenant_id.to_string(),
                 stream_id: stream_id.to_string(),
@@ -590,11 +594,9 @@ pub fn record(
             });
         }
     }
+    let mut effects = RecordEffects::disabling(&disabled);
     for (tenant_id, notice) in outcomes.notices(&disabled, now) {
-        for published in publish(conn, None, &tenant_id, vec![notice], now)? {
-            effects.fan_out_pending |= published.deferred;
-            effects.woken_streams.extend(published.streams);
-        }
+        effects.notified(publish(conn, None, &tenant_id, vec![notice], now)?);
     }
     Ok(effects)
 }
