@@ -2570,6 +2570,217 @@ async fn the_postgres_log_never_serves_past_an_open_transaction() {
     );
 }
 
+/// On PostgreSQL, a transaction that changes several queue rows and streams takes them in one
+/// order: queue rows by key, then streams. Each operation below runs while another
+/// transaction holds the first of a stream's two queue rows, taken as recording outcomes takes
+/// them; once the operation waits for that transaction, it takes the second row and the
+/// stream. Had the operation taken the second row or the stream first, the two would wait for
+/// each other and the server would abort one of them.
+#[tokio::test]
+#[cfg_attr(not(herald_postgres_tests), ignore = "needs HERALD_TEST_DATABASE_URL")]
+async fn postgres_writes_take_queue_rows_then_streams_in_one_order() {
+    let b = postgres().await;
+    let store = b.store.clone();
+    let lease_until = Some(NOW + 60_000);
+    // Two deliveries to a stream of its own, leased, and the queue rows' keys in order.
+    let leased = |tenant: &'static str, name: &'static str| {
+        let store = store.clone();
+        async move {
+            let id = format!("est_{name}");
+            stream(
+                &*store,
+                tenant,
+                &id,
+                &format!("{name}.*"),
+                StreamStatus::Enabled,
+            )
+            .await;
+            let events: Vec<_> = (1..=2)
+                .map(|n| event(&format!("{name}-{n}"), &format!("{name}.x")))
+                .collect();
+            let published = store
+                .publish(tenant, events, NOW, lease_until)
+                .await
+                .unwrap();
+            let mut claimed: Vec<_> = published.into_iter().flat_map(|p| p.leased).collect();
+            claimed.sort_by_key(|c| c.key);
+            assert_eq!(claimed.len(), 2);
+            (id, claimed)
+        }
+    };
+
+    // Outcomes offered in the other order than their keys.
+    let (id, claimed) = leased("ten_a", "record").await;
+    let outcomes: Vec<_> = claimed
+        .iter()
+        .rev()
+        .map(|c| outcome(c, DeliveryStatus::Succeeded, None))
+        .collect();
+    let recording = store.clone();
+    waits_without_deadlock(&b, ("ten_a", &id), &claimed, async move {
+        recording.record(outcomes, NOW).await.map(|_| ())
+    })
+    .await;
+
+    // Leases given back in the other order than their keys.
+    let (id, claimed) = leased("ten_a", "release").await;
+    let leases: Vec<_> = claimed.iter().rev().map(|c| (c.key, c.lease)).collect();
+    let releasing = store.clone();
+    waits_without_deadlock(&b, ("ten_a", &id), &claimed, async move {
+        releasing.release(leases, NOW).await
+    })
+    .await;
+
+    // A backlog whose first delivery is due after the second (a retry), skipped with the
+    // stream's update.
+    let (id, claimed) = leased("ten_a", "skip").await;
+    let retry = outcome(&claimed[0], DeliveryStatus::Pending, Some(NOW + 3_600_000));
+    store.record(vec![retry], NOW).await.unwrap();
+    let mut update = StreamUpdate {
+        stream: store.get_stream("ten_a", &id).await.unwrap().unwrap(),
+        skip_backlog: true,
+        notices: Vec::new(),
+    };
+    update.stream.updated_at = NOW + 1;
+    let updating = store.clone();
+    waits_without_deadlock(&b, ("ten_a", &id), &claimed, async move {
+        updating.update_stream(update).await.map(|_| ())
+    })
+    .await;
+
+    // A stream deleted with its backlog.
+    let (id, claimed) = leased("ten_a", "delete").await;
+    let deleting = store.clone();
+    let deleted = id.clone();
+    waits_without_deadlock(&b, ("ten_a", &id), &claimed, async move {
+        deleting
+            .delete_stream("ten_a", &deleted, NOW)
+            .await
+            .map(|_| ())
+    })
+    .await;
+
+    // An expired `herald listen` session deleted with its backlog (its deliveries are
+    // claimed, never leased at publish).
+    let session = Stream {
+        tenant_id: "ten_a".into(),
+        id: "est_session".into(),
+        name: "herald listen est_session".into(),
+        status: StreamStatus::Enabled,
+        status_reason: None,
+        subscriptions: vec![Subscription {
+            event_type: "session.*".into(),
+        }],
+        destination: Destination::Listen(herald::destinations::listen::ListenConfig {
+            forward_to: "http://localhost:3000/hook".into(),
+        }),
+        payload_format: PayloadFormat::Cloudevents,
+        content_mode: None,
+        retry_policy: RetryPolicy::default(),
+        max_consecutive_failures: 0,
+        disable_after_failing_seconds: 0,
+        created_at: NOW,
+        updated_at: NOW,
+        expires_at: Some(NOW),
+    };
+    store.create_stream(session, None).await.unwrap();
+    let events: Vec<_> = (1..=2)
+        .map(|n| event(&format!("session-{n}"), "session.x"))
+        .collect();
+    store.publish("ten_a", events, NOW, None).await.unwrap();
+    let batch = store
+        .claim(request("ten_a", "est_session", 10), NOW, NOW + 60_000)
+        .await
+        .unwrap();
+    let mut claimed = batch[0].deliveries.clone();
+    claimed.sort_by_key(|c| c.key);
+    assert_eq!(claimed.len(), 2);
+    let sweeping = store.clone();
+    waits_without_deadlock(&b, ("ten_a", "est_session"), &claimed, async move {
+        let expired = sweeping.delete_expired_streams(NOW + 1).await?;
+        assert_eq!(expired, [("ten_a".to_string(), "est_session".to_string())]);
+        Ok(())
+    })
+    .await;
+
+    // A tenant deleted with its backlog, whose first delivery's queue row was written last.
+    let (id, claimed) = leased("ten_b", "tenant").await;
+    let retry = outcome(&claimed[0], DeliveryStatus::Pending, Some(NOW + 3_600_000));
+    store.record(vec![retry], NOW).await.unwrap();
+    let deleting = store.clone();
+    waits_without_deadlock(&b, ("ten_b", &id), &claimed, async move {
+        deleting.delete_tenant("ten_b").await.map(|_| ())
+    })
+    .await;
+}
+
+/// Holds the queue row of `claimed[0]` in a transaction of its own, runs `operation` until it
+/// waits for that transaction, then takes the queue row of `claimed[1]` and the stream's row,
+/// and commits. Both must succeed.
+async fn waits_without_deadlock(
+    b: &Backend,
+    (tenant_id, stream_id): (&str, &str),
+    claimed: &[herald::store::Claimed],
+    operation: impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static,
+) {
+    let database = b.database.as_ref().unwrap();
+    let connect = || async {
+        let (client, connection) = tokio_postgres::connect(&database.url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        client
+    };
+    let (mut holder, watcher) = (connect().await, connect().await);
+    let holder_pid: i32 = holder
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let tx = holder.transaction().await.unwrap();
+    let lock_row = "SELECT 1 FROM queue WHERE seq = $1 FOR UPDATE";
+    tx.execute(lock_row, &[&claimed[0].key]).await.unwrap();
+    let operation = tokio::spawn(operation);
+    // Until the operation waits for a lock held here (any session of this test's schema
+    // other than the holder, waiting for a lock).
+    let mut waited = 0;
+    loop {
+        let waiting: i64 = watcher
+            .query_one(
+                "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                 AND application_name = current_setting('application_name') AND pid <> $1",
+                &[&holder_pid],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            !operation.is_finished(),
+            "{stream_id}: the operation finished without waiting for the held queue row"
+        );
+        waited += 1;
+        assert!(waited < 1_000, "{stream_id}: the operation never waited");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let second = tx.execute(lock_row, &[&claimed[1].key]).await;
+    let stream = tx
+        .execute(
+            "SELECT 1 FROM streams WHERE tenant_id = $1 AND id = $2 FOR UPDATE",
+            &[&tenant_id, &stream_id],
+        )
+        .await;
+    assert!(
+        second.is_ok() && stream.is_ok(),
+        "{stream_id}: the holder could not take the second queue row and the stream: {second:?} {stream:?}"
+    );
+    tx.commit().await.unwrap();
+    let done = operation.await.unwrap();
+    assert!(done.is_ok(), "{stream_id}: {done:?}");
+}
+
 /// Runs `sql` on the backend's database directly, as data written before a rule existed.
 async fn execute_sql(b: &Backend, sql: &str) {
     if let Some(dir) = &b.dir {

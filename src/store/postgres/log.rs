@@ -252,6 +252,14 @@ pub async fn sweep(
         let seqs: Vec<i64> = old.iter().map(|r| r.get(0)).collect();
         let tenants: Vec<&str> = old.iter().map(|r| r.get(1)).collect();
         // Joined on (tenant, event) so the deletes use the tenant-led indexes.
+        // A pending delivery's queue row before the delivery (see `queue`'s lock order).
+        tx.execute(
+            "SELECT q.seq FROM queue q JOIN deliveries d ON d.seq = q.seq \
+             JOIN unnest($1::bigint[], $2::text[]) AS u(seq, tenant_id) \
+             ON d.tenant_id = u.tenant_id AND d.event_seq = u.seq ORDER BY q.seq FOR UPDATE OF q",
+            &[&seqs, &tenants],
+        )
+        .await?;
         tx.execute(
             "DELETE FROM attempts a USING deliveries d, unnest($1::bigint[], $2::text[]) AS u(seq, tenant_id) \
              WHERE d.tenant_id = u.tenant_id AND d.event_seq = u.seq \

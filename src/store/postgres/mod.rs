@@ -564,6 +564,8 @@ async fn delete_stream_rows(
     id: &str,
     now: Millis,
 ) -> StoreResult<bool> {
+    // The backlog before the stream's row, in the queue's lock order.
+    queue::cancel_pending(tx, tenant_id, id, now).await?;
     let deleted = tx
         .execute(
             "DELETE FROM streams WHERE tenant_id = $1 AND id = $2",
@@ -575,7 +577,6 @@ async fn delete_stream_rows(
         &[&tenant_id, &id],
     )
     .await?;
-    queue::cancel_pending(tx, tenant_id, id, now).await?;
     Ok(deleted == 1)
 }
 
@@ -784,9 +785,20 @@ impl Store for PgStore {
         let tx = client.transaction().await?;
         // The queue right after the pending fan-outs (whose chunks add to it): no claim
         // leases a delivery of the tenant once its deletion is under way, and the queue
-        // rows are locked before their deliveries, in the order outcomes lock them.
+        // rows are locked in key order before their deliveries and streams, as outcomes
+        // lock them (see `queue`'s lock order).
         let (fanouts, rest) = TENANT_TABLES.split_at(1);
-        for table in fanouts.iter().chain(&["queue"]).chain(rest) {
+        for table in fanouts {
+            tx.execute(&format!("DELETE FROM {table} WHERE tenant_id = $1"), &[&id])
+                .await?;
+        }
+        tx.execute(
+            "WITH locked AS (SELECT seq FROM queue WHERE tenant_id = $1 ORDER BY seq FOR UPDATE) \
+             DELETE FROM queue q USING locked WHERE q.seq = locked.seq",
+            &[&id],
+        )
+        .await?;
+        for table in rest {
             tx.execute(&format!("DELETE FROM {table} WHERE tenant_id = $1"), &[&id])
                 .await?;
         }
@@ -1205,6 +1217,12 @@ impl Store for PgStore {
         name_free(&tx, &stream.tenant_id, &stream.id, &stream.name).await?;
         let cipher = self.sealing(&tx).await?;
         let (subscriptions, destination, retry_policy) = columns::encode_stream(stream, &cipher);
+        // The backlog before the stream's row, in the queue's lock order (a stream that is
+        // not there has none, and the transaction is rolled back below).
+        if update.skip_backlog {
+            queue::skip_pending_fan_outs(&tx, &stream.tenant_id, &stream.id).await?;
+            queue::cancel_pending(&tx, &stream.tenant_id, &stream.id, stream.updated_at).await?;
+        }
         let changed = tx
             .execute(
                 "UPDATE streams SET name = $3, status = $4, status_reason = $5, subscriptions = $6, \
@@ -1235,10 +1253,6 @@ impl Store for PgStore {
         if changed == 0 {
             tx.rollback().await?;
             return Ok(None);
-        }
-        if update.skip_backlog {
-            queue::skip_pending_fan_outs(&tx, &stream.tenant_id, &stream.id).await?;
-            queue::cancel_pending(&tx, &stream.tenant_id, &stream.id, stream.updated_at).await?;
         }
         let mut due = Vec::new();
         let published = queue::publish(
@@ -1315,20 +1329,36 @@ impl Store for PgStore {
 
     async fn delete_expired_streams(&self, now: Millis) -> StoreResult<Vec<(String, String)>> {
         let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        // Locked and checked again, so a session its listener revived meanwhile stays.
+        let mut tx = client.transaction().await?;
         let rows = tx
             .query(
                 "SELECT tenant_id, id FROM streams \
-                 WHERE destination_type = 'listen' AND expires_at <= $1 \
-                 FOR UPDATE SKIP LOCKED",
+                 WHERE destination_type = 'listen' AND expires_at <= $1",
                 &[&now],
             )
             .await?;
-        let expired: Vec<(String, String)> =
-            rows.iter().map(|row| (row.get(0), row.get(1))).collect();
-        for (tenant_id, id) in &expired {
-            delete_stream_rows(&tx, tenant_id, id, now).await?;
+        let mut expired = Vec::new();
+        for row in rows {
+            let (tenant_id, id): (String, String) = (row.get(0), row.get(1));
+            // The backlog first, in the queue's lock order; then the stream, locked and
+            // checked again, so a session its listener revived meanwhile stays, backlog and
+            // all.
+            let session = tx.savepoint("expiring").await?;
+            queue::cancel_pending(&session, &tenant_id, &id, now).await?;
+            let still = session
+                .query_opt(
+                    "SELECT 1 FROM streams WHERE tenant_id = $1 AND id = $2 \
+                     AND destination_type = 'listen' AND expires_at <= $3 FOR UPDATE SKIP LOCKED",
+                    &[&tenant_id, &id, &now],
+                )
+                .await?;
+            if still.is_none() {
+                session.rollback().await?;
+                continue;
+            }
+            delete_stream_rows(&session, &tenant_id, &id, now).await?;
+            session.commit().await?;
+            expired.push((tenant_id, id));
         }
         if !expired.is_empty() {
             notify_streams_changed(&tx).await?;

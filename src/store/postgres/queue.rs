@@ -4,6 +4,13 @@
 //!
 //! Each call is a few set-based statements over arrays (`unnest`), never a statement per
 //! row: a batch of a thousand outcomes costs the same round trips as one.
+//!
+//! Lock order: a transaction that changes several of these rows takes them in one order, so
+//! two transactions never each hold what the other waits for (PostgreSQL would abort one of
+//! them after a second). Queue rows first, in key order (locked with `ORDER BY seq ... FOR
+//! UPDATE` before they change), then their deliveries, then streams in (tenant, id) order.
+//! So a stream's backlog is cancelled before the stream's own row is updated or deleted.
+//! Claims skip locked rows rather than wait for them.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, LazyLock};
@@ -481,7 +488,7 @@ pub async fn claim(
 }
 
 /// Gives leases back: the deliveries are claimable again at once, by any node. Returns their
-/// streams.
+/// streams. The queue rows are locked in key order (see the module's lock order).
 pub async fn release(
     client: &impl GenericClient,
     leases: Vec<(i64, i64)>,
@@ -490,9 +497,11 @@ pub async fn release(
     let (seqs, generations): (Vec<i64>, Vec<i64>) = leases.into_iter().unzip();
     let rows = client
         .query(
-            "UPDATE queue q SET lease_until = NULL, due_at = $3 \
-             FROM unnest($1::bigint[], $2::bigint[]) AS u(seq, lease) \
-             WHERE q.seq = u.seq AND q.lease = u.lease RETURNING q.stream_id",
+            "WITH locked AS (SELECT q.seq FROM queue q \
+               JOIN unnest($1::bigint[], $2::bigint[]) AS u(seq, lease) \
+               ON q.seq = u.seq AND q.lease = u.lease ORDER BY q.seq FOR UPDATE OF q) \
+             UPDATE queue q SET lease_until = NULL, due_at = $3 \
+             FROM locked WHERE q.seq = locked.seq RETURNING q.stream_id",
             &[&seqs, &generations, &now],
         )
         .await?;
@@ -567,18 +576,21 @@ pub async fn record(
     // which has left the queue. Storing an outcome uses its lease up (a retry's queue row
     // moves to the next generation, a finished delivery leaves the queue), so a batch
     // offered twice (its first commit's answer lost with the connection) changes each
-    // delivery once. The delivery's own row changes no indexed column: a HOT update.
+    // delivery once. The delivery's own row changes no indexed column: a HOT update. The
+    // queue rows are locked in key order first (see the module's lock order).
     let update = tx
         .prepare_cached(
             "WITH u AS (SELECT * FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::text[], \
                $6::bigint[], $7::bigint[], $8::int4[], $9::text[]) \
                AS u(seq, lease, tenant_id, status, due_at, attempted_at, response_status, error_kind)), \
+             locked AS (SELECT q.seq FROM queue q JOIN u ON q.seq = u.seq AND q.lease = u.lease \
+               AND q.tenant_id = u.tenant_id ORDER BY q.seq FOR UPDATE OF q), \
              retried AS (UPDATE queue q SET due_at = u.due_at, lease = q.lease + 1, lease_until = NULL \
                FROM u WHERE q.seq = u.seq AND q.lease = u.lease AND q.tenant_id = u.tenant_id \
-               AND u.status = 'pending' RETURNING q.seq, u.lease), \
+               AND u.status = 'pending' AND q.seq IN (SELECT seq FROM locked) RETURNING q.seq, u.lease), \
              finished AS (DELETE FROM queue q USING u \
                WHERE q.seq = u.seq AND q.lease = u.lease AND q.tenant_id = u.tenant_id \
-               AND u.status <> 'pending' RETURNING q.seq, u.lease) \
+               AND u.status <> 'pending' AND q.seq IN (SELECT seq FROM locked) RETURNING q.seq, u.lease) \
              UPDATE deliveries d SET status = u.status, attempts = d.attempts + 1, \
              due_at = u.due_at, lease = u.lease, last_attempt_at = u.attempted_at, \
              last_response_status = u.response_status, last_error_kind = u.error_kind, updated_at = $1 \
@@ -781,6 +793,7 @@ pub fn filter_sql(filter: &DeliveryFilter, params: &mut Params) -> String {
 
 /// Cancels a stream's pending deliveries: out of the queue, each keeping the lease
 /// generation it had, so an attempt still under way cannot match a later round's lease.
+/// Their queue rows are locked in key order (see the module's lock order).
 pub async fn cancel_pending(
     tx: &impl GenericClient,
     tenant_id: &str,
@@ -788,8 +801,10 @@ pub async fn cancel_pending(
     now: Millis,
 ) -> StoreResult<()> {
     tx.execute(
-        "WITH gone AS (DELETE FROM queue WHERE tenant_id = $1 AND stream_id = $2 \
-           RETURNING seq, lease) \
+        "WITH locked AS (SELECT seq FROM queue WHERE tenant_id = $1 AND stream_id = $2 \
+           ORDER BY seq FOR UPDATE), \
+         gone AS (DELETE FROM queue q USING locked WHERE q.seq = locked.seq \
+           RETURNING q.seq, q.lease) \
          UPDATE deliveries d SET status = 'cancelled', due_at = NULL, lease = gone.lease, \
          updated_at = $3 FROM gone WHERE d.seq = gone.seq",
         &[&tenant_id, &stream_id, &now],
