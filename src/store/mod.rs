@@ -47,8 +47,10 @@ pub(crate) const TENANT_TABLES: [&str; 11] = [
     "attempts",
     "deliveries",
     "events",
-    "stream_secrets",
+    // Streams before their secrets, as a stream's deletion and a secret's rotation lock
+    // them on PostgreSQL.
     "streams",
+    "stream_secrets",
     "api_tokens",
 ];
 
@@ -60,8 +62,8 @@ pub(crate) const CLOSED_WITH_TENANT: [&str; 6] = [
     "console_links",
     "console_sessions",
     "api_tokens",
-    "stream_secrets",
     "streams",
+    "stream_secrets",
 ];
 
 /// The latency bucket of a duration: the first bound it does not exceed.

@@ -2741,14 +2741,15 @@ async fn waits_without_deadlock(
     let lock_row = "SELECT 1 FROM queue WHERE seq = $1 FOR UPDATE";
     tx.execute(lock_row, &[&claimed[0].key]).await.unwrap();
     let operation = tokio::spawn(operation);
-    // Until the operation waits for a lock held here (any session of this test's schema
-    // other than the holder, waiting for a lock).
+    // Until the operation waits for a lock held here (a session blocked by the holder, not
+    // by another: a publish's notification can wait for a lock of its own).
     let mut waited = 0;
     loop {
         let waiting: i64 = watcher
             .query_one(
                 "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
-                 AND application_name = current_setting('application_name') AND pid <> $1",
+                 AND application_name = current_setting('application_name') \
+                 AND $1 = ANY(pg_blocking_pids(pid))",
                 &[&holder_pid],
             )
             .await

@@ -566,6 +566,15 @@ async fn delete_stream_rows(
 ) -> StoreResult<bool> {
     // The backlog before the stream's row, in the queue's lock order.
     queue::cancel_pending(tx, tenant_id, id, now).await?;
+    delete_stream_row(tx, tenant_id, id).await
+}
+
+/// Deletes a stream and its secrets, once its backlog is cancelled. Whether it existed.
+async fn delete_stream_row(
+    tx: &impl GenericClient,
+    tenant_id: &str,
+    id: &str,
+) -> StoreResult<bool> {
     let deleted = tx
         .execute(
             "DELETE FROM streams WHERE tenant_id = $1 AND id = $2",
@@ -1329,23 +1338,23 @@ impl Store for PgStore {
 
     async fn delete_expired_streams(&self, now: Millis) -> StoreResult<Vec<(String, String)>> {
         let mut client = self.client().await?;
-        let mut tx = client.transaction().await?;
-        let rows = tx
+        let candidates = client
             .query(
                 "SELECT tenant_id, id FROM streams \
-                 WHERE destination_type = 'listen' AND expires_at <= $1",
+                 WHERE destination_type = 'listen' AND expires_at <= $1 ORDER BY tenant_id, id",
                 &[&now],
             )
             .await?;
         let mut expired = Vec::new();
-        for row in rows {
+        // A transaction per session, so that nodes reaping at once wait for one session at
+        // a time, never for each other. Its backlog first, in the queue's lock order; then
+        // the session, locked and checked again, so one its listener revived meanwhile
+        // stays, backlog and all, and one another node is deleting is left to it.
+        for row in candidates {
             let (tenant_id, id): (String, String) = (row.get(0), row.get(1));
-            // The backlog first, in the queue's lock order; then the stream, locked and
-            // checked again, so a session its listener revived meanwhile stays, backlog and
-            // all.
-            let session = tx.savepoint("expiring").await?;
-            queue::cancel_pending(&session, &tenant_id, &id, now).await?;
-            let still = session
+            let tx = client.transaction().await?;
+            queue::cancel_pending(&tx, &tenant_id, &id, now).await?;
+            let still = tx
                 .query_opt(
                     "SELECT 1 FROM streams WHERE tenant_id = $1 AND id = $2 \
                      AND destination_type = 'listen' AND expires_at <= $3 FOR UPDATE SKIP LOCKED",
@@ -1353,17 +1362,14 @@ impl Store for PgStore {
                 )
                 .await?;
             if still.is_none() {
-                session.rollback().await?;
+                tx.rollback().await?;
                 continue;
             }
-            delete_stream_rows(&session, &tenant_id, &id, now).await?;
-            session.commit().await?;
+            delete_stream_row(&tx, &tenant_id, &id).await?;
+            notify_streams_changed(&tx).await?;
+            tx.commit().await?;
             expired.push((tenant_id, id));
         }
-        if !expired.is_empty() {
-            notify_streams_changed(&tx).await?;
-        }
-        tx.commit().await?;
         Ok(expired)
     }
 

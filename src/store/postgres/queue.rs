@@ -583,14 +583,15 @@ pub async fn record(
             "WITH u AS (SELECT * FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::text[], \
                $6::bigint[], $7::bigint[], $8::int4[], $9::text[]) \
                AS u(seq, lease, tenant_id, status, due_at, attempted_at, response_status, error_kind)), \
-             locked AS (SELECT q.seq FROM queue q JOIN u ON q.seq = u.seq AND q.lease = u.lease \
-               AND q.tenant_id = u.tenant_id ORDER BY q.seq FOR UPDATE OF q), \
-             retried AS (UPDATE queue q SET due_at = u.due_at, lease = q.lease + 1, lease_until = NULL \
-               FROM u WHERE q.seq = u.seq AND q.lease = u.lease AND q.tenant_id = u.tenant_id \
-               AND u.status = 'pending' AND q.seq IN (SELECT seq FROM locked) RETURNING q.seq, u.lease), \
-             finished AS (DELETE FROM queue q USING u \
-               WHERE q.seq = u.seq AND q.lease = u.lease AND q.tenant_id = u.tenant_id \
-               AND u.status <> 'pending' AND q.seq IN (SELECT seq FROM locked) RETURNING q.seq, u.lease) \
+             locked AS (SELECT q.seq, u.lease, u.status, u.due_at FROM queue q JOIN u \
+               ON q.seq = u.seq AND q.lease = u.lease AND q.tenant_id = u.tenant_id \
+               ORDER BY q.seq FOR UPDATE OF q), \
+             retried AS (UPDATE queue q SET due_at = l.due_at, lease = q.lease + 1, lease_until = NULL \
+               FROM locked l WHERE q.seq = l.seq AND q.lease = l.lease AND l.status = 'pending' \
+               RETURNING q.seq, l.lease), \
+             finished AS (DELETE FROM queue q USING locked l \
+               WHERE q.seq = l.seq AND q.lease = l.lease AND l.status <> 'pending' \
+               RETURNING q.seq, l.lease) \
              UPDATE deliveries d SET status = u.status, attempts = d.attempts + 1, \
              due_at = u.due_at, lease = u.lease, last_attempt_at = u.attempted_at, \
              last_response_status = u.response_status, last_error_kind = u.error_kind, updated_at = $1 \
