@@ -2662,27 +2662,7 @@ async fn postgres_writes_take_queue_rows_then_streams_in_one_order() {
 
     // An expired `herald listen` session deleted with its backlog (its deliveries are
     // claimed, never leased at publish).
-    let session = Stream {
-        tenant_id: "ten_a".into(),
-        id: "est_session".into(),
-        name: "herald listen est_session".into(),
-        status: StreamStatus::Enabled,
-        status_reason: None,
-        subscriptions: vec![Subscription {
-            event_type: "session.*".into(),
-        }],
-        destination: Destination::Listen(herald::destinations::listen::ListenConfig {
-            forward_to: "http://localhost:3000/hook".into(),
-        }),
-        payload_format: PayloadFormat::Cloudevents,
-        content_mode: None,
-        retry_policy: RetryPolicy::default(),
-        max_consecutive_failures: 0,
-        disable_after_failing_seconds: 0,
-        created_at: NOW,
-        updated_at: NOW,
-        expires_at: Some(NOW),
-    };
+    let session = listen_session("session.*", NOW);
     store.create_stream(session, None).await.unwrap();
     let events: Vec<_> = (1..=2)
         .map(|n| event(&format!("session-{n}"), "session.x"))
@@ -2716,11 +2696,36 @@ async fn postgres_writes_take_queue_rows_then_streams_in_one_order() {
 
 /// Holds the queue row of `claimed[0]` in a transaction of its own, runs `operation` until it
 /// waits for that transaction, then takes the queue row of `claimed[1]` and the stream's row,
-/// and commits. Both must succeed.
+/// and commits: the order recording outcomes takes them in. Both must succeed.
 async fn waits_without_deadlock(
     b: &Backend,
     (tenant_id, stream_id): (&str, &str),
     claimed: &[herald::store::Claimed],
+    operation: impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static,
+) {
+    let queue_row = |key: i64| format!("SELECT 1 FROM queue WHERE seq = {key} FOR UPDATE");
+    let stream_row = format!(
+        "SELECT 1 FROM streams WHERE tenant_id = '{tenant_id}' AND id = '{stream_id}' FOR UPDATE"
+    );
+    holds_while_waiting(
+        b,
+        stream_id,
+        &queue_row(claimed[0].key),
+        &[&queue_row(claimed[1].key), &stream_row],
+        operation,
+    )
+    .await;
+}
+
+/// Takes `first` in a transaction of its own, runs `operation` until it waits for that
+/// transaction, then takes each of `then` and commits. Both must succeed: had the operation
+/// taken any of `then` before `first`, the two would wait for each other and the server would
+/// abort one.
+async fn holds_while_waiting(
+    b: &Backend,
+    case: &str,
+    first: &str,
+    then: &[&str],
     operation: impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static,
 ) {
     let database = b.database.as_ref().unwrap();
@@ -2738,8 +2743,7 @@ async fn waits_without_deadlock(
         .unwrap()
         .get(0);
     let tx = holder.transaction().await.unwrap();
-    let lock_row = "SELECT 1 FROM queue WHERE seq = $1 FOR UPDATE";
-    tx.execute(lock_row, &[&claimed[0].key]).await.unwrap();
+    assert_eq!(tx.execute(first, &[]).await.unwrap(), 1, "{case}: {first}");
     let operation = tokio::spawn(operation);
     // Until the operation waits for a lock held here (a session blocked by the holder, not
     // by another: a publish's notification can wait for a lock of its own).
@@ -2760,26 +2764,22 @@ async fn waits_without_deadlock(
         }
         assert!(
             !operation.is_finished(),
-            "{stream_id}: the operation finished without waiting for the held queue row"
+            "{case}: the operation finished without waiting for the held row"
         );
         waited += 1;
-        assert!(waited < 1_000, "{stream_id}: the operation never waited");
+        assert!(waited < 1_000, "{case}: the operation never waited");
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    let second = tx.execute(lock_row, &[&claimed[1].key]).await;
-    let stream = tx
-        .execute(
-            "SELECT 1 FROM streams WHERE tenant_id = $1 AND id = $2 FOR UPDATE",
-            &[&tenant_id, &stream_id],
-        )
-        .await;
-    assert!(
-        second.is_ok() && stream.is_ok(),
-        "{stream_id}: the holder could not take the second queue row and the stream: {second:?} {stream:?}"
-    );
+    for sql in then {
+        let taken = tx.execute(*sql, &[]).await;
+        assert!(
+            matches!(taken, Ok(1)),
+            "{case}: the holder could not take what it takes next ({sql}): {taken:?}"
+        );
+    }
     tx.commit().await.unwrap();
     let done = operation.await.unwrap();
-    assert!(done.is_ok(), "{stream_id}: {done:?}");
+    assert!(done.is_ok(), "{case}: {done:?}");
 }
 
 /// Runs `sql` on the backend's database directly, as data written before a rule existed.
@@ -2894,16 +2894,16 @@ async fn retention_keeps_the_newest_event_so_log_offsets_never_repeat(b: Backend
 
 /// A listen session's stream: one connection holds it at a time and keeps its expiry ahead;
 /// past the expiry it is deleted with what it had pending, and only sessions are.
-async fn a_listen_session_is_held_by_one_connection_and_deleted_once_expired(b: Backend) {
-    let store = &*b.store;
-    let mut session = Stream {
+/// `ten_a`'s `herald listen` session `est_session`, subscribed to `pattern`.
+fn listen_session(pattern: &str, expires_at: i64) -> Stream {
+    Stream {
         tenant_id: "ten_a".into(),
         id: "est_session".into(),
         name: "herald listen est_session".into(),
         status: StreamStatus::Enabled,
         status_reason: None,
         subscriptions: vec![Subscription {
-            event_type: "*".into(),
+            event_type: pattern.into(),
         }],
         destination: Destination::Listen(herald::destinations::listen::ListenConfig {
             forward_to: "http://localhost:3000/hook".into(),
@@ -2915,8 +2915,13 @@ async fn a_listen_session_is_held_by_one_connection_and_deleted_once_expired(b: 
         disable_after_failing_seconds: 0,
         created_at: NOW,
         updated_at: NOW,
-        expires_at: Some(NOW + 60_000),
-    };
+        expires_at: Some(expires_at),
+    }
+}
+
+async fn a_listen_session_is_held_by_one_connection_and_deleted_once_expired(b: Backend) {
+    let store = &*b.store;
+    let mut session = listen_session("*", NOW + 60_000);
     store.create_stream(session.clone(), None).await.unwrap();
     // A plain stream, even one given an expiry, is never a session.
     stream(store, "ten_a", "est_plain", "*", StreamStatus::Enabled).await;

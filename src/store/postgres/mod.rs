@@ -777,6 +777,14 @@ impl Store for PgStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         for table in CLOSED_WITH_TENANT {
+            if table == "streams" {
+                // In (tenant, id) order, as outcomes lock them (see `queue`'s lock order).
+                tx.execute(
+                    "SELECT 1 FROM streams WHERE tenant_id = $1 ORDER BY id FOR UPDATE",
+                    &[&id],
+                )
+                .await?;
+            }
             tx.execute(&format!("DELETE FROM {table} WHERE tenant_id = $1"), &[&id])
                 .await?;
         }

@@ -317,7 +317,7 @@ pub async fn skip_pending_fan_outs(
 ) -> StoreResult<()> {
     let rows = tx
         .query(
-            "SELECT seq, streams FROM fanouts WHERE tenant_id = $1 FOR UPDATE",
+            "SELECT seq, streams FROM fanouts WHERE tenant_id = $1 ORDER BY seq FOR UPDATE",
             &[&tenant_id],
         )
         .await?;
