@@ -251,7 +251,6 @@ pub async fn sweep(
             .await?;
         let seqs: Vec<i64> = old.iter().map(|r| r.get(0)).collect();
         let tenants: Vec<&str> = old.iter().map(|r| r.get(1)).collect();
-        // Joined on (tenant, event) so the deletes use the tenant-led indexes.
         // A pending delivery's queue row before the delivery (see `queue`'s lock order).
         tx.execute(
             "SELECT q.seq FROM queue q JOIN deliveries d ON d.seq = q.seq \
@@ -260,6 +259,7 @@ pub async fn sweep(
             &[&seqs, &tenants],
         )
         .await?;
+        // Joined on (tenant, event) so the deletes use the tenant-led indexes.
         tx.execute(
             "DELETE FROM attempts a USING deliveries d, unnest($1::bigint[], $2::text[]) AS u(seq, tenant_id) \
              WHERE d.tenant_id = u.tenant_id AND d.event_seq = u.seq \
