@@ -2696,7 +2696,9 @@ async fn postgres_writes_take_queue_rows_then_streams_in_one_order() {
 
 /// Holds the queue row of `claimed[0]` in a transaction of its own, runs `operation` until it
 /// waits for that transaction, then takes the queue row of `claimed[1]` and the stream's row,
-/// and commits: the order recording outcomes takes them in. Both must succeed.
+/// and commits: the order recording outcomes takes them in. Both must succeed: had the
+/// operation taken either before the first row, the two would wait for each other and the
+/// server would abort one.
 async fn waits_without_deadlock(
     b: &Backend,
     (tenant_id, stream_id): (&str, &str),
@@ -2707,27 +2709,10 @@ async fn waits_without_deadlock(
     let stream_row = format!(
         "SELECT 1 FROM streams WHERE tenant_id = '{tenant_id}' AND id = '{stream_id}' FOR UPDATE"
     );
-    holds_while_waiting(
-        b,
-        stream_id,
-        &queue_row(claimed[0].key),
-        &[&queue_row(claimed[1].key), &stream_row],
-        operation,
-    )
-    .await;
-}
-
-/// Takes `first` in a transaction of its own, runs `operation` until it waits for that
-/// transaction, then takes each of `then` and commits. Both must succeed: had the operation
-/// taken any of `then` before `first`, the two would wait for each other and the server would
-/// abort one.
-async fn holds_while_waiting(
-    b: &Backend,
-    case: &str,
-    first: &str,
-    then: &[&str],
-    operation: impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static,
-) {
+    let (first, then) = (
+        queue_row(claimed[0].key),
+        [queue_row(claimed[1].key), stream_row],
+    );
     let database = b.database.as_ref().unwrap();
     let connect = || async {
         let (client, connection) = tokio_postgres::connect(&database.url, tokio_postgres::NoTls)
@@ -2743,7 +2728,11 @@ async fn holds_while_waiting(
         .unwrap()
         .get(0);
     let tx = holder.transaction().await.unwrap();
-    assert_eq!(tx.execute(first, &[]).await.unwrap(), 1, "{case}: {first}");
+    assert_eq!(
+        tx.execute(&first, &[]).await.unwrap(),
+        1,
+        "{stream_id}: {first}"
+    );
     let operation = tokio::spawn(operation);
     // Until the operation waits for a lock held here (a session blocked by the holder, not
     // by another: a publish's notification can wait for a lock of its own).
@@ -2764,22 +2753,22 @@ async fn holds_while_waiting(
         }
         assert!(
             !operation.is_finished(),
-            "{case}: the operation finished without waiting for the held row"
+            "{stream_id}: the operation finished without waiting for the held row"
         );
         waited += 1;
-        assert!(waited < 1_000, "{case}: the operation never waited");
+        assert!(waited < 1_000, "{stream_id}: the operation never waited");
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    for sql in then {
-        let taken = tx.execute(*sql, &[]).await;
+    for sql in &then {
+        let taken = tx.execute(sql, &[]).await;
         assert!(
             matches!(taken, Ok(1)),
-            "{case}: the holder could not take what it takes next ({sql}): {taken:?}"
+            "{stream_id}: the holder could not take what it takes next ({sql}): {taken:?}"
         );
     }
     tx.commit().await.unwrap();
     let done = operation.await.unwrap();
-    assert!(done.is_ok(), "{case}: {done:?}");
+    assert!(done.is_ok(), "{stream_id}: {done:?}");
 }
 
 /// Runs `sql` on the backend's database directly, as data written before a rule existed.
