@@ -23,9 +23,16 @@ pub struct Retention {
 }
 
 impl Retention {
+    /// Events go a whole UTC day at a time: those of a day are removed once the day is
+    /// `event_days` behind the start of today, so an event is kept between `event_days`
+    /// and one day more. On PostgreSQL that is a drop of the day's partitions rather than a
+    /// delete of every row. Response bodies go when they are `response_body_days` old.
     fn cutoffs(&self, now: Millis) -> (Option<Millis>, Option<Millis>) {
-        let cutoff = |days: u64| (days > 0).then(|| now - days as Millis * DAY_MS);
-        (cutoff(self.event_days), cutoff(self.response_body_days))
+        let today = now - now.rem_euclid(DAY_MS);
+        let events = (self.event_days > 0).then(|| today - self.event_days as Millis * DAY_MS);
+        let bodies =
+            (self.response_body_days > 0).then(|| now - self.response_body_days as Millis * DAY_MS);
+        (events, bodies)
     }
 }
 

@@ -368,7 +368,7 @@ fn a_node_with_another_secret_key_is_refused() {
         .output()
         .unwrap();
     assert!(migrate.status.success(), "{migrate:?}");
-    assert!(String::from_utf8_lossy(&migrate.stdout).contains("applied 13 migration"));
+    assert!(String::from_utf8_lossy(&migrate.stdout).contains("applied 14 migration"));
 
     let dir = tempfile::tempdir().unwrap();
     let first = start_node(&database, dir.path(), "all");

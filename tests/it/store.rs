@@ -75,6 +75,7 @@ conformance!(
     stream_names_are_unique_per_tenant_and_earlier_duplicates_keep_working,
     the_event_log_is_read_in_order_from_any_start_and_per_tenant,
     retention_keeps_the_newest_event_so_log_offsets_never_repeat,
+    retention_removes_whole_days_and_a_duplicate_is_refused_across_them,
     a_listen_session_is_held_by_one_connection_and_deleted_once_expired,
     console_sessions_serve_while_their_token_is_valid_and_end_with_it,
     a_console_link_is_taken_once_before_it_ends_and_its_sessions_keep_its_grant,
@@ -2570,6 +2571,160 @@ async fn the_postgres_log_never_serves_past_an_open_transaction() {
     );
 }
 
+/// On PostgreSQL the history is a partition per UTC day. Two nodes that publish on a new day
+/// at once make its partitions once; a node whose clock is a day behind still takes keys of
+/// the latest day, never an earlier one (a drop of that earlier day would take its events);
+/// retention drops a day's partitions and its event keys; and a drop a crash interrupted
+/// (a partition detached and not dropped) is finished by the next sweep.
+#[tokio::test]
+#[cfg_attr(not(herald_postgres_tests), ignore = "needs HERALD_TEST_DATABASE_URL")]
+async fn postgres_history_days_are_partitions_made_once_and_dropped_whole() {
+    let b = postgres().await;
+    let database = b.database.as_ref().unwrap();
+    let other = PgStore::connect(&database.url, Cipher::from_base64(KEY).unwrap(), 4)
+        .await
+        .unwrap();
+    let (client, connection) = tokio_postgres::connect(&database.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let partitions = || async {
+        let rows = client
+            .query(
+                "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+                 WHERE i.inhparent = 'events'::regclass ORDER BY 1",
+                &[],
+            )
+            .await
+            .unwrap();
+        rows.iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect::<Vec<_>>()
+    };
+    let key_day = |id: &'static str| {
+        let client = &client;
+        async move {
+            let seq: i64 = client
+                .query_one("SELECT seq FROM events WHERE id = $1", &[&id])
+                .await
+                .unwrap()
+                .get(0);
+            seq >> 32
+        }
+    };
+    let day = midnight_after_now(2);
+    let n = day / DAY;
+
+    let (a, b_) = tokio::join!(
+        b.store
+            .publish("ten_a", vec![event("a", "user.created")], day + 1, None),
+        other.publish("ten_a", vec![event("b", "user.created")], day + 2, None),
+    );
+    a.unwrap();
+    b_.unwrap();
+    assert_eq!((key_day("a").await, key_day("b").await), (n, n));
+    let made = partitions().await;
+    assert!(made.contains(&format!("events_e{n}")), "{made:?}");
+    assert_eq!(
+        made.iter()
+            .filter(|p| **p == format!("events_e{n}"))
+            .count(),
+        1
+    );
+    other
+        .publish(
+            "ten_a",
+            vec![event("c", "user.created")],
+            day + DAY + 1,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(key_day("c").await, n + 1);
+    b.store
+        .publish(
+            "ten_a",
+            vec![event("behind", "user.created")],
+            day + 3,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(key_day("behind").await, n + 1, "never an earlier day's key");
+    other
+        .publish(
+            "ten_a",
+            vec![event("newest", "user.created")],
+            day + DAY + 2,
+            None,
+        )
+        .await
+        .unwrap();
+
+    // Day n is dropped whole, keys and all; day n + 1 stays, but for the event received
+    // before the cutoff, which goes row by row.
+    let swept = b.store.sweep(Some(day + DAY), None, 100).await.unwrap();
+    assert_eq!(swept.events, 3, "a and b with their day, then behind");
+    let left = partitions().await;
+    assert!(!left.contains(&format!("events_e{n}")), "{left:?}");
+    assert!(left.contains(&format!("events_e{}", n + 1)), "{left:?}");
+    for table in ["events", "deliveries", "attempts"] {
+        let gone: bool = client
+            .query_one(
+                "SELECT to_regclass($1) IS NULL",
+                &[&format!("{table}_e{n}")],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(gone, "{table}");
+    }
+    let keys: Vec<String> = client
+        .query("SELECT id FROM event_keys ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(keys, ["c", "newest"]);
+
+    // A drop cut short after its detach: the next sweep finishes it.
+    other
+        .publish(
+            "ten_a",
+            vec![event("d", "user.created")],
+            day + 2 * DAY + 1,
+            None,
+        )
+        .await
+        .unwrap();
+    client
+        .batch_execute(&format!(
+            "ALTER TABLE events DETACH PARTITION events_e{}",
+            n + 1
+        ))
+        .await
+        .unwrap();
+    let swept = b.store.sweep(Some(day + 2 * DAY), None, 100).await.unwrap();
+    assert_eq!(swept.events, 0, "the detached day is not counted again");
+    let loose: bool = client
+        .query_one(
+            "SELECT to_regclass($1) IS NULL",
+            &[&format!("events_e{}", n + 1)],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(loose, "the detached partition is dropped");
+    assert!(
+        b.store
+            .get_event("ten_a", "d", None)
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
 /// On PostgreSQL, a transaction that changes several queue rows and streams takes them in one
 /// order: queue rows by key, then streams. Each operation below runs while another
 /// transaction holds the first of a stream's two queue rows, taken as recording outcomes takes
@@ -2879,6 +3034,133 @@ async fn retention_keeps_the_newest_event_so_log_offsets_never_repeat(b: Backend
         .unwrap();
     let (ids, _) = read_ids(store, "ten_a", last, 1).await;
     assert_eq!(ids, ["a3"], "{name}");
+}
+
+const DAY: i64 = 86_400_000;
+
+/// The first millisecond of a UTC day a few days after `NOW`.
+fn midnight_after_now(days: i64) -> i64 {
+    NOW - NOW.rem_euclid(DAY) + days * DAY
+}
+
+/// Publishes `id` to `ten_a` at `at` and delivers it to `est_a` at once when `delivered`.
+async fn published_on(store: &dyn Store, id: &str, at: i64, delivered: bool) {
+    let published = store
+        .publish(
+            "ten_a",
+            vec![event(id, "user.created")],
+            at,
+            Some(at + 60_000),
+        )
+        .await
+        .unwrap();
+    assert!(!published[0].duplicate, "{id}");
+    if delivered {
+        let leased = &published[0].leased[0];
+        store
+            .record(vec![outcome(leased, DeliveryStatus::Succeeded, None)], at)
+            .await
+            .unwrap();
+    }
+}
+
+/// History by UTC day, as retention removes it (on PostgreSQL each day is a partition,
+/// dropped whole): a duplicate published on the next day is refused as on the same day;
+/// a sweep at a day boundary removes the earlier days' events with their deliveries and
+/// keys (so the id can be published again), keeps those a pending delivery holds, and
+/// leaves the later days alone.
+async fn retention_removes_whole_days_and_a_duplicate_is_refused_across_them(b: Backend) {
+    let store = &*b.store;
+    let name = b.name;
+    stream(store, "ten_a", "est_a", "user.*", StreamStatus::Enabled).await;
+    let day = midnight_after_now(3);
+    published_on(store, "gone", day + DAY - 1, true).await;
+    let again = store
+        .publish(
+            "ten_a",
+            vec![event("gone", "user.created")],
+            day + DAY,
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(again[0].duplicate, "{name}: a duplicate on the next day");
+    published_on(store, "held", day + DAY + 5, false).await;
+    published_on(store, "done", day + DAY + 6, true).await;
+    published_on(store, "later", day + 2 * DAY + 7, true).await;
+    let gone = store.event_deliveries("ten_a", "gone").await.unwrap();
+    assert_eq!(gone.len(), 1, "{name}");
+
+    let swept = store.sweep(Some(day + 2 * DAY), None, 100).await.unwrap();
+    assert_eq!(swept.events, 2, "{name}: gone and done");
+    for id in ["gone", "done"] {
+        assert!(
+            store.get_event("ten_a", id, None).await.unwrap().is_none(),
+            "{name}: {id}"
+        );
+        assert!(
+            store
+                .event_deliveries("ten_a", id)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{name}: {id}"
+        );
+    }
+    assert!(
+        store
+            .get_delivery("ten_a", &gone[0].id)
+            .await
+            .unwrap()
+            .is_none(),
+        "{name}"
+    );
+    for id in ["held", "later"] {
+        assert!(
+            store.get_event("ten_a", id, None).await.unwrap().is_some(),
+            "{name}: {id}"
+        );
+    }
+    // The swept id is free again.
+    published_on(store, "gone", day + 2 * DAY + 8, true).await;
+
+    // Once delivered, the held event goes with the next sweep.
+    let claimed = store
+        .claim(
+            request("ten_a", "est_a", 10),
+            day + 2 * DAY + 9,
+            day + 3 * DAY,
+        )
+        .await
+        .unwrap();
+    let held: Vec<_> = claimed[0].deliveries.iter().collect();
+    assert_eq!(held.len(), 1, "{name}");
+    assert_eq!(held[0].event.id, "held", "{name}");
+    store
+        .record(
+            vec![outcome(held[0], DeliveryStatus::Succeeded, None)],
+            day + 2 * DAY + 10,
+        )
+        .await
+        .unwrap();
+    let swept = store.sweep(Some(day + 2 * DAY), None, 100).await.unwrap();
+    assert_eq!(swept.events, 1, "{name}: held");
+    assert!(
+        store
+            .get_event("ten_a", "held", None)
+            .await
+            .unwrap()
+            .is_none(),
+        "{name}"
+    );
+    assert!(
+        store
+            .get_event("ten_a", "gone", None)
+            .await
+            .unwrap()
+            .is_some(),
+        "{name}: published again on a later day"
+    );
 }
 
 /// A listen session's stream: one connection holds it at a time and keeps its expiry ahead;
@@ -3478,6 +3760,18 @@ async fn a_failing_publish_fails_alone_in_its_group_commit() {
             .await
             .unwrap();
     tokio::spawn(connection);
+    // The day's history partitions are made first (their making waits for the lock below),
+    // by a publish whose event is then taken out again.
+    store
+        .publish("ten_a", vec![event("warm-up", "warm.up")], NOW, None)
+        .await
+        .unwrap();
+    client
+        .batch_execute(
+            "DELETE FROM event_keys WHERE id = 'warm-up'; DELETE FROM events WHERE id = 'warm-up'",
+        )
+        .await
+        .unwrap();
     let lock = client.transaction().await.unwrap();
     lock.batch_execute("LOCK TABLE events IN EXCLUSIVE MODE")
         .await

@@ -21,6 +21,7 @@ use std::time::Instant;
 use deadpool_postgres::Pool;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use super::history::History;
 use super::listen::Announcer;
 use super::queue::{self, PublishRequest};
 use crate::crashpoint;
@@ -57,10 +58,22 @@ pub struct GroupCommit {
 }
 
 impl GroupCommit {
-    pub fn start(pool: Pool, announcer: Announcer, metrics: CommitMetrics) -> GroupCommit {
+    pub fn start(
+        pool: Pool,
+        announcer: Announcer,
+        metrics: CommitMetrics,
+        history: Arc<History>,
+    ) -> GroupCommit {
         let (queue, calls) = mpsc::channel(QUEUE_DEPTH);
         let waiting = Arc::new(AtomicUsize::new(0));
-        tokio::spawn(write(calls, pool, announcer, metrics, waiting.clone()));
+        tokio::spawn(write(
+            calls,
+            pool,
+            announcer,
+            metrics,
+            history,
+            waiting.clone(),
+        ));
         GroupCommit { queue, waiting }
     }
 
@@ -87,6 +100,7 @@ async fn write(
     pool: Pool,
     announcer: Announcer,
     metrics: CommitMetrics,
+    history: Arc<History>,
     waiting: Arc<AtomicUsize>,
 ) {
     let writers = Arc::new(Semaphore::new(WRITERS));
@@ -118,11 +132,16 @@ async fn write(
         }
         waiting.fetch_sub(group.len(), Ordering::SeqCst);
         let (pool, announcer, metrics) = (pool.clone(), announcer.clone(), metrics.clone());
+        let history = history.clone();
         tokio::spawn(async move {
             let started = Instant::now();
             let (requests, replies): (Vec<_>, Vec<_>) =
                 group.into_iter().map(|c| (c.request, c.reply)).unzip();
-            let answers = commit(&pool, &announcer, &requests).await;
+            let latest = requests.iter().map(|r| r.now).max().unwrap_or_default();
+            let answers = match history.roll(latest).await {
+                Ok(()) => commit(&pool, &announcer, &requests).await,
+                Err(e) => requests.iter().map(|_| Err(copy(&e))).collect(),
+            };
             drop(writer);
             metrics.committed(requests.len(), started.elapsed());
             for (reply, answer) in replies.into_iter().zip(answers) {

@@ -312,6 +312,13 @@ pub async fn import_sqlite(sqlite_path: &Path, target: &PgStore) -> StoreResult<
         &[],
     )
     .await?;
+    // The copied events' keys, for idempotency and lookups by id.
+    tx.execute(
+        "INSERT INTO event_keys (tenant_id, id, source, seq) \
+         SELECT tenant_id, id, source, seq FROM events",
+        &[],
+    )
+    .await?;
     // New rows continue after the copied keys.
     for table in ["stream_secrets", "events", "deliveries", "attempts"] {
         tx.execute(

@@ -171,9 +171,9 @@ pub async fn get_event(
 ) -> StoreResult<Option<LoggedEvent>> {
     let stmt = client
         .prepare_cached(&format!(
-            "SELECT {LOGGED_COLUMNS}, {EVENT_COLUMNS} FROM events e \
-             WHERE e.tenant_id = $1 AND e.id = $2 AND ($3::text IS NULL OR e.source = $3) \
-             ORDER BY e.seq DESC LIMIT 1"
+            "SELECT {LOGGED_COLUMNS}, {EVENT_COLUMNS} FROM event_keys k JOIN events e ON e.seq = k.seq \
+             WHERE k.tenant_id = $1 AND k.id = $2 AND ($3::text IS NULL OR k.source = $3) \
+             ORDER BY k.seq DESC LIMIT 1"
         ))
         .await?;
     client
@@ -191,15 +191,19 @@ pub async fn erase(
     what: &Erase,
     now: Millis,
 ) -> StoreResult<u64> {
+    // Events are found by id through their keys (see `014_partitioned_history.sql`).
     let (condition, values): (&str, Vec<&str>) = match what {
-        Erase::Events(ids) => ("id", ids.iter().map(String::as_str).collect()),
-        Erase::Subject(subject) => ("subject", vec![subject.as_str()]),
+        Erase::Events(ids) => (
+            "seq IN (SELECT seq FROM event_keys WHERE tenant_id = $2 AND id = ANY($3))",
+            ids.iter().map(String::as_str).collect(),
+        ),
+        Erase::Subject(subject) => ("subject = ANY($3)", vec![subject.as_str()]),
     };
     let erased: Vec<i64> = tx
         .query(
             &format!(
                 "UPDATE events SET {ERASED_EVENT}, erased_at = $1 \
-                 WHERE tenant_id = $2 AND {condition} = ANY($3) RETURNING seq"
+                 WHERE tenant_id = $2 AND {condition} RETURNING seq"
             ),
             &[&now, &tenant_id, &values],
         )
@@ -243,7 +247,7 @@ pub async fn sweep(
         let old = tx
             .query(
                 &format!(
-                    "SELECT e.seq, e.tenant_id FROM events e WHERE e.received_at < $1 \
+                    "SELECT e.seq, e.tenant_id, e.id, e.source FROM events e WHERE e.received_at < $1 \
                      AND NOT {KEPT_BY_PENDING_WORK} AND {NOT_NEWEST} ORDER BY e.seq LIMIT $2"
                 ),
                 &[&cutoff, &(limit as i64)],
@@ -251,6 +255,8 @@ pub async fn sweep(
             .await?;
         let seqs: Vec<i64> = old.iter().map(|r| r.get(0)).collect();
         let tenants: Vec<&str> = old.iter().map(|r| r.get(1)).collect();
+        let ids: Vec<&str> = old.iter().map(|r| r.get(2)).collect();
+        let sources: Vec<&str> = old.iter().map(|r| r.get(3)).collect();
         // A pending delivery's queue row before the delivery (see `queue`'s lock order).
         tx.execute(
             "SELECT q.seq FROM queue q JOIN deliveries d ON d.seq = q.seq \
@@ -281,6 +287,13 @@ pub async fn sweep(
         // after the deletion so that one a redelivery queued meanwhile is seen.
         tx.execute("DELETE FROM queue WHERE seq = ANY($1)", &[&deliveries])
             .await?;
+        tx.execute(
+            "DELETE FROM event_keys k USING unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) \
+             AS u(tenant_id, id, source, seq) \
+             WHERE k.tenant_id = u.tenant_id AND k.id = u.id AND k.source = u.source AND k.seq = u.seq",
+            &[&tenants, &ids, &sources, &seqs],
+        )
+        .await?;
         tx.execute("DELETE FROM events WHERE seq = ANY($1)", &[&seqs])
             .await?;
         swept.events = seqs.len() as u64;

@@ -6,13 +6,16 @@
 //! pending delivery, so the churn of claims and outcomes stays off `deliveries` and its
 //! indexes (see `012_narrow_queue.sql`). Changes other nodes must hear of (new due work,
 //! changed streams) are sent with `NOTIFY` in the same transaction; see `listen`. Concurrent
-//! publishes share one transaction and one commit; see `group`.
+//! publishes share one transaction and one commit; see `group`. The history (events,
+//! deliveries, attempts) is partitioned by UTC day, so retention drops whole days; see
+//! `history`.
 //!
 //! Connections come from a small pool with short timeouts: when the database is unreachable,
 //! calls fail fast with [`StoreError::Unavailable`] and succeed again once it is back,
 //! without a restart.
 
 mod group;
+mod history;
 mod import;
 mod listen;
 mod log;
@@ -57,6 +60,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("011_fewer_index_pages.sql"),
     include_str!("012_narrow_queue.sql"),
     include_str!("013_rollups_per_node.sql"),
+    include_str!("014_partitioned_history.sql"),
 ];
 
 /// Channels of the notifications this store sends.
@@ -86,6 +90,10 @@ pub struct PgStore {
     commit_metrics: crate::metrics::CommitMetrics,
     /// This node's rows of the statistics rollups (see migration 13), drawn at start.
     shard: i16,
+    /// The history's daily partitions (see `history`).
+    history: Arc<history::History>,
+    /// Where the database is, for the retention sweep's connection of its own.
+    target: Target,
 }
 
 /// Connections in the lazy pool: the dispatcher claims, the recorder records, releases and
@@ -227,6 +235,18 @@ fn pool_with(url: &str, max_connections: usize, options: &str) -> StoreResult<Po
 /// advisory lock per schema), so each migration runs once.
 async fn migrate(pool: &Pool) -> StoreResult<usize> {
     let mut client = pool.get().await?;
+    // Retention detaches partitions concurrently (see `history`), which came in version 14.
+    let version: i32 = client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await?
+        .get(0);
+    if version < 140_000 {
+        return Err(StoreError::Postgres(format!(
+            "Herald needs PostgreSQL 14 or later; this server is version {}.{}",
+            version / 10_000,
+            version % 10_000
+        )));
+    }
     let tx = client.transaction().await?;
     tx.batch_execute(
         "SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0; \
@@ -283,12 +303,16 @@ impl PgStore {
         let pool = pool(url, max_connections)?;
         let announcer = listen::Announcer::start(lazy.clone());
         let commit_metrics = crate::metrics::CommitMetrics::default();
+        let history = Arc::new(history::History::new(pool.clone()));
         let store = PgStore {
             publishes: group::GroupCommit::start(
                 pool.clone(),
                 announcer.clone(),
                 commit_metrics.clone(),
+                history.clone(),
             ),
+            history,
+            target: parse_url(url)?,
             pool,
             announcer,
             lazy,
@@ -502,10 +526,39 @@ impl PgStore {
 
     /// Deliveries with their attempts, read from one snapshot: a delivery's state and its
     /// attempts always agree, even while an outcome is being stored.
+    /// Drops the days of history wholly before `cutoff` that nothing keeps (see `history`);
+    /// returns how many events went. One node at a time, with the row-by-row sweep's lock.
+    async fn drop_expired_days(&self, cutoff: Millis) -> StoreResult<u64> {
+        let pooled = self.client().await?;
+        if history::droppable_days(&pooled, cutoff).await?.is_empty() {
+            return Ok(0);
+        }
+        drop(pooled);
+        let client = history::connect(&self.target).await?;
+        let ours: bool = client
+            .query_one(
+                "SELECT pg_try_advisory_lock(hashtext(current_schema() || '.herald_sweep'))",
+                &[],
+            )
+            .await?
+            .get(0);
+        if !ours {
+            return Ok(0);
+        }
+        // The lock goes with the connection, when it is dropped.
+        let mut dropped = 0;
+        for day in history::droppable_days(&client, cutoff).await? {
+            if !history::day_is_kept(&client, day).await? {
+                dropped += history::drop_day(&client, day).await?;
+            }
+        }
+        Ok(dropped)
+    }
+
     async fn delivery_views(
         &self,
         tenant_id: &str,
-        column: &str,
+        condition: &str,
         value: &str,
     ) -> StoreResult<Vec<DeliveryView>> {
         let mut client = self.client().await?;
@@ -515,7 +568,7 @@ impl PgStore {
             .read_only(true)
             .start()
             .await?;
-        let views = delivery_views(&tx, tenant_id, column, value).await?;
+        let views = delivery_views(&tx, tenant_id, condition, value).await?;
         tx.commit().await?;
         Ok(views)
     }
@@ -665,7 +718,7 @@ fn delivery_from_row(row: &Row) -> StoreResult<(i64, DeliveryView)> {
 async fn delivery_views(
     client: &impl GenericClient,
     tenant_id: &str,
-    column: &str,
+    condition: &str,
     value: &str,
 ) -> StoreResult<Vec<DeliveryView>> {
     let rows = client
@@ -673,7 +726,7 @@ async fn delivery_views(
             &format!(
                 "SELECT {DELIVERY_COLUMNS} FROM deliveries d \
                  JOIN events e ON e.seq = d.event_seq AND e.tenant_id = d.tenant_id \
-                 WHERE d.tenant_id = $1 AND {column} = $2 ORDER BY d.seq"
+                 WHERE d.tenant_id = $1 AND {condition} ORDER BY d.seq"
             ),
             &[&tenant_id, &value],
         )
@@ -815,7 +868,7 @@ impl Store for PgStore {
             &[&id],
         )
         .await?;
-        for table in rest {
+        for table in rest.iter().chain(&["event_keys"]) {
             tx.execute(&format!("DELETE FROM {table} WHERE tenant_id = $1"), &[&id])
                 .await?;
         }
@@ -1229,6 +1282,8 @@ impl Store for PgStore {
 
     async fn update_stream(&self, update: StreamUpdate) -> StoreResult<Option<Vec<Published>>> {
         let stream = &update.stream;
+        // Herald's own notices may be published.
+        self.history.roll(stream.updated_at).await?;
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         name_free(&tx, &stream.tenant_id, &stream.id, &stream.name).await?;
@@ -1490,6 +1545,7 @@ impl Store for PgStore {
         limit: usize,
         now: Millis,
     ) -> StoreResult<Option<FannedOut>> {
+        self.history.roll(now).await?;
         let mut client = self.lazy.get().await?;
         let tx = client.transaction().await?;
         let mut due = Vec::new();
@@ -1513,6 +1569,8 @@ impl Store for PgStore {
         attempts: Vec<AttemptRecord>,
         now: Millis,
     ) -> StoreResult<RecordEffects> {
+        // Herald's own notices may be published.
+        self.history.roll(now).await?;
         let mut client = self.lazy.get().await?;
         let tx = client.transaction().await?;
         let mut due = Vec::new();
@@ -1531,7 +1589,7 @@ impl Store for PgStore {
     }
 
     async fn get_delivery(&self, tenant_id: &str, id: &str) -> StoreResult<Option<DeliveryView>> {
-        Ok(self.delivery_views(tenant_id, "d.id", id).await?.pop())
+        Ok(self.delivery_views(tenant_id, "d.id = $2", id).await?.pop())
     }
 
     async fn event_deliveries(
@@ -1539,7 +1597,13 @@ impl Store for PgStore {
         tenant_id: &str,
         event_id: &str,
     ) -> StoreResult<Vec<DeliveryView>> {
-        self.delivery_views(tenant_id, "e.id", event_id).await
+        // By the event's keys (see `014_partitioned_history.sql`).
+        self.delivery_views(
+            tenant_id,
+            "d.event_seq IN (SELECT k.seq FROM event_keys k WHERE k.tenant_id = $1 AND k.id = $2)",
+            event_id,
+        )
+        .await
     }
 
     async fn list_deliveries(
@@ -1583,6 +1647,7 @@ impl Store for PgStore {
         event_id: &str,
         now: Millis,
     ) -> StoreResult<Option<u64>> {
+        self.history.roll(now).await?;
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let queued = queue::redeliver_event(&tx, tenant_id, stream_id, event_id, now).await?;
@@ -1712,10 +1777,15 @@ impl Store for PgStore {
         bodies_before: Option<Millis>,
         limit: usize,
     ) -> StoreResult<Swept> {
+        let mut dropped = 0;
+        if let Some(cutoff) = events_before {
+            dropped = self.drop_expired_days(cutoff).await?;
+        }
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        let swept = log::sweep(&tx, events_before, bodies_before, limit).await?;
+        let mut swept = log::sweep(&tx, events_before, bodies_before, limit).await?;
         tx.commit().await?;
+        swept.events += dropped;
         Ok(swept)
     }
 }
@@ -1838,10 +1908,18 @@ mod tests {
                 .map(|(_, def)| def[def.rfind('(').unwrap()..].to_string())
         };
         assert_eq!(columns("events_by_id"), None);
-        assert_eq!(
-            columns("events_by_source_id").as_deref(),
-            Some("(tenant_id, id, source)")
-        );
+        // Version 14: idempotency is kept by the event keys, not by an index of `events`.
+        assert_eq!(columns("events_by_source_id"), None);
+        let keys: String = client
+            .query_one(
+                "SELECT indexdef FROM pg_indexes WHERE indexname = 'event_keys_pkey' \
+                 AND schemaname = current_schema()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(keys.ends_with("(tenant_id, id, source)"), "{keys}");
         assert_eq!(columns("deliveries_by_id").as_deref(), Some("(id)"));
         assert_eq!(
             columns("deliveries_by_event").as_deref(),
@@ -1859,16 +1937,45 @@ mod tests {
                 ("e1", "src")
             );
         }
-        let duplicate = client
-            .execute(
-                "INSERT INTO events (tenant_id, id, source, type, time, data, received_at) \
-                 VALUES ('ten_a', 'e1', 'src', 'user.created', 0, '{}', 0) \
-                 ON CONFLICT (tenant_id, id, source) DO NOTHING",
+        let event = |id: &str| crate::event::Event {
+            id: id.into(),
+            source: "src".into(),
+            event_type: "user.created".into(),
+            time: 0,
+            subject: None,
+            datacontenttype: None,
+            dataschema: None,
+            data: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+            extensions: Default::default(),
+        };
+        let now = 1_800_000_000_000;
+        let published = store
+            .publish("ten_a", vec![event("e1"), event("e2")], now, None)
+            .await
+            .unwrap();
+        assert_eq!(
+            published.iter().map(|p| p.duplicate).collect::<Vec<_>>(),
+            [true, false],
+            "an event stored before the upgrade is still a duplicate"
+        );
+        // The tables before the upgrade are the first partitions; new events go to the
+        // partition of their day.
+        let placed: Vec<(String, String)> = client
+            .query(
+                "SELECT e.id, e.tableoid::regclass::text FROM events e WHERE e.tenant_id = 'ten_a' \
+                 ORDER BY e.seq",
                 &[],
             )
             .await
-            .unwrap();
-        assert_eq!(duplicate, 0);
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let today = format!("events_e{}", history::day_of(now));
+        assert_eq!(
+            placed,
+            [("e1".into(), "events_e0".into()), ("e2".into(), today)]
+        );
 
         type Queued = (i64, String, String, i64, i64, Option<i64>, i64);
         let queued: Vec<Queued> = client

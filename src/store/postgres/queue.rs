@@ -103,18 +103,29 @@ pub async fn publish_all(
     let extensions: Vec<Option<&str>> = contexts.iter().map(|c| c.0.as_deref()).collect();
     let projectids: Vec<Option<&str>> = contexts.iter().map(|c| c.1.as_deref()).collect();
     let userids: Vec<Option<&str>> = contexts.iter().map(|c| c.2.as_deref()).collect();
+    // An event's key is claimed first (see `014_partitioned_history.sql`): only the keys not
+    // taken get an event, with the key's `seq`, taken in publish order. A key repeated within
+    // the statement is taken by its first occurrence, whose event it gets.
     let insert = tx
         .prepare_cached(
-            "INSERT INTO events (tenant_id, id, source, type, time, subject, datacontenttype, \
+            "WITH u AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], \
+               $5::bigint[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], \
+               $11::text[], $12::text[], $13::bigint[]) WITH ORDINALITY \
+               AS u(tenant_id, id, source, type, time, subject, datacontenttype, dataschema, \
+               data, extensions, projectid, userid, received_at, n)), \
+             k AS (INSERT INTO event_keys (tenant_id, id, source, seq) \
+               SELECT u.tenant_id, u.id, u.source, nextval('events_seq_seq') \
+               FROM u ORDER BY u.n \
+               ON CONFLICT (tenant_id, id, source) DO NOTHING RETURNING tenant_id, id, source, seq) \
+             INSERT INTO events (seq, tenant_id, id, source, type, time, subject, datacontenttype, \
              dataschema, data, extensions, projectid, userid, received_at) \
-             SELECT u.tenant_id, u.id, u.source, u.type, u.time, u.subject, u.datacontenttype, \
-             u.dataschema, u.data, u.extensions, u.projectid, u.userid, u.received_at \
-             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], \
-             $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], \
-             $13::bigint[]) WITH ORDINALITY \
-             AS u(tenant_id, id, source, type, time, subject, datacontenttype, dataschema, data, \
-             extensions, projectid, userid, received_at, n) ORDER BY u.n \
-             ON CONFLICT (tenant_id, id, source) DO NOTHING RETURNING seq, tenant_id, source, id",
+             SELECT k.seq, u.tenant_id, u.id, u.source, u.type, u.time, u.subject, \
+             u.datacontenttype, u.dataschema, u.data, u.extensions, u.projectid, u.userid, \
+             u.received_at \
+             FROM k JOIN (SELECT DISTINCT ON (tenant_id, id, source) * FROM u \
+               ORDER BY tenant_id, id, source, n) u \
+             ON u.tenant_id = k.tenant_id AND u.id = k.id AND u.source = k.source \
+             ORDER BY k.seq RETURNING seq, tenant_id, source, id",
         )
         .await?;
     let select_params: [&(dyn ToSql + Sync); 1] = [&tenants];
@@ -194,7 +205,7 @@ pub async fn publish_all(
         }
         results.push(plan.published);
     }
-    let seqs = new_deliveries.insert(tx).await?;
+    let seqs = new_deliveries.insert(tx, Existing::None).await?;
     for claimed in results
         .iter_mut()
         .flatten()
@@ -257,7 +268,12 @@ pub async fn fan_out(
     let chunk = &event_seqs[tile.events];
     let stream_ids: Vec<&str> = streams.iter().map(|(id, _)| id.as_str()).collect();
     let streams_params: [&(dyn ToSql + Sync); 2] = [&tenant_id, &stream_ids];
-    let events_params: [&(dyn ToSql + Sync); 2] = [&tenant_id, &chunk];
+    // The bounds keep the lookup to the partitions of the chunk's days.
+    let (first, last) = (
+        chunk.iter().min().copied().unwrap_or_default(),
+        chunk.iter().max().copied().unwrap_or_default(),
+    );
+    let events_params: [&(dyn ToSql + Sync); 4] = [&tenant_id, &chunk, &first, &last];
     let (existing, events) = tokio::try_join!(
         // The streams still there: one deleted since the publish gets nothing.
         tx.query(
@@ -265,7 +281,8 @@ pub async fn fan_out(
             &streams_params,
         ),
         tx.query(
-            "SELECT seq, type FROM events WHERE tenant_id = $1 AND seq = ANY($2)",
+            "SELECT seq, type FROM events WHERE tenant_id = $1 AND seq = ANY($2) \
+             AND seq >= $3 AND seq <= $4",
             &events_params,
         ),
     )?;
@@ -281,7 +298,7 @@ pub async fn fan_out(
     for d in &deliveries {
         new_deliveries.push(&tenant_id, d, None, created_at);
     }
-    new_deliveries.insert(tx).await?;
+    new_deliveries.insert(tx, Existing::Skip).await?;
     match after {
         None => {
             tx.execute("DELETE FROM fanouts WHERE seq = $1", &[&fanout])
@@ -333,6 +350,15 @@ pub async fn skip_pending_fan_outs(
     Ok(())
 }
 
+/// Whether deliveries being added may exist already.
+#[derive(Clone, Copy)]
+enum Existing {
+    /// Their events are being published in this transaction.
+    None = 0,
+    /// Skip the (event, stream) pairs that have one.
+    Skip = 1,
+}
+
 /// Deliveries to insert with one statement, of one tenant or several.
 #[derive(Default)]
 struct NewDeliveries {
@@ -362,30 +388,45 @@ impl NewDeliveries {
     }
 
     /// Inserts them, each with its row in the queue; gives each new delivery's row key by
-    /// (tenant, delivery id). Existing (event, stream) pairs are left alone.
-    async fn insert(&self, tx: &impl GenericClient) -> StoreResult<HashMap<(String, String), i64>> {
+    /// (tenant, delivery id). Deliveries of events published before this transaction may
+    /// exist already (`Existing::Skip`): existing (event, stream) pairs are then left alone.
+    /// No unique index can say so across the partitions, so the pair is looked up, in the
+    /// partitions of its event's day and later; the callers that pass `Skip` take turns
+    /// (see `redeliver_event`), so no two of them add the same pair at once.
+    async fn insert(
+        &self,
+        tx: &impl GenericClient,
+        existing: Existing,
+    ) -> StoreResult<HashMap<(String, String), i64>> {
+        static INSERT: LazyLock<[String; 2]> = LazyLock::new(|| {
+            [
+                "",
+                "WHERE NOT EXISTS (SELECT 1 FROM deliveries x WHERE x.event_seq = u.event_seq \
+                 AND x.stream_id = u.stream_id AND x.seq >= (u.event_seq >> 32) << 32)",
+            ]
+            .map(|condition| {
+                format!(
+                    "WITH u AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], \
+                       $4::bigint[], $5::text[], $6::bigint[], $7::bigint[]) \
+                       AS u(tenant_id, id, stream_id, event_seq, event_type, lease_until, created_at)), \
+                     d AS (INSERT INTO deliveries (tenant_id, id, stream_id, event_seq, event_type, \
+                       status, due_at, created_at, updated_at) \
+                       SELECT u.tenant_id, u.id, u.stream_id, u.event_seq, u.event_type, 'pending', \
+                       u.created_at, u.created_at, u.created_at FROM u {condition} \
+                       RETURNING tenant_id, id, seq, stream_id, created_at), \
+                     q AS (INSERT INTO queue (seq, tenant_id, stream_id, due_at, lease, lease_until, \
+                       created_at) \
+                       SELECT d.seq, d.tenant_id, d.stream_id, COALESCE(u.lease_until, d.created_at), \
+                       (u.lease_until IS NOT NULL)::int, u.lease_until, d.created_at \
+                       FROM d JOIN u ON u.id = d.id) \
+                     SELECT tenant_id, id, seq FROM d"
+                )
+            })
+        });
         if self.ids.is_empty() {
             return Ok(HashMap::new());
         }
-        let insert = tx
-            .prepare_cached(
-                "WITH u AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], \
-                   $4::bigint[], $5::text[], $6::bigint[], $7::bigint[]) \
-                   AS u(tenant_id, id, stream_id, event_seq, event_type, lease_until, created_at)), \
-                 d AS (INSERT INTO deliveries (tenant_id, id, stream_id, event_seq, event_type, \
-                   status, due_at, created_at, updated_at) \
-                   SELECT u.tenant_id, u.id, u.stream_id, u.event_seq, u.event_type, 'pending', \
-                   u.created_at, u.created_at, u.created_at FROM u \
-                   ON CONFLICT (event_seq, stream_id) DO NOTHING \
-                   RETURNING tenant_id, id, seq, stream_id, created_at), \
-                 q AS (INSERT INTO queue (seq, tenant_id, stream_id, due_at, lease, lease_until, \
-                   created_at) \
-                   SELECT d.seq, d.tenant_id, d.stream_id, COALESCE(u.lease_until, d.created_at), \
-                   (u.lease_until IS NOT NULL)::int, u.lease_until, d.created_at \
-                   FROM d JOIN u ON u.id = d.id) \
-                 SELECT tenant_id, id, seq FROM d",
-            )
-            .await?;
+        let insert = tx.prepare_cached(&INSERT[existing as usize]).await?;
         let rows = tx
             .query(
                 &insert,
@@ -864,9 +905,23 @@ pub async fn redeliver_event(
     event_id: &str,
     now: Millis,
 ) -> StoreResult<Option<u64>> {
+    // Deliveries of these events may be added meanwhile, by another redelivery to the stream
+    // or by a chunk of a pending fan-out: wait for both, so the lookup below sees what they
+    // added (see `NewDeliveries::insert`). Fan-outs before the queue, in the lock order.
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.herald_redeliver.' || $1 || '.' || $2))",
+        &[&tenant_id, &stream_id],
+    )
+    .await?;
+    tx.execute(
+        "SELECT 1 FROM fanouts WHERE tenant_id = $1 ORDER BY seq FOR UPDATE",
+        &[&tenant_id],
+    )
+    .await?;
     let events = tx
         .query(
-            "SELECT seq, type FROM events WHERE tenant_id = $1 AND id = $2",
+            "SELECT e.seq, e.type FROM event_keys k JOIN events e ON e.seq = k.seq \
+             WHERE k.tenant_id = $1 AND k.id = $2",
             &[&tenant_id, &event_id],
         )
         .await?;
@@ -884,12 +939,12 @@ pub async fn redeliver_event(
         };
         new.push(tenant_id, &delivery, None, now);
     }
-    let created = new.insert(tx).await?.len() as u64;
+    let created = new.insert(tx, Existing::Skip).await?.len() as u64;
     let requeued = requeue(
         tx,
         &format!(
             "d.tenant_id = $2 AND d.stream_id = $4 AND d.id <> ALL($5) AND d.event_seq IN \
-             (SELECT e.seq FROM events e WHERE e.tenant_id = $2 AND e.id = $3) \
+             (SELECT k.seq FROM event_keys k WHERE k.tenant_id = $2 AND k.id = $3) \
              AND {NOT_IN_FLIGHT}"
         ),
         &[&now, &tenant_id, &event_id, &stream_id, &new.ids],

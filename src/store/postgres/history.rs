@@ -1,0 +1,276 @@
+//! The history's partitions: `events`, `deliveries` and `attempts` are split by UTC day (see
+//! `014_partitioned_history.sql`), and this module makes each day's partitions, moves the
+//! key sequences into a new day, and drops the days retention is done with.
+//!
+//! A day is a range of keys, not of times: day N holds the keys from N << 32 up to
+//! (N + 1) << 32. Before a node writes an event or a delivery stamped with a time on day N,
+//! it makes sure both sequences hand out keys of day N or later ([`History::roll`]). So a
+//! row never lands in a partition older than the day its time says, and dropping every day
+//! before a cutoff day removes only rows from before it. A row can land in a later day's
+//! partition (a node whose clock runs behind another's); retention's row-by-row pass finds
+//! those few. Keys are JSON-safe integers (below 2^53) until the year 8000 or so.
+//!
+//! A day's partitions are made by one node at a time (an advisory lock), each with
+//! `CREATE TABLE` and then `ATTACH PARTITION`, which lets publishes go on; creating one with
+//! `PARTITION OF` would lock them out. Dropping detaches first, concurrently, for the same
+//! reason; that needs a connection outside any transaction, so it gets one of its own.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use deadpool_postgres::{GenericClient, Pool};
+
+use super::Target;
+use crate::clock::Millis;
+use crate::store::StoreResult;
+
+const DAY_MS: Millis = 86_400_000;
+/// The partitioned tables, children before parents (the order they are dropped in).
+const TABLES: [&str; 3] = ["attempts", "deliveries", "events"];
+/// The tables whose key sequences move into each new day. Deliveries first: a delivery's
+/// key is never of an earlier day than its event's (`queue::NewDeliveries` relies on it).
+const KEYED: [&str; 2] = ["deliveries", "events"];
+
+/// The UTC day of a time.
+pub fn day_of(at: Millis) -> i64 {
+    at.div_euclid(DAY_MS)
+}
+
+/// The first key of a day.
+pub fn first_key(day: i64) -> i64 {
+    day << 32
+}
+
+/// The day a key belongs to.
+pub fn day_of_key(key: i64) -> i64 {
+    key >> 32
+}
+
+fn partition(table: &str, day: i64) -> String {
+    format!("{table}_e{day}")
+}
+
+/// Serialises the making of partitions and the moving of sequences across nodes.
+const LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.herald_history'))";
+
+/// One node's view of the partitions: the latest day it has moved the sequences into.
+pub struct History {
+    pool: Pool,
+    day: AtomicI64,
+    rolling: tokio::sync::Mutex<()>,
+}
+
+impl History {
+    pub fn new(pool: Pool) -> History {
+        History {
+            pool,
+            day: AtomicI64::new(i64::MIN),
+            rolling: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Makes sure that keys taken from now on belong to `now`'s day or a later one, its
+    /// partitions made if need be. Costs nothing but a load once this node is on the day.
+    pub async fn roll(&self, now: Millis) -> StoreResult<()> {
+        let day = day_of(now);
+        if day <= self.day.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let _turn = self.rolling.lock().await;
+        if day <= self.day.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        tx.batch_execute(LOCK).await?;
+        make_day(&tx, day).await?;
+        for table in KEYED {
+            let sequence = sequence(table);
+            // Forward only: another node may already be on a later day.
+            tx.execute(
+                &format!(
+                    "SELECT setval('{sequence}', $1, false) FROM {sequence} WHERE last_value < $1"
+                ),
+                &[&first_key(day)],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        self.day.store(day, Ordering::Release);
+        // The next day's partitions, ahead of time, so that its first write only moves the
+        // sequences.
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            let made = async {
+                let mut client = pool.get().await?;
+                let tx = client.transaction().await?;
+                tx.batch_execute(LOCK).await?;
+                make_day(&tx, day + 1).await?;
+                tx.commit().await?;
+                StoreResult::Ok(())
+            };
+            if let Err(e) = made.await {
+                tracing::warn!(error = %e, day = day + 1, "could not make the next day's history partitions; its first write will");
+            }
+        });
+        Ok(())
+    }
+}
+
+/// The name of a table's key sequence (see `014_partitioned_history.sql`).
+fn sequence(table: &str) -> String {
+    format!("{table}_seq_seq")
+}
+
+/// Makes the day's partitions that are missing.
+async fn make_day(tx: &impl GenericClient, day: i64) -> StoreResult<()> {
+    for table in TABLES {
+        let name = partition(table, day);
+        let exists: bool = tx
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
+            .await?
+            .get(0);
+        if exists {
+            continue;
+        }
+        // A delivery's row is updated once or twice as it is sent: room on its page keeps
+        // the update HOT, and early vacuuming keeps the table small (see versions 1 and 12).
+        let storage = if table == "deliveries" {
+            " WITH (fillfactor = 80, autovacuum_vacuum_scale_factor = 0.02, \
+             autovacuum_analyze_scale_factor = 0.02)"
+        } else {
+            ""
+        };
+        tx.batch_execute(&format!(
+            "CREATE TABLE {name} (LIKE {table} INCLUDING DEFAULTS){storage}; \
+             ALTER TABLE {table} ATTACH PARTITION {name} FOR VALUES FROM ({}) TO ({})",
+            first_key(day),
+            first_key(day + 1),
+        ))
+        .await?;
+    }
+    Ok(())
+}
+
+/// The days whose partitions retention may drop before `cutoff`: wholly before the
+/// cutoff's day, and older than the day the sequences are on (whose partitions take today's
+/// writes, whatever the cutoff). A day counts while any of its tables is left, attached or
+/// not (a drop a crash interrupted).
+pub async fn droppable_days(
+    client: &tokio_postgres::Client,
+    cutoff: Millis,
+) -> StoreResult<Vec<i64>> {
+    let current = day_of_key(
+        client
+            .query_one(
+                &format!("SELECT last_value FROM {}", sequence("events")),
+                &[],
+            )
+            .await?
+            .get(0),
+    );
+    let rows = client
+        .query(
+            "SELECT relname::text FROM pg_class WHERE relkind = 'r' \
+             AND relnamespace = current_schema()::regnamespace \
+             AND relname ~ '^(events|deliveries|attempts)_e[0-9]+$'",
+            &[],
+        )
+        .await?;
+    let mut days: Vec<i64> = rows
+        .iter()
+        .filter_map(|r| r.get::<_, &str>(0).rsplit_once("_e")?.1.parse().ok())
+        .filter(|&day| day > 0 && day < current && (day + 1) * DAY_MS <= cutoff)
+        .collect();
+    days.sort_unstable();
+    days.dedup();
+    Ok(days)
+}
+
+/// Whether a day's rows must stay: the store's newest event is among them, or work is
+/// pending on them (as the row-by-row rule, `KEPT_BY_PENDING_WORK`, has it: a delivery
+/// pending to a stream that still exists, or a pending fan-out). Its expired rows are then
+/// left to the row-by-row pass.
+pub async fn day_is_kept(client: &tokio_postgres::Client, day: i64) -> StoreResult<bool> {
+    let (lo, hi) = (first_key(day), first_key(day + 1));
+    Ok(client
+        .query_one(
+            "SELECT (SELECT MAX(seq) FROM events) BETWEEN $1::bigint AND $2::bigint - 1 \
+             OR EXISTS (SELECT 1 FROM fanouts f WHERE f.first_seq < $2 AND f.last_seq >= $1) \
+             OR EXISTS (SELECT 1 FROM queue q \
+               JOIN streams s ON s.tenant_id = q.tenant_id AND s.id = q.stream_id \
+               WHERE q.seq >= $1 AND q.seq < $2) \
+             OR EXISTS (SELECT 1 FROM queue q JOIN deliveries d ON d.seq = q.seq \
+               JOIN streams s ON s.tenant_id = q.tenant_id AND s.id = q.stream_id \
+               WHERE d.event_seq >= $1 AND d.event_seq < $2)",
+            &[&lo, &hi],
+        )
+        .await?
+        .get::<_, Option<bool>>(0)
+        .unwrap_or(false))
+}
+
+/// Drops a day's partitions: each detached concurrently (publishes, claims and outcomes go
+/// on meanwhile) and then dropped; then the day's event keys go, and the queue rows of its
+/// deliveries (pending only to deleted streams, or redelivered since the day was checked).
+/// Picks up wherever a drop a crash interrupted stopped. Returns how many events went.
+/// `client` is a connection of its own, outside any transaction, holding the sweep's lock.
+pub async fn drop_day(client: &tokio_postgres::Client, day: i64) -> StoreResult<u64> {
+    let mut events = 0;
+    for table in TABLES {
+        let name = partition(table, day);
+        let Some(state) = client
+            .query_opt(
+                "SELECT c.relispartition, COALESCE(i.inhdetachpending, false) FROM pg_class c \
+                 LEFT JOIN pg_inherits i ON i.inhrelid = c.oid WHERE c.oid = to_regclass($1)",
+                &[&name],
+            )
+            .await?
+        else {
+            continue;
+        };
+        let (attached, pending): (bool, bool) = (state.get(0), state.get(1));
+        if table == "events" && attached && !pending {
+            let count: i64 = client
+                .query_one(&format!("SELECT COUNT(*) FROM {name}"), &[])
+                .await?
+                .get(0);
+            events = count as u64;
+        }
+        if pending {
+            client
+                .batch_execute(&format!(
+                    "ALTER TABLE {table} DETACH PARTITION {name} FINALIZE"
+                ))
+                .await?;
+        } else if attached {
+            client
+                .batch_execute(&format!(
+                    "ALTER TABLE {table} DETACH PARTITION {name} CONCURRENTLY"
+                ))
+                .await?;
+        }
+        client.batch_execute(&format!("DROP TABLE {name}")).await?;
+    }
+    let (lo, hi) = (first_key(day), first_key(day + 1));
+    client
+        .execute(
+            "DELETE FROM event_keys WHERE seq >= $1 AND seq < $2",
+            &[&lo, &hi],
+        )
+        .await?;
+    client
+        .execute(
+            "DELETE FROM queue WHERE seq >= $1 AND seq < $2",
+            &[&lo, &hi],
+        )
+        .await?;
+    Ok(events)
+}
+
+/// A connection of its own, outside the pools (and their statement and lock timeouts): a
+/// concurrent detach waits for every transaction that could see the partition to end.
+pub async fn connect(target: &Target) -> StoreResult<tokio_postgres::Client> {
+    let (client, connection) = target.connect().await?;
+    tokio::spawn(connection);
+    Ok(client)
+}
