@@ -24,8 +24,10 @@ use crate::clock::Millis;
 use crate::store::StoreResult;
 
 const DAY_MS: Millis = 86_400_000;
-/// The partitioned tables, children before parents (the order they are dropped in).
-const TABLES: [&str; 3] = ["attempts", "deliveries", "events"];
+/// The partitioned tables, in the order a day's are detached: once a day's deliveries are
+/// detached, no new transaction finds them, so none adds an attempt of theirs (see
+/// `queue::record`) before the attempts go too.
+const TABLES: [&str; 3] = ["events", "deliveries", "attempts"];
 /// The tables whose key sequences move into each new day. Deliveries first: a delivery's
 /// key is never of an earlier day than its event's (`queue::NewDeliveries` relies on it).
 const KEYED: [&str; 2] = ["deliveries", "events"];
@@ -80,9 +82,13 @@ impl History {
             return Ok(());
         }
         let mut client = self.pool.get().await?;
+        // The partitions are committed before any key of the day is handed out.
         let tx = client.transaction().await?;
         tx.batch_execute(LOCK).await?;
         make_day(&tx, day).await?;
+        tx.commit().await?;
+        let tx = client.transaction().await?;
+        tx.batch_execute(LOCK).await?;
         for table in KEYED {
             let sequence = sequence(table);
             // Forward only: another node may already be on a later day.
@@ -209,61 +215,102 @@ pub async fn day_is_kept(client: &tokio_postgres::Client, day: i64) -> StoreResu
         .unwrap_or(false))
 }
 
+/// Finishes the concurrent detaches a crash or a cancel left pending: while one partition of
+/// a table is pending, no other can be detached concurrently.
+pub async fn finish_detaches(client: &tokio_postgres::Client) -> StoreResult<()> {
+    let pending = client
+        .query(
+            "SELECT p.relname::text, c.relname::text FROM pg_inherits i \
+             JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent \
+             WHERE i.inhdetachpending AND p.relnamespace = current_schema()::regnamespace \
+             AND p.relname IN ('events', 'deliveries', 'attempts')",
+            &[],
+        )
+        .await?;
+    for row in &pending {
+        let (parent, name): (&str, &str) = (row.get(0), row.get(1));
+        client
+            .batch_execute(&format!(
+                "ALTER TABLE {parent} DETACH PARTITION {name} FINALIZE"
+            ))
+            .await?;
+    }
+    Ok(())
+}
+
 /// Drops a day's partitions: each detached concurrently (publishes, claims and outcomes go
-/// on meanwhile) and then dropped; then the day's event keys go, and the queue rows of its
-/// deliveries (pending only to deleted streams, or redelivered since the day was checked).
-/// Picks up wherever a drop a crash interrupted stopped. Returns how many events went.
-/// `client` is a connection of its own, outside any transaction, holding the sweep's lock.
-pub async fn drop_day(client: &tokio_postgres::Client, day: i64) -> StoreResult<u64> {
+/// on meanwhile); then the day's event keys go, its deliveries' queue rows (pending only to
+/// deleted streams, or requeued since the day was checked), and the deliveries of its events
+/// that are in later days' partitions (a fan-out chunk or a redelivery wrote them after the
+/// day ended), with their attempts and queue rows; then the detached tables are dropped.
+/// Each step can be run again, so a drop a crash interrupted is finished by the next.
+/// Returns how many events went. `client` is a connection of its own, outside any
+/// transaction, holding the sweep's lock.
+pub async fn drop_day(client: &mut tokio_postgres::Client, day: i64) -> StoreResult<u64> {
     let mut events = 0;
     for table in TABLES {
         let name = partition(table, day);
         let Some(state) = client
             .query_opt(
-                "SELECT c.relispartition, COALESCE(i.inhdetachpending, false) FROM pg_class c \
-                 LEFT JOIN pg_inherits i ON i.inhrelid = c.oid WHERE c.oid = to_regclass($1)",
+                "SELECT c.relispartition FROM pg_class c WHERE c.oid = to_regclass($1)",
                 &[&name],
             )
             .await?
         else {
             continue;
         };
-        let (attached, pending): (bool, bool) = (state.get(0), state.get(1));
-        if table == "events" && attached && !pending {
+        if !state.get::<_, bool>(0) {
+            continue;
+        }
+        if table == "events" {
             let count: i64 = client
                 .query_one(&format!("SELECT COUNT(*) FROM {name}"), &[])
                 .await?
                 .get(0);
             events = count as u64;
         }
-        if pending {
-            client
-                .batch_execute(&format!(
-                    "ALTER TABLE {table} DETACH PARTITION {name} FINALIZE"
-                ))
-                .await?;
-        } else if attached {
-            client
-                .batch_execute(&format!(
-                    "ALTER TABLE {table} DETACH PARTITION {name} CONCURRENTLY"
-                ))
-                .await?;
-        }
-        client.batch_execute(&format!("DROP TABLE {name}")).await?;
+        client
+            .batch_execute(&format!(
+                "ALTER TABLE {table} DETACH PARTITION {name} CONCURRENTLY"
+            ))
+            .await?;
     }
     let (lo, hi) = (first_key(day), first_key(day + 1));
-    client
-        .execute(
-            "DELETE FROM event_keys WHERE seq >= $1 AND seq < $2",
-            &[&lo, &hi],
-        )
-        .await?;
-    client
-        .execute(
-            "DELETE FROM queue WHERE seq >= $1 AND seq < $2",
-            &[&lo, &hi],
-        )
-        .await?;
+    let tx = client.transaction().await?;
+    tx.execute(
+        "DELETE FROM event_keys WHERE seq >= $1 AND seq < $2",
+        &[&lo, &hi],
+    )
+    .await?;
+    // Queue rows first, in key order (see `queue`'s lock order).
+    tx.execute(
+        "SELECT q.seq FROM queue q WHERE q.seq >= $1 AND q.seq < $2 \
+         OR EXISTS (SELECT 1 FROM deliveries d WHERE d.seq = q.seq \
+           AND d.event_seq >= $1 AND d.event_seq < $2) \
+         ORDER BY q.seq FOR UPDATE",
+        &[&lo, &hi],
+    )
+    .await?;
+    tx.execute(
+        "DELETE FROM queue WHERE seq >= $1 AND seq < $2",
+        &[&lo, &hi],
+    )
+    .await?;
+    tx.execute(
+        "WITH gone AS (DELETE FROM deliveries WHERE event_seq >= $1 AND event_seq < $2 \
+           RETURNING seq, tenant_id), \
+         attempts_gone AS (DELETE FROM attempts a USING gone \
+           WHERE a.delivery_seq = gone.seq AND a.tenant_id = gone.tenant_id) \
+         DELETE FROM queue q USING gone WHERE q.seq = gone.seq",
+        &[&lo, &hi],
+    )
+    .await?;
+    tx.commit().await?;
+    for table in TABLES {
+        client
+            .batch_execute(&format!("DROP TABLE IF EXISTS {}", partition(table, day)))
+            .await?;
+    }
     Ok(events)
 }
 

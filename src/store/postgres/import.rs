@@ -319,12 +319,14 @@ pub async fn import_sqlite(sqlite_path: &Path, target: &PgStore) -> StoreResult<
         &[],
     )
     .await?;
-    // New rows continue after the copied keys.
+    // New rows continue after the copied keys, and never before where a node already moved
+    // a sequence to (a day of history; see `history`).
     for table in ["stream_secrets", "events", "deliveries", "attempts"] {
         tx.execute(
             &format!(
                 "SELECT setval(pg_get_serial_sequence('{table}', 'seq'), \
-                 COALESCE((SELECT MAX(seq) FROM {table}), 0) + 1, false)"
+                 GREATEST(COALESCE((SELECT MAX(seq) FROM {table}), 0) + 1, \
+                 (SELECT last_value FROM {table}_seq_seq)), false)"
             ),
             &[],
         )

@@ -235,7 +235,7 @@ pub async fn sweep(
     let mut swept = Swept::default();
     let ours: bool = tx
         .query_one(
-            "SELECT pg_try_advisory_xact_lock(hashtext(current_schema() || '.herald_sweep'))",
+            &format!("SELECT pg_try_advisory_xact_lock({})", super::SWEEP_LOCK),
             &[],
         )
         .await?

@@ -63,6 +63,10 @@ const MIGRATIONS: &[&str] = &[
     include_str!("014_partitioned_history.sql"),
 ];
 
+/// The advisory lock retention holds, so one node sweeps at a time: a transaction's for the
+/// row-by-row sweep, a session's for dropping days of history.
+const SWEEP_LOCK: &str = "hashtext(current_schema() || '.herald_sweep')";
+
 /// Channels of the notifications this store sends.
 const DUE_CHANNEL: &str = "herald_due";
 const STREAMS_CHANNEL: &str = "herald_streams";
@@ -527,34 +531,42 @@ impl PgStore {
     /// Deliveries with their attempts, read from one snapshot: a delivery's state and its
     /// attempts always agree, even while an outcome is being stored.
     /// Drops the days of history wholly before `cutoff` that nothing keeps (see `history`);
-    /// returns how many events went. One node at a time, with the row-by-row sweep's lock.
+    /// returns how many events went. One node at a time, under the sweep's lock.
     async fn drop_expired_days(&self, cutoff: Millis) -> StoreResult<u64> {
         let pooled = self.client().await?;
         if history::droppable_days(&pooled, cutoff).await?.is_empty() {
             return Ok(0);
         }
         drop(pooled);
-        let client = history::connect(&self.target).await?;
+        let mut client = history::connect(&self.target).await?;
         let ours: bool = client
-            .query_one(
-                "SELECT pg_try_advisory_lock(hashtext(current_schema() || '.herald_sweep'))",
-                &[],
-            )
+            .query_one(&format!("SELECT pg_try_advisory_lock({SWEEP_LOCK})"), &[])
             .await?
             .get(0);
         if !ours {
             return Ok(0);
         }
-        // The lock goes with the connection, when it is dropped.
-        let mut dropped = 0;
-        for day in history::droppable_days(&client, cutoff).await? {
-            if !history::day_is_kept(&client, day).await? {
-                dropped += history::drop_day(&client, day).await?;
+        let dropped = async {
+            history::finish_detaches(&client).await?;
+            let mut dropped = 0;
+            for day in history::droppable_days(&client, cutoff).await? {
+                if !history::day_is_kept(&client, day).await? {
+                    dropped += history::drop_day(&mut client, day).await?;
+                }
             }
+            StoreResult::Ok(dropped)
         }
-        Ok(dropped)
+        .await;
+        // Released at once, for the row-by-row sweep that follows; should that fail, the
+        // lock goes with the connection.
+        client
+            .execute(&format!("SELECT pg_advisory_unlock({SWEEP_LOCK})"), &[])
+            .await?;
+        dropped
     }
 
+    /// Deliveries with their attempts, read from one snapshot: a delivery's state and its
+    /// attempts always agree, even while an outcome is being stored.
     async fn delivery_views(
         &self,
         tenant_id: &str,
@@ -685,6 +697,12 @@ fn event_from_row(row: &Row, at: usize) -> StoreResult<Event> {
     .decode()
 }
 
+/// Joins each delivery (`d`) to its event (`e`) by key, in the event's partition: a
+/// `LATERAL ... LIMIT 1`, as the planner, without statistics for the partitioned parents,
+/// would otherwise join the whole tables (see `queue::claim`).
+const EVENT_OF_DELIVERY: &str = "CROSS JOIN LATERAL (SELECT * FROM events e \
+     WHERE e.seq = d.event_seq AND e.tenant_id = d.tenant_id LIMIT 1) e";
+
 const DELIVERY_COLUMNS: &str = "d.seq, d.id, d.stream_id, e.id, d.event_type, d.status, d.due_at, \
      d.created_at, d.updated_at, d.attempts, d.last_attempt_at, d.last_response_status, \
      d.last_error_kind";
@@ -714,7 +732,8 @@ fn delivery_from_row(row: &Row) -> StoreResult<(i64, DeliveryView)> {
     Ok((row.get(0), view))
 }
 
-/// Deliveries whose `column` equals `value`, each with every attempt.
+/// Deliveries `condition` picks (on `deliveries d`, with `$1` the tenant and `$2` `value`),
+/// each with every attempt.
 async fn delivery_views(
     client: &impl GenericClient,
     tenant_id: &str,
@@ -724,8 +743,7 @@ async fn delivery_views(
     let rows = client
         .query(
             &format!(
-                "SELECT {DELIVERY_COLUMNS} FROM deliveries d \
-                 JOIN events e ON e.seq = d.event_seq AND e.tenant_id = d.tenant_id \
+                "SELECT {DELIVERY_COLUMNS} FROM deliveries d {EVENT_OF_DELIVERY} \
                  WHERE d.tenant_id = $1 AND {condition} ORDER BY d.seq"
             ),
             &[&tenant_id, &value],
@@ -1629,8 +1647,7 @@ impl Store for PgStore {
             .await?
             .query(
                 &format!(
-                    "SELECT {DELIVERY_COLUMNS} FROM deliveries d \
-                     JOIN events e ON e.seq = d.event_seq AND e.tenant_id = d.tenant_id \
+                    "SELECT {DELIVERY_COLUMNS} FROM deliveries d {EVENT_OF_DELIVERY} \
                      WHERE d.tenant_id = $1 AND d.stream_id = $2{conditions} ORDER BY d.seq DESC LIMIT ${}",
                     params.len()
                 ),
@@ -1779,7 +1796,13 @@ impl Store for PgStore {
     ) -> StoreResult<Swept> {
         let mut dropped = 0;
         if let Some(cutoff) = events_before {
-            dropped = self.drop_expired_days(cutoff).await?;
+            // A failure here leaves the rows to the sweep below and the days to the next.
+            match self.drop_expired_days(cutoff).await {
+                Ok(n) => dropped = n,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not drop expired days of history; sweeping their rows instead")
+                }
+            }
         }
         let mut client = self.client().await?;
         let tx = client.transaction().await?;

@@ -10,7 +10,9 @@
 //! them after a second). Queue rows first, in key order (locked with `ORDER BY seq ... FOR
 //! UPDATE` before they change), then their deliveries, then streams in (tenant, id) order.
 //! So a stream's backlog is cancelled before the stream's own row is updated or deleted.
-//! Claims skip locked rows rather than wait for them.
+//! Claims skip locked rows rather than wait for them. Pending fan-outs come before all of
+//! these (a chunk holds its fan-out's row while it adds deliveries and queue rows), and a
+//! redelivery of an event takes its advisory lock before the fan-outs.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, LazyLock};
@@ -103,29 +105,25 @@ pub async fn publish_all(
     let extensions: Vec<Option<&str>> = contexts.iter().map(|c| c.0.as_deref()).collect();
     let projectids: Vec<Option<&str>> = contexts.iter().map(|c| c.1.as_deref()).collect();
     let userids: Vec<Option<&str>> = contexts.iter().map(|c| c.2.as_deref()).collect();
-    // An event's key is claimed first (see `014_partitioned_history.sql`): only the keys not
-    // taken get an event, with the key's `seq`, taken in publish order. A key repeated within
-    // the statement is taken by its first occurrence, whose event it gets.
+    // Each event takes its key's `seq` in publish order, and its key is claimed first (see
+    // `014_partitioned_history.sql`): only the events whose key was not taken are stored. A
+    // key repeated within the statement is taken by its first occurrence.
     let insert = tx
         .prepare_cached(
-            "WITH u AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], \
-               $5::bigint[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], \
-               $11::text[], $12::text[], $13::bigint[]) WITH ORDINALITY \
-               AS u(tenant_id, id, source, type, time, subject, datacontenttype, dataschema, \
-               data, extensions, projectid, userid, received_at, n)), \
+            "WITH u AS (SELECT u.*, nextval('events_seq_seq') AS seq FROM unnest($1::text[], \
+               $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::text[], \
+               $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::bigint[]) \
+               WITH ORDINALITY AS u(tenant_id, id, source, type, time, subject, datacontenttype, \
+               dataschema, data, extensions, projectid, userid, received_at, n) ORDER BY u.n), \
              k AS (INSERT INTO event_keys (tenant_id, id, source, seq) \
-               SELECT u.tenant_id, u.id, u.source, nextval('events_seq_seq') \
-               FROM u ORDER BY u.n \
-               ON CONFLICT (tenant_id, id, source) DO NOTHING RETURNING tenant_id, id, source, seq) \
+               SELECT u.tenant_id, u.id, u.source, u.seq FROM u \
+               ON CONFLICT (tenant_id, id, source) DO NOTHING RETURNING seq) \
              INSERT INTO events (seq, tenant_id, id, source, type, time, subject, datacontenttype, \
              dataschema, data, extensions, projectid, userid, received_at) \
-             SELECT k.seq, u.tenant_id, u.id, u.source, u.type, u.time, u.subject, \
+             SELECT u.seq, u.tenant_id, u.id, u.source, u.type, u.time, u.subject, \
              u.datacontenttype, u.dataschema, u.data, u.extensions, u.projectid, u.userid, \
-             u.received_at \
-             FROM k JOIN (SELECT DISTINCT ON (tenant_id, id, source) * FROM u \
-               ORDER BY tenant_id, id, source, n) u \
-             ON u.tenant_id = k.tenant_id AND u.id = k.id AND u.source = k.source \
-             ORDER BY k.seq RETURNING seq, tenant_id, source, id",
+             u.received_at FROM u WHERE u.seq IN (SELECT seq FROM k) ORDER BY u.seq \
+             RETURNING seq, tenant_id, source, id",
         )
         .await?;
     let select_params: [&(dyn ToSql + Sync); 1] = [&tenants];
@@ -401,8 +399,9 @@ impl NewDeliveries {
         static INSERT: LazyLock<[String; 2]> = LazyLock::new(|| {
             [
                 "",
-                "WHERE NOT EXISTS (SELECT 1 FROM deliveries x WHERE x.event_seq = u.event_seq \
-                 AND x.stream_id = u.stream_id AND x.seq >= (u.event_seq >> 32) << 32)",
+                "WHERE (SELECT true FROM deliveries x WHERE x.event_seq = u.event_seq \
+                 AND x.stream_id = u.stream_id AND x.seq >= (u.event_seq >> 32) << 32 LIMIT 1) \
+                 IS NULL",
             ]
             .map(|condition| {
                 format!(
@@ -452,6 +451,10 @@ impl NewDeliveries {
 /// node is claiming at the same moment; then learns when each stream next has work (leased
 /// deliveries are due at their lease's expiry, in case their node dies). Only enabled
 /// streams are served, whatever the caller last heard: another node may have just paused one.
+///
+/// Each claimed row reads its delivery and event through a `LATERAL ... LIMIT 1`, a lookup
+/// by key in one partition: autovacuum analyzes the partitions but never their parents, and
+/// without the parents' statistics the planner would join the whole tables instead.
 pub async fn claim(
     client: &impl GenericClient,
     requests: Vec<ClaimRequest>,
@@ -474,11 +477,19 @@ pub async fn claim(
              ) \
              SELECT c.seq, c.lease, d.id, d.tenant_id, d.stream_id, d.attempts - d.round_start, \
                {EVENT_COLUMNS} \
-             FROM claimed c JOIN deliveries d ON d.seq = c.seq \
-             JOIN events e ON e.seq = d.event_seq AND e.tenant_id = d.tenant_id \
+             FROM claimed c \
+             LEFT JOIN LATERAL (SELECT * FROM deliveries d WHERE d.seq = c.seq LIMIT 1) d ON true \
+             LEFT JOIN LATERAL (SELECT * FROM events e WHERE e.seq = d.event_seq \
+               AND e.tenant_id = d.tenant_id LIMIT 1) e ON true \
              ORDER BY c.seq"
         )
     });
+    // Queue rows the claim found without their delivery or event, under the lease it just
+    // gave them. Retention drops a day's events with its deliveries, and a redelivery racing
+    // that drop can queue a delivery of such a day again; a row left so would be claimed at
+    // every lease's end, for ever.
+    const ORPHANS: &str = "DELETE FROM queue q USING unnest($1::bigint[], $2::bigint[]) AS u(seq, lease) \
+         WHERE q.seq = u.seq AND q.lease = u.lease";
     const NEXT_DUE: &str = "SELECT r.stream_id, \
            (SELECT q.due_at FROM queue q WHERE q.tenant_id = r.tenant_id \
               AND q.stream_id = r.stream_id ORDER BY q.due_at LIMIT 1) \
@@ -492,7 +503,14 @@ pub async fn claim(
         .query(&claim, &[&tenants, &streams, &limits, &now, &lease_until])
         .await?;
     let mut by_stream: HashMap<String, Vec<Claimed>> = HashMap::new();
+    let mut orphans: (Vec<i64>, Vec<i64>) = Default::default();
     for row in &rows {
+        // A queue row whose delivery or event is gone can never be sent (see `ORPHANS`).
+        if row.get::<_, Option<&str>>(2).is_none() || row.get::<_, Option<&str>>(6).is_none() {
+            orphans.0.push(row.get(0));
+            orphans.1.push(row.get(1));
+            continue;
+        }
         let stream_id: String = row.get(4);
         let claimed = Claimed {
             key: row.get(0),
@@ -505,6 +523,13 @@ pub async fn claim(
             stream_id: stream_id.clone(),
         };
         by_stream.entry(stream_id).or_default().push(claimed);
+    }
+    if !orphans.0.is_empty() {
+        tracing::warn!(
+            count = orphans.0.len(),
+            "dropping queued deliveries whose delivery or event is gone"
+        );
+        client.execute(ORPHANS, &[&orphans.0, &orphans.1]).await?;
     }
     let next_due = client.prepare_cached(NEXT_DUE).await?;
     let due: HashMap<String, Option<Millis>> = client
@@ -590,12 +615,20 @@ pub async fn record(
     if records.is_empty() {
         return Ok(RecordEffects::default());
     }
+    // Only for deliveries still there: retention may have dropped the day of one whose
+    // attempt was under way (it was cancelled, or redelivered as the day was dropped), and
+    // its attempt has no partition left to go to. A subquery with a `LIMIT`, so that each
+    // row looks its delivery up by key rather than the planner joining the whole table (see
+    // `claim`).
     let insert = tx
         .prepare_cached(
             "INSERT INTO attempts (tenant_id, delivery_seq, attempted_at, duration_ms, \
              response_status, response_body, error_kind, error_message, detail) \
              SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], \
-             $5::int4[], $6::text[], $7::text[], $8::text[], $9::text[])",
+             $5::int4[], $6::text[], $7::text[], $8::text[], $9::text[]) \
+             AS u(tenant_id, delivery_seq, attempted_at, duration_ms, response_status, \
+             response_body, error_kind, error_message, detail) \
+             WHERE (SELECT true FROM deliveries d WHERE d.seq = u.delivery_seq LIMIT 1)",
         )
         .await?;
     let tenants: Vec<&str> = records.iter().map(|r| r.tenant_id.as_str()).collect();
