@@ -2635,7 +2635,11 @@ async fn postgres_history_days_are_partitions_made_once_and_dropped_whole() {
         .await
         .unwrap();
     assert_eq!(key_day("c").await, n + 1);
-    b.store
+    // A node started now, whose clock says day n: the sequences stay on day n + 1.
+    let behind = PgStore::connect(&database.url, Cipher::from_base64(KEY).unwrap(), 4)
+        .await
+        .unwrap();
+    behind
         .publish(
             "ten_a",
             vec![event("behind", "user.created")],
@@ -2717,6 +2721,14 @@ async fn postgres_history_days_are_partitions_made_once_and_dropped_whole() {
             .unwrap()
             .is_some()
     );
+    let keys: Vec<String> = client
+        .query("SELECT id FROM event_keys ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(keys, ["d"], "the keys of the day cut short went with it");
 }
 
 /// On PostgreSQL, dropping a day takes its events' deliveries wherever they are: one a
@@ -2764,6 +2776,17 @@ async fn postgres_dropping_a_day_takes_its_deliveries_from_later_days() {
         late.key >> 32 == n + 1,
         "written in the next day's partition"
     );
+    // Pending in the next day's partition, it keeps its event's day.
+    published_on(store, "meanwhile", next + 1, true).await;
+    let swept = store.sweep(Some(next), None, 100).await.unwrap();
+    assert_eq!(swept.events, 0);
+    assert!(
+        store
+            .get_event("ten_a", "old", None)
+            .await
+            .unwrap()
+            .is_some()
+    );
     store
         .record(
             vec![outcome(late, DeliveryStatus::Succeeded, None)],
@@ -2796,16 +2819,22 @@ async fn postgres_dropping_a_day_takes_its_deliveries_from_later_days() {
 
     let swept = store.sweep(Some(next), None, 100).await.unwrap();
     assert_eq!(swept.events, 1);
+    let of_the_day: i64 = client
+        .query_one(
+            "SELECT COUNT(*) FROM deliveries WHERE event_seq >= $1 AND event_seq < $2",
+            &[&(n << 32), &((n + 1) << 32)],
+        )
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(
-        count("SELECT COUNT(*) FROM deliveries WHERE tenant_id = 'ten_a' AND stream_id = 'est_b'")
-            .await,
-        0,
+        of_the_day, 0,
         "the next day's delivery of the dropped day's event"
     );
     assert_eq!(
         count("SELECT COUNT(*) FROM attempts").await,
-        1,
-        "newer's attempt only"
+        2,
+        "the attempts of the next day's events only"
     );
     assert!(
         store

@@ -238,51 +238,73 @@ pub async fn finish_detaches(client: &tokio_postgres::Client) -> StoreResult<()>
     Ok(())
 }
 
+/// Whether some of a day's tables are detached already, or being detached: a drop was cut
+/// short, and is finished whatever the day now holds (its events are gone or going).
+pub async fn partly_dropped(client: &tokio_postgres::Client, day: i64) -> StoreResult<bool> {
+    let names: Vec<String> = TABLES.iter().map(|t| partition(t, day)).collect();
+    Ok(client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_class c \
+               LEFT JOIN pg_inherits i ON i.inhrelid = c.oid \
+               WHERE c.oid = ANY(SELECT to_regclass(n) FROM unnest($1::text[]) AS n) \
+               AND (NOT c.relispartition OR i.inhdetachpending))",
+            &[&names],
+        )
+        .await?
+        .get(0))
+}
+
 /// Drops a day's partitions: each detached concurrently (publishes, claims and outcomes go
-/// on meanwhile); then the day's event keys go, its deliveries' queue rows (pending only to
+/// on meanwhile), releasing the advisory lock `lock` (held by the caller while `held`) once
+/// the day's events are detached. Then its deliveries' queue rows go (pending only to
 /// deleted streams, or requeued since the day was checked), and the deliveries of its events
-/// that are in later days' partitions (a fan-out chunk or a redelivery wrote them after the
-/// day ended), with their attempts and queue rows; then the detached tables are dropped.
-/// Each step can be run again, so a drop a crash interrupted is finished by the next.
-/// Returns how many events went. `client` is a connection of its own, outside any
+/// in later days' partitions (a fan-out chunk or a redelivery wrote them after the day
+/// ended) with their attempts and queue rows, and its event keys; then the detached tables
+/// are dropped. Each step can be run again, so a drop a crash interrupted is finished by the
+/// next. Returns how many events went. `client` is a connection of its own, outside any
 /// transaction, holding the sweep's lock.
-pub async fn drop_day(client: &mut tokio_postgres::Client, day: i64) -> StoreResult<u64> {
+pub async fn drop_day(
+    client: &mut tokio_postgres::Client,
+    day: i64,
+    lock: &str,
+    held: &mut bool,
+) -> StoreResult<u64> {
     let mut events = 0;
     for table in TABLES {
         let name = partition(table, day);
-        let Some(state) = client
+        let attached = client
             .query_opt(
                 "SELECT c.relispartition FROM pg_class c WHERE c.oid = to_regclass($1)",
                 &[&name],
             )
             .await?
-        else {
-            continue;
-        };
-        if !state.get::<_, bool>(0) {
-            continue;
+            .is_some_and(|row| row.get::<_, bool>(0));
+        if attached {
+            if table == "events" {
+                let count: i64 = client
+                    .query_one(&format!("SELECT COUNT(*) FROM {name}"), &[])
+                    .await?
+                    .get(0);
+                events = count as u64;
+            }
+            client
+                .batch_execute(&format!(
+                    "ALTER TABLE {table} DETACH PARTITION {name} CONCURRENTLY"
+                ))
+                .await?;
         }
-        if table == "events" {
-            let count: i64 = client
-                .query_one(&format!("SELECT COUNT(*) FROM {name}"), &[])
-                .await?
-                .get(0);
-            events = count as u64;
+        if table == "events" && *held {
+            client
+                .execute(&format!("SELECT pg_advisory_unlock({lock})"), &[])
+                .await?;
+            *held = false;
         }
-        client
-            .batch_execute(&format!(
-                "ALTER TABLE {table} DETACH PARTITION {name} CONCURRENTLY"
-            ))
-            .await?;
     }
     let (lo, hi) = (first_key(day), first_key(day + 1));
     let tx = client.transaction().await?;
-    tx.execute(
-        "DELETE FROM event_keys WHERE seq >= $1 AND seq < $2",
-        &[&lo, &hi],
-    )
-    .await?;
-    // Queue rows first, in key order (see `queue`'s lock order).
+    // Queue rows first, in key order, then attempts, deliveries and the keys last, as tenant
+    // deletion takes them (see `queue`'s lock order). Statement by statement, so that each
+    // sees what committed while the one before waited.
     tx.execute(
         "SELECT q.seq FROM queue q WHERE q.seq >= $1 AND q.seq < $2 \
          OR EXISTS (SELECT 1 FROM deliveries d WHERE d.seq = q.seq \
@@ -296,12 +318,28 @@ pub async fn drop_day(client: &mut tokio_postgres::Client, day: i64) -> StoreRes
         &[&lo, &hi],
     )
     .await?;
+    let later: Vec<(i64, String)> = tx
+        .query(
+            "SELECT seq, tenant_id FROM deliveries WHERE event_seq >= $1 AND event_seq < $2",
+            &[&lo, &hi],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let (seqs, tenants): (Vec<i64>, Vec<String>) = later.into_iter().unzip();
     tx.execute(
-        "WITH gone AS (DELETE FROM deliveries WHERE event_seq >= $1 AND event_seq < $2 \
-           RETURNING seq, tenant_id), \
-         attempts_gone AS (DELETE FROM attempts a USING gone \
-           WHERE a.delivery_seq = gone.seq AND a.tenant_id = gone.tenant_id) \
-         DELETE FROM queue q USING gone WHERE q.seq = gone.seq",
+        "DELETE FROM attempts a USING unnest($1::bigint[], $2::text[]) AS u(seq, tenant_id) \
+         WHERE a.delivery_seq = u.seq AND a.tenant_id = u.tenant_id",
+        &[&seqs, &tenants],
+    )
+    .await?;
+    tx.execute("DELETE FROM deliveries WHERE seq = ANY($1)", &[&seqs])
+        .await?;
+    tx.execute("DELETE FROM queue WHERE seq = ANY($1)", &[&seqs])
+        .await?;
+    tx.execute(
+        "DELETE FROM event_keys WHERE seq >= $1 AND seq < $2",
         &[&lo, &hi],
     )
     .await?;

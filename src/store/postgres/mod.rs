@@ -67,6 +67,10 @@ const MIGRATIONS: &[&str] = &[
 /// row-by-row sweep, a session's for dropping days of history.
 const SWEEP_LOCK: &str = "hashtext(current_schema() || '.herald_sweep')";
 
+/// The advisory lock that keeps redeliveries from a day of history while it is checked and
+/// detached: retention holds it alone, each redelivery shares it (see `queue::redeliver`).
+const HISTORY_DROP: &str = "hashtext(current_schema() || '.herald_history_drop')";
+
 /// Channels of the notifications this store sends.
 const DUE_CHANNEL: &str = "herald_due";
 const STREAMS_CHANNEL: &str = "herald_streams";
@@ -528,8 +532,6 @@ impl PgStore {
         Ok(self.pool.get().await?)
     }
 
-    /// Deliveries with their attempts, read from one snapshot: a delivery's state and its
-    /// attempts always agree, even while an outcome is being stored.
     /// Drops the days of history wholly before `cutoff` that nothing keeps (see `history`);
     /// returns how many events went. One node at a time, under the sweep's lock.
     async fn drop_expired_days(&self, cutoff: Millis) -> StoreResult<u64> {
@@ -539,6 +541,12 @@ impl PgStore {
         }
         drop(pooled);
         let mut client = history::connect(&self.target).await?;
+        // Detaching waits for every transaction that reads the table; one left open (a
+        // session forgotten in a transaction) must not hold retention up for ever. A detach
+        // cut short stays pending and is finished by the next sweep.
+        client
+            .batch_execute("SET statement_timeout = '5min'; SET lock_timeout = '5min'")
+            .await?;
         let ours: bool = client
             .query_one(&format!("SELECT pg_try_advisory_lock({SWEEP_LOCK})"), &[])
             .await?
@@ -550,9 +558,29 @@ impl PgStore {
             history::finish_detaches(&client).await?;
             let mut dropped = 0;
             for day in history::droppable_days(&client, cutoff).await? {
-                if !history::day_is_kept(&client, day).await? {
-                    dropped += history::drop_day(&mut client, day).await?;
+                // Redeliveries wait until the day's events are detached or found kept, so
+                // none is accepted for a day about to go (see `HISTORY_DROP`).
+                client
+                    .execute(&format!("SELECT pg_advisory_lock({HISTORY_DROP})"), &[])
+                    .await?;
+                let mut held = true;
+                let result = async {
+                    // A day a crash left partly dropped is finished whatever it held.
+                    if history::partly_dropped(&client, day).await?
+                        || !history::day_is_kept(&client, day).await?
+                    {
+                        history::drop_day(&mut client, day, HISTORY_DROP, &mut held).await
+                    } else {
+                        Ok(0)
+                    }
                 }
+                .await;
+                if held {
+                    client
+                        .execute(&format!("SELECT pg_advisory_unlock({HISTORY_DROP})"), &[])
+                        .await?;
+                }
+                dropped += result?;
             }
             StoreResult::Ok(dropped)
         }

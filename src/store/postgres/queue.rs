@@ -12,7 +12,7 @@
 //! So a stream's backlog is cancelled before the stream's own row is updated or deleted.
 //! Claims skip locked rows rather than wait for them. Pending fan-outs come before all of
 //! these (a chunk holds its fan-out's row while it adds deliveries and queue rows), and a
-//! redelivery of an event takes its advisory lock before the fan-outs.
+//! redelivery takes its advisory locks before the fan-outs. Event keys come after the rest.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, LazyLock};
@@ -938,6 +938,15 @@ pub async fn redeliver_event(
     event_id: &str,
     now: Millis,
 ) -> StoreResult<Option<u64>> {
+    // Not while retention checks and detaches a day of history (see `HISTORY_DROP`).
+    tx.execute(
+        &format!(
+            "SELECT pg_advisory_xact_lock_shared({})",
+            super::HISTORY_DROP
+        ),
+        &[],
+    )
+    .await?;
     // Deliveries of these events may be added meanwhile, by another redelivery to the stream
     // or by a chunk of a pending fan-out: wait for both, so the lookup below sees what they
     // added (see `NewDeliveries::insert`). Fan-outs before the queue, in the lock order.
@@ -1002,6 +1011,15 @@ pub async fn redeliver(
     let conditions = filter_sql(filter, &mut params);
     let condition =
         format!("d.tenant_id = $2 AND d.stream_id = $3{conditions} AND {NOT_IN_FLIGHT}");
+    // Not while retention checks and detaches a day of history (see `HISTORY_DROP`).
+    tx.execute(
+        &format!(
+            "SELECT pg_advisory_xact_lock_shared({})",
+            super::HISTORY_DROP
+        ),
+        &[],
+    )
+    .await?;
     let params = super::refs(&params);
     if dry_run {
         let sql = format!("SELECT COUNT(*) FROM deliveries d WHERE {condition}");
