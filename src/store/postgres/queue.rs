@@ -931,14 +931,10 @@ async fn requeue(
 const NOT_IN_FLIGHT: &str =
     "NOT EXISTS (SELECT 1 FROM queue q WHERE q.seq = d.seq AND q.lease_until > $1)";
 
-pub async fn redeliver_event(
-    tx: &impl GenericClient,
-    tenant_id: &str,
-    stream_id: &str,
-    event_id: &str,
-    now: Millis,
-) -> StoreResult<Option<u64>> {
-    // Not while retention checks and detaches a day of history (see `HISTORY_DROP`).
+/// Waits while retention checks and detaches a day of history, and keeps it from starting
+/// one until the transaction ends, so that no redelivery is accepted for a day about to go
+/// (see `HISTORY_DROP`). The first thing a redelivery does, before it touches a table.
+async fn not_while_a_day_is_dropped(tx: &impl GenericClient) -> StoreResult<()> {
     tx.execute(
         &format!(
             "SELECT pg_advisory_xact_lock_shared({})",
@@ -947,6 +943,17 @@ pub async fn redeliver_event(
         &[],
     )
     .await?;
+    Ok(())
+}
+
+pub async fn redeliver_event(
+    tx: &impl GenericClient,
+    tenant_id: &str,
+    stream_id: &str,
+    event_id: &str,
+    now: Millis,
+) -> StoreResult<Option<u64>> {
+    not_while_a_day_is_dropped(tx).await?;
     // Deliveries of these events may be added meanwhile, by another redelivery to the stream
     // or by a chunk of a pending fan-out: wait for both, so the lookup below sees what they
     // added (see `NewDeliveries::insert`). Fan-outs before the queue, in the lock order.
@@ -1011,15 +1018,7 @@ pub async fn redeliver(
     let conditions = filter_sql(filter, &mut params);
     let condition =
         format!("d.tenant_id = $2 AND d.stream_id = $3{conditions} AND {NOT_IN_FLIGHT}");
-    // Not while retention checks and detaches a day of history (see `HISTORY_DROP`).
-    tx.execute(
-        &format!(
-            "SELECT pg_advisory_xact_lock_shared({})",
-            super::HISTORY_DROP
-        ),
-        &[],
-    )
-    .await?;
+    not_while_a_day_is_dropped(tx).await?;
     let params = super::refs(&params);
     if dry_run {
         let sql = format!("SELECT COUNT(*) FROM deliveries d WHERE {condition}");
