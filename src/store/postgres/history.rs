@@ -24,9 +24,10 @@ use crate::clock::Millis;
 use crate::store::StoreResult;
 
 const DAY_MS: Millis = 86_400_000;
-/// The partitioned tables, in the order a day's are detached: once a day's deliveries are
-/// detached, no new transaction finds them, so none adds an attempt of theirs (see
-/// `queue::record`) before the attempts go too.
+/// The partitioned tables, in the order a day's are detached (events first, while
+/// redeliveries wait; see `drop_days`): once a day's deliveries are detached, no new
+/// transaction finds them, so none adds an attempt of theirs (see `queue::record`) before
+/// the attempts go too.
 const TABLES: [&str; 3] = ["events", "deliveries", "attempts"];
 /// The tables whose key sequences move into each new day. Deliveries first: a delivery's
 /// key is never of an earlier day than its event's (`queue::NewDeliveries` relies on it).
@@ -43,7 +44,7 @@ pub fn first_key(day: i64) -> i64 {
 }
 
 /// The day a key belongs to.
-pub fn day_of_key(key: i64) -> i64 {
+fn day_of_key(key: i64) -> i64 {
     key >> 32
 }
 
@@ -81,12 +82,9 @@ impl History {
         if day <= self.day.load(Ordering::Acquire) {
             return Ok(());
         }
-        let mut client = self.pool.get().await?;
         // The partitions are committed before any key of the day is handed out.
-        let tx = client.transaction().await?;
-        tx.batch_execute(LOCK).await?;
-        make_day(&tx, day).await?;
-        tx.commit().await?;
+        make_day(&self.pool, day).await?;
+        let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         tx.batch_execute(LOCK).await?;
         for table in KEYED {
@@ -106,15 +104,7 @@ impl History {
         // sequences.
         let pool = self.pool.clone();
         tokio::spawn(async move {
-            let made = async {
-                let mut client = pool.get().await?;
-                let tx = client.transaction().await?;
-                tx.batch_execute(LOCK).await?;
-                make_day(&tx, day + 1).await?;
-                tx.commit().await?;
-                StoreResult::Ok(())
-            };
-            if let Err(e) = made.await {
+            if let Err(e) = make_day(&pool, day + 1).await {
                 tracing::warn!(error = %e, day = day + 1, "could not make the next day's history partitions; its first write will");
             }
         });
@@ -127,8 +117,12 @@ fn sequence(table: &str) -> String {
     format!("{table}_seq_seq")
 }
 
-/// Makes the day's partitions that are missing.
-async fn make_day(tx: &impl GenericClient, day: i64) -> StoreResult<()> {
+/// Makes the day's partitions that are missing, in a transaction of their own, one node at
+/// a time.
+async fn make_day(pool: &Pool, day: i64) -> StoreResult<()> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    tx.batch_execute(LOCK).await?;
     for table in TABLES {
         let name = partition(table, day);
         let exists: bool = tx
@@ -154,6 +148,7 @@ async fn make_day(tx: &impl GenericClient, day: i64) -> StoreResult<()> {
         ))
         .await?;
     }
+    tx.commit().await?;
     Ok(())
 }
 
@@ -161,10 +156,7 @@ async fn make_day(tx: &impl GenericClient, day: i64) -> StoreResult<()> {
 /// cutoff's day, and older than the day the sequences are on (whose partitions take today's
 /// writes, whatever the cutoff). A day counts while any of its tables is left, attached or
 /// not (a drop a crash interrupted).
-pub async fn droppable_days(
-    client: &tokio_postgres::Client,
-    cutoff: Millis,
-) -> StoreResult<Vec<i64>> {
+async fn droppable_days(client: &tokio_postgres::Client, cutoff: Millis) -> StoreResult<Vec<i64>> {
     let current = day_of_key(
         client
             .query_one(
@@ -196,7 +188,7 @@ pub async fn droppable_days(
 /// pending on them (as the row-by-row rule, `KEPT_BY_PENDING_WORK`, has it: a delivery
 /// pending to a stream that still exists, or a pending fan-out). Its expired rows are then
 /// left to the row-by-row pass.
-pub async fn day_is_kept(client: &tokio_postgres::Client, day: i64) -> StoreResult<bool> {
+async fn day_is_kept(client: &tokio_postgres::Client, day: i64) -> StoreResult<bool> {
     let (lo, hi) = (first_key(day), first_key(day + 1));
     Ok(client
         .query_one(
@@ -217,7 +209,7 @@ pub async fn day_is_kept(client: &tokio_postgres::Client, day: i64) -> StoreResu
 
 /// Finishes the concurrent detaches a crash or a cancel left pending: while one partition of
 /// a table is pending, no other can be detached concurrently.
-pub async fn finish_detaches(client: &tokio_postgres::Client) -> StoreResult<()> {
+async fn finish_detaches(client: &tokio_postgres::Client) -> StoreResult<()> {
     let pending = client
         .query(
             "SELECT p.relname::text, c.relname::text FROM pg_inherits i \
@@ -240,7 +232,7 @@ pub async fn finish_detaches(client: &tokio_postgres::Client) -> StoreResult<()>
 
 /// Whether some of a day's tables are detached already, or being detached: a drop was cut
 /// short, and is finished whatever the day now holds (its events are gone or going).
-pub async fn partly_dropped(client: &tokio_postgres::Client, day: i64) -> StoreResult<bool> {
+async fn partly_dropped(client: &tokio_postgres::Client, day: i64) -> StoreResult<bool> {
     let names: Vec<String> = TABLES.iter().map(|t| partition(t, day)).collect();
     Ok(client
         .query_one(
@@ -254,51 +246,127 @@ pub async fn partly_dropped(client: &tokio_postgres::Client, day: i64) -> StoreR
         .get(0))
 }
 
-/// Drops a day's partitions: each detached concurrently (publishes, claims and outcomes go
-/// on meanwhile), releasing the advisory lock `lock` (held by the caller while `held`) once
-/// the day's events are detached. Then its deliveries' queue rows go (pending only to
-/// deleted streams, or requeued since the day was checked), and the deliveries of its events
-/// in later days' partitions (a fan-out chunk or a redelivery wrote them after the day
-/// ended) with their attempts and queue rows, and its event keys; then the detached tables
-/// are dropped. Each step can be run again, so a drop a crash interrupted is finished by the
-/// next. Returns how many events went. `client` is a connection of its own, outside any
-/// transaction, holding the sweep's lock.
-pub async fn drop_day(
-    client: &mut tokio_postgres::Client,
-    day: i64,
-    lock: &str,
-    held: &mut bool,
-) -> StoreResult<u64> {
-    let mut events = 0;
-    for table in TABLES {
-        let name = partition(table, day);
-        let attached = client
-            .query_opt(
-                "SELECT c.relispartition FROM pg_class c WHERE c.oid = to_regclass($1)",
-                &[&name],
-            )
-            .await?
-            .is_some_and(|row| row.get::<_, bool>(0));
-        if attached {
-            if table == "events" {
-                let count: i64 = client
-                    .query_one(&format!("SELECT COUNT(*) FROM {name}"), &[])
-                    .await?
-                    .get(0);
-                events = count as u64;
+/// Drops the days of history wholly before `cutoff` that nothing keeps, one node at a time
+/// (the sweep's lock); returns how many events went. A connection of `pool` looks for such
+/// days first, so that a sweep with none opens no connection of its own.
+pub async fn drop_expired_days(pool: &Pool, target: &Target, cutoff: Millis) -> StoreResult<u64> {
+    let pooled = pool.get().await?;
+    if droppable_days(&pooled, cutoff).await?.is_empty() {
+        return Ok(0);
+    }
+    drop(pooled);
+    // A connection of its own, outside the pools and their statement and lock timeouts, and
+    // outside any transaction, as a concurrent detach needs.
+    let mut client = target.open().await?;
+    // Detaching waits for every transaction that reads the table; one left open (a session
+    // forgotten in a transaction) must not hold retention up for ever. A detach cut short
+    // stays pending and is finished by the next sweep.
+    client
+        .batch_execute("SET statement_timeout = '5min'; SET lock_timeout = '5min'")
+        .await?;
+    let sweep_lock = super::SWEEP_LOCK;
+    let ours: bool = client
+        .query_one(&format!("SELECT pg_try_advisory_lock({sweep_lock})"), &[])
+        .await?
+        .get(0);
+    if !ours {
+        return Ok(0);
+    }
+    let dropped = drop_days(&mut client, cutoff).await;
+    // Released at once, for the row-by-row sweep that follows; should that fail, the lock
+    // goes with the connection.
+    client
+        .execute(&format!("SELECT pg_advisory_unlock({sweep_lock})"), &[])
+        .await?;
+    dropped
+}
+
+async fn drop_days(client: &mut tokio_postgres::Client, cutoff: Millis) -> StoreResult<u64> {
+    finish_detaches(client).await?;
+    let mut dropped = 0;
+    for day in droppable_days(client, cutoff).await? {
+        // Redeliveries wait while the day is checked and its events detached (see
+        // `DROP_LOCK`).
+        client
+            .execute(&format!("SELECT pg_advisory_lock({DROP_LOCK})"), &[])
+            .await?;
+        let events = async {
+            // A day a crash left partly dropped is finished whatever it held.
+            if !partly_dropped(client, day).await? && day_is_kept(client, day).await? {
+                return Ok(None);
             }
-            client
-                .batch_execute(&format!(
-                    "ALTER TABLE {table} DETACH PARTITION {name} CONCURRENTLY"
-                ))
-                .await?;
+            // Counted through the parent: none once detached.
+            let (lo, hi) = (first_key(day), first_key(day + 1));
+            let events: i64 = client
+                .query_one(
+                    "SELECT COUNT(*) FROM events WHERE seq >= $1 AND seq < $2",
+                    &[&lo, &hi],
+                )
+                .await?
+                .get(0);
+            detach(client, "events", day).await?;
+            StoreResult::Ok(Some(events as u64))
         }
-        if table == "events" && *held {
-            client
-                .execute(&format!("SELECT pg_advisory_unlock({lock})"), &[])
-                .await?;
-            *held = false;
-        }
+        .await;
+        client
+            .execute(&format!("SELECT pg_advisory_unlock({DROP_LOCK})"), &[])
+            .await?;
+        let Some(events) = events? else {
+            continue;
+        };
+        finish_day(client, day).await?;
+        dropped += events;
+    }
+    Ok(dropped)
+}
+
+/// Keeps redeliveries from a day of history while retention checks it and detaches its
+/// events, so that none is accepted for a day about to go: retention holds it alone, each
+/// redelivery shares it (`hold_off_drops`).
+const DROP_LOCK: &str = "hashtext(current_schema() || '.herald_history_drop')";
+
+/// Waits while retention checks and detaches a day of history, and keeps it from starting
+/// one until the transaction ends (see `DROP_LOCK`). The first thing a redelivery does,
+/// before it touches a table.
+pub async fn hold_off_drops(tx: &impl GenericClient) -> StoreResult<()> {
+    tx.execute(
+        &format!("SELECT pg_advisory_xact_lock_shared({DROP_LOCK})"),
+        &[],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Detaches a day's partition of `table` concurrently (publishes, claims and outcomes go on
+/// meanwhile), if it is still attached.
+async fn detach(client: &tokio_postgres::Client, table: &str, day: i64) -> StoreResult<()> {
+    let name = partition(table, day);
+    let attached = client
+        .query_opt(
+            "SELECT c.relispartition FROM pg_class c WHERE c.oid = to_regclass($1)",
+            &[&name],
+        )
+        .await?
+        .is_some_and(|row| row.get::<_, bool>(0));
+    if attached {
+        client
+            .batch_execute(&format!(
+                "ALTER TABLE {table} DETACH PARTITION {name} CONCURRENTLY"
+            ))
+            .await?;
+    }
+    Ok(())
+}
+
+/// Finishes a day whose events are detached: its deliveries and attempts are detached too;
+/// then its deliveries' queue rows go (pending only to deleted streams, or requeued since
+/// the day was checked), and the deliveries of its events in later days' partitions (a
+/// fan-out chunk or a redelivery wrote them after the day ended) with their attempts and
+/// queue rows, and its event keys; then the detached tables are dropped. Each step can be
+/// run again, so a drop a crash interrupted is finished by the next.
+async fn finish_day(client: &mut tokio_postgres::Client, day: i64) -> StoreResult<()> {
+    for table in &TABLES[1..] {
+        detach(client, table, day).await?;
     }
     let (lo, hi) = (first_key(day), first_key(day + 1));
     let tx = client.transaction().await?;
@@ -349,13 +417,5 @@ pub async fn drop_day(
             .batch_execute(&format!("DROP TABLE IF EXISTS {}", partition(table, day)))
             .await?;
     }
-    Ok(events)
-}
-
-/// A connection of its own, outside the pools (and their statement and lock timeouts): a
-/// concurrent detach waits for every transaction that could see the partition to end.
-pub async fn connect(target: &Target) -> StoreResult<tokio_postgres::Client> {
-    let (client, connection) = target.connect().await?;
-    tokio::spawn(connection);
-    Ok(client)
+    Ok(())
 }

@@ -67,10 +67,6 @@ const MIGRATIONS: &[&str] = &[
 /// row-by-row sweep, a session's for dropping days of history.
 const SWEEP_LOCK: &str = "hashtext(current_schema() || '.herald_sweep')";
 
-/// The advisory lock that keeps redeliveries from a day of history while it is checked and
-/// detached: retention holds it alone, each redelivery shares it (see `queue::redeliver`).
-const HISTORY_DROP: &str = "hashtext(current_schema() || '.herald_history_drop')";
-
 /// Channels of the notifications this store sends.
 const DUE_CHANNEL: &str = "herald_due";
 const STREAMS_CHANNEL: &str = "herald_streams";
@@ -180,6 +176,13 @@ impl Target {
         tokio_postgres::Error,
     > {
         self.config.connect(self.tls.clone()).await
+    }
+
+    /// One connection, its driver running until the client is dropped.
+    pub async fn open(&self) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let (client, connection) = self.connect().await?;
+        tokio::spawn(connection);
+        Ok(client)
     }
 }
 
@@ -530,67 +533,6 @@ impl PgStore {
 
     async fn client(&self) -> StoreResult<deadpool_postgres::Object> {
         Ok(self.pool.get().await?)
-    }
-
-    /// Drops the days of history wholly before `cutoff` that nothing keeps (see `history`);
-    /// returns how many events went. One node at a time, under the sweep's lock.
-    async fn drop_expired_days(&self, cutoff: Millis) -> StoreResult<u64> {
-        let pooled = self.client().await?;
-        if history::droppable_days(&pooled, cutoff).await?.is_empty() {
-            return Ok(0);
-        }
-        drop(pooled);
-        let mut client = history::connect(&self.target).await?;
-        // Detaching waits for every transaction that reads the table; one left open (a
-        // session forgotten in a transaction) must not hold retention up for ever. A detach
-        // cut short stays pending and is finished by the next sweep.
-        client
-            .batch_execute("SET statement_timeout = '5min'; SET lock_timeout = '5min'")
-            .await?;
-        let ours: bool = client
-            .query_one(&format!("SELECT pg_try_advisory_lock({SWEEP_LOCK})"), &[])
-            .await?
-            .get(0);
-        if !ours {
-            return Ok(0);
-        }
-        let dropped = async {
-            history::finish_detaches(&client).await?;
-            let mut dropped = 0;
-            for day in history::droppable_days(&client, cutoff).await? {
-                // Redeliveries wait until the day's events are detached or found kept, so
-                // none is accepted for a day about to go (see `HISTORY_DROP`).
-                client
-                    .execute(&format!("SELECT pg_advisory_lock({HISTORY_DROP})"), &[])
-                    .await?;
-                let mut held = true;
-                let result = async {
-                    // A day a crash left partly dropped is finished whatever it held.
-                    if history::partly_dropped(&client, day).await?
-                        || !history::day_is_kept(&client, day).await?
-                    {
-                        history::drop_day(&mut client, day, HISTORY_DROP, &mut held).await
-                    } else {
-                        Ok(0)
-                    }
-                }
-                .await;
-                if held {
-                    client
-                        .execute(&format!("SELECT pg_advisory_unlock({HISTORY_DROP})"), &[])
-                        .await?;
-                }
-                dropped += result?;
-            }
-            StoreResult::Ok(dropped)
-        }
-        .await;
-        // Released at once, for the row-by-row sweep that follows; should that fail, the
-        // lock goes with the connection.
-        client
-            .execute(&format!("SELECT pg_advisory_unlock({SWEEP_LOCK})"), &[])
-            .await?;
-        dropped
     }
 
     /// Deliveries with their attempts, read from one snapshot: a delivery's state and its
@@ -1822,16 +1764,17 @@ impl Store for PgStore {
         bodies_before: Option<Millis>,
         limit: usize,
     ) -> StoreResult<Swept> {
-        let mut dropped = 0;
-        if let Some(cutoff) = events_before {
-            // A failure here leaves the rows to the sweep below and the days to the next.
-            match self.drop_expired_days(cutoff).await {
-                Ok(n) => dropped = n,
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not drop expired days of history; sweeping their rows instead")
-                }
-            }
-        }
+        // Whole days first (see `history`). A failure leaves their rows to the sweep below
+        // and the days to the next.
+        let dropped = match events_before {
+            Some(cutoff) => history::drop_expired_days(&self.pool, &self.target, cutoff)
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "could not drop expired days of history; sweeping their rows instead");
+                    0
+                }),
+            None => 0,
+        };
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let mut swept = log::sweep(&tx, events_before, bodies_before, limit).await?;

@@ -931,21 +931,6 @@ async fn requeue(
 const NOT_IN_FLIGHT: &str =
     "NOT EXISTS (SELECT 1 FROM queue q WHERE q.seq = d.seq AND q.lease_until > $1)";
 
-/// Waits while retention checks and detaches a day of history, and keeps it from starting
-/// one until the transaction ends, so that no redelivery is accepted for a day about to go
-/// (see `HISTORY_DROP`). The first thing a redelivery does, before it touches a table.
-async fn not_while_a_day_is_dropped(tx: &impl GenericClient) -> StoreResult<()> {
-    tx.execute(
-        &format!(
-            "SELECT pg_advisory_xact_lock_shared({})",
-            super::HISTORY_DROP
-        ),
-        &[],
-    )
-    .await?;
-    Ok(())
-}
-
 pub async fn redeliver_event(
     tx: &impl GenericClient,
     tenant_id: &str,
@@ -953,7 +938,7 @@ pub async fn redeliver_event(
     event_id: &str,
     now: Millis,
 ) -> StoreResult<Option<u64>> {
-    not_while_a_day_is_dropped(tx).await?;
+    super::history::hold_off_drops(tx).await?;
     // Deliveries of these events may be added meanwhile, by another redelivery to the stream
     // or by a chunk of a pending fan-out: wait for both, so the lookup below sees what they
     // added (see `NewDeliveries::insert`). Fan-outs before the queue, in the lock order.
@@ -1018,7 +1003,7 @@ pub async fn redeliver(
     let conditions = filter_sql(filter, &mut params);
     let condition =
         format!("d.tenant_id = $2 AND d.stream_id = $3{conditions} AND {NOT_IN_FLIGHT}");
-    not_while_a_day_is_dropped(tx).await?;
+    super::history::hold_off_drops(tx).await?;
     let params = super::refs(&params);
     if dry_run {
         let sql = format!("SELECT COUNT(*) FROM deliveries d WHERE {condition}");

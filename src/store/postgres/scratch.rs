@@ -85,7 +85,5 @@ impl Drop for Scratch {
 pub(super) async fn connect(url: &str) -> Result<tokio_postgres::Client, String> {
     // The same settings, TLS included, as Herald's own connections.
     let target = parse_url(url).map_err(|e| e.to_string())?;
-    let (client, connection) = target.connect().await.map_err(|e| crate::error_chain(&e))?;
-    tokio::spawn(connection);
-    Ok(client)
+    target.open().await.map_err(|e| crate::error_chain(&e))
 }
