@@ -2731,6 +2731,119 @@ async fn postgres_history_days_are_partitions_made_once_and_dropped_whole() {
     assert_eq!(keys, ["d"], "the keys of the day cut short went with it");
 }
 
+/// On PostgreSQL, a batch of outcomes names the days its deliveries are in, so the server
+/// plans and locks no other day's partitions: the tables of a day in between, held by
+/// another session (as dropping that day holds them), do not hold up a batch with
+/// deliveries on both sides of it, one of them of an older day's event.
+#[tokio::test]
+#[cfg_attr(not(herald_postgres_tests), ignore = "needs HERALD_TEST_DATABASE_URL")]
+async fn postgres_outcomes_leave_other_days_alone() {
+    let b = postgres().await;
+    let store = &*b.store;
+    let url = &b.database.as_ref().unwrap().url;
+    let (mut holder, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let today = midnight_after_now(3);
+    let (oldest, between) = (today / DAY - 2, today / DAY - 1);
+    stream(store, "ten_a", "est_a", "user.*", StreamStatus::Enabled).await;
+    // Queued on the oldest day, to `est_a` only.
+    store
+        .publish(
+            "ten_a",
+            vec![event("old", "user.created")],
+            oldest * DAY + 1,
+            None,
+        )
+        .await
+        .unwrap();
+    stream(
+        store,
+        "ten_a",
+        "est_b",
+        "user.created",
+        StreamStatus::Enabled,
+    )
+    .await;
+    // The day between, with an event of its own (delivered).
+    let mid = store
+        .publish(
+            "ten_a",
+            vec![event("mid", "user.deleted")],
+            between * DAY + 1,
+            Some(between * DAY + 60_000),
+        )
+        .await
+        .unwrap();
+    store
+        .record(
+            vec![outcome(&mid[0].leased[0], DeliveryStatus::Succeeded, None)],
+            between * DAY + 2,
+        )
+        .await
+        .unwrap();
+    // Today, the oldest day's event redelivered to `est_b`: a delivery of today.
+    assert_eq!(
+        store
+            .redeliver_event("ten_a", "est_b", "old", today + 1)
+            .await
+            .unwrap(),
+        Some(1)
+    );
+
+    let mut requests = request("ten_a", "est_a", 10);
+    requests.extend(request("ten_a", "est_b", 10));
+    let claimed = store
+        .claim(requests, today + 2, today + 60_000)
+        .await
+        .unwrap();
+    let leased: Vec<_> = claimed.iter().flat_map(|c| &c.deliveries).collect();
+    assert_eq!(
+        leased
+            .iter()
+            .map(|d| (d.stream_id.as_str(), d.event.id.as_str(), d.key >> 32))
+            .collect::<Vec<_>>(),
+        [("est_a", "old", oldest), ("est_b", "old", today / DAY)]
+    );
+    let holding = holder.transaction().await.unwrap();
+    holding
+        .batch_execute(&format!(
+            "LOCK TABLE events_e{between}, deliveries_e{between}, attempts_e{between} \
+             IN ACCESS EXCLUSIVE MODE"
+        ))
+        .await
+        .unwrap();
+    tokio::time::timeout(
+        crate::helpers::PATIENCE,
+        store.record(
+            leased
+                .iter()
+                .map(|d| outcome(d, DeliveryStatus::Succeeded, None))
+                .collect(),
+            today + 3,
+        ),
+    )
+    .await
+    .expect("the outcomes waited for another day's tables")
+    .unwrap();
+    holding.rollback().await.unwrap();
+
+    for delivery in leased {
+        let stored = store
+            .get_delivery("ten_a", &delivery.id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (stored.status, stored.attempts.len()),
+            (DeliveryStatus::Succeeded, 1),
+            "{}",
+            delivery.stream_id
+        );
+    }
+}
+
 /// On PostgreSQL, dropping a day takes its events' deliveries wherever they are: one a
 /// redelivery wrote the next day (in that day's partition) goes with its attempts. A queue
 /// row left without its event (a redelivery racing the drop) is dropped by the claim that
@@ -2883,17 +2996,11 @@ async fn postgres_dropping_a_day_takes_its_deliveries_from_later_days() {
         .unwrap();
     assert!(detach.await.unwrap().is_err(), "the detach was cancelled");
     reading.commit().await.unwrap();
-    assert_eq!(
-        count(PENDING_HERE).await,
-        1
-    );
+    assert_eq!(count(PENDING_HERE).await, 1);
     published_on(store, "latest", next + 2 * DAY, true).await;
     let swept = store.sweep(Some(next + DAY), None, 100).await.unwrap();
     assert_eq!(swept.events, 0, "the pending day's events are not counted");
-    assert_eq!(
-        count(PENDING_HERE).await,
-        0
-    );
+    assert_eq!(count(PENDING_HERE).await, 0);
     for table in ["events", "deliveries", "attempts"] {
         let gone: bool = client
             .query_one(

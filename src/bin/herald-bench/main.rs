@@ -43,6 +43,10 @@ struct Args {
     /// Herald processes on the same database in S7 and S9, the publishers spread over them.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
     nodes: u16,
+    /// Past days of history the store keeps in S7 and S9 (their partitions, empty), as under
+    /// a retention window of that many days; PostgreSQL's cost per statement grows with them.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=400))]
+    history_days: u16,
     /// A tiny run that checks the harness works; its figures mean nothing.
     #[arg(long)]
     quick: bool,
@@ -83,13 +87,17 @@ fn main() {
             outcomes.push(report(scenarios::s6(size).await));
         }
         if wanted("S7") {
-            outcomes.push(report(postgres::s7(size, args.nodes.into()).await));
+            outcomes.push(report(
+                postgres::s7(size, args.nodes.into(), args.history_days).await,
+            ));
         }
         if wanted("S8") {
             outcomes.push(report(scenarios::s8(size, s3_p99).await));
         }
         if wanted("S9") {
-            outcomes.push(report(postgres::s9(size, args.nodes.into()).await));
+            outcomes.push(report(
+                postgres::s9(size, args.nodes.into(), args.history_days).await,
+            ));
         }
         if wanted("S10") {
             outcomes.push(report(scenarios::s10(size).await));

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use herald::store::postgres::{Scratch, parse_url, redact_url};
+use herald::store::postgres::{Scratch, history_day, make_history_day, parse_url, redact_url};
 
 use crate::receiver::{self, Behaviour, Clock, Receipts};
 use crate::scenarios::{self, Outcome, PER_STREAM, Size, bare_rate, publish_batches_to};
@@ -30,16 +30,22 @@ struct Cluster {
 }
 
 impl Cluster {
-    async fn start(nodes: usize) -> Result<Cluster, String> {
+    async fn start(nodes: usize, history_days: u16) -> Result<Cluster, String> {
         let url = database_url();
         let scratch = Scratch::create(&url, "herald_bench").await?;
         let server = ServerCpu::connect(&url, scratch.schema()).await?;
-        let env = [
+        let mut env = vec![
             ("HERALD_DATABASE_URL", scratch.url.clone()),
             ("HERALD_SECRET_KEY", KEY.to_string()),
         ];
+        // Retention off, or it would drop the oldest of the days made below.
+        if history_days > 0 {
+            env.push(("HERALD_EVENT_RETENTION_DAYS", "0".to_string()));
+            env.push(("HERALD_RESPONSE_BODY_RETENTION_DAYS", "0".to_string()));
+        }
         // One after the other: the first creates the schema's tables.
         let nodes = (0..nodes.max(1)).map(|_| Herald::start(&env)).collect();
+        add_past_days(&scratch.url, history_days).await?;
         Ok(Cluster {
             nodes,
             server,
@@ -50,6 +56,23 @@ impl Cluster {
     fn cpu_seconds(&self) -> f64 {
         self.nodes.iter().map(Herald::cpu_seconds).sum()
     }
+}
+
+/// Gives the store's history `days` past days, as a store that keeps that many has.
+async fn add_past_days(url: &str, days: u16) -> Result<(), String> {
+    if days == 0 {
+        return Ok(());
+    }
+    let target = parse_url(url).map_err(|e| e.to_string())?;
+    let (mut client, connection) = target.connect().await.map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    let today = history_day(herald::clock::system_now_ms());
+    for day in today - i64::from(days)..today {
+        make_history_day(&mut client, day)
+            .await
+            .map_err(|e| format!("making day {day}'s partitions: {e}"))?;
+    }
+    Ok(())
 }
 
 fn database_url() -> String {
@@ -71,19 +94,19 @@ fn skipped(
     }
 }
 
-fn note(nodes: usize) -> String {
+fn note(nodes: usize, history_days: u16) -> String {
     format!(
-        "PostgreSQL at {}, {nodes} node(s); Herald's CPU is every node's, the server's from /proc of its processes",
+        "PostgreSQL at {}, {nodes} node(s), {history_days} past day(s) of history; Herald's CPU is every node's, the server's from /proc of its processes",
         redact_url(&database_url())
     )
 }
 
 /// S7: S1 on PostgreSQL (fan-out 1, batches of 100 from 4 publishers), on `nodes` nodes.
-pub async fn s7(size: Size, nodes: usize) -> Outcome {
+pub async fn s7(size: Size, nodes: usize, history_days: u16) -> Outcome {
     let description = format!("S1 on PostgreSQL (fan-out 1, batch publish), {nodes} node(s)");
     const TARGET: &str = ">= 10,000 deliveries/s";
     let bare = bare_rate(size.bare_requests, PER_STREAM).await;
-    let mut cluster = match Cluster::start(nodes).await {
+    let mut cluster = match Cluster::start(nodes, history_days).await {
         Ok(cluster) => cluster,
         Err(reason) => return skipped("S7", description, TARGET, reason),
     };
@@ -127,19 +150,19 @@ pub async fn s7(size: Size, nodes: usize) -> Outcome {
             .fold(0.0, f64::max),
         target: TARGET,
         met: Some(all && deliveries_per_s >= 10_000.0),
-        note: note(cluster.nodes.len()),
+        note: note(cluster.nodes.len(), history_days),
         ..Outcome::default()
     }
 }
 
 /// S9: S2 on PostgreSQL: single-event publishes from 64 publishers spread over `nodes`
 /// nodes, fan-out 1.
-pub async fn s9(size: Size, nodes: usize) -> Outcome {
+pub async fn s9(size: Size, nodes: usize, history_days: u16) -> Outcome {
     let description = format!(
         "single-event publish on PostgreSQL, 64 concurrent publishers, fan-out 1, {nodes} node(s)"
     );
     const TARGET: &str = ">= 8,000 events/s acknowledged and delivered, ack p99 <= 20 ms";
-    let mut cluster = match Cluster::start(nodes).await {
+    let mut cluster = match Cluster::start(nodes, history_days).await {
         Ok(cluster) => cluster,
         Err(reason) => return skipped("S9", description, TARGET, reason),
     };
@@ -157,7 +180,7 @@ pub async fn s9(size: Size, nodes: usize) -> Outcome {
             && out.deliveries >= out.events
             && out.ack_latency_ms.is_some_and(|p| p.p99 <= 20.0),
     );
-    out.note = format!("{}; {}", out.note, note(cluster.nodes.len()));
+    out.note = format!("{}; {}", out.note, note(cluster.nodes.len(), history_days));
     out
 }
 

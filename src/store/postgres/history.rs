@@ -44,8 +44,39 @@ pub fn first_key(day: i64) -> i64 {
 }
 
 /// The day a key belongs to.
-fn day_of_key(key: i64) -> i64 {
+pub fn day_of_key(key: i64) -> i64 {
     key >> 32
+}
+
+/// `column` (a key) bounded by literals to the days of `keys`, for a statement that joins
+/// by key on an array of them. PostgreSQL prunes such a join only as it runs, after a
+/// generic plan has locked and opened every partition it could touch: with a month of
+/// days kept, that costs more than the statement's own work. Named in the text, the days
+/// are pruned when the statement is planned. Each run of consecutive days is a range of its
+/// own, so an old key (a retry, a redelivery of an old event) does not bring in the days
+/// between. Parenthesised; `None` for no keys.
+pub fn within_days_of(column: &str, keys: &[i64]) -> Option<String> {
+    let mut days: Vec<i64> = keys.iter().map(|&key| day_of_key(key)).collect();
+    days.sort_unstable();
+    days.dedup();
+    let mut runs: Vec<(i64, i64)> = Vec::new();
+    for day in days {
+        match runs.last_mut() {
+            Some((_, end)) if *end == day => *end = day + 1,
+            _ => runs.push((day, day + 1)),
+        }
+    }
+    let ranges: Vec<String> = runs
+        .iter()
+        .map(|&(start, end)| {
+            format!(
+                "{column} >= {} AND {column} < {}",
+                first_key(start),
+                first_key(end)
+            )
+        })
+        .collect();
+    (!ranges.is_empty()).then(|| format!("(({}))", ranges.join(") OR (")))
 }
 
 fn partition(table: &str, day: i64) -> String {
@@ -121,6 +152,11 @@ fn sequence(table: &str) -> String {
 /// a time.
 async fn make_day(pool: &Pool, day: i64) -> StoreResult<()> {
     let mut client = pool.get().await?;
+    make_day_with(&mut client, day).await
+}
+
+/// Makes a day's partitions, where missing, on `client`.
+pub async fn make_day_with(client: &mut tokio_postgres::Client, day: i64) -> StoreResult<()> {
     let tx = client.transaction().await?;
     tx.batch_execute(LOCK).await?;
     for table in TABLES {
@@ -418,4 +454,34 @@ async fn finish_day(client: &mut tokio_postgres::Client, day: i64) -> StoreResul
             .await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn days_named_for_keys_merge_neighbours_and_leave_out_the_days_between() {
+        let key = |day: i64, n: i64| first_key(day) + n;
+        assert_eq!(within_days_of("d.seq", &[]), None);
+        assert_eq!(
+            within_days_of("d.seq", &[key(5, 9), key(5, 0)]).unwrap(),
+            format!("((d.seq >= {} AND d.seq < {}))", key(5, 0), key(6, 0))
+        );
+        assert_eq!(
+            within_days_of("d.seq", &[key(7, 1), key(2, 3), key(6, 0), key(7, 0)]).unwrap(),
+            format!(
+                "((d.seq >= {} AND d.seq < {}) OR (d.seq >= {} AND d.seq < {}))",
+                key(2, 0),
+                key(3, 0),
+                key(6, 0),
+                key(8, 0)
+            )
+        );
+        // Keys below 2^32 (from before the history was split, in the first partition).
+        assert_eq!(
+            within_days_of("e.seq", &[1]).unwrap(),
+            format!("((e.seq >= 0 AND e.seq < {}))", key(1, 0))
+        );
+    }
 }

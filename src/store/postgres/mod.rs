@@ -34,6 +34,9 @@ use tokio_postgres::types::ToSql;
 /// Publish groups written at once; the group commit test occupies each.
 #[doc(hidden)]
 pub use group::WRITERS as PUBLISH_WRITERS;
+/// Days of history, for the benchmark's stores that keep many.
+#[doc(hidden)]
+pub use history::{day_of as history_day, make_day_with as make_history_day};
 pub use import::{ImportReport, check_source_key, import_sqlite};
 pub use listen::{Notice, listen};
 pub use scratch::Scratch;
@@ -1829,7 +1832,7 @@ async fn name_free(
 mod tests {
     use super::*;
 
-    /// Versions 11 to 13 on a store populated at version 10: the rows stay, events are found
+    /// Versions 11 to 14 on a store populated at version 10: the rows stay, events are found
     /// by id and by (source, id) through the one unique index, a duplicate is still refused,
     /// the pending deliveries are in the queue, and a node's rollups go to rows of its own.
     #[tokio::test]

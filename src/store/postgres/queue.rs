@@ -20,7 +20,7 @@ use std::sync::{Arc, LazyLock};
 use deadpool_postgres::GenericClient;
 use tokio_postgres::types::ToSql;
 
-use super::{EVENT_COLUMNS, Params, event_from_row, notify_streams_changed};
+use super::{EVENT_COLUMNS, Params, event_from_row, history, notify_streams_changed};
 use crate::clock::Millis;
 use crate::event::Event;
 use crate::store::columns;
@@ -352,9 +352,9 @@ pub async fn skip_pending_fan_outs(
 #[derive(Clone, Copy)]
 enum Existing {
     /// Their events are being published in this transaction.
-    None = 0,
+    None,
     /// Skip the (event, stream) pairs that have one.
-    Skip = 1,
+    Skip,
 }
 
 /// Deliveries to insert with one statement, of one tenant or several.
@@ -396,16 +396,9 @@ impl NewDeliveries {
         tx: &impl GenericClient,
         existing: Existing,
     ) -> StoreResult<HashMap<(String, String), i64>> {
-        static INSERT: LazyLock<[String; 2]> = LazyLock::new(|| {
-            [
-                "",
-                "WHERE (SELECT true FROM deliveries x WHERE x.event_seq = u.event_seq \
-                 AND x.stream_id = u.stream_id AND x.seq >= (u.event_seq >> 32) << 32 LIMIT 1) \
-                 IS NULL",
-            ]
-            .map(|condition| {
-                format!(
-                    "WITH u AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], \
+        fn insert_sql(condition: &str) -> String {
+            format!(
+                "WITH u AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], \
                        $4::bigint[], $5::text[], $6::bigint[], $7::bigint[]) \
                        AS u(tenant_id, id, stream_id, event_seq, event_type, lease_until, created_at)), \
                      d AS (INSERT INTO deliveries (tenant_id, id, stream_id, event_seq, event_type, \
@@ -419,13 +412,29 @@ impl NewDeliveries {
                        (u.lease_until IS NOT NULL)::int, u.lease_until, d.created_at \
                        FROM d JOIN u ON u.id = d.id) \
                      SELECT tenant_id, id, seq FROM d"
-                )
-            })
-        });
+            )
+        }
+        static INSERT_NEW: LazyLock<String> = LazyLock::new(|| insert_sql(""));
         if self.ids.is_empty() {
             return Ok(HashMap::new());
         }
-        let insert = tx.prepare_cached(&INSERT[existing as usize]).await?;
+        let insert = match existing {
+            Existing::None => tx.prepare_cached(&INSERT_NEW).await?,
+            // The days before the oldest event's are named as out of reach, so that they are
+            // neither planned nor locked (see `history::within_days_of`). A text of its own
+            // for each oldest day, prepared each time: fan-out chunks and redeliveries are
+            // few beside the deliveries they add.
+            Existing::Skip => {
+                let oldest = self.event_seqs.iter().min().copied().unwrap_or_default();
+                tx.prepare(&insert_sql(&format!(
+                    "WHERE (SELECT true FROM deliveries x WHERE x.event_seq = u.event_seq \
+                     AND x.stream_id = u.stream_id AND x.seq >= (u.event_seq >> 32) << 32 \
+                     AND x.seq >= {} LIMIT 1) IS NULL",
+                    history::first_key(history::day_of_key(oldest))
+                )))
+                .await?
+            }
+        };
         let rows = tx
             .query(
                 &insert,
@@ -554,7 +563,8 @@ pub async fn claim(
 }
 
 /// Gives leases back: the deliveries are claimable again at once, by any node. Returns their
-/// streams. The queue rows are locked in key order (see the module's lock order).
+/// streams. The queue rows are locked in key order (see the module's lock order), found by
+/// key in the queue's index (see `record`).
 pub async fn release(
     client: &impl GenericClient,
     leases: Vec<(i64, i64)>,
@@ -565,7 +575,8 @@ pub async fn release(
         .query(
             "WITH locked AS (SELECT q.seq FROM queue q \
                JOIN unnest($1::bigint[], $2::bigint[]) AS u(seq, lease) \
-               ON q.seq = u.seq AND q.lease = u.lease ORDER BY q.seq FOR UPDATE OF q) \
+               ON q.seq = u.seq AND q.lease = u.lease \
+               WHERE q.seq = ANY($1) ORDER BY q.seq FOR UPDATE OF q) \
              UPDATE queue q SET lease_until = NULL, due_at = $3 \
              FROM locked WHERE q.seq = locked.seq RETURNING q.stream_id",
             &[&seqs, &generations, &now],
@@ -606,7 +617,7 @@ static ROLLUP_SQL: LazyLock<String> = LazyLock::new(|| {
 /// Stores attempts and their deliveries' next states; streams that got Herald's own notices
 /// are added to `due`.
 pub async fn record(
-    tx: &impl GenericClient,
+    tx: &deadpool_postgres::Transaction<'_>,
     records: Vec<AttemptRecord>,
     now: Millis,
     shard: i16,
@@ -619,20 +630,24 @@ pub async fn record(
     // attempt was under way (it was cancelled, or redelivered as the day was dropped), and
     // its attempt has no partition left to go to. A subquery with a `LIMIT`, so that each
     // row looks its delivery up by key rather than the planner joining the whole table (see
-    // `claim`).
-    let insert = tx
-        .prepare_cached(
+    // `claim`). Both statements name the days of the batch's deliveries, so that only
+    // those days' partitions are planned and locked.
+    let keys: Vec<i64> = records.iter().map(|r| r.key).collect();
+    let days = history::within_days_of("d.seq", &keys).unwrap_or_default();
+    let insert = prepare_for_days(
+        tx,
+        &format!(
             "INSERT INTO attempts (tenant_id, delivery_seq, attempted_at, duration_ms, \
              response_status, response_body, error_kind, error_message, detail) \
              SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], \
              $5::int4[], $6::text[], $7::text[], $8::text[], $9::text[]) \
              AS u(tenant_id, delivery_seq, attempted_at, duration_ms, response_status, \
              response_body, error_kind, error_message, detail) \
-             WHERE (SELECT true FROM deliveries d WHERE d.seq = u.delivery_seq LIMIT 1)",
-        )
-        .await?;
+             WHERE (SELECT true FROM deliveries d WHERE d.seq = u.delivery_seq AND {days} LIMIT 1)"
+        ),
+    )
+    .await?;
     let tenants: Vec<&str> = records.iter().map(|r| r.tenant_id.as_str()).collect();
-    let keys: Vec<i64> = records.iter().map(|r| r.key).collect();
     let attempted: Vec<i64> = records.iter().map(|r| r.attempted_at).collect();
     let durations: Vec<i64> = records.iter().map(|r| r.duration_ms).collect();
     let statuses: Vec<Option<i32>> = records
@@ -651,15 +666,18 @@ pub async fn record(
     // moves to the next generation, a finished delivery leaves the queue), so a batch
     // offered twice (its first commit's answer lost with the connection) changes each
     // delivery once. The delivery's own row changes no indexed column: a HOT update. The
-    // queue rows are locked in key order first (see the module's lock order).
-    let update = tx
-        .prepare_cached(
+    // queue rows are locked in key order first (see the module's lock order), found by key
+    // in the queue's index: joined as a table, the queue was read whole, dead rows and all,
+    // for every batch.
+    let update = prepare_for_days(
+        tx,
+        &format!(
             "WITH u AS (SELECT * FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::text[], \
                $6::bigint[], $7::bigint[], $8::int4[], $9::text[]) \
                AS u(seq, lease, tenant_id, status, due_at, attempted_at, response_status, error_kind)), \
              locked AS (SELECT q.seq, u.lease, u.status, u.due_at FROM queue q JOIN u \
                ON q.seq = u.seq AND q.lease = u.lease AND q.tenant_id = u.tenant_id \
-               ORDER BY q.seq FOR UPDATE OF q), \
+               WHERE q.seq = ANY($2) ORDER BY q.seq FOR UPDATE OF q), \
              retried AS (UPDATE queue q SET due_at = l.due_at, lease = q.lease + 1, lease_until = NULL \
                FROM locked l WHERE q.seq = l.seq AND q.lease = l.lease AND l.status = 'pending' \
                RETURNING q.seq, l.lease), \
@@ -669,11 +687,12 @@ pub async fn record(
              UPDATE deliveries d SET status = u.status, attempts = d.attempts + 1, \
              due_at = u.due_at, lease = u.lease, last_attempt_at = u.attempted_at, \
              last_response_status = u.response_status, last_error_kind = u.error_kind, updated_at = $1 \
-             FROM u WHERE d.seq = u.seq AND (u.seq, u.lease) IN \
+             FROM u WHERE d.seq = u.seq AND {days} AND (u.seq, u.lease) IN \
                (SELECT seq, lease FROM retried UNION ALL SELECT seq, lease FROM finished) \
-             RETURNING d.seq",
-        )
-        .await?;
+             RETURNING d.seq"
+        ),
+    )
+    .await?;
     let leases: Vec<i64> = records.iter().map(|r| r.lease).collect();
     let states: Vec<&str> = records.iter().map(|r| r.status.as_str()).collect();
     let dues: Vec<Option<Millis>> = records.iter().map(AttemptRecord::due_at).collect();
@@ -698,6 +717,23 @@ pub async fn record(
         effects.notified(Box::pin(publish(tx, None, &tenant_id, vec![notice], now, due)).await?);
     }
     Ok(effects)
+}
+
+/// Most statements a connection keeps prepared, all kinds together. Statements that name
+/// days (see `history::within_days_of`) add a few texts a day; past this, a connection's
+/// cache starts over (its other statements prepared again as they are next used, once every
+/// few weeks) rather than grow for as long as the connection lives.
+const CACHED_STATEMENTS: usize = 256;
+
+/// `tx.prepare_cached(sql)` for a statement that names days.
+async fn prepare_for_days(
+    tx: &deadpool_postgres::Transaction<'_>,
+    sql: &str,
+) -> StoreResult<tokio_postgres::Statement> {
+    if tx.statement_cache.size() > CACHED_STATEMENTS {
+        tx.statement_cache.clear();
+    }
+    Ok(tx.prepare_cached(sql).await?)
 }
 
 async fn add_to_rollups(
