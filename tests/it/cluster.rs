@@ -459,10 +459,7 @@ async fn two_nodes_publishing_at_once_lose_nothing_and_store_nothing_twice() {
         "events not answered as new exactly once: {twice:?}"
     );
 
-    let (client, connection) = tokio_postgres::connect(&database.url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let client = crate::helpers::sql_client(&database.url).await;
     let row = client
         .query_one(
             "SELECT (SELECT COUNT(*) FROM events WHERE source = '/two-nodes'), \

@@ -513,6 +513,16 @@ pub async fn postgres_database() -> Scratch {
         .expect("this test needs HERALD_TEST_DATABASE_URL (it was set when the tests were built)")
 }
 
+/// A plain connection to a test database (its `url` names the test's schema), for a test to
+/// look at or hold what the store wrote.
+pub async fn sql_client(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
 /// A `herald serve` child process.
 pub struct Server {
     pub child: Child,

@@ -177,10 +177,7 @@ async fn a_reader_from_a_time_skips_earlier_events_an_open_transaction_held_back
     })
     .await;
     let base = app.url("");
-    let (other, connection) = tokio_postgres::connect(&database.url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let other = crate::helpers::sql_client(&database.url).await;
     other
         .batch_execute("BEGIN; SELECT pg_current_xact_id()")
         .await

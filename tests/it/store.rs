@@ -2538,10 +2538,7 @@ async fn the_postgres_log_never_serves_past_an_open_transaction() {
         .unwrap()
         .unwrap();
     let database = b.database.as_ref().unwrap();
-    let (mut client, connection) = tokio_postgres::connect(&database.url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let mut client = crate::helpers::sql_client(&database.url).await;
     // An older transaction takes its id and its seq first, and stays open.
     let late = client.transaction().await.unwrap();
     late.execute(
@@ -2584,10 +2581,7 @@ async fn postgres_history_days_are_partitions_made_once_and_dropped_whole() {
     let other = PgStore::connect(&database.url, Cipher::from_base64(KEY).unwrap(), 4)
         .await
         .unwrap();
-    let (client, connection) = tokio_postgres::connect(&database.url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let client = crate::helpers::sql_client(&database.url).await;
     let partitions = || async {
         let rows = client
             .query(
@@ -2741,10 +2735,7 @@ async fn postgres_outcomes_leave_other_days_alone() {
     let b = postgres().await;
     let store = &*b.store;
     let url = &b.database.as_ref().unwrap().url;
-    let (mut holder, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let mut holder = crate::helpers::sql_client(url).await;
     let today = midnight_after_now(3);
     let (oldest, between) = (today / DAY - 2, today / DAY - 1);
     stream(store, "ten_a", "est_a", "user.*", StreamStatus::Enabled).await;
@@ -2855,13 +2846,7 @@ async fn postgres_dropping_a_day_takes_its_deliveries_from_later_days() {
     let b = postgres().await;
     let store = &*b.store;
     let url = &b.database.as_ref().unwrap().url;
-    let connect = || async {
-        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(connection);
-        client
-    };
+    let connect = || crate::helpers::sql_client(url);
     let client = connect().await;
     let count = |sql: &'static str| {
         let client = &client;
@@ -3165,13 +3150,7 @@ async fn waits_without_deadlock(
         [queue_row(claimed[1].key), stream_row],
     );
     let database = b.database.as_ref().unwrap();
-    let connect = || async {
-        let (client, connection) = tokio_postgres::connect(&database.url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(connection);
-        client
-    };
+    let connect = || crate::helpers::sql_client(&database.url);
     let (mut holder, watcher) = (connect().await, connect().await);
     let holder_pid: i32 = holder
         .query_one("SELECT pg_backend_pid()", &[])
@@ -3231,10 +3210,7 @@ async fn execute_sql(b: &Backend, sql: &str) {
         conn.execute_batch(sql).unwrap();
     }
     if let Some(database) = &b.database {
-        let (client, connection) = tokio_postgres::connect(&database.url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(connection);
+        let client = crate::helpers::sql_client(&database.url).await;
         client.batch_execute(sql).await.unwrap();
     }
 }
@@ -4051,11 +4027,7 @@ async fn a_failing_publish_fails_alone_in_its_group_commit() {
     refuse_inserts(&b, "events", "NEW.id = 'poison'").await;
 
     // Holds the first publish's insert, so the others queue behind its commit.
-    let (mut client, connection) =
-        tokio_postgres::connect(&b.database.as_ref().unwrap().url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-    tokio::spawn(connection);
+    let mut client = crate::helpers::sql_client(&b.database.as_ref().unwrap().url).await;
     // The day's history partitions are made first (their making waits for the lock below),
     // by a publish whose event is then taken out again.
     store

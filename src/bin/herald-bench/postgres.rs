@@ -64,8 +64,7 @@ async fn add_past_days(url: &str, days: u16) -> Result<(), String> {
         return Ok(());
     }
     let target = parse_url(url).map_err(|e| e.to_string())?;
-    let (mut client, connection) = target.connect().await.map_err(|e| e.to_string())?;
-    tokio::spawn(connection);
+    let mut client = target.open().await.map_err(|e| e.to_string())?;
     let today = history_day(herald::clock::system_now_ms());
     for day in today - i64::from(days)..today {
         make_history_day(&mut client, day)
@@ -195,8 +194,7 @@ struct ServerCpu {
 impl ServerCpu {
     async fn connect(url: &str, application_name: &str) -> Result<ServerCpu, String> {
         let target = parse_url(url).map_err(|e| e.to_string())?;
-        let (client, connection) = target.connect().await.map_err(|e| e.to_string())?;
-        tokio::spawn(connection);
+        let client = target.open().await.map_err(|e| e.to_string())?;
         Ok(ServerCpu {
             client,
             application_name: application_name.to_string(),

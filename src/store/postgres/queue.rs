@@ -266,21 +266,17 @@ pub async fn fan_out(
     let chunk = &event_seqs[tile.events];
     let stream_ids: Vec<&str> = streams.iter().map(|(id, _)| id.as_str()).collect();
     let streams_params: [&(dyn ToSql + Sync); 2] = [&tenant_id, &stream_ids];
-    // The bounds keep the lookup to the partitions of the chunk's days.
-    let (first, last) = (
-        chunk.iter().min().copied().unwrap_or_default(),
-        chunk.iter().max().copied().unwrap_or_default(),
-    );
-    let events_params: [&(dyn ToSql + Sync); 4] = [&tenant_id, &chunk, &first, &last];
+    let events_params: [&(dyn ToSql + Sync); 2] = [&tenant_id, &chunk];
     let (existing, events) = tokio::try_join!(
         // The streams still there: one deleted since the publish gets nothing.
         tx.query(
             "SELECT id FROM streams WHERE tenant_id = $1 AND id = ANY($2)",
             &streams_params,
         ),
+        // Prepared for this chunk alone, so planned with its keys: only the partitions
+        // of their days are locked and read.
         tx.query(
-            "SELECT seq, type FROM events WHERE tenant_id = $1 AND seq = ANY($2) \
-             AND seq >= $3 AND seq <= $4",
+            "SELECT seq, type FROM events WHERE tenant_id = $1 AND seq = ANY($2)",
             &events_params,
         ),
     )?;
@@ -399,19 +395,19 @@ impl NewDeliveries {
         fn insert_sql(condition: &str) -> String {
             format!(
                 "WITH u AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], \
-                       $4::bigint[], $5::text[], $6::bigint[], $7::bigint[]) \
-                       AS u(tenant_id, id, stream_id, event_seq, event_type, lease_until, created_at)), \
-                     d AS (INSERT INTO deliveries (tenant_id, id, stream_id, event_seq, event_type, \
-                       status, due_at, created_at, updated_at) \
-                       SELECT u.tenant_id, u.id, u.stream_id, u.event_seq, u.event_type, 'pending', \
-                       u.created_at, u.created_at, u.created_at FROM u {condition} \
-                       RETURNING tenant_id, id, seq, stream_id, created_at), \
-                     q AS (INSERT INTO queue (seq, tenant_id, stream_id, due_at, lease, lease_until, \
-                       created_at) \
-                       SELECT d.seq, d.tenant_id, d.stream_id, COALESCE(u.lease_until, d.created_at), \
-                       (u.lease_until IS NOT NULL)::int, u.lease_until, d.created_at \
-                       FROM d JOIN u ON u.id = d.id) \
-                     SELECT tenant_id, id, seq FROM d"
+                   $4::bigint[], $5::text[], $6::bigint[], $7::bigint[]) \
+                   AS u(tenant_id, id, stream_id, event_seq, event_type, lease_until, created_at)), \
+                 d AS (INSERT INTO deliveries (tenant_id, id, stream_id, event_seq, event_type, \
+                   status, due_at, created_at, updated_at) \
+                   SELECT u.tenant_id, u.id, u.stream_id, u.event_seq, u.event_type, 'pending', \
+                   u.created_at, u.created_at, u.created_at FROM u {condition} \
+                   RETURNING tenant_id, id, seq, stream_id, created_at), \
+                 q AS (INSERT INTO queue (seq, tenant_id, stream_id, due_at, lease, lease_until, \
+                   created_at) \
+                   SELECT d.seq, d.tenant_id, d.stream_id, COALESCE(u.lease_until, d.created_at), \
+                   (u.lease_until IS NOT NULL)::int, u.lease_until, d.created_at \
+                   FROM d JOIN u ON u.id = d.id) \
+                 SELECT tenant_id, id, seq FROM d"
             )
         }
         static INSERT_NEW: LazyLock<String> = LazyLock::new(|| insert_sql(""));
@@ -623,17 +619,16 @@ pub async fn record(
     shard: i16,
     due: &mut Vec<String>,
 ) -> StoreResult<RecordEffects> {
-    if records.is_empty() {
+    let keys: Vec<i64> = records.iter().map(|r| r.key).collect();
+    let Some(days) = history::within_days_of("d.seq", &keys) else {
         return Ok(RecordEffects::default());
-    }
+    };
     // Only for deliveries still there: retention may have dropped the day of one whose
     // attempt was under way (it was cancelled, or redelivered as the day was dropped), and
     // its attempt has no partition left to go to. A subquery with a `LIMIT`, so that each
     // row looks its delivery up by key rather than the planner joining the whole table (see
     // `claim`). Both statements name the days of the batch's deliveries, so that only
     // those days' partitions are planned and locked.
-    let keys: Vec<i64> = records.iter().map(|r| r.key).collect();
-    let days = history::within_days_of("d.seq", &keys).unwrap_or_default();
     let insert = prepare_for_days(
         tx,
         &format!(
@@ -974,7 +969,7 @@ pub async fn redeliver_event(
     event_id: &str,
     now: Millis,
 ) -> StoreResult<Option<u64>> {
-    super::history::hold_off_drops(tx).await?;
+    history::hold_off_drops(tx).await?;
     // Deliveries of these events may be added meanwhile, by another redelivery to the stream
     // or by a chunk of a pending fan-out: wait for both, so the lookup below sees what they
     // added (see `NewDeliveries::insert`). Fan-outs before the queue, in the lock order.
@@ -1039,7 +1034,7 @@ pub async fn redeliver(
     let conditions = filter_sql(filter, &mut params);
     let condition =
         format!("d.tenant_id = $2 AND d.stream_id = $3{conditions} AND {NOT_IN_FLIGHT}");
-    super::history::hold_off_drops(tx).await?;
+    history::hold_off_drops(tx).await?;
     let params = super::refs(&params);
     if dry_run {
         let sql = format!("SELECT COUNT(*) FROM deliveries d WHERE {condition}");
