@@ -1,6 +1,7 @@
 //! The recorder: stores attempt outcomes in batches. Attempts hand their records over and
-//! move on; the recorder takes everything waiting and writes it with one store call, so a
-//! busy dispatcher costs one commit job per batch rather than one per attempt. What the
+//! move on; the recorder takes everything waiting (while busy, what arrives within a couple
+//! of milliseconds too) and writes it with one store call, so a busy dispatcher costs one
+//! commit job per batch rather than one per attempt. What the
 //! records changed (a stream disabled, notices published) is passed on through the
 //! dispatcher's [`Signal`].
 //!
@@ -24,6 +25,13 @@ use crate::metrics::{Metrics, StoreCaller};
 use crate::store::{AttemptRecord, DeliveryStatus, RecordEffects, Store, StoreError};
 
 const MAX_BATCH: usize = 512;
+/// A busy recorder waits up to [`GATHER`] for a batch of this many. A batch costs the
+/// shared store a transaction and a handful of statements whatever its size, and on a
+/// cluster each node records only its share: two nodes' batches were half as large as one
+/// node's. Gathering made S9 on two nodes faster (see `BENCHMARKS.md`); an outcome stored a
+/// little later delays no delivery.
+const SMALL_BATCH: usize = 64;
+const GATHER: std::time::Duration = std::time::Duration::from_millis(2);
 /// While the store is unreachable, a batch is offered again this often, this many times:
 /// an outcome kept is an attempt not repeated.
 const RETRY_EVERY_MS: Millis = 1_000;
@@ -75,7 +83,12 @@ async fn run(
     mut records: mpsc::UnboundedReceiver<AttemptRecord>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut busy = false;
     while records.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        if busy {
+            gather(&mut records, &mut batch).await;
+        }
+        busy = batch.len() > 1;
         let batch = std::mem::take(&mut batch);
         match record(&recording, &batch).await {
             Ok(effects) => stored(&signal, &batch, effects),
@@ -92,6 +105,21 @@ async fn run(
                 }
             }
             Err(e) => give_back(&recording, &signal, &batch, &e).await,
+        }
+    }
+}
+
+/// Adds what arrives within [`GATHER`] to a batch smaller than [`SMALL_BATCH`]. Only while
+/// outcomes come in a stream (the last batch had several): a lone outcome is stored at once.
+async fn gather(
+    records: &mut mpsc::UnboundedReceiver<AttemptRecord>,
+    batch: &mut Vec<AttemptRecord>,
+) {
+    let until = tokio::time::Instant::now() + GATHER;
+    while batch.len() < SMALL_BATCH {
+        match tokio::time::timeout_at(until, records.recv()).await {
+            Ok(Some(record)) => batch.push(record),
+            _ => return,
         }
     }
 }

@@ -35,9 +35,12 @@ pub const MAX_EVENTS: usize = 5_000;
 const QUEUE_DEPTH: usize = 4_096;
 /// How long a writer freed while another is busy gathers a group smaller than
 /// [`SMALL_GROUP`]. Measured in S9 (64 single publishes at once): without it, over a quarter
-/// of the commits carried one publish.
-pub const GATHER: std::time::Duration = std::time::Duration::from_millis(1);
-const SMALL_GROUP: usize = 8;
+/// of the commits carried one publish. Each node of a cluster sees only its share of the
+/// publishers, and its groups were half as large as one node's, each with a commit and
+/// statements of its own; gathering up to 32 calls for up to 2 ms made S9 on two nodes
+/// faster and cost the server less per event (see `BENCHMARKS.md`).
+pub const GATHER: std::time::Duration = std::time::Duration::from_millis(2);
+const SMALL_GROUP: usize = 32;
 /// Groups written at once: while one waits for its commit, the next is written, and large
 /// batches are inserted by two server processes rather than one. Measured on two cores
 /// shared with the server: two writers made batch publishes (S7) about 10% faster than one

@@ -7,7 +7,8 @@
 //!
 //! Due work is announced after its transaction commits, coalesced, from one task: PostgreSQL
 //! serialises the commits of notifying transactions, so notifying inside every publish would
-//! make publishes queue behind each other.
+//! make publishes queue behind each other. New events alone are announced at most every
+//! [`EVENTS_EVERY`]; their readers on other nodes poll as well.
 
 use std::time::Duration;
 
@@ -18,18 +19,38 @@ use tokio_util::sync::CancellationToken;
 
 use super::{DUE_CHANNEL, EVENTS_CHANNEL, STREAMS_CHANNEL, Target};
 
+/// New events alone are announced at most once per this long after the previous
+/// announcement. Each announcement is a transaction of its own and wakes the listening
+/// connection of every node; a node busy publishing announced its tenant's new events once
+/// per group commit, every few milliseconds. Due work is announced at once: on a cluster
+/// that splits roles, it is how the delivering nodes hear of every new delivery.
+const EVENTS_EVERY: Duration = Duration::from_millis(10);
+
 /// Announces streams with due work and tenants with new events to every node, a batch of
 /// them per notifying statement.
 #[derive(Clone)]
 pub(super) struct Announcer(mpsc::UnboundedSender<(&'static str, String)>);
 
 impl Announcer {
-    /// Starts the announcing task; it ends when the announcer is dropped.
+    /// Starts the announcing task; it ends when the announcer is dropped, once what it was
+    /// given is announced.
     pub fn start(pool: Pool) -> Announcer {
         let (tx, mut rx) = mpsc::unbounded_channel::<(&'static str, String)>();
         tokio::spawn(async move {
             let mut batch = Vec::new();
+            let mut last: Option<tokio::time::Instant> = None;
             while rx.recv_many(&mut batch, 1024).await > 0 {
+                // Only new events: held until `EVENTS_EVERY` after the last announcement,
+                // gathering what comes meanwhile, unless due work comes too.
+                if let Some(last) = last {
+                    let until = last + EVENTS_EVERY;
+                    while batch.iter().all(|(channel, _)| *channel == EVENTS_CHANNEL) {
+                        match tokio::time::timeout_at(until, rx.recv_many(&mut batch, 1024)).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(_) => {}
+                        }
+                    }
+                }
                 batch.sort_unstable();
                 batch.dedup();
                 if let Err(e) = announce(&pool, &batch).await {
@@ -38,6 +59,7 @@ impl Announcer {
                     tracing::debug!(error = %e, "could not announce due work");
                 }
                 batch.clear();
+                last = Some(tokio::time::Instant::now());
             }
         });
         Announcer(tx)
