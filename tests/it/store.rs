@@ -2835,6 +2835,112 @@ async fn postgres_outcomes_leave_other_days_alone() {
     }
 }
 
+/// On PostgreSQL, a claim looks up deliveries and events from the day before its own only,
+/// so another day's tables held by another session (as dropping that day holds them) do not
+/// hold it up. A delivery of an older day is still claimed, with its event, by a wider
+/// lookup; the claims after it reach back that far for a while, then no longer.
+#[tokio::test]
+#[cfg_attr(not(herald_postgres_tests), ignore = "needs HERALD_TEST_DATABASE_URL")]
+async fn postgres_claims_leave_older_days_alone() {
+    let b = postgres().await;
+    let store = &*b.store;
+    let url = &b.database.as_ref().unwrap().url;
+    let mut holder = crate::helpers::sql_client(url).await;
+    let today = midnight_after_now(3);
+    let oldest = today / DAY - 2;
+    stream(
+        store,
+        "ten_a",
+        "est_old",
+        "user.created",
+        StreamStatus::Enabled,
+    )
+    .await;
+    let queue = |id: &'static str, event_type: &'static str, at: i64| async move {
+        store
+            .publish("ten_a", vec![event(id, event_type)], at, None)
+            .await
+            .unwrap();
+    };
+    queue("old", "user.created", oldest * DAY + 1).await;
+    stream(
+        store,
+        "ten_a",
+        "est_new",
+        "user.deleted",
+        StreamStatus::Enabled,
+    )
+    .await;
+    queue("new", "user.deleted", today + 1).await;
+    // The stream's own, found without the oldest day's tables, which another session holds.
+    async fn claim_new(
+        store: &dyn Store,
+        holder: &mut tokio_postgres::Client,
+        oldest: i64,
+        at: i64,
+    ) -> Vec<String> {
+        let holding = holder.transaction().await.unwrap();
+        holding
+            .batch_execute(&format!(
+                "LOCK TABLE events_e{oldest}, deliveries_e{oldest} IN ACCESS EXCLUSIVE MODE"
+            ))
+            .await
+            .unwrap();
+        let claimed = tokio::time::timeout(
+            crate::helpers::PATIENCE,
+            // Leased for an hour: still leased at the last claim.
+            store.claim(request("ten_a", "est_new", 10), at, at + DAY / 24),
+        )
+        .await
+        .expect("the claim waited for an older day's tables")
+        .unwrap();
+        holding.rollback().await.unwrap();
+        claimed[0]
+            .deliveries
+            .iter()
+            .map(|d| d.event.id.clone())
+            .collect()
+    }
+    assert_eq!(
+        claim_new(store, &mut holder, oldest, today + 2).await,
+        ["new"]
+    );
+
+    // The oldest day's delivery: looked up on every day, not taken for an orphan.
+    let claimed = store
+        .claim(request("ten_a", "est_old", 10), today + 3, today + 60_000)
+        .await
+        .unwrap();
+    let old = &claimed[0].deliveries;
+    assert_eq!(
+        old.iter()
+            .map(|d| (d.event.id.as_str(), d.key >> 32))
+            .collect::<Vec<_>>(),
+        [("old", oldest)]
+    );
+    // Still queued: claimed again once its lease has run out.
+    let again = store
+        .claim(request("ten_a", "est_old", 10), today + 60_001, today + DAY)
+        .await
+        .unwrap();
+    assert_eq!(
+        again[0]
+            .deliveries
+            .iter()
+            .map(|d| d.event.id.as_str())
+            .collect::<Vec<_>>(),
+        ["old"]
+    );
+
+    // Ten minutes on, the claims no longer reach back to it.
+    queue("newer", "user.deleted", today + 4).await;
+    let later = today + 4 + 10 * 60_000 + 1;
+    assert_eq!(
+        claim_new(store, &mut holder, oldest, later).await,
+        ["newer"]
+    );
+}
+
 /// On PostgreSQL, dropping a day takes its events' deliveries wherever they are: one a
 /// redelivery wrote the next day (in that day's partition) goes with its attempts. A queue
 /// row left without its event (a redelivery racing the drop) is dropped by the claim that

@@ -99,6 +99,8 @@ pub struct PgStore {
     shard: i16,
     /// The history's daily partitions (see `history`).
     history: Arc<history::History>,
+    /// The oldest day this node's claims look up (see `queue::ClaimFloor`).
+    claim_floor: queue::ClaimFloor,
     /// Where the database is, for the retention sweep's connection of its own.
     target: Target,
 }
@@ -334,6 +336,7 @@ impl PgStore {
                 history.clone(),
             ),
             history,
+            claim_floor: queue::ClaimFloor::new(),
             target: parse_url(url)?,
             pool,
             announcer,
@@ -1560,7 +1563,8 @@ impl Store for PgStore {
         now: Millis,
         lease_until: Millis,
     ) -> StoreResult<Vec<ClaimBatch>> {
-        queue::claim(&self.lazy.get().await?, requests, now, lease_until).await
+        let client = self.lazy.get().await?;
+        queue::claim(&client, &self.claim_floor, requests, now, lease_until).await
     }
 
     async fn record(

@@ -452,6 +452,46 @@ impl NewDeliveries {
     }
 }
 
+/// The oldest day a claim's lookups of deliveries and events reach: a hint that bounds
+/// their cost, never what they find. Days before it are left out of the claim's text, so
+/// PostgreSQL neither plans nor locks their partitions (see `record`); with a month kept,
+/// a claim that reached every day cost about twice as much as one that named two. A row
+/// whose delivery or event lies before the floor is looked up again without it, and the
+/// floor moves down to that day; it goes back to the day before the claim's own after
+/// [`FLOOR_KEPT_MS`], so one old retry costs a wide lookup now and then, not every claim.
+pub struct ClaimFloor(std::sync::Mutex<Option<(i64, Millis)>>);
+
+/// How long a floor moved down by an old row holds.
+const FLOOR_KEPT_MS: Millis = 10 * 60 * 1_000;
+
+impl ClaimFloor {
+    pub fn new() -> ClaimFloor {
+        ClaimFloor(std::sync::Mutex::new(None))
+    }
+
+    /// The floor for a claim at `now`: the day before `now`'s (a claim just after midnight
+    /// finds the last day's deliveries), or lower while an old row's day holds.
+    fn day(&self, now: Millis) -> i64 {
+        let default = history::day_of(now) - 1;
+        let mut floor = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match *floor {
+            Some((day, since)) if now < since + FLOOR_KEPT_MS => day.min(default),
+            _ => {
+                *floor = None;
+                default
+            }
+        }
+    }
+
+    fn lower_to(&self, day: i64, now: Millis) {
+        let mut floor = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        *floor = Some(match *floor {
+            Some((held, since)) => (held.min(day), since.max(now)),
+            None => (day, now),
+        });
+    }
+}
+
 /// Leases up to `limit` due deliveries per request, oldest due first, skipping rows another
 /// node is claiming at the same moment; then learns when each stream next has work (leased
 /// deliveries are due at their lease's expiry, in case their node dies). Only enabled
@@ -459,15 +499,40 @@ impl NewDeliveries {
 ///
 /// Each claimed row reads its delivery and event through a `LATERAL ... LIMIT 1`, a lookup
 /// by key in one partition: autovacuum analyzes the partitions but never their parents, and
-/// without the parents' statistics the planner would join the whole tables instead.
+/// without the parents' statistics the planner would join the whole tables instead. The
+/// lookups reach back to `floor` only (see [`ClaimFloor`]).
 pub async fn claim(
-    client: &impl GenericClient,
+    client: &deadpool_postgres::Object,
+    floor: &ClaimFloor,
     requests: Vec<ClaimRequest>,
     now: Millis,
     lease_until: Millis,
 ) -> StoreResult<Vec<ClaimBatch>> {
-    static CLAIM: LazyLock<String> = LazyLock::new(|| {
+    // Queue rows whose delivery or event is not found on any day (`ANY_DAY`), under the
+    // lease the claim just gave them. Retention drops a day's events with its deliveries,
+    // and a redelivery racing that drop can queue a delivery of such a day again; a row left
+    // so would be claimed at every lease's end, for ever.
+    const ORPHANS: &str = "DELETE FROM queue q USING unnest($1::bigint[], $2::bigint[]) AS u(seq, lease) \
+         WHERE q.seq = u.seq AND q.lease = u.lease";
+    const NEXT_DUE: &str = "SELECT r.stream_id, \
+           (SELECT q.due_at FROM queue q WHERE q.tenant_id = r.tenant_id \
+              AND q.stream_id = r.stream_id ORDER BY q.due_at LIMIT 1) \
+         FROM unnest($1::text[], $2::text[]) AS r(tenant_id, stream_id)";
+    // Rows the bounded lookups missed, looked up on every day.
+    static ANY_DAY: LazyLock<String> = LazyLock::new(|| {
         format!(
+            "SELECT {} FROM unnest($1::bigint[], $2::bigint[]) AS c(seq, lease) {} \
+             ORDER BY c.seq",
+            claimed_columns(),
+            lookups(None)
+        )
+    });
+
+    let floor_day = floor.day(now);
+    let claim = prepare_for_days(
+        client,
+        &client.statement_cache,
+        &format!(
             "WITH picked AS ( \
                SELECT p.seq FROM unnest($1::text[], $2::text[], $3::bigint[]) AS r(tenant_id, stream_id, lim) \
                CROSS JOIN LATERAL ( \
@@ -476,42 +541,54 @@ pub async fn claim(
                    AND EXISTS (SELECT 1 FROM streams s WHERE s.tenant_id = r.tenant_id \
                      AND s.id = r.stream_id AND s.status = 'enabled') \
                  ORDER BY q.due_at LIMIT r.lim FOR UPDATE SKIP LOCKED) p \
-             ), claimed AS ( \
+             ), c AS ( \
                UPDATE queue q SET lease = q.lease + 1, lease_until = $5, due_at = $5 \
                FROM picked WHERE q.seq = picked.seq RETURNING q.seq, q.lease \
              ) \
-             SELECT c.seq, c.lease, d.id, d.tenant_id, d.stream_id, d.attempts - d.round_start, \
-               {EVENT_COLUMNS} \
-             FROM claimed c \
-             LEFT JOIN LATERAL (SELECT * FROM deliveries d WHERE d.seq = c.seq LIMIT 1) d ON true \
-             LEFT JOIN LATERAL (SELECT * FROM events e WHERE e.seq = d.event_seq \
-               AND e.tenant_id = d.tenant_id LIMIT 1) e ON true \
-             ORDER BY c.seq"
-        )
-    });
-    // Queue rows the claim found without their delivery or event, under the lease it just
-    // gave them. Retention drops a day's events with its deliveries, and a redelivery racing
-    // that drop can queue a delivery of such a day again; a row left so would be claimed at
-    // every lease's end, for ever.
-    const ORPHANS: &str = "DELETE FROM queue q USING unnest($1::bigint[], $2::bigint[]) AS u(seq, lease) \
-         WHERE q.seq = u.seq AND q.lease = u.lease";
-    const NEXT_DUE: &str = "SELECT r.stream_id, \
-           (SELECT q.due_at FROM queue q WHERE q.tenant_id = r.tenant_id \
-              AND q.stream_id = r.stream_id ORDER BY q.due_at LIMIT 1) \
-         FROM unnest($1::text[], $2::text[]) AS r(tenant_id, stream_id)";
+             SELECT {} FROM c {} ORDER BY c.seq",
+            claimed_columns(),
+            lookups(Some(history::first_key(floor_day)))
+        ),
+    )
+    .await?;
 
     let tenants: Vec<&str> = requests.iter().map(|r| r.tenant_id.as_str()).collect();
     let streams: Vec<&str> = requests.iter().map(|r| r.stream_id.as_str()).collect();
     let limits: Vec<i64> = requests.iter().map(|r| r.limit as i64).collect();
-    let claim = client.prepare_cached(&CLAIM).await?;
-    let rows = client
+    let mut rows = client
         .query(&claim, &[&tenants, &streams, &limits, &now, &lease_until])
         .await?;
+    let found = |row: &tokio_postgres::Row| {
+        row.get::<_, Option<&str>>(2).is_some() && row.get::<_, Option<&str>>(6).is_some()
+    };
+    let (missed_seqs, missed_leases): (Vec<i64>, Vec<i64>) = rows
+        .iter()
+        .filter(|row| !found(row))
+        .map(|row| (row.get::<_, i64>(0), row.get::<_, i64>(1)))
+        .unzip();
+    if !missed_seqs.is_empty() {
+        rows.retain(found);
+        let any_day = client.prepare_cached(&ANY_DAY).await?;
+        let again = client
+            .query(&any_day, &[&missed_seqs, &missed_leases])
+            .await?;
+        let oldest = again
+            .iter()
+            .filter(|row| found(row))
+            .flat_map(|row| [row.get::<_, i64>(0), row.get::<_, i64>(EVENT_KEY)])
+            .map(history::day_of_key)
+            .min();
+        if let Some(day) = oldest {
+            floor.lower_to(day, now);
+        }
+        rows.extend(again);
+    }
+
     let mut by_stream: HashMap<String, Vec<Claimed>> = HashMap::new();
     let mut orphans: (Vec<i64>, Vec<i64>) = Default::default();
     for row in &rows {
         // A queue row whose delivery or event is gone can never be sent (see `ORPHANS`).
-        if row.get::<_, Option<&str>>(2).is_none() || row.get::<_, Option<&str>>(6).is_none() {
+        if !found(row) {
             orphans.0.push(row.get(0));
             orphans.1.push(row.get(1));
             continue;
@@ -543,6 +620,9 @@ pub async fn claim(
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
+    for list in by_stream.values_mut() {
+        list.sort_by_key(|c| c.key);
+    }
     Ok(requests
         .into_iter()
         .map(|request| ClaimBatch {
@@ -556,6 +636,30 @@ pub async fn claim(
             stream_id: request.stream_id,
         })
         .collect())
+}
+
+/// What a claim reads of each row (`c`, with its delivery `d` and event `e`): the row's key
+/// and lease, the delivery, the event from column 6, and the event's key last.
+fn claimed_columns() -> String {
+    format!(
+        "c.seq, c.lease, d.id, d.tenant_id, d.stream_id, d.attempts - d.round_start, \
+         {EVENT_COLUMNS}, d.event_seq"
+    )
+}
+/// The column of [`claimed_columns`] that holds the event's key.
+const EVENT_KEY: usize = 15;
+
+/// The claim's lookups of a row's delivery and event, by key, from key `from` on (their
+/// days' partitions only).
+fn lookups(from: Option<i64>) -> String {
+    let bound = |column: &str| from.map_or(String::new(), |key| format!("AND {column} >= {key}"));
+    format!(
+        "LEFT JOIN LATERAL (SELECT * FROM deliveries d WHERE d.seq = c.seq {} LIMIT 1) d ON true \
+         LEFT JOIN LATERAL (SELECT * FROM events e WHERE e.seq = d.event_seq \
+           AND e.tenant_id = d.tenant_id {} LIMIT 1) e ON true",
+        bound("d.seq"),
+        bound("e.seq"),
+    )
 }
 
 /// Gives leases back: the deliveries are claimable again at once, by any node. Returns their
@@ -631,6 +735,7 @@ pub async fn record(
     // those days' partitions are planned and locked.
     let insert = prepare_for_days(
         tx,
+        &tx.statement_cache,
         &format!(
             "INSERT INTO attempts (tenant_id, delivery_seq, attempted_at, duration_ms, \
              response_status, response_body, error_kind, error_message, detail) \
@@ -666,6 +771,7 @@ pub async fn record(
     // for every batch.
     let update = prepare_for_days(
         tx,
+        &tx.statement_cache,
         &format!(
             "WITH u AS (SELECT * FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::text[], \
                $6::bigint[], $7::bigint[], $8::int4[], $9::text[]) \
@@ -715,20 +821,22 @@ pub async fn record(
 }
 
 /// Most statements a connection keeps prepared, all kinds together. Statements that name
-/// days (see `history::within_days_of`) add a few texts a day; past this, a connection's
-/// cache starts over (its other statements prepared again as they are next used, once every
-/// few weeks) rather than grow for as long as the connection lives.
+/// days (see `history::within_days_of`, and the claim's floor) add a few texts a day, more
+/// while old retries move the claim's floor about; past this, a connection's cache starts
+/// over (its other statements prepared again as they are next used) rather than grow for as
+/// long as the connection lives.
 const CACHED_STATEMENTS: usize = 256;
 
-/// `tx.prepare_cached(sql)` for a statement that names days.
+/// `client.prepare_cached(sql)` for a statement that names days; `cache` is the client's.
 async fn prepare_for_days(
-    tx: &deadpool_postgres::Transaction<'_>,
+    client: &impl GenericClient,
+    cache: &deadpool_postgres::StatementCache,
     sql: &str,
 ) -> StoreResult<tokio_postgres::Statement> {
-    if tx.statement_cache.size() > CACHED_STATEMENTS {
-        tx.statement_cache.clear();
+    if cache.size() > CACHED_STATEMENTS {
+        cache.clear();
     }
-    Ok(tx.prepare_cached(sql).await?)
+    Ok(client.prepare_cached(sql).await?)
 }
 
 async fn add_to_rollups(
@@ -1042,4 +1150,28 @@ pub async fn redeliver(
         return Ok(count as u64);
     }
     requeue(tx, &condition, &params).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ClaimFloor, FLOOR_KEPT_MS};
+
+    const DAY: i64 = 86_400_000;
+
+    #[test]
+    fn the_claim_floor_reaches_back_to_an_old_row_for_a_while() {
+        let floor = ClaimFloor::new();
+        let now = 20_000 * DAY + 5;
+        assert_eq!(floor.day(now), 19_999, "the day before the claim's");
+
+        floor.lower_to(19_990, now);
+        floor.lower_to(19_995, now + 1);
+        assert_eq!(floor.day(now + 2), 19_990, "the oldest row's day holds");
+        // Held from the last row found below the default, even one found out of order.
+        floor.lower_to(19_995, now - 1_000);
+        assert_eq!(floor.day(now + FLOOR_KEPT_MS), 19_990);
+        assert_eq!(floor.day(now + 1 + FLOOR_KEPT_MS), 19_999, "then back");
+        // Days later, the day before the new one.
+        assert_eq!(floor.day(now + 3 * DAY), 20_002);
+    }
 }
