@@ -1,9 +1,8 @@
 //! The recorder: stores attempt outcomes in batches. Attempts hand their records over and
 //! move on; the recorder takes everything waiting (while busy, what arrives within a couple
 //! of milliseconds too) and writes it with one store call, so a busy dispatcher costs one
-//! commit job per batch rather than one per attempt. What the
-//! records changed (a stream disabled, notices published) is passed on through the
-//! dispatcher's [`Signal`].
+//! commit job per batch rather than one per attempt. What the records changed (a stream
+//! disabled, notices published) is passed on through the dispatcher's [`Signal`].
 //!
 //! A record not yet stored when the process dies is lost with its attempt's outcome, but not
 //! the delivery: it is still pending and is attempted again after the restart. A batch the

@@ -454,11 +454,12 @@ impl NewDeliveries {
 
 /// The oldest day a claim's lookups of deliveries and events reach: a hint that bounds
 /// their cost, never what they find. Days before it are left out of the claim's text, so
-/// PostgreSQL neither plans nor locks their partitions (see `record`); with a month kept,
-/// a claim that reached every day cost about twice as much as one that named two. A row
-/// whose delivery or event lies before the floor is looked up again without it, and the
-/// floor moves down to that day; it goes back to the day before the claim's own after
-/// [`FLOOR_KEPT_MS`], so one old retry costs a wide lookup now and then, not every claim.
+/// PostgreSQL neither plans nor locks their partitions (see `history::within_days_of`);
+/// with a month kept, a claim that reached every day cost about twice as much as one that
+/// named two. A row whose delivery or event lies before the floor is looked up again
+/// without it, and the floor moves down to that day; it goes back to the day before the
+/// claim's own after [`FLOOR_KEPT_MS`], so one old retry costs a wide lookup now and then,
+/// not every claim.
 pub struct ClaimFloor(std::sync::Mutex<Option<(i64, Millis)>>);
 
 /// How long a floor moved down by an old row holds.
