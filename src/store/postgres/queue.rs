@@ -12,7 +12,8 @@
 //! So a stream's backlog is cancelled before the stream's own row is updated or deleted.
 //! Claims skip locked rows rather than wait for them. Pending fan-outs come before all of
 //! these (a chunk holds its fan-out's row while it adds deliveries and queue rows), and a
-//! redelivery takes its advisory locks before the fan-outs. Event keys come after the rest.
+//! redelivery takes its advisory locks before the fan-outs. Event keys come after the rest,
+//! in key order.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, LazyLock};
@@ -107,7 +108,9 @@ pub async fn publish_all(
     let userids: Vec<Option<&str>> = contexts.iter().map(|c| c.2.as_deref()).collect();
     // Each event takes its key's `seq` in publish order, and its key is claimed first (see
     // `014_partitioned_history.sql`): only the events whose key was not taken are stored. A
-    // key repeated within the statement is taken by its first occurrence.
+    // key repeated within the statement is taken by its first occurrence. Keys are taken in
+    // key order (see the module's lock order): two groups taking the same keys in their
+    // own orders deadlocked, and PostgreSQL aborted one of them after a second.
     let insert = tx
         .prepare_cached(
             "WITH u AS (SELECT u.*, nextval('events_seq_seq') AS seq FROM unnest($1::text[], \
@@ -117,6 +120,7 @@ pub async fn publish_all(
                dataschema, data, extensions, projectid, userid, received_at, n) ORDER BY u.n), \
              k AS (INSERT INTO event_keys (tenant_id, id, source, seq) \
                SELECT u.tenant_id, u.id, u.source, u.seq FROM u \
+               ORDER BY u.tenant_id, u.id, u.source, u.n \
                ON CONFLICT (tenant_id, id, source) DO NOTHING RETURNING seq) \
              INSERT INTO events (seq, tenant_id, id, source, type, time, subject, datacontenttype, \
              dataschema, data, extensions, projectid, userid, received_at) \
