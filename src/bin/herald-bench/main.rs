@@ -47,6 +47,10 @@ struct Args {
     /// a retention window of that many days; PostgreSQL's cost per statement grows with them.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=400))]
     history_days: u16,
+    /// Concurrent publishers in S9, spread over the nodes. Its target is judged only at the
+    /// default, 64; other counts show what a node's share of the publishers costs it.
+    #[arg(long, default_value_t = scenarios::SINGLE_PUBLISHERS as u16, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    publishers: u16,
     /// A tiny run that checks the harness works; its figures mean nothing.
     #[arg(long)]
     quick: bool,
@@ -96,7 +100,13 @@ fn main() {
         }
         if wanted("S9") {
             outcomes.push(report(
-                postgres::s9(size, args.nodes.into(), args.history_days).await,
+                postgres::s9(
+                    size,
+                    args.nodes.into(),
+                    args.publishers.into(),
+                    args.history_days,
+                )
+                .await,
             ));
         }
         if wanted("S10") {

@@ -14,7 +14,9 @@ use std::time::Duration;
 use herald::store::postgres::{Scratch, history_day, make_history_day, parse_url, redact_url};
 
 use crate::receiver::{self, Behaviour, Clock, Receipts};
-use crate::scenarios::{self, Outcome, PER_STREAM, Size, bare_rate, publish_batches_to};
+use crate::scenarios::{
+    self, Outcome, PER_STREAM, SINGLE_PUBLISHERS, Size, bare_rate, publish_batches_to,
+};
 use crate::target::{Herald, cpu_seconds, wait_until};
 
 /// The server used when `HERALD_BENCH_DATABASE_URL` is unset.
@@ -154,31 +156,34 @@ pub async fn s7(size: Size, nodes: usize, history_days: u16) -> Outcome {
     }
 }
 
-/// S9: S2 on PostgreSQL: single-event publishes from 64 publishers spread over `nodes`
-/// nodes, fan-out 1.
-pub async fn s9(size: Size, nodes: usize, history_days: u16) -> Outcome {
+/// S9: S2 on PostgreSQL: single-event publishes from `publishers` publishers spread over
+/// `nodes` nodes, fan-out 1. Its target is for 64 publishers ([`SINGLE_PUBLISHERS`]), and
+/// judged only then: other counts show what a node's share of the publishers does to its
+/// group commits.
+pub async fn s9(size: Size, nodes: usize, publishers: usize, history_days: u16) -> Outcome {
     let description = format!(
-        "single-event publish on PostgreSQL, 64 concurrent publishers, fan-out 1, {nodes} node(s)"
+        "single-event publish on PostgreSQL, {publishers} concurrent publishers, fan-out 1, {nodes} node(s)"
     );
-    const TARGET: &str = ">= 8,000 events/s acknowledged and delivered, ack p99 <= 20 ms";
+    const TARGET: &str =
+        ">= 8,000 events/s acknowledged and delivered, ack p99 <= 20 ms, with 64 publishers";
     let mut cluster = match Cluster::start(nodes, history_days).await {
         Ok(cluster) => cluster,
         Err(reason) => return skipped("S9", description, TARGET, reason),
     };
     cluster.server.begin().await;
-    let mut out = scenarios::single_publishes(&cluster.nodes, size).await;
+    let mut out = scenarios::single_publishes(&cluster.nodes, publishers, size).await;
     let server_cpu = cluster.server.used().await;
     out.server_cpu_us_per_delivery = server_cpu.map(|cpu| cpu * 1e6 / out.deliveries.max(1) as f64);
     out.scenario = "S9";
     out.description = description;
     out.nodes = cluster.nodes.len();
     out.target = TARGET;
-    out.met = Some(
+    out.met = (publishers == SINGLE_PUBLISHERS).then(|| {
         out.events_per_s >= 8_000.0
             && out.deliveries_per_s >= 8_000.0
             && out.deliveries >= out.events
-            && out.ack_latency_ms.is_some_and(|p| p.p99 <= 20.0),
-    );
+            && out.ack_latency_ms.is_some_and(|p| p.p99 <= 20.0)
+    });
     out.note = format!("{}; {}", out.note, note(cluster.nodes.len(), history_days));
     out
 }

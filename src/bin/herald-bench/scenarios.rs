@@ -346,7 +346,7 @@ async fn throughput(
 /// S2: single-event publishes from 64 concurrent publishers.
 pub async fn s2(size: Size) -> Outcome {
     let herald = Herald::start(&[]);
-    let mut out = single_publishes(std::slice::from_ref(&herald), size).await;
+    let mut out = single_publishes(std::slice::from_ref(&herald), SINGLE_PUBLISHERS, size).await;
     out.scenario = "S2";
     out.description = "single-event publish, 64 concurrent publishers".into();
     out.target = ">= 10,000 events/s acknowledged, ack p99 <= 20 ms";
@@ -356,11 +356,14 @@ pub async fn s2(size: Size) -> Outcome {
     out
 }
 
-/// Single-event publishes from 64 concurrent publishers spread over `nodes` for
+/// The concurrent publishers of S2 and S9, whose targets are set for this many.
+pub const SINGLE_PUBLISHERS: usize = 64;
+
+/// Single-event publishes from `publishers` concurrent publishers spread over `nodes` for
 /// `size.seconds`, fan-out 1, then waits for every acknowledged event to be delivered.
 /// `events_per_s` is the acknowledged rate over the publishing; `deliveries_per_s` the
 /// delivered rate, to the last receipt.
-pub async fn single_publishes(nodes: &[Herald], size: Size) -> Outcome {
+pub async fn single_publishes(nodes: &[Herald], publishers: usize, size: Size) -> Outcome {
     let capacity = 2_000_000;
     let clock = Clock::new(capacity);
     let receipts = Arc::new(Receipts::default());
@@ -374,7 +377,7 @@ pub async fn single_publishes(nodes: &[Herald], size: Size) -> Outcome {
     let started = Instant::now();
     let started_us = clock.now_us();
     let mut tasks = Vec::new();
-    for i in 0..64 {
+    for i in 0..publishers {
         let herald = &nodes[i % nodes.len()];
         let (next, clock, acks, http, base) = (
             next.clone(),
