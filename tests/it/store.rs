@@ -2532,6 +2532,12 @@ async fn the_event_log_is_read_in_order_from_any_start_and_per_tenant(b: Backend
 async fn the_postgres_log_never_serves_past_an_open_transaction() {
     let b = postgres().await;
     let store = &*b.store;
+    // The store's first write of the day, before the transaction below is open: the first
+    // waits for the writes under way (see `postgres_a_new_days_keys_wait_for_the_writes_under_way`).
+    store
+        .publish("ten_b", vec![event("first", "user.created")], NOW, None)
+        .await
+        .unwrap();
     let start = store
         .log_position("ten_a", LogStart::End)
         .await
@@ -2723,6 +2729,96 @@ async fn postgres_history_days_are_partitions_made_once_and_dropped_whole() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(keys, ["d"], "the keys of the day cut short went with it");
+}
+
+/// A day's keys are handed out only once the writes under way when its partitions were
+/// attached have ended: such a write routes its rows by the partitions as they were when it
+/// began, and would find none for a key of the new day.
+#[tokio::test]
+#[cfg_attr(not(herald_postgres_tests), ignore = "needs HERALD_TEST_DATABASE_URL")]
+async fn postgres_a_new_days_keys_wait_for_the_writes_under_way() {
+    let b = postgres().await;
+    let database = b.database.as_ref().unwrap();
+    let day = midnight_after_now(2);
+    b.store
+        .publish(
+            "ten_a",
+            vec![event("before", "user.created")],
+            day + 1,
+            None,
+        )
+        .await
+        .unwrap();
+    // A write under way on `events`, as another node's publish would be.
+    let mut writer = crate::helpers::sql_client(&database.url).await;
+    let under_way = writer.transaction().await.unwrap();
+    under_way
+        .batch_execute("LOCK TABLE ONLY events IN ROW EXCLUSIVE MODE")
+        .await
+        .unwrap();
+
+    // Five days on: partitions not made ahead, so the publish makes them.
+    let later = day + 5 * DAY;
+    let store = b.store.clone();
+    let publish = tokio::spawn(async move {
+        store
+            .publish(
+                "ten_a",
+                vec![event("later", "user.created")],
+                later + 1,
+                None,
+            )
+            .await
+    });
+    let client = crate::helpers::sql_client(&database.url).await;
+    // The store's session that moves the keys looks for the writer's transaction to end.
+    tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        loop {
+            let waiting: bool = client
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = $1 \
+                     AND pid <> pg_backend_pid() AND query LIKE '%locktype = ''virtualxid''%')",
+                    &[&database.schema()],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if waiting {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the publish waits for the write under way before it moves the keys");
+    let n = later / DAY;
+    let (made, events_day, deliveries_day): (bool, i64, i64) = {
+        let row = client
+            .query_one(
+                "SELECT to_regclass($1) IS NOT NULL, \
+                 (SELECT last_value FROM events_seq_seq) >> 32, \
+                 (SELECT last_value FROM deliveries_seq_seq) >> 32",
+                &[&format!("events_e{n}")],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1), row.get(2))
+    };
+    assert!(made, "the day's partitions are made before the wait");
+    assert!(
+        events_day < n && deliveries_day < n,
+        "no key of the new day is handed out while the write is under way"
+    );
+    assert!(!publish.is_finished());
+
+    under_way.commit().await.unwrap();
+    publish.await.unwrap().unwrap();
+    let seq: i64 = client
+        .query_one("SELECT seq FROM events WHERE id = 'later'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(seq >> 32, n);
 }
 
 /// On PostgreSQL, a batch of outcomes names the days its deliveries are in, so the server

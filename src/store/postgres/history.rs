@@ -16,6 +16,7 @@
 //! reason; that needs a connection outside any transaction, so it gets one of its own.
 
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
 
 use deadpool_postgres::{GenericClient, Pool};
 
@@ -113,9 +114,11 @@ impl History {
         if day <= self.day.load(Ordering::Acquire) {
             return Ok(());
         }
-        // The partitions are committed before any key of the day is handed out.
+        // The partitions are committed before any key of the day is handed out, and every
+        // write that began before they were may end first (see `wait_for_writes`).
         make_day(&self.pool, day).await?;
         let mut client = self.pool.get().await?;
+        wait_for_writes(&client).await?;
         let tx = client.transaction().await?;
         tx.batch_execute(LOCK).await?;
         for table in KEYED {
@@ -141,6 +144,58 @@ impl History {
         });
         Ok(())
     }
+}
+
+/// How long a node moving the sequences into a new day waits for the writes under way (see
+/// [`wait_for_writes`]) before it moves them anyway.
+const WRITES_WAIT: Duration = Duration::from_secs(30);
+const WRITES_POLL: Duration = Duration::from_millis(2);
+
+/// Waits until the transactions that were writing to a keyed table have ended, for at most
+/// [`WRITES_WAIT`]. A statement routes its rows by the partitions its table had when it
+/// began: one that began before a day's partitions were attached, and took a key of that
+/// day once the sequences moved, would find no partition for its row (and its publish would
+/// fail). Writes that begin from now on see the new partitions, and go on meanwhile: this
+/// looks the writers up and waits for their transactions rather than lock the tables. Once
+/// a day per node, for as long as the longest write under way; one that outlasts the wait
+/// (a session left open in a transaction) is not waited for further.
+async fn wait_for_writes(client: &impl GenericClient) -> StoreResult<()> {
+    let writers: Vec<String> = client
+        .query_one(
+            "SELECT COALESCE(array_agg(DISTINCT virtualtransaction), '{}') FROM pg_locks \
+             WHERE database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+             AND relation IN (to_regclass('events'), to_regclass('deliveries')) \
+             AND mode = 'RowExclusiveLock' AND pid IS DISTINCT FROM pg_backend_pid()",
+            &[],
+        )
+        .await?
+        .get(0);
+    if writers.is_empty() {
+        return Ok(());
+    }
+    // A transaction holds the lock of its own virtual id until it ends.
+    let still = client
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'virtualxid' \
+             AND virtualtransaction = ANY($1))",
+        )
+        .await?;
+    let until = Instant::now() + WRITES_WAIT;
+    while client
+        .query_one(&still, &[&writers])
+        .await?
+        .get::<_, bool>(0)
+    {
+        if Instant::now() >= until {
+            tracing::warn!(
+                transactions = ?writers,
+                "moving the history's sequences into a new day while transactions that began before its partitions are still open"
+            );
+            break;
+        }
+        tokio::time::sleep(WRITES_POLL).await;
+    }
+    Ok(())
 }
 
 /// The name of a table's key sequence (see `014_partitioned_history.sql`).
