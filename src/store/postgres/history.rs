@@ -14,6 +14,12 @@
 //! `CREATE TABLE` and then `ATTACH PARTITION`, which lets publishes go on; creating one with
 //! `PARTITION OF` would lock them out. Dropping detaches first, concurrently, for the same
 //! reason; that needs a connection outside any transaction, so it gets one of its own.
+//!
+//! Moving the sequences into a day waits for the writes under way to end (see
+//! `wait_for_writes`): a statement that began before the day's partitions were attached
+//! knows only the partitions there were then. Meanwhile the node's writes of the new day wait
+//! for the move, once a day: usually milliseconds, at most `WRITES_WAIT` behind a write
+//! transaction that runs long.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
@@ -114,8 +120,8 @@ impl History {
         if day <= self.day.load(Ordering::Acquire) {
             return Ok(());
         }
-        // The partitions are committed before any key of the day is handed out, and every
-        // write that began before they were may end first (see `wait_for_writes`).
+        // The partitions are committed before any key of the day is handed out, and the
+        // writes under way once they are end first (up to `WRITES_WAIT`).
         make_day(&self.pool, day).await?;
         let mut client = self.pool.get().await?;
         wait_for_writes(&client).await?;
@@ -147,9 +153,11 @@ impl History {
 }
 
 /// How long a node moving the sequences into a new day waits for the writes under way (see
-/// [`wait_for_writes`]) before it moves them anyway.
-const WRITES_WAIT: Duration = Duration::from_secs(30);
-const WRITES_POLL: Duration = Duration::from_millis(2);
+/// [`wait_for_writes`]) before it moves them anyway: its own writes of the day wait as long.
+const WRITES_WAIT: Duration = Duration::from_secs(5);
+/// The first and the longest pause between two looks at the writers: each look reads every
+/// lock of the server.
+const WRITES_POLL: (Duration, Duration) = (Duration::from_millis(2), Duration::from_millis(50));
 
 /// Waits until the transactions that were writing to a keyed table have ended, for at most
 /// [`WRITES_WAIT`]. A statement routes its rows by the partitions its table had when it
@@ -181,6 +189,7 @@ async fn wait_for_writes(client: &impl GenericClient) -> StoreResult<()> {
         )
         .await?;
     let until = Instant::now() + WRITES_WAIT;
+    let mut pause = WRITES_POLL.0;
     while client
         .query_one(&still, &[&writers])
         .await?
@@ -193,7 +202,8 @@ async fn wait_for_writes(client: &impl GenericClient) -> StoreResult<()> {
             );
             break;
         }
-        tokio::time::sleep(WRITES_POLL).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(WRITES_POLL.1);
     }
     Ok(())
 }
