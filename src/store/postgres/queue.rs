@@ -536,7 +536,6 @@ pub async fn claim(
     let floor_day = floor.day(now);
     let claim = prepare_for_days(
         client,
-        &client.statement_cache,
         &format!(
             "WITH picked AS ( \
                SELECT p.seq FROM unnest($1::text[], $2::text[], $3::bigint[]) AS r(tenant_id, stream_id, lim) \
@@ -586,7 +585,9 @@ pub async fn claim(
         if let Some(day) = oldest {
             floor.lower_to(day, now);
         }
+        // In key order, as the claim gives them: each stream's deliveries go out oldest first.
         rows.extend(again);
+        rows.sort_by_key(|row| row.get::<_, i64>(0));
     }
 
     let mut by_stream: HashMap<String, Vec<Claimed>> = HashMap::new();
@@ -625,9 +626,6 @@ pub async fn claim(
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
-    for list in by_stream.values_mut() {
-        list.sort_by_key(|c| c.key);
-    }
     Ok(requests
         .into_iter()
         .map(|request| ClaimBatch {
@@ -740,7 +738,6 @@ pub async fn record(
     // those days' partitions are planned and locked.
     let insert = prepare_for_days(
         tx,
-        &tx.statement_cache,
         &format!(
             "INSERT INTO attempts (tenant_id, delivery_seq, attempted_at, duration_ms, \
              response_status, response_body, error_kind, error_message, detail) \
@@ -776,7 +773,6 @@ pub async fn record(
     // for every batch.
     let update = prepare_for_days(
         tx,
-        &tx.statement_cache,
         &format!(
             "WITH u AS (SELECT * FROM unnest($2::bigint[], $3::bigint[], $4::text[], $5::text[], \
                $6::bigint[], $7::bigint[], $8::int4[], $9::text[]) \
@@ -832,12 +828,29 @@ pub async fn record(
 /// long as the connection lives.
 const CACHED_STATEMENTS: usize = 256;
 
-/// `client.prepare_cached(sql)` for a statement that names days; `cache` is the client's.
+/// A pooled connection, or a transaction on one, with its cache of prepared statements.
+trait Cached: GenericClient {
+    fn statement_cache(&self) -> &deadpool_postgres::StatementCache;
+}
+
+impl Cached for deadpool_postgres::Object {
+    fn statement_cache(&self) -> &deadpool_postgres::StatementCache {
+        &self.statement_cache
+    }
+}
+
+impl Cached for deadpool_postgres::Transaction<'_> {
+    fn statement_cache(&self) -> &deadpool_postgres::StatementCache {
+        &self.statement_cache
+    }
+}
+
+/// `client.prepare_cached(sql)` for a statement that names days.
 async fn prepare_for_days(
-    client: &impl GenericClient,
-    cache: &deadpool_postgres::StatementCache,
+    client: &impl Cached,
     sql: &str,
 ) -> StoreResult<tokio_postgres::Statement> {
+    let cache = client.statement_cache();
     if cache.size() > CACHED_STATEMENTS {
         cache.clear();
     }
